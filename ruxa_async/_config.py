@@ -1,0 +1,125 @@
+"""Frozen, keyword-only policies: timeouts, retries, rate limits, polling.
+
+Override per client with the constructor's arguments, or derive a variant with
+``attrs.evolve(policy, field=value)``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import attrs
+from attrs import validators as v
+
+__all__ = [
+    "DEFAULT_BASE_URL",
+    "PollPolicy",
+    "RateLimits",
+    "RetryPolicy",
+    "Timeouts",
+]
+
+DEFAULT_BASE_URL = "https://api.ruxa.ai"
+
+_positive = v.gt(0.0)
+_non_negative = v.ge(0.0)
+
+
+def _optional_positive(
+    _inst: object, attr: attrs.Attribute[float | None], value: float | None
+) -> None:
+    if value is not None and not value > 0:
+        raise ValueError(f"{attr.name} must be > 0 or None, got {value!r}")
+
+
+@attrs.frozen(kw_only=True)
+class Timeouts:
+    """Per-request time limits, in seconds.
+
+    ``connect`` bounds opening a connection, ``read`` one wait for bytes, and
+    ``total`` the whole request (connection, sending and reading the reply).
+    """
+
+    connect: float = attrs.field(default=10.0, validator=_positive)
+    read: float = attrs.field(default=60.0, validator=_positive)
+    total: float = attrs.field(default=120.0, validator=_positive)
+
+
+@attrs.frozen(kw_only=True)
+class RetryPolicy:
+    """How failed requests are retried: exponential backoff with full jitter.
+
+    Queries retry on 429, 5xx, timeouts and connection errors. Creates retry on
+    429 and on failures where the request provably never reached the server.
+    A create that *may* have reached the server (a 5xx, a timeout or a dropped
+    connection after sending) is *ambiguous*: with ``ambiguous_creates="retry"``
+    (the default) it is retried and counted in ``statistics().ambiguous_create_retries``
+    because the retry may create and charge a second task; with ``"raise"`` the
+    error is raised at once and nothing can be paid twice.
+    401, 402, 404 and 422 are never retried.
+    """
+
+    max_attempts: int = attrs.field(default=6, validator=v.ge(1))
+    max_time: float = attrs.field(default=300.0, validator=_positive)
+    initial_delay: float = attrs.field(default=0.5, validator=_positive)
+    max_delay: float = attrs.field(default=30.0, validator=_positive)
+    retry_after_cap: float = attrs.field(default=120.0, validator=_positive)
+    ambiguous_creates: Literal["retry", "raise"] = attrs.field(
+        default="retry", validator=v.in_(("retry", "raise"))
+    )
+
+
+@attrs.frozen(kw_only=True)
+class RateLimits:
+    """The client's rate controller settings.
+
+    Rates are requests per second; ``None`` means unknown: the controller then
+    sends freely (bounded by ``max_in_flight``) and discovers the limit from 429
+    replies. A configured rate is a ceiling that a 429 can still lower for a
+    while. ``pause_without_retry_after`` is the first pause after a 429 that
+    carries no ``Retry-After``; it doubles for each consecutive episode.
+    ``gate_scope="client"`` pauses every request after any 429; ``"endpoint"``
+    pauses only requests of the same class (create or query).
+    """
+
+    max_in_flight: int = attrs.field(default=64, validator=v.ge(1))
+    create_per_second: float | None = attrs.field(default=None, validator=_optional_positive)
+    create_burst: int = attrs.field(default=10, validator=v.ge(1))
+    query_per_second: float | None = attrs.field(default=None, validator=_optional_positive)
+    query_burst: int = attrs.field(default=10, validator=v.ge(1))
+    adaptive: bool = True
+    decrease_factor: float = attrs.field(default=0.7, validator=[v.gt(0.0), v.lt(1.0)])
+    increase_per_second: float = attrs.field(default=0.5, validator=_non_negative)
+    min_rate: float = attrs.field(default=0.2, validator=_positive)
+    pause_without_retry_after: float = attrs.field(default=1.0, validator=_positive)
+    max_pause: float = attrs.field(default=60.0, validator=_positive)
+    gate_scope: Literal["client", "endpoint"] = attrs.field(
+        default="client", validator=v.in_(("client", "endpoint"))
+    )
+
+
+@attrs.frozen(kw_only=True)
+class PollPolicy:
+    """When the scheduler checks a pending task.
+
+    The first check comes near the model's expected duration (learned from the
+    tasks this client has seen, else taken from the catalogue, else
+    ``default_duration``) times ``first_check_factor``; later checks back off
+    by ``backoff`` from ``min_interval`` up to ``max_interval``, with
+    ``jitter`` (a fraction) to spread them. ``first_check``, when set, replaces
+    the expected duration for every model (handy against a fast simulator).
+    With callbacks on, polling is only a safety net: the first check waits
+    ``callback_grace_factor`` times the expected duration plus ``callback_grace``
+    seconds.
+    """
+
+    first_check: float | None = attrs.field(default=None, validator=_optional_positive)
+    default_duration: float = attrs.field(default=10.0, validator=_positive)
+    first_check_factor: float = attrs.field(default=1.0, validator=_positive)
+    min_interval: float = attrs.field(default=0.5, validator=_positive)
+    backoff: float = attrs.field(default=1.5, validator=v.ge(1.0))
+    max_interval: float = attrs.field(default=30.0, validator=_positive)
+    jitter: float = attrs.field(default=0.1, validator=[v.ge(0.0), v.lt(1.0)])
+    callback_grace_factor: float = attrs.field(default=3.0, validator=v.ge(1.0))
+    callback_grace: float = attrs.field(default=30.0, validator=_non_negative)
+    max_not_found: int = attrs.field(default=3, validator=v.ge(1))

@@ -1,0 +1,254 @@
+"""The only module that knows Ruxa's JSON field names and dialects.
+
+Everything here is pure: bytes and dicts in, typed objects or SDK errors out.
+It tolerates every variant the reference leaves open: errors signalled by HTTP
+status or by the envelope ``code``, ``message`` or ``msg``, ``success`` or
+``completed``, ``resultJson`` as a string, an object, ``""`` or ``null``, and the
+kie-style or flat callback payloads.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import math
+import time
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from typing import Any
+from urllib.parse import quote
+
+from ._errors import MalformedResponseError, status_error
+from ._models import TaskInfo, TaskState
+
+__all__ = [
+    "CREATE_PATH",
+    "QUERY_PATH",
+    "build_create_body",
+    "parse_callback",
+    "parse_reply",
+    "parse_retry_after",
+    "parse_task",
+    "parse_task_id",
+    "query_path",
+]
+
+CREATE_PATH = "/api/v1/tasks/create"
+QUERY_PATH = "/api/v1/tasks/query/"
+
+_SUCCESS_CODE = 200
+_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
+def query_path(task_id: str) -> str:
+    """The query endpoint's path for one task id (the id is a path segment)."""
+    return QUERY_PATH + quote(task_id, safe="")
+
+
+def build_create_body(
+    model: str, input: Mapping[str, Any], callback_url: str | None = None
+) -> bytes:
+    """Encode a create-task request body: top-level ``model``, ``callBackUrl``, ``input``."""
+    body: dict[str, Any] = {"model": model}
+    if callback_url is not None:
+        body["callBackUrl"] = callback_url
+    body["input"] = dict(input)
+    return _dumps(body).encode()
+
+
+def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` value (delay-seconds or an HTTP date)."""
+    if value is None:
+        return None
+    text = value.strip()
+    if not text:
+        return None
+    try:
+        seconds = float(text)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(text)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=timezone.utc)
+        seconds = when.timestamp() - (time.time() if now is None else now)
+    if math.isnan(seconds) or math.isinf(seconds):
+        return None
+    return max(0.0, seconds)
+
+
+def _decode_json(body: bytes | str) -> Any:
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return None
+
+
+def _as_int(value: object) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        try:
+            return int(value.strip())
+        except ValueError:
+            return None
+    return None
+
+
+def _text(value: object) -> str:
+    if value is None:
+        return ""
+    return value if isinstance(value, str) else str(value)
+
+
+def _excerpt(body: bytes) -> str:
+    return body[:500].decode("utf-8", "replace")
+
+
+def parse_reply(http_status: int, body: bytes, retry_after: str | None = None) -> Any:
+    """Return the envelope's ``data`` for a successful reply, or raise the matching error.
+
+    Success means envelope ``code`` 200 on a 2xx reply. An error code in the
+    envelope and an error HTTP status are treated alike; the envelope's code wins
+    when both are present. A reply that is neither is a
+    :class:`MalformedResponseError`.
+    """
+    obj = _decode_json(body) if body else None
+    envelope = obj if isinstance(obj, dict) and "code" in obj else None
+    http_ok = 200 <= http_status < 300
+    if envelope is not None:
+        code = _as_int(envelope.get("code"))
+        message = _text(envelope.get("message", envelope.get("msg")))
+        if code == _SUCCESS_CODE and http_ok:
+            return envelope.get("data")
+        if code is not None and code != _SUCCESS_CODE:
+            raise status_error(
+                code,
+                message,
+                http_status=http_status,
+                body=_excerpt(body),
+                retry_after=parse_retry_after(retry_after),
+            )
+    if not http_ok:
+        message = ""
+        if isinstance(obj, dict):
+            message = _text(obj.get("message", obj.get("msg", obj.get("error", ""))))
+        raise status_error(
+            None,
+            message,
+            http_status=http_status,
+            body=_excerpt(body),
+            retry_after=parse_retry_after(retry_after),
+        )
+    raise MalformedResponseError(
+        "the reply is not a Ruxa JSON envelope {code, message, data}",
+        http_status=http_status,
+        body=_excerpt(body),
+    )
+
+
+def parse_task_id(data: Any) -> str:
+    """Read the task id from a create reply's ``data``."""
+    if isinstance(data, Mapping):
+        task_id = data.get("taskId", data.get("task_id"))
+        if isinstance(task_id, str) and task_id:
+            return task_id
+    raise MalformedResponseError("the create reply has no data.taskId")
+
+
+def _timestamp(value: object) -> datetime | None:
+    number: float | None = None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        number = float(value)
+    elif isinstance(value, str) and value.strip():
+        try:
+            number = float(value)
+        except ValueError:
+            try:
+                parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+            except ValueError:
+                return None
+            return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+    if number is None or math.isnan(number) or math.isinf(number) or number <= 0:
+        return None
+    if number > 1e11:  # milliseconds, as in kie's task records
+        number /= 1000.0
+    try:
+        return datetime.fromtimestamp(number, tz=timezone.utc)
+    except (OverflowError, OSError, ValueError):
+        return None
+
+
+def _result_object(data: Mapping[str, Any]) -> dict[str, Any]:
+    raw = data.get("resultJson")
+    if isinstance(raw, str):
+        raw = _decode_json(raw) if raw.strip() else None
+    result = dict(raw) if isinstance(raw, Mapping) else {}
+    if "resultUrls" not in result and "resultUrls" in data:
+        result["resultUrls"] = data["resultUrls"]
+    return result
+
+
+def _urls(value: object) -> tuple[str, ...]:
+    if isinstance(value, str):
+        return (value,) if value else ()
+    if isinstance(value, (list, tuple)):
+        return tuple(u for u in value if isinstance(u, str) and u)
+    return ()
+
+
+def _optional_text(value: object) -> str | None:
+    if value is None:
+        return None
+    text = value if isinstance(value, str) else str(value)
+    return text or None
+
+
+def parse_task(data: Any, *, task_id: str | None = None) -> TaskInfo:
+    """Build a :class:`TaskInfo` from a task object (query ``data`` or callback ``data``).
+
+    ``task_id`` fills in the id when the object lacks one (the query path knows it).
+    """
+    if not isinstance(data, Mapping):
+        raise MalformedResponseError("the task reply has no data object")
+    found = data.get("taskId", data.get("task_id"))
+    tid = found if isinstance(found, str) and found else task_id
+    if not tid:
+        raise MalformedResponseError("the task object has no taskId")
+    raw_state = data.get("state", data.get("status"))
+    state = TaskState.parse(raw_state)
+    result = _result_object(data)
+    fail_code = _optional_text(data.get("failCode"))
+    fail_msg = _optional_text(data.get("failMsg", data.get("errorMessage")))
+    return TaskInfo(
+        task_id=tid,
+        state=state,
+        raw_state=raw_state if isinstance(raw_state, str) else _text(raw_state),
+        result_urls=_urls(result.get("resultUrls")),
+        fail_code=fail_code,
+        fail_msg=fail_msg,
+        model=_optional_text(data.get("model")),
+        create_time=_timestamp(data.get("createTime")),
+        update_time=_timestamp(data.get("updateTime")),
+        complete_time=_timestamp(data.get("completeTime")),
+        result=result,
+        raw=data,
+    )
+
+
+def parse_callback(body: bytes | str | Mapping[str, Any]) -> TaskInfo:
+    """Parse a callback body: the kie-style envelope ``{code, msg, data}`` or a flat object."""
+    obj = body if isinstance(body, Mapping) else _decode_json(body)
+    if not isinstance(obj, Mapping):
+        raise MalformedResponseError("the callback body is not a JSON object")
+    inner = obj.get("data")
+    if isinstance(inner, Mapping) and ("taskId" in inner or "task_id" in inner):
+        return parse_task(inner)
+    if "taskId" in obj or "task_id" in obj:
+        return parse_task(obj)
+    raise MalformedResponseError("the callback body names no taskId")
