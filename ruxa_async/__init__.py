@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ._batch import AsCompleted, ProgressEvent
+from ._client import CallbackReceiver, ClientStatistics, RuxaClient
 from ._config import DEFAULT_BASE_URL, PollPolicy, RateLimits, RetryPolicy, Timeouts
 from ._errors import (
     APIConnectionError,
@@ -10,6 +12,7 @@ from ._errors import (
     AuthenticationError,
     CallbackVerificationError,
     ClientClosedError,
+    ConfigurationError,
     InsufficientCreditsError,
     InvalidInputError,
     MalformedResponseError,
@@ -22,7 +25,10 @@ from ._errors import (
     TaskTimeoutError,
     ValidationError,
 )
+from ._handles import TaskHandle
+from ._limiter import RateStatistics
 from ._models import BatchReport, Job, JobOutcome, OutcomeStatus, TaskInfo, TaskState
+from ._scheduler import SchedulerStatistics
 
 __version__ = "0.1.0.dev0"
 
@@ -31,10 +37,14 @@ __all__ = [
     "APIConnectionError",
     "APIStatusError",
     "APITimeoutError",
+    "AsCompleted",
     "AuthenticationError",
     "BatchReport",
+    "CallbackReceiver",
     "CallbackVerificationError",
     "ClientClosedError",
+    "ClientStatistics",
+    "ConfigurationError",
     "InsufficientCreditsError",
     "InvalidInputError",
     "Job",
@@ -44,12 +54,17 @@ __all__ = [
     "NotSubmittedError",
     "OutcomeStatus",
     "PollPolicy",
+    "ProgressEvent",
     "RateLimitError",
     "RateLimits",
+    "RateStatistics",
     "RetryPolicy",
+    "RuxaClient",
     "RuxaError",
+    "SchedulerStatistics",
     "ServerError",
     "TaskFailedError",
+    "TaskHandle",
     "TaskInfo",
     "TaskState",
     "TaskTimeoutError",

@@ -56,14 +56,15 @@ class RetryPolicy:
     (the default) it is retried and counted in ``statistics().ambiguous_create_retries``
     because the retry may create and charge a second task; with ``"raise"`` the
     error is raised at once and nothing can be paid twice.
-    401, 402, 404 and 422 are never retried.
+    401, 402, 404 and 422 are never retried. A 429 waits at the rate controller's
+    shared gate (``Retry-After``, capped by ``RateLimits.max_pause``) rather than
+    in a private backoff, so one 429 pauses every sender at once.
     """
 
     max_attempts: int = attrs.field(default=6, validator=v.ge(1))
     max_time: float = attrs.field(default=300.0, validator=_positive)
     initial_delay: float = attrs.field(default=0.5, validator=_positive)
     max_delay: float = attrs.field(default=30.0, validator=_positive)
-    retry_after_cap: float = attrs.field(default=120.0, validator=_positive)
     ambiguous_creates: Literal["retry", "raise"] = attrs.field(
         default="retry", validator=v.in_(("retry", "raise"))
     )

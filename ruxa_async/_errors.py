@@ -15,6 +15,7 @@ __all__ = [
     "AuthenticationError",
     "CallbackVerificationError",
     "ClientClosedError",
+    "ConfigurationError",
     "InsufficientCreditsError",
     "InvalidInputError",
     "MalformedResponseError",
@@ -183,6 +184,10 @@ class TaskTimeoutError(RuxaError, TimeoutError):
             f"gave up waiting for {which}{after}; it may still finish on the service "
             "(re-attach with client.wait(task_id))"
         )
+
+
+class ConfigurationError(RuxaError, ValueError):
+    """The client was set up wrongly (for example, no API key anywhere)."""
 
 
 class ClientClosedError(RuxaError):

@@ -106,13 +106,16 @@ class Job:
 
     ``key`` identifies the job in outcomes, journals and file names; when
     omitted, the batch uses the job's position. ``metadata`` is carried through
-    to the outcome untouched.
+    to the outcome untouched. ``task_id``, when set, says the job's task was
+    already created (by an earlier run, say): the batch re-attaches to it and
+    never creates it again.
     """
 
     model: str
     input: Mapping[str, Any] = attrs.field(converter=_frozen_mapping)
     key: str | None = None
     metadata: Mapping[str, Any] | None = attrs.field(default=None, eq=False)
+    task_id: str | None = None
 
 
 class OutcomeStatus(str, enum.Enum):
@@ -165,6 +168,7 @@ class BatchReport:
     rate_limited: int
     ambiguous_create_retries: int
     wall_time: float
+    stop_reason: str | None = None
 
     @property
     def succeeded(self) -> int:

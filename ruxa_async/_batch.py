@@ -1,0 +1,373 @@
+"""Fan-out of many jobs: lazy intake, a pending bound, one outcome per job.
+
+``AsCompleted`` pulls jobs only as fast as there is room (``max_pending``
+jobs taken but not yet handed back), submits them through the client's
+shared rate controller, and turns each task's future into a
+:class:`JobOutcome` with a done-callback: no coroutine waits per task.
+
+Account-level errors stop submission once, for the whole batch: a rejected key
+(401) or exhausted credits (402) ends submitting; tasks already created are
+still awaited; every job never sent is reported NOT_SUBMITTED with the reason.
+The first create is sent alone, so a bad key costs one request, not one per
+concurrent sender.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
+from typing import TYPE_CHECKING, Literal
+
+import attrs
+
+from ._errors import (
+    AuthenticationError,
+    InsufficientCreditsError,
+    InvalidInputError,
+    NotSubmittedError,
+    RuxaError,
+    TaskTimeoutError,
+)
+from ._models import BatchReport, Job, JobOutcome, TaskInfo, TaskState
+from .catalog import validate_input
+
+if TYPE_CHECKING:
+    from ._client import RuxaClient
+
+__all__ = ["AsCompleted", "ProgressEvent", "run_batch"]
+
+log = logging.getLogger("ruxa_async")
+
+EventKind = Literal["submitted", "state", "finished"]
+
+
+@attrs.frozen(kw_only=True)
+class ProgressEvent:
+    """A batch progress event: a job was submitted, its task changed state, or it finished."""
+
+    kind: EventKind
+    index: int
+    job: Job
+    task_id: str | None = None
+    state: TaskState | None = None
+    outcome: JobOutcome | None = None
+
+
+class _Slot:
+    __slots__ = ("done", "index", "job", "task_id")
+
+    def __init__(self, index: int, job: Job) -> None:
+        self.index = index
+        self.job = job
+        self.task_id: str | None = None
+        self.done = False
+
+
+async def _iterate(jobs: Iterable[Job] | AsyncIterable[Job]) -> AsyncIterator[Job]:
+    if isinstance(jobs, AsyncIterable):
+        async for job in jobs:
+            yield job
+    else:
+        for job in jobs:
+            yield job
+
+
+class AsCompleted:
+    """Async iterator of :class:`JobOutcome` in completion order; see ``RuxaClient.as_completed``.
+
+    Use it with ``async for``; leaving the loop early (or ``aclose()``) stops
+    submitting and stops tracking this batch's pending tasks.
+    """
+
+    def __init__(
+        self,
+        client: RuxaClient,
+        jobs: Iterable[Job] | AsyncIterable[Job],
+        *,
+        max_pending: int = 1000,
+        timeout: float | None = None,
+        on_event: Callable[[ProgressEvent], None] | None = None,
+        before_create: Callable[[Job], Awaitable[None]] | None = None,
+        validate: bool = True,
+    ) -> None:
+        if max_pending < 1:
+            raise ValueError("max_pending must be at least 1")
+        self._client = client
+        self._jobs = jobs
+        self._max_pending = max_pending
+        self._timeout = timeout
+        self._on_event = on_event
+        self._validate = validate
+        self._before_create = before_create
+        self._ready: collections.deque[JobOutcome] = collections.deque()
+        self._wakeup = asyncio.Event()
+        self._room = asyncio.Semaphore(max_pending)
+        self._submitting = asyncio.Semaphore(max(1, client.rate_limits.max_in_flight))
+        self._first_created = asyncio.Event()
+        self._probe_running = False
+        self._in_hand = 0
+        self._pending: dict[str, _Slot] = {}
+        self._producer: asyncio.Task[None] | None = None
+        self._submissions: set[asyncio.Task[None]] = set()
+        self._intake_done = False
+        self._deadline_handle: asyncio.TimerHandle | None = None
+        self._closed = False
+        self.stop_reason: str | None = None
+        self.stop_error: RuxaError | None = None
+
+    # ------------------------------------------------------------ iteration
+
+    def __aiter__(self) -> AsCompleted:
+        return self
+
+    async def __anext__(self) -> JobOutcome:
+        if self._producer is None:
+            self._start()
+        while True:
+            if self._ready:
+                outcome = self._ready.popleft()
+                self._room.release()
+                return outcome
+            if self._intake_done and self._in_hand == 0:
+                await self.aclose()
+                raise StopAsyncIteration
+            if self._producer is not None and self._producer.done():
+                error = self._producer.exception()
+                if error is not None:
+                    await self.aclose()
+                    raise error
+            self._wakeup.clear()
+            await self._wakeup.wait()
+
+    async def __aenter__(self) -> AsCompleted:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Stop submitting and stop tracking this batch's pending tasks."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._deadline_handle is not None:
+            self._deadline_handle.cancel()
+        tasks = [t for t in (self._producer, *self._submissions) if t is not None]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        if self._pending:
+            log.warning(
+                "batch closed with %d tasks still pending on the service; they are no longer "
+                "tracked (re-attach with client.wait(task_id))",
+                len(self._pending),
+            )
+            for task_id in self._pending:
+                self._client._scheduler.forget(task_id)
+            self._pending.clear()
+
+    # --------------------------------------------------------------- intake
+
+    def _start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._producer = loop.create_task(self._produce(), name="ruxa_async batch intake")
+        self._producer.add_done_callback(lambda _t: self._wakeup.set())
+        if self._timeout is not None:
+            self._deadline_handle = loop.call_later(self._timeout, self._on_deadline)
+
+    async def _produce(self) -> None:
+        index = 0
+        try:
+            async for job in _iterate(self._jobs):
+                if not isinstance(job, Job):
+                    raise TypeError(
+                        f"jobs must be ruxa_async.Job objects, got {type(job).__name__}"
+                    )
+                await self._room.acquire()
+                slot = _Slot(index, job)
+                index += 1
+                self._in_hand += 1
+                if self.stop_reason is not None:
+                    self._emit(slot, error=NotSubmittedError(self.stop_reason, self.stop_error))
+                    continue
+                if job.task_id is not None:
+                    slot.task_id = job.task_id
+                    self._track(slot)
+                    continue
+                if self._validate and not self._valid(slot):
+                    continue
+                await self._submitting.acquire()
+                if not self._first_created.is_set():
+                    if self._probe_running:
+                        await self._first_created.wait()
+                    else:
+                        self._probe_running = True
+                if self.stop_reason is not None:
+                    self._submitting.release()
+                    self._emit(slot, error=NotSubmittedError(self.stop_reason, self.stop_error))
+                    continue
+                task = asyncio.get_running_loop().create_task(self._submit(slot))
+                self._submissions.add(task)
+                task.add_done_callback(self._submissions.discard)
+        finally:
+            self._intake_done = True
+            self._wakeup.set()
+
+    def _valid(self, slot: _Slot) -> bool:
+        try:
+            validate_input(slot.job.model, slot.job.input)
+        except InvalidInputError as exc:
+            self._emit(slot, error=exc)
+            return False
+        return True
+
+    async def _submit(self, slot: _Slot) -> None:
+        client = self._client
+        try:
+            if self._before_create is not None:
+                await self._before_create(slot.job)
+            task_id = await client.create_task(
+                slot.job.model, slot.job.input, callback_url=client.callback_url
+            )
+        except (AuthenticationError, InsufficientCreditsError) as exc:
+            self._stop(exc)
+            self._emit(slot, error=NotSubmittedError(self.stop_reason or str(exc), exc))
+            return
+        except RuxaError as exc:
+            self._emit(slot, error=exc)
+            return
+        finally:
+            self._submitting.release()
+            self._first_created.set()
+        slot.task_id = task_id
+        if self.stop_reason == "batch deadline passed":
+            self._emit(slot, error=TaskTimeoutError(task_id, self._timeout))
+            return
+        self._pending[task_id] = slot
+        self._event("submitted", slot)
+        scheduler = client._scheduler
+        future = scheduler.track(
+            task_id,
+            model=slot.job.model,
+            on_state=(lambda state: self._event("state", slot, state)) if self._on_event else None,
+        )
+        future.add_done_callback(lambda f: self._settled(slot, f))
+
+    def _settled(self, slot: _Slot, future: asyncio.Future[TaskInfo]) -> None:
+        if slot.task_id is not None:
+            self._pending.pop(slot.task_id, None)
+        if future.cancelled():
+            return
+        error = future.exception()
+        if error is not None:
+            self._emit(slot, error=error)
+        else:
+            self._emit(slot, info=future.result())
+
+    # ------------------------------------------------------------- stopping
+
+    def _stop(self, exc: RuxaError) -> None:
+        if self.stop_reason is not None:
+            return
+        if isinstance(exc, AuthenticationError):
+            reason = "the API key was rejected (401)"
+        else:
+            reason = "the account has insufficient credits (402)"
+        self.stop_reason = reason
+        self.stop_error = exc
+        log.error("batch stopped submitting: %s; tasks already created are still awaited", reason)
+
+    def _on_deadline(self) -> None:
+        self._deadline_handle = None
+        if self.stop_reason is None:
+            self.stop_reason = "batch deadline passed"
+        pending, self._pending = self._pending, {}
+        if pending:
+            log.warning(
+                "batch deadline of %s s passed with %d tasks pending; they may still finish "
+                "on the service",
+                self._timeout,
+                len(pending),
+            )
+        for task_id, slot in pending.items():
+            self._client._scheduler.forget(task_id)
+            self._emit(slot, error=TaskTimeoutError(task_id, self._timeout))
+
+    # -------------------------------------------------------------- outcomes
+
+    def _emit(
+        self, slot: _Slot, *, info: TaskInfo | None = None, error: BaseException | None = None
+    ) -> None:
+        if slot.done:
+            return
+        slot.done = True
+        outcome = JobOutcome(
+            job=slot.job, index=slot.index, task_id=slot.task_id, info=info, error=error
+        )
+        self._in_hand -= 1
+        self._ready.append(outcome)
+        self._wakeup.set()
+        self._event("finished", slot, outcome=outcome)
+
+    def _event(
+        self,
+        kind: EventKind,
+        slot: _Slot,
+        state: TaskState | None = None,
+        outcome: JobOutcome | None = None,
+    ) -> None:
+        if self._on_event is None:
+            return
+        try:
+            self._on_event(
+                ProgressEvent(
+                    kind=kind,
+                    index=slot.index,
+                    job=slot.job,
+                    task_id=slot.task_id,
+                    state=state,
+                    outcome=outcome,
+                )
+            )
+        except Exception:
+            log.exception("the batch progress callback raised; ignoring")
+
+
+async def run_batch(
+    client: RuxaClient,
+    jobs: Iterable[Job] | AsyncIterable[Job],
+    *,
+    max_pending: int = 1000,
+    timeout: float | None = None,
+    on_event: Callable[[ProgressEvent], None] | None = None,
+    before_create: Callable[[Job], Awaitable[None]] | None = None,
+) -> BatchReport:
+    """Run every job and return their outcomes in input order with a summary."""
+    started = time.monotonic()
+    before = client.statistics()
+    outcomes: list[JobOutcome] = []
+    batch = AsCompleted(
+        client,
+        jobs,
+        max_pending=max_pending,
+        timeout=timeout,
+        on_event=on_event,
+        before_create=before_create,
+    )
+    async with batch:
+        async for outcome in batch:
+            outcomes.append(outcome)
+    outcomes.sort(key=lambda o: o.index)
+    after = client.statistics()
+    return BatchReport(
+        outcomes=tuple(outcomes),
+        requests_sent=after.requests_sent - before.requests_sent,
+        rate_limited=after.rate_limited - before.rate_limited,
+        ambiguous_create_retries=after.ambiguous_create_retries - before.ambiguous_create_retries,
+        wall_time=time.monotonic() - started,
+        stop_reason=batch.stop_reason,
+    )

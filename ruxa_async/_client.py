@@ -1,0 +1,361 @@
+"""RuxaClient: the async context manager that owns the session, limiter and scheduler."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any, Protocol
+
+import attrs
+
+from . import _wire
+from ._batch import AsCompleted, ProgressEvent, run_batch
+from ._config import DEFAULT_BASE_URL, PollPolicy, RateLimits, RetryPolicy, Timeouts
+from ._errors import APIStatusError, ConfigurationError, RateLimitError, TaskTimeoutError
+from ._handles import TaskHandle
+from ._limiter import Kind, RateController, RateStatistics
+from ._models import BatchReport, Job, TaskInfo
+from ._retry import Retrier
+from ._scheduler import PollScheduler, SchedulerStatistics
+from ._transport import Transport
+from .catalog import get_model
+
+__all__ = ["CallbackReceiver", "ClientStatistics", "RuxaClient"]
+
+log = logging.getLogger("ruxa_async")
+
+_VERSION = "0.1.0.dev0"
+
+
+@attrs.frozen(kw_only=True)
+class ClientStatistics:
+    """A snapshot of everything one client has done so far."""
+
+    requests_sent: int
+    creates: int
+    queries: int
+    retries: int
+    ambiguous_create_retries: int
+    rate_limited: int
+    pending: int
+    rate: RateStatistics
+    scheduler: SchedulerStatistics
+
+
+class CallbackReceiver(Protocol):
+    """What a client needs from a callback receiver (see ``ruxa_async.webhooks``).
+
+    The client calls :meth:`start` when it starts (the receiver then feeds
+    each verified callback into ``client.feed_callback``, or confirms it with
+    ``client.get_task`` first) and :meth:`aclose` when it closes; every task the
+    client creates carries :attr:`callback_url`.
+    """
+
+    @property
+    def callback_url(self) -> str:
+        """The URL Ruxa should POST to, secret token included."""
+        ...
+
+    async def start(self, client: RuxaClient) -> None:
+        """Begin receiving callbacks for ``client``."""
+        ...
+
+    async def aclose(self) -> None:
+        """Stop receiving callbacks."""
+        ...
+
+
+def _key_source(api_key: str | Callable[[], str] | None) -> Callable[[], str]:
+    if callable(api_key):
+        return api_key
+    key = api_key if api_key is not None else os.environ.get("RUXA_API_KEY")
+    if not key:
+        raise ConfigurationError(
+            "no API key: pass api_key=... or set the RUXA_API_KEY environment variable"
+        )
+    return lambda: key
+
+
+class RuxaClient:
+    """An asyncio client for the Ruxa AI task API.
+
+    Use it as an async context manager, share it between coroutines::
+
+        async with RuxaClient() as client:            # key from RUXA_API_KEY
+            info = await client.generate("google/nano-banana", {"prompt": "a red fox"})
+            print(info.result_urls)
+
+    ``api_key`` may be a string or a zero-argument callable returning the
+    current key (to rotate keys without a restart). One client holds one
+    connection pool, one rate controller shared by all its requests, and one
+    polling coroutine for all its pending tasks.
+    """
+
+    def __init__(
+        self,
+        api_key: str | Callable[[], str] | None = None,
+        *,
+        base_url: str | None = None,
+        timeouts: Timeouts | None = None,
+        retry: RetryPolicy | None = None,
+        rate_limits: RateLimits | None = None,
+        poll: PollPolicy | None = None,
+        max_connections: int | None = None,
+        callbacks: CallbackReceiver | None = None,
+    ) -> None:
+        self._key = _key_source(api_key)
+        self._callbacks = callbacks
+        self._base_url = base_url or os.environ.get("RUXA_BASE_URL") or DEFAULT_BASE_URL
+        self.timeouts = timeouts or Timeouts()
+        self.retry_policy = retry or RetryPolicy()
+        self.rate_limits = rate_limits or RateLimits()
+        self.poll_policy = poll or PollPolicy()
+        self._transport = Transport(
+            base_url=self._base_url,
+            key=self._key,
+            timeouts=self.timeouts,
+            max_connections=max_connections or self.rate_limits.max_in_flight,
+            user_agent=f"ruxa-async/{_VERSION}",
+        )
+        self._limiter = RateController(self.rate_limits)
+        self._retrier = Retrier(self.retry_policy)
+        self._scheduler = PollScheduler(
+            self._check,
+            self.poll_policy,
+            concurrency=self.rate_limits.max_in_flight,
+            typical_seconds=_typical_seconds,
+        )
+        self._runner: asyncio.Task[None] | None = None
+        self._closed = False
+        self._counts = {"create": 0, "query": 0}
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else ("open" if self._runner else "new")
+        return f"<RuxaClient {self._base_url} {state}>"
+
+    @property
+    def base_url(self) -> str:
+        """The API base URL this client talks to."""
+        return self._transport.base_url
+
+    # -------------------------------------------------------------- lifecycle
+
+    async def __aenter__(self) -> RuxaClient:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def start(self) -> None:
+        """Open the connection pool and start the polling coroutine (``async with`` does this)."""
+        if self._closed:
+            raise ConfigurationError("this client was closed; create a new one")
+        if self._runner is not None:
+            return
+        self._transport.open()
+        self._runner = asyncio.get_running_loop().create_task(
+            self._scheduler.run(), name="ruxa_async scheduler"
+        )
+        if self._callbacks is not None:
+            await self._callbacks.start(self)
+
+    async def aclose(self) -> None:
+        """Stop polling, fail still-pending handles with ClientClosedError, close connections."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._callbacks is not None:
+            await self._callbacks.aclose()
+        self._scheduler.close()
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            runner.cancel()
+            try:
+                await runner
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    raise
+        await self._transport.aclose()
+
+    # ---------------------------------------------------------- the one path
+
+    async def _send(self, kind: Kind, method: str, path: str, body: bytes | None = None) -> Any:
+        """One attempt: permit from the rate controller, the request, the parsed reply."""
+        if self._runner is None:
+            await self.start()
+        async with self._limiter.permit(kind) as permit:
+            self._counts[kind] += 1
+            reply = await self._transport.request(method, path, body)
+        try:
+            data = _wire.parse_reply(reply.status, reply.body, reply.retry_after)
+        except RateLimitError as exc:
+            self._limiter.on_rate_limited(permit, exc.retry_after)
+            raise
+        except APIStatusError:
+            self._limiter.on_success(permit)
+            raise
+        self._limiter.on_success(permit)
+        return data
+
+    async def _check(self, task_id: str) -> TaskInfo:
+        data = await self._send("query", "GET", _wire.query_path(task_id))
+        return _wire.parse_task(data, task_id=task_id)
+
+    @property
+    def callback_url(self) -> str | None:
+        """The callback URL sent with every create, when a receiver is configured."""
+        return self._callbacks.callback_url if self._callbacks is not None else None
+
+    # -------------------------------------------------------------- requests
+
+    async def create_task(
+        self, model: str, input: Mapping[str, Any], *, callback_url: str | None = None
+    ) -> str:
+        """Create a task and return its id (retried per the retry policy)."""
+        body = _wire.build_create_body(model, input, callback_url)
+        data = await self._retrier.call(
+            "create", lambda: self._send("create", "POST", _wire.CREATE_PATH, body)
+        )
+        task_id = _wire.parse_task_id(data)
+        log.debug("created task %s (%s)", task_id, model)
+        return task_id
+
+    async def get_task(self, task_id: str) -> TaskInfo:
+        """Fetch a task's current state once (retried per the retry policy)."""
+        return await self._retrier.call("query", lambda: self._check(task_id))
+
+    # --------------------------------------------------------------- waiting
+
+    def _handle(self, task_id: str, model: str | None, callbacks: bool) -> TaskHandle:
+        future = self._scheduler.track(task_id, model=model, callbacks=callbacks)
+        return TaskHandle(task_id, future, self._scheduler.last_state)
+
+    async def submit(
+        self, model: str, input: Mapping[str, Any], *, callback_url: str | None = None
+    ) -> TaskHandle:
+        """Create a task and return an awaitable :class:`TaskHandle` for it.
+
+        With a callback receiver configured, the task carries its URL unless
+        ``callback_url`` names another one.
+        """
+        url = callback_url if callback_url is not None else self.callback_url
+        task_id = await self.create_task(model, input, callback_url=url)
+        return self._handle(task_id, model, callbacks=url is not None)
+
+    def attach(self, task_id: str, *, model: str | None = None) -> TaskHandle:
+        """A handle for a task created earlier (perhaps by another process); starts tracking it."""
+        if self._runner is None:
+            raise ConfigurationError("start the client first: `async with RuxaClient(...)`")
+        return self._handle(task_id, model, callbacks=False)
+
+    async def generate(
+        self, model: str, input: Mapping[str, Any], *, timeout: float | None = None
+    ) -> TaskInfo:
+        """Create a task and wait for it: the successful :class:`TaskInfo`, or an error.
+
+        Raises :class:`TaskFailedError` if the task fails and
+        :class:`TaskTimeoutError` after ``timeout`` seconds.
+        """
+        handle = await self.submit(model, input)
+        return await handle.wait(timeout)
+
+    async def wait(
+        self, task_id: str, *, timeout: float | None = None, model: str | None = None
+    ) -> TaskInfo:
+        """Re-attach to a task created earlier (perhaps by another process) and wait for it."""
+        if self._runner is None:
+            await self.start()
+        already = self._scheduler.last_state(task_id) is not None
+        handle = self._handle(task_id, model, callbacks=False)
+        try:
+            return await handle.wait(timeout)
+        except (TaskTimeoutError, asyncio.CancelledError):
+            if not already:
+                self._scheduler.forget(task_id)
+            raise
+
+    async def download(self, url: str, dest: str | os.PathLike[str], **options: Any) -> Path:
+        """Stream a result file to ``dest`` (via a temporary name, renamed when complete).
+
+        Retried on transient errors; returns the final path. See
+        ``ruxa_async._download.download_to_file`` for ``options``.
+        """
+        from ._download import download_to_file
+
+        if self._runner is None:
+            await self.start()
+        return await download_to_file(self._transport, url, Path(dest), **options)
+
+    def feed_callback(self, info: TaskInfo) -> bool:
+        """Resolve a pending task from a callback parsed elsewhere; True if it resolved one."""
+        return self._scheduler.resolve(info, source="callback")
+
+    # ----------------------------------------------------------------- batches
+
+    def as_completed(
+        self,
+        jobs: Iterable[Job] | AsyncIterable[Job],
+        *,
+        max_pending: int = 1000,
+        timeout: float | None = None,
+        on_event: Callable[[ProgressEvent], None] | None = None,
+        before_create: Callable[[Job], Awaitable[None]] | None = None,
+    ) -> AsCompleted:
+        """Run ``jobs`` and yield a :class:`JobOutcome` for each, in completion order.
+
+        ``jobs`` is pulled lazily; at most ``max_pending`` jobs are created but
+        not yet yielded. One job's failure never stops the others. A rejected
+        key (401) or exhausted credits (402) stops *submitting*: tasks already
+        created are still awaited, and every job not sent is yielded as
+        NOT_SUBMITTED. ``timeout`` bounds the whole batch.
+        """
+        return AsCompleted(self, jobs, max_pending=max_pending, timeout=timeout, on_event=on_event)
+
+    async def run_batch(
+        self,
+        jobs: Iterable[Job] | AsyncIterable[Job],
+        *,
+        max_pending: int = 1000,
+        timeout: float | None = None,
+        on_event: Callable[[ProgressEvent], None] | None = None,
+        before_create: Callable[[Job], Awaitable[None]] | None = None,
+    ) -> BatchReport:
+        """Run ``jobs`` to the end: outcomes in input order plus a summary.
+
+        Takes the same arguments as :meth:`as_completed`.
+        """
+        return await run_batch(
+            self,
+            jobs,
+            max_pending=max_pending,
+            timeout=timeout,
+            on_event=on_event,
+            before_create=before_create,
+        )
+
+    # ------------------------------------------------------------- statistics
+
+    def statistics(self) -> ClientStatistics:
+        """A frozen snapshot of requests, retries, 429s, pending tasks and rates."""
+        rate = self._limiter.statistics()
+        return ClientStatistics(
+            requests_sent=self._transport.requests_sent,
+            creates=self._counts["create"],
+            queries=self._counts["query"],
+            retries=self._retrier.retries,
+            ambiguous_create_retries=self._retrier.ambiguous_create_retries,
+            rate_limited=rate.rate_limited,
+            pending=self._scheduler.pending,
+            rate=rate,
+            scheduler=self._scheduler.statistics(),
+        )
+
+
+def _typical_seconds(model: str | None) -> float | None:
+    spec = get_model(model) if model else None
+    return spec.typical_seconds if spec is not None else None

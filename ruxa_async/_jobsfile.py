@@ -1,0 +1,227 @@
+"""The batch runner's jobs file: one JSON object per line, read lazily, errors by line number.
+
+A line looks like ``{"id": "fox-1", "model": "google/nano-banana", "input": {...}}``;
+``id`` and ``metadata`` are optional and ``model`` may come from a default.
+Blank lines are ignored. A job without ``id`` is keyed ``line-<n>``.
+
+:func:`scan_jobs` reads the whole file once to check its syntax before anything
+is sent (keeping only the keys and, for de-duplication, one digest per distinct
+job); :func:`read_jobs` then streams it again, one :class:`JobLine` at a time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from ._errors import InvalidInputError
+from .catalog import estimate_cost, validate_input
+
+__all__ = [
+    "JobLine",
+    "JobsFileError",
+    "JobsSummary",
+    "fingerprint",
+    "read_jobs",
+    "scan_jobs",
+]
+
+_FIELDS = ("id", "model", "input", "metadata")
+_EXAMPLES = 20
+_canonical = json.JSONEncoder(
+    ensure_ascii=False, separators=(",", ":"), sort_keys=True, allow_nan=False
+).encode
+
+
+class JobsFileError(ValueError):
+    """The jobs file cannot be used: missing, unreadable, or a line is not a valid job."""
+
+    def __init__(self, path: Path, message: str, *, line: int | None = None) -> None:
+        self.path = path
+        self.line = line
+        self.message = message
+        where = f"{path}, line {line}" if line is not None else str(path)
+        super().__init__(f"{where}: {message}")
+
+
+def fingerprint(model: str, input: Mapping[str, Any]) -> str:
+    """A stable digest of what a job asks for (model plus canonical input JSON)."""
+    text = _canonical({"model": model, "input": input})
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+
+
+@attrs.frozen(kw_only=True)
+class JobLine:
+    """One job read from the file, with where it came from."""
+
+    line: int
+    key: str
+    model: str
+    input: Mapping[str, Any]
+    metadata: Mapping[str, Any] | None = None
+    fingerprint: str
+
+    def problem(self) -> InvalidInputError | None:
+        """The catalogue's objection to this job's input, or None when it passes."""
+        try:
+            validate_input(self.model, self.input)
+        except InvalidInputError as exc:
+            return exc
+        return None
+
+
+@attrs.define(kw_only=True)
+class JobsSummary:
+    """What a full pass over the jobs file found.
+
+    ``primaries`` maps each distinct job's fingerprint to the key of its first
+    occurrence (filled only when de-duplicating); ``invalid_examples`` holds
+    the first few catalogue rejections as ``(line, key, error)``.
+    """
+
+    total: int = 0
+    valid: int = 0
+    invalid: int = 0
+    duplicates: int = 0
+    by_model: Counter[str] = attrs.field(factory=Counter)
+    cost: float = 0.0
+    unpriced: Counter[str] = attrs.field(factory=Counter)
+    invalid_examples: list[tuple[int, str, InvalidInputError]] = attrs.field(factory=list)
+    primaries: dict[str, str] = attrs.field(factory=dict)
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _parse(path: Path, number: int, raw: bytes, default_model: str | None) -> JobLine | None:
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise JobsFileError(path, f"not UTF-8 text ({exc.reason})", line=number) from None
+    if number == 1:
+        text = text.removeprefix("\ufeff")
+    text = text.strip()
+    if not text:
+        return None
+    try:
+        data = json.loads(text, parse_constant=_reject_constant)
+    except ValueError as exc:
+        detail = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
+        raise JobsFileError(path, f"not valid JSON ({detail})", line=number) from None
+    if not isinstance(data, dict):
+        kind = type(data).__name__ if data is not None else "null"
+        raise JobsFileError(path, f"expected a JSON object, got {kind}", line=number)
+    unknown = sorted(set(data) - set(_FIELDS))
+    if unknown:
+        raise JobsFileError(
+            path,
+            f"unknown field {unknown[0]!r} (a job has: {', '.join(_FIELDS)})",
+            line=number,
+        )
+    model = data.get("model", default_model)
+    if model is None:
+        raise JobsFileError(path, 'no "model" (add one to the line or pass --model)', line=number)
+    if not isinstance(model, str) or not model.strip():
+        raise JobsFileError(path, '"model" must be a non-empty string', line=number)
+    if "input" not in data:
+        raise JobsFileError(path, 'no "input" object', line=number)
+    job_input = data["input"]
+    if not isinstance(job_input, dict):
+        raise JobsFileError(path, '"input" must be a JSON object', line=number)
+    key = _key(path, number, data.get("id"))
+    metadata = data.get("metadata")
+    if metadata is not None and not isinstance(metadata, dict):
+        raise JobsFileError(path, '"metadata" must be a JSON object', line=number)
+    return JobLine(
+        line=number,
+        key=key,
+        model=model.strip(),
+        input=job_input,
+        metadata=metadata,
+        fingerprint=fingerprint(model.strip(), job_input),
+    )
+
+
+def _key(path: Path, number: int, value: object) -> str:
+    if value is None:
+        return f"line-{number}"
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise JobsFileError(path, '"id" must be a string or an integer', line=number)
+    key = str(value).strip()
+    if not key:
+        raise JobsFileError(path, '"id" must not be empty', line=number)
+    if len(key) > 200:
+        raise JobsFileError(path, '"id" is longer than 200 characters', line=number)
+    return key
+
+
+def read_jobs(path: Path, *, default_model: str | None = None) -> Iterator[JobLine]:
+    """Yield the file's jobs one by one; raise :class:`JobsFileError` at the first bad line."""
+    try:
+        handle = path.open("rb")
+    except FileNotFoundError:
+        raise JobsFileError(path, "no such file") from None
+    except IsADirectoryError:
+        raise JobsFileError(path, "is a directory, not a jobs file") from None
+    except OSError as exc:
+        raise JobsFileError(path, f"cannot read it ({exc.strerror or exc})") from None
+    with handle:
+        for number, raw in enumerate(handle, start=1):
+            job = _parse(path, number, raw, default_model)
+            if job is not None:
+                yield job
+
+
+def scan_jobs(
+    path: Path,
+    *,
+    default_model: str | None = None,
+    dedupe: bool = True,
+    prices: Mapping[str, float] | None = None,
+    check: Callable[[JobLine], None] | None = None,
+) -> JobsSummary:
+    """Read the whole file once: syntax, unique keys, catalogue checks, counts and cost.
+
+    Raises :class:`JobsFileError` for the first line that is not a valid job or
+    reuses a key. ``check`` sees every job and may raise :class:`JobsFileError`
+    itself (the batch runner compares keys with its journal there). Nothing is
+    kept per line except the key (to find duplicates) and, when ``dedupe``,
+    one entry per distinct job.
+    """
+    summary = JobsSummary()
+    seen: dict[str, int] = {}
+    for job in read_jobs(path, default_model=default_model):
+        summary.total += 1
+        first = seen.setdefault(job.key, job.line)
+        if first != job.line:
+            raise JobsFileError(
+                path, f"job id {job.key!r} is already used on line {first}", line=job.line
+            )
+        if check is not None:
+            check(job)
+        problem = job.problem()
+        if problem is not None:
+            summary.invalid += 1
+            if len(summary.invalid_examples) < _EXAMPLES:
+                summary.invalid_examples.append((job.line, job.key, problem))
+            continue
+        summary.valid += 1
+        if dedupe:
+            primary = summary.primaries.setdefault(job.fingerprint, job.key)
+            if primary != job.key:
+                summary.duplicates += 1
+                continue
+        summary.by_model[job.model] += 1
+        cost = estimate_cost(job.model, job.input, prices)
+        if cost is None:
+            summary.unpriced[job.model] += 1
+        else:
+            summary.cost += cost
+    return summary

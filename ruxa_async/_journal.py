@@ -1,0 +1,498 @@
+"""The batch runner's durable record of jobs, task ids, outcomes and downloaded files.
+
+One SQLite file (WAL mode, ``synchronous=FULL``) owned by one dedicated worker
+thread and connection, so the event loop never waits on disk. Writes are queued
+and group-committed: the worker drains whatever is queued into one transaction.
+:meth:`Journal.mark_submitting` returns only after its row is committed, which
+is what makes a crash between that commit and the create request visible later
+as an *ambiguous* job; the other writes return at once and are committed within
+moments. An error in the worker is kept and raised by the next awaited call.
+
+A lock file next to the journal stops two runs from sharing it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import json
+import logging
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import attrs
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = ["FileRecord", "JobRecord", "JobState", "Journal", "JournalError"]
+
+log = logging.getLogger("ruxa_async")
+
+_SCHEMA_VERSION = "1"
+_MAX_GROUP = 2000
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (
+    name  TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS jobs (
+    key         TEXT PRIMARY KEY,
+    line        INTEGER NOT NULL,
+    fingerprint TEXT NOT NULL,
+    model       TEXT NOT NULL,
+    state       TEXT NOT NULL,
+    task_id     TEXT,
+    result_urls TEXT,
+    error       TEXT,
+    creates     INTEGER NOT NULL DEFAULT 0,
+    updated     REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS files (
+    key     TEXT NOT NULL,
+    idx     INTEGER NOT NULL,
+    url     TEXT NOT NULL,
+    path    TEXT NOT NULL,
+    state   TEXT NOT NULL,
+    size    INTEGER,
+    error   TEXT,
+    updated REAL NOT NULL,
+    PRIMARY KEY (key, idx)
+);
+"""
+
+
+class JournalError(Exception):
+    """The journal cannot be opened, is in use by another run, or failed to write."""
+
+
+class JobState(str, enum.Enum):
+    """Where a job stands in the journal.
+
+    ``SUBMITTING``: a create is about to be (or was) sent, no task id known.
+    ``SUBMITTED``: the task exists; its end is not yet recorded.
+    ``SUCCEEDED`` / ``FAILED``: the task ended (both are final; nothing is re-sent).
+    ``AMBIGUOUS``: the create may have reached the service but no task id came back.
+    ``UNSENT``: provably nothing was created (stopped before sending, or rejected).
+    """
+
+    SUBMITTING = "submitting"
+    SUBMITTED = "submitted"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    AMBIGUOUS = "ambiguous"
+    UNSENT = "unsent"
+
+    @property
+    def is_final(self) -> bool:
+        """True for SUCCEEDED and FAILED: the job is done and paid for."""
+        return self is JobState.SUCCEEDED or self is JobState.FAILED
+
+
+@attrs.frozen(kw_only=True)
+class FileRecord:
+    """One result file of a job: where it goes and whether it arrived."""
+
+    key: str
+    index: int
+    url: str
+    path: str
+    state: str
+    size: int | None = None
+    error: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class JobRecord:
+    """A job as the journal remembers it."""
+
+    key: str
+    line: int
+    fingerprint: str
+    model: str
+    state: JobState
+    task_id: str | None = None
+    result_urls: tuple[str, ...] = ()
+    error: str | None = None
+    creates: int = 0
+
+    @property
+    def ambiguous(self) -> bool:
+        """True when a create may have been sent but no task id is known."""
+        return self.task_id is None and self.state in (JobState.SUBMITTING, JobState.AMBIGUOUS)
+
+
+_Op = Callable[[sqlite3.Connection], Any]
+
+
+class _Stop:
+    pass
+
+
+_STOP = _Stop()
+
+
+class Journal:
+    """The SQLite journal of one batch output folder; an async context manager.
+
+    All SQLite work happens on one worker thread started by :meth:`open`.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._queue: queue.SimpleQueue[tuple[_Op | _Stop, asyncio.Future[Any] | None]] = (
+            queue.SimpleQueue()
+        )
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._error: BaseException | None = None
+        self._lock_file: IO[bytes] | None = None
+        self.commits = 0
+        self.writes = 0
+
+    def __repr__(self) -> str:
+        return f"<Journal {self.path}>"
+
+    async def __aenter__(self) -> Journal:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    # ------------------------------------------------------------- lifecycle
+
+    async def open(self) -> None:
+        """Lock the journal, start the worker, create the schema if needed."""
+        if self._thread is not None:
+            return
+        self._loop = asyncio.get_running_loop()
+        ready: asyncio.Future[None] = self._loop.create_future()
+        self._thread = threading.Thread(
+            target=self._work, args=(ready,), name="ruxa_async journal", daemon=True
+        )
+        self._thread.start()
+        try:
+            await ready
+        except BaseException:
+            await self._join()
+            raise
+
+    async def aclose(self) -> None:
+        """Commit what is queued, close the connection and stop the worker."""
+        if self._thread is None:
+            return
+        self._queue.put((_STOP, None))
+        await self._join()
+
+    async def _join(self) -> None:
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            await asyncio.get_running_loop().run_in_executor(None, thread.join)
+
+    # ---------------------------------------------------------------- worker
+
+    def _lock(self) -> None:
+        if fcntl is None:  # pragma: no cover - not POSIX
+            return
+        lock_path = self.path.with_name(self.path.name + ".lock")
+        handle = lock_path.open("ab")
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.close()
+            raise JournalError(
+                f"{self.path} is in use by another ruxa-async run; wait for it or use "
+                "another --journal"
+            ) from None
+        self._lock_file = handle
+
+    def _connect(self) -> sqlite3.Connection:
+        self._lock()
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA busy_timeout=5000")
+            conn.executescript(_SCHEMA)
+            row = conn.execute("SELECT value FROM meta WHERE name='schema'").fetchone()
+            if row is None:
+                conn.execute("INSERT INTO meta VALUES ('schema', ?)", (_SCHEMA_VERSION,))
+            elif row[0] != _SCHEMA_VERSION:
+                raise JournalError(
+                    f"{self.path} was written by another version of ruxa-async "
+                    f"(schema {row[0]}, expected {_SCHEMA_VERSION})"
+                )
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _work(self, ready: asyncio.Future[None]) -> None:
+        try:
+            conn = self._connect()
+        except (sqlite3.Error, OSError, JournalError) as exc:
+            error = exc if isinstance(exc, JournalError) else JournalError(f"{self.path}: {exc}")
+            self._release_lock()
+            self._resolve(ready, error=error)
+            return
+        self._resolve(ready, None)
+        try:
+            self._serve(conn)
+        finally:
+            conn.close()
+            self._release_lock()
+
+    def _serve(self, conn: sqlite3.Connection) -> None:
+        while True:
+            batch = [self._queue.get()]
+            while len(batch) < _MAX_GROUP:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            stop = False
+            results: list[tuple[asyncio.Future[Any] | None, Any]] = []
+            failure: BaseException | None = None
+            if self._error is None:
+                try:
+                    conn.execute("BEGIN IMMEDIATE")
+                    for op, future in batch:
+                        if isinstance(op, _Stop):
+                            stop = True
+                            continue
+                        results.append((future, op(conn)))
+                    conn.execute("COMMIT")
+                    self.commits += 1
+                    self.writes += len(results)
+                except Exception as exc:  # the thread boundary: handed to every waiter
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
+                    failure = _as_journal_error(exc, self.path)
+                    self._error = failure
+                    log.error("%s", failure)
+            else:
+                failure = self._error
+            if failure is not None:
+                for op, future in batch:
+                    stop = stop or isinstance(op, _Stop)
+                    if future is not None:
+                        self._resolve(future, error=failure)
+            else:
+                for future, result in results:
+                    if future is not None:
+                        self._resolve(future, result)
+            if stop:
+                return
+
+    def _release_lock(self) -> None:
+        handle, self._lock_file = self._lock_file, None
+        if handle is not None:
+            handle.close()
+
+    def _resolve(
+        self, future: asyncio.Future[Any], result: Any = None, *, error: BaseException | None = None
+    ) -> None:
+        def settle() -> None:
+            if future.done():
+                return
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(result)
+
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(settle)
+
+    # ------------------------------------------------------------ operations
+
+    def _check(self) -> None:
+        if self._error is not None:
+            raise self._error
+        if self._thread is None:
+            raise JournalError("the journal is not open")
+
+    def _post(self, op: _Op) -> None:
+        self._check()
+        self._queue.put((op, None))
+
+    async def _call(self, op: _Op) -> Any:
+        self._check()
+        assert self._loop is not None
+        future: asyncio.Future[Any] = self._loop.create_future()
+        self._queue.put((op, future))
+        return await future
+
+    @property
+    def error(self) -> BaseException | None:
+        """The write error that stopped the journal, if any."""
+        return self._error
+
+    async def flush(self) -> None:
+        """Wait until every write queued so far is committed."""
+        await self._call(lambda conn: None)
+
+    async def get_meta(self, name: str) -> str | None:
+        """A value stored with :meth:`set_meta`, or None."""
+
+        def op(conn: sqlite3.Connection) -> str | None:
+            row = conn.execute("SELECT value FROM meta WHERE name=?", (name,)).fetchone()
+            return None if row is None else str(row[0])
+
+        result: str | None = await self._call(op)
+        return result
+
+    async def set_meta(self, name: str, value: str) -> None:
+        """Store a named setting (committed when this returns)."""
+        await self._call(
+            lambda conn: conn.execute(
+                "INSERT INTO meta VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value=excluded.value",
+                (name, value),
+            )
+        )
+
+    async def load(self) -> tuple[dict[str, JobRecord], dict[str, list[FileRecord]]]:
+        """Every job and every file record, by job key."""
+
+        def op(conn: sqlite3.Connection) -> tuple[dict[str, JobRecord], dict[str, list[FileRecord]]]:
+            jobs = {record.key: record for record in _job_rows(conn)}
+            files: dict[str, list[FileRecord]] = {}
+            for row in conn.execute(
+                "SELECT key, idx, url, path, state, size, error FROM files ORDER BY key, idx"
+            ):
+                record = FileRecord(
+                    key=row[0],
+                    index=row[1],
+                    url=row[2],
+                    path=row[3],
+                    state=row[4],
+                    size=row[5],
+                    error=row[6],
+                )
+                files.setdefault(record.key, []).append(record)
+            return jobs, files
+
+        result: tuple[dict[str, JobRecord], dict[str, list[FileRecord]]] = await self._call(op)
+        return result
+
+    async def mark_submitting(self, key: str, *, line: int, fingerprint: str, model: str) -> None:
+        """Record that a create for ``key`` is about to be sent; returns once committed."""
+        now = time.time()
+
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO jobs (key, line, fingerprint, model, state, creates, updated) "
+                "VALUES (?, ?, ?, ?, 'submitting', 1, ?) "
+                "ON CONFLICT(key) DO UPDATE SET line=excluded.line, "
+                "fingerprint=excluded.fingerprint, model=excluded.model, state='submitting', "
+                "task_id=NULL, result_urls=NULL, error=NULL, creates=creates+1, "
+                "updated=excluded.updated",
+                (key, line, fingerprint, model, now),
+            )
+
+        await self._call(op)
+
+    def record_task_id(self, key: str, task_id: str) -> None:
+        """Record the task id a create returned (committed shortly)."""
+        now = time.time()
+        self._post(
+            lambda conn: conn.execute(
+                "UPDATE jobs SET state='submitted', task_id=?, error=NULL, updated=? WHERE key=?",
+                (task_id, now, key),
+            )
+        )
+
+    def record_outcome(
+        self,
+        key: str,
+        state: JobState,
+        *,
+        task_id: str | None = None,
+        result_urls: tuple[str, ...] = (),
+        error: str | None = None,
+    ) -> None:
+        """Record how a job ended (or why it is still open); committed shortly.
+
+        ``task_id=None`` keeps the task id already recorded.
+        """
+        now = time.time()
+        urls = json.dumps(list(result_urls)) if result_urls else None
+
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "UPDATE jobs SET state=?, task_id=COALESCE(?, task_id), result_urls=?, error=?, "
+                "updated=? WHERE key=?",
+                (state.value, task_id, urls, error, now, key),
+            )
+
+        self._post(op)
+
+    def record_file(self, record: FileRecord) -> None:
+        """Record a result file's state (``pending``, ``done`` or ``failed``); committed shortly."""
+        now = time.time()
+        self._post(
+            lambda conn: conn.execute(
+                "INSERT INTO files (key, idx, url, path, state, size, error, updated) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(key, idx) DO UPDATE SET "
+                "url=excluded.url, path=excluded.path, state=excluded.state, "
+                "size=excluded.size, error=excluded.error, updated=excluded.updated",
+                (
+                    record.key,
+                    record.index,
+                    record.url,
+                    record.path,
+                    record.state,
+                    record.size,
+                    record.error,
+                    now,
+                ),
+            )
+        )
+
+    async def forget(self, keys: list[str]) -> None:
+        """Delete the records of ``keys`` (their jobs count as never submitted)."""
+
+        def op(conn: sqlite3.Connection) -> None:
+            conn.executemany("DELETE FROM files WHERE key=?", ((k,) for k in keys))
+            conn.executemany("DELETE FROM jobs WHERE key=?", ((k,) for k in keys))
+
+        await self._call(op)
+
+
+def _as_journal_error(exc: Exception, path: Path) -> JournalError:
+    if isinstance(exc, JournalError):
+        return exc
+    error = JournalError(f"writing the journal {path} failed: {exc}")
+    error.__cause__ = exc
+    return error
+
+
+def _job_rows(conn: sqlite3.Connection) -> Iterator[JobRecord]:
+    for row in conn.execute(
+        "SELECT key, line, fingerprint, model, state, task_id, result_urls, error, creates "
+        "FROM jobs"
+    ):
+        urls = tuple(json.loads(row[6])) if row[6] else ()
+        yield JobRecord(
+            key=row[0],
+            line=row[1],
+            fingerprint=row[2],
+            model=row[3],
+            state=JobState(row[4]),
+            task_id=row[5],
+            result_urls=urls,
+            error=row[7],
+            creates=row[8],
+        )

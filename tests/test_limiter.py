@@ -1,0 +1,525 @@
+"""The rate controller, run in virtual time: the loop's clock jumps to the next timer."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import selectors
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import pytest
+
+from ruxa_async._config import RateLimits
+from ruxa_async._limiter import Kind, Permit, RateController
+
+T0 = 1000.0
+
+
+class _JumpingSelector(selectors.SelectSelector):
+    """Never blocks: when nothing is ready it moves the loop's clock to the next timer."""
+
+    def __init__(self, loop: VirtualTimeLoop) -> None:
+        super().__init__()
+        self._loop = loop
+
+    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
+        events = super().select(0)
+        if events or timeout == 0:
+            return events
+        if timeout is None:
+            raise RuntimeError("deadlock: every task waits and no timer is pending")
+        self._loop.now += timeout
+        return []
+
+
+class VirtualTimeLoop(asyncio.SelectorEventLoop):
+    """An event loop whose time advances only when every task is blocked."""
+
+    def __init__(self) -> None:
+        self.now = T0
+        super().__init__(selector=_JumpingSelector(self))
+
+    def time(self) -> float:
+        return self.now
+
+
+Scenario = Callable[[VirtualTimeLoop], Coroutine[Any, Any, None]]
+
+
+def virtual_time(scenario: Scenario) -> Callable[[], None]:
+    """Turn ``async def test_x(loop)`` into a plain test run on a fresh VirtualTimeLoop."""
+
+    def test() -> None:
+        loop = VirtualTimeLoop()
+        try:
+            loop.run_until_complete(scenario(loop))
+        finally:
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
+
+    test.__name__ = test.__qualname__ = scenario.__name__
+    test.__doc__ = scenario.__doc__
+    return test
+
+
+class Harness:
+    """A controller on the virtual clock, with zero jitter and a count of its sleeps."""
+
+    def __init__(self, loop: VirtualTimeLoop, rng: float = 0.0, **limits: Any) -> None:
+        self.loop = loop
+        self.sleeps = 0
+        self.ctl = RateController(
+            RateLimits(**limits), clock=loop.time, sleep=self.sleep, rng=lambda: rng
+        )
+
+    async def sleep(self, delay: float) -> None:
+        self.sleeps += 1
+        await asyncio.sleep(delay)
+
+    async def take(self, kind: Kind, grants: list[Permit] | None = None) -> Permit:
+        """Acquire and release one permit at once; record it."""
+        async with self.ctl.permit(kind) as permit:
+            if grants is not None:
+                grants.append(permit)
+            return permit
+
+    def spawn(self, kind: Kind, count: int, grants: list[Permit]) -> list[asyncio.Task[Permit]]:
+        return [asyncio.create_task(self.take(kind, grants)) for _ in range(count)]
+
+    async def hold(self, kind: Kind, release: asyncio.Event, grants: list[Permit]) -> None:
+        """Acquire a permit and keep it (its slot in flight) until ``release`` is set."""
+        async with self.ctl.permit(kind) as permit:
+            grants.append(permit)
+            await release.wait()
+
+    async def until(self, when: float) -> None:
+        await asyncio.sleep(max(0.0, when - self.loop.time()))
+
+
+def offsets(grants: list[Permit]) -> list[float]:
+    return [round(p.granted_at - T0, 6) for p in grants]
+
+
+@virtual_time
+async def test_configured_rate_paces_permits_after_the_burst(loop: VirtualTimeLoop) -> None:
+    """After the burst, permits come exactly 1/rate apart."""
+    h = Harness(loop, create_per_second=4.0, create_burst=2)
+    grants: list[Permit] = []
+    await asyncio.gather(*h.spawn("create", 8, grants))
+    assert offsets(grants) == [0.0, 0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5]
+
+
+@virtual_time
+async def test_burst_size_is_granted_at_once(loop: VirtualTimeLoop) -> None:
+    """A full bucket lets exactly ``burst`` permits through without waiting."""
+    h = Harness(loop, create_per_second=1.0, create_burst=5)
+    grants: list[Permit] = []
+    await asyncio.gather(*h.spawn("create", 6, grants))
+    assert offsets(grants) == [0.0] * 5 + [1.0]
+
+
+@virtual_time
+async def test_create_and_query_have_separate_buckets(loop: VirtualTimeLoop) -> None:
+    """Spending the create bucket does not delay queries."""
+    h = Harness(loop, create_per_second=1.0, create_burst=1, query_per_second=1.0, query_burst=1)
+    creates: list[Permit] = []
+    queries: list[Permit] = []
+    await asyncio.gather(*h.spawn("create", 2, creates), *h.spawn("query", 1, queries))
+    assert offsets(creates) == [0.0, 1.0]
+    assert offsets(queries) == [0.0]
+
+
+@virtual_time
+async def test_in_flight_bound_is_shared_across_kinds(loop: VirtualTimeLoop) -> None:
+    """With max_in_flight=2, a create and a query in flight block a third request."""
+    h = Harness(loop, max_in_flight=2)
+    release = asyncio.Event()
+    held: list[Permit] = []
+    holders = [asyncio.create_task(h.hold(k, release, held)) for k in ("create", "query")]
+    third = asyncio.create_task(h.take("create"))
+    await h.until(T0 + 5)
+    assert len(held) == 2
+    assert not third.done()
+    assert h.ctl.statistics().in_flight == 2
+    assert h.ctl.statistics().waiting == 1
+    release.set()
+    await asyncio.gather(*holders, third)
+    assert third.result().granted_at == T0 + 5
+    assert h.ctl.statistics().in_flight == 0
+
+
+@virtual_time
+async def test_slot_is_released_when_the_body_raises(loop: VirtualTimeLoop) -> None:
+    """An exception inside ``async with permit`` frees the slot."""
+    h = Harness(loop, max_in_flight=1)
+    with pytest.raises(ValueError, match="boom"):
+        async with h.ctl.permit("create"):
+            raise ValueError("boom")
+    assert h.ctl.statistics().in_flight == 0
+    assert (await h.take("query")).granted_at == T0
+
+
+@virtual_time
+async def test_waiters_of_one_kind_are_served_first_in_first_out(loop: VirtualTimeLoop) -> None:
+    """Permits are granted in the order the callers arrived."""
+    h = Harness(loop, query_per_second=10.0, query_burst=1)
+    order: list[int] = []
+
+    async def caller(i: int) -> None:
+        async with h.ctl.permit("query"):
+            order.append(i)
+
+    await asyncio.gather(*(caller(i) for i in range(20)))
+    assert order == list(range(20))
+
+
+@virtual_time
+async def test_retry_after_closes_the_gate_until_its_deadline(loop: VirtualTimeLoop) -> None:
+    """After a 429 with Retry-After nothing is granted before the gate reopens."""
+    h = Harness(loop)
+    h.ctl.on_rate_limited(await h.take("create"), retry_after=5.0)
+    assert h.ctl.gate_remaining() == 5.0
+    grants: list[Permit] = []
+    await asyncio.gather(*h.spawn("create", 10, grants), *h.spawn("query", 10, grants))
+    assert min(p.granted_at for p in grants) >= T0 + 5.0
+    stats = h.ctl.statistics()
+    assert stats.sent_while_gated == 0
+    assert stats.gate_remaining == 0.0
+    assert stats.rate_limited == 1
+
+
+@virtual_time
+async def test_jitter_never_reopens_before_retry_after(loop: VirtualTimeLoop) -> None:
+    """The jitter only adds a few percent (at most 50 ms) after Retry-After."""
+    h = Harness(loop, rng=0.999)
+    h.ctl.on_rate_limited(await h.take("create"), retry_after=1.0)
+    assert 1.0 < h.ctl.gate_remaining() <= 1.03
+    h.ctl.on_rate_limited(await h.take("create"), retry_after=30.0)
+    assert 30.0 < h.ctl.gate_remaining() <= 30.05
+
+
+@virtual_time
+async def test_retry_after_is_capped_at_max_pause(loop: VirtualTimeLoop) -> None:
+    """A Retry-After longer than max_pause closes the gate for max_pause."""
+    h = Harness(loop, max_pause=10.0)
+    h.ctl.on_rate_limited(await h.take("create"), retry_after=3600.0)
+    assert h.ctl.gate_remaining() == 10.0
+
+
+@virtual_time
+async def test_pause_without_retry_after_doubles_and_resets(loop: VirtualTimeLoop) -> None:
+    """Without Retry-After the pause doubles per episode, up to max_pause, until a success."""
+    h = Harness(loop, pause_without_retry_after=1.0, max_pause=6.0)
+    pauses = []
+    for _ in range(4):
+        h.ctl.on_rate_limited(await h.take("create"), retry_after=None)
+        pauses.append(h.ctl.gate_remaining())
+    h.ctl.on_success(await h.take("create"))
+    h.ctl.on_rate_limited(await h.take("create"), retry_after=None)
+    pauses.append(h.ctl.gate_remaining())
+    assert pauses == [1.0, 2.0, 4.0, 6.0, 1.0]
+
+
+@virtual_time
+async def test_success_sent_before_the_pause_does_not_reset_doubling(
+    loop: VirtualTimeLoop,
+) -> None:
+    """Only a success of a request sent after the gate reopened resets the doubling."""
+    h = Harness(loop)
+    early = await h.take("create")
+    h.ctl.on_rate_limited(await h.take("create"), retry_after=None)
+    await h.until(T0 + 5)
+    h.ctl.on_success(early)
+    h.ctl.on_rate_limited(await h.take("create"), retry_after=None)
+    assert h.ctl.gate_remaining() == 2.0
+
+
+@virtual_time
+async def test_simultaneous_429s_of_both_kinds_pause_once(loop: VirtualTimeLoop) -> None:
+    """With one client gate, 429s for a create and a query sent together do not double the pause."""
+    h = Harness(loop)
+    create, query = await h.take("create"), await h.take("query")
+    h.ctl.on_rate_limited(create, retry_after=None)
+    h.ctl.on_rate_limited(query, retry_after=None)
+    stats = h.ctl.statistics()
+    assert (stats.episodes, stats.gate_remaining) == (2, 1.0)
+
+
+@virtual_time
+async def test_burst_of_429s_makes_one_decrease(loop: VirtualTimeLoop) -> None:
+    """Many 429s for requests sent before the decrease count as one episode."""
+    h = Harness(loop, create_per_second=10.0, create_burst=10)
+    grants: list[Permit] = []
+    await asyncio.gather(*h.spawn("create", 10, grants))
+    await h.until(T0 + 0.5)
+    for permit in grants:
+        h.ctl.on_rate_limited(permit, retry_after=1.0)
+    stats = h.ctl.statistics()
+    assert (stats.rate_limited, stats.episodes) == (10, 1)
+    assert stats.create_rate == pytest.approx(7.0)
+
+
+@virtual_time
+async def test_429_after_the_decrease_starts_a_new_episode(loop: VirtualTimeLoop) -> None:
+    """A 429 for a request sent after the decrease decreases again."""
+    h = Harness(loop, create_per_second=10.0)
+    h.ctl.on_rate_limited(await h.take("create"), retry_after=1.0)
+    later = await h.take("create")
+    assert later.granted_at >= T0 + 1.0
+    h.ctl.on_rate_limited(later, retry_after=1.0)
+    stats = h.ctl.statistics()
+    assert stats.episodes == 2
+    assert stats.create_rate == pytest.approx(4.9)
+
+
+@virtual_time
+async def test_unknown_rate_is_discovered_from_the_send_rate(loop: VirtualTimeLoop) -> None:
+    """The first 429 sets the rate to decrease_factor times the sends of the last second."""
+    h = Harness(loop)
+    assert h.ctl.statistics().query_rate is None
+    sends = []
+    for i in range(30):
+        await h.until(T0 + 0.1 * i)
+        sends.append(await h.take("query"))
+    last = sends[-1]
+    await h.until(last.granted_at + 0.05)
+    h.ctl.on_rate_limited(last, retry_after=None)
+    stats = h.ctl.statistics()
+    assert stats.query_rate == pytest.approx(7.0)
+    assert stats.create_rate is None
+
+
+@virtual_time
+async def test_rate_never_goes_below_min_rate(loop: VirtualTimeLoop) -> None:
+    """Repeated episodes decrease the rate to min_rate and no lower."""
+    h = Harness(loop, create_per_second=1.0, min_rate=0.5, increase_per_second=0.0)
+    rates = []
+    for _ in range(3):
+        h.ctl.on_rate_limited(await h.take("create"), retry_after=0.0)
+        rates.append(h.ctl.statistics().create_rate)
+    assert rates == [0.7, 0.5, 0.5]
+
+
+@virtual_time
+async def test_rate_climbs_back_to_the_configured_ceiling(loop: VirtualTimeLoop) -> None:
+    """Under demand the rate rises by increase_per_second each second, and stops at the ceiling."""
+    h = Harness(loop, create_per_second=10.0, create_burst=1, increase_per_second=0.5)
+    h.ctl.on_rate_limited(await h.take("create"), retry_after=1.0)
+    grants: list[Permit] = []
+    tasks = h.spawn("create", 400, grants)
+    await h.until(T0 + 3.0)
+    assert h.ctl.statistics().create_rate == pytest.approx(8.0, abs=0.01)
+    await h.until(T0 + 20.0)
+    assert h.ctl.statistics().create_rate == 10.0
+    await asyncio.gather(*tasks)
+    tail = [b.granted_at - a.granted_at for a, b in zip(grants[-50:], grants[-49:])]
+    assert min(tail) == pytest.approx(0.1)
+
+
+@virtual_time
+async def test_rate_does_not_climb_without_demand(loop: VirtualTimeLoop) -> None:
+    """Successes that never wait for a token leave the decreased rate alone."""
+    h = Harness(loop, create_per_second=10.0, create_burst=1)
+    h.ctl.on_rate_limited(await h.take("create"), retry_after=1.0)
+    for _ in range(12):
+        await asyncio.sleep(5.0)
+        h.ctl.on_success(await h.take("create"))
+    assert h.ctl.statistics().create_rate == pytest.approx(7.0)
+
+
+@virtual_time
+async def test_rate_without_ceiling_climbs_until_the_next_429(loop: VirtualTimeLoop) -> None:
+    """With no configured rate, a discovered rate keeps climbing under demand."""
+    h = Harness(loop, increase_per_second=1.0)
+    h.ctl.on_rate_limited(await h.take("query"), retry_after=0.0)
+    assert h.ctl.statistics().query_rate == pytest.approx(0.7)
+    tasks = h.spawn("query", 200, [])
+    await h.until(T0 + 10.0)
+    assert h.ctl.statistics().query_rate == pytest.approx(10.7, abs=0.01)
+    await asyncio.gather(*tasks)
+
+
+@virtual_time
+async def test_adaptive_false_keeps_rates_fixed(loop: VirtualTimeLoop) -> None:
+    """adaptive=False never changes a rate, but the gate still closes."""
+    h = Harness(loop, adaptive=False, create_per_second=10.0)
+    h.ctl.on_rate_limited(await h.take("create"), retry_after=None)
+    h.ctl.on_rate_limited(await h.take("query"), retry_after=0.0)
+    stats = h.ctl.statistics()
+    assert (stats.create_rate, stats.query_rate) == (10.0, None)
+    assert stats.episodes == 2
+    assert (await h.take("create")).granted_at == T0 + 1.0
+    assert (await h.take("create")).granted_at == pytest.approx(T0 + 1.1)
+
+
+@virtual_time
+async def test_client_gate_pauses_every_kind(loop: VirtualTimeLoop) -> None:
+    """gate_scope="client": a 429 on a create also holds back queries."""
+    h = Harness(loop, gate_scope="client")
+    h.ctl.on_rate_limited(await h.take("create"), retry_after=2.0)
+    assert h.ctl.gate_remaining("query") == 2.0
+    assert (await h.take("query")).granted_at == T0 + 2.0
+
+
+@virtual_time
+async def test_endpoint_gate_pauses_only_its_kind(loop: VirtualTimeLoop) -> None:
+    """gate_scope="endpoint": a 429 on a create leaves queries flowing."""
+    h = Harness(loop, gate_scope="endpoint")
+    h.ctl.on_rate_limited(await h.take("create"), retry_after=2.0)
+    assert h.ctl.gate_remaining("query") == 0.0
+    assert h.ctl.gate_remaining("create") == 2.0
+    assert h.ctl.gate_remaining() == 2.0
+    assert (await h.take("query")).granted_at == T0
+    assert (await h.take("create")).granted_at == T0 + 2.0
+
+
+@virtual_time
+async def test_gate_closed_while_waiting_for_a_slot_is_respected(loop: VirtualTimeLoop) -> None:
+    """A caller queued for a slot when a 429 arrives still waits for the gate."""
+    h = Harness(loop, max_in_flight=1)
+    release = asyncio.Event()
+    held: list[Permit] = []
+    holder = asyncio.create_task(h.hold("create", release, held))
+    waiter = asyncio.create_task(h.take("query"))
+    await h.until(T0 + 1.0)
+    h.ctl.on_rate_limited(held[0], retry_after=3.0)
+    release.set()
+    await asyncio.gather(holder, waiter)
+    assert waiter.result().granted_at == T0 + 4.0
+    assert h.ctl.statistics().sent_while_gated == 0
+
+
+@virtual_time
+async def test_gate_closed_during_a_token_wait_is_rechecked(loop: VirtualTimeLoop) -> None:
+    """A caller sleeping for a token re-checks the gate before it is granted."""
+    h = Harness(loop, create_per_second=1.0, create_burst=1)
+    first = await h.take("create")
+    second = asyncio.create_task(h.take("create"))
+    await h.until(T0 + 0.5)
+    h.ctl.on_rate_limited(first, retry_after=2.0)  # the rate drops to 0.7, half a token saved
+    assert (await second).granted_at == pytest.approx(T0 + 2.5 + 0.5 / 0.7)
+
+
+@virtual_time
+async def test_cancelled_waiters_leak_nothing(loop: VirtualTimeLoop) -> None:
+    """Cancelling the sleeping head and a queued caller lets the next ones through on time."""
+    h = Harness(loop, create_per_second=1.0, create_burst=1)
+    grants: list[Permit] = []
+    tasks = h.spawn("create", 5, grants)
+    await h.until(T0 + 0.5)
+    tasks[1].cancel()  # sleeping for the next token
+    tasks[3].cancel()  # queued behind it
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    assert [isinstance(r, asyncio.CancelledError) for r in results] == [
+        False,
+        True,
+        False,
+        True,
+        False,
+    ]
+    assert offsets(grants) == [0.0, 1.0, 2.0]
+    stats = h.ctl.statistics()
+    assert (stats.waiting, stats.in_flight) == (0, 0)
+
+
+@virtual_time
+async def test_cancelled_slot_waiter_returns_its_token(loop: VirtualTimeLoop) -> None:
+    """A caller cancelled while holding a token and waiting for a slot gives the token back."""
+    h = Harness(loop, max_in_flight=1, create_per_second=1.0, create_burst=2)
+    release = asyncio.Event()
+    held: list[Permit] = []
+    holder = asyncio.create_task(h.hold("create", release, held))
+    waiter = asyncio.create_task(h.take("create"))
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    release.set()
+    await holder
+    assert (await h.take("create")).granted_at == T0
+    assert h.ctl.statistics().in_flight == 0
+
+
+@virtual_time
+async def test_paused_seconds_is_the_union_of_closed_intervals(loop: VirtualTimeLoop) -> None:
+    """Overlapping gates count once in paused_seconds, and only up to now."""
+    h = Harness(loop, gate_scope="endpoint")
+    h.ctl.on_rate_limited(await h.take("create"), retry_after=2.0)
+    await h.until(T0 + 1.0)
+    h.ctl.on_rate_limited(await h.take("query"), retry_after=3.0)
+    assert h.ctl.statistics().paused_seconds == 1.0
+    await h.until(T0 + 10.0)
+    h.ctl.on_rate_limited(await h.take("query"), retry_after=1.0)
+    await h.until(T0 + 20.0)
+    assert h.ctl.statistics().paused_seconds == 5.0
+
+
+@virtual_time
+async def test_statistics_snapshot(loop: VirtualTimeLoop) -> None:
+    """statistics() reports rates, counters, the gate and permits per kind."""
+    h = Harness(loop, max_in_flight=8, query_per_second=5.0)
+    release = asyncio.Event()
+    held: list[Permit] = []
+    holder = asyncio.create_task(h.hold("create", release, held))
+    await h.take("query")
+    await asyncio.sleep(0)
+    h.ctl.on_rate_limited(held[0], retry_after=4.0)
+    await h.until(T0 + 1.0)
+    waiter = asyncio.create_task(h.take("query"))
+    await asyncio.sleep(0)
+    stats = h.ctl.statistics()
+    assert stats.create_rate == pytest.approx(0.7)
+    assert stats.query_rate == 5.0
+    assert (stats.in_flight, stats.max_in_flight, stats.waiting) == (1, 8, 1)
+    assert (stats.rate_limited, stats.episodes, stats.sent_while_gated) == (1, 1, 0)
+    assert stats.paused_seconds == 1.0
+    assert stats.gate_remaining == 3.0
+    assert stats.permits == {"create": 1, "query": 1}
+    release.set()
+    await asyncio.gather(holder, waiter)
+    assert h.ctl.statistics().permits == {"create": 1, "query": 2}
+
+
+class _Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@virtual_time
+async def test_episode_and_reopening_are_logged(loop: VirtualTimeLoop) -> None:
+    """An episode and the gate's reopening each log one DEBUG line."""
+    h = Harness(loop)
+    handler = _Collect()
+    logger = logging.getLogger("ruxa_async")
+    old_level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    try:
+        h.ctl.on_rate_limited(await h.take("create"), retry_after=2.0)
+        for _ in range(5):
+            await h.take("create")
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+    messages = [r.getMessage() for r in handler.records]
+    assert len(messages) == 2
+    assert "429 on create" in messages[0]
+    assert "Retry-After" in messages[0]
+    assert "reopened" in messages[1]
+
+
+@virtual_time
+async def test_ten_thousand_waiters_cost_one_sleep_per_token(loop: VirtualTimeLoop) -> None:
+    """10,000 queued callers wake about once per token, not once per waiter per token."""
+    h = Harness(loop, query_per_second=1000.0, query_burst=10, max_in_flight=64)
+    grants: list[Permit] = []
+    await asyncio.gather(*h.spawn("query", 10_000, grants))
+    assert len(grants) == 10_000
+    assert h.sleeps <= 10_000
+    assert grants[-1].granted_at - T0 == pytest.approx(9.99)
