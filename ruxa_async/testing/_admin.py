@@ -1,0 +1,63 @@
+"""``/_sim``: inspection and control of a running simulator over HTTP (no auth).
+
+Built only on :class:`FakeRuxa`'s public methods, for simulators running in
+another process (benchmarks, the ``simulate`` command).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from ._config import config_changes, config_to_dict
+
+if TYPE_CHECKING:
+    from ._server import FakeRuxa
+
+__all__ = ["admin_routes"]
+
+_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
+def _json(value: Any, status: int = 200) -> web.Response:
+    return web.Response(body=_dumps(value).encode(), status=status, content_type="application/json")
+
+
+def admin_routes(fake: FakeRuxa) -> list[web.RouteDef]:
+    """``GET /_sim/stats``, ``GET /_sim/tasks``, ``GET`` and ``POST /_sim/config``."""
+
+    def config_view() -> dict[str, Any]:
+        view = config_to_dict(fake.config)
+        view["credits_balance"] = fake.stats().credits_balance
+        return view
+
+    async def stats(request: web.Request) -> web.Response:
+        return _json(fake.stats().to_dict())
+
+    async def tasks(request: web.Request) -> web.Response:
+        return _json([record.to_dict() for record in fake.tasks()])
+
+    async def get_config(request: web.Request) -> web.Response:
+        return _json(config_view())
+
+    async def set_config(request: web.Request) -> web.Response:
+        try:
+            patch = json.loads(await request.read())
+        except ValueError as exc:
+            return _json({"error": f"the body is not JSON: {exc}"}, 400)
+        if not isinstance(patch, dict):
+            return _json({"error": "the body must be a JSON object"}, 400)
+        try:
+            fake.reconfigure(**config_changes(fake.config, patch))
+        except (ValueError, TypeError) as exc:
+            return _json({"error": str(exc)}, 400)
+        return _json(config_view())
+
+    return [
+        web.get("/_sim/stats", stats),
+        web.get("/_sim/tasks", tasks),
+        web.get("/_sim/config", get_config),
+        web.post("/_sim/config", set_config),
+    ]
