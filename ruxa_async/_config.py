@@ -77,7 +77,10 @@ class RateLimits:
     Rates are requests per second; ``None`` means unknown: the controller then
     sends freely (bounded by ``max_in_flight``) and discovers the limit from 429
     replies. A configured rate is a ceiling that a 429 can still lower for a
-    while. ``pause_without_retry_after`` is the first pause after a 429 that
+    while. After a decrease the rate recovers the way TCP CUBIC does: back to
+    the rate of the last 429 within ``recovery_seconds`` of demand, then slowly
+    past it, then faster (never above a configured ceiling).
+    ``pause_without_retry_after`` is the first pause after a 429 that
     carries no ``Retry-After``; it doubles for each consecutive episode.
     ``gate_scope="client"`` pauses every request after any 429; ``"endpoint"``
     pauses only requests of the same class (create or query).
@@ -90,7 +93,7 @@ class RateLimits:
     query_burst: int = attrs.field(default=10, validator=v.ge(1))
     adaptive: bool = True
     decrease_factor: float = attrs.field(default=0.7, validator=[v.gt(0.0), v.lt(1.0)])
-    increase_per_second: float = attrs.field(default=0.5, validator=_non_negative)
+    recovery_seconds: float = attrs.field(default=4.0, validator=_positive)
     min_rate: float = attrs.field(default=0.2, validator=_positive)
     pause_without_retry_after: float = attrs.field(default=1.0, validator=_positive)
     max_pause: float = attrs.field(default=60.0, validator=_positive)

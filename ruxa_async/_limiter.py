@@ -7,13 +7,18 @@ known) and for one of ``max_in_flight`` slots. Waiting is FIFO per kind and at
 most one waiter per kind sleeps on the clock; the rest queue on a lock, so a
 crowd of waiters costs one wake-up per token, not one per waiter.
 
-Rates follow AIMD. A 429 starts an *episode* unless its request was sent
-before the kind's last decrease: the rate is multiplied by ``decrease_factor``
-once per episode (an unknown rate starts from the measured send rate, see
+A 429 starts an *episode* unless its request was sent before the kind's last
+decrease: the rate is multiplied by ``decrease_factor`` once per episode (an
+unknown rate starts from the measured send rate, see
 :meth:`RateController.on_rate_limited`). While callers queue for tokens and the
-gate is open, the rate climbs by ``increase_per_second`` per second up to the
-configured rate. Time is read lazily from the injected clock: there is no
-background task and no timer.
+gate is open, the rate recovers along a CUBIC curve (as TCP CUBIC and
+botocore's adaptive retry mode do): ``w_max * (1 + c * (t - K) ** 3)``, where
+``w_max`` is the rate when the 429 came, ``t`` the seconds of demand since the
+decrease and ``K = recovery_seconds``; ``c`` makes the curve start at the
+decreased rate. So the rate is back near ``w_max`` after ``K`` seconds, stays
+near it a while, then probes faster, whatever the scale of the limit (2/s or
+2,000/s). It never exceeds a configured rate. Time is read lazily from the
+injected clock: there is no background task and no timer.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ _KINDS: tuple[Kind, ...] = ("create", "query")
 _log = logging.getLogger("ruxa_async")
 
 _RATE_WINDOW = 1.0  # seconds of send history behind the estimate of an unknown rate
+_MIN_SPAN = 0.25  # a burst shorter than this is measured as if spread over it
 _DEMAND_GRACE = 1.0  # a wait for a token counts as demand until this long after it ends
 _JITTER_FRACTION = 0.03  # gate jitter: up to this share of the pause ...
 _JITTER_CAP = 0.05  # ... and never more than this many seconds
@@ -101,6 +107,8 @@ class _Lane:
         "climbed_at",
         "demand_until",
         "episode_at",
+        "first_sent_at",
+        "grown",
         "kind",
         "lock",
         "permits",
@@ -108,6 +116,7 @@ class _Lane:
         "refilled_at",
         "sent",
         "tokens",
+        "w_max",
     )
 
     def __init__(self, kind: Kind, ceiling: float | None, burst: int, now: float) -> None:
@@ -120,7 +129,10 @@ class _Lane:
         self.climbed_at = now
         self.demand_until = float("-inf")
         self.episode_at = float("-inf")  # time of the last multiplicative decrease
+        self.w_max: float | None = None  # the rate when the last decrease happened
+        self.grown = 0.0  # seconds of demand since the last decrease (CUBIC's t)
         self.sent: deque[float] = deque()  # grant times within the last _RATE_WINDOW
+        self.first_sent_at = now
         self.permits = 0
         self.lock = asyncio.Lock()
 
@@ -234,7 +246,8 @@ class RateController:
             if limits.adaptive:
                 if old_rate is None:
                     lane.forget_old_sends(now)
-                    base = max(len(lane.sent), 1) / _RATE_WINDOW
+                    span = min(_RATE_WINDOW, max(now - lane.first_sent_at, _MIN_SPAN))
+                    base = max(len(lane.sent), 1) / span
                     lane.tokens = 1.0
                     lane.refilled_at = max(now, gate.deadline)
                     lane.climbed_at = now
@@ -242,6 +255,8 @@ class RateController:
                     base = old_rate
                 rate = max(limits.min_rate, base * limits.decrease_factor)
                 lane.rate = rate if lane.ceiling is None else min(rate, lane.ceiling)
+                lane.w_max = base
+                lane.grown = 0.0
         if retry_after is not None:
             pause = min(max(retry_after, 0.0), limits.max_pause)
         else:
@@ -325,6 +340,8 @@ class RateController:
     def _grant(self, lane: _Lane, gate: _Gate, now: float) -> Permit:
         if now < gate.deadline:
             self._sent_while_gated += 1
+        if not lane.permits:
+            lane.first_sent_at = now
         lane.permits += 1
         lane.forget_old_sends(now)
         lane.sent.append(now)
@@ -383,12 +400,21 @@ class RateController:
         if now > lane.refilled_at:
             lane.tokens = min(lane.capacity, lane.tokens + (now - lane.refilled_at) * lane.rate)
             lane.refilled_at = now
-        if self._limits.adaptive and (lane.ceiling is None or lane.rate < lane.ceiling):
+        limits = self._limits
+        w_max = lane.w_max
+        if (
+            limits.adaptive
+            and w_max is not None
+            and (lane.ceiling is None or lane.rate < lane.ceiling)
+        ):
             # Climb only over time when the gate was open and callers queued for tokens.
             start = max(lane.climbed_at, self._gates[lane.kind].deadline)
             end = min(now, lane.demand_until)
             if end > start:
-                rate = lane.rate + self._limits.increase_per_second * (end - start)
+                lane.grown += end - start
+                k = limits.recovery_seconds
+                c = (1.0 - limits.decrease_factor) / k**3
+                rate = max(limits.min_rate, w_max * (1.0 + c * (lane.grown - k) ** 3))
                 lane.rate = rate if lane.ceiling is None else min(rate, lane.ceiling)
         lane.climbed_at = max(lane.climbed_at, now)
 

@@ -293,7 +293,7 @@ async def test_unknown_rate_is_discovered_from_the_send_rate(loop: VirtualTimeLo
 @virtual_time
 async def test_rate_never_goes_below_min_rate(loop: VirtualTimeLoop) -> None:
     """Repeated episodes decrease the rate to min_rate and no lower."""
-    h = Harness(loop, create_per_second=1.0, min_rate=0.5, increase_per_second=0.0)
+    h = Harness(loop, create_per_second=1.0, min_rate=0.5)
     rates = []
     for _ in range(3):
         h.ctl.on_rate_limited(await h.take("create"), retry_after=0.0)
@@ -303,13 +303,13 @@ async def test_rate_never_goes_below_min_rate(loop: VirtualTimeLoop) -> None:
 
 @virtual_time
 async def test_rate_climbs_back_to_the_configured_ceiling(loop: VirtualTimeLoop) -> None:
-    """Under demand the rate rises by increase_per_second each second, and stops at the ceiling."""
-    h = Harness(loop, create_per_second=10.0, create_burst=1, increase_per_second=0.5)
+    """Under demand the rate recovers along the CUBIC curve and stops at the ceiling."""
+    h = Harness(loop, create_per_second=10.0, create_burst=1)
     h.ctl.on_rate_limited(await h.take("create"), retry_after=1.0)
     grants: list[Permit] = []
     tasks = h.spawn("create", 400, grants)
-    await h.until(T0 + 3.0)
-    assert h.ctl.statistics().create_rate == pytest.approx(8.0, abs=0.01)
+    await h.until(T0 + 3.0)  # gate closed for 1 s, so 2 s of demand: 10 * (1 + c * (2 - 4) ** 3)
+    assert h.ctl.statistics().create_rate == pytest.approx(10 * (1 - 0.3 / 64 * 8), abs=0.01)
     await h.until(T0 + 20.0)
     assert h.ctl.statistics().create_rate == 10.0
     await asyncio.gather(*tasks)
@@ -330,13 +330,15 @@ async def test_rate_does_not_climb_without_demand(loop: VirtualTimeLoop) -> None
 
 @virtual_time
 async def test_rate_without_ceiling_climbs_until_the_next_429(loop: VirtualTimeLoop) -> None:
-    """With no configured rate, a discovered rate keeps climbing under demand."""
-    h = Harness(loop, increase_per_second=1.0)
+    """With no configured rate, a discovered rate climbs past the last 429's rate under demand."""
+    h = Harness(loop)
     h.ctl.on_rate_limited(await h.take("query"), retry_after=0.0)
-    assert h.ctl.statistics().query_rate == pytest.approx(0.7)
+    assert h.ctl.statistics().query_rate == pytest.approx(2.8)  # 4/s measured, times 0.7
     tasks = h.spawn("query", 200, [])
+    await h.until(T0 + 4.0)
+    assert h.ctl.statistics().query_rate == pytest.approx(4.0, abs=0.01)  # back at w_max
     await h.until(T0 + 10.0)
-    assert h.ctl.statistics().query_rate == pytest.approx(10.7, abs=0.01)
+    assert h.ctl.statistics().query_rate == pytest.approx(4 * (1 + 0.3 / 64 * 6**3), abs=0.01)
     await asyncio.gather(*tasks)
 
 
@@ -470,7 +472,8 @@ async def test_statistics_snapshot(loop: VirtualTimeLoop) -> None:
     waiter = asyncio.create_task(h.take("query"))
     await asyncio.sleep(0)
     stats = h.ctl.statistics()
-    assert stats.create_rate == pytest.approx(0.7)
+    # one permit in a burst measures as 1 per 0.25 s = 4/s; times decrease_factor 0.7
+    assert stats.create_rate == pytest.approx(2.8)
     assert stats.query_rate == 5.0
     assert (stats.in_flight, stats.max_in_flight, stats.waiting) == (1, 8, 1)
     assert (stats.rate_limited, stats.episodes, stats.sent_while_gated) == (1, 1, 0)
