@@ -117,6 +117,7 @@ class AsCompleted:
         self._closed = False
         self.stop_reason: str | None = None
         self.stop_error: RuxaError | None = None
+        self._crashed: BaseException | None = None
 
     # ------------------------------------------------------------ iteration
 
@@ -131,6 +132,9 @@ class AsCompleted:
                 outcome = self._ready.popleft()
                 self._room.release()
                 return outcome
+            if self._crashed is not None:
+                await self.aclose()
+                raise self._crashed
             if self._intake_done and self._in_hand == 0:
                 await self.aclose()
                 raise StopAsyncIteration
@@ -229,7 +233,11 @@ class AsCompleted:
         client = self._client
         try:
             if self._before_create is not None:
-                await self._before_create(slot.job)
+                try:
+                    await self._before_create(slot.job)
+                except Exception as exc:
+                    self._crash(exc)
+                    return
             task_id = await client.create_task(
                 slot.job.model, slot.job.input, callback_url=client.callback_url
             )
@@ -247,12 +255,18 @@ class AsCompleted:
         if self.stop_reason == "batch deadline passed":
             self._emit(slot, error=TaskTimeoutError(task_id, self._timeout))
             return
-        self._pending[task_id] = slot
         self._event("submitted", slot)
-        scheduler = client._scheduler
-        future = scheduler.track(
+        self._track(slot)
+
+    def _track(self, slot: _Slot) -> None:
+        task_id = slot.task_id
+        assert task_id is not None
+        self._pending[task_id] = slot
+        client = self._client
+        future = client._scheduler.track(
             task_id,
             model=slot.job.model,
+            callbacks=client.callback_url is not None,
             on_state=(lambda state: self._event("state", slot, state)) if self._on_event else None,
         )
         future.add_done_callback(lambda f: self._settled(slot, f))
@@ -269,6 +283,14 @@ class AsCompleted:
             self._emit(slot, info=future.result())
 
     # ------------------------------------------------------------- stopping
+
+    def _crash(self, exc: BaseException) -> None:
+        """A hook of the caller's failed: stop the batch and raise it from the iterator."""
+        log.error("batch stopped: the before_create hook raised %r; that job was not sent", exc)
+        if self._crashed is None:
+            self._crashed = exc
+        self.stop_reason = self.stop_reason or "the before_create hook failed"
+        self._wakeup.set()
 
     def _stop(self, exc: RuxaError) -> None:
         if self.stop_reason is not None:

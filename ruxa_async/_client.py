@@ -174,12 +174,9 @@ class RuxaClient:
         runner, self._runner = self._runner, None
         if runner is not None:
             runner.cancel()
-            try:
-                await runner
-            except asyncio.CancelledError:
-                current = asyncio.current_task()
-                if current is not None and current.cancelling():
-                    raise
+            # gather() hands back the runner's CancelledError as a value; a cancellation
+            # of the task calling aclose() itself still propagates.
+            await asyncio.gather(runner, return_exceptions=True)
         await self._transport.aclose()
 
     # ---------------------------------------------------------- the one path
@@ -290,6 +287,10 @@ class RuxaClient:
         if self._runner is None:
             await self.start()
         return await download_to_file(self._transport, url, Path(dest), **options)
+
+    def is_tracking(self, task_id: str) -> bool:
+        """True while the client is waiting for ``task_id`` to finish."""
+        return self._scheduler.last_state(task_id) is not None
 
     def feed_callback(self, info: TaskInfo) -> bool:
         """Resolve a pending task from a callback parsed elsewhere; True if it resolved one."""

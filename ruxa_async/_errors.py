@@ -208,7 +208,17 @@ class NotSubmittedError(RuxaError):
 
 
 class CallbackVerificationError(RuxaError):
-    """A callback request failed verification (token, signature, timestamp or body)."""
+    """A callback request failed verification (token, signature, timestamp or body).
+
+    ``reason`` is ``"body"`` (malformed: answer 400), ``"too_large"`` (413) or
+    ``"signature"`` (a missing or wrong signature or a stale timestamp: 401);
+    ``http_status`` is the status a receiver should answer with.
+    """
+
+    def __init__(self, message: str, *, reason: str = "body", http_status: int = 400) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.http_status = http_status
 
 
 _BY_CODE: dict[int, type[APIStatusError]] = {

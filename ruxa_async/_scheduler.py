@@ -15,6 +15,7 @@ futures through :meth:`PollScheduler.resolve`; whichever arrives first wins.
 from __future__ import annotations
 
 import asyncio
+import collections
 import heapq
 import logging
 import math
@@ -43,6 +44,7 @@ __all__ = ["PollScheduler", "SchedulerStatistics"]
 log = logging.getLogger("ruxa_async")
 
 QueryFn = Callable[[str], Awaitable[TaskInfo]]
+_EARLY_LIMIT = 4096  # terminal callbacks kept for ids not (yet) tracked
 Waiter = Callable[["asyncio.Future[None]", float], Awaitable[None]]
 
 
@@ -56,6 +58,7 @@ class SchedulerStatistics:
     resolved_by_poll: int
     resolved_by_callback: int
     callbacks_ignored: int
+    callbacks_early: int
     overdue: int
     expected_seconds: dict[str, float]
 
@@ -169,11 +172,13 @@ class PollScheduler:
         self._checks_running: set[asyncio.Task[None]] = set()
         self._durations: dict[str | None, _DurationModel] = {}
         self._closed: BaseException | None = None
+        self._early: collections.OrderedDict[str, TaskInfo] = collections.OrderedDict()
         self.checks = 0
         self.check_errors = 0
         self.resolved_by_poll = 0
         self.resolved_by_callback = 0
         self.callbacks_ignored = 0
+        self.callbacks_early = 0
 
     # ------------------------------------------------------------------ intake
 
@@ -203,6 +208,12 @@ class PollScheduler:
         entry.callbacks = callbacks
         entry.on_state = on_state
         self._entries[task_id] = entry
+        early = self._early.pop(task_id, None) if self._early else None
+        if early is not None:  # its callback beat the create reply
+            self.callbacks_early += 1
+            self.resolved_by_callback += 1
+            self._finish(entry, early)
+            return future
         self._schedule(entry, now + self._first_delay(entry))
         return future
 
@@ -226,11 +237,17 @@ class PollScheduler:
         """Feed a task snapshot from outside (a callback); True if it resolved a pending task.
 
         Non-terminal snapshots only update the last known state; snapshots for
-        task ids this scheduler does not watch change nothing.
+        task ids this scheduler does not watch change nothing, except that the
+        latest few thousand terminal ones are kept, so a callback that beats its
+        own create reply still resolves the task when it is tracked.
         """
         entry = self._entries.get(info.task_id)
         if entry is None or entry.future.done():
             self.callbacks_ignored += 1
+            if entry is None and info.is_terminal and source == "callback":
+                self._early[info.task_id] = info  # kept in case its create reply is still coming
+                if len(self._early) > _EARLY_LIMIT:
+                    self._early.popitem(last=False)
             return False
         if not info.is_terminal:
             if entry.state is TaskState.WAITING or entry.state is TaskState.UNKNOWN:
@@ -442,6 +459,7 @@ class PollScheduler:
             resolved_by_poll=self.resolved_by_poll,
             resolved_by_callback=self.resolved_by_callback,
             callbacks_ignored=self.callbacks_ignored,
+            callbacks_early=self.callbacks_early,
             overdue=overdue,
             expected_seconds={str(m): d.median for m, d in self._durations.items() if d.count},
         )

@@ -164,11 +164,14 @@ def parse_task_id(data: Any) -> str:
 def _timestamp(value: object) -> datetime | None:
     number: float | None = None
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        number = float(value)
+        try:
+            number = float(value)
+        except OverflowError:
+            return None
     elif isinstance(value, str) and value.strip():
         try:
             number = float(value)
-        except ValueError:
+        except (ValueError, OverflowError):
             try:
                 parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
             except ValueError:

@@ -69,7 +69,8 @@ async def test_create_then_get_task(client: RuxaClient, fake: FakeRuxa) -> None:
     assert info.model == MODEL
     assert len(info.result_urls) == 1
     assert info.result_urls[0].startswith(fake.url)
-    assert info.create_time is not None and info.complete_time is not None
+    assert info.create_time is not None
+    assert info.complete_time is not None
 
 
 @pytest.mark.parametrize("errors", ["http", "envelope"])
@@ -178,7 +179,8 @@ async def test_429_gives_up_after_max_attempts() -> None:
             await client.get_task("task_x_1_00000000")
         with pytest.raises(RateLimitError) as caught:
             await client.get_task("task_x_1_00000000")
-    assert caught.value.retry_after is not None and caught.value.retry_after >= 1
+    assert caught.value.retry_after is not None
+    assert caught.value.retry_after >= 1
     assert sim.stats().rate_limited_query == 2
     assert sim.stats().queries == 3
 

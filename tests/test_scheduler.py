@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
@@ -105,7 +106,7 @@ async def run_until_done(scheduler: PollScheduler, *futures: asyncio.Future[Task
 
 async def test_first_check_near_expected_duration_resolves_in_one_query() -> None:
     """A task that finishes before its expected duration costs exactly one check."""
-    vt, service, scheduler = make(NO_JITTER)
+    _vt, service, scheduler = make(NO_JITTER)
     service.finish_at["a"] = 7.0
     future = scheduler.track("a")
     await run_until_done(scheduler, future)
@@ -115,13 +116,13 @@ async def test_first_check_near_expected_duration_resolves_in_one_query() -> Non
 
 async def test_later_checks_back_off_geometrically_up_to_the_cap() -> None:
     """Checks after the first are spaced by age*(backoff-1), capped at max_interval."""
-    vt, service, scheduler = make(NO_JITTER)
+    _vt, service, scheduler = make(NO_JITTER)
     service.finish_at["a"] = 100.0
     future = scheduler.track("a")
     await run_until_done(scheduler, future)
     times = service.checks["a"]
     assert times[:4] == [8.0, 12.0, 18.0, 27.0]
-    gaps = [b - a for a, b in zip(times, times[1:])]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
     assert max(gaps) == 30.0
     assert times[-1] >= 100.0
     assert len(times) < 1 + 100 / 5  # far fewer than a fixed 5-second loop
@@ -130,7 +131,7 @@ async def test_later_checks_back_off_geometrically_up_to_the_cap() -> None:
 async def test_images_and_videos_are_polled_by_their_own_durations() -> None:
     """A 5-second model and a 2-minute model are each checked a handful of times."""
     typical = {"image": 5.0, "video": 120.0}
-    vt, service, scheduler = make(NO_JITTER, typical=typical.get)
+    _vt, service, scheduler = make(NO_JITTER, typical=typical.get)
     service.finish_at["img"] = 5.5
     service.finish_at["vid"] = 125.0
     futures = [scheduler.track("img", model="image"), scheduler.track("vid", model="video")]
@@ -158,7 +159,7 @@ async def test_most_overdue_tasks_are_checked_first() -> None:
 
 async def test_auth_error_fails_every_pending_task_at_once() -> None:
     """A 401 while polling fails all pending futures with AuthenticationError."""
-    vt, service, scheduler = make(NO_JITTER, concurrency=1)
+    _vt, service, scheduler = make(NO_JITTER, concurrency=1)
     for task_id in "abc":
         service.finish_at[task_id] = 1000.0
     service.errors["a"] = [AuthenticationError("bad key", code=401, http_status=401)]
@@ -172,7 +173,7 @@ async def test_auth_error_fails_every_pending_task_at_once() -> None:
 
 async def test_not_found_gives_up_after_the_policy_limit() -> None:
     """An unknown task id fails with NotFoundError after max_not_found checks."""
-    vt, service, scheduler = make(PollPolicy(jitter=0.0, first_check=1.0, max_not_found=3))
+    _vt, service, scheduler = make(PollPolicy(jitter=0.0, first_check=1.0, max_not_found=3))
     service.errors["ghost"] = [
         NotFoundError("recordInfo is null", code=422, http_status=200) for _ in range(5)
     ]
@@ -185,7 +186,7 @@ async def test_not_found_gives_up_after_the_policy_limit() -> None:
 
 async def test_transient_errors_are_retried_later() -> None:
     """A 5xx during a check reschedules the task; it still resolves."""
-    vt, service, scheduler = make(NO_JITTER)
+    _vt, service, scheduler = make(NO_JITTER)
     service.finish_at["a"] = 0.0
     service.errors["a"] = [ServerError("oops", code=500, http_status=500)] * 2
     future = scheduler.track("a")
@@ -197,7 +198,7 @@ async def test_transient_errors_are_retried_later() -> None:
 
 async def test_callback_resolves_first_and_duplicates_change_nothing() -> None:
     """A terminal snapshot fed from outside resolves the same future; repeats are ignored."""
-    vt, service, scheduler = make(NO_JITTER)
+    _vt, service, scheduler = make(NO_JITTER)
     service.finish_at["a"] = 1000.0
     future = scheduler.track("a", callbacks=True)
     done = TaskInfo(task_id="a", state=TaskState.SUCCESS, result_urls=("u",))
@@ -214,7 +215,7 @@ async def test_callback_resolves_first_and_duplicates_change_nothing() -> None:
 async def test_callback_tasks_wait_for_the_safety_net_grace() -> None:
     """With callbacks on, the first poll comes only after the grace period."""
     policy = PollPolicy(jitter=0.0, first_check=10.0, callback_grace_factor=3.0, callback_grace=5.0)
-    vt, service, scheduler = make(policy)
+    _vt, service, scheduler = make(policy)
     service.finish_at["a"] = 1.0
     future = scheduler.track("a", callbacks=True)
     await run_until_done(scheduler, future)
@@ -223,7 +224,7 @@ async def test_callback_tasks_wait_for_the_safety_net_grace() -> None:
 
 async def test_close_fails_pending_with_client_closed() -> None:
     """Closing fails still-pending futures with ClientClosedError; later tracks fail too."""
-    vt, service, scheduler = make(NO_JITTER)
+    _vt, _service, scheduler = make(NO_JITTER)
     future = scheduler.track("a")
     scheduler.close()
     assert isinstance(future.exception(), ClientClosedError)
@@ -263,9 +264,21 @@ async def test_one_wake_up_serves_many_tasks_due_together() -> None:
 
 async def test_non_terminal_states_are_reported_once_each() -> None:
     """on_state hears each new state once, not on every check."""
-    vt, service, scheduler = make(NO_JITTER)
+    _vt, service, scheduler = make(NO_JITTER)
     service.finish_at["a"] = 40.0
     seen: list[TaskState] = []
     future = scheduler.track("a", on_state=seen.append)
     await run_until_done(scheduler, future)
     assert seen == [TaskState.GENERATING]
+
+
+async def test_a_callback_that_beats_the_create_reply_still_resolves() -> None:
+    """A terminal callback for a not-yet-tracked id resolves the task once it is tracked."""
+    _vt, service, scheduler = make(NO_JITTER)
+    done = TaskInfo(task_id="early", state=TaskState.SUCCESS)
+    assert scheduler.resolve(done) is False
+    future = scheduler.track("early", callbacks=True)
+    assert future.done()
+    assert future.result() is done
+    assert scheduler.statistics().callbacks_early == 1
+    assert service.checks == {}

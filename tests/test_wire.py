@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from datetime import datetime, timezone
 
@@ -39,7 +40,11 @@ def envelope(code: int, data: object = None, *, field: str = "message", text: st
 def test_create_body_uses_documented_field_names() -> None:
     """The create body has top-level model, callBackUrl and input."""
     body = json.loads(build_create_body("google/nano-banana", {"prompt": "p"}, "https://cb"))
-    assert body == {"model": "google/nano-banana", "callBackUrl": "https://cb", "input": {"prompt": "p"}}
+    assert body == {
+        "model": "google/nano-banana",
+        "callBackUrl": "https://cb",
+        "input": {"prompt": "p"},
+    }
 
 
 def test_create_body_omits_callback_when_none() -> None:
@@ -146,7 +151,8 @@ def test_documented_success_task() -> None:
         }
     )
     assert info.state is TaskState.SUCCESS
-    assert info.is_terminal and info.succeeded
+    assert info.is_terminal
+    assert info.succeeded
     assert info.result_urls == ("https://cdn.example.com/image.png",)
 
 
@@ -219,10 +225,28 @@ def test_flat_callback() -> None:
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
-    lambda children: st.lists(children, max_size=4)
-    | st.dictionaries(st.sampled_from(["code", "data", "taskId", "state", "resultJson",
-                                       "failCode", "msg", "message", "createTime",
-                                       "resultUrls", "x"]), children, max_size=6),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(
+            st.sampled_from(
+                [
+                    "code",
+                    "data",
+                    "taskId",
+                    "state",
+                    "resultJson",
+                    "failCode",
+                    "msg",
+                    "message",
+                    "createTime",
+                    "resultUrls",
+                    "x",
+                ]
+            ),
+            children,
+            max_size=6,
+        )
+    ),
     max_leaves=20,
 )
 
@@ -230,10 +254,8 @@ json_values = st.recursive(
 @given(st.integers(min_value=100, max_value=599), st.binary(max_size=200))
 def test_parse_reply_on_arbitrary_bytes_raises_only_sdk_errors(status: int, body: bytes) -> None:
     """Arbitrary bytes give data or a RuxaError, never another exception."""
-    try:
+    with contextlib.suppress(RuxaError):
         parse_reply(status, body)
-    except RuxaError:
-        pass
 
 
 @given(json_values)
@@ -246,7 +268,5 @@ def test_parsers_on_arbitrary_json_raise_only_sdk_errors(value: object) -> None:
         lambda: parse_task_id(value),
         lambda: parse_callback(encoded),
     ):
-        try:
+        with contextlib.suppress(RuxaError):
             call()
-        except RuxaError:
-            pass
