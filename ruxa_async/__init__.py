@@ -29,8 +29,7 @@ from ._handles import TaskHandle
 from ._limiter import RateStatistics
 from ._models import BatchReport, Job, JobOutcome, OutcomeStatus, TaskInfo, TaskState
 from ._scheduler import SchedulerStatistics
-
-__version__ = "0.1.0.dev0"
+from ._version import __version__
 
 __all__ = [
     "DEFAULT_BASE_URL",

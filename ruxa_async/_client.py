@@ -21,13 +21,12 @@ from ._models import BatchReport, Job, TaskInfo
 from ._retry import Retrier
 from ._scheduler import PollScheduler, SchedulerStatistics
 from ._transport import Transport
+from ._version import __version__
 from .catalog import get_model
 
 __all__ = ["CallbackReceiver", "ClientStatistics", "RuxaClient"]
 
 log = logging.getLogger("ruxa_async")
-
-_VERSION = "0.1.0.dev0"
 
 
 @attrs.frozen(kw_only=True)
@@ -118,7 +117,7 @@ class RuxaClient:
             key=self._key,
             timeouts=self.timeouts,
             max_connections=max_connections or self.rate_limits.max_in_flight,
-            user_agent=f"ruxa-async/{_VERSION}",
+            user_agent=f"ruxa-async/{__version__}",
         )
         self._limiter = RateController(self.rate_limits)
         self._retrier = Retrier(self.retry_policy)

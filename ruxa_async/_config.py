@@ -112,7 +112,10 @@ class PollPolicy:
     by ``backoff`` from ``min_interval`` up to ``max_interval``, with
     ``jitter`` (a fraction) to spread them. ``first_check``, when set, replaces
     the expected duration for every model (handy against a fast simulator).
-    With callbacks on, polling is only a safety net: the first check waits
+    While a model's duration is still unknown (fewer than three tasks seen),
+    ``explore`` checks its first few tasks early so the estimate is learned
+    from the service within seconds; pending tasks planned from the prior are
+    then brought forward. With callbacks on, polling is only a safety net: the first check waits
     ``callback_grace_factor`` times the expected duration plus ``callback_grace``
     seconds.
     """
@@ -127,3 +130,4 @@ class PollPolicy:
     callback_grace_factor: float = attrs.field(default=3.0, validator=v.ge(1.0))
     callback_grace: float = attrs.field(default=30.0, validator=_non_negative)
     max_not_found: int = attrs.field(default=3, validator=v.ge(1))
+    explore: bool = True

@@ -70,6 +70,7 @@ class _Entry:
         "created_at",
         "due",
         "errors",
+        "exploring",
         "future",
         "in_check",
         "model",
@@ -94,18 +95,25 @@ class _Entry:
         self.not_found = 0
         self.callbacks = False
         self.in_check = False
+        self.exploring = False
         self.state = TaskState.WAITING
         self.on_state: Callable[[TaskState], None] | None = None
+
+
+_LEARNED_AFTER = 3  # observed durations before the estimate replaces the prior
+_EXPLORERS = 3  # tasks of a still-unknown model that are checked early to learn its duration
+_EXPLORE_FRACTION = 0.125  # an explorer's first check, as a fraction of the prior
 
 
 class _DurationModel:
     """Running estimate of a model's typical duration: an EWMA of log-seconds."""
 
-    __slots__ = ("count", "mean_log")
+    __slots__ = ("count", "explorers", "mean_log")
 
     def __init__(self) -> None:
         self.count = 0
         self.mean_log = 0.0
+        self.explorers = 0
 
     def observe(self, seconds: float) -> None:
         value = math.log(max(seconds, 0.01))
@@ -219,7 +227,10 @@ class PollScheduler:
 
     def forget(self, task_id: str) -> None:
         """Stop watching ``task_id`` (its future, if still pending, is left unresolved)."""
-        self._entries.pop(task_id, None)
+        entry = self._entries.pop(task_id, None)
+        if entry is not None and entry.exploring:
+            entry.exploring = False
+            self._durations[entry.model].explorers -= 1
 
     def last_state(self, task_id: str) -> TaskState | None:
         """The last state seen for a pending task, or None if it is not being watched."""
@@ -279,6 +290,9 @@ class PollScheduler:
 
     def _fail(self, entry: _Entry, error: BaseException) -> None:
         self._entries.pop(entry.task_id, None)
+        if entry.exploring:
+            entry.exploring = False
+            self._durations[entry.model].explorers -= 1
         if not entry.future.done():
             entry.future.set_exception(error)
             entry.future.add_done_callback(_mark_retrieved)
@@ -290,7 +304,7 @@ class PollScheduler:
         if self.policy.first_check is not None:
             return self.policy.first_check
         learned = self._durations.get(model)
-        if learned is not None and learned.count >= 3:
+        if learned is not None and learned.count >= _LEARNED_AFTER:
             return learned.median
         prior = self._typical(model) if self._typical is not None else None
         return prior if prior is not None else self.policy.default_duration
@@ -303,6 +317,14 @@ class PollScheduler:
         expected = self.expected_seconds(entry.model)
         if entry.callbacks:
             return self.policy.callback_grace_factor * expected + self.policy.callback_grace
+        if self.policy.explore and self.policy.first_check is None:
+            model = self._durations.setdefault(entry.model, _DurationModel())
+            if model.count < _LEARNED_AFTER and model.explorers < _EXPLORERS:
+                # Nothing learned yet: check a few tasks early (then geometrically)
+                # so the estimate comes from the service, not from the prior.
+                model.explorers += 1
+                entry.exploring = True
+                return max(self.policy.min_interval, expected * _EXPLORE_FRACTION)
         return self._jitter(
             max(self.policy.min_interval, expected * self.policy.first_check_factor)
         )
@@ -329,6 +351,10 @@ class PollScheduler:
             self._wake.set_result(None)
 
     def _learn(self, entry: _Entry, info: TaskInfo) -> None:
+        model = self._durations.setdefault(entry.model, _DurationModel())
+        if entry.exploring:
+            entry.exploring = False
+            model.explorers -= 1
         if not info.succeeded and not info.failed:
             return
         if info.create_time is not None and info.complete_time is not None:
@@ -336,7 +362,26 @@ class PollScheduler:
         else:
             seconds = self._clock() - entry.created_at
         if seconds > 0:
-            self._durations.setdefault(entry.model, _DurationModel()).observe(seconds)
+            model.observe(seconds)
+            if model.count == _LEARNED_AFTER:
+                self._replan(entry.model)
+
+    def _replan(self, model: str | None) -> None:
+        """Bring forward the first checks that were planned from the prior, now it is learned."""
+        moved = 0
+        for entry in self._entries.values():
+            if entry.model != model or entry.checks or entry.in_check or entry.callbacks:
+                continue
+            due = entry.created_at + self._first_delay(entry)
+            if due < entry.due:
+                self._schedule(entry, due)
+                moved += 1
+        log.debug(
+            "learned %s takes about %.2f s; moved %d first checks earlier",
+            model,
+            self.expected_seconds(model),
+            moved,
+        )
 
     # ---------------------------------------------------------------- the loop
 

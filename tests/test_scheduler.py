@@ -91,7 +91,9 @@ def make(
 
 
 EPOCH = datetime(2026, 1, 1, tzinfo=timezone.utc)
-NO_JITTER = PollPolicy(jitter=0.0, default_duration=8.0, min_interval=0.5, max_interval=30.0)
+NO_JITTER = PollPolicy(
+    jitter=0.0, default_duration=8.0, min_interval=0.5, max_interval=30.0, explore=False
+)
 
 
 async def run_until_done(scheduler: PollScheduler, *futures: asyncio.Future[TaskInfo]) -> None:
@@ -282,3 +284,29 @@ async def test_a_callback_that_beats_the_create_reply_still_resolves() -> None:
     assert future.result() is done
     assert scheduler.statistics().callbacks_early == 1
     assert service.checks == {}
+
+
+async def test_unknown_models_are_explored_then_pending_tasks_replanned() -> None:
+    """With no estimate, three explorers go early; then the rest move to the learned time."""
+    policy = PollPolicy(jitter=0.0, min_interval=0.5, max_interval=30.0)
+    _vt, service, scheduler = make(policy, typical={"m": 16.0}.get)
+    futures = []
+    for i in range(10):
+        service.created_at[str(i)] = 0.0
+        service.finish_at[str(i)] = 3.0
+        futures.append(scheduler.track(str(i), model="m"))
+    await run_until_done(scheduler, *futures)
+    first_checks = sorted(service.checks[str(i)][0] for i in range(10))
+    assert first_checks[:3] == [2.0, 2.0, 2.0]  # 16 s prior / 8
+    assert first_checks[3:] == [pytest.approx(3.0)] * 7  # learned 3 s, not the 16 s prior
+    assert scheduler.expected_seconds("m") == pytest.approx(3.0)
+    assert sum(len(v) for v in service.checks.values()) == 3 * 2 + 7
+
+
+async def test_exploration_is_off_when_disabled() -> None:
+    """explore=False trusts the prior for the first check."""
+    _vt, service, scheduler = make(NO_JITTER, typical={"m": 16.0}.get)
+    service.finish_at["a"] = 3.0
+    future = scheduler.track("a", model="m")
+    await run_until_done(scheduler, future)
+    assert service.checks["a"] == [16.0]
