@@ -287,17 +287,24 @@ class FakeRuxa:
 
     # -- API handlers ----------------------------------------------------------------
 
-    async def _handle_create(self, request: web.Request) -> web.StreamResponse:
+    def _admit(self, request: web.Request, kind: int) -> web.Response | None:
+        """Count the request, then apply auth, the rate limit and before-faults."""
         counters = self._counters
         counters.requests += 1
-        counters.creates += 1
-        rejected = self._gate(request, _CREATE, _monotonic())
+        if kind == _CREATE:
+            counters.creates += 1
+        else:
+            counters.queries += 1
+        rejected = self._gate(request, kind, _monotonic())
+        if rejected is None and self._faults_active:
+            rejected = self._fault_before(request)
+        return rejected
+
+    async def _handle_create(self, request: web.Request) -> web.StreamResponse:
+        rejected = self._admit(request, _CREATE)
         if rejected is not None:
             return rejected
-        if self._faults_active:
-            rejected = self._fault_before(request)
-            if rejected is not None:
-                return rejected
+        counters = self._counters
         try:
             body = json.loads(await request.read())
         except (ValueError, UnicodeDecodeError):
@@ -405,16 +412,10 @@ class FakeRuxa:
         return max(behavior.min_seconds, drawn)
 
     async def _handle_query(self, request: web.Request) -> web.StreamResponse:
-        counters = self._counters
-        counters.requests += 1
-        counters.queries += 1
-        rejected = self._gate(request, _QUERY, _monotonic())
+        rejected = self._admit(request, _QUERY)
         if rejected is not None:
             return rejected
         if self._faults_active:
-            rejected = self._fault_before(request)
-            if rejected is not None:
-                return rejected
             await self._maybe_slow()
         record = self._tasks.get(request.match_info["task_id"])
         if record is None:
