@@ -312,9 +312,20 @@ class RuxaClient:
         not yet yielded. One job's failure never stops the others. A rejected
         key (401) or exhausted credits (402) stops *submitting*: tasks already
         created are still awaited, and every job not sent is yielded as
-        NOT_SUBMITTED. ``timeout`` bounds the whole batch.
+        NOT_SUBMITTED. ``timeout`` bounds the whole batch. ``on_event`` receives
+        progress events; ``before_create`` is awaited before each create is sent
+        (a journal records the job there; if it raises, that job is not sent and
+        the batch stops with its error). Jobs with a ``task_id`` are re-attached,
+        never created again.
         """
-        return AsCompleted(self, jobs, max_pending=max_pending, timeout=timeout, on_event=on_event)
+        return AsCompleted(
+            self,
+            jobs,
+            max_pending=max_pending,
+            timeout=timeout,
+            on_event=on_event,
+            before_create=before_create,
+        )
 
     async def run_batch(
         self,

@@ -16,6 +16,7 @@ __all__ = [
     "CallbackVerificationError",
     "ClientClosedError",
     "ConfigurationError",
+    "DownloadError",
     "InsufficientCreditsError",
     "InvalidInputError",
     "MalformedResponseError",
@@ -188,6 +189,23 @@ class TaskTimeoutError(RuxaError, TimeoutError):
 
 class ConfigurationError(RuxaError, ValueError):
     """The client was set up wrongly (for example, no API key anywhere)."""
+
+
+class DownloadError(RuxaError):
+    """A result file could not be downloaded.
+
+    ``http_status`` is the last HTTP status seen (None after a connection
+    error); ``retryable`` says whether a later attempt may work (a transient
+    failure that ran out of attempts) or not (the URL is refused or expired).
+    """
+
+    def __init__(
+        self, message: str, *, url: str, http_status: int | None = None, retryable: bool = False
+    ) -> None:
+        self.url = url
+        self.http_status = http_status
+        self.retryable = retryable
+        super().__init__(message)
 
 
 class ClientClosedError(RuxaError):

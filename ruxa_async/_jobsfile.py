@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Generator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -162,7 +162,7 @@ def _key(path: Path, number: int, value: object) -> str:
     return key
 
 
-def read_jobs(path: Path, *, default_model: str | None = None) -> Iterator[JobLine]:
+def read_jobs(path: Path, *, default_model: str | None = None) -> Generator[JobLine, None, None]:
     """Yield the file's jobs one by one; raise :class:`JobsFileError` at the first bad line."""
     try:
         handle = path.open("rb")

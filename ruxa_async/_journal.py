@@ -28,12 +28,14 @@ from typing import IO, Any
 
 import attrs
 
+from ._errors import RuxaError
+
 try:
     import fcntl
 except ImportError:  # pragma: no cover - not POSIX
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["FileRecord", "JobRecord", "JobState", "Journal", "JournalError"]
+__all__ = ["FileRecord", "JobRecord", "JobRef", "JobState", "Journal", "JournalError"]
 
 log = logging.getLogger("ruxa_async")
 
@@ -71,7 +73,7 @@ CREATE TABLE IF NOT EXISTS files (
 """
 
 
-class JournalError(Exception):
+class JournalError(RuxaError):
     """The journal cannot be opened, is in use by another run, or failed to write."""
 
 
@@ -96,6 +98,16 @@ class JobState(str, enum.Enum):
     def is_final(self) -> bool:
         """True for SUCCEEDED and FAILED: the job is done and paid for."""
         return self is JobState.SUCCEEDED or self is JobState.FAILED
+
+
+@attrs.frozen(kw_only=True)
+class JobRef:
+    """Which job a journal write is about: its key and what it asks for."""
+
+    key: str
+    line: int
+    fingerprint: str
+    model: str
 
 
 @attrs.frozen(kw_only=True)
@@ -132,6 +144,7 @@ class JobRecord:
 
 
 _Op = Callable[[sqlite3.Connection], Any]
+_Loaded = tuple[dict[str, JobRecord], dict[str, list[FileRecord]]]
 
 
 class _Stop:
@@ -224,14 +237,7 @@ class Journal:
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute("PRAGMA busy_timeout=5000")
             conn.executescript(_SCHEMA)
-            row = conn.execute("SELECT value FROM meta WHERE name='schema'").fetchone()
-            if row is None:
-                conn.execute("INSERT INTO meta VALUES ('schema', ?)", (_SCHEMA_VERSION,))
-            elif row[0] != _SCHEMA_VERSION:
-                raise JournalError(
-                    f"{self.path} was written by another version of ruxa-async "
-                    f"(schema {row[0]}, expected {_SCHEMA_VERSION})"
-                )
+            _check_schema(conn, self.path)
         except BaseException:
             conn.close()
             raise
@@ -358,7 +364,8 @@ class Journal:
         """Store a named setting (committed when this returns)."""
         await self._call(
             lambda conn: conn.execute(
-                "INSERT INTO meta VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value=excluded.value",
+                "INSERT INTO meta VALUES (?, ?) "
+                "ON CONFLICT(name) DO UPDATE SET value=excluded.value",
                 (name, value),
             )
         )
@@ -366,7 +373,7 @@ class Journal:
     async def load(self) -> tuple[dict[str, JobRecord], dict[str, list[FileRecord]]]:
         """Every job and every file record, by job key."""
 
-        def op(conn: sqlite3.Connection) -> tuple[dict[str, JobRecord], dict[str, list[FileRecord]]]:
+        def op(conn: sqlite3.Connection) -> _Loaded:
             jobs = {record.key: record for record in _job_rows(conn)}
             files: dict[str, list[FileRecord]] = {}
             for row in conn.execute(
@@ -384,11 +391,11 @@ class Journal:
                 files.setdefault(record.key, []).append(record)
             return jobs, files
 
-        result: tuple[dict[str, JobRecord], dict[str, list[FileRecord]]] = await self._call(op)
+        result: _Loaded = await self._call(op)
         return result
 
-    async def mark_submitting(self, key: str, *, line: int, fingerprint: str, model: str) -> None:
-        """Record that a create for ``key`` is about to be sent; returns once committed."""
+    async def mark_submitting(self, job: JobRef) -> None:
+        """Record that a create for ``job`` is about to be sent; returns once committed."""
         now = time.time()
 
         def op(conn: sqlite3.Connection) -> None:
@@ -399,42 +406,42 @@ class Journal:
                 "fingerprint=excluded.fingerprint, model=excluded.model, state='submitting', "
                 "task_id=NULL, result_urls=NULL, error=NULL, creates=creates+1, "
                 "updated=excluded.updated",
-                (key, line, fingerprint, model, now),
+                (job.key, job.line, job.fingerprint, job.model, now),
             )
 
         await self._call(op)
 
-    def record_task_id(self, key: str, task_id: str) -> None:
+    def record_task_id(self, job: JobRef, task_id: str) -> None:
         """Record the task id a create returned (committed shortly)."""
-        now = time.time()
-        self._post(
-            lambda conn: conn.execute(
-                "UPDATE jobs SET state='submitted', task_id=?, error=NULL, updated=? WHERE key=?",
-                (task_id, now, key),
-            )
-        )
+        self.record_outcome(job, JobState.SUBMITTED, task_id=task_id)
 
     def record_outcome(
         self,
-        key: str,
+        job: JobRef,
         state: JobState,
         *,
         task_id: str | None = None,
         result_urls: tuple[str, ...] = (),
         error: str | None = None,
     ) -> None:
-        """Record how a job ended (or why it is still open); committed shortly.
+        """Record where a job stands now (committed shortly).
 
-        ``task_id=None`` keeps the task id already recorded.
+        ``task_id=None`` keeps the task id already recorded. A job with no row
+        yet gets one.
         """
         now = time.time()
         urls = json.dumps(list(result_urls)) if result_urls else None
+        values = (job.key, job.line, job.fingerprint, job.model, state.value, task_id, urls, error)
 
         def op(conn: sqlite3.Connection) -> None:
             conn.execute(
-                "UPDATE jobs SET state=?, task_id=COALESCE(?, task_id), result_urls=?, error=?, "
-                "updated=? WHERE key=?",
-                (state.value, task_id, urls, error, now, key),
+                "INSERT INTO jobs (key, line, fingerprint, model, state, task_id, result_urls, "
+                "error, creates, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?) "
+                "ON CONFLICT(key) DO UPDATE SET line=excluded.line, "
+                "fingerprint=excluded.fingerprint, model=excluded.model, state=excluded.state, "
+                "task_id=COALESCE(excluded.task_id, task_id), result_urls=excluded.result_urls, "
+                "error=excluded.error, updated=excluded.updated",
+                (*values, now),
             )
 
         self._post(op)
@@ -469,6 +476,17 @@ class Journal:
             conn.executemany("DELETE FROM jobs WHERE key=?", ((k,) for k in keys))
 
         await self._call(op)
+
+
+def _check_schema(conn: sqlite3.Connection, path: Path) -> None:
+    row = conn.execute("SELECT value FROM meta WHERE name='schema'").fetchone()
+    if row is None:
+        conn.execute("INSERT INTO meta VALUES ('schema', ?)", (_SCHEMA_VERSION,))
+    elif row[0] != _SCHEMA_VERSION:
+        raise JournalError(
+            f"{path} was written by another version of ruxa-async "
+            f"(schema {row[0]}, expected {_SCHEMA_VERSION})"
+        )
 
 
 def _as_journal_error(exc: Exception, path: Path) -> JournalError:

@@ -312,3 +312,35 @@ def test_works_under_uvloop() -> None:
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         assert runner.run(main()) == 50
+
+
+async def test_before_create_runs_before_every_create(fake: FakeRuxa) -> None:
+    """The hook is awaited before each create is sent; creates seen at that moment exclude it."""
+    seen: dict[str, int] = {}
+
+    async def record(job: Job) -> None:
+        assert job.key is not None
+        seen[job.key] = fake.stats().creates
+
+    async with make_client(fake) as client:
+        report = await client.run_batch(jobs(40), before_create=record)
+    assert report.succeeded == 40
+    assert set(seen) == {f"k{i}" for i in range(40)}
+    assert all(count < 40 for count in seen.values())
+
+
+async def test_a_failing_before_create_sends_nothing_for_that_job(fake: FakeRuxa) -> None:
+    """If the hook raises (say the journal is down), that job is not created; the batch stops."""
+
+    class JournalDown(Exception):
+        pass
+
+    async def refuse(job: Job) -> None:
+        if job.key == "k3":
+            raise JournalDown("disk full")
+
+    async with make_client(fake) as client:
+        with pytest.raises(JournalDown):
+            await client.run_batch(jobs(10), before_create=refuse)
+    created_prompts = {record.input["prompt"] for record in fake.tasks()}
+    assert "prompt 3" not in created_prompts
