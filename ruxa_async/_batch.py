@@ -160,6 +160,13 @@ class AsCompleted:
         if self._deadline_handle is not None:
             self._deadline_handle.cancel()
         tasks = [t for t in (self._producer, *self._submissions) if t is not None]
+        in_flight = sum(1 for t in self._submissions if not t.done())
+        if in_flight:
+            log.warning(
+                "batch closed while %d creates were in flight; their tasks may exist on the "
+                "service without being tracked",
+                in_flight,
+            )
         for task in tasks:
             task.cancel()
         if tasks:
