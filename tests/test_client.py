@@ -381,3 +381,40 @@ async def test_the_key_never_appears_in_logs_reprs_or_errors(
     assert len(texts) >= 6
     for text in texts:
         assert "s3cr3t" not in text
+
+
+async def test_proxy_from_the_environment_is_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    """HTTP_PROXY is honoured: requests for a host only the proxy knows go through it."""
+    seen: list[str] = []
+
+    async def proxy(request: web.Request) -> web.Response:
+        seen.append(str(request.url))
+        return web.json_response({"code": 200, "message": "success", "data": {"taskId": "t1"}})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", proxy)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{runner.addresses[0][1]}")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    try:
+        async with RuxaClient("sk-x", base_url="http://ruxa.test", retry=FAST_RETRY) as client:
+            assert await client.create_task(MODEL, PROMPT) == "t1"
+            assert await client.create_task(MODEL, PROMPT) == "t1"
+    finally:
+        await runner.cleanup()
+    assert seen == ["http://ruxa.test/api/v1/tasks/create"] * 2
+
+
+async def test_loopback_never_goes_through_a_proxy(
+    fake: FakeRuxa, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A proxy set in the environment is bypassed for loopback hosts like the simulator's."""
+    monkeypatch.setenv("HTTP_PROXY", "http://proxy.invalid:3128")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    async with make_client(fake) as client:
+        task_id = await client.create_task(MODEL, PROMPT)
+    assert fake.task(task_id) is not None
