@@ -255,6 +255,10 @@ class AsCompleted:
         except RuxaError as exc:
             self._emit(slot, error=exc)
             return
+        except Exception as exc:  # a bug must cost one job, never hang the batch
+            log.exception("unexpected error creating job %s", slot.job.key or slot.index)
+            self._emit(slot, error=exc)
+            return
         finally:
             self._submitting.release()
             self._first_created.set()

@@ -115,6 +115,8 @@ def _parse(path: Path, number: int, raw: bytes, default_model: str | None) -> Jo
     except ValueError as exc:
         detail = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
         raise JobsFileError(path, f"not valid JSON ({detail})", line=number) from None
+    except RecursionError:
+        raise JobsFileError(path, "not valid JSON (nested too deeply)", line=number) from None
     if not isinstance(data, dict):
         kind = type(data).__name__ if data is not None else "null"
         raise JobsFileError(path, f"expected a JSON object, got {kind}", line=number)
@@ -139,13 +141,19 @@ def _parse(path: Path, number: int, raw: bytes, default_model: str | None) -> Jo
     metadata = data.get("metadata")
     if metadata is not None and not isinstance(metadata, dict):
         raise JobsFileError(path, '"metadata" must be a JSON object', line=number)
+    try:
+        digest = fingerprint(model.strip(), job_input)
+    except (ValueError, RecursionError) as exc:  # inf from 1e400, a lone surrogate, ...
+        raise JobsFileError(
+            path, f'"input" cannot be sent as JSON ({type(exc).__name__})', line=number
+        ) from None
     return JobLine(
         line=number,
         key=key,
         model=model.strip(),
         input=job_input,
         metadata=metadata,
-        fingerprint=fingerprint(model.strip(), job_input),
+        fingerprint=digest,
     )
 
 

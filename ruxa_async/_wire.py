@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import quote
 
-from ._errors import MalformedResponseError, status_error
+from ._errors import InvalidInputError, MalformedResponseError, status_error
 from ._models import TaskInfo, TaskState
 
 __all__ = [
@@ -37,7 +37,7 @@ CREATE_PATH = "/api/v1/tasks/create"
 QUERY_PATH = "/api/v1/tasks/query/"
 
 _SUCCESS_CODE = 200
-_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
 
 
 def query_path(task_id: str) -> str:
@@ -48,12 +48,21 @@ def query_path(task_id: str) -> str:
 def build_create_body(
     model: str, input: Mapping[str, Any], callback_url: str | None = None
 ) -> bytes:
-    """Encode a create-task request body: top-level ``model``, ``callBackUrl``, ``input``."""
+    """Encode a create-task request body: top-level ``model``, ``callBackUrl``, ``input``.
+
+    Raises :class:`InvalidInputError` when ``input`` cannot be sent as JSON
+    (bytes, NaN, a lone surrogate, ...): nothing is sent then.
+    """
     body: dict[str, Any] = {"model": model}
     if callback_url is not None:
         body["callBackUrl"] = callback_url
     body["input"] = dict(input)
-    return _dumps(body).encode()
+    try:
+        return _dumps(body).encode()
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise InvalidInputError(
+            f"{model}: input cannot be sent as JSON ({exc})", model=model, field="input"
+        ) from None
 
 
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
