@@ -312,7 +312,7 @@ class AsCompleted:
             reason = "the account has insufficient credits (402)"
         self.stop_reason = reason
         self.stop_error = exc
-        log.error("batch stopped submitting: %s; tasks already created are still awaited", reason)
+        log.info("batch stopped submitting: %s; tasks already created are still awaited", reason)
 
     def _on_deadline(self) -> None:
         self._deadline_handle = None

@@ -696,9 +696,14 @@ class BatchRun:
         return "not submitted"
 
     def _write_results(self) -> tuple[dict[str, int], list[str]]:
-        """Runs in a worker thread: one results.jsonl line per job, in file order."""
+        """Runs in a worker thread: one results.jsonl line per job, in file order.
+
+        Also returns the problems for the summary, one line per distinct
+        (status, reason): a rejected key is one line, not one per job.
+        """
         tally: dict[str, int] = {}
-        problems: list[str] = []
+        groups: dict[tuple[str, str], list[str]] = {}
+        counts: dict[tuple[str, str], int] = {}
         final = self.out / "results.jsonl"
         part = self.out / ".results.jsonl.part"
         with part.open("w", encoding="utf-8") as out:
@@ -706,10 +711,24 @@ class BatchRun:
                 entry = self._result(job)
                 status = entry["status"]
                 tally[status] = tally.get(status, 0) + 1
-                if status != "succeeded" and len(problems) < _MAX_PROBLEMS:
-                    problems.append(f"  line {job.line} ({job.key}): {status}: {entry['error']}")
+                if status != "succeeded":
+                    reason = str(entry["error"] or "")
+                    if reason.startswith("not submitted: "):
+                        reason = reason[len("not submitted: ") :]
+                    group = (status, reason)
+                    counts[group] = counts.get(group, 0) + 1
+                    where = groups.setdefault(group, [])
+                    if len(where) < 3 and (group in groups or len(groups) <= _MAX_PROBLEMS):
+                        where.append(f"line {job.line} ({job.key})")
                 out.write(json.dumps(entry, ensure_ascii=False) + "\n")
         os.replace(part, final)
+        problems = []
+        for (status, reason), where in list(groups.items())[:_MAX_PROBLEMS]:
+            n = counts[(status, reason)]
+            shown = ", ".join(where) + (", ..." if n > len(where) else "")
+            label = status.replace("_", " ")
+            head = f"{n} jobs {label}" if n > 1 else label
+            problems.append(f"  {head}: {reason} [{shown}]" if reason else f"  {head} [{shown}]")
         return tally, problems
 
     def _result(self, job: JobLine) -> dict[str, Any]:
@@ -811,9 +830,8 @@ class BatchRun:
         rows.append(("estimated credits", f"{self.spent:g}"))
         rows.append(("time", f"{c.elapsed:.1f} s"))
         rows.append(("results", str(self.out / "results.jsonl")))
-        more = sum(n for s, n in tally.items() if s != "succeeded") - len(problems)
-        if more > 0:
-            problems = [*problems, f"  ... and {more} more in results.jsonl"]
+        if len(problems) == _MAX_PROBLEMS:
+            problems = [*problems, "  ... and maybe more: see results.jsonl"]
         title = "ruxa-async run" + (" (simulated)" if self.simulate else "")
         print_summary(title, rows, [Secrets.redact(p) for p in problems])
 
