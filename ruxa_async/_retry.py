@@ -76,17 +76,23 @@ def _wait_generator(policy: RetryPolicy) -> Generator[float, Any, None]:
 class Retrier:
     """Runs one logical request with retries under a :class:`RetryPolicy`.
 
-    ``retries`` and ``ambiguous_create_retries`` count what happened, for the
-    client's statistics.
+    The ``backoff`` wrappers are built once per kind, not per call. ``retries``
+    and ``ambiguous_create_retries`` count what happened, for the client's
+    statistics.
     """
 
     def __init__(self, policy: RetryPolicy) -> None:
         self.policy = policy
         self.retries = 0
         self.ambiguous_create_retries = 0
+        self._wrapped = {kind: self._wrap(kind) for kind in ("create", "query")}
 
     async def call(self, kind: Kind, attempt: Callable[[], Awaitable[T]]) -> T:
         """Call ``attempt`` until it succeeds or the policy gives up; re-raise the last error."""
+        result: T = await self._wrapped[kind](attempt)
+        return result
+
+    def _wrap(self, kind: Kind) -> Callable[[Callable[[], Awaitable[Any]]], Awaitable[Any]]:
         policy = self.policy
 
         def giveup(exc: Exception) -> bool:
@@ -112,10 +118,11 @@ class Retrier:
                     details["wait"],
                 )
 
-        async def once() -> T:  # a coroutine function, so backoff takes its async path
+        async def once(attempt: Callable[[], Awaitable[Any]]) -> Any:
+            # a coroutine function, so backoff takes its async path
             return await attempt()
 
-        retrying = backoff.on_exception(
+        wrapped: Callable[[Callable[[], Awaitable[Any]]], Awaitable[Any]] = backoff.on_exception(
             lambda: _wait_generator(policy),
             RuxaError,
             max_tries=policy.max_attempts,
@@ -126,5 +133,4 @@ class Retrier:
             raise_on_giveup=True,
             logger=None,
         )(once)
-        result: T = await retrying()
-        return result
+        return wrapped
