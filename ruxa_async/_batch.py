@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextvars
+import functools
 import logging
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
@@ -118,6 +120,7 @@ class AsCompleted:
         self.stop_reason: str | None = None
         self.stop_error: RuxaError | None = None
         self._crashed: BaseException | None = None
+        self._context = contextvars.copy_context()
 
     # ------------------------------------------------------------ iteration
 
@@ -280,7 +283,8 @@ class AsCompleted:
             callbacks=client.callback_url is not None,
             on_state=(lambda state: self._event("state", slot, state)) if self._on_event else None,
         )
-        future.add_done_callback(lambda f: self._settled(slot, f))
+        # a partial and one shared context: a closure and a context copy per task cost ~200 B
+        future.add_done_callback(functools.partial(self._settled, slot), context=self._context)
 
     def _settled(self, slot: _Slot, future: asyncio.Future[TaskInfo]) -> None:
         if slot.task_id is not None:
