@@ -18,6 +18,8 @@ from typing import Any
 
 import pytest
 
+from .helpers_proc import SimProcess
+
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples" / "jobs.jsonl"
 KEY = "sk-test-cli-0123456789"
@@ -52,48 +54,12 @@ def ruxa(
     )
 
 
-class Sim:
+class Sim(SimProcess):
     """The simulator as a standalone process, so its counters outlive client processes."""
 
     def __init__(self, tmp: Path, key: str = KEY, **config: Any) -> None:
-        args = [sys.executable, "-m", "ruxa_async.testing", "--port", "0", "--api-key", key]
         settings = {"default_behavior": {"median_seconds": 0.2, "sigma": 0.2}, **config}
-        path = tmp / f"sim-{id(self)}.json"
-        path.write_text(json.dumps(settings), encoding="utf-8")
-        args += ["--config-json", str(path)]
-        self.proc = subprocess.Popen(
-            args, stdout=subprocess.PIPE, text=True, env=_env(None), cwd=ROOT
-        )
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        match = re.search(r"at (http://\S+)", line)
-        assert match, f"simulator did not start: {line!r}"
-        self.url = match.group(1)
-
-    def stats(self) -> dict[str, Any]:
-        with urllib.request.urlopen(self.url + "/_sim/stats", timeout=5) as reply:
-            data: dict[str, Any] = json.loads(reply.read())
-        return data
-
-    def configure(self, **patch: Any) -> None:
-        request = urllib.request.Request(
-            self.url + "/_sim/config",
-            data=json.dumps(patch).encode(),
-            headers={"Content-Type": "application/json"},
-            method="POST",
-        )
-        with urllib.request.urlopen(request, timeout=5):
-            pass
-
-    def close(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
+        super().__init__(tmp, key=key, **settings)
 
 
 @pytest.fixture
