@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import re
 import signal
 import sqlite3
@@ -18,40 +17,20 @@ from typing import Any
 
 import pytest
 
-from .helpers_proc import SimProcess
+from .helpers_proc import FAST_CLI, SimProcess, child_env, cli, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples" / "jobs.jsonl"
 KEY = "sk-test-cli-0123456789"
 NB = "google/nano-banana"
-FAST = ["--first-check", "0.2", "--poll-min", "0.2", "--poll-max", "0.4", "--progress", "plain"]
-
-
-def _env(key: str | None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("RUXA_API_KEY", "RUXA_BASE_URL")}
-    if key is not None:
-        env["RUXA_API_KEY"] = key
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    return env
-
-
-def _command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "ruxa_async", *args]
+FAST = FAST_CLI
 
 
 def ruxa(
     *args: str, key: str | None = KEY, timeout: float = 60
 ) -> subprocess.CompletedProcess[str]:
     """Run the real command line to the end."""
-    return subprocess.run(
-        _command(*args),
-        capture_output=True,
-        text=True,
-        env=_env(key),
-        cwd=ROOT,
-        timeout=timeout,
-        check=False,
-    )
+    return run_cli(*args, key=key, timeout=timeout)
 
 
 class Sim(SimProcess):
@@ -113,11 +92,11 @@ def _journal_rows(path: Path) -> list[tuple[str, str, str | None]]:
 
 def _start(*args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        _command(*args),
+        cli(*args),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
-        env=_env(KEY),
+        env=child_env(KEY),
         cwd=ROOT,
     )
 
@@ -553,7 +532,7 @@ def test_models_lists_the_catalogue() -> None:
 def test_simulate_serves_until_terminated() -> None:
     """`simulate --port 0` prints its URL, answers, and exits cleanly on SIGTERM."""
     proc = subprocess.Popen(
-        _command("simulate", "--port", "0"), stdout=subprocess.PIPE, text=True, env=_env(None)
+        cli("simulate", "--port", "0"), stdout=subprocess.PIPE, text=True, env=child_env(None)
     )
     try:
         assert proc.stdout is not None
