@@ -30,6 +30,8 @@ from ._handles import TaskHandle
 from ._limiter import RateStatistics
 from ._models import BatchReport, Job, JobOutcome, OutcomeStatus, TaskInfo, TaskState
 from ._scheduler import SchedulerStatistics
+from ._sync import SyncRuxaClient, SyncTaskHandle
+from ._sync_batch import SyncAsCompleted
 from ._version import __version__
 
 __all__ = [
@@ -64,6 +66,9 @@ __all__ = [
     "RuxaError",
     "SchedulerStatistics",
     "ServerError",
+    "SyncAsCompleted",
+    "SyncRuxaClient",
+    "SyncTaskHandle",
     "TaskFailedError",
     "TaskHandle",
     "TaskInfo",
