@@ -1,0 +1,200 @@
+"""The Celery integration: a real `celery worker` with a real Redis broker, against a simulator.
+
+Counts come from the standalone simulator (creates, duplicate creates) and from
+Celery's own result backend. ``RUXA_CELERY_TASKS`` sets the prefork run's size
+(default 40 here; the issue's full run is 500).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from tests.helpers_proc import ROOT, SimProcess, child_env
+
+EXAMPLES = ROOT / "examples"
+SLOW = "google/nano-banana-pro"
+TASKS = int(os.environ.get("RUXA_CELERY_TASKS", "40"))
+
+
+@pytest.fixture
+def sim(tmp_path: Path) -> Iterator[SimProcess]:
+    """A fresh simulator per test: quick default tasks, a slow model to kill a worker inside."""
+    proc = SimProcess(
+        tmp_path,
+        key="sk-celery",
+        default_behavior={"median_seconds": 0.2, "sigma": 0.3},
+        models={SLOW: {"median_seconds": 4.0, "sigma": 0.1}},
+        seed=11,
+    )
+    try:
+        yield proc
+    finally:
+        proc.close()
+
+
+class Worker:
+    """``celery -A celery_app worker`` (the example app) as a child process."""
+
+    def __init__(self, redis_url: str, sim: SimProcess, log: Path, *args: str) -> None:
+        env = child_env(
+            sim.key,
+            RUXA_BASE_URL=sim.url,
+            CELERY_BROKER_URL=redis_url,
+            RUXA_EXAMPLE_FAST_POLL="1",
+        )
+        env["PYTHONPATH"] = os.pathsep.join([str(EXAMPLES), env["PYTHONPATH"]])
+        self.log = log
+        self._out = log.open("w")
+        argv = [sys.executable, "-m", "celery", "-A", "celery_app", "worker", "--loglevel=INFO"]
+        self.proc = subprocess.Popen(
+            [*argv, "--without-gossip", "--without-mingle", "-n", f"w{os.getpid()}@%h", *args],
+            stdout=self._out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=EXAMPLES,
+        )
+
+    def children(self) -> list[int]:
+        """Pids of the pool's child processes."""
+        pids = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                except OSError:
+                    continue
+                if int(stat[1]) == self.proc.pid:
+                    pids.append(int(entry.name))
+        return pids
+
+    def stop(self) -> None:
+        """Warm shutdown (SIGTERM), then SIGKILL if it lingers."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._out.close()
+
+
+@pytest.fixture
+def producer(redis_url: str) -> Iterator[Any]:
+    """A Celery app that only sends tasks and asks workers what they are running."""
+    from celery import Celery
+
+    app = Celery("producer", broker=redis_url)
+    try:
+        yield app
+    finally:
+        app.close()
+
+
+def enqueue(producer: Any, prompts: list[tuple[str, str]]) -> list[str]:
+    """Send ``generate_image`` tasks by name; their Celery ids."""
+    return [producer.send_task("generate_image", args=[p, m]).id for p, m in prompts]
+
+
+def results(conn: redis.Redis, ids: list[str]) -> dict[str, dict[str, Any]]:
+    """The result backend's records of ``ids`` that exist so far."""
+    found = {}
+    for task_id, raw in zip(ids, conn.mget([f"celery-task-meta-{i}" for i in ids]), strict=True):
+        if raw is not None:
+            found[task_id] = json.loads(raw)
+    return found
+
+
+def wait_all(conn: redis.Redis, ids: list[str], worker: Worker, limit: float) -> dict[str, Any]:
+    """Block until every task has a result (or fail with the worker's log)."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        done = results(conn, ids)
+        if len(done) == len(ids):
+            return done
+        if worker.proc.poll() is not None:
+            break
+        time.sleep(0.2)
+    raise AssertionError(
+        f"{len(results(conn, ids))}/{len(ids)} results; worker log:\n"
+        + worker.log.read_text()[-3000:]
+    )
+
+
+def ledger(conn: redis.Redis, kind: str) -> int:
+    """A counter of the integration's ledger."""
+    return int(conn.get(f"ruxa_async:celery:{kind}") or 0)
+
+
+def test_prefork_worker_survives_a_killed_process(
+    redis_url: str, sim: SimProcess, producer: Any, tmp_path: Path
+) -> None:
+    """Prefork x4: a SIGKILLed child's task is redelivered and re-attaches; none created twice."""
+    conn = redis.Redis.from_url(redis_url)
+    worker = Worker(redis_url, sim, tmp_path / "worker.log", "--pool", "prefork", "-c", "4")
+    try:
+        models = [SLOW if i % 10 == 3 else "google/nano-banana" for i in range(TASKS)]
+        ids = enqueue(producer, [(f"prefork {i}", m) for i, m in enumerate(models)])
+        victim = None
+        deadline = time.monotonic() + 40
+        while victim is None and time.monotonic() < deadline:
+            victim = busy_child(producer, conn, sim)
+        assert victim is not None, worker.log.read_text()[-3000:]
+        os.kill(victim, signal.SIGKILL)
+        done = wait_all(conn, ids, worker, limit=45 + TASKS * 0.2)
+        stats = sim.stats()
+        reattached, ambiguous = ledger(conn, "reattached"), ledger(conn, "ambiguous")
+    finally:
+        worker.stop()
+        conn.close()
+    assert {r["status"] for r in done.values()} == {"SUCCESS"}
+    assert reattached >= 1
+    assert stats["duplicate_creates"] <= ambiguous
+    assert stats["tasks_created"] - stats["duplicate_creates"] == TASKS
+    assert victim not in {r["result"]["pid"] for r in done.values()}
+
+
+def busy_child(producer: Any, conn: redis.Redis, sim: SimProcess) -> int | None:
+    """The pid of a pool child waiting for a slow Ruxa task it has recorded in the ledger."""
+    pending = {t["task_id"] for t in sim.tasks() if t["first_terminal_served_at"] is None}
+    active = producer.control.inspect(timeout=1.0).active() or {}
+    for tasks in active.values():
+        for task in tasks:
+            if list(task["args"])[1:] != [SLOW]:
+                continue
+            recorded = conn.get(f"ruxa_async:celery:{task['id']}")
+            if recorded is not None and recorded.decode() in pending:
+                return int(task["worker_pid"])
+    return None
+
+
+def test_threads_pool_shares_one_client(
+    redis_url: str, sim: SimProcess, producer: Any, tmp_path: Path
+) -> None:
+    """The threads pool: every task of the worker runs on one client in one process."""
+    conn = redis.Redis.from_url(redis_url)
+    worker = Worker(redis_url, sim, tmp_path / "worker.log", "--pool", "threads", "-c", "8")
+    try:
+        ids = enqueue(producer, [(f"threads {i}", "google/nano-banana") for i in range(24)])
+        done = wait_all(conn, ids, worker, limit=45)
+        stats = sim.stats()
+    finally:
+        worker.stop()
+        conn.close()
+    assert {r["status"] for r in done.values()} == {"SUCCESS"}
+    assert len({r["result"]["pid"] for r in done.values()}) == 1
+    assert len({r["result"]["client"] for r in done.values()}) == 1
+    assert len({r["result"]["thread"] for r in done.values()}) > 1
+    assert stats["tasks_created"] == 24
+    assert stats["duplicate_creates"] == 0
