@@ -7,8 +7,10 @@ Celery's own result backend. ``RUXA_CELERY_TASKS`` sets the prefork run's size
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -25,6 +27,8 @@ from tests.helpers_proc import ROOT, SimProcess, child_env
 EXAMPLES = ROOT / "examples"
 SLOW = "google/nano-banana-pro"
 TASKS = int(os.environ.get("RUXA_CELERY_TASKS", "40"))
+# Extra SIGKILLs of a random pool child at random moments (a soak; 0 in CI).
+RANDOM_KILLS = int(os.environ.get("RUXA_CELERY_RANDOM_KILLS", "0"))
 
 
 @pytest.fixture
@@ -152,12 +156,20 @@ def test_prefork_worker_survives_a_killed_process(
             victim = busy_child(producer, conn, sim)
         assert victim is not None, worker.log.read_text()[-3000:]
         os.kill(victim, signal.SIGKILL)
+        rng = random.Random(TASKS)
+        for _ in range(RANDOM_KILLS):
+            time.sleep(rng.uniform(0.3, 2.0))
+            children = worker.children()
+            if children:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(rng.choice(children), signal.SIGKILL)
         done = wait_all(conn, ids, worker, limit=45 + TASKS * 0.2)
         stats = sim.stats()
         reattached, ambiguous = ledger(conn, "reattached"), ledger(conn, "ambiguous")
     finally:
         worker.stop()
         conn.close()
+    print(f"reattached={reattached} ambiguous={ambiguous} stats={stats}")
     assert {r["status"] for r in done.values()} == {"SUCCESS"}
     assert reattached >= 1
     assert stats["duplicate_creates"] <= ambiguous

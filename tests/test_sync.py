@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -20,7 +22,7 @@ from ruxa_async import (
     TaskState,
     TaskTimeoutError,
 )
-from tests.helpers_proc import NB, SimProcess
+from tests.helpers_proc import NB, ROOT, SimProcess, child_env
 
 SLOW = "google/nano-banana-pro"  # 60 s tasks here: for waits that must still be pending
 FAST_POLL = PollPolicy(first_check=0.05, min_interval=0.05, max_interval=0.3, jitter=0.1)
@@ -223,3 +225,19 @@ async def test_blocking_call_inside_event_loop_is_refused(sim: SimProcess) -> No
             client.statistics()
     finally:
         client.close()
+
+
+def test_sync_view_example_runs() -> None:
+    """examples/sync_view.py serves four concurrent views from one client and exits 0."""
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "sync_view.py")],
+        capture_output=True,
+        text=True,
+        env=child_env(),
+        timeout=50,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("HTTP 200") == 4
+    assert "4 views shared one client: 4 creates" in done.stdout
+    assert done.stderr == ""
