@@ -97,12 +97,14 @@ class Engine:
         :class:`APITimeoutError`) is raised. An interrupt (Ctrl-C) cancels the
         call too.
         """
+        ensure_not_in_event_loop(what)
         future: concurrent.futures.Future[T] = concurrent.futures.Future()
         self._hand_over(future, _run_into, future, func, args)
         return _outcome(future, timeout, what, timeout_error, self._in_flight)
 
     def call_sync(self, func: Callable[..., T], *args: Any, timeout: float, what: str) -> T:
         """Run the plain function ``func(*args)`` on the engine's thread; its result."""
+        ensure_not_in_event_loop(what)
         future: concurrent.futures.Future[T] = concurrent.futures.Future()
         self._hand_over(future, _call_into, future, func, args)
         return _outcome(future, timeout, what, None, self._in_flight)

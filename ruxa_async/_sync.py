@@ -75,7 +75,6 @@ class SyncTaskHandle:
         :class:`TaskTimeoutError` on timeout, :class:`ClientClosedError` if the
         client is closed meanwhile.
         """
-        ensure_not_in_event_loop("result")
         return self._engine.call(
             lambda: self._handle.wait(timeout, raise_on_failure=raise_on_failure),
             timeout=None if timeout is None else timeout + _GRACE,
@@ -148,8 +147,7 @@ class SyncRuxaClient:
     # -------------------------------------------------------------- lifecycle
 
     def __enter__(self) -> SyncRuxaClient:
-        ensure_not_in_event_loop("__enter__")
-        self._running()
+        self._running("__enter__")
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -172,7 +170,8 @@ class SyncRuxaClient:
         """True after :meth:`close`."""
         return self._closed
 
-    def _running(self) -> Engine:
+    def _running(self, what: str) -> Engine:
+        ensure_not_in_event_loop(what)
         if self._pid != os.getpid():
             self._after_fork()  # a fork the at-fork hook did not see
         engine = self._engine
@@ -210,8 +209,7 @@ class SyncRuxaClient:
         engine: Engine | None = None,
         timeout_error: Callable[[], Exception] | None = None,
     ) -> T:
-        ensure_not_in_event_loop(what)
-        engine = engine or self._running()
+        engine = engine or self._running(what)
         return engine.call(
             func, engine.client, timeout=timeout, what=what, timeout_error=timeout_error
         )
@@ -219,8 +217,7 @@ class SyncRuxaClient:
     def _call_sync(
         self, what: str, func: Callable[[RuxaClient], T], *, engine: Engine | None = None
     ) -> T:
-        ensure_not_in_event_loop(what)
-        engine = engine or self._running()
+        engine = engine or self._running(what)
         return engine.call_sync(func, engine.client, timeout=_QUICK, what=what)
 
     # -------------------------------------------------------------- requests
@@ -259,7 +256,7 @@ class SyncRuxaClient:
         timeout: float | None = None,
     ) -> SyncTaskHandle:
         """Create a task and return a :class:`SyncTaskHandle`; ``handle.result()`` waits."""
-        engine = self._running()
+        engine = self._running("submit")
         handle = self._call(
             "submit",
             lambda c: c.submit(model, input, callback_url=callback_url),
@@ -270,7 +267,7 @@ class SyncRuxaClient:
 
     def attach(self, task_id: str, *, model: str | None = None) -> SyncTaskHandle:
         """A handle for a task created earlier (perhaps by another process)."""
-        engine = self._running()
+        engine = self._running("attach")
         handle = self._call_sync("attach", lambda c: c.attach(task_id, model=model), engine=engine)
         return SyncTaskHandle(engine, handle)
 
@@ -338,9 +335,8 @@ class SyncRuxaClient:
         Leaving the loop early: use ``with client.as_completed(...) as batch:``
         (or ``batch.close()``) to stop the batch at once.
         """
-        ensure_not_in_event_loop("as_completed")
         return SyncAsCompleted(
-            self._running(),
+            self._running("as_completed"),
             jobs,
             max_pending=max_pending,
             timeout=timeout,

@@ -223,8 +223,27 @@ async def test_blocking_call_inside_event_loop_is_refused(sim: SimProcess) -> No
             client.generate(NB, {"prompt": "x"})
         with pytest.raises(RuntimeError, match="RuxaClient"):
             client.statistics()
+        assert engine_threads() == 0  # refused before any engine started
     finally:
         client.close()
+
+
+def test_call_from_the_engine_thread_is_refused(sim: SimProcess) -> None:
+    """A progress callback (on the engine thread) calling the client fails fast: no deadlock."""
+    refused: list[BaseException] = []
+    with make_sync(sim) as client:
+
+        def on_event(event: Any) -> None:
+            if event.kind == "finished":
+                try:
+                    client.statistics()
+                except RuntimeError as exc:
+                    refused.append(exc)
+
+        report = client.run_batch([Job(model=NB, input={"prompt": "cb"})], on_event=on_event)
+    assert report.succeeded == 1
+    assert len(refused) == 1
+    assert "RuxaClient" in str(refused[0])
 
 
 def test_sync_view_example_runs() -> None:
