@@ -155,7 +155,8 @@ def test_prefork_worker_survives_a_killed_process(
         while victim is None and time.monotonic() < deadline:
             victim = busy_child(producer, conn, sim)
         assert victim is not None, worker.log.read_text()[-3000:]
-        os.kill(victim, signal.SIGKILL)
+        victim_pid, victim_task = victim
+        os.kill(victim_pid, signal.SIGKILL)
         rng = random.Random(TASKS)
         for _ in range(RANDOM_KILLS):
             time.sleep(rng.uniform(0.3, 2.0))
@@ -174,11 +175,11 @@ def test_prefork_worker_survives_a_killed_process(
     assert reattached >= 1
     assert stats["duplicate_creates"] <= ambiguous
     assert stats["tasks_created"] - stats["duplicate_creates"] == TASKS
-    assert victim not in {r["result"]["pid"] for r in done.values()}
+    assert done[victim_task]["result"]["pid"] != victim_pid  # finished by another process
 
 
-def busy_child(producer: Any, conn: redis.Redis, sim: SimProcess) -> int | None:
-    """The pid of a pool child waiting for a slow Ruxa task it has recorded in the ledger."""
+def busy_child(producer: Any, conn: redis.Redis, sim: SimProcess) -> tuple[int, str] | None:
+    """A pool child waiting for a slow Ruxa task it has recorded: (pid, Celery task id)."""
     pending = {t["task_id"] for t in sim.tasks() if t["first_terminal_served_at"] is None}
     active = producer.control.inspect(timeout=1.0).active() or {}
     for tasks in active.values():
@@ -187,7 +188,7 @@ def busy_child(producer: Any, conn: redis.Redis, sim: SimProcess) -> int | None:
                 continue
             recorded = conn.get(f"ruxa_async:celery:{task['id']}")
             if recorded is not None and recorded.decode() in pending:
-                return int(task["worker_pid"])
+                return int(task["worker_pid"]), str(task["id"])
     return None
 
 
