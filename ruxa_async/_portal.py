@@ -130,8 +130,8 @@ class Engine:
         if threading.current_thread() is self.thread:
             self.loop.create_task(_quietly(func))
             return
-        with contextlib.suppress(RuntimeError):
-            self.portal.start_task_soon(_quietly, func)
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nothing left to clean
+            self.loop.call_soon_threadsafe(lambda: self.loop.create_task(_quietly(func)))
 
     # ------------------------------------------------------------- shutdown
 
@@ -168,7 +168,9 @@ class Engine:
         else:
             self._cm.__exit__(None, None, None)
         for future in list(self._in_flight):  # handed over too late to ever run
-            future.cancel()
+            if not future.cancel():
+                with contextlib.suppress(concurrent.futures.InvalidStateError):
+                    future.set_exception(ClientClosedError("the SyncRuxaClient was closed"))
 
 
 def _call_into(future: concurrent.futures.Future[T], func: Callable[..., T], args: Any) -> None:

@@ -211,3 +211,103 @@ def test_threads_pool_shares_one_client(
     assert len({r["result"]["thread"] for r in done.values()}) > 1
     assert stats["tasks_created"] == 24
     assert stats["duplicate_creates"] == 0
+
+
+# ------------------------------------------------- generate_once without a worker
+
+
+@pytest.fixture(scope="module")
+def quick_sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimProcess]:
+    """One simulator for the tests below (they compare its counters before and after)."""
+    proc = SimProcess(
+        tmp_path_factory.mktemp("sim"),
+        key="sk-once",
+        default_behavior={"median_seconds": 0.05, "sigma": 0.2},
+    )
+    try:
+        yield proc
+    finally:
+        proc.close()
+
+
+def created(sim: SimProcess) -> int:
+    """Tasks the simulator has created so far."""
+    return int(sim.stats()["tasks_created"])
+
+
+@pytest.fixture
+def once(redis_url: str, quick_sim: SimProcess) -> Iterator[Any]:
+    """The integration set up in this process, with its ledger in the test's Redis."""
+    sim = quick_sim
+    from ruxa_async import PollPolicy, SyncRuxaClient
+    from ruxa_async.integrations import celery as ruxa_celery
+
+    poll = PollPolicy(first_check=0.05, min_interval=0.05, max_interval=0.3)
+    ruxa_celery.setup(
+        ledger_url=redis_url,
+        factory=lambda: SyncRuxaClient(sim.key, base_url=sim.url, poll=poll),
+    )
+    try:
+        yield ruxa_celery
+    finally:
+        ruxa_celery.close()
+
+
+def test_generate_once_reattaches_by_key(once: Any, quick_sim: SimProcess) -> None:
+    """A second run under the same key waits for the first run's task: one create."""
+    before = created(quick_sim)
+    first = once.generate_once("google/nano-banana", {"prompt": "once"}, timeout=30, key="k1")
+    second = once.generate_once("google/nano-banana", {"prompt": "once"}, timeout=30, key="k1")
+    assert first.task_id == second.task_id
+    assert created(quick_sim) - before == 1
+    assert once.ledger_counts() == {"reattached": 1, "ambiguous": 0}
+
+
+def test_generate_once_refused_create_frees_the_key(once: Any, quick_sim: SimProcess) -> None:
+    """A create the service refused (422) created nothing: the key is free again."""
+    from ruxa_async import ValidationError
+
+    before = created(quick_sim)
+    quick_sim.configure(accept_models=["google/nano-banana"])
+    try:
+        with pytest.raises(ValidationError):
+            once.generate_once("sora-2", {"prompt": "refused"}, timeout=30, key="k2")
+    finally:
+        quick_sim.configure(accept_models="catalog")
+    info = once.generate_once("google/nano-banana", {"prompt": "ok"}, timeout=30, key="k2")
+    assert info.succeeded
+    assert created(quick_sim) - before == 1
+
+
+@pytest.mark.parametrize("policy", ["create", "raise"])
+def test_generate_once_dead_claim_is_ambiguous(
+    once: Any, redis_url: str, quick_sim: SimProcess, policy: str
+) -> None:
+    """A claim left by a dead process is counted; then created again, or refused."""
+    import socket
+
+    before = created(quick_sim)
+
+    from ruxa_async.integrations.celery import AmbiguousCreateError
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    conn = redis.Redis.from_url(redis_url)
+    try:
+        conn.set("ruxa_async:celery:k3", f"claim {socket.gethostname()} {dead.pid} 0 x")
+    finally:
+        conn.close()
+    once.setup(
+        ledger_url=redis_url,
+        on_ambiguous=policy,
+        factory=once._configured().factory,
+    )
+    if policy == "raise":
+        with pytest.raises(AmbiguousCreateError):
+            once.generate_once("google/nano-banana", {"prompt": "dead"}, timeout=30, key="k3")
+        assert created(quick_sim) == before
+    else:
+        info = once.generate_once("google/nano-banana", {"prompt": "dead"}, timeout=30, key="k3")
+        assert info.succeeded
+        assert created(quick_sim) - before == 1
+    assert once.ledger_counts()["ambiguous"] == 1

@@ -57,6 +57,7 @@ from .._sync import SyncRuxaClient
 
 __all__ = [
     "AmbiguousCreateError",
+    "close",
     "generate_once",
     "get_client",
     "ledger_counts",
@@ -338,6 +339,11 @@ def _on_process_init(**_kwargs: Any) -> None:
 
 
 def _on_shutdown(**_kwargs: Any) -> None:
+    close()
+
+
+def close() -> None:
+    """Close this process's client and ledger connection (the worker's signals do it for you)."""
     process = _current()
     with process.lock:
         client, process.client = process.client, None
