@@ -25,7 +25,6 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -123,53 +122,69 @@ def shared_row(name: str, sim: Simulator, run: dict[str, Any], tasks: int) -> di
         "r429_per_1000": (stats["rate_limited_create"] + stats["rate_limited_query"])
         / tasks
         * 1000,
+        "r429_create": stats["rate_limited_create"],
+        "r429_query": stats["rate_limited_query"],
         "wall": run["wall"],
     }
 
 
-def median_us(fn: Callable[[], object], n: int) -> float:
-    """Median microseconds of ``n`` sequential calls of ``fn``."""
-    times = []
-    for _ in range(n):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times) * 1e6
+def hop(sim: Simulator, blocks: int, per_block: int = 100) -> dict[str, list[float]]:
+    """Per-call microseconds of a no-I/O call and a get_task: blocking vs awaited.
 
-
-def hop(sim: Simulator, n: int) -> dict[str, float]:
-    """Medians of a no-I/O call and a get_task, blocking (through the portal) vs awaited."""
-    out: dict[str, float] = {}
+    Blocks of sequential blocking calls alternate with blocks of the same calls
+    awaited on an event loop in this thread, so both meet the same background noise.
+    """
+    out: dict[str, list[float]] = {
+        k: [] for k in ("sync_stats", "sync_get", "async_stats", "async_get")
+    }
+    loop = asyncio.new_event_loop()
+    aclient = RuxaClient(sim.api_key, base_url=sim.url)
     with SyncRuxaClient(sim.api_key, base_url=sim.url) as client:
         task_id = client.create_task(NB, {"prompt": "hop"})
         client.wait(task_id, timeout=60)
-        median_us(client.statistics, 200)  # warm-up
-        out["sync_stats"] = median_us(client.statistics, n)
-        out["sync_get"] = median_us(lambda: client.get_task(task_id), n)
+        loop.run_until_complete(aclient.get_task(task_id))
 
-    async def direct() -> None:
-        async with RuxaClient(sim.api_key, base_url=sim.url) as aclient:
-            await aclient.get_task(task_id)
-            out["async_stats"] = median_us(aclient.statistics, n)
-            times = []
-            for _ in range(n):
+        async def awaited() -> None:
+            for _ in range(per_block):
+                t = time.perf_counter()
+                aclient.statistics()
+                out["async_stats"].append(time.perf_counter() - t)
+            for _ in range(per_block):
                 t = time.perf_counter()
                 await aclient.get_task(task_id)
-                times.append(time.perf_counter() - t)
-            out["async_get"] = statistics.median(times) * 1e6
+                out["async_get"].append(time.perf_counter() - t)
 
-    asyncio.run(direct())
-    return out
+        for _ in range(blocks):
+            for _ in range(per_block):
+                t = time.perf_counter()
+                client.statistics()
+                out["sync_stats"].append(time.perf_counter() - t)
+            for _ in range(per_block):
+                t = time.perf_counter()
+                client.get_task(task_id)
+                out["sync_get"].append(time.perf_counter() - t)
+            loop.run_until_complete(awaited())
+    loop.run_until_complete(aclient.aclose())
+    loop.close()
+    return {k: [x * 1e6 for x in v] for k, v in out.items()}
 
 
-def report(rows: list[dict[str, Any]], hops: dict[str, float], args: argparse.Namespace) -> str:
+def pct(values: list[float], q: float) -> float:
+    """The ``q`` quantile (0..1) of ``values``."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def report(
+    rows: list[dict[str, Any]], hops: dict[str, list[float]], args: argparse.Namespace
+) -> str:
     """The markdown written to results-sync.md."""
-    sync, aio = rows
     lines = [
         "# Blocking client (SyncRuxaClient) vs the async client",
         "",
         f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} with "
-        f"`python -m benchmarks.sync_bench --tasks {args.tasks} --threads {args.threads}` on "
+        f"`python -m benchmarks.sync_bench --tasks {args.tasks} --threads {args.threads} "
+        f"--repeat {args.repeat}` on "
         f"{os.cpu_count()} shared vCPUs ({platform.python_version()}); the machine was shared "
         "with other work, so times are noisy. The simulator runs in its own process, "
         f"limits {LIMIT:.0f} creates/s and {LIMIT:.0f} queries/s (client configured with "
@@ -178,29 +193,47 @@ def report(rows: list[dict[str, Any]], hops: dict[str, float], args: argparse.Na
         f"## Shared workload: {args.tasks} generations, {args.threads} callers, one client",
         "",
         "| client | callers | resolved (unique) | errors | tasks created | duplicate creates "
-        "| requests/task | 429s per 1,000 | wall s |",
+        "| requests/task | 429s per 1,000 (create + query) | wall s |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    for row, callers in ((sync, f"{args.threads} threads"), (aio, f"{args.threads} coroutines")):
+    for row in rows:
+        callers = f"{args.threads} " + (
+            "threads" if row["name"] == "SyncRuxaClient" else "coroutines"
+        )
         lines.append(
             f"| {row['name']} | {callers} | {row['resolved']} ({row['unique']}) | {row['errors']} "
             f"| {row['created']} | {row['duplicates']} | {row['req_per_task']:.3f} "
-            f"| {row['r429_per_1000']:.1f} | {row['wall']:.1f} |"
+            f"| {row['r429_per_1000']:.1f} ({row['r429_create']} + {row['r429_query']}) "
+            f"| {row['wall']:.1f} |"
         )
-    ratio = sync["req_per_task"] / aio["req_per_task"]
+    sync = [r for r in rows if r["name"] == "SyncRuxaClient"]
+    aio = [r for r in rows if r["name"] == "RuxaClient"]
+    req = statistics.median(r["req_per_task"] for r in sync) / statistics.median(
+        r["req_per_task"] for r in aio
+    )
+    r429 = [statistics.median(r["r429_per_1000"] for r in rs) for rs in (sync, aio)]
     lines += [
         "",
-        f"Requests per task, sync / async: {ratio:.3f} (goal: within 10 %). "
-        f"429s per 1,000: {sync['r429_per_1000']:.1f} vs {aio['r429_per_1000']:.1f}.",
+        f"Medians over {len(sync)} run(s) each (runs alternate sync and async): requests per "
+        f"task, sync / async = {req:.3f} (goal: within 10 %); 429s per 1,000 tasks "
+        f"{r429[0]:.1f} (sync) vs {r429[1]:.1f} (async).",
         "",
-        f"## Portal hop: median of {args.calls} sequential calls",
+        f"## Portal hop: {len(hops['sync_stats'])} sequential calls of each kind",
         "",
-        "| call | blocking (SyncRuxaClient) us | awaited (RuxaClient) us | hop us |",
+        "Blocks of 100 blocking calls alternate with blocks of the same calls awaited on an "
+        "event loop in the same thread, against one simulator process.",
+        "",
+        "| call | blocking p50 / p10 us | awaited p50 / p10 us | hop p50 / p10 us |",
         "|---|---|---|---|",
-        f"| `statistics()` (no I/O) | {hops['sync_stats']:.1f} | {hops['async_stats']:.1f} "
-        f"| {hops['sync_stats'] - hops['async_stats']:.1f} |",
-        f"| `get_task()` (one GET over loopback) | {hops['sync_get']:.1f} "
-        f"| {hops['async_get']:.1f} | {hops['sync_get'] - hops['async_get']:.1f} |",
+    ]
+    for label, key in (("`statistics()` (no I/O)", "stats"), ("`get_task()` (one GET)", "get")):
+        s50, s10 = pct(hops["sync_" + key], 0.5), pct(hops["sync_" + key], 0.1)
+        a50, a10 = pct(hops["async_" + key], 0.5), pct(hops["async_" + key], 0.1)
+        lines.append(
+            f"| {label} | {s50:.1f} / {s10:.1f} | {a50:.1f} / {a10:.1f} "
+            f"| {s50 - a50:.1f} / {s10 - a10:.1f} |"
+        )
+    lines += [
         "",
         "Goal: at most 100 us per call for the hop. The hop is one `call_soon_threadsafe` "
         "into the engine's loop and one `concurrent.futures.Future` back; anyio's "
@@ -216,22 +249,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.sync_bench")
     parser.add_argument("--tasks", type=int, default=2000)
     parser.add_argument("--threads", type=int, default=100)
-    parser.add_argument("--calls", type=int, default=2000)
+    parser.add_argument("--calls", type=int, default=2000, help="per kind, for the hop")
+    parser.add_argument("--repeat", type=int, default=1, help="runs of each client")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="ruxa-sync-bench-") as tmp:
         work = Path(tmp)
         rows = []
-        for name, runner in (("SyncRuxaClient", run_sync), ("RuxaClient", run_async)):
-            with Simulator(SIM, work, None, name) as sim:
-                sim.wait_ready()
-                run = runner(sim, args.tasks, args.threads)
-                rows.append(shared_row(name, sim, run, args.tasks))
-                print(rows[-1], flush=True)
+        pair = [("SyncRuxaClient", run_sync), ("RuxaClient", run_async)]
+        for n in range(args.repeat):
+            for name, runner in pair if n % 2 == 0 else pair[::-1]:
+                with Simulator(SIM, work, None, f"{name}-{n}") as sim:
+                    sim.wait_ready()
+                    run = runner(sim, args.tasks, args.threads)
+                    rows.append(shared_row(name, sim, run, args.tasks))
+                    print(rows[-1], flush=True)
         with Simulator({"seed": 5}, work, None, "hop") as sim:
             sim.wait_ready()
-            hops = hop(sim, args.calls)
-            print(hops, flush=True)
+            hops = hop(sim, max(1, args.calls // 100))
+            print({k: round(pct(v, 0.5), 1) for k, v in hops.items()}, flush=True)
     args.out.write_text(report(rows, hops, args), encoding="utf-8")
     print(f"wrote {args.out}")
 
