@@ -192,17 +192,39 @@ def generate_once(
     name = _PREFIX + (key or _celery_task_id())
     settings = _configured()
     token = f"{_CLAIM} {_HOST} {os.getpid()} {time.time():.3f} {uuid.uuid4().hex}"
+    process = _current()
+    process.creating.add(token)  # before the claim is visible: this run is alive
+    try:
+        task_id = _claim_or_find(client, ledger, name, token, settings)
+        if task_id is not None:
+            ledger.incr(_PREFIX + "reattached")
+            log.info("%s: re-attaching to task %s", name[len(_PREFIX) :], task_id)
+            return _wait(client, ledger, name, task_id, model, timeout)
+        try:
+            task_id = client.create_task(model, input)
+        except APIStatusError as exc:
+            if not isinstance(exc, ServerError):
+                ledger.delete(name)  # refused by the service: nothing was created
+            raise
+    finally:
+        process.creating.discard(token)
+    ledger.set(name, task_id, ex=settings.ledger_ttl)
+    return _wait(client, ledger, name, task_id, model, timeout)
+
+
+def _claim_or_find(
+    client: SyncRuxaClient, ledger: redis.Redis, name: str, token: str, settings: _Settings
+) -> str | None:
+    """Claim ``name`` for a create (None), or return the task id an earlier run recorded."""
     deadline = time.monotonic() + client.request_timeout
     while True:
         value = _read(ledger, name)
         if value is None:
             if ledger.set(name, token, nx=True, ex=settings.ledger_ttl):
-                break
+                return None
             continue
         if not value.startswith(_CLAIM):
-            ledger.incr(_PREFIX + "reattached")
-            log.info("%s: re-attaching to task %s", name[len(_PREFIX) :], value)
-            return _wait(client, ledger, name, value, model, timeout)
+            return value
         if not _owner_gone(value, client.request_timeout) and time.monotonic() < deadline:
             time.sleep(0.2)  # another run is creating right now; its id lands in a moment
             continue
@@ -216,19 +238,7 @@ def generate_once(
                 "id; creating again (the earlier create may have been charged too)",
                 name[len(_PREFIX) :],
             )
-            break
-    process = _current()
-    process.creating.add(token)
-    try:
-        task_id = client.create_task(model, input)
-    except APIStatusError as exc:
-        if not isinstance(exc, ServerError):
-            ledger.delete(name)  # refused by the service: nothing was created
-        raise
-    finally:
-        process.creating.discard(token)
-    ledger.set(name, task_id, ex=settings.ledger_ttl)
-    return _wait(client, ledger, name, task_id, model, timeout)
+            return None
 
 
 def _wait(
