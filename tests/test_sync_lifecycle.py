@@ -29,6 +29,12 @@ pending = client.submit(SLOW, {"prompt": "still running at exit"})
 print("done", info.state.value, client.statistics().pending)
 """
 
+BATCH_LEFT_OPEN = NEVER_CLOSED + """
+from ruxa_async import Job
+batch = client.as_completed(Job(model=NB, input={"prompt": f"b{i}"}) for i in range(1000))
+print("first", next(batch).status.value)   # a batch left open, mid-way
+"""
+
 FORK = """
 client = SyncRuxaClient(KEY, base_url=URL, poll=POLL)
 unused = SyncRuxaClient(KEY, base_url=URL, poll=POLL)   # never started before the fork
@@ -90,9 +96,10 @@ def test_exit_without_close_is_silent(sim: SimProcess) -> None:
 
 
 def test_exit_without_close_warns_resource_warning(sim: SimProcess) -> None:
-    """With ResourceWarnings shown, the forgotten client is reported once, and nothing else."""
-    done = run_script(NEVER_CLOSED, sim, "-W", "always::ResourceWarning")
+    """With a batch left open too: the forgotten client is reported once, and no loop errors."""
+    done = run_script(BATCH_LEFT_OPEN, sim, "-W", "always::ResourceWarning")
     assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["done", "success", "1", "first", "succeeded"]
     assert done.stderr.count("ResourceWarning: a SyncRuxaClient was never closed") == 1
     for noise in NOISE:
         assert noise not in done.stderr
