@@ -29,11 +29,14 @@ pending = client.submit(SLOW, {"prompt": "still running at exit"})
 print("done", info.state.value, client.statistics().pending)
 """
 
-BATCH_LEFT_OPEN = NEVER_CLOSED + """
+BATCH_LEFT_OPEN = (
+    NEVER_CLOSED
+    + """
 from ruxa_async import Job
 batch = client.as_completed(Job(model=NB, input={"prompt": f"b{i}"}) for i in range(1000))
 print("first", next(batch).status.value)   # a batch left open, mid-way
 """
+)
 
 FORK = """
 client = SyncRuxaClient(KEY, base_url=URL, poll=POLL)
