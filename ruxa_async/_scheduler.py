@@ -153,7 +153,8 @@ class _CallbackDelays:
             self.samples[self._next] = seconds
             self._next = (self._next + 1) % _CALLBACK_WINDOW
         self.count += 1
-        self._cached = None
+        if self.count <= _CALLBACKS_LEARNED_AFTER or self.count % 8 == 0:
+            self._cached = None  # re-sorted every few samples, not on every track
 
     def quantile(self, q: float) -> float | None:
         """The ``q`` quantile of the recent delays, or None while too few were seen."""
@@ -441,12 +442,16 @@ class PollScheduler:
     def _replan(self, model: str | None, *, callbacks: bool = False) -> int:
         """Bring forward first checks that were planned from a prior, now the model is learned."""
         moved = 0
+        now = self._clock()
         for entry in self._entries.values():
             if entry.model != model or entry.checks or entry.in_check:
                 continue
             if entry.callbacks is not callbacks:
                 continue
-            due = entry.created_at + self._first_delay(entry)
+            # A task still waiting for its callback has outlived the fastest ones the estimate
+            # was learned from, so its safety net counts from now, not from its creation.
+            start = now if callbacks else entry.created_at
+            due = start + self._first_delay(entry)
             if due < entry.due:
                 self._schedule(entry, due)
                 moved += 1

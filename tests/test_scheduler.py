@@ -329,7 +329,13 @@ async def test_safety_net_learns_when_callbacks_arrive() -> None:
     assert scheduler.safety_net_seconds("m") == 1.5
     assert scheduler.statistics().safety_net_seconds == {"m": 1.5}
     await run_until_done(scheduler, lost)
-    assert service.checks["lost"] == [1.5]
+    # Replanned when the timing was learned: it has outlived those callbacks, so from now.
+    assert service.checks["lost"] == [2.5]
+    late = scheduler.track("late", model="m", callbacks=True)
+    service.finish_at["late"] = vt.now
+    start = vt.now
+    await run_until_done(scheduler, late)
+    assert service.checks["late"] == [start + 1.5]
 
 
 async def test_safety_net_keeps_checking_a_slow_task_at_the_learned_pace() -> None:
