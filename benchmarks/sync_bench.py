@@ -216,7 +216,9 @@ def report(
         "",
         f"Medians over {len(sync)} run(s) each (runs alternate sync and async): requests per "
         f"task, sync / async = {req:.3f} (goal: within 10 %); 429s per 1,000 tasks "
-        f"{r429[0]:.1f} (sync) vs {r429[1]:.1f} (async).",
+        f"{r429[0]:.1f} (sync) vs {r429[1]:.1f} (async). A 429 rate this low is a handful of "
+        "events per run (the create + query split above); the spread between runs of one "
+        "client is as large as any difference between the two.",
         "",
         f"## Portal hop: {len(hops['sync_stats'])} sequential calls of each kind",
         "",
@@ -239,7 +241,10 @@ def report(
         "into the engine's loop and one `concurrent.futures.Future` back; anyio's "
         "`BlockingPortal.call` (two hops: it waits for the task to be spawned) measured "
         "about 4x more on this machine, so the portal owns the loop and the thread and the "
-        "per-call hop bypasses it.",
+        "per-call hop bypasses it. With a request in between, the blocking path wakes two "
+        "sleeping threads (the engine's, then the caller's) where the awaited one wakes none; "
+        "on a loaded machine each wake can wait for a CPU, which is most of the larger "
+        "difference in the `get_task()` row.",
         "",
     ]
     return "\n".join(lines)
