@@ -241,8 +241,8 @@ def report(
         "into the engine's loop and one `concurrent.futures.Future` back; anyio's "
         "`BlockingPortal.call` (two hops: it waits for the task to be spawned) measured "
         "about 4x more on this machine, so the portal owns the loop and the thread and the "
-        "per-call hop bypasses it. With a request in between, the blocking path wakes two "
-        "sleeping threads (the engine's, then the caller's) where the awaited one wakes none; "
+        "per-call hop bypasses it. With a request in between, the blocking path adds two "
+        "thread wake-ups (the engine's for the request, the caller's for the reply); "
         "on a loaded machine each wake can wait for a CPU, which is most of the larger "
         "difference in the `get_task()` row.",
         "",
