@@ -132,7 +132,8 @@ class SyncAsCompleted(Iterator[JobOutcome]):
 
     Use it in a ``for`` loop; to leave early, use it as a context manager (or
     call :meth:`close`), which stops submitting and stops tracking the batch's
-    pending tasks.
+    pending tasks. Once it has ended, :attr:`stop_reason` says why submitting
+    stopped early (a rejected key, no credits, the deadline), or is None.
     """
 
     def __init__(
