@@ -168,6 +168,20 @@ def test_as_completed_left_early_stops_the_batch(sim: SimProcess) -> None:
         assert client.generate(NB, {"prompt": "after"}, timeout=30).state is TaskState.SUCCESS
 
 
+def test_as_completed_raises_the_job_source_error(sim: SimProcess) -> None:
+    """An error raised by the caller's job iterator comes out of the loop; the client lives on."""
+
+    def jobs() -> Iterator[Job]:
+        for i in range(3):
+            yield Job(model=NB, input={"prompt": f"broken {i}"})
+        raise ValueError("the jobs file is corrupt")
+
+    with make_sync(sim) as client:
+        with pytest.raises(ValueError, match="corrupt"):
+            list(client.as_completed(jobs()))
+        assert client.generate(NB, {"prompt": "still fine"}, timeout=30).succeeded
+
+
 def test_run_batch_reports_in_input_order(sim: SimProcess) -> None:
     """run_batch returns every outcome in input order, invalid input included."""
     jobs = [Job(model=NB, input={"prompt": f"ordered {i}"}) for i in range(12)]
