@@ -334,6 +334,7 @@ def _celery_task_id() -> str:
 
 def _open() -> None:
     client = get_client()
+    client.statistics()  # start the engine now, not inside the first task's create window
     log.debug("ruxa_async: %r ready in worker process %d", client, os.getpid())
 
 
