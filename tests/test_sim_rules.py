@@ -107,10 +107,12 @@ async def test_input_rules_are_patched_over_http(http: aiohttp.ClientSession) ->
 
 
 async def test_reset_forgets_tasks_and_counters(http: aiohttp.ClientSession) -> None:
-    """POST /_sim/reset empties tasks and counters and restores the balance; config stays."""
-    config = SimConfig(default_behavior=FAST, credits=10.0, seed=3)
+    """POST /_sim/reset empties tasks and counters, restores balance and buckets; config stays."""
+    limit = RateLimit(per_second=0.001, burst=1)
+    config = SimConfig(default_behavior=FAST, credits=10.0, seed=3, create_limit=limit)
     async with FakeRuxa(config) as fake:
         assert (await create(http, fake, NANO, {"prompt": "x"}))[0] == 200
+        assert (await create(http, fake, NANO, {"prompt": "y"}))[0] == 429
         first = fake.tasks()[0].task_id
         async with http.post(fake.url + "/_sim/reset") as reply:
             assert (await reply.json())["tasks_created"] == 0
