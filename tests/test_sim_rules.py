@@ -156,8 +156,10 @@ async def test_rate_series_counts_accepted_and_429_per_class(
         ):
             pass
         stats = fake.stats()
-        async with http.get(fake.url + "/_sim/stats") as reply:
+        async with http.get(fake.url + "/_sim/stats?series=1") as reply:
             remote = SimStats.from_dict(await reply.json())
+        async with http.get(fake.url + "/_sim/stats") as reply:
+            assert "series" not in await reply.json()
     assert results == [200, 200, 429, 429, 429]
     series = stats.series
     assert (sum(series.create_ok), sum(series.create_429)) == (2, 3)

@@ -29,6 +29,10 @@ def _json(value: Any, status: int = 200) -> web.Response:
     return web.Response(body=_dumps(value).encode(), status=status, content_type="application/json")
 
 
+def _flag(request: web.Request, name: str) -> bool:
+    return request.query.get(name, "") not in ("", "0", "false")
+
+
 def summarize(records: Sequence[TaskRecord], now: float) -> dict[str, Any]:
     """Counts of ``records`` by model, by outcome and by state at monotonic ``now``."""
     return {
@@ -46,10 +50,11 @@ def summarize(records: Sequence[TaskRecord], now: float) -> dict[str, Any]:
 def admin_routes(fake: FakeRuxa) -> list[web.RouteDef]:
     """The ``/_sim`` routes.
 
-    ``GET /_sim/stats``; ``GET /_sim/tasks`` (every record, or a page with
-    ``?offset=&limit=`` and the total in ``X-Total-Count``, or counts only with
-    ``?summary=1``); ``GET`` and ``POST /_sim/config``; ``POST /_sim/reset``
-    (forget every task and counter, keep the configuration).
+    ``GET /_sim/stats`` (the per-100 ms ``series`` only with ``?series=1``, so
+    frequent pollers do not pay for it); ``GET /_sim/tasks`` (every record, or
+    a page with ``?offset=&limit=`` and the total in ``X-Total-Count``, or
+    counts only with ``?summary=1``); ``GET`` and ``POST /_sim/config``;
+    ``POST /_sim/reset`` (forget every task and counter, keep the configuration).
     """
 
     def config_view() -> dict[str, Any]:
@@ -58,12 +63,15 @@ def admin_routes(fake: FakeRuxa) -> list[web.RouteDef]:
         return view
 
     async def stats(request: web.Request) -> web.Response:
-        return _json(fake.stats().to_dict())
+        data = fake.stats().to_dict()
+        if not _flag(request, "series"):
+            del data["series"]
+        return _json(data)
 
     async def tasks(request: web.Request) -> web.Response:
         records = fake.tasks()
         query = request.query
-        if query.get("summary", "") not in ("", "0", "false"):
+        if _flag(request, "summary"):
             return _json(summarize(records, time.monotonic()))
         try:
             offset = int(query.get("offset", 0))
