@@ -211,7 +211,8 @@ def validate_input(model: str, input: Mapping[str, Any]) -> None:
                 model=model,
                 field=field.name,
             )
-        if field.required and not (value.strip() if isinstance(value, str) else value):
+        empty = not (value.strip() if isinstance(value, str) else value)
+        if field.required and empty and field.type != "boolean":
             raise InvalidInputError(
                 f"{model}: input.{field.name} must not be empty", model=model, field=field.name
             )
