@@ -773,11 +773,11 @@ async def test_callback_fails_after_retries(
 
 
 async def test_admin_stats_and_tasks(sim: MakeSim, http: aiohttp.ClientSession):
-    """/_sim/stats mirrors stats() and /_sim/tasks lists timing records."""
+    """/_sim/stats?series=1 mirrors stats() and /_sim/tasks lists timing records."""
     fake = await sim()
     task_id = await created_id(http, fake)
     await finished(http, fake, task_id)
-    async with http.get(fake.url + "/_sim/stats") as reply:
+    async with http.get(fake.url + "/_sim/stats?series=1") as reply:
         stats = SimStats.from_dict(await reply.json())
     assert stats == fake.stats()
     assert stats.by_status == {200: 2}
