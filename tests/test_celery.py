@@ -273,7 +273,7 @@ def test_generate_once_refused_create_frees_the_key(once: Any, quick_sim: SimPro
         with pytest.raises(ValidationError):
             once.generate_once("sora-2", {"prompt": "refused"}, timeout=30, key="k2")
     finally:
-        quick_sim.configure(accept_models="catalog")
+        quick_sim.configure(accept_models="documented")
     info = once.generate_once("google/nano-banana", {"prompt": "ok"}, timeout=30, key="k2")
     assert info.succeeded
     assert created(quick_sim) - before == 1
