@@ -34,6 +34,7 @@ from .._errors import (
     ValidationError,
 )
 from .._models import TaskInfo
+from ..catalog import get_model
 from ._alerts import Alerter, SpendWatch
 from ._config import GatewayConfig, UpstreamKey, load_config
 from ._keys import KeyPool, KeySlot, default_client
@@ -313,6 +314,10 @@ class Gateway:
             who.user, cost or 0.0, self._scopes(who, self._clock()), who.policy.max_in_flight
         )
         if isinstance(held, Denial):
+            if held.reason == "in_flight":
+                spec = get_model(model)
+                typical = spec.typical_seconds if spec is not None else 10.0
+                held = attrs.evolve(held, retry_after=min(30.0, max(1.0, typical / 2)))
             return self.deny(held, who.user, model=model)
         self._budget_alerts(held)
         return await self._create_upstream(who, held, model, input, user_url)
