@@ -16,7 +16,7 @@ from ruxa_async import (
 )
 from ruxa_async import APIStatusError
 from ruxa_async.gateway import Policy, mint_token
-from ruxa_async.testing import Dialect, FakeRuxa, ModelBehavior, SimConfig
+from ruxa_async.testing import CallbackDelivery, Dialect, FakeRuxa, ModelBehavior, SimConfig
 from tests.helpers_gateway import (
     NB,
     PROMPT,
@@ -189,14 +189,19 @@ async def test_a_scoped_tokens_owner_is_its_user(sim: FakeRuxa) -> None:
                 await third.get_task(task_id)
 
 
-async def test_unsettled_tasks_are_settled_by_the_sweeper(sim: FakeRuxa) -> None:
-    """A task nobody polls is still settled (in-flight slot freed, cost booked) by a sweep."""
-    config = config_for(sim, per_user={"alice": Policy(max_in_flight=1)})
-    async with running(config) as gw, user_client(gw, TOKENS["alice"]) as alice:
-        await alice.create_task(NB, PROMPT)
-        with pytest.raises(RateLimitError):
-            await alice.create_task(NB, PROMPT)
-        while gw.store.open_tasks():
-            await gw.sweep()
-        await alice.create_task(NB, PROMPT)
-    assert gw.statistics().settled == 1
+async def test_unsettled_tasks_are_settled_by_the_sweeper() -> None:
+    """A task nobody polls and no callback reports is settled by a sweep, freeing its slot."""
+    silent = SimConfig(seed=1, callbacks=CallbackDelivery(drop=1.0))
+    async with FakeRuxa(silent) as sim:
+        config = config_for(sim, per_user={"alice": Policy(max_in_flight=1)})
+        async with running(config) as gw, aiohttp.ClientSession() as http:
+            url = f"{gw.url}/api/v1/tasks/create"
+            body = {"model": NB, "input": PROMPT}
+            assert (await raw(http, "POST", url, token=TOKENS["alice"], body=body))[0] == 200
+            assert (await raw(http, "POST", url, token=TOKENS["alice"], body=body))[0] == 429
+            while gw.store.open_tasks():
+                await gw.sweep()
+            assert (await raw(http, "POST", url, token=TOKENS["alice"], body=body))[0] == 200
+            settled = [r for r in await gw.store.audit_records() if r["event"] == "settled"]
+        assert gw.statistics().settled == 1
+        assert settled[0]["source"] == "sweep"

@@ -35,7 +35,7 @@ async def test_tasks_are_bound_to_their_creating_key(sims: list[FakeRuxa]) -> No
             assert (await alice.get_task(task_id)).task_id == task_id
     assert [s.stats().tasks_created for s in sims] == [2, 2]
     for sim in sims:
-        assert all(r.queries >= 1 for r in sim.tasks())
+        assert all(r.query_count >= 1 for r in sim.tasks())
 
 
 async def test_a_removed_key_drains_before_it_is_closed(sims: list[FakeRuxa]) -> None:

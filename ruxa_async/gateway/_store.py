@@ -38,7 +38,8 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tasks (
     task_id TEXT PRIMARY KEY, user TEXT NOT NULL, key TEXT NOT NULL, model TEXT NOT NULL,
     created REAL NOT NULL, reserved REAL NOT NULL, scopes TEXT NOT NULL, callback_url TEXT,
-    settled INTEGER NOT NULL DEFAULT 0, cost REAL, state TEXT, relayed TEXT NOT NULL DEFAULT ''
+    settled INTEGER NOT NULL DEFAULT 0, cost REAL, state TEXT, relayed TEXT NOT NULL DEFAULT '',
+    final TEXT
 );
 CREATE INDEX IF NOT EXISTS tasks_open ON tasks (settled) WHERE settled = 0;
 CREATE TABLE IF NOT EXISTS ledger (
@@ -89,6 +90,7 @@ class TaskRecord:
     cost: float | None = None
     state: str | None = None
     relayed: set[str] = attrs.field(factory=set)
+    final: dict[str, Any] | None = None
 
 
 class StateStore(Protocol):
@@ -116,8 +118,10 @@ class StateStore(Protocol):
     async def lookup(self, task_id: str) -> TaskRecord | None:
         """The task's record, or None when the gateway never created it."""
 
-    def settle(self, task_id: str, cost: float, state: str) -> TaskRecord | None:
-        """Book the final cost once; None when already settled or unknown."""
+    def settle(
+        self, task_id: str, cost: float, state: str, final: dict[str, Any] | None = None
+    ) -> TaskRecord | None:
+        """Book the final cost once and keep the final task object; None if already settled."""
 
     def claim_relay(self, record: TaskRecord, state: str) -> bool:
         """True the first time ``state`` is claimed for delivery to the owner."""
@@ -146,6 +150,7 @@ class _Writer:
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="ruxa-gateway-sqlite", daemon=True)
         self._ready: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._stopped = False
 
     async def start(self) -> None:
         self._thread.start()
@@ -155,11 +160,14 @@ class _Writer:
         self._queue.put((sql, params))
 
     async def call(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+        if self._stopped or not self._thread.is_alive():
+            raise RuntimeError("the gateway's state store is closed")
         future: concurrent.futures.Future[Any] = concurrent.futures.Future()
         self._queue.put((fn, future))
         return await asyncio.wrap_future(future)
 
     async def stop(self) -> None:
+        self._stopped = True
         if self._thread.is_alive():
             self._queue.put(None)
             await asyncio.to_thread(self._thread.join)
@@ -201,7 +209,7 @@ class _Writer:
                     continue
                 try:
                     second.set_result(first(conn))
-                except sqlite3.Error as exc:
+                except Exception as exc:  # handed to the awaiting coroutine, never lost
                     second.set_exception(exc)
             conn.execute("COMMIT")
         except sqlite3.Error:
@@ -225,12 +233,13 @@ def _row_record(row: Sequence[Any]) -> TaskRecord:
         cost=row[9],
         state=row[10],
         relayed=set(filter(None, (row[11] or "").split(","))),
+        final=json.loads(row[12]) if row[12] else None,
     )
 
 
 _COLUMNS = (
     "task_id, user, key, model, created, reserved, scopes, callback_url, settled, cost, state, "
-    "relayed"
+    "relayed, final"
 )
 
 
@@ -339,7 +348,7 @@ class SQLiteStore:
         )
         self._open[task_id] = record
         self._writer.write(
-            f"INSERT OR REPLACE INTO tasks ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,0,NULL,NULL,'')",
+            f"INSERT OR REPLACE INTO tasks ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,0,NULL,NULL,'',NULL)",
             (
                 task_id,
                 record.user,
@@ -371,8 +380,10 @@ class SQLiteStore:
         keys = [(s.name, s.period) for s in res.scopes]
         self._unhold(res.user, res.amount, keys, res.amount if charge else 0.0)
 
-    def settle(self, task_id: str, cost: float, state: str) -> TaskRecord | None:
-        """Book the final cost of an open task; None if it is unknown or already settled."""
+    def settle(
+        self, task_id: str, cost: float, state: str, final: dict[str, Any] | None = None
+    ) -> TaskRecord | None:
+        """Book the final cost of an open task, keep its final object; None if already settled."""
         record = self._open.pop(task_id, None)
         if record is None:
             return None
@@ -380,10 +391,11 @@ class SQLiteStore:
         record.settled = True
         record.cost = cost
         record.state = state
+        record.final = final
         self._remember(record)
         self._writer.write(
-            "UPDATE tasks SET settled = 1, cost = ?, state = ? WHERE task_id = ?",
-            (cost, state, task_id),
+            "UPDATE tasks SET settled = 1, cost = ?, state = ?, final = ? WHERE task_id = ?",
+            (cost, state, json.dumps(final) if final is not None else None, task_id),
         )
         return record
 
