@@ -133,9 +133,9 @@ class Relay:
             await self._session.close()
             self._session = None
 
-    def idle(self) -> bool:
-        """True when no delivery is queued (deliveries in progress may remain)."""
-        return self._queue.empty()
+    async def drain(self) -> None:
+        """Wait until every queued delivery has been delivered or given up."""
+        await self._queue.join()
 
     def send(self, url: str, task_id: str, state: str, body: bytes, secret: str | None) -> None:
         """Queue one delivery; it is dropped (and reported) if the queue is full."""
