@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -106,6 +107,18 @@ async def raw(
         except ValueError:
             envelope = {"raw": text.decode("utf-8", "replace")}
         return resp.status, envelope, resp.headers
+
+
+async def eventually(check: Callable[[], Awaitable[bool] | bool], pause: float = 0.02) -> None:
+    """Wait until ``check()`` holds, for conditions that offer no event (file watching,
+    another server's counters). The per-test timeout bounds the wait."""
+    while True:
+        result = check()
+        if not isinstance(result, bool):
+            result = await result
+        if result:
+            return
+        await asyncio.sleep(pause)
 
 
 class LogCapture(logging.Handler):

@@ -8,13 +8,12 @@ import aiohttp
 import pytest
 
 from ruxa_async import (
+    APIStatusError,
     AuthenticationError,
     InsufficientCreditsError,
     NotFoundError,
-    RateLimitError,
     ValidationError,
 )
-from ruxa_async import APIStatusError
 from ruxa_async.gateway import Policy, mint_token
 from ruxa_async.testing import CallbackDelivery, Dialect, FakeRuxa, ModelBehavior, SimConfig
 from tests.helpers_gateway import (
@@ -40,7 +39,8 @@ async def test_a_plain_ruxa_client_works_through_the_gateway(sim: FakeRuxa) -> N
     """RuxaClient(api_key=<user token>, base_url=<gateway>) generates unchanged."""
     async with running(config_for(sim)) as gw, user_client(gw, TOKENS["alice"]) as client:
         info = await client.generate(NB, PROMPT, timeout=20)
-    assert info.succeeded and info.result_urls
+    assert info.succeeded
+    assert info.result_urls
     assert sim.stats().tasks_created == 1
 
 
@@ -50,8 +50,12 @@ async def test_another_users_task_is_the_same_404_as_an_unknown_one(sim: FakeRux
         async with user_client(gw, TOKENS["alice"]) as alice:
             task_id = await alice.create_task(NB, PROMPT)
             assert (await alice.get_task(task_id)).task_id == task_id
-        theirs = await raw(http, "GET", f"{gw.url}/api/v1/tasks/query/{task_id}", token=TOKENS["bob"])
-        unknown = await raw(http, "GET", f"{gw.url}/api/v1/tasks/query/task_x_1_abc", token=TOKENS["bob"])
+        theirs = await raw(
+            http, "GET", f"{gw.url}/api/v1/tasks/query/{task_id}", token=TOKENS["bob"]
+        )
+        unknown = await raw(
+            http, "GET", f"{gw.url}/api/v1/tasks/query/task_x_1_abc", token=TOKENS["bob"]
+        )
         assert theirs[0] == unknown[0] == 404
         assert theirs[1] == unknown[1]
         async with user_client(gw, TOKENS["bob"]) as bob:
@@ -59,7 +63,8 @@ async def test_another_users_task_is_the_same_404_as_an_unknown_one(sim: FakeRux
                 await bob.get_task(task_id)
         records = await gw.store.audit_records()
     refusals = [r for r in records if r["event"] == "ownership_refused"]
-    assert refusals and all(r["user"] == "bob" and r["owner"] == "alice" for r in refusals)
+    assert refusals
+    assert all(r["user"] == "bob" and r["owner"] == "alice" for r in refusals)
     assert gw.statistics().ownership_refusals == 2
 
 
@@ -69,16 +74,18 @@ async def test_budget_is_reserved_at_create_exactly_under_concurrency() -> None:
     async with FakeRuxa(slow) as sim:
         price = 10.0  # the catalogue's sora-2 estimate
         policy = Policy(budget=10 * price)
-        async with running(config_for(sim, policy=policy)) as gw, user_client(
-            gw, TOKENS["alice"]
-        ) as alice:
+        async with (
+            running(config_for(sim, policy=policy)) as gw,
+            user_client(gw, TOKENS["alice"]) as alice,
+        ):
             results = await asyncio.gather(
                 *(alice.create_task(SORA, {"prompt": f"video {i}"}) for i in range(50)),
                 return_exceptions=True,
             )
             created = [r for r in results if isinstance(r, str)]
             refused = [r for r in results if isinstance(r, InsufficientCreditsError)]
-            assert len(created) == 10 and len(refused) == 40
+            assert len(created) == 10
+            assert len(refused) == 40
             assert "budget of 100 credits" in refused[0].message
             assert sim.stats().tasks_created == 10
             assert gw.statistics().spend["alice"] == pytest.approx(100.0)
@@ -103,7 +110,7 @@ async def test_settled_failure_without_charge_frees_its_reservation() -> None:
 
 
 async def test_in_flight_cap_answers_429_with_retry_after(sim: FakeRuxa) -> None:
-    """A user with max_in_flight=2 gets 429 + Retry-After for a third task; others are unaffected."""
+    """With max_in_flight=2 a third task gets 429 + Retry-After; other users are unaffected."""
     sim.reconfigure(default_behavior=ModelBehavior(median_seconds=30, sigma=0))
     config = config_for(sim, per_user={"alice": Policy(max_in_flight=2)})
     async with running(config) as gw, aiohttp.ClientSession() as http:
@@ -112,8 +119,10 @@ async def test_in_flight_cap_answers_429_with_retry_after(sim: FakeRuxa) -> None
         for _ in range(2):
             assert (await raw(http, "POST", url, token=TOKENS["alice"], body=body))[0] == 200
         status, envelope, headers = await raw(http, "POST", url, token=TOKENS["alice"], body=body)
-        assert status == 429 and envelope["code"] == 429
-        assert "in flight" in envelope["message"] and int(headers["Retry-After"]) >= 1
+        assert status == 429
+        assert envelope["code"] == 429
+        assert "in flight" in envelope["message"]
+        assert int(headers["Retry-After"]) >= 1
         assert (await raw(http, "POST", url, token=TOKENS["bob"], body=body))[0] == 200
     assert gw.statistics().denials["in_flight"] == 1
 
@@ -125,8 +134,10 @@ async def test_request_rate_answers_429_with_retry_after(sim: FakeRuxa) -> None:
         url = f"{gw.url}/api/v1/tasks/query/nothing"
         codes = [(await raw(http, "GET", url, token=TOKENS["alice"]))[0] for _ in range(4)]
         status, envelope, headers = await raw(http, "GET", url, token=TOKENS["alice"])
-    assert codes == [404, 404, 404, 429] and status == 429
-    assert headers["Retry-After"] == "2" and "per second" in envelope["message"]
+    assert codes == [404, 404, 404, 429]
+    assert status == 429
+    assert headers["Retry-After"] == "2"
+    assert "per second" in envelope["message"]
 
 
 async def test_models_and_inputs_are_checked_before_anything_is_spent(sim: FakeRuxa) -> None:
@@ -135,7 +146,8 @@ async def test_models_and_inputs_are_checked_before_anything_is_spent(sim: FakeR
     async with running(config) as gw, user_client(gw, TOKENS["alice"]) as alice:
         with pytest.raises(APIStatusError) as denied:
             await alice.create_task(SORA, PROMPT)
-        assert denied.value.code == 403 and "not allowed" in denied.value.message
+        assert denied.value.code == 403
+        assert "not allowed" in denied.value.message
         with pytest.raises(ValidationError, match="image_size"):
             await alice.create_task(NB, {"prompt": "x", "image_size": "7:1"})
         with pytest.raises(ValidationError, match="allows 20"):
@@ -153,7 +165,8 @@ async def test_unknown_and_forged_tokens_get_401(sim: FakeRuxa) -> None:
                     await client.create_task(NB, PROMPT)
         async with aiohttp.ClientSession() as http:
             status, envelope, _ = await raw(http, "POST", f"{gw.url}/api/v1/tasks/create", body={})
-    assert status == 401 and envelope["data"] is None
+    assert status == 401
+    assert envelope["data"] is None
     assert sim.stats().requests == 0
 
 

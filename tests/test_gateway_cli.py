@@ -27,11 +27,9 @@ def write_config(path: Path, users: list[str]) -> None:
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
-async def test_the_standalone_gateway_serves_mints_and_reloads_on_sighup(tmp_path: Path) -> None:
-    """--simulate serves the API and demo; mint-token tokens work; SIGHUP adds a user."""
-    config = tmp_path / "gateway.toml"
-    write_config(config, ["alice"])
-    proc = subprocess.Popen(
+def start_gateway(config: Path) -> subprocess.Popen[str]:
+    """``ruxa-async gateway --simulate --config CONFIG --port 0``, stderr piped."""
+    return subprocess.Popen(
         cli("gateway", "--simulate", "--config", str(config), "--port", "0"),
         stderr=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
@@ -39,14 +37,29 @@ async def test_the_standalone_gateway_serves_mints_and_reloads_on_sighup(tmp_pat
         env=child_env(),
         cwd=ROOT,
     )
+
+
+async def test_the_standalone_gateway_serves_mints_and_reloads_on_sighup(tmp_path: Path) -> None:
+    """--simulate serves the API and demo; mint-token tokens work; SIGHUP adds a user."""
+    config = tmp_path / "gateway.toml"
+    write_config(config, ["alice"])
+    proc = start_gateway(config)
     try:
         assert proc.stderr is not None
         first = await asyncio.to_thread(proc.stderr.readline)
         assert first.startswith("ruxa-async gateway on "), first
         url = first.split()[-1]
         minted = run_cli(
-            "mint-token", "--config", str(config), "--user", "zed", "--ttl", "120",
-            "--models", NB, key=None,
+            "mint-token",
+            "--config",
+            str(config),
+            "--user",
+            "zed",
+            "--ttl",
+            "120",
+            "--models",
+            NB,
+            key=None,
         )
         assert minted.returncode == 0, minted.stderr
         token = minted.stdout.strip()
@@ -64,7 +77,8 @@ async def test_the_standalone_gateway_serves_mints_and_reloads_on_sighup(tmp_pat
                 except AuthenticationError:
                     await asyncio.sleep(0.05)
         async with aiohttp.ClientSession() as http, http.get(f"{url}/demo/") as page:
-            assert page.status == 200 and "<script>" in await page.text()
+            assert page.status == 200
+            assert "<script>" in await page.text()
         proc.send_signal(signal.SIGTERM)
         code = await asyncio.to_thread(proc.wait, 30)
         rest = proc.stderr.read()
@@ -94,4 +108,5 @@ def test_mint_token_without_a_secret_says_what_is_missing(tmp_path: Path) -> Non
     config = tmp_path / "gateway.toml"
     config.write_text("[defaults]\nbudget = 1\n", encoding="utf-8")
     done = run_cli("mint-token", "--config", str(config), "--user", "x", key=None)
-    assert done.returncode == 2 and "signing_secret" in done.stderr
+    assert done.returncode == 2
+    assert "signing_secret" in done.stderr

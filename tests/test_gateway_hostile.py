@@ -57,7 +57,9 @@ async def test_malformed_and_oversized_bodies_get_clear_errors(
         status, envelope, _ = await raw(
             http, "POST", f"{gw.url}/api/v1/tasks/create", token=TOKENS["alice"], data=data
         )
-        assert status == code and envelope["code"] == code and envelope["message"]
+        assert status == code
+        assert envelope["code"] == code
+        assert envelope["message"]
         async with user_client(gw, TOKENS["bob"]) as bob:  # the gateway still serves others
             await bob.create_task(NB, PROMPT)
     assert sim.stats().tasks_created == 1
@@ -83,7 +85,8 @@ async def test_path_tricks_in_task_ids_are_plain_404s(sim: FakeRuxa, task_id: st
             await alice.create_task(NB, PROMPT)
         url = f"{gw.url}/api/v1/tasks/query/{task_id}"
         status, envelope, headers = await raw(http, "GET", url, token=TOKENS["alice"])
-    assert status == 404 and envelope["code"] == 404
+    assert status == 404
+    assert envelope["code"] == 404
     assert "X-Injected" not in headers
     assert sim.stats().queries == 0
 
@@ -101,7 +104,7 @@ async def test_a_slow_client_times_out_while_others_are_served(sim: FakeRuxa) ->
         )
         writer.write(head.encode())
         await writer.drain()
-        slow_loris, idle_writer = await asyncio.open_connection(host, int(port))
+        _slow_loris, idle_writer = await asyncio.open_connection(host, int(port))
         idle_writer.write(b"GET /api/v1/tasks/query/x HTTP/1.1\r\nHost: a\r\nX-Slow: ")
         async with user_client(gw, TOKENS["bob"]) as bob:
             for _ in range(5):
@@ -141,8 +144,12 @@ async def test_no_secret_appears_in_responses_headers_logs_audit_metrics_or_rela
         async with running(config) as gw, aiohttp.ClientSession() as http:
             base = f"{gw.url}/api/v1/tasks"
             calls = [
-                ("POST", "/create", TOKENS["alice"], {"model": NB, "input": PROMPT,
-                                                      "callBackUrl": box.url}),
+                (
+                    "POST",
+                    "/create",
+                    TOKENS["alice"],
+                    {"model": NB, "input": PROMPT, "callBackUrl": box.url},
+                ),
                 ("POST", "/create", TOKENS["alice"], {"model": NB, "input": PROMPT}),
                 ("POST", "/create", TOKENS["alice"], {"model": NB, "input": PROMPT}),
                 ("POST", "/create", TOKENS["alice"], {"model": NB, "input": PROMPT}),  # 402
@@ -154,19 +161,24 @@ async def test_no_secret_appears_in_responses_headers_logs_audit_metrics_or_rela
             ]
             ids = []
             for method, path, token, body in calls:
-                status, envelope, headers = await raw(http, method, base + path, token=token,
-                                                      body=body)
+                status, envelope, headers = await raw(
+                    http, method, base + path, token=token, body=body
+                )
                 seen += [json.dumps(envelope), json.dumps(dict(headers))]
                 if status == 200:
                     ids.append((token, envelope["data"]["taskId"]))
             for token, task_id in ids:
                 for who in (token, TOKENS["bob"]):
-                    _, envelope, headers = await raw(http, "GET", f"{base}/query/{task_id}",
-                                                     token=who)
+                    _, envelope, headers = await raw(
+                        http, "GET", f"{base}/query/{task_id}", token=who
+                    )
                     seen += [json.dumps(envelope), json.dumps(dict(headers))]
             sim.reconfigure(api_key="sk-rotated")  # the key gets refused: an alert goes out
             status, envelope, headers = await raw(
-                http, "POST", f"{base}/create", token=TOKENS["carol"],
+                http,
+                "POST",
+                f"{base}/create",
+                token=TOKENS["carol"],
                 body={"model": NB, "input": PROMPT},
             )
             seen += [json.dumps(envelope), json.dumps(dict(headers))]
@@ -177,12 +189,14 @@ async def test_no_secret_appears_in_responses_headers_logs_audit_metrics_or_rela
                 metrics = await resp.text()
             seen += [metrics, json.dumps(await gw.store.audit_records())]
             seen += [repr(gw), repr(gw.config), repr(gw.statistics())]
-    assert "ruxa_gateway_requests" in metrics and 'user="alice"' in metrics
+    assert "ruxa_gateway_requests" in metrics
+    assert 'user="alice"' in metrics
     seen += ["\n".join(logs.lines), json.dumps(list(gw.alerter.sent))]
     for headers, body in box.received + alerts.received:
         seen += [json.dumps(headers), body.decode()]
     text = "\n".join(seen)
-    assert "key_disabled" in text and "ownership_refused" in text
+    assert "key_disabled" in text
+    assert "ownership_refused" in text
     for secret in [UPSTREAM_KEY, *TOKENS.values(), scoped, SECRET, WEBHOOK_SECRET]:
         for form in forms(secret):
             assert form not in text, f"a secret leaked ({secret[:6]}...)"

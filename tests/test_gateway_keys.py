@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from pathlib import Path
 
@@ -13,18 +12,17 @@ from aiohttp import web
 from ruxa_async import RateLimitError
 from ruxa_async.gateway import AlertSettings, Gateway, load_config
 from ruxa_async.testing import FakeRuxa, ModelBehavior, RateLimit, SimConfig
-from tests.helpers_gateway import NB, PROMPT, TOKENS, config_for, running, user_client
+from tests.helpers_gateway import NB, PROMPT, TOKENS, config_for, eventually, running, user_client
 
 QUICK = ModelBehavior(median_seconds=0.2, sigma=0)
 
 
 @pytest.fixture
 async def sims() -> list[FakeRuxa]:
-    async with FakeRuxa(SimConfig(seed=1, api_key="sk-upstream-one", default_behavior=QUICK)) as a:
-        async with FakeRuxa(
-            SimConfig(seed=2, api_key="sk-upstream-two", default_behavior=QUICK)
-        ) as b:
-            yield [a, b]
+    one = SimConfig(seed=1, api_key="sk-upstream-one", default_behavior=QUICK)
+    two = SimConfig(seed=2, api_key="sk-upstream-two", default_behavior=QUICK)
+    async with FakeRuxa(one) as a, FakeRuxa(two) as b:
+        yield [a, b]
 
 
 async def test_tasks_are_bound_to_their_creating_key(sims: list[FakeRuxa]) -> None:
@@ -88,12 +86,12 @@ async def test_a_refused_key_leaves_rotation_and_alerts(sims: list[FakeRuxa], fa
                 "key1": "disabled",
                 "key2": "active",
             }
-            while not received:
-                await asyncio.sleep(0.01)
+            await eventually(lambda: bool(received))
     finally:
         await runner.cleanup()
     assert [s.stats().tasks_created for s in sims] == [0, 3]
-    assert received[0]["event"] == "key_disabled" and received[0]["key"] == "key1"
+    assert received[0]["event"] == "key_disabled"
+    assert received[0]["key"] == "key1"
     assert received[0]["code"] == (401 if failure == "revoked" else 402)
 
 
@@ -104,7 +102,8 @@ async def test_a_rate_limited_key_cools_down_for_retry_after(sims: list[FakeRuxa
         for _ in range(5):
             await alice.create_task(NB, PROMPT)
         assert {k.name: k.state for k in gw.pool.health()}["key1"] == "cooling"
-    assert sims[0].stats().tasks_created == 1 and sims[1].stats().tasks_created == 4
+    assert sims[0].stats().tasks_created == 1
+    assert sims[1].stats().tasks_created == 4
     assert sims[0].stats().rate_limited_create == 1
 
 
@@ -117,7 +116,8 @@ async def test_with_every_key_cooling_users_get_429_with_retry_after(
         await alice.create_task(NB, PROMPT)
         with pytest.raises(RateLimitError) as first:
             await alice.create_task(NB, PROMPT)
-        assert first.value.retry_after is not None and first.value.retry_after >= 1
+        assert first.value.retry_after is not None
+        assert first.value.retry_after >= 1
     assert gw.store.in_flight("alice") == 1  # the refused create's reservation was released
 
 
@@ -146,14 +146,14 @@ async def test_the_config_file_is_reloaded_when_it_changes(
         async with user_client(gw, TOKENS["alice"]) as alice:
             await alice.create_task(NB, PROMPT)
         write(["alice", "bob"], sims[1])
-        while "bob" not in gw.config.users:
-            await asyncio.sleep(0.02)
+        await eventually(lambda: "bob" in gw.config.users)
         async with user_client(gw, TOKENS["bob"]) as bob:
             await bob.create_task(NB, PROMPT)
         path.write_text("this is = = not toml")
-        while not any(
-            r["event"] == "config_rejected" for r in await gw.store.audit_records()
-        ):
-            await asyncio.sleep(0.02)
+
+        async def rejected() -> bool:
+            return any(r["event"] == "config_rejected" for r in await gw.store.audit_records())
+
+        await eventually(rejected)
         assert "bob" in gw.config.users  # a broken file keeps the old config
     assert [s.stats().tasks_created for s in sims] == [1, 1]

@@ -21,6 +21,7 @@ from tests.helpers_gateway import (
     TOKENS,
     WEBHOOK_SECRET,
     config_for,
+    eventually,
     raw,
     running,
     user_client,
@@ -83,15 +84,15 @@ async def test_a_callback_is_relayed_once_signed_to_its_owner() -> None:
         async with user_client(gw, TOKENS["alice"]) as alice:
             assert (await alice.wait(task_id, timeout=20)).succeeded
         await box.arrived.wait()
-        while sim.stats().callbacks_delivered < 2:
-            await asyncio.sleep(0.01)
+        await eventually(lambda: sim.stats().callbacks_delivered >= 2)
         await gw.relay.drain()
     assert len(box.received) == 1
     headers, body = box.received[0]
     verify_webhook(WEBHOOK_SECRET, headers, body)
     assert headers["webhook-id"] == f"{task_id}.success"
     payload = json.loads(body)
-    assert payload["code"] == 200 and payload["data"]["taskId"] == task_id
+    assert payload["code"] == 200
+    assert payload["data"]["taskId"] == task_id
     assert "remainedCredits" not in payload["data"]
     assert json.loads(payload["data"]["param"])["callBackUrl"] == box.url
     assert gw.callback_token not in body.decode()
@@ -101,14 +102,18 @@ async def test_a_callback_is_relayed_once_signed_to_its_owner() -> None:
 
 async def test_relays_are_retried_until_the_receiver_accepts() -> None:
     """Two 500s from the receiver, then success: delivered once, on the third attempt."""
-    async with FakeRuxa(SimConfig(seed=5)) as sim, inbox(fail_first=2) as box:
-        async with running(config_for(sim)) as gw:
-            assert (await create(gw.url or "", TOKENS["alice"], box.url))[0] == 200
-            await box.arrived.wait()
-            await gw.relay.drain()
-            records = await gw.store.audit_records()
+    async with (
+        FakeRuxa(SimConfig(seed=5)) as sim,
+        inbox(fail_first=2) as box,
+        running(config_for(sim)) as gw,
+    ):
+        assert (await create(gw.url or "", TOKENS["alice"], box.url))[0] == 200
+        await box.arrived.wait()
+        await gw.relay.drain()
+        records = await gw.store.audit_records()
     delivered = [r for r in records if r["event"] == "relay_delivered"]
-    assert box.attempts == 3 and len(box.received) == 1
+    assert box.attempts == 3
+    assert len(box.received) == 1
     assert delivered[0]["attempts"] == 3
 
 
@@ -134,11 +139,12 @@ async def test_a_lost_upstream_callback_is_still_relayed_after_a_poll() -> None:
     """Ruxa never calls back; the owner's poll sees the end and the relay still happens."""
     silent = SimConfig(seed=7, callbacks=CallbackDelivery(drop=1.0))
     async with FakeRuxa(silent) as sim, inbox() as box, running(config_for(sim)) as gw:
-        status, envelope = await create(gw.url or "", TOKENS["alice"], box.url)
+        _status, envelope = await create(gw.url or "", TOKENS["alice"], box.url)
         async with user_client(gw, TOKENS["alice"]) as alice:
             await alice.wait(envelope["data"]["taskId"], timeout=20)  # type: ignore[index]
         await box.arrived.wait()
-    assert sim.stats().callbacks_delivered == 0 and len(box.received) == 1
+    assert sim.stats().callbacks_delivered == 0
+    assert len(box.received) == 1
 
 
 @pytest.mark.parametrize(
@@ -167,7 +173,8 @@ async def test_unsafe_callback_urls_are_refused(url: object) -> None:
         config = config_for(sim, callbacks=CallbackSettings(allow_private=False))
         async with running(config) as gw:
             status, envelope = await create(gw.url or "", TOKENS["alice"], url)
-    assert status == 422 and envelope["code"] == 422
+    assert status == 422
+    assert envelope["code"] == 422
     assert "callBackUrl" in str(envelope["message"])
     assert sim.stats().requests == 0
 
@@ -192,5 +199,6 @@ async def test_the_callback_inbox_refuses_wrong_addresses_and_forged_signatures(
                     f"{gw.url}/_gateway/callback/{gw.callback_token}",
                     data=forged.encode(),
                 )
-            assert wrong[0] == 401 and unsigned[0] == 401
+            assert wrong[0] == 401
+            assert unsigned[0] == 401
             assert gw.store.in_flight("alice") == 1  # nothing was settled by the forgery

@@ -122,7 +122,8 @@ class Alerter:
                 )
 
     async def _run(self) -> None:
-        assert self._session is not None and self.settings.webhook_url
+        assert self._session is not None
+        assert self.settings.webhook_url
         url = self.settings.webhook_url
         while True:
             record = await self._queue.get()

@@ -35,7 +35,9 @@ def add_commands(sub: Any, parents: Sequence[argparse.ArgumentParser] = ()) -> N
         help="serve the key-holding gateway (browsers use Ruxa without seeing the key)",
         description="Serve the Ruxa API to users with their own tokens, holding the real key(s).",
     )
-    gw.add_argument("--config", metavar="TOML", help="gateway config file (optional with --simulate)")
+    gw.add_argument(
+        "--config", metavar="TOML", help="gateway config file (optional with --simulate)"
+    )
     gw.add_argument(
         "--simulate",
         action="store_true",
@@ -51,7 +53,9 @@ def add_commands(sub: Any, parents: Sequence[argparse.ArgumentParser] = ()) -> N
         parents=list(parents),
         help="mint a short-lived scoped gateway token, or a new user token for the config",
     )
-    mint.add_argument("--config", metavar="TOML", help="the gateway config (for its signing secret)")
+    mint.add_argument(
+        "--config", metavar="TOML", help="the gateway config (for its signing secret)"
+    )
     mint.add_argument("--user", help="who the scoped token is for")
     mint.add_argument("--ttl", type=float, default=600.0, help="seconds until it expires")
     mint.add_argument("--models", help="comma-separated models it may use (default: the policy's)")
@@ -89,7 +93,11 @@ def _mint(args: argparse.Namespace) -> int:
     if not config.signing_secret:
         raise ConfigurationError(f"{args.config} has no signing_secret (or signing_secret_env)")
     models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
-    print(mint_token(config.signing_secret, args.user, ttl=args.ttl, models=models, budget=args.budget))
+    print(
+        mint_token(
+            config.signing_secret, args.user, ttl=args.ttl, models=models, budget=args.budget
+        )
+    )
     return 0
 
 
@@ -144,4 +152,3 @@ async def _serve(args: argparse.Namespace) -> int:
             loop.add_signal_handler(signal.SIGINT, stop.set)
         await stop.wait()
     return 0
-

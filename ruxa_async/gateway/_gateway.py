@@ -331,7 +331,9 @@ class Gateway:
         user_url: str | None,
     ) -> Reply:
         upstream_url = (
-            f"{self.public_url}/_gateway/callback/{self.callback_token}" if self.public_url else None
+            f"{self.public_url}/_gateway/callback/{self.callback_token}"
+            if self.public_url
+            else None
         )
         for _ in range(len(self.pool.health()) + 1):  # each key once, then pick() says why not
             slot = self.pool.pick()
@@ -416,8 +418,12 @@ class Gateway:
         except (AuthenticationError, InsufficientCreditsError, RateLimitError) as exc:
             self.pool.failed(slot, exc)
             if isinstance(exc, RateLimitError):
-                return Reply(429, "the service is rate limiting; retry after the pause", None,
-                             exc.retry_after or 1.0)
+                return Reply(
+                    429,
+                    "the service is rate limiting; retry after the pause",
+                    None,
+                    exc.retry_after or 1.0,
+                )
             return Reply(503, "the gateway's key was refused; the operator has been alerted")
         except RuxaError:
             return Reply(502, "the service did not answer properly; retry")
@@ -451,7 +457,11 @@ class Gateway:
             self.pool.closed(settled.key)
             self.counters.settled += 1
             self.store.audit(
-                "settled", settled.user, settled.task_id, cost=settled.cost, state=state,
+                "settled",
+                settled.user,
+                settled.task_id,
+                cost=settled.cost,
+                state=state,
                 source=source,
             )
         if record.callback_url and self.store.claim_relay(record, state):
@@ -472,7 +482,9 @@ class Gateway:
             return Reply(401, "unknown callback address")
         try:
             info = parse_callback_request(
-                body, headers, hmac_key=self.config.callbacks.upstream_hmac_key,
+                body,
+                headers,
+                hmac_key=self.config.callbacks.upstream_hmac_key,
                 max_body=self.config.max_body,
             )
         except RuxaError as exc:

@@ -30,14 +30,14 @@ _DEMO_TTL = 600.0
 _DEMO_MODELS = ("google/nano-banana",)
 
 
-def _envelope(code: int, message: str, data: Any = None, retry_after: float | None = None) -> web.Response:
+def _envelope(
+    code: int, message: str, data: Any = None, retry_after: float | None = None
+) -> web.Response:
     headers = {"Cache-Control": "no-store"}
     if retry_after is not None:
         headers["Retry-After"] = retry_after_header(retry_after)
     body = _dumps({"code": code, "message": message, "data": data}).encode()
-    return web.Response(
-        body=body, status=code, content_type="application/json", headers=headers
-    )
+    return web.Response(body=body, status=code, content_type="application/json", headers=headers)
 
 
 class _BodyError(Exception):
@@ -120,7 +120,9 @@ def gateway_routes(gw: Gateway, prefix: str = "") -> list[web.RouteDef]:
 
     async def metrics(request: web.Request) -> web.Response:
         if render is None or not gw.config.metrics:
-            return _envelope(404, "metrics need the prometheus extra: pip install ruxa-async[prometheus]")
+            return _envelope(
+                404, "metrics need the prometheus extra: pip install ruxa-async[prometheus]"
+            )
         body, content_type = render()
         return web.Response(body=body, headers={"Content-Type": content_type})
 

@@ -45,7 +45,16 @@ class KeyHealth:
 class KeySlot:
     """One upstream key with its own client; ``name`` is the only thing ever shown."""
 
-    __slots__ = ("client", "cool_until", "draining", "failures", "key", "name", "open_tasks", "state")
+    __slots__ = (
+        "client",
+        "cool_until",
+        "draining",
+        "failures",
+        "key",
+        "name",
+        "open_tasks",
+        "state",
+    )
 
     def __init__(self, key: UpstreamKey, client: RuxaClient) -> None:
         self.name = key.name
@@ -181,7 +190,9 @@ class KeyPool:
             if slot.state != DISABLED:
                 slot.state = DISABLED
                 code = 401 if isinstance(exc, AuthenticationError) else 402
-                log.warning("gateway: upstream key %r refused with %d; out of rotation", slot.name, code)
+                log.warning(
+                    "gateway: upstream key %r refused with %d; out of rotation", slot.name, code
+                )
                 self._notify("key_disabled", key=slot.name, code=code, alert=True)
         elif isinstance(exc, RateLimitError):
             wait = exc.retry_after if exc.retry_after is not None else _DEFAULT_COOL

@@ -95,7 +95,9 @@ def prometheus_exposition(
             yield spent
             yield left
             up = GaugeMetricFamily(
-                "ruxa_gateway_key_up", "1 when an upstream key takes creates", labels=["key", "state"]
+                "ruxa_gateway_key_up",
+                "1 when an upstream key takes creates",
+                labels=["key", "state"],
             )
             for name, state in sorted(keys().items()):
                 up.add_metric([name, state], 1.0 if state == "active" else 0.0)

@@ -59,8 +59,10 @@ def window_bounds(window: Window, now: float) -> tuple[str, float]:
         year, week, _ = start.isocalendar()
         return f"{year}-W{week:02d}", (start + timedelta(days=7)).timestamp()
     start = day.replace(day=1)
-    end = start.replace(year=start.year + 1, month=1) if start.month == 12 else (
-        start.replace(month=start.month + 1)
+    end = (
+        start.replace(year=start.year + 1, month=1)
+        if start.month == 12
+        else (start.replace(month=start.month + 1))
     )
     return start.strftime("%Y-%m"), end.timestamp()
 
@@ -151,15 +153,15 @@ def check_callback_url(url: object, *, allow_private: bool) -> Denial | None:
     except ValueError:
         return Denial(422, "callback_url", "callBackUrl is not a valid URL")
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        return Denial(422, "callback_url", "callBackUrl must be an absolute http:// or https:// URL")
+        return Denial(
+            422, "callback_url", "callBackUrl must be an absolute http:// or https:// URL"
+        )
     if parts.username is not None or parts.password is not None:
         return Denial(422, "callback_url", "callBackUrl must not carry credentials")
     if port == 0:
         return Denial(422, "callback_url", "callBackUrl has an invalid port")
     if not allow_private and _private(parts.hostname):
-        return Denial(
-            422, "callback_url", "callBackUrl points at a private or loopback address"
-        )
+        return Denial(422, "callback_url", "callBackUrl points at a private or loopback address")
     return None
 
 

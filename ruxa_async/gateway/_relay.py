@@ -194,7 +194,9 @@ class Relay:
             return type(exc).__name__
 
 
-def relay_body(info_raw: Mapping[str, Any], succeeded: bool, user_url: str | None) -> dict[str, Any]:
+def relay_body(
+    info_raw: Mapping[str, Any], succeeded: bool, user_url: str | None
+) -> dict[str, Any]:
     """The body relayed to the owner: kie's callback shape, minus account-wide fields."""
     data = scrub_task(info_raw, user_url)
     return {

@@ -135,7 +135,9 @@ class StateStore(Protocol):
     def open_tasks(self) -> list[TaskRecord]:
         """Every unsettled task."""
 
-    def audit(self, event: str, user: str | None = None, task_id: str | None = None, **detail: Any) -> None:
+    def audit(
+        self, event: str, user: str | None = None, task_id: str | None = None, **detail: Any
+    ) -> None:
         """Append one decision to the audit log."""
 
     async def audit_records(self) -> list[dict[str, Any]]:
@@ -348,7 +350,8 @@ class SQLiteStore:
         )
         self._open[task_id] = record
         self._writer.write(
-            f"INSERT OR REPLACE INTO tasks ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,0,NULL,NULL,'',NULL)",
+            f"INSERT OR REPLACE INTO tasks ({_COLUMNS}) "
+            "VALUES (?,?,?,?,?,?,?,?,0,NULL,NULL,'',NULL)",
             (
                 task_id,
                 record.user,
@@ -362,7 +365,9 @@ class SQLiteStore:
         )
         return record
 
-    def _unhold(self, user: str, amount: float, keys: Sequence[tuple[str, str]], cost: float) -> None:
+    def _unhold(
+        self, user: str, amount: float, keys: Sequence[tuple[str, str]], cost: float
+    ) -> None:
         for key in keys:
             entry = self._entry(key)
             entry[1] = max(0.0, entry[1] - amount)
@@ -466,7 +471,13 @@ class SQLiteStore:
 
         rows = await self._writer.call(read)
         return [
-            {"id": r[0], "ts": r[1], "event": r[2], "user": r[3], "task_id": r[4],
-             **json.loads(r[5])}
+            {
+                "id": r[0],
+                "ts": r[1],
+                "event": r[2],
+                "user": r[3],
+                "task_id": r[4],
+                **json.loads(r[5]),
+            }
             for r in rows
         ]
