@@ -13,7 +13,7 @@ import logging
 import secrets
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from typing import Any
 
 import attrs
@@ -73,10 +73,22 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.command == "mint-token":
             return _mint(args)
-        return asyncio.run(_serve(args))
+        return _run_loop(_serve(args))
     except ConfigurationError as exc:
         print(f"ruxa-async {args.command}: error: {exc}", file=sys.stderr)
         return 2
+
+
+def _run_loop(main: Coroutine[Any, Any, int]) -> int:
+    """Run ``main`` on uvloop when it is installed (a faster loop for a server), else asyncio."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    if sys.version_info >= (3, 11):
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            return runner.run(main)
+    return asyncio.run(main)  # pragma: no cover - 3.10 keeps the default loop
 
 
 def _mint(args: argparse.Namespace) -> int:

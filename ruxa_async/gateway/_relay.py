@@ -215,7 +215,7 @@ def scrub_task(raw: Mapping[str, Any], user_url: str | None) -> dict[str, Any]:
 
     data = {k: v for k, v in raw.items() if k not in _HIDDEN}
     param = data.get("param")
-    if isinstance(param, str) and param:
+    if isinstance(param, str) and "callBackUrl" in param:
         try:
             body = json.loads(param)
         except ValueError:
