@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
-import json
 import logging
 import os
 import re
@@ -19,29 +18,24 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import attrs
-
 from .._client import RuxaClient
 from .._errors import (
-    APIConnectionError,
-    APIStatusError,
     AuthenticationError,
     InsufficientCreditsError,
-    MalformedResponseError,
     NotFoundError,
     RateLimitError,
     RuxaError,
-    ValidationError,
 )
 from .._models import TaskInfo
-from ..catalog import get_model
+from ._admission import Admission
 from ._alerts import Alerter, SpendWatch
 from ._config import GatewayConfig, UpstreamKey, load_config
-from ._keys import KeyPool, KeySlot, default_client
+from ._keys import KeyPool, default_client
 from ._metrics import Counters, GatewayStatistics
-from ._policy import Denial, RateBuckets, check_callback_url, check_request, estimate, window_bounds
-from ._relay import Relay, relay_body, scrub_task
-from ._store import Reservation, Scope, SQLiteStore, StateStore, TaskRecord
+from ._policy import Denial, RateBuckets, Reply, window_bounds
+from ._relay import Relay, scrub_task
+from ._settle import Settler
+from ._store import SQLiteStore, StateStore, TaskRecord
 from ._tokens import Identity, TokenVerifier, mint_token
 
 __all__ = ["Gateway", "Reply"]
@@ -50,21 +44,6 @@ log = logging.getLogger("ruxa_async")
 
 _TASK_ID = re.compile(r"[A-Za-z0-9_.:-]{1,200}")
 _NOT_FOUND = "task not found"
-_SWEEP_CONCURRENCY = 16
-
-
-@attrs.frozen
-class Reply:
-    """What to answer: the Ruxa ``code``, ``message``, ``data`` and an optional Retry-After."""
-
-    code: int
-    message: str
-    data: Any = None
-    retry_after: float | None = None
-
-
-def _deny(denial: Denial) -> Reply:
-    return Reply(denial.code, denial.message, None, denial.retry_after)
 
 
 class Gateway:
@@ -87,7 +66,7 @@ class Gateway:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
-        self._clock = clock
+        self.clock = clock
         self._fixed_keys = tuple(upstream_keys) if upstream_keys is not None else None
         self.store: StateStore = store or SQLiteStore(config.state_path, clock=clock)
         self.counters = Counters()
@@ -114,6 +93,8 @@ class Gateway:
         self._started = False
         self._runner: Any = None
         self.url: str | None = None
+        self._admission = Admission(self)
+        self._settler = Settler(self)
 
     def __repr__(self) -> str:
         return f"<Gateway users={len(self.config.users)} keys={len(self.pool.health())}>"
@@ -138,7 +119,9 @@ class Gateway:
         await self.relay.start()
         await self.alerter.start()
         loop = asyncio.get_running_loop()
-        self._background.append(loop.create_task(self._sweep_forever(), name="gateway sweeper"))
+        self._background.append(
+            loop.create_task(self._settler.sweep_forever(), name="gateway sweeper")
+        )
         if self.config.path is not None:
             self._mtime = _mtime(self.config.path)
             self._background.append(loop.create_task(self._watch_config(), name="gateway reload"))
@@ -248,7 +231,7 @@ class Gateway:
         """Count, audit and answer one refusal."""
         self.counters.denials[denial.reason] += 1
         self.store.audit("denied", user, reason=denial.reason, code=denial.code, **detail)
-        return _deny(denial)
+        return Reply.of(denial)
 
     # -- create ------------------------------------------------------------------------------
 
@@ -264,131 +247,12 @@ class Gateway:
             return self.deny(limited, who.user)
         return who
 
-    def _scopes(self, who: Identity, now: float) -> tuple[Scope, ...]:
-        period, _ = window_bounds(who.policy.window, now)
-        scopes = [Scope(f"user:{who.user}", period, who.policy.budget)]
-        if who.scope is not None:
-            scopes.append(Scope(who.scope, "life", who.token_budget))
-        return tuple(scopes)
-
     async def create(self, header: str | None, body: object) -> Reply:
         """Create a task for the caller, if their policy and budget allow it.
 
         ``body`` is the decoded JSON request body (None when it was not JSON).
         """
-        who = self.identify(header)
-        if isinstance(who, Reply):
-            return who
-        if not isinstance(body, dict):
-            return self.deny(
-                Denial(400, "body", "the body must be a JSON object {model, input, callBackUrl?}"),
-                who.user,
-            )
-        model, input, user_url = body.get("model"), body.get("input"), body.get("callBackUrl")
-        if user_url is None:
-            user_url = body.get("callback_url")
-        if not isinstance(model, str) or not model or not isinstance(input, dict):
-            return self.deny(
-                Denial(422, "body", "the body needs model (a string) and input (an object)"),
-                who.user,
-            )
-        denial = check_request(who.policy, model, input)
-        if denial is None and user_url is not None:
-            denial = check_callback_url(user_url, allow_private=self.config.callbacks.allow_private)
-            if denial is None and self.public_url is None:
-                denial = Denial(
-                    422,
-                    "callback_url",
-                    "this gateway cannot relay callbacks (its public_url is not set); poll instead",
-                )
-        if denial is not None:
-            return self.deny(denial, who.user, model=model)
-        cost = estimate(model, input, self.config.prices)
-        if cost is None and (who.policy.budget is not None or who.token_budget is not None):
-            return self.deny(
-                Denial(403, "price", f"no price is known for {model!r}, so no budget can cover it"),
-                who.user,
-                model=model,
-            )
-        held = self.store.reserve(
-            who.user, cost or 0.0, self._scopes(who, self._clock()), who.policy.max_in_flight
-        )
-        if isinstance(held, Denial):
-            if held.reason == "in_flight":
-                spec = get_model(model)
-                typical = spec.typical_seconds if spec is not None else 10.0
-                held = attrs.evolve(held, retry_after=min(30.0, max(1.0, typical / 2)))
-            return self.deny(held, who.user, model=model)
-        self._budget_alerts(held)
-        return await self._create_upstream(who, held, model, input, user_url)
-
-    async def _create_upstream(
-        self,
-        who: Identity,
-        held: Reservation,
-        model: str,
-        input: dict[str, Any],
-        user_url: str | None,
-    ) -> Reply:
-        upstream_url = (
-            f"{self.public_url}/_gateway/callback/{self.callback_token}"
-            if self.public_url
-            else None
-        )
-        for _ in range(len(self.pool.health()) + 1):  # each key once, then pick() says why not
-            slot = self.pool.pick()
-            if isinstance(slot, Denial):
-                self.store.release(held, charge=False)
-                return self.deny(slot, who.user, model=model)
-            try:
-                task_id = await slot.client.create_task(model, input, callback_url=upstream_url)
-            except (AuthenticationError, InsufficientCreditsError, RateLimitError) as exc:
-                self.pool.failed(slot, exc)
-                continue
-            except APIConnectionError as exc:
-                if not exc.request_sent:
-                    continue
-                return self._ambiguous(who, held, model, exc)
-            except ValidationError as exc:
-                self.store.release(held, charge=False)
-                return self.deny(Denial(422, "upstream_validation", exc.message), who.user)
-            except (APIStatusError, MalformedResponseError) as exc:
-                if isinstance(exc, APIStatusError) and exc.code is not None and exc.code < 500:
-                    self.store.release(held, charge=False)
-                    return Reply(502, f"the service refused the task ({exc.code})")
-                return self._ambiguous(who, held, model, exc)
-            except asyncio.CancelledError:
-                self.store.release(held, charge=True)
-                raise
-            self.store.commit(held, task_id, slot.name, model, user_url)
-            self.pool.opened(slot.name)
-            self.counters.created[who.user] += 1
-            self.store.audit(
-                "created", who.user, task_id, model=model, key=slot.name, reserved=held.amount
-            )
-            jump = self.spend_watch.add(who.user, held.amount)
-            if jump is not None:
-                self.alerter.alert("spend_jump", user=who.user, spend=jump[0], baseline=jump[1])
-            return Reply(200, "success", {"taskId": task_id})
-        self.store.release(held, charge=False)
-        return self.deny(
-            Denial(503, "no_key", "no upstream key accepted the task; retry later"), who.user
-        )
-
-    def _ambiguous(self, who: Identity, held: Reservation, model: str, exc: Exception) -> Reply:
-        self.store.release(held, charge=True)
-        self.store.audit("create_ambiguous", who.user, model=model, error=type(exc).__name__)
-        return Reply(
-            502,
-            "the service failed mid-create; the task may exist, and its estimate was charged to "
-            "your budget",
-        )
-
-    def _budget_alerts(self, held: Reservation) -> None:
-        for scope in held.scopes:
-            if scope.limit:
-                spent, reserved = self.store.usage(scope.name, scope.period)
-                self.alerter.budget(scope.name, scope.period, spent + reserved, scope.limit)
+        return await self._admission.create(header, body)
 
     # -- query ---------------------------------------------------------------------------
 
@@ -433,100 +297,23 @@ class Gateway:
 
     # -- settlement ------------------------------------------------------------------------
 
-    def _cost(self, record: TaskRecord, info: TaskInfo) -> float:
-        reported = info.raw.get("consumeCredits")
-        if isinstance(reported, (int, float)) and not isinstance(reported, bool) and reported >= 0:
-            return float(reported)
-        return record.reserved if info.succeeded or self.config.charge_failed else 0.0
-
     def settle(self, record: TaskRecord, info: TaskInfo, source: str) -> None:
         """Book a finished task's cost once, then relay its outcome to the owner once."""
-        state = "success" if info.succeeded else "fail"
-        final = scrub_task(info.raw, record.callback_url)
-        if "resultJson" not in final:  # a flat callback: rebuild the query shape
-            final = {
-                "taskId": info.task_id,
-                "model": record.model,
-                "state": info.raw_state or state,
-                "resultJson": json.dumps(info.result) if info.result else "",
-                "failCode": info.fail_code or "",
-                "failMsg": info.fail_msg or "",
-            }
-        settled = self.store.settle(record.task_id, self._cost(record, info), state, final)
-        if settled is not None:
-            self.pool.closed(settled.key)
-            self.counters.settled += 1
-            self.store.audit(
-                "settled",
-                settled.user,
-                settled.task_id,
-                cost=settled.cost,
-                state=state,
-                source=source,
-            )
-        if record.callback_url and self.store.claim_relay(record, state):
-            secret = self.verifier.webhook_secret(record.user)
-            body = json.dumps(
-                relay_body(info.raw, info.succeeded, record.callback_url),
-                ensure_ascii=False,
-                separators=(",", ":"),
-            ).encode()
-            self.relay.send(record.callback_url, record.task_id, state, body, secret)
+        self._settler.settle(record, info, source)
 
     async def upstream_callback(self, token: str, body: bytes, headers: Mapping[str, str]) -> Reply:
         """Ruxa's own callback: check the secret path and (optional) HMAC, settle, relay."""
-        from ..webhooks import parse_callback_request
-
-        if not hmac.compare_digest(token.encode(), self.callback_token.encode()):
-            self.store.audit("callback_rejected", reason="token")
-            return Reply(401, "unknown callback address")
-        try:
-            info = parse_callback_request(
-                body,
-                headers,
-                hmac_key=self.config.callbacks.upstream_hmac_key,
-                max_body=self.config.max_body,
-            )
-        except RuxaError as exc:
-            status = getattr(exc, "http_status", 400)
-            self.store.audit("callback_rejected", reason=getattr(exc, "reason", "body"))
-            return Reply(status, str(exc))
-        record = await self.store.lookup(info.task_id)
-        if record is not None and info.is_terminal:
-            self.settle(record, info, "callback")
-        return Reply(200, "ok")
-
-    async def _sweep_forever(self) -> None:
-        slots = asyncio.Semaphore(_SWEEP_CONCURRENCY)
-        while True:
-            await asyncio.sleep(self.config.sweep_interval)
-            horizon = self._clock() - self.config.settle_after
-            due = [r for r in self.store.open_tasks() if r.created <= horizon]
-            await asyncio.gather(*(self._sweep_one(r, slots) for r in due))
-
-    async def _sweep_one(self, record: TaskRecord, slots: asyncio.Semaphore) -> None:
-        slot: KeySlot | None = self.pool.get(record.key)
-        if slot is None:
-            return
-        async with slots:
-            try:
-                info = await slot.client.get_task(record.task_id)
-            except RuxaError as exc:
-                log.debug("gateway sweep: %s not checked: %s", record.task_id, exc)
-                return
-        if info.is_terminal:
-            self.settle(record, info, "sweep")
+        return await self._settler.upstream_callback(token, body, headers)
 
     async def sweep(self) -> None:
         """Check every open task once now (the background sweeper does this periodically)."""
-        slots = asyncio.Semaphore(_SWEEP_CONCURRENCY)
-        await asyncio.gather(*(self._sweep_one(r, slots) for r in self.store.open_tasks()))
+        await self._settler.sweep()
 
     # -- inspection ----------------------------------------------------------------------
 
     def usage(self) -> dict[str, tuple[float, float | None]]:
         """Per configured or active user: credits used in the current window, and what is left."""
-        now = self._clock()
+        now = self.clock()
         out: dict[str, tuple[float, float | None]] = {}
         users = {**{u: e.policy for u, e in self.config.users.items()}}
         for user in self.counters.created:

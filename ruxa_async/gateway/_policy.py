@@ -25,6 +25,7 @@ from ._config import Policy, Window
 __all__ = [
     "Denial",
     "RateBuckets",
+    "Reply",
     "check_callback_url",
     "check_request",
     "estimate",
@@ -43,6 +44,21 @@ class Denial:
     reason: str
     message: str
     retry_after: float | None = None
+
+
+@attrs.frozen
+class Reply:
+    """What to answer: the Ruxa ``code``, ``message``, ``data`` and an optional Retry-After."""
+
+    code: int
+    message: str
+    data: Any = None
+    retry_after: float | None = None
+
+    @classmethod
+    def of(cls, denial: Denial) -> Reply:
+        """The answer to a refusal."""
+        return cls(denial.code, denial.message, None, denial.retry_after)
 
 
 def window_bounds(window: Window, now: float) -> tuple[str, float]:
