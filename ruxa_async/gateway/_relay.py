@@ -13,8 +13,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import functools
 import hashlib
 import hmac
+import json
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -209,22 +211,30 @@ def relay_body(
 _HIDDEN = ("remainedCredits",)
 
 
+@functools.lru_cache(maxsize=4096)
+def _scrub_param(param: str, user_url: str | None) -> str | None:
+    """The task's ``param`` with the owner's callback URL in place of the gateway's (memoised:
+    a task is queried many times with the same ``param``)."""
+    try:
+        body = json.loads(param)
+    except ValueError:
+        return None
+    if not isinstance(body, dict):
+        return None
+    body.pop("callBackUrl", None)
+    if user_url is not None:
+        body["callBackUrl"] = user_url
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":"))
+
+
 def scrub_task(raw: Mapping[str, Any], user_url: str | None) -> dict[str, Any]:
     """A task object fit for its owner: no account balance, the owner's own callback URL."""
-    import json
-
     data = {k: v for k, v in raw.items() if k not in _HIDDEN}
     param = data.get("param")
     if isinstance(param, str) and "callBackUrl" in param:
-        try:
-            body = json.loads(param)
-        except ValueError:
-            body = None
-        if isinstance(body, dict):
-            body.pop("callBackUrl", None)
-            if user_url is not None:
-                body["callBackUrl"] = user_url
-            data["param"] = json.dumps(body, ensure_ascii=False, separators=(",", ":"))
-        else:
+        view = _scrub_param(param, user_url)
+        if view is None:
             data.pop("param")
+        else:
+            data["param"] = view
     return data

@@ -122,7 +122,9 @@ class TokenVerifier:
 
     def update(self, config: GatewayConfig) -> None:
         """Take the users, defaults and signing secret of a (re)loaded config."""
-        self._by_digest = {u.token_sha256: u for u in config.users.values()}
+        self._by_digest = {
+            u.token_sha256: Identity(user=u.name, policy=u.policy) for u in config.users.values()
+        }
         self._users = dict(config.users)
         self._defaults = config.defaults
         self._secret = config.signing_secret
@@ -138,10 +140,7 @@ class TokenVerifier:
             return None
         if token.startswith(PREFIX):
             return self._scoped(token)
-        entry = self._by_digest.get(hash_token(token))
-        if entry is None:
-            return None
-        return Identity(user=entry.name, policy=entry.policy)
+        return self._by_digest.get(hash_token(token))
 
     def webhook_secret(self, user: str) -> str | None:
         """The secret that signs callbacks relayed to ``user``: theirs, else the gateway's."""
