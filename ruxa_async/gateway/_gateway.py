@@ -181,7 +181,8 @@ class Gateway:
     def reload(self, config: GatewayConfig | None = None) -> bool:
         """Apply ``config`` (default: re-read the config file); False if it was rejected.
 
-        Users, policies, tokens and keys change at once; removed keys drain.
+        Users, policies, tokens, prices, callback settings and keys change at once;
+        removed keys drain. The state path, public URL and alert webhook need a restart.
         """
         if config is None:
             if self.config.path is None:
@@ -194,6 +195,7 @@ class Gateway:
                 return False
         self.config = config
         self.verifier.update(config)
+        self.relay.settings = config.callbacks
         self.pool.update(self._fixed_keys if self._fixed_keys is not None else config.keys)
         self.store.audit("config_reloaded", users=len(config.users), keys=len(config.keys))
         log.info("gateway: configuration reloaded (%d users)", len(config.users))
