@@ -25,40 +25,30 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from . import (
+    DEFAULT_BASE_URL,
     AuthenticationError,
     InsufficientCreditsError,
+    PollPolicy,
+    RateLimits,
     RuxaClient,
     RuxaError,
     TaskInfo,
     __version__,
 )
-from ._download import file_name
-from ._jobsfile import JobsFileError, scan_jobs
-from ._journal import JournalError
-from ._progress import print_summary
+from ._run import (
+    RunEnd,
+    RunFatalError,
+    RunOptions,
+    RunUsageError,
+    dry_run,
+    file_name,
+    prepare_out,
+    run_jobs,
+)
 from .catalog import MODELS, estimate_cost
 
 if TYPE_CHECKING:
-    pass
-from ._runner import (
-    EXIT_FATAL,
-    EXIT_INTERRUPTED,
-    EXIT_OK,
-    EXIT_PARTIAL,
-    EXIT_USAGE,
-    PROG,
-    BatchRun,
-    CLIError,
-    Secrets,
-    api_key,
-    base_url,
-    callback_address,
-    check_jobs_file,
-    demo_sim_config,
-    poll_policy,
-    prepare_out,
-    say,
-)
+    from .testing import SimConfig
 
 __all__ = [
     "EXIT_FATAL",
@@ -66,10 +56,26 @@ __all__ = [
     "EXIT_OK",
     "EXIT_PARTIAL",
     "EXIT_USAGE",
+    "build_parser",
     "main",
+    "run_options",
 ]
 
 log = logging.getLogger("ruxa_async")
+
+PROG = "ruxa-async"
+EXIT_OK = 0
+EXIT_PARTIAL = 1
+EXIT_USAGE = 2
+EXIT_FATAL = 3
+EXIT_INTERRUPTED = 130
+
+_EXITS = {
+    RunEnd.COMPLETE: EXIT_OK,
+    RunEnd.PARTIAL: EXIT_PARTIAL,
+    RunEnd.STOPPED: EXIT_FATAL,
+    RunEnd.INTERRUPTED: EXIT_INTERRUPTED,
+}
 
 _EXIT_CODES = """\
 exit status:
@@ -87,23 +93,47 @@ The API key is read from RUXA_API_KEY only (RUXA_BASE_URL sets the API URL).
 """
 
 
+class CLIError(Exception):
+    """A problem that ends a command with a one-line message and an exit code."""
+
+    def __init__(self, message: str, code: int = EXIT_USAGE) -> None:
+        super().__init__(message)
+        self.code = code
+
+
 class _StderrHandler(logging.Handler):
     """Log lines to whatever ``sys.stderr`` is now (rich's live display redirects it)."""
 
+    def __init__(self, secrets: set[str]) -> None:
+        super().__init__()
+        self.secrets = secrets
+
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            text = Secrets.redact(self.format(record))
-            sys.stderr.write(text + "\n")
+            sys.stderr.write(_redact(self.format(record), self.secrets) + "\n")
             sys.stderr.flush()
         except (OSError, ValueError):
             self.handleError(record)
+
+
+_SECRETS: set[str] = set()
+
+
+def _redact(text: str, secrets: set[str]) -> str:
+    for value in secrets:
+        text = text.replace(value, "***")
+    return text
+
+
+def _say(message: str) -> None:
+    print(_redact(message, _SECRETS), file=sys.stderr, flush=True)
 
 
 def _setup_logging(verbosity: int) -> None:
     logger = logging.getLogger("ruxa_async")
     if any(isinstance(h, _StderrHandler) for h in logger.handlers):
         return
-    handler = _StderrHandler()
+    handler = _StderrHandler(_SECRETS)
     handler.setFormatter(logging.Formatter(f"{PROG}: %(levelname)s: %(message)s"))
     logger.addHandler(handler)
     logger.setLevel(
@@ -112,53 +142,172 @@ def _setup_logging(verbosity: int) -> None:
     logger.propagate = False
 
 
-# --------------------------------------------------------------- dry run
+# ------------------------------------------------------------- options
+
+
+def _api_key() -> str:
+    key = os.environ.get("RUXA_API_KEY", "").strip()
+    if not key:
+        raise CLIError(
+            "RUXA_API_KEY is not set: export your Ruxa API key "
+            "(or add --simulate to try the built-in simulator)"
+        )
+    _SECRETS.add(key)
+    return key
+
+
+def _base_url(args: argparse.Namespace) -> str:
+    url: str = args.base_url or os.environ.get("RUXA_BASE_URL") or DEFAULT_BASE_URL
+    return url.rstrip("/")
+
+
+def demo_sim_config() -> SimConfig:
+    """The simulator of ``--simulate``: the catalogue's models, their typical durations
+    compressed to 1-3 s, and a create limit of 10 per second."""
+    from .testing import ModelBehavior, RateLimit, SimConfig
+
+    return SimConfig(
+        models={
+            name: ModelBehavior(
+                median_seconds=min(3.0, max(1.0, spec.typical_seconds / 40)),
+                sigma=0.4,
+                min_seconds=0.3,
+            )
+            for name, spec in MODELS.items()
+        },
+        create_limit=RateLimit(per_second=10.0, burst=16),
+    )
+
+
+def _rate_limits(args: argparse.Namespace) -> RateLimits:
+    def burst(rate: float | None) -> int:
+        return max(1, round(rate)) if rate is not None else 10
+
+    return RateLimits(
+        max_in_flight=args.concurrency,
+        create_per_second=args.create_rate,
+        create_burst=burst(args.create_rate),
+        query_per_second=args.query_rate,
+        query_burst=burst(args.query_rate),
+    )
+
+
+def _poll_policy(args: argparse.Namespace) -> PollPolicy:
+    base = PollPolicy()
+    if args.simulate:
+        base = PollPolicy(first_check=1.0, min_interval=0.5, max_interval=2.0)
+    try:
+        return PollPolicy(
+            first_check=args.first_check if args.first_check is not None else base.first_check,
+            min_interval=args.poll_min if args.poll_min is not None else base.min_interval,
+            max_interval=args.poll_max if args.poll_max is not None else base.max_interval,
+        )
+    except ValueError as exc:
+        raise CLIError(f"bad polling option: {exc}") from None
+
+
+def _callback_bind(args: argparse.Namespace) -> tuple[str, int] | None:
+    if args.callback_bind is None:
+        if args.callback_public_url is not None:
+            raise CLIError("--callback-public-url needs --callback-bind HOST:PORT to listen on")
+        return None
+    host, sep, port = args.callback_bind.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise CLIError(f"--callback-bind must be HOST:PORT, got {args.callback_bind!r}")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def run_options(args: argparse.Namespace, *, need_key: bool = True) -> RunOptions:
+    """The :class:`RunOptions` of parsed ``run`` arguments (raises :class:`CLIError`)."""
+    simulate = args.simulate
+    return RunOptions(
+        jobs=args.jobs,
+        out=args.out,
+        journal=args.journal or (args.out / "journal.sqlite"),
+        api_key=None if simulate or not need_key else _api_key(),
+        base_url=_base_url(args),
+        simulator=demo_sim_config() if simulate else None,
+        default_model=args.model,
+        dedupe=not args.no_dedupe,
+        resubmit_ambiguous=args.resubmit_ambiguous,
+        max_credits=args.max_credits,
+        rate_limits=_rate_limits(args),
+        poll=_poll_policy(args),
+        max_pending=args.max_pending,
+        timeout=args.timeout,
+        callback_bind=_callback_bind(args),
+        callback_public_url=args.callback_public_url,
+        download=not args.no_download,
+        downloads=args.downloads,
+        download_attempts=args.download_attempts,
+        download_timeout=args.download_timeout,
+        progress=args.progress,
+        interval=args.interval,
+        gallery=not args.no_gallery,
+    )
+
+
+# ----------------------------------------------------------- run, dry run
 
 
 def _dry_run(args: argparse.Namespace) -> int:
-    check_jobs_file(args.jobs)
-    try:
-        summary = scan_jobs(args.jobs, default_model=args.model, dedupe=not args.no_dedupe)
-    except JobsFileError as exc:
-        raise CLIError(str(exc)) from None
-    rows: list[tuple[str, str]] = [("jobs in file", str(summary.total))]
-    for model, count in sorted(summary.by_model.items()):
+    options = run_options(args, need_key=False)
+    plan = dry_run(options)
+    jobs = plan.jobs
+    rows: list[tuple[str, str]] = [("jobs in file", str(jobs.total))]
+    if plan.done:
+        rows.append(("finished in an earlier run", str(plan.done)))
+    if plan.reattach:
+        rows.append(("to re-attach (created earlier)", str(plan.reattach)))
+    if plan.ambiguous:
+        rows.append(("ambiguous (not sent again)", str(plan.ambiguous)))
+    if plan.resubmit:
+        rows.append(("ambiguous, sent again", str(plan.resubmit)))
+    rows.append(("to send", str(plan.send + plan.resubmit)))
+    for model, count in sorted(plan.send_by_model.items()):
         price = estimate_cost(model)
         each = f"{price:g} each" if price is not None else "price unknown"
         total = f"{price * count:g}" if price is not None else "?"
         rows.append((f"  {model}", f"{count} jobs, {each}, {total} credits"))
-    rows.append(("estimated credits", f"{summary.cost:g}"))
-    if summary.unpriced:
-        rows.append(("jobs with no known price", str(sum(summary.unpriced.values()))))
-    if summary.duplicates:
-        rows.append(("identical jobs (sent once)", str(summary.duplicates)))
-    rows.append(("invalid jobs", str(summary.invalid)))
-    if args.max_credits is not None and summary.cost > args.max_credits:
+    rows.append(("estimated credits", f"{plan.send_cost:g}"))
+    if plan.send_unpriced:
+        rows.append(("jobs with no known price", str(plan.send_unpriced)))
+    if jobs.duplicates:
+        rows.append(("identical jobs (sent once)", str(jobs.duplicates)))
+    rows.append(("invalid jobs", str(jobs.invalid)))
+    if args.max_credits is not None and plan.send_cost > args.max_credits:
         rows.append(("--max-credits", f"{args.max_credits:g}: some jobs would not be submitted"))
     problems = [
-        f"  line {line} ({key}): invalid: {error}" for line, key, error in summary.invalid_examples
+        f"  line {line} ({key}): invalid: {error}" for line, key, error in jobs.invalid_examples
     ]
-    if summary.invalid > len(problems):
-        problems.append(f"  ... and {summary.invalid - len(problems)} more")
-    print_summary("ruxa-async run --dry-run (nothing sent)", rows, problems)
-    return EXIT_PARTIAL if summary.invalid else EXIT_OK
+    if jobs.invalid > len(problems):
+        problems.append(f"  ... and {jobs.invalid - len(problems)} more")
+    _print_summary("ruxa-async run --dry-run (nothing sent)", rows, problems)
+    return EXIT_PARTIAL if jobs.invalid or plan.ambiguous else EXIT_OK
 
 
-# ----------------------------------------------------------- subcommands
+def _print_summary(title: str, rows: list[tuple[str, str]], problems: list[str]) -> None:
+    width = max(len(name) for name, _ in rows)
+    print(title)
+    for name, value in rows:
+        print(f"  {name:<{width}}  {value}")
+    for problem in problems:
+        print(problem)
+    sys.stdout.flush()
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
     if args.dry_run:
         return _dry_run(args)
-    check_jobs_file(args.jobs)
-    callback_address(args)
-    poll_policy(args, args.simulate)
-    if not args.simulate:
-        api_key()
-    prepare_out(args.out)
-    if args.journal is not None:
-        prepare_out(args.journal.parent)
-    return asyncio.run(BatchRun(args).main())
+    options = run_options(args)
+    result = asyncio.run(run_jobs(options))
+    if result.message is not None:
+        prefix = "error: " if result.end is RunEnd.STOPPED else ""
+        _say(f"{PROG}: {prefix}{result.message}")
+    return _EXITS[result.end]
+
+
+# ------------------------------------------------------- other commands
 
 
 def _info_dict(info: TaskInfo) -> dict[str, Any]:
@@ -190,7 +339,7 @@ def _print_info(info: TaskInfo, as_json: bool) -> None:
 
 
 def _client(args: argparse.Namespace) -> RuxaClient:
-    return RuxaClient(api_key=api_key(), base_url=base_url(args))
+    return RuxaClient(api_key=_api_key(), base_url=_base_url(args))
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
@@ -218,7 +367,7 @@ def _cmd_wait(args: argparse.Namespace) -> int:
                 for index, url in enumerate(info.result_urls):
                     dest = args.out / file_name(args.task_id, index, url)
                     await client.download(url, dest)
-                    say(f"saved {dest}")
+                    _say(f"saved {dest}")
         return EXIT_OK
 
     return asyncio.run(go())
@@ -400,7 +549,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--dry-run",
         action="store_true",
-        help="check the file and show the estimated cost; send nothing",
+        help="check the file, read the journal and show what a run would do and what the "
+        "jobs it would send cost; send nothing",
     )
     run.add_argument("--journal", type=Path, metavar="PATH", help="default: OUT/journal.sqlite")
     run.add_argument(
@@ -457,6 +607,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     files.add_argument("--download-attempts", type=_positive_int, default=4, metavar="N")
     files.add_argument("--download-timeout", type=_positive_float, default=300.0, metavar="S")
+    files.add_argument(
+        "--no-gallery", action="store_true", help="do not write OUT/index.html (a contact sheet)"
+    )
     hooks = run.add_argument_group("callbacks (instead of polling)")
     hooks.add_argument(
         "--callback-bind", metavar="HOST:PORT", help="listen for Ruxa's callbacks here"
@@ -533,16 +686,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code: int = args.func(args)
     except CLIError as exc:
-        say(f"{PROG}: error: {exc}")
+        _say(f"{PROG}: error: {exc}")
         return exc.code
-    except (AuthenticationError, InsufficientCreditsError, JournalError) as exc:
-        say(f"{PROG}: error: {exc}")
+    except RunUsageError as exc:
+        _say(f"{PROG}: error: {exc}")
+        return EXIT_USAGE
+    except (AuthenticationError, InsufficientCreditsError, RunFatalError) as exc:
+        _say(f"{PROG}: error: {exc}")
         return EXIT_FATAL
     except RuxaError as exc:
-        say(f"{PROG}: error: {exc}")
+        _say(f"{PROG}: error: {exc}")
         return EXIT_PARTIAL
     except KeyboardInterrupt:
-        say(f"{PROG}: interrupted")
+        _say(f"{PROG}: interrupted")
         return EXIT_INTERRUPTED
     except BrokenPipeError:
         devnull = os.open(os.devnull, os.O_WRONLY)
