@@ -168,10 +168,13 @@ task 0.05 s, no rate limit), `--no-download`.
 Goals (issue 10): peak RSS <= {GOAL_RSS_MB:.0f} MB: **{rss_ok}** ({peak:.0f} MB);
 resume starts sending within {GOAL_RESUME_S:.0f} s: **{resume_ok}**.
 
-Before sending, every run reads the whole file once (syntax, unique ids, catalogue checks, and
+Before sending, the fresh run reads the whole file once (syntax, unique ids, catalogue checks,
 each journaled job compared with its line), keeping an 8-byte digest per id and a 16-byte
-digest per distinct job; that pass is what a resume waits for. Plan, journal look-ups and
-results are then streamed a few hundred lines at a time.
+digest per distinct job: that full check is the fresh run's time to first create. It records
+the file's SHA-256 in the journal; the resume finds the same bytes and settings, so it hashes
+the file (instead of parsing it) and counts what is left from the journal. Any edit to the file
+means a full check again. Plan, journal look-ups and results are streamed a few hundred lines
+at a time.
 
 `--dry-run` after the resume said:
 

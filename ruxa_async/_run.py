@@ -24,6 +24,7 @@ from pathlib import Path
 import anyio.to_thread
 import attrs
 
+from ._checked import META_NAME, counted_from_journal, file_digest, recall, remember
 from ._client import RuxaClient
 from ._download import file_name
 from ._errors import AuthenticationError, InsufficientCreditsError
@@ -175,10 +176,7 @@ class _BatchRun:
         try:
             async with self.journal:
                 await self._check_endpoint()
-                try:
-                    self.survey = await anyio.to_thread.run_sync(survey, self.options, self.reader)
-                except JobsFileError as exc:
-                    raise RunUsageError(str(exc)) from None
+                await self._survey()
                 self._count_plan()
                 with self._signals():
                     await self._run()
@@ -206,6 +204,23 @@ class _BatchRun:
                     f"{stale} unfinished simulated jobs from an earlier run start again "
                     "(the simulator keeps no state between runs)",
                 )
+
+    async def _survey(self) -> None:
+        """Check the whole file, unless the journal shows these very bytes were checked."""
+        o = self.options
+        digest = await anyio.to_thread.run_sync(file_digest, o.jobs)
+        jobs = recall(o, digest, await self.journal.get_meta(META_NAME))
+        if jobs is not None:
+            log.info("%s was checked in full by an earlier run (same SHA-256)", o.jobs)
+            self.survey = await anyio.to_thread.run_sync(counted_from_journal, o, self.reader, jobs)
+            return
+        try:
+            self.survey = await anyio.to_thread.run_sync(survey, o, self.reader)
+        except JobsFileError as exc:
+            raise RunUsageError(str(exc)) from None
+        record = remember(o, digest, self.survey.jobs)
+        if record is not None:
+            await self.journal.set_meta(META_NAME, record)
 
     def _count_plan(self) -> None:
         c, s = self.counters, self.survey

@@ -335,3 +335,47 @@ def test_dry_run_reads_the_journal_and_writes_nothing(tmp_path: Path) -> None:
     plan = dry_run(options)
     assert (plan.send, plan.send_cost) == (2, 8.0)
     assert not options.out.exists()
+
+
+async def test_resume_of_identical_bytes_skips_the_full_check_and_an_edit_does_not(
+    tmp_path: Path, fake: FakeRuxa, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The journal remembers the SHA-256 it checked; only those exact bytes skip the check."""
+    from ruxa_async import _run
+
+    options = _engine_options(tmp_path, fake)
+    _write_jobs(options.jobs, "a", "b")
+    assert (await run_jobs(options)).end is RunEnd.COMPLETE
+    calls: list[Path] = []
+    real = _run.survey
+
+    def counting(o: RunOptions, reader: JournalReader) -> Any:
+        calls.append(o.jobs)
+        return real(o, reader)
+
+    monkeypatch.setattr(_run, "survey", counting)
+    assert (await run_jobs(options)).end is RunEnd.COMPLETE
+    assert calls == []
+    assert (await run_jobs(attrs.evolve(options, dedupe=False))).end is RunEnd.COMPLETE
+    assert len(calls) == 1
+    _write_jobs(options.jobs, "a", "b", "c")
+    assert (await run_jobs(options)).end is RunEnd.COMPLETE
+    assert len(calls) == 2
+    assert fake.stats().tasks_created == 3
+
+
+def test_recall_needs_the_same_digest_and_settings(tmp_path: Path) -> None:
+    """A remembered check answers only for the same digest, default model and dedupe."""
+    from ruxa_async._checked import recall, remember
+    from ruxa_async._jobsfile import scan_jobs
+
+    options = _options(tmp_path)
+    _write_jobs(options.jobs, "a", "a", "b")
+    jobs = scan_jobs(options.jobs)
+    text = remember(options, "d1", jobs)
+    again = recall(options, "d1", text)
+    assert again is not None
+    assert (again.total, again.duplicates, again.shared) == (3, 1, jobs.shared)
+    assert recall(options, "d2", text) is None
+    assert recall(attrs.evolve(options, default_model=NB), "d1", text) is None
+    assert recall(options, "d1", "not json") is None
