@@ -9,7 +9,9 @@ model and no rate limit, with ``--no-download``:
 2. the same command again (a resume): time until its first create, peak RSS;
    after ``--run-seconds`` a SIGINT makes it write ``results.jsonl`` and
    ``index.html`` for every line, which is timed too;
-3. ``--dry-run`` on the journal left behind: time, peak RSS and what it says.
+3. ``--dry-run`` on the journal left behind: time, peak RSS and what it says;
+4. the same command with ``--max-credits 0``: it plans every line of the file
+   (sending none) and writes the results: time and peak RSS of a whole pass.
 
 Peak RSS is the kernel's ``ru_maxrss`` of the run process, measured by GNU
 ``time``. Goals (issue 10): peak RSS <= 400 MB, resume sends within 30 s.
@@ -138,17 +140,25 @@ def measure(lines: int, run_seconds: float, work: Path) -> dict[str, Any]:
         figures["dry_status"], figures["dry_rss_mb"] = dry.wait()
         figures["dry_s"] = time.monotonic() - dry.started
         figures["dry_text"] = (work / "dry.log").read_text(encoding="utf-8", errors="replace")
+
+        whole = TimedRun([*args, "--max-credits", "0"], work, "whole", sim.api_key)
+        figures["whole_status"], figures["whole_rss_mb"] = whole.wait()
+        figures["whole_s"] = time.monotonic() - whole.started
+    figures["load"] = os.getloadavg()
     return figures
 
 
 def report(f: dict[str, Any]) -> str:
-    peak = max(f["fresh_rss_mb"], f["resume_rss_mb"], f["dry_rss_mb"])
+    peak = max(f["fresh_rss_mb"], f["resume_rss_mb"], f["dry_rss_mb"], f["whole_rss_mb"])
+    load = ", ".join(f"{x:.1f}" for x in f["load"])
+    whole = f"{f['whole_s']:.1f} s / {f['whole_rss_mb']:.0f} MB"
     rss_ok = "met" if peak <= GOAL_RSS_MB else "missed"
     resume_ok = "met" if f["resume_first_send_s"] <= GOAL_RESUME_S else "missed"
     return f"""# Scale of a batch run
 
 `python -m benchmarks.run_scale --lines {f["lines"]}` on {platform.machine()}, Python
-{platform.python_version()}, {os.cpu_count()} cores shared with other work (timings are noisy).
+{platform.python_version()}, {os.cpu_count()} cores shared with other work (load average at the
+end: {load}; timings are noisy, memory is not).
 A {f["lines"]:,}-line jobs file ({f["file_mb"]:.0f} MB) against a standalone simulator (median
 task 0.05 s, no rate limit), `--no-download`.
 
@@ -163,6 +173,7 @@ task 0.05 s, no rate limit), `--no-download`.
 | resume: exit status / results lines | {f["resume_status"]} / {f["results_lines"]:,} |
 | resume: peak RSS | {f["resume_rss_mb"]:.0f} MB |
 | `--dry-run` on the journal: time / peak RSS | {f["dry_s"]:.1f} s / {f["dry_rss_mb"]:.0f} MB |
+| `--max-credits 0` (plans every line, sends none): time / peak RSS | {whole} |
 | duplicate creates | {f["duplicates"]} |
 
 Goals (issue 10): peak RSS <= {GOAL_RSS_MB:.0f} MB: **{rss_ok}** ({peak:.0f} MB);

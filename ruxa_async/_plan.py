@@ -141,12 +141,16 @@ def _count(result: Survey, job: JobLine, status: JobStatus, options: RunOptions)
 class Planner:
     """Streams the jobs file as :class:`Step` batches, looking each batch up in the journal.
 
-    Blocking: call :meth:`next_batch` from a worker thread, one call at a time.
+    ``shared`` holds the digests of the jobs that occur more than once (from
+    the full check): only those are remembered while streaming, so the plan
+    keeps nothing per distinct job. Blocking: call :meth:`next_batch` from a
+    worker thread, one call at a time.
     """
 
-    def __init__(self, options: RunOptions, reader: JournalReader) -> None:
+    def __init__(self, options: RunOptions, reader: JournalReader, shared: set[bytes]) -> None:
         self._options = options
         self._reader = reader
+        self._shared = shared
         self._lines = read_jobs(options.jobs, default_model=options.default_model)
         self._seen: set[bytes] = set()
 
@@ -183,10 +187,11 @@ class Planner:
             return Step(job=job, status=JobStatus.INVALID)
         status = _status(record)
         duplicate = False
-        if self._options.dedupe:
+        if self._options.dedupe and self._shared:
             fp = digest(job)
-            duplicate = fp in self._seen
-            self._seen.add(fp)
+            if fp in self._shared:
+                duplicate = fp in self._seen
+                self._seen.add(fp)
         if record is None or status is JobStatus.NOT_SUBMITTED:
             return Step(job=job, status=JobStatus.NOT_SUBMITTED, duplicate=duplicate)
         missing = self._missing(job.key, record, files) if status is JobStatus.SUCCEEDED else ()

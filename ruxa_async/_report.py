@@ -25,7 +25,7 @@ from ._plan import BATCH
 from ._progress import BatchCounters, print_summary
 from ._run_options import RunOptions
 
-__all__ = ["AMBIGUOUS_TEXT", "Report", "print_report", "write_report"]
+__all__ = ["AMBIGUOUS_TEXT", "Report", "credits_text", "print_report", "write_report"]
 
 MAX_PROBLEMS = 10
 AMBIGUOUS_TEXT = (
@@ -41,6 +41,11 @@ _SHOWN = (
     JobStatus.AMBIGUOUS,
     JobStatus.PENDING,
 )
+
+
+def credits_text(value: float) -> str:
+    """Credits as people read them: ``18``, ``4.5``, ``3,982,148``."""
+    return f"{value:,.2f}".rstrip("0").rstrip(".")
 
 
 @attrs.define(kw_only=True)
@@ -262,7 +267,7 @@ def print_report(
             saved += f", {c.downloads_failed} failed"
         rows.append(("files", saved))
     rows.append(("requests / 429s", f"{c.requests} / {c.rate_limited}"))
-    rows.append(("estimated credits", f"{spent:g}"))
+    rows.append(("estimated credits", credits_text(spent)))
     rows.append(("time", f"{c.elapsed:.1f} s"))
     rows.append(("results", str(options.out / "results.jsonl")))
     if options.gallery:

@@ -36,7 +36,7 @@ from ._journal_reader import JournalReader
 from ._models import Job
 from ._plan import Planner, Step, Survey, survey
 from ._progress import BatchCounters, Display, make_display
-from ._report import Report, print_report, write_report
+from ._report import Report, credits_text, print_report, write_report
 from ._run_options import RunEnd, RunError, RunOptions, RunUsageError
 from ._sink import JournalSink
 from .catalog import estimate_cost
@@ -48,6 +48,7 @@ __all__ = [
     "RunOptions",
     "RunResult",
     "RunUsageError",
+    "credits_text",
     "dry_run",
     "file_name",
     "prepare_out",
@@ -354,7 +355,7 @@ class _BatchRun:
                 await self.downloads.put(file)
 
     async def _jobs(self) -> AsyncIterator[Job]:
-        planner = Planner(self.options, self.reader)
+        planner = Planner(self.options, self.reader, self.survey.jobs.shared)
         try:
             while steps := await anyio.to_thread.run_sync(planner.next_batch):
                 for step in steps:

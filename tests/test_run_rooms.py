@@ -129,7 +129,7 @@ async def test_planner_streams_steps_with_their_status(tmp_path: Path) -> None:
         f.write(json.dumps({"id": "bad", "model": NB, "input": {"prompt": "x", "image_size": "0"}}))
     await _journal_states(options, {"j1": JobStatus.PENDING, "j3": JobStatus.SUCCEEDED})
     with JournalReader(options.journal) as reader:
-        planner = Planner(options, reader)
+        planner = Planner(options, reader, survey(options, reader).jobs.shared)
         steps = [step for batch in planner for step in batch]
     view = [(s.job.key, s.status, s.duplicate, s.task_id) for s in steps]
     assert view == [

@@ -18,6 +18,7 @@ from .. import (
 )
 from .._run import (
     RunEnd,
+    credits_text,
     dry_run,
     file_name,
     prepare_out,
@@ -60,9 +61,9 @@ def _dry_run(args: argparse.Namespace) -> int:
     for model, count in sorted(plan.send_by_model.items()):
         price = estimate_cost(model)
         each = f"{price:g} each" if price is not None else "price unknown"
-        total = f"{price * count:g}" if price is not None else "?"
+        total = credits_text(price * count) if price is not None else "?"
         rows.append((f"  {model}", f"{count} jobs, {each}, {total} credits"))
-    rows.append(("estimated credits", f"{plan.send_cost:g}"))
+    rows.append(("estimated credits", credits_text(plan.send_cost)))
     if plan.send_unpriced:
         rows.append(("jobs with no known price", str(plan.send_unpriced)))
     if jobs.duplicates:
