@@ -8,9 +8,11 @@ rejected key is one line of the summary, not one per job.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections import Counter
+from collections.abc import Iterator
 from typing import Any
 
 import attrs
@@ -100,34 +102,28 @@ def write_report(
     final = options.out / "results.jsonl"
     part = options.out / ".results.jsonl.part"
     title = "ruxa-async run" + (" (simulated)" if options.simulate else "")
-    gallery = Gallery(options.out, title) if options.gallery else None
-    with part.open("w", encoding="utf-8") as out:
-        if gallery is not None:
-            gallery.__enter__()
-        try:
-            lines = read_jobs(options.jobs, default_model=options.default_model)
-            while batch := _take(lines):
-                for job, entry in rows.entries(batch):
-                    status = JobStatus(entry["status"])
-                    report.total += 1
-                    report.tally[status] += 1
-                    if status is not JobStatus.SUCCEEDED:
-                        problems.add(status, options.redact(str(entry["error"] or "")), job)
-                    out.write(json.dumps(entry, ensure_ascii=False) + "\n")
-                    if gallery is not None:
-                        gallery.add(entry, job.input)
-        except BaseException as exc:
-            if gallery is not None:
-                gallery.__exit__(type(exc), exc, None)
-            raise
-        if gallery is not None:
-            gallery.__exit__(None, None, None)
+    with contextlib.ExitStack() as stack:
+        out = stack.enter_context(part.open("w", encoding="utf-8"))
+        gallery = stack.enter_context(Gallery(options.out, title)) if options.gallery else None
+        lines = stack.enter_context(
+            contextlib.closing(read_jobs(options.jobs, default_model=options.default_model))
+        )
+        while batch := _take(lines):
+            for job, entry in rows.entries(batch):
+                status = JobStatus(entry["status"])
+                report.total += 1
+                report.tally[status] += 1
+                if status is not JobStatus.SUCCEEDED:
+                    problems.add(status, options.redact(str(entry["error"] or "")), job)
+                out.write(json.dumps(entry, ensure_ascii=False) + "\n")
+                if gallery is not None:
+                    gallery.add(entry, job.input)
     os.replace(part, final)
     report.problems = problems.lines()
     return report
 
 
-def _take(lines: Any) -> list[JobLine]:
+def _take(lines: Iterator[JobLine]) -> list[JobLine]:
     batch: list[JobLine] = []
     for job in lines:
         batch.append(job)
