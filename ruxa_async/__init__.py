@@ -12,6 +12,7 @@ from ._errors import (
     AuthenticationError,
     CallbackVerificationError,
     ClientClosedError,
+    ClientNotStartedError,
     ConfigurationError,
     DownloadError,
     InsufficientCreditsError,
@@ -43,6 +44,7 @@ __all__ = [
     "CallbackReceiver",
     "CallbackVerificationError",
     "ClientClosedError",
+    "ClientNotStartedError",
     "ClientStatistics",
     "ConfigurationError",
     "DownloadError",
@@ -73,3 +75,14 @@ __all__ = [
     "ValidationError",
     "__version__",
 ]
+
+
+def _claim_public_names() -> None:
+    """Public classes and functions say ``ruxa_async`` is their home, as users import them."""
+    for name in __all__:
+        value = globals()[name]
+        if isinstance(value, type) or callable(value):
+            value.__module__ = __name__
+
+
+_claim_public_names()

@@ -31,15 +31,12 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from types import TracebackType
-from typing import Literal
 
 import attrs
 
-from ._config import RateLimits
+from ._config import Kind, RateLimits
 
 __all__ = ["Kind", "Permit", "RateController", "RateStatistics"]
-
-Kind = Literal["create", "query"]
 
 _KINDS: tuple[Kind, ...] = ("create", "query")
 _log = logging.getLogger("ruxa_async")

@@ -100,9 +100,9 @@ class TaskInfo:
         return self.state is TaskState.FAIL
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen
 class Job:
-    """One generation to run in a batch.
+    """One generation to run in a batch: ``Job(model, input, key=..., metadata=..., task_id=...)``.
 
     ``key`` identifies the job in outcomes, journals and file names; when
     omitted, the batch uses the job's position. ``metadata`` is carried through
@@ -113,9 +113,9 @@ class Job:
 
     model: str
     input: Mapping[str, Any] = attrs.field(converter=_frozen_mapping)
-    key: str | None = None
-    metadata: Mapping[str, Any] | None = attrs.field(default=None, eq=False)
-    task_id: str | None = None
+    key: str | None = attrs.field(default=None, kw_only=True)
+    metadata: Mapping[str, Any] | None = attrs.field(default=None, eq=False, kw_only=True)
+    task_id: str | None = attrs.field(default=None, kw_only=True)
 
 
 class OutcomeStatus(str, enum.Enum):

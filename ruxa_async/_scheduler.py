@@ -1,8 +1,9 @@
 """The one polling coroutine: every pending task id in a due-time heap.
 
 Each pass it takes the task that is most overdue, checks it through the rate
-controller (at most ``concurrency`` checks at once, so when the query budget is
-the constraint the longest-waiting tasks go first), and either resolves the
+controller (at most ``concurrency`` checks waiting for their permit at once, so
+when the query budget is the constraint the longest-waiting tasks go first;
+how many are in flight is the rate controller's bound alone), and either resolves the
 task's future or puts it back in the heap at its next check time. There is no
 coroutine and no timer per task: a pending task is one small record, one heap
 entry and one future.
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import heapq
 import logging
 import math
@@ -43,7 +45,8 @@ __all__ = ["PollScheduler", "SchedulerStatistics"]
 
 log = logging.getLogger("ruxa_async")
 
-QueryFn = Callable[[str], Awaitable[TaskInfo]]
+QueryFn = Callable[[str, Any, Callable[[], None]], Awaitable[TaskInfo]]
+"""``query(task_id, tally, sending)``: check once; call ``sending()`` when the request goes out."""
 _EARLY_LIMIT = 4096  # terminal callbacks kept for ids not (yet) tracked
 Waiter = Callable[["asyncio.Future[None]", float], Awaitable[None]]
 
@@ -78,7 +81,9 @@ class _Entry:
         "on_state",
         "seq",
         "state",
+        "tally",
         "task_id",
+        "waiting",
     )
 
     def __init__(
@@ -98,6 +103,8 @@ class _Entry:
         self.exploring = False
         self.state = TaskState.WAITING
         self.on_state: Callable[[TaskState], None] | None = None
+        self.tally: Any = None  # the owner's request counters, handed to every check
+        self.waiting = False  # a check holds one of the scheduler's slots until it is sent
 
 
 _LEARNED_AFTER = 3  # observed durations before the estimate replaces the prior
@@ -149,7 +156,8 @@ class PollScheduler:
     """Owns every pending task id of one client and resolves one future per task.
 
     ``query`` checks one task once (through the rate controller) and raises
-    the SDK's errors; ``typical_seconds`` gives a model's prior duration (from
+    the SDK's errors; ``concurrency`` bounds the checks started but not yet
+    sent (waiting at the rate controller); ``typical_seconds`` gives a model's prior duration (from
     the catalogue). ``clock`` and ``waiter`` are injectable for tests.
     """
 
@@ -158,7 +166,7 @@ class PollScheduler:
         query: QueryFn,
         policy: PollPolicy,
         *,
-        concurrency: int = 32,
+        concurrency: int = 64,
         typical_seconds: Callable[[str | None], float | None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         waiter: Waiter = _loop_wait,
@@ -197,10 +205,12 @@ class PollScheduler:
         model: str | None = None,
         callbacks: bool = False,
         on_state: Callable[[TaskState], None] | None = None,
+        tally: Any = None,
     ) -> asyncio.Future[TaskInfo]:
         """Start watching ``task_id``; return its future (the same one if already watched).
 
-        ``on_state`` is called with each new non-terminal state a check sees.
+        ``on_state`` is called with each new non-terminal state a check sees;
+        ``tally`` is passed to every check of the task (its owner's counters).
         """
         entry = self._entries.get(task_id)
         if entry is not None:
@@ -215,6 +225,7 @@ class PollScheduler:
         entry = _Entry(task_id, model, future, now)
         entry.callbacks = callbacks
         entry.on_state = on_state
+        entry.tally = tally
         self._entries[task_id] = entry
         early = self._early.pop(task_id, None) if self._early else None
         if early is not None:  # its callback beat the create reply
@@ -405,6 +416,7 @@ class PollScheduler:
                     self._slots.release()
                     continue
                 entry.in_check = True
+                entry.waiting = True
                 task = loop.create_task(self._check(entry))
                 self._checks_running.add(task)
                 task.add_done_callback(self._checks_running.discard)
@@ -434,7 +446,9 @@ class PollScheduler:
         try:
             self.checks += 1
             entry.checks += 1
-            info = await self._query(entry.task_id)
+            info = await self._query(
+                entry.task_id, entry.tally, functools.partial(self._sent, entry)
+            )
         except AuthenticationError as exc:
             log.error("polling stopped: the API key was rejected (%s)", exc.message or exc.code)
             self.fail_all(exc)
@@ -477,6 +491,12 @@ class PollScheduler:
                 self._reschedule(entry, self._next_delay(entry, self._clock()))
         finally:
             entry.in_check = False
+            self._sent(entry)
+
+    def _sent(self, entry: _Entry) -> None:
+        """The check's request is going out (or the check ended): free its slot."""
+        if entry.waiting:
+            entry.waiting = False
             self._slots.release()
 
     def _reschedule(self, entry: _Entry, delay: float) -> None:
