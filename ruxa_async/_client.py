@@ -473,6 +473,7 @@ class RuxaClient:
         :class:`InvalidInputError` outcome, found before sending (unless
         ``validate`` is False, or the client's ``validate`` is and this is None).
         """
+        self._require_open()
         options = BatchOptions(
             max_pending=max_pending,
             timeout=timeout,
