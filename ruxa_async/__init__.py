@@ -29,7 +29,15 @@ from ._errors import (
 )
 from ._handles import TaskHandle
 from ._limiter import RateStatistics
-from ._models import BatchReport, Job, JobOutcome, OutcomeStatus, TaskInfo, TaskState
+from ._models import (
+    BatchReport,
+    Job,
+    JobOutcome,
+    OutcomeStatus,
+    RequestEvent,
+    TaskInfo,
+    TaskState,
+)
 from ._scheduler import SchedulerStatistics
 from ._version import __version__
 
@@ -61,6 +69,7 @@ __all__ = [
     "RateLimitError",
     "RateLimits",
     "RateStatistics",
+    "RequestEvent",
     "RetryPolicy",
     "RuxaClient",
     "RuxaError",

@@ -13,6 +13,7 @@ import asyncio
 import enum
 import logging
 import os
+import time
 import warnings
 from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
@@ -37,11 +38,12 @@ from ._errors import (
     ClientNotStartedError,
     ConfigurationError,
     RateLimitError,
+    RuxaError,
     TaskTimeoutError,
 )
 from ._handles import TaskHandle
-from ._limiter import RateController, RateStatistics
-from ._models import BatchReport, Job, TaskInfo, TaskState
+from ._limiter import Permit, RateController, RateStatistics
+from ._models import BatchReport, Job, RequestEvent, TaskInfo, TaskState
 from ._retry import Retrier, is_ambiguous_create
 from ._scheduler import PollScheduler, SchedulerStatistics
 from ._tally import Tally
@@ -131,6 +133,8 @@ class RuxaClient:
     :class:`InvalidInputError`; pass False (or ``validate=False`` per call)
     when the catalogue is wrong about a model. Unknown models always go to the
     service, which answers a bad input with :class:`ValidationError`.
+    ``on_request`` is called with a :class:`RequestEvent` for every request
+    sent (for metrics or tests; it must be quick and must not raise).
     """
 
     def __init__(
@@ -145,8 +149,10 @@ class RuxaClient:
         max_connections: int | None = None,
         callbacks: CallbackReceiver | None = None,
         validate: bool = True,
+        on_request: Callable[[RequestEvent], None] | None = None,
     ) -> None:
         self._state = _State.NEW
+        self._on_request = on_request
         self._key = _key_source(api_key)
         self._callbacks = callbacks
         self._validate = validate
@@ -280,19 +286,43 @@ class RuxaClient:
             self._counts[kind] += 1
             if tally is not None:
                 tally.requests_sent += 1
-            reply = await self._transport.request(method, path, body)
+            try:
+                reply = await self._transport.request(method, path, body)
+            except RuxaError:
+                if self._on_request is not None:
+                    self._observe(kind, path, permit, None)
+                raise
         try:
             data = _wire.parse_reply(reply.status, reply.body, reply.retry_after)
         except RateLimitError as exc:
+            if self._on_request is not None:  # stamped before the gate closes
+                self._observe(kind, path, permit, 429)
             self._limiter.on_rate_limited(permit, exc.retry_after)
             if tally is not None:
                 tally.rate_limited += 1
             raise
-        except APIStatusError:
+        except APIStatusError as exc:
             self._limiter.on_success(permit)
+            if self._on_request is not None:
+                self._observe(kind, path, permit, exc.code or exc.http_status)
+            raise
+        except RuxaError:
+            if self._on_request is not None:
+                self._observe(kind, path, permit, reply.status)
             raise
         self._limiter.on_success(permit)
+        if self._on_request is not None:
+            self._observe(kind, path, permit, 200)
         return data
+
+    def _observe(self, kind: Kind, path: str, permit: Permit, code: int | None) -> None:
+        event = RequestEvent(
+            kind=kind, path=path, sent_at=permit.granted_at, replied_at=time.monotonic(), code=code
+        )
+        try:
+            self._on_request(event)  # type: ignore[misc]
+        except Exception:
+            log.exception("the on_request callback raised; ignoring")
 
     async def _check(
         self, task_id: str, tally: Tally | None = None, sending: Callable[[], None] | None = None

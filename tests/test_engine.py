@@ -88,7 +88,8 @@ async def test_cancelling_one_waiter_leaves_the_others() -> None:
         other = await client.submit(MODEL, {"prompt": "q"})
         first = asyncio.create_task(handle.wait())
         second = asyncio.create_task(handle.wait())
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0)  # both waiters are now awaiting the handle
+        assert not handle.done()
         first.cancel()
         with pytest.raises(asyncio.CancelledError):
             await first
