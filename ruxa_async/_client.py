@@ -133,6 +133,9 @@ class RuxaClient:
     :class:`InvalidInputError`; pass False (or ``validate=False`` per call)
     when the catalogue is wrong about a model. Unknown models always go to the
     service, which answers a bad input with :class:`ValidationError`.
+    ``RateLimits.max_in_flight`` is the one bound on API requests in flight
+    (the rate controller's); ``max_connections``, when set, also caps the
+    connection pool that API requests and downloads share (unset: no cap).
     ``on_request`` is called with a :class:`RequestEvent` for every request
     sent (for metrics or tests; it must be quick and must not raise).
     """
@@ -165,7 +168,7 @@ class RuxaClient:
             base_url=self._base_url,
             key=self._key,
             timeouts=self.timeouts,
-            max_connections=max_connections or self.rate_limits.max_in_flight,
+            max_connections=max_connections or 0,
             user_agent=f"ruxa-async/{__version__}",
         )
         self._limiter = RateController(self.rate_limits)
