@@ -7,11 +7,12 @@ shared rate controller, and turns each task's future into a
 
 A batch talks to its client only through a :class:`BatchPort` (create, track,
 forget, validate, the callback URL), which the client builds for it. The
-rate controller alone bounds requests in flight; the batch only keeps at most
-``_AHEAD`` creates waiting for their first permit, and a job whose create was
-still waiting when the batch stopped is never sent. The batch counts its own
-requests (a :class:`Tally`), so its report is exact when other coroutines
-share the client.
+rate controller owns the bound on requests in flight; the batch keeps at most
+that many creates under way (``BatchPort.max_under_way``, read from the
+controller) so that it never piles waiters onto the controller's queue, and a
+create still waiting for its permit when the batch stops is never sent. The
+batch counts its own requests (a :class:`Tally`), so its report is exact when
+other coroutines share the client.
 
 Account-level errors stop submission once, for the whole batch: a rejected key
 (401) or exhausted credits (402) ends submitting; tasks already created are
@@ -51,8 +52,6 @@ log = logging.getLogger("ruxa_async")
 
 EventKind = Literal["submitted", "state", "finished"]
 
-_AHEAD = 64  # creates that may wait for their first permit at once (the limiter bounds in flight)
-
 
 @attrs.frozen(kw_only=True)
 class ProgressEvent:
@@ -88,6 +87,11 @@ class BatchPort(Protocol):
         """The callback URL the batch's tasks carry, if any."""
         ...
 
+    @property
+    def max_under_way(self) -> int:
+        """How many creates may be under way at once: the rate controller's in-flight bound."""
+        ...
+
     def validate(self, job: Job, wanted: bool | None) -> None:
         """Raise InvalidInputError if the catalogue rejects ``job``; None: the client decides."""
         ...
@@ -112,14 +116,14 @@ class BatchPort(Protocol):
 
 
 class _Slot:
-    __slots__ = ("ahead", "done", "index", "job", "task_id")
+    __slots__ = ("done", "first", "index", "job", "task_id")
 
     def __init__(self, index: int, job: Job) -> None:
         self.index = index
         self.job = job
         self.task_id: str | None = None
         self.done = False
-        self.ahead = False  # holds one of the batch's _AHEAD places
+        self.first = True  # its create has not yet had an attempt let go
 
 
 async def _iterate(jobs: Iterable[Job] | AsyncIterable[Job]) -> AsyncIterator[Job]:
@@ -154,7 +158,7 @@ class AsCompleted:
         self._ready: collections.deque[JobOutcome] = collections.deque()
         self._wakeup = asyncio.Event()
         self._room = asyncio.Semaphore(options.max_pending)
-        self._ahead = asyncio.Semaphore(_AHEAD)
+        self._under_way = asyncio.Semaphore(port.max_under_way)
         self._first_created = asyncio.Event()
         self._probe_running = False
         self._in_hand = 0
@@ -261,15 +265,14 @@ class AsCompleted:
                     continue
                 if not self._valid(slot):
                     continue
-                await self._ahead.acquire()
-                slot.ahead = True
+                await self._under_way.acquire()
                 if not self._first_created.is_set():
                     if self._probe_running:
                         await self._first_created.wait()
                     else:
                         self._probe_running = True
                 if self.stop_reason is not None:
-                    self._leave_ahead(slot)
+                    self._under_way.release()
                     self._emit(slot, error=NotSubmittedError(self.stop_reason, self.stop_error))
                     continue
                 task = asyncio.get_running_loop().create_task(self._submit(slot))
@@ -287,15 +290,10 @@ class AsCompleted:
             return False
         return True
 
-    def _leave_ahead(self, slot: _Slot) -> None:
-        if slot.ahead:
-            slot.ahead = False
-            self._ahead.release()
-
     def _sending(self, slot: _Slot) -> None:
         """Called as each attempt of ``slot``'s create is about to be sent."""
-        if slot.ahead:  # its first attempt: never send one once the batch has stopped
-            self._leave_ahead(slot)
+        if slot.first:  # its first attempt: never send one once the batch has stopped
+            slot.first = False
             if self.stop_reason is not None:
                 raise NotSubmittedError(self.stop_reason, self.stop_error)
 
@@ -325,7 +323,7 @@ class AsCompleted:
             self._emit(slot, error=exc)
             return
         finally:
-            self._leave_ahead(slot)
+            self._under_way.release()
             self._first_created.set()
         slot.task_id = task_id
         if self.stop_reason == "batch deadline passed":

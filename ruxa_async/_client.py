@@ -174,7 +174,10 @@ class RuxaClient:
         self._limiter = RateController(self.rate_limits)
         self._retrier = Retrier(self.retry_policy)
         self._scheduler = PollScheduler(
-            self._check, self.poll_policy, typical_seconds=_typical_seconds
+            self._check,
+            self.poll_policy,
+            concurrency=self._limiter.max_in_flight,
+            typical_seconds=_typical_seconds,
         )
         self._runner: asyncio.Task[None] | None = None
         self._counts = {"create": 0, "query": 0}
@@ -327,10 +330,8 @@ class RuxaClient:
         except Exception:
             log.exception("the on_request callback raised; ignoring")
 
-    async def _check(
-        self, task_id: str, tally: Tally | None = None, sending: Callable[[], None] | None = None
-    ) -> TaskInfo:
-        data = await self._send("query", "GET", _wire.query_path(task_id), None, tally, sending)
+    async def _check(self, task_id: str, tally: Tally | None = None) -> TaskInfo:
+        data = await self._send("query", "GET", _wire.query_path(task_id), None, tally)
         return _wire.parse_task(data, task_id=task_id)
 
     async def _create(
@@ -571,6 +572,10 @@ class _BatchPort:
     @property
     def callback_url(self) -> str | None:
         return self._client.callback_url
+
+    @property
+    def max_under_way(self) -> int:
+        return self._client._limiter.max_in_flight
 
     def validate(self, job: Job, wanted: bool | None) -> None:
         self._client._check_input(job.model, job.input, wanted)

@@ -272,6 +272,11 @@ class RateController:
                 "Retry-After" if retry_after is not None else "no Retry-After",
             )
 
+    @property
+    def max_in_flight(self) -> int:
+        """The bound on requests in flight: the one owner of this number in a client."""
+        return self._limits.max_in_flight
+
     def gate_remaining(self, kind: Kind | None = None) -> float:
         """Seconds until the gate for ``kind`` (for every kind when None) reopens; 0 if open."""
         now = self._clock()

@@ -1,9 +1,8 @@
 """The one polling coroutine: every pending task id in a due-time heap.
 
 Each pass it takes the task that is most overdue, checks it through the rate
-controller (at most ``concurrency`` checks waiting for their permit at once, so
-when the query budget is the constraint the longest-waiting tasks go first;
-how many are in flight is the rate controller's bound alone), and either resolves the
+controller (at most ``concurrency`` checks at once, so when the query budget is
+the constraint the longest-waiting tasks go first), and either resolves the
 task's future or puts it back in the heap at its next check time. There is no
 coroutine and no timer per task: a pending task is one small record, one heap
 entry and one future.
@@ -17,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import functools
 import heapq
 import logging
 import math
@@ -45,8 +43,8 @@ __all__ = ["PollScheduler", "SchedulerStatistics"]
 
 log = logging.getLogger("ruxa_async")
 
-QueryFn = Callable[[str, Any, Callable[[], None]], Awaitable[TaskInfo]]
-"""``query(task_id, tally, sending)``: check once; call ``sending()`` when the request goes out."""
+QueryFn = Callable[[str, Any], Awaitable[TaskInfo]]
+"""``query(task_id, tally)``: check one task once; ``tally`` is its owner's, from ``track``."""
 _EARLY_LIMIT = 4096  # terminal callbacks kept for ids not (yet) tracked
 Waiter = Callable[["asyncio.Future[None]", float], Awaitable[None]]
 
@@ -83,7 +81,6 @@ class _Entry:
         "state",
         "tally",
         "task_id",
-        "waiting",
     )
 
     def __init__(
@@ -104,7 +101,6 @@ class _Entry:
         self.state = TaskState.WAITING
         self.on_state: Callable[[TaskState], None] | None = None
         self.tally: Any = None  # the owner's request counters, handed to every check
-        self.waiting = False  # a check holds one of the scheduler's slots until it is sent
 
 
 _LEARNED_AFTER = 3  # observed durations before the estimate replaces the prior
@@ -156,8 +152,9 @@ class PollScheduler:
     """Owns every pending task id of one client and resolves one future per task.
 
     ``query`` checks one task once (through the rate controller) and raises
-    the SDK's errors; ``concurrency`` bounds the checks started but not yet
-    sent (waiting at the rate controller); ``typical_seconds`` gives a model's prior duration (from
+    the SDK's errors; ``concurrency`` bounds the checks under way (the client
+    passes its rate controller's in-flight bound, so checks never queue behind
+    it); ``typical_seconds`` gives a model's prior duration (from
     the catalogue). ``clock`` and ``waiter`` are injectable for tests.
     """
 
@@ -166,7 +163,7 @@ class PollScheduler:
         query: QueryFn,
         policy: PollPolicy,
         *,
-        concurrency: int = 64,
+        concurrency: int = 32,
         typical_seconds: Callable[[str | None], float | None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         waiter: Waiter = _loop_wait,
@@ -416,7 +413,6 @@ class PollScheduler:
                     self._slots.release()
                     continue
                 entry.in_check = True
-                entry.waiting = True
                 task = loop.create_task(self._check(entry))
                 self._checks_running.add(task)
                 task.add_done_callback(self._checks_running.discard)
@@ -446,9 +442,7 @@ class PollScheduler:
         try:
             self.checks += 1
             entry.checks += 1
-            info = await self._query(
-                entry.task_id, entry.tally, functools.partial(self._sent, entry)
-            )
+            info = await self._query(entry.task_id, entry.tally)
         except AuthenticationError as exc:
             log.error("polling stopped: the API key was rejected (%s)", exc.message or exc.code)
             self.fail_all(exc)
@@ -491,12 +485,6 @@ class PollScheduler:
                 self._reschedule(entry, self._next_delay(entry, self._clock()))
         finally:
             entry.in_check = False
-            self._sent(entry)
-
-    def _sent(self, entry: _Entry) -> None:
-        """The check's request is going out (or the check ended): free its slot."""
-        if entry.waiting:
-            entry.waiting = False
             self._slots.release()
 
     def _reschedule(self, entry: _Entry, delay: float) -> None:
