@@ -17,6 +17,7 @@ from ruxa_async import (
     InvalidInputError,
     Job,
     OutcomeStatus,
+    RequestEvent,
     RuxaClient,
     ValidationError,
 )
@@ -192,3 +193,23 @@ def test_job_takes_model_and_input_positionally() -> None:
     assert job.metadata == {"row": 3}
     with pytest.raises(TypeError):
         Job(MODEL, PROMPT, "fox")  # type: ignore[misc]
+
+
+# -------------------------------------------------------------- on_request
+
+
+async def test_on_request_sees_every_request_with_its_code(fake: FakeRuxa) -> None:
+    """One RequestEvent per request sent, in order of replies, with the reply's code."""
+    events: list[RequestEvent] = []
+    async with make_client(fake, on_request=events.append) as client:
+        info = await client.generate(MODEL, PROMPT)
+        with pytest.raises(ValidationError):
+            await client.create_task(MODEL, BAD, validate=False)
+        sent = client.statistics().requests_sent
+    assert len(events) == sent == fake.stats().requests
+    assert events[0].kind == "create"
+    assert events[0].code == 200
+    assert all(e.kind == "query" for e in events[1:-1])
+    assert any(info.task_id in e.path for e in events[1:-1])
+    assert events[-1].code == 422
+    assert all(e.sent_at <= e.replied_at for e in events)
