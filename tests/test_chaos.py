@@ -342,7 +342,18 @@ def check_every_paid_task_reported(run: Run) -> None:
     by_prompt = {o.job.input["prompt"]: o for o in run.outcomes}
     known = {o.task_id for o in run.outcomes if o.task_id is not None}
     orphans = [r for r in run.fake.tasks() if r.task_id not in known]
-    assert len(orphans) == run.stats.ambiguous_created
+    if run.mix.timeouts is None:
+        assert len(orphans) == run.stats.ambiguous_created
+    else:
+        # The client also gives up on replies the service did send, only later than the
+        # timeout (a busy machine): those tasks are orphans the service cannot know about.
+        errors = sum(
+            1
+            for o in run.outcomes
+            if o.task_id is None and o.error and is_ambiguous_create(o.error)
+        )
+        retries = run.settled.ambiguous_create_retries
+        assert run.stats.ambiguous_created <= len(orphans) <= retries + errors
     for record in orphans:
         o = by_prompt[record.input["prompt"]]
         retried = o.task_id is not None  # a later create for the same job gave it its task
@@ -357,7 +368,8 @@ def check_duplicates_reported(run: Run) -> None:
     client = run.settled
     sim = run.stats
     assert sim.duplicate_creates <= client.ambiguous_create_retries
-    assert sim.duplicate_creates <= sim.ambiguous_created
+    if run.mix.timeouts is None:  # else also after replies slower than the client's timeout
+        assert sim.duplicate_creates <= sim.ambiguous_created
     if not run.mix.duplicates_possible:
         assert sim.duplicate_creates == 0
     if run.mix.retry.ambiguous_creates == "raise":
