@@ -134,8 +134,9 @@ class RuxaClient:
     when the catalogue is wrong about a model. Unknown models always go to the
     service, which answers a bad input with :class:`ValidationError`.
     ``RateLimits.max_in_flight`` is the one bound on API requests in flight
-    (the rate controller's); ``max_connections``, when set, also caps the
-    connection pool that API requests and downloads share (unset: no cap).
+    (the rate controller's); ``max_connections`` sizes the connection pool
+    that API requests and downloads share (by default the rate controller's
+    bound; an uncapped pool cost more CPU per task in our measurements).
     ``on_request`` is called with a :class:`RequestEvent` for every request
     sent (for metrics or tests; it must be quick and must not raise).
     """
@@ -164,14 +165,14 @@ class RuxaClient:
         self.retry_policy = retry or RetryPolicy()
         self.rate_limits = rate_limits or RateLimits()
         self.poll_policy = poll or PollPolicy()
+        self._limiter = RateController(self.rate_limits)
         self._transport = Transport(
             base_url=self._base_url,
             key=self._key,
             timeouts=self.timeouts,
-            max_connections=max_connections or 0,
+            max_connections=max_connections or self._limiter.max_in_flight,
             user_agent=f"ruxa-async/{__version__}",
         )
-        self._limiter = RateController(self.rate_limits)
         self._retrier = Retrier(self.retry_policy)
         self._scheduler = PollScheduler(
             self._check,

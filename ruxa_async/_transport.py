@@ -98,7 +98,7 @@ class Transport:
         self._base_url = base_url.rstrip("/")
         self._key = key
         self._timeouts = timeouts
-        self._max_connections = max_connections  # 0: no cap (the rate controller bounds requests)
+        self._max_connections = max_connections
         self._user_agent = user_agent
         self._session: aiohttp.ClientSession | None = None
         self._proxies: dict[tuple[str, str], str | None] = {}
