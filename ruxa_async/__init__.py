@@ -39,6 +39,8 @@ from ._models import (
     TaskState,
 )
 from ._scheduler import SchedulerStatistics
+from ._sync import SyncRuxaClient, SyncTaskHandle
+from ._sync_batch import SyncAsCompleted
 from ._version import __version__
 
 __all__ = [
@@ -75,6 +77,9 @@ __all__ = [
     "RuxaError",
     "SchedulerStatistics",
     "ServerError",
+    "SyncAsCompleted",
+    "SyncRuxaClient",
+    "SyncTaskHandle",
     "TaskFailedError",
     "TaskHandle",
     "TaskInfo",

@@ -522,6 +522,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     models.add_argument("--json", action="store_true", help="print JSON")
     models.set_defaults(func=_cmd_models)
+    from .gateway._cli import add_commands as add_gateway_commands
+
+    add_gateway_commands(sub, parents=[common])
     return parser
 
 
