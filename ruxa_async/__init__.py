@@ -12,6 +12,7 @@ from ._errors import (
     AuthenticationError,
     CallbackVerificationError,
     ClientClosedError,
+    ClientNotStartedError,
     ConfigurationError,
     DownloadError,
     InsufficientCreditsError,
@@ -28,7 +29,15 @@ from ._errors import (
 )
 from ._handles import TaskHandle
 from ._limiter import RateStatistics
-from ._models import BatchReport, Job, JobOutcome, OutcomeStatus, TaskInfo, TaskState
+from ._models import (
+    BatchReport,
+    Job,
+    JobOutcome,
+    OutcomeStatus,
+    RequestEvent,
+    TaskInfo,
+    TaskState,
+)
 from ._scheduler import SchedulerStatistics
 from ._sync import SyncRuxaClient, SyncTaskHandle
 from ._sync_batch import SyncAsCompleted
@@ -45,6 +54,7 @@ __all__ = [
     "CallbackReceiver",
     "CallbackVerificationError",
     "ClientClosedError",
+    "ClientNotStartedError",
     "ClientStatistics",
     "ConfigurationError",
     "DownloadError",
@@ -61,6 +71,7 @@ __all__ = [
     "RateLimitError",
     "RateLimits",
     "RateStatistics",
+    "RequestEvent",
     "RetryPolicy",
     "RuxaClient",
     "RuxaError",
@@ -78,3 +89,14 @@ __all__ = [
     "ValidationError",
     "__version__",
 ]
+
+
+def _claim_public_names() -> None:
+    """Public classes and functions say ``ruxa_async`` is their home, as users import them."""
+    for name in __all__:
+        value = globals()[name]
+        if isinstance(value, type) or callable(value):
+            value.__module__ = __name__
+
+
+_claim_public_names()
