@@ -19,6 +19,13 @@ Account-level errors stop submission once, for the whole batch: a rejected key
 still awaited; every job never sent is reported NOT_SUBMITTED with the reason.
 The first create is sent alone, so a bad key costs one request, not one per
 concurrent sender.
+
+Exactly-once bookkeeping: ``on_send`` is awaited for a job once its create
+holds its permit and is about to be written to the socket (a journal commits
+"in flight" there), and ``on_unsent`` is told when an answer proves nothing
+was created (429, 401, 402, 4xx, a connection refused before sending) and no
+earlier attempt of that job was ambiguous. Each ambiguous attempt is counted on
+the job's :class:`JobOutcome` and logged with the job's key.
 """
 
 from __future__ import annotations
@@ -36,6 +43,8 @@ import attrs
 from attrs import validators as v
 
 from ._errors import (
+    APIConnectionError,
+    APIStatusError,
     AuthenticationError,
     InsufficientCreditsError,
     InvalidInputError,
@@ -44,6 +53,7 @@ from ._errors import (
     TaskTimeoutError,
 )
 from ._models import BatchReport, Job, JobOutcome, TaskInfo, TaskState
+from ._retry import is_ambiguous_create
 from ._tally import Tally
 
 __all__ = ["AsCompleted", "BatchOptions", "BatchPort", "ProgressEvent", "collect"]
@@ -76,6 +86,8 @@ class BatchOptions:
     timeout: float | None = None
     on_event: Callable[[ProgressEvent], None] | None = None
     before_create: Callable[[Job], Awaitable[None]] | None = None
+    on_send: Callable[[Job], Awaitable[None]] | None = None
+    on_unsent: Callable[[Job], None] | None = None
     validate: bool | None = None
 
 
@@ -96,8 +108,17 @@ class BatchPort(Protocol):
         """Raise InvalidInputError if the catalogue rejects ``job``; None: the client decides."""
         ...
 
-    async def create(self, job: Job, tally: Tally, sending: Callable[[], None]) -> str:
-        """Create ``job``'s task; ``sending`` is called as each attempt is about to be sent."""
+    async def create(
+        self,
+        job: Job,
+        tally: Tally,
+        sending: Callable[[], Awaitable[None]],
+        failed: Callable[[BaseException], None],
+    ) -> str:
+        """Create ``job``'s task; ``sending`` is awaited as each attempt is about to be sent.
+
+        ``failed`` is told the error of each attempt that failed.
+        """
         ...
 
     def track(
@@ -115,8 +136,15 @@ class BatchPort(Protocol):
         ...
 
 
+def proves_not_created(exc: BaseException) -> bool:
+    """True when a failed create attempt provably created nothing (an answer that refuses it)."""
+    if isinstance(exc, APIConnectionError):
+        return not exc.request_sent
+    return isinstance(exc, APIStatusError) and not is_ambiguous_create(exc)
+
+
 class _Slot:
-    __slots__ = ("done", "first", "index", "job", "task_id")
+    __slots__ = ("ambiguous", "done", "first", "index", "job", "marked", "task_id")
 
     def __init__(self, index: int, job: Job) -> None:
         self.index = index
@@ -124,6 +152,8 @@ class _Slot:
         self.task_id: str | None = None
         self.done = False
         self.first = True  # its create has not yet had an attempt let go
+        self.marked = False  # on_send was told and no answer has cleared it since
+        self.ambiguous = 0  # attempts that may have created a task without saying so
 
 
 async def _iterate(jobs: Iterable[Job] | AsyncIterable[Job]) -> AsyncIterator[Job]:
@@ -290,12 +320,43 @@ class AsCompleted:
             return False
         return True
 
-    def _sending(self, slot: _Slot) -> None:
-        """Called as each attempt of ``slot``'s create is about to be sent."""
+    async def _sending(self, slot: _Slot) -> None:
+        """Awaited as each attempt of ``slot``'s create is about to be sent (permit held)."""
         if slot.first:  # its first attempt: never send one once the batch has stopped
             slot.first = False
             if self.stop_reason is not None:
                 raise NotSubmittedError(self.stop_reason, self.stop_error)
+        on_send = self._options.on_send
+        if on_send is not None and not slot.marked:
+            try:
+                await on_send(slot.job)
+            except Exception as exc:
+                self._crash(exc, "on_send")
+                raise NotSubmittedError("the on_send hook failed", None) from exc
+            slot.marked = True
+
+    def _failed(self, slot: _Slot, exc: BaseException) -> None:
+        """Told the error of each failed attempt of ``slot``'s create."""
+        if is_ambiguous_create(exc):
+            slot.ambiguous += 1
+            log.warning(
+                "job %s: its create may have reached the service before failing (%s); "
+                "a task may exist for it (ambiguous attempt #%d)",
+                self._key(slot),
+                exc,
+                slot.ambiguous,
+            )
+        elif slot.marked and slot.ambiguous == 0 and proves_not_created(exc):
+            slot.marked = False
+            if self._options.on_unsent is not None:
+                try:
+                    self._options.on_unsent(slot.job)
+                except Exception:
+                    log.exception("the on_unsent hook raised; ignoring")
+
+    @staticmethod
+    def _key(slot: _Slot) -> str:
+        return slot.job.key if slot.job.key is not None else f"#{slot.index}"
 
     async def _submit(self, slot: _Slot) -> None:
         try:
@@ -306,7 +367,10 @@ class AsCompleted:
                     self._crash(exc)
                     return
             task_id = await self._port.create(
-                slot.job, self.tally, functools.partial(self._sending, slot)
+                slot.job,
+                self.tally,
+                functools.partial(self._sending, slot),
+                functools.partial(self._failed, slot),
             )
         except NotSubmittedError as exc:
             self._emit(slot, error=exc)
@@ -358,12 +422,12 @@ class AsCompleted:
 
     # ------------------------------------------------------------- stopping
 
-    def _crash(self, exc: BaseException) -> None:
+    def _crash(self, exc: BaseException, hook: str = "before_create") -> None:
         """A hook of the caller's failed: stop the batch and raise it from the iterator."""
-        log.error("batch stopped: the before_create hook raised %r; that job was not sent", exc)
+        log.error("batch stopped: the %s hook raised %r; that job was not sent", hook, exc)
         if self._crashed is None:
             self._crashed = exc
-        self.stop_reason = self.stop_reason or "the before_create hook failed"
+        self.stop_reason = self.stop_reason or f"the {hook} hook failed"
         self._wakeup.set()
 
     def _stop(self, exc: RuxaError) -> None:
@@ -402,8 +466,21 @@ class AsCompleted:
             return
         slot.done = True
         outcome = JobOutcome(
-            job=slot.job, index=slot.index, task_id=slot.task_id, info=info, error=error
+            job=slot.job,
+            index=slot.index,
+            task_id=slot.task_id,
+            info=info,
+            error=error,
+            ambiguous_attempts=slot.ambiguous,
         )
+        if slot.ambiguous and slot.task_id is not None:
+            log.warning(
+                "job %s: task %s was created after %d ambiguous attempts; the service may hold "
+                "(and charge) another task for it",
+                self._key(slot),
+                slot.task_id,
+                slot.ambiguous,
+            )
         self._in_hand -= 1
         self._ready.append(outcome)
         self._wakeup.set()

@@ -278,18 +278,18 @@ class RuxaClient:
         path: str,
         body: bytes | None = None,
         tally: Tally | None = None,
-        sending: Callable[[], None] | None = None,
+        sending: Callable[[], Awaitable[None]] | None = None,
     ) -> Any:
         """One attempt: permit from the rate controller, the request, the parsed reply.
 
-        ``sending`` is called once the permit is granted, right before the
+        ``sending`` is awaited once the permit is granted, right before the
         request goes out (it may raise to send nothing); ``tally`` counts the
         attempt for its owner (a batch).
         """
         self._require_open()
         async with self._limiter.permit(kind) as permit:
             if sending is not None:
-                sending()
+                await sending()
             self._counts[kind] += 1
             if tally is not None:
                 tally.requests_sent += 1
@@ -341,11 +341,16 @@ class RuxaClient:
         input: Mapping[str, Any],
         callback_url: str | None,
         tally: Tally | None = None,
-        sending: Callable[[], None] | None = None,
+        sending: Callable[[], Awaitable[None]] | None = None,
+        failed: Callable[[BaseException], None] | None = None,
     ) -> str:
-        """Create a task with retries; each attempt is counted in ``tally``, told to ``sending``."""
+        """Create a task with retries; each attempt is counted in ``tally``, told to ``sending``.
+
+        ``failed`` is told each failed attempt's error (after ``sending``, or
+        before it when the attempt was refused earlier).
+        """
         body = _wire.build_create_body(model, input, callback_url)
-        if tally is None and sending is None:
+        if tally is None and sending is None and failed is None:
             data = await self._retrier.call(
                 "create", lambda: self._send("create", "POST", _wire.CREATE_PATH, body)
             )
@@ -361,6 +366,8 @@ class RuxaClient:
                     )
                 except BaseException as exc:
                     last.append(exc)
+                    if failed is not None:
+                        failed(exc)
                     raise
 
             data = await self._retrier.call("create", attempt)
@@ -493,6 +500,8 @@ class RuxaClient:
         on_event: Callable[[ProgressEvent], None] | None = None,
         before_create: Callable[[Job], Awaitable[None]] | None = None,
         validate: bool | None = None,
+        on_send: Callable[[Job], Awaitable[None]] | None = None,
+        on_unsent: Callable[[Job], None] | None = None,
     ) -> AsCompleted:
         """Run ``jobs`` and yield a :class:`JobOutcome` for each, in completion order.
 
@@ -507,6 +516,15 @@ class RuxaClient:
         never created again. A known model's bad input is that job's
         :class:`InvalidInputError` outcome, found before sending (unless
         ``validate`` is False, or the client's ``validate`` is and this is None).
+
+        ``on_send`` is awaited for a job each time one of its create attempts
+        holds its rate permit and is about to be written to the socket (and no
+        earlier attempt of it is still unaccounted for): the place to record
+        durably that a create is in flight. ``on_unsent`` is then told when an
+        answer proves nothing was created (429, 401, 402, other 4xx, a
+        connection refused before sending) and no attempt of the job was
+        ambiguous; the record can be cleared. A crash between the two leaves at
+        most the creates actually in flight unaccounted for.
         """
         self._require_open()
         options = BatchOptions(
@@ -514,6 +532,8 @@ class RuxaClient:
             timeout=timeout,
             on_event=on_event,
             before_create=before_create,
+            on_send=on_send,
+            on_unsent=on_unsent,
             validate=validate,
         )
         return AsCompleted(_BatchPort(self), jobs, options)
@@ -527,6 +547,8 @@ class RuxaClient:
         on_event: Callable[[ProgressEvent], None] | None = None,
         before_create: Callable[[Job], Awaitable[None]] | None = None,
         validate: bool | None = None,
+        on_send: Callable[[Job], Awaitable[None]] | None = None,
+        on_unsent: Callable[[Job], None] | None = None,
     ) -> BatchReport:
         """Run ``jobs`` to the end: outcomes in input order plus a summary.
 
@@ -541,6 +563,8 @@ class RuxaClient:
                 on_event=on_event,
                 before_create=before_create,
                 validate=validate,
+                on_send=on_send,
+                on_unsent=on_unsent,
             )
         )
 
@@ -581,9 +605,17 @@ class _BatchPort:
     def validate(self, job: Job, wanted: bool | None) -> None:
         self._client._check_input(job.model, job.input, wanted)
 
-    async def create(self, job: Job, tally: Tally, sending: Callable[[], None]) -> str:
+    async def create(
+        self,
+        job: Job,
+        tally: Tally,
+        sending: Callable[[], Awaitable[None]],
+        failed: Callable[[BaseException], None],
+    ) -> str:
         client = self._client
-        return await client._create(job.model, job.input, client.callback_url, tally, sending)
+        return await client._create(
+            job.model, job.input, client.callback_url, tally, sending, failed
+        )
 
     def track(
         self,

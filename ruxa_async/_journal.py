@@ -375,6 +375,20 @@ class Journal:
 
         await self._call(op)
 
+    def unmark_submitting(self, job: JobRef, reason: str) -> None:
+        """An answer proved the create made nothing: back to not submitted (committed shortly).
+
+        The create is no longer counted against the job.
+        """
+        now = time.time()
+        self._post(
+            lambda conn: conn.execute(
+                "UPDATE jobs SET state='not_submitted', creates=MAX(creates-1, 0), error=?, "
+                "updated=? WHERE key=? AND state='submitting' AND task_id IS NULL",
+                (reason, now, job.key),
+            )
+        )
+
     def record_task_id(self, job: JobRef, task_id: str) -> None:
         """Record the task id a create returned (committed shortly)."""
         self.record_outcome(job, JobStatus.PENDING, task_id=task_id)

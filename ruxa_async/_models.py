@@ -145,6 +145,10 @@ class JobOutcome:
     task_id: str | None = None
     info: TaskInfo | None = None
     error: BaseException | None = attrs.field(default=None, eq=False)
+    ambiguous_attempts: int = 0
+    """Create attempts of this job that may have created a task without saying so (a 5xx or
+    timeout after sending): when non-zero and a task id is known, the service may hold (and
+    charge) another task for this job."""
 
     @property
     def status(self) -> OutcomeStatus:

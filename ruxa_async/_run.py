@@ -334,7 +334,8 @@ class _BatchRun:
             max_pending=self.options.max_pending,
             timeout=self.options.timeout,
             on_event=self.sink.on_event,
-            before_create=self.sink.before_create,
+            on_send=self.sink.on_send,
+            on_unsent=self.sink.on_unsent,
         )
         try:
             async with batch:

@@ -87,9 +87,13 @@ class JournalSink:
         assert job.key is not None
         return self._refs[job.key]
 
-    async def before_create(self, job: Job) -> None:
-        """Journal the job as submitting; returns once that is committed."""
+    async def on_send(self, job: Job) -> None:
+        """Journal the job as in flight (its create is about to be sent); once committed."""
         await self._journal.mark_submitting(self._ref(job))
+
+    def on_unsent(self, job: Job) -> None:
+        """An answer proved the create made nothing: the job is no longer in flight."""
+        self._journal.unmark_submitting(self._ref(job), "not sent yet (the service refused it)")
 
     def on_event(self, event: ProgressEvent) -> None:
         """Record the task id of a job just created."""

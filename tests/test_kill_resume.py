@@ -246,3 +246,49 @@ def test_integrity_check_helper_sees_a_corrupt_file(tmp_path: Path) -> None:
     except Exception as exc:  # a badly damaged file may not even open
         result = f"error: {exc}"
     assert result != "ok"
+
+
+def test_sigkill_at_60_creates_per_second_leaves_only_wire_creates_ambiguous(
+    tmp_path: Path, make_sim: Callable[..., SimProcess]
+) -> None:
+    """Killed mid-submission behind a 60/s create limit: ambiguous <= creates on the wire.
+
+    Jobs waiting for their permit, or refused with 429, were never created: they are
+    not ambiguous and the resume simply sends them, each exactly once, and exits 0
+    when nothing is ambiguous.
+    """
+    sim = make_sim(
+        create_limit={"per_second": 60.0, "burst": 10},
+        default_behavior={"median_seconds": 0.3, "sigma": 0.0},
+    )
+    n = 200
+    keys = [f"w{i}" for i in range(n)]
+    jobs = write_jobs(tmp_path / "jobs.jsonl", [nb_job(k, f"wire {k}") for k in keys])
+    out = tmp_path / "out"
+    journal = out / "journal.sqlite"
+    args: tuple[str, ...] = ("run", str(jobs), "--out", str(out), "--base-url", sim.url)
+    args += ("--no-download", *FAST_CLI)
+
+    def recorded() -> int:
+        return sum(1 for _, tid, _ in journal_jobs(journal).values() if tid is not None)
+
+    kill_when(start_cli(*args, key=KEY), lambda: recorded() >= 40, what="40 tasks recorded")
+    check_invariants(out, sim)
+    ambiguous = ambiguous_keys(journal)
+    stats = sim.stats()
+    orphans = stats["tasks_created"] - recorded()
+    # Creates on the wire at the kill: those the server made without the client
+    # recording them (orphans) plus a few the server had not answered yet.
+    never_created = len(ambiguous) - orphans
+    assert 0 <= orphans <= len(ambiguous)
+    assert never_created <= 8, f"{never_created} jobs the server never created are ambiguous"
+    assert recorded() < n, "the kill came after submission ended"
+
+    done = run_cli(*args, key=KEY)
+    assert done.returncode == (1 if ambiguous else 0), done.stderr
+    check_invariants(out, sim)
+    results = {r["key"]: r["status"] for r in read_results(out)}
+    assert {k for k, s in results.items() if s == "ambiguous"} == ambiguous
+    assert all(s == "succeeded" for k, s in results.items() if k not in ambiguous)
+    assert sim.stats()["tasks_created"] == n - len(ambiguous) + orphans
+    assert sim.stats()["duplicate_creates"] == 0

@@ -188,7 +188,7 @@ async def test_sink_records_by_key_not_metadata(tmp_path: Path) -> None:
         job = sink.job(line)
         assert job.metadata is None
         assert sink.in_flight == 1
-        await sink.before_create(job)
+        await sink.on_send(job)
         failed = JobOutcome(
             job=job, index=0, task_id="t1", info=_info(TaskState.FAIL, fail_msg="nsfw")
         )
