@@ -24,6 +24,7 @@ from ._errors import (
     RuxaError,
     ServerError,
     TaskFailedError,
+    TaskLostError,
     TaskTimeoutError,
     ValidationError,
 )
@@ -83,6 +84,7 @@ __all__ = [
     "TaskFailedError",
     "TaskHandle",
     "TaskInfo",
+    "TaskLostError",
     "TaskState",
     "TaskTimeoutError",
     "Timeouts",

@@ -50,6 +50,7 @@ from ._errors import (
     InvalidInputError,
     NotSubmittedError,
     RuxaError,
+    TaskLostError,
     TaskTimeoutError,
 )
 from ._models import BatchReport, Job, JobOutcome, TaskInfo, TaskState
@@ -473,6 +474,13 @@ class AsCompleted:
             error=error,
             ambiguous_attempts=slot.ambiguous,
         )
+        if isinstance(error, TaskLostError):
+            log.warning(
+                "job %s: the service no longer knows its task %s; it ends lost (create it "
+                "again on purpose if its result is still wanted)",
+                self._key(slot),
+                error.task_id,
+            )
         if slot.ambiguous and slot.task_id is not None:
             log.warning(
                 "job %s: task %s was created after %d ambiguous attempts; the service may hold "

@@ -108,5 +108,10 @@ def counted_from_journal(options: RunOptions, reader: JournalReader, jobs: JobsS
         survey.resubmit = unsure
     else:
         survey.ambiguous = unsure
-    survey.send = max(0, distinct - done - reattach - unsure)
+    lost = counts[JobStatus.LOST]
+    if options.resubmit_lost:
+        survey.resubmit += lost
+    else:
+        survey.lost = lost
+    survey.send = max(0, distinct - done - reattach - unsure - lost)
     return survey

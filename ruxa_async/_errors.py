@@ -27,6 +27,7 @@ __all__ = [
     "RuxaError",
     "ServerError",
     "TaskFailedError",
+    "TaskLostError",
     "TaskTimeoutError",
     "ValidationError",
     "status_error",
@@ -113,6 +114,26 @@ class NotFoundError(APIStatusError):
     """404 (or the 'recordInfo is null' 422 dialect): no such task or endpoint."""
 
     hint = "Check the task id and the base URL"
+
+
+class TaskLostError(NotFoundError):
+    """A task the service no longer knows (404 or 'recordInfo is null' on re-attach).
+
+    Its record may have passed the service's retention window. ``task_id``
+    names it; nothing more can be learnt about it. Send the job again on
+    purpose if its result is still wanted (``ruxa-async run --resubmit-lost``).
+    """
+
+    hint = "The service no longer knows this task; create it again if its result is wanted"
+
+    def __init__(self, task_id: str, cause: NotFoundError) -> None:
+        self.task_id = task_id
+        super().__init__(
+            f"task {task_id} is unknown to the service ({cause.message or 'not found'})",
+            code=cause.code,
+            http_status=cause.http_status,
+            body=cause.body,
+        )
 
 
 class ValidationError(APIStatusError):

@@ -21,7 +21,9 @@ class JobStatus(str, enum.Enum):
     sent and no task id is known. ``PENDING``: the task exists and its end is
     not recorded yet. ``SUCCEEDED`` / ``FAILED``: the task ended (final, paid
     for, never sent again). ``AMBIGUOUS``: a create may have reached the
-    service but no task id came back. ``INVALID`` and ``DOWNLOAD_FAILED`` are
+    service but no task id came back. ``LOST``: the task was created but the
+    service no longer knows it (never waited on again; sent again only with
+    ``--resubmit-lost``). ``INVALID`` and ``DOWNLOAD_FAILED`` are
     only reported, never journaled.
     """
 
@@ -31,6 +33,7 @@ class JobStatus(str, enum.Enum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     AMBIGUOUS = "ambiguous"
+    LOST = "lost"
     INVALID = "invalid"
     DOWNLOAD_FAILED = "download_failed"
 
@@ -58,6 +61,7 @@ JOURNAL_STATES = frozenset(
         JobStatus.SUCCEEDED,
         JobStatus.FAILED,
         JobStatus.AMBIGUOUS,
+        JobStatus.LOST,
     }
 )
 
@@ -69,7 +73,10 @@ TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
         {JobStatus.PENDING, JobStatus.AMBIGUOUS, JobStatus.NOT_SUBMITTED, JobStatus.SUBMITTING}
     ),
     JobStatus.AMBIGUOUS: frozenset({JobStatus.SUBMITTING}),
-    JobStatus.PENDING: frozenset({JobStatus.PENDING, JobStatus.SUCCEEDED, JobStatus.FAILED}),
+    JobStatus.PENDING: frozenset(
+        {JobStatus.PENDING, JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.LOST}
+    ),
+    JobStatus.LOST: frozenset({JobStatus.SUBMITTING}),
     JobStatus.SUCCEEDED: frozenset(),
     JobStatus.FAILED: frozenset(),
 }

@@ -54,10 +54,12 @@ class Step:
     duplicate: bool = False
     missing: tuple[MissingFile, ...] = ()
 
-    def sends(self, resubmit_ambiguous: bool) -> bool:
+    def sends(self, resubmit_ambiguous: bool, resubmit_lost: bool = False) -> bool:
         """True when this run creates a task for the job."""
         if self.duplicate or self.status is JobStatus.INVALID:
             return False
+        if self.status is JobStatus.LOST:
+            return resubmit_lost
         if self.status.may_exist:
             return resubmit_ambiguous
         return self.status is JobStatus.NOT_SUBMITTED
@@ -73,6 +75,7 @@ class Survey:
     send: int = 0
     ambiguous: int = 0
     resubmit: int = 0
+    lost: int = 0
     send_by_model: Counter[str] = attrs.field(factory=Counter)
     send_cost: float = 0.0
     send_unpriced: int = 0
@@ -125,8 +128,10 @@ def _count(result: Survey, job: JobLine, status: JobStatus, options: RunOptions)
         result.reattach += 1
     elif status.may_exist and not options.resubmit_ambiguous:
         result.ambiguous += 1
+    elif status is JobStatus.LOST and not options.resubmit_lost:
+        result.lost += 1
     else:
-        if status.may_exist:
+        if status.may_exist or status is JobStatus.LOST:
             result.resubmit += 1
         else:
             result.send += 1

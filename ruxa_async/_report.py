@@ -41,6 +41,7 @@ _SHOWN = (
     JobStatus.INVALID,
     JobStatus.NOT_SUBMITTED,
     JobStatus.AMBIGUOUS,
+    JobStatus.LOST,
     JobStatus.PENDING,
 )
 
@@ -219,6 +220,12 @@ class _Rows:
             )
         elif record.state is JobStatus.FAILED:
             result.update(status=JobStatus.FAILED.value, state="fail", error=record.error)
+        elif record.state is JobStatus.LOST:
+            reason = record.error or "the service no longer knows the task"
+            result.update(
+                status=JobStatus.LOST.value,
+                error=f"{reason}; not waited on again (run with --resubmit-lost to send it again)",
+            )
         else:
             result.update(state="success", result_urls=list(record.result_urls))
             result.update(self._files(key, record, files))

@@ -377,7 +377,7 @@ class _BatchRun:
         if step.status is JobStatus.PENDING:
             self.counters.reattached += 1
             return self.sink.job(step.job, task_id=step.task_id)
-        if not step.sends(self.options.resubmit_ambiguous):
+        if not step.sends(self.options.resubmit_ambiguous, self.options.resubmit_lost):
             return None
         if not self.spend.admit(step):
             self.counters.not_submitted += 1

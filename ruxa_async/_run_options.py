@@ -64,6 +64,7 @@ class RunOptions:
     default_model: str | None = None
     dedupe: bool = True
     resubmit_ambiguous: bool = False
+    resubmit_lost: bool = False
     max_credits: float | None = None
     rate_limits: RateLimits = attrs.field(factory=RateLimits)
     poll: PollPolicy = attrs.field(factory=PollPolicy)

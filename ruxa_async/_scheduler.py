@@ -36,6 +36,7 @@ from ._errors import (
     NotFoundError,
     RateLimitError,
     ServerError,
+    TaskLostError,
 )
 from ._models import TaskInfo, TaskState
 
@@ -528,7 +529,7 @@ class PollScheduler:
             self.check_errors += 1
             entry.not_found += 1
             if entry.not_found >= self.policy.max_not_found:
-                self._fail(entry, exc)
+                self._fail(entry, TaskLostError(entry.task_id, exc))
             else:
                 entry.errors += 1
                 self._reschedule(entry, self._error_delay(entry))

@@ -12,7 +12,7 @@ import logging
 from collections.abc import Callable
 
 from ._batch import ProgressEvent
-from ._errors import NotSubmittedError, TaskTimeoutError
+from ._errors import NotSubmittedError, TaskLostError, TaskTimeoutError
 from ._jobsfile import JobLine
 from ._jobstatus import JobStatus
 from ._journal import FileRecord, JobRef, Journal, JournalError
@@ -41,6 +41,8 @@ def classify(outcome: JobOutcome) -> JobStatus:
         return JobStatus.FAILED
     if status is OutcomeStatus.NOT_SUBMITTED:
         return JobStatus.NOT_SUBMITTED
+    if isinstance(outcome.error, TaskLostError):
+        return JobStatus.LOST
     if outcome.task_id is not None:
         return JobStatus.PENDING
     if outcome.error is not None and is_ambiguous_create(outcome.error):
@@ -134,6 +136,11 @@ class JournalSink:
             if isinstance(error, TaskTimeoutError) and self._timeout is not None:
                 reason = f"gave up waiting after --timeout {self._timeout:g} s"
             self._journal.record_outcome(ref, status, task_id=outcome.task_id, error=reason)
+        elif status is JobStatus.LOST:
+            c.errors += 1
+            self._journal.record_outcome(
+                ref, status, task_id=outcome.task_id, error=self._redact(error_text(error))
+            )
         elif status is JobStatus.AMBIGUOUS:
             c.ambiguous += 1
             self._journal.record_outcome(ref, status, error=self._redact(error_text(error)))

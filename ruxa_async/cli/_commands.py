@@ -55,8 +55,10 @@ def _dry_run(args: argparse.Namespace) -> int:
         rows.append(("to re-attach (created earlier)", str(plan.reattach)))
     if plan.ambiguous:
         rows.append(("ambiguous (not sent again)", str(plan.ambiguous)))
+    if plan.lost:
+        rows.append(("lost (not sent again)", str(plan.lost)))
     if plan.resubmit:
-        rows.append(("ambiguous, sent again", str(plan.resubmit)))
+        rows.append(("ambiguous or lost, sent again", str(plan.resubmit)))
     rows.append(("to send", str(plan.send + plan.resubmit)))
     for model, count in sorted(plan.send_by_model.items()):
         price = estimate_cost(model)
@@ -77,7 +79,7 @@ def _dry_run(args: argparse.Namespace) -> int:
     if jobs.invalid > len(problems):
         problems.append(f"  ... and {jobs.invalid - len(problems)} more")
     _print_summary("ruxa-async run --dry-run (nothing sent)", rows, problems)
-    return EXIT_PARTIAL if jobs.invalid or plan.ambiguous else EXIT_OK
+    return EXIT_PARTIAL if jobs.invalid or plan.ambiguous or plan.lost else EXIT_OK
 
 
 def _print_summary(title: str, rows: list[tuple[str, str]], problems: list[str]) -> None:

@@ -95,6 +95,7 @@ def run_options(args: argparse.Namespace, *, need_key: bool = True) -> RunOption
         default_model=args.model,
         dedupe=not args.no_dedupe,
         resubmit_ambiguous=args.resubmit_ambiguous,
+        resubmit_lost=args.resubmit_lost,
         max_credits=args.max_credits,
         rate_limits=_rate_limits(args),
         poll=_poll_policy(args),

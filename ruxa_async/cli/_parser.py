@@ -109,6 +109,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="send again the jobs whose earlier create may or may not have created a task",
     )
     run.add_argument(
+        "--resubmit-lost",
+        action="store_true",
+        help="send again the jobs whose task the service no longer knows (recorded as lost)",
+    )
+    run.add_argument(
         "--no-dedupe", action="store_true", help="create identical jobs once each, not once"
     )
     run.add_argument(
