@@ -13,6 +13,7 @@ import asyncio
 import enum
 import logging
 import os
+import secrets
 import time
 import warnings
 from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Mapping
@@ -69,6 +70,9 @@ class ClientStatistics:
     pending: int
     rate: RateStatistics
     scheduler: SchedulerStatistics
+    ambiguous_recovered: int = 0
+    """Ambiguous creates (a 5xx or timeout after sending) whose task was then named by its
+    own attempt's callback: resolved without sending the create again."""
 
 
 class CallbackReceiver(Protocol):
@@ -182,6 +186,8 @@ class RuxaClient:
         )
         self._runner: asyncio.Task[None] | None = None
         self._counts = {"create": 0, "query": 0}
+        self._attempts: dict[str, asyncio.Future[str]] = {}  # callback token -> task id
+        self._recovered = 0
 
     def __repr__(self) -> str:
         return f"<RuxaClient {self._base_url} {self._state.value}>"
@@ -343,13 +349,24 @@ class RuxaClient:
         tally: Tally | None = None,
         sending: Callable[[], Awaitable[None]] | None = None,
         failed: Callable[[BaseException], None] | None = None,
+        label: str | None = None,
     ) -> str:
         """Create a task with retries; each attempt is counted in ``tally``, told to ``sending``.
 
         ``failed`` is told each failed attempt's error (after ``sending``, or
-        before it when the attempt was refused earlier).
+        before it when the attempt was refused earlier). With the client's own
+        callback receiver, each attempt carries its own token in the callback
+        URL; an attempt that fails ambiguously waits (up to the scheduler's
+        safety-net delay for ``model``) for that attempt's callback, which names
+        the task if one was created: then nothing is sent again. ``label``
+        names the job in log lines.
         """
         body = _wire.build_create_body(model, input, callback_url)
+        tokens = self._callbacks is not None and callback_url == self.callback_url
+        if tokens and callback_url is not None:
+            return await self._create_with_tokens(
+                model, input, callback_url, tally, sending, failed, label
+            )
         if tally is None and sending is None and failed is None:
             data = await self._retrier.call(
                 "create", lambda: self._send("create", "POST", _wire.CREATE_PATH, body)
@@ -374,6 +391,69 @@ class RuxaClient:
         task_id = _wire.parse_task_id(data)
         log.debug("created task %s (%s)", task_id, model)
         return task_id
+
+    async def _create_with_tokens(
+        self,
+        model: str,
+        input: Mapping[str, Any],
+        callback_url: str,
+        tally: Tally | None,
+        sending: Callable[[], Awaitable[None]] | None,
+        failed: Callable[[BaseException], None] | None,
+        label: str | None,
+    ) -> str:
+        """``_create`` with a callback token per attempt (see there)."""
+        last: list[BaseException] = []
+        sep = "&" if "?" in callback_url else "?"
+
+        async def attempt() -> Any:
+            if tally is not None and last and is_ambiguous_create(last[-1]):
+                tally.ambiguous_create_retries += 1
+            token = secrets.token_urlsafe(12)
+            waiter: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+            self._attempts[token] = waiter
+            body = _wire.build_create_body(model, input, f"{callback_url}{sep}attempt={token}")
+            try:
+                return await self._send("create", "POST", _wire.CREATE_PATH, body, tally, sending)
+            except RuxaError as exc:
+                if is_ambiguous_create(exc):
+                    task_id = await self._recover(waiter, model)
+                    if task_id is not None:
+                        self._recovered += 1
+                        log.warning(
+                            "job %s: its create failed ambiguously (%s) but its callback named "
+                            "task %s; not sent again",
+                            label or "(no key)",
+                            exc,
+                            task_id,
+                        )
+                        return {"taskId": task_id}
+                last.append(exc)
+                if failed is not None:
+                    failed(exc)
+                raise
+            except BaseException as exc:
+                last.append(exc)
+                if failed is not None:
+                    failed(exc)
+                raise
+            finally:
+                self._attempts.pop(token, None)
+
+        data = await self._retrier.call("create", attempt)
+        task_id = _wire.parse_task_id(data)
+        log.debug("created task %s (%s)", task_id, model)
+        return task_id
+
+    async def _recover(self, waiter: asyncio.Future[str], model: str) -> str | None:
+        """The task id the attempt's callback names, if it comes within the safety-net delay."""
+        if not waiter.done():
+            delay = self._scheduler.safety_net_seconds(model)
+            try:
+                await asyncio.wait_for(asyncio.shield(waiter), delay)
+            except asyncio.TimeoutError:
+                return None
+        return waiter.result()
 
     def _check_input(self, model: str, input: Mapping[str, Any], validate: bool | None) -> None:
         if self._validate if validate is None else validate:
@@ -485,9 +565,20 @@ class RuxaClient:
         """True while the client is waiting for ``task_id`` to finish."""
         return self._scheduler.last_state(task_id) is not None
 
-    def feed_callback(self, info: TaskInfo) -> bool:
-        """Resolve a pending task from a callback parsed elsewhere; True if it resolved one."""
-        return self._scheduler.resolve(info, source="callback")
+    def feed_callback(self, info: TaskInfo, *, attempt: str | None = None) -> bool:
+        """Resolve a pending task from a callback parsed elsewhere; True if it resolved one.
+
+        ``attempt`` is the ``attempt`` query parameter of the callback URL, when
+        present: it names the create attempt the task came from, so an attempt
+        that failed ambiguously learns its task id (and is not sent again).
+        """
+        named = False
+        if attempt is not None:
+            waiter = self._attempts.get(attempt)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(info.task_id)
+                named = True
+        return self._scheduler.resolve(info, source="callback") or named
 
     # ----------------------------------------------------------------- batches
 
@@ -583,6 +674,7 @@ class RuxaClient:
             pending=self._scheduler.pending,
             rate=rate,
             scheduler=self._scheduler.statistics(),
+            ambiguous_recovered=self._recovered,
         )
 
 
@@ -614,7 +706,7 @@ class _BatchPort:
     ) -> str:
         client = self._client
         return await client._create(
-            job.model, job.input, client.callback_url, tally, sending, failed
+            job.model, job.input, client.callback_url, tally, sending, failed, job.key
         )
 
     def track(

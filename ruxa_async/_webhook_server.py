@@ -300,7 +300,7 @@ class CallbackServer:
             self._count("rejected_signature" if exc.reason == "signature" else "rejected_body")
             log.debug("callback refused with HTTP %d: %s", exc.http_status, exc)
             return _reply(exc.http_status, "rejected")
-        return self._accept(info)
+        return self._accept(info, request.query.get("attempt"))
 
     async def _read(self, request: web.Request) -> bytes:
         """The body; stops reading and raises as soon as it exceeds ``max_body``."""
@@ -321,7 +321,7 @@ class CallbackServer:
             )
         return b"".join(chunks)
 
-    def _accept(self, info: TaskInfo) -> web.Response:
+    def _accept(self, info: TaskInfo, attempt: str | None = None) -> web.Response:
         client = self._client
         if client is None and (self._on_task is None or self._verify_by_query):
             self._count("unavailable")
@@ -329,18 +329,20 @@ class CallbackServer:
             return _reply(503, "not ready")
         self._count("accepted")
         if client is not None and self._verify_by_query:
-            self._confirm_later(client, info.task_id)
+            self._confirm_later(client, info.task_id, attempt)
             return web.json_response(_OK)
         try:
-            self._deliver(client, info)
+            self._deliver(client, info, attempt)
         except Exception:
             log.exception("on_task raised for the callback of task %s", info.task_id)
             return _reply(500, "handler error")
         return web.json_response(_OK)
 
-    def _deliver(self, client: RuxaClient | None, info: TaskInfo) -> None:
+    def _deliver(
+        self, client: RuxaClient | None, info: TaskInfo, attempt: str | None = None
+    ) -> None:
         if client is not None:
-            if client.feed_callback(info):
+            if client.feed_callback(info, attempt=attempt):
                 self._count("resolved")
                 log.debug("callback resolved task %s (%s)", info.task_id, info.state.value)
             else:
@@ -353,18 +355,18 @@ class CallbackServer:
         if self._on_task is not None:
             self._on_task(info)
 
-    def _confirm_later(self, client: RuxaClient, task_id: str) -> None:
+    def _confirm_later(self, client: RuxaClient, task_id: str, attempt: str | None) -> None:
         if task_id in self._verifying:
             self._count("duplicates_or_late")
             log.debug("callback for task %s is already being confirmed", task_id)
             return
         task = asyncio.get_running_loop().create_task(
-            self._confirm(client, task_id), name="ruxa_async callback confirmation"
+            self._confirm(client, task_id, attempt), name="ruxa_async callback confirmation"
         )
         self._verifying[task_id] = task
         task.add_done_callback(self._confirmed)
 
-    async def _confirm(self, client: RuxaClient, task_id: str) -> None:
+    async def _confirm(self, client: RuxaClient, task_id: str, attempt: str | None) -> None:
         self._count("verify_queries")
         try:
             info = await client.get_task(task_id)
@@ -374,7 +376,7 @@ class CallbackServer:
             return
         finally:
             self._verifying.pop(task_id, None)
-        self._deliver(client, info)
+        self._deliver(client, info, attempt)
 
     def _confirmed(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from ruxa_async import Job, NotFoundError, RetryPolicy, TaskLostError
-from ruxa_async.testing import FakeRuxa, Faults, ModelBehavior, RateLimit
+from ruxa_async import Job, NotFoundError, PollPolicy, RetryPolicy, RuxaClient, TaskLostError
+from ruxa_async.testing import FakeRuxa, Faults, ModelBehavior, RateLimit, SimConfig
+from ruxa_async.webhooks import CallbackServer
 
 from .conftest import make_client
 from .helpers_proc import (
@@ -114,6 +115,44 @@ async def test_a_refused_connection_clears_the_mark(fake: FakeRuxa) -> None:
         )
     assert report.outcomes[0].ambiguous_attempts == 0
     assert events == ["send", "unsent"]
+
+
+# ------------------------------------------------------- ambiguity resolved by callbacks
+
+
+async def test_callbacks_name_the_task_of_an_ambiguous_create(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """500 after create with callbacks on: the attempt's own callback names its task.
+
+    Goal (issue 12): duplicate creates <= 20 % of the injected 500-after-create.
+    """
+    n = 120
+    config = SimConfig(
+        seed=5,
+        default_behavior=ModelBehavior(median_seconds=0.2, sigma=0.2),
+        faults=Faults(error_500_after_create=0.1),
+    )
+    retry = RetryPolicy(initial_delay=0.01, max_delay=0.05, max_time=30.0)
+    poll = PollPolicy(first_check=0.05, min_interval=0.05, max_interval=0.5)
+    caplog.set_level(logging.WARNING, logger="ruxa_async")
+    async with (
+        FakeRuxa(config) as fake,
+        RuxaClient(
+            fake.api_key, base_url=fake.url, callbacks=CallbackServer(), retry=retry, poll=poll
+        ) as client,
+    ):
+        report = await client.run_batch(jobs(n, "cb"))
+        recovered = client.statistics().ambiguous_recovered
+    stats = fake.stats()
+    injected = stats.faults.get("error_500_after_create", 0)
+    assert all(o.ok for o in report.outcomes)
+    assert injected >= 5, "too few faults injected to measure anything"
+    assert stats.duplicate_creates <= 0.2 * injected
+    assert recovered >= injected - stats.duplicate_creates
+    named = [r.getMessage() for r in caplog.records if "its callback named" in r.getMessage()]
+    assert len(named) == recovered
+    assert all(m.startswith("job cb") for m in named)
 
 
 # ------------------------------------------------------------------ lost tasks
