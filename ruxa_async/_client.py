@@ -572,13 +572,11 @@ class RuxaClient:
         present: it names the create attempt the task came from, so an attempt
         that failed ambiguously learns its task id (and is not sent again).
         """
-        named = False
         if attempt is not None:
             waiter = self._attempts.get(attempt)
             if waiter is not None and not waiter.done():
-                waiter.set_result(info.task_id)
-                named = True
-        return self._scheduler.resolve(info, source="callback") or named
+                waiter.set_result(info.task_id)  # its snapshot is kept until the task is tracked
+        return self._scheduler.resolve(info, source="callback")
 
     # ----------------------------------------------------------------- batches
 

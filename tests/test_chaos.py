@@ -342,8 +342,9 @@ def check_every_paid_task_reported(run: Run) -> None:
     by_prompt = {o.job.input["prompt"]: o for o in run.outcomes}
     known = {o.task_id for o in run.outcomes if o.task_id is not None}
     orphans = [r for r in run.fake.tasks() if r.task_id not in known]
+    recovered = run.settled.ambiguous_recovered  # named by their attempt's callback
     if run.mix.timeouts is None:
-        assert len(orphans) == run.stats.ambiguous_created
+        assert len(orphans) == run.stats.ambiguous_created - recovered
     else:
         # The client also gives up on replies the service did send, only later than the
         # timeout (a busy machine): those tasks are orphans the service cannot know about.
@@ -353,7 +354,7 @@ def check_every_paid_task_reported(run: Run) -> None:
             if o.task_id is None and o.error and is_ambiguous_create(o.error)
         )
         retries = run.settled.ambiguous_create_retries
-        assert run.stats.ambiguous_created <= len(orphans) <= retries + errors
+        assert run.stats.ambiguous_created - recovered <= len(orphans) <= retries + errors
     for record in orphans:
         o = by_prompt[record.input["prompt"]]
         retried = o.task_id is not None  # a later create for the same job gave it its task
