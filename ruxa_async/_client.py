@@ -13,8 +13,8 @@ import attrs
 
 from . import _wire
 from ._batch import AsCompleted, ProgressEvent, run_batch
-from ._coordinator import Coordinator, CoordinatorStatistics
 from ._config import DEFAULT_BASE_URL, PollPolicy, RateLimits, RetryPolicy, Timeouts
+from ._coordinator import Coordinator, CoordinatorStatistics
 from ._errors import APIStatusError, ConfigurationError, RateLimitError, TaskTimeoutError
 from ._fleet import Fleet
 from ._handles import TaskHandle
@@ -211,8 +211,12 @@ class RuxaClient:
             raise
         except APIStatusError:
             self._limiter.on_success(permit)
+            if fleet is not None:
+                fleet.succeeded(kind)
             raise
         self._limiter.on_success(permit)
+        if fleet is not None:
+            fleet.succeeded(kind)
         return data
 
     async def _check(self, task_id: str) -> TaskInfo:

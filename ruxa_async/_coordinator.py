@@ -17,6 +17,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import collections
+import contextlib
 import logging
 from collections.abc import Callable
 from typing import Literal
@@ -26,6 +27,7 @@ import attrs
 from ._config import RateLimits
 from ._errors import InsufficientCreditsError, RuxaError
 from ._models import TaskInfo
+from ._ratestate import RateState
 
 __all__ = [
     "AmbiguousCreateError",
@@ -34,11 +36,11 @@ __all__ = [
     "CoordinatorStatistics",
     "CreditBudgetExceededError",
     "LocalCoordinator",
+    "Reservation",
 ]
 
 log = logging.getLogger("ruxa_async")
 
-Kind = Literal["create", "query"]
 ClaimStatus = Literal["owner", "created", "in_progress", "ambiguous"]
 CallbackHandler = Callable[[TaskInfo], None]
 
@@ -81,6 +83,14 @@ class CreditBudgetExceededError(InsufficientCreditsError):
         self.needed = needed
         self.spent = spent
         self.budget = budget
+
+
+@attrs.frozen(kw_only=True)
+class Reservation:
+    """Credits reserved for one create: where they were counted and how many."""
+
+    where: str
+    amount: float
 
 
 @attrs.frozen(kw_only=True)
@@ -140,9 +150,9 @@ class Coordinator(abc.ABC):
     timeouts and falls back to local behaviour when its store is unreachable.
     """
 
-    #: True when the coordinator paces requests across processes (the client
-    #: then asks it for a permit before each request).
-    shares_rate: bool = False
+    #: The shared rate-controller state when the coordinator paces requests
+    #: across processes (the client then takes each permit from it), else None.
+    rate_state: RateState | None = None
 
     def __init__(self) -> None:
         self._users = 0
@@ -174,18 +184,11 @@ class Coordinator(abc.ABC):
 
     async def _open(self) -> None:
         """Open connections and start background work (first user)."""
+        return
 
     async def _close(self) -> None:
         """Close connections and stop background work (last user)."""
-
-    # ------------------------------------------------------------------ rate
-
-    async def admit(self, kind: Kind) -> int:
-        """Wait for a shared permit to send one request of ``kind``; returns its epoch."""
-        return 0
-
-    async def rate_limited(self, kind: Kind, epoch: int, retry_after: float | None) -> None:
-        """Tell the fleet a request of ``kind`` admitted in ``epoch`` got a 429."""
+        return
 
     # ------------------------------------------------------------ idempotency
 
@@ -215,7 +218,7 @@ class Coordinator(abc.ABC):
 
     # ---------------------------------------------------------------- credits
 
-    async def reserve_credits(self, amount: float) -> object | None:
+    async def reserve_credits(self, amount: float) -> Reservation | None:
         """Reserve ``amount`` credits; raises :class:`CreditBudgetExceededError` when over.
 
         Returns a reservation to hand to :meth:`refund_credits`, or None when
@@ -223,8 +226,9 @@ class Coordinator(abc.ABC):
         """
         return None
 
-    async def refund_credits(self, reservation: object) -> None:
+    async def refund_credits(self, reservation: Reservation) -> None:
         """Give back a reservation whose create failed without creating a task."""
+        return
 
     # -------------------------------------------------------------- callbacks
 
@@ -267,10 +271,8 @@ class LocalCoordinator(Coordinator):
             raise ValueError("credit_window must be > 0")
         self._max_credits = max_credits
         self._window = credit_window
-        self._spent: dict[int, float] = {}
-        self._keys: collections.OrderedDict[str, tuple[str, str | None]] = (
-            collections.OrderedDict()
-        )
+        self._spent: dict[str, float] = {}
+        self._keys: collections.OrderedDict[str, tuple[str, str | None]] = collections.OrderedDict()
         self._changed: dict[str, asyncio.Event] = {}
         self._counts = collections.Counter[str]()
         self._reserved = 0.0
@@ -319,32 +321,29 @@ class LocalCoordinator(Coordinator):
 
     async def wait_claim(self, key: str, timeout: float) -> None:
         event = self._changed.setdefault(key, asyncio.Event())
-        try:
+        with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(event.wait(), timeout)
-        except asyncio.TimeoutError:
-            pass
 
     def _notify(self, key: str) -> None:
         event = self._changed.pop(key, None)
         if event is not None:
             event.set()
 
-    async def reserve_credits(self, amount: float) -> object | None:
+    async def reserve_credits(self, amount: float) -> Reservation | None:
         if self._max_credits is None:
             return None
-        window = int(asyncio.get_running_loop().time() // self._window)
+        window = str(int(asyncio.get_running_loop().time() // self._window))
         spent = self._spent.get(window, 0.0)
         if spent + amount > self._max_credits + 1e-9:
             raise CreditBudgetExceededError(amount, spent, self._max_credits)
         self._spent = {window: spent + amount}
         self._reserved += amount
-        return (window, amount)
+        return Reservation(where=window, amount=amount)
 
-    async def refund_credits(self, reservation: object) -> None:
-        window, amount = reservation  # type: ignore[misc]
-        if window in self._spent:
-            self._spent[window] -= amount
-        self._refunded += amount
+    async def refund_credits(self, reservation: Reservation) -> None:
+        if reservation.where in self._spent:
+            self._spent[reservation.where] -= reservation.amount
+        self._refunded += reservation.amount
 
     def statistics(self) -> CoordinatorStatistics:
         return CoordinatorStatistics(

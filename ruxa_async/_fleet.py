@@ -15,9 +15,11 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from ._config import RateLimits, RetryPolicy
-from ._coordinator import AmbiguousCreateError, Coordinator, Kind, LocalCoordinator
+from ._coordinator import AmbiguousCreateError, Coordinator, LocalCoordinator
 from ._errors import RuxaError
+from ._fleetpace import FleetPacer
 from ._models import TaskInfo
+from ._ratestate import Kind
 from ._retry import is_ambiguous_create
 from .catalog import estimate_cost
 
@@ -49,7 +51,9 @@ class Fleet:
     ) -> None:
         self.explicit = coordinator is not None
         self.coordinator: Coordinator = coordinator or LocalCoordinator()
-        self.shares_rate = self.coordinator.shares_rate
+        state = self.coordinator.rate_state
+        self.pacer = FleetPacer(state, limits) if state is not None else None
+        self.shares_rate = self.pacer is not None
         self._limits = limits
         self._retry = retry
         self._creating: dict[str, asyncio.Task[str]] = {}
@@ -83,7 +87,13 @@ class Fleet:
 
     async def admit(self, kind: Kind) -> int:
         """A shared permit before the local one (only when the coordinator shares rates)."""
-        return await self.coordinator.admit(kind)
+        assert self.pacer is not None
+        return await self.pacer.admit(kind)
+
+    def succeeded(self, kind: Kind) -> None:
+        """A request of ``kind`` got a reply other than 429."""
+        assert self.pacer is not None
+        self.pacer.succeeded(kind)
 
     async def sending(self, kind: Kind) -> None:
         """Just before a request goes out: an idempotent create becomes 'sending'."""
@@ -96,7 +106,8 @@ class Fleet:
 
     async def rate_limited(self, kind: Kind, epoch: int, retry_after: float | None) -> None:
         """Report a 429 to the fleet (its gate pauses every process)."""
-        await self.coordinator.rate_limited(kind, epoch, retry_after)
+        assert self.pacer is not None
+        await self.pacer.on_rate_limited(kind, epoch, retry_after)
 
     # --------------------------------------------------------------- creates
 
