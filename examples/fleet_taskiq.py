@@ -62,7 +62,9 @@ setup_ruxa(broker, make_client)
 
 @broker.task(task_name="fleet.generate_image")
 async def generate_image(
-    job_id: str, prompt: str, client: RuxaClient = TaskiqDepends(ruxa_client)
+    job_id: str,
+    prompt: str,
+    client: RuxaClient = TaskiqDepends(ruxa_client),  # noqa: B008
 ) -> dict[str, object]:
     """One image: created once per job id across the fleet, however often it is delivered."""
     try:
