@@ -88,6 +88,10 @@ async def generate_or_defer(
     """
     client = ruxa_client(ctx)
     handle = await client.submit(model, input, idempotency_key=idempotency_key)
+    if int(ctx.get("job_try") or 1) > 1:  # a re-attached task may be done: look at once
+        info = await client.get_task(handle.task_id)
+        if info.is_terminal:
+            client._scheduler.resolve(info, source="poll")
     try:
         return await handle.wait(wait)
     except TaskTimeoutError:
