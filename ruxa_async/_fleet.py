@@ -23,7 +23,7 @@ from ._ratestate import Kind
 from ._retry import is_ambiguous_create
 from .catalog import estimate_cost
 
-__all__ = ["Fleet"]
+__all__ = ["Fleet", "coordinator_from_url"]
 
 log = logging.getLogger("ruxa_async")
 
@@ -194,3 +194,12 @@ class Fleet:
         )
         self._forwarding.add(task)
         task.add_done_callback(self._forwarding.discard)
+
+
+def coordinator_from_url(url: str | None) -> Coordinator | None:
+    """A ``RedisCoordinator`` for ``url`` (the CLI's ``--redis``), None without one."""
+    if url is None:
+        return None
+    from .redis import RedisCoordinator  # the redis extra, only when asked for
+
+    return RedisCoordinator(url)

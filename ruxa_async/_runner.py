@@ -43,6 +43,7 @@ from . import (
     TaskTimeoutError,
 )
 from ._download import file_name
+from ._fleet import coordinator_from_url
 from ._jobsfile import JobLine, JobsFileError, JobsSummary, read_jobs, scan_jobs
 from ._journal import FileRecord, JobRecord, JobRef, JobState, Journal, JournalError
 from ._progress import BatchCounters, Display, make_display, print_summary
@@ -384,6 +385,7 @@ class BatchRun:
             rate_limits=_rate_limits(self.args),
             poll=poll_policy(self.args, self.simulate),
             callbacks=_callbacks(self.args),
+            coordinator=coordinator_from_url(getattr(self.args, "redis", None)),
         )
         self.display = make_display(self.args.progress, self.counters, interval=self.args.interval)
         self.counters.started = time.monotonic()
