@@ -9,10 +9,13 @@ process runs the same rules against the same state, so they act as one sender:
   ``start_rate`` doubling every ``doubling`` seconds, instead of letting every
   process fire ``max_in_flight`` requests at once;
 * the first 429 of an episode (a compare-and-increment, so once for the whole
-  fleet) sets the rate just under the accepted rate the fleet measured over
-  the last second or two (else ``decrease_factor`` times the current rate);
+  fleet) remembers the rate it came at as the limit's upper bound and drops
+  to ``backoff`` times that rate (never under ``settle`` times the accepted
+  rate the fleet measured, when that measure rests on enough requests);
 * while requests queue for tokens and no 429 came for ``probe_after``
-  seconds, the rate creeps up by ``probe_step``, to follow a limit that rose.
+  seconds, the rate climbs half way to the upper bound (a binary search that
+  costs few 429 episodes), and past it by ``probe_step`` to follow a limit
+  that rose.
 
 A configured ``create_per_second``/``query_per_second`` is a ceiling.
 """
@@ -31,6 +34,8 @@ __all__ = ["FleetPacer"]
 
 log = logging.getLogger("ruxa_async")
 
+_GATE_SLACK = 0.05  # a gate closed for at least the pause minus this needs no new closing
+
 
 class FleetPacer:
     """Admits requests of one process against the fleet's shared state (see the module)."""
@@ -43,9 +48,10 @@ class FleetPacer:
         start_rate: float = 10.0,
         doubling: float = 0.5,
         unlimited: float = 5000.0,
-        settle: float = 0.95,
-        probe_after: float = 10.0,
-        probe_step: float = 0.03,
+        settle: float = 0.85,
+        backoff: float = 0.85,
+        probe_after: float = 2.0,
+        probe_step: float = 0.05,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
@@ -55,6 +61,7 @@ class FleetPacer:
         self._doubling = doubling
         self._unlimited = unlimited
         self._settle = settle
+        self._backoff = backoff
         self._probe_after = probe_after
         self._probe_step = probe_step
         self._clock = clock
@@ -109,8 +116,7 @@ class FleetPacer:
                 episode = learned.episode if learned is not None else 0
                 if rate is None:
                     return episode
-                burst = self._burst(kind) if learned is not None else 1.0
-                wait = await state.take(kind, 1, rate, burst)
+                wait = await state.take(kind, 1, rate, self._burst(kind))
                 if wait <= 0:
                     return episode
                 await self._maybe_probe(kind, learned, rate, now)
@@ -131,10 +137,16 @@ class FleetPacer:
             return
         if now - self._seen[kind][1] < self._probe_after:
             return
+        bound = learned.estimate
+        if bound is not None and rate < bound * (1.0 - self._probe_step):
+            # half way to where the last 429 came, by at most twice the step
+            rate = min(rate + (bound - rate) / 2.0, rate * (1.0 + 2.0 * self._probe_step))
+        else:
+            rate, bound = rate * (1.0 + self._probe_step), None
         probed = LearnedLimit(
-            rate=rate * (1.0 + self._probe_step),
+            rate=rate,
             burst=learned.burst,
-            estimate=learned.estimate,
+            estimate=bound,
             source=learned.source,
             episode=learned.episode,
         )
@@ -152,21 +164,27 @@ class FleetPacer:
         limits = self._limits
         self.rate_limited += 1
         pause = retry_after if retry_after is not None else limits.pause_without_retry_after
-        await self.state.close_gate(self._scope(kind), min(max(pause, 0.0), limits.max_pause))
+        pause = min(max(pause, 0.0), limits.max_pause)
+        scope = self._scope(kind)
+        if await self.state.gate_remaining(scope) < pause - _GATE_SLACK:  # else: already closed
+            await self.state.close_gate(scope, pause)
+        learned = await self.state.read(kind)
+        if learned is not None and learned.episode > episode:
+            return  # this 429 belongs to an episode already handled
         if not await self.state.begin_episode(kind, episode):
             return
         self.decreases += 1
-        learned = await self.state.read(kind)
         current = self.pace(kind, learned, self._clock())
         measure = getattr(self.state, "admitted_rate", None)
         measured = await measure(kind) if measure is not None else None
-        floor = current * limits.decrease_factor if current is not None else None
-        if measured is not None and (current is None or measured < current):
-            rate = measured * self._settle
-            if floor is not None:
-                rate = max(rate, floor)  # a measure of a few requests says little
+        if current is None:  # sending without a limit when the 429 came
+            rate = (measured or limits.min_rate) * limits.decrease_factor
+        elif learned is None:  # the end of the slow start: half the rate was still fine
+            rate = max(current / 2.0, (measured or 0.0) * self._settle)
+        elif measured is None:
+            rate = current * limits.decrease_factor
         else:
-            rate = floor if floor is not None else (measured or 1.0) * limits.decrease_factor
+            rate = max(current * self._backoff, measured * self._settle)
         rate = max(limits.min_rate, rate)
         ceiling = self._ceiling(kind)
         if ceiling is not None:
@@ -174,7 +192,7 @@ class FleetPacer:
         new = LearnedLimit(
             rate=rate,
             burst=self._burst(kind),
-            estimate=measured,
+            estimate=current,  # here: the rate that drew the 429, an upper bound
             source="429s",
             episode=episode + 1,
         )

@@ -98,13 +98,15 @@ def test_credit_reservations_stop_at_the_budget_per_window(conn: redis_sync.Redi
 
 
 async def test_lease_serves_permits_from_memory_until_it_expires(redis_url: str) -> None:
-    """One Redis call leases a block; later permits come from memory until the lease expires."""
+    """One Redis call leases a block; permits come from memory, spaced at the rate, until expiry."""
     clock = Clock()
     store = Store(redis_url, namespace=f"u{uuid.uuid4().hex[:6]}", timeout=1.0)
     state = RedisRateState(store, channel="c", lease_seconds=0.1, lease_ttl=0.5, clock=clock)
     try:
         for _ in range(5):
             assert await state.take("create", 1, 50.0, 10.0) == 0.0
+            assert await state.take("create", 1, 50.0, 10.0) == pytest.approx(0.02)  # spaced
+            clock.now += 0.02
         assert state.leases == 1
         assert state.leased_tokens == 5  # ceil(50/s * 0.1 s)
         clock.now += 1.0  # expired: unspent tokens are not used
@@ -140,8 +142,8 @@ async def test_slow_start_doubles_until_the_first_429() -> None:
     assert pacer.pace("create", None, clock.now) is None  # past `unlimited`: no bucket
 
 
-async def test_a_429_settles_under_the_measured_rate_once_per_episode() -> None:
-    """The first 429 of an episode sets the rate under the accepted rate; later ones only pause."""
+async def test_a_429_backs_off_once_per_episode() -> None:
+    """The first 429 of an episode lowers the rate once; later 429s of it only pause."""
     clock = Clock()
     state = LocalRateState(clock)
     measured = {"create": 100.0}
@@ -155,7 +157,8 @@ async def test_a_429_settles_under_the_measured_rate_once_per_episode() -> None:
     await pacer.on_rate_limited("create", 0, retry_after=1.0)
     learned = await state.read("create")
     assert learned is not None
-    assert learned.rate == pytest.approx(112.0)  # 0.7 x 160 is above 0.95 x 100
+    assert learned.rate == pytest.approx(136.0)  # 0.85 x 160, above 0.85 x 100 accepted
+    assert learned.estimate == pytest.approx(160.0)  # the upper bound the probes aim under
     assert learned.episode == 1
     assert await state.gate_remaining("client") == pytest.approx(1.0)
     await pacer.on_rate_limited("create", 0, retry_after=2.0)  # same episode
@@ -186,3 +189,16 @@ async def test_configured_rate_is_a_ceiling() -> None:
     pacer = FleetPacer(LocalRateState(clock), limits, clock=clock, sleep=clock.sleep)
     assert pacer.pace("create", None, clock.now) == 5.0
     assert pacer.pace("create", LearnedLimit(rate=50.0), clock.now) == 5.0
+
+
+async def test_the_end_of_slow_start_halves_the_rate() -> None:
+    """A 429 during slow start: half the ramp's rate, or the accepted rate if that is higher."""
+    clock = Clock()
+    state = LocalRateState(clock)
+    pacer = FleetPacer(state, RateLimits(), clock=clock, sleep=clock.sleep)
+    pacer.pace("create", None, clock.now)
+    clock.now += 1.0  # the ramp is at 40/s
+    await pacer.on_rate_limited("create", 0, retry_after=None)
+    learned = await state.read("create")
+    assert learned is not None
+    assert learned.rate == pytest.approx(20.0)

@@ -65,7 +65,7 @@ class RedisCoordinator(Coordinator):
         max_credits: float | None = None,
         credit_window: float = 86_400.0,
         idempotency_ttl: float = 86_400.0,
-        timeout: float = 0.5,
+        timeout: float = 2.0,
         heartbeat: float = 1.0,
     ) -> None:
         super().__init__()

@@ -28,6 +28,11 @@ from ._store import Store
 
 __all__ = ["RedisRateState"]
 
+_TICKS = 10  # accepted-request counters per second
+_LAG = 3  # ticks left out at the recent end (not flushed everywhere yet)
+_WINDOW = 5  # ticks summed
+_MIN_SAMPLES = 20
+
 _KINDS_OF: dict[str, tuple[Kind, ...]] = {
     "create": ("create",),
     "query": ("query",),
@@ -40,11 +45,12 @@ _SCOPES_OF: dict[Kind, tuple[GateScope, GateScope]] = {
 
 
 class _Lease:
-    __slots__ = ("expires", "lock", "tokens")
+    __slots__ = ("expires", "lock", "next_at", "tokens")
 
     def __init__(self) -> None:
         self.tokens = 0
         self.expires = 0.0
+        self.next_at = 0.0  # leased tokens are spent at the rate, not in a burst
         self.lock = asyncio.Lock()
 
 
@@ -168,13 +174,16 @@ class RedisRateState:
     async def take(self, kind: Kind, count: int, rate: float, burst: float) -> float:
         """See :meth:`RateState.take`: from the local lease, else a new block from Redis."""
         lease = self._leases[kind]
-        if self._from_lease(lease, count):
+        spacing = self._spacing(lease, rate)
+        if spacing > 0:
+            return spacing
+        if self._from_lease(lease, count, rate):
             return 0.0
         if self._store.degraded:
             share = max(1, self.members)
             return await self.local.take(kind, count, rate / share, max(1.0, burst / share))
         async with lease.lock:
-            if self._from_lease(lease, count):
+            if self._from_lease(lease, count, rate):
                 return 0.0
             block = max(count, min(self._max_lease, math.ceil(rate * self._lease_seconds)))
             block = min(block, max(count, int(burst)))
@@ -191,13 +200,20 @@ class RedisRateState:
                 return wait
             self.leases += 1
             self.leased_tokens += granted
+            now = self._clock()
             lease.tokens = granted - count
-            lease.expires = self._clock() + self._lease_ttl
+            lease.expires = now + self._lease_ttl
+            lease.next_at = max(now, lease.next_at) + count / rate
             return 0.0
 
-    def _from_lease(self, lease: _Lease, count: int) -> bool:
-        if lease.tokens >= count and self._clock() < lease.expires:
+    def _spacing(self, lease: _Lease, rate: float) -> float:
+        return max(0.0, lease.next_at - self._clock())
+
+    def _from_lease(self, lease: _Lease, count: int, rate: float) -> bool:
+        now = self._clock()
+        if lease.tokens >= count and now < lease.expires:
             lease.tokens -= count
+            lease.next_at = max(now, lease.next_at) + count / rate
             return True
         return False
 
@@ -208,16 +224,16 @@ class RedisRateState:
         self._admitted[kind] += 1
 
     async def flush_admitted(self) -> None:
-        """Add this process's accepted requests to the fleet's per-second counters."""
+        """Add this process's accepted requests to the fleet's per-100 ms counters."""
         counts = {kind: n for kind, n in self._admitted.items() if n}
         if not counts:
             return
-        second = int(time.time())
+        tick = int(time.time() * _TICKS)
 
         async def op() -> bool:
             async with self._store.redis.pipeline(transaction=False) as pipe:
                 for kind, n in counts.items():
-                    key = self._key("ok", kind, str(second))
+                    key = self._key("ok", kind, str(tick))
                     pipe.incrby(key, n)
                     pipe.expire(key, 10)
                 await pipe.execute()
@@ -228,16 +244,21 @@ class RedisRateState:
             self._admitted[kind] -= n
 
     async def admitted_rate(self, kind: Kind) -> float | None:
-        """The fleet's accepted requests per second of ``kind``: the last second and this one."""
+        """The fleet's accepted requests per second of ``kind`` over a recent half second.
+
+        The window ends ``_LAG`` ticks ago (every process has flushed by then);
+        None when it holds fewer than ``_MIN_SAMPLES`` requests (too few to say).
+        """
         await self.flush_admitted()
-        now = time.time()
-        second = int(now)
-        keys = [self._key("ok", kind, str(second - i)) for i in (0, 1)]
+        tick = int(time.time() * _TICKS)
+        keys = [self._key("ok", kind, str(tick - i)) for i in range(_LAG, _LAG + _WINDOW)]
         values = await self._store.call(lambda: self._store.redis.mget(keys))
         if values is None:
             return None
         total = sum(int(v) for v in values if v is not None)
-        return total / (1.0 + now - second) if total else None
+        if total < _MIN_SAMPLES:
+            return None
+        return total * _TICKS / _WINDOW
 
 
 def _encode(learned: LearnedLimit) -> str:

@@ -41,6 +41,7 @@ class Store:
         *,
         namespace: str,
         timeout: float,
+        max_connections: int = 64,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.url = url
@@ -48,13 +49,17 @@ class Store:
         self.prefix = namespace + ":"
         self.timeout = timeout
         self._clock = clock
-        self.redis: aioredis.Redis = aioredis.Redis.from_url(
+        # a bounded pool: a crowd of callers waits (within the timeout) for a connection
+        pool = aioredis.BlockingConnectionPool.from_url(
             url,
+            max_connections=max_connections,
+            timeout=timeout,
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
             retry=Retry(NoBackoff(), 0),
             health_check_interval=0,
         )
+        self.redis: aioredis.Redis = aioredis.Redis(connection_pool=pool)
         self.degraded = False
         self.degraded_since = 0.0
         self.degraded_before = 0.0
@@ -113,7 +118,7 @@ class Store:
     async def aclose(self) -> None:
         """Close the connection pool."""
         try:
-            await asyncio.wait_for(self.redis.aclose(), self.timeout)
+            await asyncio.wait_for(self.redis.aclose(close_connection_pool=True), self.timeout)
         except (RedisError, OSError, asyncio.TimeoutError) as exc:
             log.debug("closing the Redis connection failed: %s", exc)
 
