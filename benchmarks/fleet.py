@@ -274,8 +274,13 @@ def run_outage(tmp: Path, tasks: int) -> dict[str, Any]:
     run, namespace = uuid.uuid4().hex[:6], f"bench{uuid.uuid4().hex[:6]}"
     try:
         specs = [
-            [*("--run", run, "--first", str(f), "--count", str(c)), "--namespace", namespace]
-            + ["--redis", server.url]
+            [
+                *("--run", run, "--first", str(f), "--count", str(c)),
+                "--namespace",
+                namespace,
+                "--redis",
+                server.url,
+            ]
             for f, c in _split(tasks, 4)
         ]
         fleet = Fleet(sim.url, specs)
