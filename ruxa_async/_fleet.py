@@ -173,10 +173,12 @@ class Fleet:
         try:
             task_id = await create()
         except RuxaError as exc:
-            await self.coordinator.release(key, ambiguous=sending.sent and is_ambiguous_create(exc))
+            sent = sending.sent or not self.shares_rate  # only a shared pacer marks sends
+            await self.coordinator.release(key, ambiguous=sent and is_ambiguous_create(exc))
             raise
         except BaseException:
-            await asyncio.shield(self.coordinator.release(key, ambiguous=sending.sent))
+            sent = sending.sent or not self.shares_rate
+            await asyncio.shield(self.coordinator.release(key, ambiguous=sent))
             raise
         finally:
             _SENDING.reset(token)

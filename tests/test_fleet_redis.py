@@ -224,19 +224,6 @@ async def test_coordinator_recovers_when_redis_returns(
         assert coordinator.statistics().degraded_events == 1
 
 
-async def test_idempotency_without_a_coordinator_is_per_process(fake: FakeRuxa) -> None:
-    """Without a coordinator, one client deduplicates keys in-process."""
-    async with RuxaClient(fake.api_key, base_url=fake.url, poll=FAST_POLL, retry=FAST_RETRY) as c:
-        first, second = await asyncio.gather(
-            c.submit(NB, {"prompt": "a"}, idempotency_key="same"),
-            c.submit(NB, {"prompt": "a"}, idempotency_key="same"),
-        )
-        third = await c.submit(NB, {"prompt": "a"}, idempotency_key="same")
-        assert first.task_id == second.task_id == third.task_id
-        assert fake.stats().tasks_created == 1
-        assert c.statistics().coordinator is None
-
-
 async def test_rate_limits_configured_are_fleet_ceilings(redis_url: str) -> None:
     """A configured create rate is shared: two clients together do not exceed it."""
     config = SimConfig(seed=3, create_limit=RateLimit(per_second=20, burst=4))
