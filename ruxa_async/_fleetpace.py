@@ -34,6 +34,7 @@ __all__ = ["FleetPacer"]
 
 log = logging.getLogger("ruxa_async")
 
+_QUIET_PROBES = 5  # at the bound, probe past it after this many probe intervals
 _GATE_SLACK = 0.05  # a gate closed for at least the pause minus this needs no new closing
 
 
@@ -48,8 +49,8 @@ class FleetPacer:
         start_rate: float = 10.0,
         doubling: float = 0.5,
         unlimited: float = 5000.0,
-        settle: float = 0.85,
-        backoff: float = 0.85,
+        settle: float = 0.9,
+        backoff: float = 0.92,
         probe_after: float = 2.0,
         probe_step: float = 0.05,
         clock: Callable[[], float] = time.monotonic,
@@ -66,7 +67,7 @@ class FleetPacer:
         self._probe_step = probe_step
         self._clock = clock
         self._sleep = sleep
-        self._first: dict[Kind, float] = {}
+        self._ramped: dict[Kind, float] = {}
         self._locks: dict[Kind, asyncio.Lock] = {"create": asyncio.Lock(), "query": asyncio.Lock()}
         self._seen: dict[Kind, tuple[LearnedLimit | None, float]] = {}
         self.rates: dict[Kind, float | None] = {"create": None, "query": None}
@@ -92,8 +93,9 @@ class FleetPacer:
         elif ceiling is not None:
             rate = ceiling
         else:
-            first = self._first.setdefault(kind, now)
-            rate = self._start_rate * 2.0 ** min(60.0, (now - first) / self._doubling)
+            # the ramp advances only while requests wait for it (demand), as TCP's does
+            ramped = self._ramped.get(kind, 0.0)
+            rate = self._start_rate * 2.0 ** min(60.0, ramped / self._doubling)
             if rate >= self._unlimited:
                 return None
         return rate if ceiling is None else min(rate, ceiling)
@@ -120,7 +122,10 @@ class FleetPacer:
                 if wait <= 0:
                     return episode
                 await self._maybe_probe(kind, learned, rate, now)
-                await self._sleep(min(wait, 1.0))
+                wait = min(wait, 1.0)
+                if learned is None:
+                    self._ramped[kind] = self._ramped.get(kind, 0.0) + wait
+                await self._sleep(wait)
 
     def _note(self, kind: Kind, learned: LearnedLimit | None, now: float) -> None:
         seen = self._seen.get(kind)
@@ -141,6 +146,8 @@ class FleetPacer:
         if bound is not None and rate < bound * (1.0 - self._probe_step):
             # half way to where the last 429 came, by at most twice the step
             rate = min(rate + (bound - rate) / 2.0, rate * (1.0 + 2.0 * self._probe_step))
+        elif now - self._seen[kind][1] < self._probe_after * _QUIET_PROBES:
+            return  # at the bound: probe past it only now and then
         else:
             rate, bound = rate * (1.0 + self._probe_step), None
         probed = LearnedLimit(
@@ -178,13 +185,13 @@ class FleetPacer:
         measure = getattr(self.state, "admitted_rate", None)
         measured = await measure(kind) if measure is not None else None
         if current is None:  # sending without a limit when the 429 came
-            rate = (measured or limits.min_rate) * limits.decrease_factor
+            rate = measured * self._settle if measured is not None else self._start_rate
         elif learned is None:  # the end of the slow start: half the rate was still fine
             rate = max(current / 2.0, (measured or 0.0) * self._settle)
-        elif measured is None:
-            rate = current * limits.decrease_factor
         else:
-            rate = max(current * self._backoff, measured * self._settle)
+            rate = current * self._backoff
+            if measured is not None:
+                rate = max(rate, measured * self._settle)
         rate = max(limits.min_rate, rate)
         ceiling = self._ceiling(kind)
         if ceiling is not None:

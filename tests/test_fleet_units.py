@@ -131,14 +131,19 @@ async def test_a_gate_message_drops_the_lease(redis_url: str) -> None:
         await store.aclose()
 
 
-async def test_slow_start_doubles_until_the_first_429() -> None:
-    """With nothing known, the pace starts low and doubles every `doubling` seconds."""
+async def test_slow_start_doubles_only_while_requests_wait() -> None:
+    """With nothing known, the pace starts low and doubles per `doubling` seconds of demand."""
     clock = Clock()
     pacer = FleetPacer(LocalRateState(clock), RateLimits(), clock=clock, sleep=clock.sleep)
     assert pacer.pace("create", None, clock.now) == pytest.approx(10.0)
-    clock.now += 1.0
-    assert pacer.pace("create", None, clock.now) == pytest.approx(40.0)
-    clock.now += 10.0
+    clock.now += 10.0  # idle time does not ramp
+    assert pacer.pace("create", None, clock.now) == pytest.approx(10.0)
+    start = clock.now
+    while clock.now - start < 1.0:
+        await pacer.admit("create")
+    assert pacer.rates["create"] is not None
+    assert pacer.rates["create"] > 20.0
+    pacer._ramped["create"] = 10.0
     assert pacer.pace("create", None, clock.now) is None  # past `unlimited`: no bucket
 
 
@@ -157,7 +162,7 @@ async def test_a_429_backs_off_once_per_episode() -> None:
     await pacer.on_rate_limited("create", 0, retry_after=1.0)
     learned = await state.read("create")
     assert learned is not None
-    assert learned.rate == pytest.approx(136.0)  # 0.85 x 160, above 0.85 x 100 accepted
+    assert learned.rate == pytest.approx(147.2)  # 0.92 x 160, above 0.9 x 100 accepted
     assert learned.estimate == pytest.approx(160.0)  # the upper bound the probes aim under
     assert learned.episode == 1
     assert await state.gate_remaining("client") == pytest.approx(1.0)
@@ -196,8 +201,7 @@ async def test_the_end_of_slow_start_halves_the_rate() -> None:
     clock = Clock()
     state = LocalRateState(clock)
     pacer = FleetPacer(state, RateLimits(), clock=clock, sleep=clock.sleep)
-    pacer.pace("create", None, clock.now)
-    clock.now += 1.0  # the ramp is at 40/s
+    pacer._ramped["create"] = 1.0  # a second of demand: the ramp is at 40/s
     await pacer.on_rate_limited("create", 0, retry_after=None)
     learned = await state.read("create")
     assert learned is not None
