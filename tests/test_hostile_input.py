@@ -130,7 +130,7 @@ def test_arbitrary_bytes_in_a_jobs_file_raise_only_sdk_errors(
     _only_sdk_errors(data, default_model, dedupe)
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=_json_lines(), default_model=st.none() | st.just(NB), dedupe=st.booleans())
 @example(data=b'{"model": "x", "input": {}, "id": 1.5}', default_model=None, dedupe=True)
 @example(data=b'{"id": "a", "model": "x", "input": {}}\n' * 2, default_model=None, dedupe=True)
