@@ -33,6 +33,7 @@ from ._config import (
     env_api_key,
     resolve_base_url,
 )
+from ._coordinator import Coordinator, CoordinatorStatistics
 from ._errors import (
     APIStatusError,
     ClientClosedError,
@@ -42,6 +43,7 @@ from ._errors import (
     RuxaError,
     TaskTimeoutError,
 )
+from ._fleet import Fleet
 from ._handles import TaskHandle
 from ._limiter import Permit, RateController, RateStatistics
 from ._models import BatchReport, Job, RequestEvent, TaskInfo, TaskState
@@ -70,6 +72,7 @@ class ClientStatistics:
     pending: int
     rate: RateStatistics
     scheduler: SchedulerStatistics
+    coordinator: CoordinatorStatistics | None = None  # with coordinator=... only
     ambiguous_recovered: int = 0
     """Ambiguous creates (a 5xx or timeout after sending) whose task was then named by its
     own attempt's callback: resolved without sending the create again."""
@@ -156,6 +159,7 @@ class RuxaClient:
         poll: PollPolicy | None = None,
         max_connections: int | None = None,
         callbacks: CallbackReceiver | None = None,
+        coordinator: Coordinator | None = None,
         validate: bool = True,
         on_request: Callable[[RequestEvent], None] | None = None,
     ) -> None:
@@ -169,7 +173,12 @@ class RuxaClient:
         self.retry_policy = retry or RetryPolicy()
         self.rate_limits = rate_limits or RateLimits()
         self.poll_policy = poll or PollPolicy()
-        self._limiter = RateController(self.rate_limits)
+        # fleet (coordinator) hooks: see _fleet.py; a shared pacer owns rate discovery
+        self._fleet = Fleet(coordinator, self.rate_limits, self.retry_policy)
+        local_limits = self.rate_limits
+        if self._fleet.shares_rate:
+            local_limits = attrs.evolve(local_limits, adaptive=False)
+        self._limiter = RateController(local_limits)
         self._transport = Transport(
             base_url=self._base_url,
             key=self._key,
@@ -232,6 +241,7 @@ class RuxaClient:
         self._runner = asyncio.get_running_loop().create_task(
             self._scheduler.run(), name="ruxa_async scheduler"
         )
+        await self._fleet.start(self._resolve_published)
         if self._callbacks is not None:
             await self._callbacks.start(self)
 
@@ -252,6 +262,7 @@ class RuxaClient:
         if self._callbacks is not None:
             await self._callbacks.aclose()
         self._scheduler.close()
+        await self._fleet.aclose()
         runner, self._runner = self._runner, None
         if runner is not None:
             runner.cancel()
@@ -293,9 +304,13 @@ class RuxaClient:
         attempt for its owner (a batch).
         """
         self._require_open()
+        fleet = self._fleet if self._fleet.shares_rate else None
+        epoch = await fleet.admit(kind) if fleet is not None else 0
         async with self._limiter.permit(kind) as permit:
             if sending is not None:
                 await sending()
+            if fleet is not None:
+                await fleet.sending(kind)
             self._counts[kind] += 1
             if tally is not None:
                 tally.requests_sent += 1
@@ -313,9 +328,13 @@ class RuxaClient:
             self._limiter.on_rate_limited(permit, exc.retry_after)
             if tally is not None:
                 tally.rate_limited += 1
+            if fleet is not None:
+                await fleet.rate_limited(kind, epoch, exc.retry_after)
             raise
         except APIStatusError as exc:
             self._limiter.on_success(permit)
+            if fleet is not None:
+                fleet.succeeded(kind)
             if self._on_request is not None:
                 self._observe(kind, path, permit, exc.code or exc.http_status)
             raise
@@ -324,6 +343,8 @@ class RuxaClient:
                 self._observe(kind, path, permit, reply.status)
             raise
         self._limiter.on_success(permit)
+        if fleet is not None:
+            fleet.succeeded(kind)
         if self._on_request is not None:
             self._observe(kind, path, permit, 200)
         return data
@@ -363,15 +384,17 @@ class RuxaClient:
         """
         body = _wire.build_create_body(model, input, callback_url)
         tokens = self._callbacks is not None and callback_url == self.callback_url
-        if tokens and callback_url is not None:
-            return await self._create_with_tokens(
-                model, input, callback_url, tally, sending, failed, label
-            )
-        if tally is None and sending is None and failed is None:
-            data = await self._retrier.call(
-                "create", lambda: self._send("create", "POST", _wire.CREATE_PATH, body)
-            )
-        else:
+
+        async def send() -> str:
+            if tokens and callback_url is not None:
+                return await self._create_with_tokens(
+                    model, input, callback_url, tally, sending, failed, label
+                )
+            if tally is None and sending is None and failed is None:
+                data = await self._retrier.call(
+                    "create", lambda: self._send("create", "POST", _wire.CREATE_PATH, body)
+                )
+                return _wire.parse_task_id(data)
             last: list[BaseException] = []
 
             async def attempt() -> Any:
@@ -388,7 +411,9 @@ class RuxaClient:
                     raise
 
             data = await self._retrier.call("create", attempt)
-        task_id = _wire.parse_task_id(data)
+            return _wire.parse_task_id(data)
+
+        task_id = await self._fleet.create(model, input, send)
         log.debug("created task %s (%s)", task_id, model)
         return task_id
 
@@ -441,9 +466,7 @@ class RuxaClient:
                 self._attempts.pop(token, None)
 
         data = await self._retrier.call("create", attempt)
-        task_id = _wire.parse_task_id(data)
-        log.debug("created task %s (%s)", task_id, model)
-        return task_id
+        return _wire.parse_task_id(data)
 
     async def _recover(self, waiter: asyncio.Future[str], model: str) -> str | None:
         """The task id the attempt's callback names, if it comes within the safety-net delay."""
@@ -501,16 +524,29 @@ class RuxaClient:
         *,
         callback_url: str | None = None,
         validate: bool | None = None,
+        idempotency_key: str | None = None,
     ) -> TaskHandle:
         """Create a task and return an awaitable :class:`TaskHandle` for it.
 
         With a callback receiver configured, the task carries its URL unless
         ``callback_url`` names another one. A known model's bad input raises
         :class:`InvalidInputError` before anything is sent (unless ``validate``
-        is False).
+        is False). With ``idempotency_key``, the first
+        caller (in this process, or in the fleet with a ``coordinator``) creates
+        the task and every other caller with the same key gets a handle for that
+        same task; a key whose creator died after sending its create follows
+        ``RetryPolicy.ambiguous_creates`` (``"raise"``: :class:`AmbiguousCreateError`).
         """
         url = callback_url if callback_url is not None else self.callback_url
-        task_id = await self.create_task(model, input, callback_url=url, validate=validate)
+        if idempotency_key is not None:
+            self._require_open()
+            self._check_input(model, input, validate)
+            task_id = await self._fleet.create_once(
+                idempotency_key,
+                lambda: self.create_task(model, input, callback_url=url, validate=False),
+            )
+        else:
+            task_id = await self.create_task(model, input, callback_url=url, validate=validate)
         return self._handle(task_id, model, callbacks=url is not None)
 
     def attach(self, task_id: str, *, model: str | None = None) -> TaskHandle:
@@ -525,15 +561,17 @@ class RuxaClient:
         *,
         timeout: float | None = None,
         validate: bool | None = None,
+        idempotency_key: str | None = None,
     ) -> TaskInfo:
         """Create a task and wait for it: the successful :class:`TaskInfo`, or an error.
 
         Raises :class:`InvalidInputError` before sending when the catalogue
         rejects a known model's input (unless ``validate`` is False),
         :class:`TaskFailedError` if the task fails and
-        :class:`TaskTimeoutError` after ``timeout`` seconds.
+        :class:`TaskTimeoutError` after ``timeout`` seconds. ``idempotency_key``:
+        as for :meth:`submit`.
         """
-        handle = await self.submit(model, input, validate=validate)
+        handle = await self.submit(model, input, validate=validate, idempotency_key=idempotency_key)
         return await handle.wait(timeout)
 
     async def wait(
@@ -568,6 +606,8 @@ class RuxaClient:
     def feed_callback(self, info: TaskInfo, *, attempt: str | None = None) -> bool:
         """Resolve a pending task from a callback parsed elsewhere; True if it resolved one.
 
+        With a ``coordinator``, a terminal callback for a task this client does
+        not track is handed to the fleet, where the process awaiting it resolves it.
         ``attempt`` is the ``attempt`` query parameter of the callback URL, when
         present: it names the create attempt the task came from, so an attempt
         that failed ambiguously learns its task id (and is not sent again).
@@ -576,7 +616,14 @@ class RuxaClient:
             waiter = self._attempts.get(attempt)
             if waiter is not None and not waiter.done():
                 waiter.set_result(info.task_id)  # its snapshot is kept until the task is tracked
-        return self._scheduler.resolve(info, source="callback")
+        resolved = self._scheduler.resolve(info, source="callback")
+        if not resolved and self._scheduler.last_state(info.task_id) is None:
+            self._fleet.forward_callback(info)
+        return resolved
+
+    def _resolve_published(self, info: TaskInfo) -> None:
+        if self._scheduler.last_state(info.task_id) is not None:
+            self._scheduler.resolve(info, source="callback")
 
     # ----------------------------------------------------------------- batches
 
@@ -672,6 +719,7 @@ class RuxaClient:
             pending=self._scheduler.pending,
             rate=rate,
             scheduler=self._scheduler.statistics(),
+            coordinator=self._fleet.coordinator.statistics() if self._fleet.explicit else None,
             ambiguous_recovered=self._recovered,
         )
 
