@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from ._batch import AsCompleted, ProgressEvent
 from ._client import CallbackReceiver, ClientStatistics, RuxaClient
-from ._config import DEFAULT_BASE_URL, PollPolicy, RateLimits, RetryPolicy, Timeouts
+from ._config import (
+    DEFAULT_BASE_URL,
+    OutagePolicy,
+    PollPolicy,
+    RateLimits,
+    RetryPolicy,
+    Timeouts,
+)
 from ._errors import (
     APIConnectionError,
     APIStatusError,
@@ -22,6 +29,7 @@ from ._errors import (
     RateLimitError,
     RuxaError,
     ServerError,
+    ServiceUnavailableError,
     TaskFailedError,
     TaskTimeoutError,
     ValidationError,
@@ -29,6 +37,7 @@ from ._errors import (
 from ._handles import TaskHandle
 from ._limiter import RateStatistics
 from ._models import BatchReport, Job, JobOutcome, OutcomeStatus, TaskInfo, TaskState
+from ._outage import OutageStatistics
 from ._scheduler import SchedulerStatistics
 from ._version import __version__
 
@@ -53,6 +62,8 @@ __all__ = [
     "MalformedResponseError",
     "NotFoundError",
     "NotSubmittedError",
+    "OutagePolicy",
+    "OutageStatistics",
     "OutcomeStatus",
     "PollPolicy",
     "ProgressEvent",
@@ -64,6 +75,7 @@ __all__ = [
     "RuxaError",
     "SchedulerStatistics",
     "ServerError",
+    "ServiceUnavailableError",
     "TaskFailedError",
     "TaskHandle",
     "TaskInfo",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
@@ -13,11 +14,25 @@ import attrs
 
 from . import _wire
 from ._batch import AsCompleted, ProgressEvent, run_batch
-from ._config import DEFAULT_BASE_URL, PollPolicy, RateLimits, RetryPolicy, Timeouts
-from ._errors import APIStatusError, ConfigurationError, RateLimitError, TaskTimeoutError
+from ._config import (
+    DEFAULT_BASE_URL,
+    OutagePolicy,
+    PollPolicy,
+    RateLimits,
+    RetryPolicy,
+    Timeouts,
+)
+from ._errors import (
+    APIConnectionError,
+    APIStatusError,
+    ConfigurationError,
+    RateLimitError,
+    TaskTimeoutError,
+)
 from ._handles import TaskHandle
 from ._limiter import Kind, RateController, RateStatistics
 from ._models import BatchReport, Job, TaskInfo
+from ._outage import OutageCoordinator, OutageGate, OutageStatistics, call_deadline
 from ._retry import Retrier
 from ._scheduler import PollScheduler, SchedulerStatistics
 from ._transport import Transport
@@ -42,6 +57,7 @@ class ClientStatistics:
     pending: int
     rate: RateStatistics
     scheduler: SchedulerStatistics
+    outage: OutageStatistics
 
 
 class CallbackReceiver(Protocol):
@@ -104,6 +120,7 @@ class RuxaClient:
         poll: PollPolicy | None = None,
         max_connections: int | None = None,
         callbacks: CallbackReceiver | None = None,
+        outage: OutagePolicy | None = None,
     ) -> None:
         self._key = _key_source(api_key)
         self._callbacks = callbacks
@@ -120,6 +137,10 @@ class RuxaClient:
             user_agent=f"ruxa-async/{__version__}",
         )
         self._limiter = RateController(self.rate_limits)
+        self.outage_policy = outage or OutagePolicy()
+        self._outage: OutageCoordinator = OutageGate(
+            self.outage_policy, url=self._transport.base_url
+        )
         self._retrier = Retrier(self.retry_policy)
         self._scheduler = PollScheduler(
             self._check,
@@ -181,12 +202,28 @@ class RuxaClient:
     # ---------------------------------------------------------- the one path
 
     async def _send(self, kind: Kind, method: str, path: str, body: bytes | None = None) -> Any:
-        """One attempt: permit from the rate controller, the request, the parsed reply."""
+        """One attempt: permit from the rate controller, the request, the parsed reply.
+
+        While the outage gate is closed the attempt waits there; a failure that
+        closed (or met) the gate is sent again once it opens, unless it was a
+        create that may have reached the service (the retry policy decides).
+        """
         if self._runner is None:
             await self.start()
-        async with self._limiter.permit(kind) as permit:
-            self._counts[kind] += 1
-            reply = await self._transport.request(method, path, body)
+        outage = self._outage
+        while True:
+            if not outage.is_open():
+                await outage.wait_open(self._probe)
+            async with self._limiter.permit(kind) as permit:
+                self._counts[kind] += 1
+                try:
+                    reply = await self._transport.request(method, path, body)
+                except APIConnectionError as exc:
+                    if outage.on_failure(exc) and (kind == "query" or not exc.request_sent):
+                        continue
+                    raise
+            break
+        outage.on_reply()
         try:
             data = _wire.parse_reply(reply.status, reply.body, reply.retry_after)
         except RateLimitError as exc:
@@ -197,6 +234,10 @@ class RuxaClient:
             raise
         self._limiter.on_success(permit)
         return data
+
+    async def _probe(self) -> None:
+        """The outage gate's probe: one query for a task that does not exist; any reply will do."""
+        await self._transport.request("GET", _wire.query_path("ruxa-async-probe"))
 
     async def _check(self, task_id: str) -> TaskInfo:
         data = await self._send("query", "GET", _wire.query_path(task_id))
@@ -255,9 +296,16 @@ class RuxaClient:
         """Create a task and wait for it: the successful :class:`TaskInfo`, or an error.
 
         Raises :class:`TaskFailedError` if the task fails and
-        :class:`TaskTimeoutError` after ``timeout`` seconds.
+        :class:`TaskTimeoutError` after ``timeout`` seconds; if the service is
+        unreachable for longer than ``timeout`` while the task is being
+        created, :class:`ServiceUnavailableError` (an :class:`APIConnectionError`
+        whose ``request_sent`` says whether the create may have arrived).
         """
-        handle = await self.submit(model, input)
+        started = time.monotonic()
+        with call_deadline(timeout):  # an outage may not hold the create past the timeout
+            handle = await self.submit(model, input)
+        if timeout is not None:
+            timeout = max(0.0, timeout - (time.monotonic() - started))
         return await handle.wait(timeout)
 
     async def wait(
@@ -352,7 +400,7 @@ class RuxaClient:
     # ------------------------------------------------------------- statistics
 
     def statistics(self) -> ClientStatistics:
-        """A frozen snapshot of requests, retries, 429s, pending tasks and rates."""
+        """A frozen snapshot of requests, retries, 429s, pending tasks, rates and outages."""
         rate = self._limiter.statistics()
         return ClientStatistics(
             requests_sent=self._transport.requests_sent,
@@ -364,6 +412,7 @@ class RuxaClient:
             pending=self._scheduler.pending,
             rate=rate,
             scheduler=self._scheduler.statistics(),
+            outage=self._outage.statistics(),
         )
 
 

@@ -25,6 +25,7 @@ __all__ = [
     "RateLimitError",
     "RuxaError",
     "ServerError",
+    "ServiceUnavailableError",
     "TaskFailedError",
     "TaskTimeoutError",
     "ValidationError",
@@ -54,6 +55,40 @@ class APIConnectionError(RuxaError):
 
 class APITimeoutError(APIConnectionError):
     """The request timed out before a reply arrived."""
+
+
+class ServiceUnavailableError(APIConnectionError):
+    """The service could not be reached for longer than allowed; the message names URL and cause.
+
+    Raised once an outage outlasts ``OutagePolicy.max_outage`` (or
+    ``first_contact`` when the service never answered, as with a wrong base
+    URL), or the caller's own timeout. A batch stops submitting on it; tasks
+    already created stay on the service: run again later to resume.
+    ``request_sent`` is False unless an earlier attempt of the same call may
+    have reached the service.
+    """
+
+    def __init__(
+        self,
+        *,
+        url: str,
+        cause: str,
+        down_seconds: float,
+        call_deadline: bool = False,
+        request_sent: bool = False,
+    ) -> None:
+        self.url = url
+        self.cause = cause
+        self.down_seconds = down_seconds
+        if call_deadline:
+            ending = f"gave up after the call's timeout, {down_seconds:.0f} s into the outage"
+        else:
+            ending = f"unreachable for {down_seconds:.0f} s"
+        message = (
+            f"the Ruxa service at {url} cannot be reached ({cause or 'no reply'}); {ending}. "
+            "Check the base URL (RUXA_BASE_URL) and the network, then run again to resume"
+        )
+        super().__init__(message, request_sent=request_sent)
 
 
 class APIStatusError(RuxaError):

@@ -39,6 +39,7 @@ from . import (
     RateLimits,
     RuxaClient,
     ServerError,
+    ServiceUnavailableError,
     TaskInfo,
     TaskTimeoutError,
 )
@@ -145,7 +146,7 @@ def base_url(args: argparse.Namespace) -> str:
 
 
 def fatal_code(exc: BaseException) -> int:
-    if isinstance(exc, (AuthenticationError, InsufficientCreditsError)):
+    if isinstance(exc, (AuthenticationError, InsufficientCreditsError, ServiceUnavailableError)):
         return EXIT_FATAL
     return EXIT_PARTIAL
 

@@ -29,6 +29,7 @@ from . import (
     InsufficientCreditsError,
     RuxaClient,
     RuxaError,
+    ServiceUnavailableError,
     TaskInfo,
     __version__,
 )
@@ -80,7 +81,9 @@ exit status:
        an unwritable output folder, RUXA_API_KEY not set, a job changed since
        the journal recorded it
   3    fatal: the API key was rejected (401), the account ran out of credits
-       (402), or the journal could not be written
+       (402), the service could not be reached (wrong RUXA_BASE_URL, or an
+       outage longer than the outage policy allows), or the journal could not
+       be written
   130  interrupted; run the same command again to resume
 
 The API key is read from RUXA_API_KEY only (RUXA_BASE_URL sets the API URL).
@@ -535,7 +538,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CLIError as exc:
         say(f"{PROG}: error: {exc}")
         return exc.code
-    except (AuthenticationError, InsufficientCreditsError, JournalError) as exc:
+    except (
+        AuthenticationError,
+        InsufficientCreditsError,
+        ServiceUnavailableError,
+        JournalError,
+    ) as exc:
         say(f"{PROG}: error: {exc}")
         return EXIT_FATAL
     except RuxaError as exc:
