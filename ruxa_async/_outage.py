@@ -224,12 +224,23 @@ class OutageGate:
                 if deadline is not None:
                     due = min(due, deadline)
                 if due > now:
-                    await self._sleep(due - now)
+                    await self._nap(due - now)
                     continue
                 await self._probe_once(probe, now, holding=True)
         finally:
             self._probing = False
             self._notify()  # a waiter may take over probing, or leave
+
+    async def _nap(self, seconds: float) -> None:
+        """Sleep ``seconds`` on the injected clock, or less if the gate changes meanwhile."""
+        loop = asyncio.get_running_loop()
+        nap = loop.create_task(self._sleep(seconds))
+        change = loop.create_task(self._changed.wait())
+        try:
+            await asyncio.wait((nap, change), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            nap.cancel()
+            change.cancel()
 
     async def _probe_once(self, probe: Probe, now: float, *, holding: bool = False) -> None:
         if not holding:

@@ -26,7 +26,8 @@ def _json(value: Any, status: int = 200) -> web.Response:
 
 
 def admin_routes(fake: FakeRuxa) -> list[web.RouteDef]:
-    """``GET /_sim/stats``, ``GET /_sim/tasks``, ``GET`` and ``POST /_sim/config``."""
+    """``GET /_sim/stats``, ``GET /_sim/tasks``, ``GET`` and ``POST /_sim/config`` and
+    ``/_sim/outage``."""
 
     def config_view() -> dict[str, Any]:
         view = config_to_dict(fake.config)
@@ -55,7 +56,38 @@ def admin_routes(fake: FakeRuxa) -> list[web.RouteDef]:
             return _json({"error": str(exc)}, 400)
         return _json(config_view())
 
+    def outage_view() -> dict[str, Any]:
+        return {"mode": fake.down, "remaining": fake.outage_remaining}
+
+    async def get_outage(request: web.Request) -> web.Response:
+        return _json(outage_view())
+
+    async def set_outage(request: web.Request) -> web.StreamResponse:
+        """``{"mode": "refuse"|"drop"|"up", "seconds": N}``; "refuse" needs ``seconds``."""
+        try:
+            body = json.loads(await request.read())
+            mode = body["mode"]
+            seconds = None if body.get("seconds") is None else float(body["seconds"])
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            return _json({"error": f"expected {{mode, seconds}}: {exc}"}, 400)
+        if mode == "refuse" and seconds is None:
+            return _json({"error": "a refuse outage closes this port too: give its seconds"}, 400)
+        if mode == "up":
+            await fake.restore()
+            return _json(outage_view())
+        if mode not in ("refuse", "drop"):
+            return _json({"error": f"mode must be refuse, drop or up, got {mode!r}"}, 400)
+        # reply first: a refuse outage cuts this very connection
+        reply = _json({"mode": mode, "remaining": seconds})
+        reply.force_close()
+        await reply.prepare(request)
+        await reply.write_eof()
+        await fake.outage(mode, seconds)
+        return reply
+
     return [
+        web.get("/_sim/outage", get_outage),
+        web.post("/_sim/outage", set_outage),
         web.get("/_sim/stats", stats),
         web.get("/_sim/tasks", tasks),
         web.get("/_sim/config", get_config),
