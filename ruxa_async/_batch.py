@@ -260,7 +260,8 @@ class AsCompleted:
             return
         except ServiceUnavailableError as exc:
             self._stop(exc)
-            self._emit(slot, error=exc if exc.request_sent else NotSubmittedError(str(exc), exc))
+            reason = self.stop_reason or str(exc)
+            self._emit(slot, error=exc if exc.request_sent else NotSubmittedError(reason, exc))
             return
         except RuxaError as exc:
             self._emit(slot, error=exc)
@@ -322,7 +323,7 @@ class AsCompleted:
         if isinstance(exc, AuthenticationError):
             reason = "the API key was rejected (401)"
         elif isinstance(exc, ServiceUnavailableError):
-            reason = str(exc)
+            reason = "the Ruxa service could not be reached"
         else:
             reason = "the account has insufficient credits (402)"
         self.stop_reason = reason
@@ -335,9 +336,9 @@ class AsCompleted:
     def _give_up_pending(self, exc: ServiceUnavailableError) -> None:
         """The service is gone: end every pending job with ``exc``; its task id is kept."""
         pending, self._pending = self._pending, {}
-        log.warning(
-            "batch stopped: %s (%d created tasks are kept; re-attach to them later)",
-            exc,
+        log.info(
+            "batch stopped: the service is unreachable; %d pending tasks are kept (their ids "
+            "are on the outcomes: re-attach to them later)",
             len(pending),
         )
         for task_id, slot in pending.items():

@@ -80,13 +80,12 @@ class ServiceUnavailableError(APIConnectionError):
         self.url = url
         self.cause = cause
         self.down_seconds = down_seconds
+        how_long = f"{down_seconds:.0f} s"
         if call_deadline:
-            ending = f"gave up after the call's timeout, {down_seconds:.0f} s into the outage"
-        else:
-            ending = f"unreachable for {down_seconds:.0f} s"
+            how_long += " (the call's timeout)"
         message = (
-            f"the Ruxa service at {url} cannot be reached ({cause or 'no reply'}); {ending}. "
-            "Check the base URL (RUXA_BASE_URL) and the network, then run again to resume"
+            f"cannot reach the Ruxa service at {url} for {how_long}: {cause or 'no reply'}. "
+            "Check the base URL (RUXA_BASE_URL) and the network; run again later to resume"
         )
         super().__init__(message, request_sent=request_sent)
 

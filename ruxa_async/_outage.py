@@ -233,9 +233,8 @@ class OutageGate:
 
     async def _nap(self, seconds: float) -> None:
         """Sleep ``seconds`` on the injected clock, or less if the gate changes meanwhile."""
-        loop = asyncio.get_running_loop()
-        nap = loop.create_task(self._sleep(seconds))
-        change = loop.create_task(self._changed.wait())
+        nap: asyncio.Future[None] = asyncio.ensure_future(self._sleep(seconds))
+        change = asyncio.ensure_future(self._changed.wait())
         try:
             await asyncio.wait((nap, change), return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -280,8 +279,8 @@ class OutageGate:
                 self._cause,
                 self._bound(),
             )
-        else:
-            log.warning(
+        else:  # not yet an error: the caller gets one if it lasts
+            log.info(
                 "cannot reach the Ruxa service at %s (%s); retrying for up to %g s",
                 self._url,
                 self._cause,
@@ -302,7 +301,8 @@ class OutageGate:
     def _expire(self, now: float) -> None:
         self._expired = True
         self._gave_up += 1
-        log.error("%s", self._unavailable(now))
+        level = logging.WARNING if self._contacted else logging.INFO
+        log.log(level, "giving up: %s", self._unavailable(now))
         self._notify()
 
     def _notify(self) -> None:

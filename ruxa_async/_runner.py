@@ -677,6 +677,9 @@ class BatchRun:
         if self.interrupted:
             say(f"{PROG}: interrupted; run the same command again to resume")
             return EXIT_INTERRUPTED
+        if isinstance(self.stop_error, ServiceUnavailableError):
+            say(f"{PROG}: error: {self.stop_error}")
+            return EXIT_FATAL
         if self.stop_error is not None and fatal_code(self.stop_error) == EXIT_FATAL:
             say(
                 f"{PROG}: error: stopped submitting: {self.stop_reason}; fix it and run the "
