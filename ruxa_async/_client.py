@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -26,6 +27,7 @@ from ._errors import (
     APIConnectionError,
     APIStatusError,
     ConfigurationError,
+    MalformedResponseError,
     RateLimitError,
     TaskTimeoutError,
 )
@@ -202,11 +204,11 @@ class RuxaClient:
     # ---------------------------------------------------------- the one path
 
     async def _send(self, kind: Kind, method: str, path: str, body: bytes | None = None) -> Any:
-        """One attempt: permit from the rate controller, the request, the parsed reply.
+        """One request, waiting first while the outage gate is closed.
 
-        While the outage gate is closed the attempt waits there; a failure that
-        closed (or met) the gate is sent again once it opens, unless it was a
-        create that may have reached the service (the retry policy decides).
+        A failure that closed (or met) the gate is sent again once it opens,
+        unless it was a create that may have reached the service: the retry
+        policy decides about those.
         """
         if self._runner is None:
             await self.start()
@@ -214,16 +216,19 @@ class RuxaClient:
         while True:
             if not outage.is_open():
                 await outage.wait_open(self._probe)
-            async with self._limiter.permit(kind) as permit:
-                self._counts[kind] += 1
-                try:
-                    reply = await self._transport.request(method, path, body)
-                except APIConnectionError as exc:
-                    if outage.on_failure(exc) and (kind == "query" or not exc.request_sent):
-                        continue
-                    raise
-            break
-        outage.on_reply()
+            try:
+                return await self._attempt(kind, method, path, body)
+            except APIConnectionError as exc:
+                if outage.on_failure(exc) and (kind == "query" or not exc.request_sent):
+                    continue
+                raise
+
+    async def _attempt(self, kind: Kind, method: str, path: str, body: bytes | None) -> Any:
+        """One attempt: permit from the rate controller, the request, the parsed reply."""
+        async with self._limiter.permit(kind) as permit:
+            self._counts[kind] += 1
+            reply = await self._transport.request(method, path, body)
+        self._outage.on_reply()
         try:
             data = _wire.parse_reply(reply.status, reply.body, reply.retry_after)
         except RateLimitError as exc:
@@ -236,8 +241,9 @@ class RuxaClient:
         return data
 
     async def _probe(self) -> None:
-        """The outage gate's probe: one query for a task that does not exist; any reply will do."""
-        await self._transport.request("GET", _wire.query_path("ruxa-async-probe"))
+        """The outage gate's probe: a query for a task that does not exist; any reply will do."""
+        with contextlib.suppress(APIStatusError, MalformedResponseError):
+            await self._attempt("query", "GET", _wire.query_path("ruxa-async-probe"), None)
 
     async def _check(self, task_id: str) -> TaskInfo:
         data = await self._send("query", "GET", _wire.query_path(task_id))
