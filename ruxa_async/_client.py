@@ -44,6 +44,8 @@ from .catalog import get_model
 __all__ = ["CallbackReceiver", "ClientStatistics", "RuxaClient"]
 
 log = logging.getLogger("ruxa_async")
+_PROBE_PATH = _wire.query_path("ruxa-async-probe")
+_GATED = object()  # an attempt that found the outage gate closed once it had its permit
 
 
 @attrs.frozen(kw_only=True)
@@ -217,15 +219,25 @@ class RuxaClient:
             if not outage.is_open():
                 await outage.wait_open(self._probe)
             try:
-                return await self._attempt(kind, method, path, body)
+                data = await self._attempt(kind, method, path, body)
             except APIConnectionError as exc:
                 if outage.on_failure(exc) and (kind == "query" or not exc.request_sent):
                     continue
                 raise
+            if data is not _GATED:
+                return data
 
-    async def _attempt(self, kind: Kind, method: str, path: str, body: bytes | None) -> Any:
-        """One attempt: permit from the rate controller, the request, the parsed reply."""
+    async def _attempt(
+        self, kind: Kind, method: str, path: str, body: bytes | None, *, probe: bool = False
+    ) -> Any:
+        """One attempt: permit from the rate controller, the request, the parsed reply.
+
+        Returns ``_GATED`` without sending when the outage gate closed while
+        this attempt waited for its permit.
+        """
         async with self._limiter.permit(kind) as permit:
+            if not (probe or self._outage.is_open()):
+                return _GATED
             self._counts[kind] += 1
             reply = await self._transport.request(method, path, body)
         self._outage.on_reply()
@@ -243,7 +255,7 @@ class RuxaClient:
     async def _probe(self) -> None:
         """The outage gate's probe: a query for a task that does not exist; any reply will do."""
         with contextlib.suppress(APIStatusError, MalformedResponseError):
-            await self._attempt("query", "GET", _wire.query_path("ruxa-async-probe"), None)
+            await self._attempt("query", "GET", _PROBE_PATH, None, probe=True)
 
     async def _check(self, task_id: str) -> TaskInfo:
         data = await self._send("query", "GET", _wire.query_path(task_id))

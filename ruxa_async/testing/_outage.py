@@ -56,6 +56,8 @@ class OutageSwitch:
         self._ends_at: float | None = None
         self._timer: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
+        self._up = asyncio.Event()
+        self._up.set()
 
     @property
     def remaining(self) -> float | None:
@@ -79,6 +81,7 @@ class OutageSwitch:
             if self.mode is None:
                 self._counters.outages += 1
             self.mode = mode
+            self._up.clear()
             self._ends_at = None if seconds is None else time.monotonic() + seconds
             if seconds is not None:
                 self._timer = asyncio.get_running_loop().create_task(
@@ -96,6 +99,11 @@ class OutageSwitch:
         self._ends_at = None
         if mode == "refuse":
             await self._start_listening()
+        self._up.set()
+
+    async def serving(self) -> None:
+        """Return once no outage is running."""
+        await self._up.wait()
 
     async def _end_after(self, seconds: float) -> None:
         await asyncio.sleep(seconds)
@@ -116,6 +124,7 @@ class OutageSwitch:
             with contextlib.suppress(asyncio.CancelledError):
                 await timer
         self.mode = None
+        self._up.set()
 
     def drop(self, request: web.Request) -> web.Response | None:
         """While down: count the request and cut its connection (the reply is never sent).

@@ -164,6 +164,10 @@ class FakeRuxa:
         """End an outage now."""
         await self._outage.end()
 
+    async def serving(self) -> None:
+        """Return once no outage is running (a timed one has ended)."""
+        await self._outage.serving()
+
     @property
     def down(self) -> OutageMode | None:
         """The outage mode in force, or None while serving."""
