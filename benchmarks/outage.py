@@ -218,6 +218,7 @@ async def batch_with_outage(
                 marks["first second"] = client.statistics().requests_sent
                 await asyncio.sleep(seconds - 1.0)
                 marks["after"] = client.statistics().requests_sent
+                await _until_up(sim)
                 marks["sim"] = await sim.stats()
 
             side = asyncio.create_task(outage())
