@@ -157,6 +157,6 @@ class OutagePolicy:
 
     failures: int = attrs.field(default=3, validator=v.ge(1))
     probe_initial: float = attrs.field(default=0.5, validator=_positive)
-    probe_max: float = attrs.field(default=2.0, validator=_positive)
+    probe_max: float = attrs.field(default=1.0, validator=_positive)
     max_outage: float = attrs.field(default=300.0, validator=_positive)
     first_contact: float = attrs.field(default=5.0, validator=_positive)
