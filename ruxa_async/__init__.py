@@ -39,6 +39,8 @@ from ._limiter import RateStatistics
 from ._models import BatchReport, Job, JobOutcome, OutcomeStatus, TaskInfo, TaskState
 from ._outage import OutageStatistics
 from ._scheduler import SchedulerStatistics
+from ._sync import SyncRuxaClient, SyncTaskHandle
+from ._sync_batch import SyncAsCompleted
 from ._version import __version__
 
 __all__ = [
@@ -76,6 +78,9 @@ __all__ = [
     "SchedulerStatistics",
     "ServerError",
     "ServiceUnavailableError",
+    "SyncAsCompleted",
+    "SyncRuxaClient",
+    "SyncTaskHandle",
     "TaskFailedError",
     "TaskHandle",
     "TaskInfo",

@@ -506,6 +506,8 @@ class PollScheduler:
         return None
 
     async def _check(self, entry: _Entry) -> None:
+        if self._closed is not None:
+            return  # the client closed while this check waited for its first turn
         try:
             self.checks += 1
             entry.checks += 1
