@@ -23,6 +23,7 @@ from ._config import (
     RetryPolicy,
     Timeouts,
 )
+from ._coordinator import Coordinator, CoordinatorStatistics
 from ._errors import (
     APIConnectionError,
     APIStatusError,
@@ -31,6 +32,7 @@ from ._errors import (
     RateLimitError,
     TaskTimeoutError,
 )
+from ._fleet import Fleet
 from ._handles import TaskHandle
 from ._limiter import Kind, RateController, RateStatistics
 from ._models import BatchReport, Job, TaskInfo
@@ -62,6 +64,7 @@ class ClientStatistics:
     rate: RateStatistics
     scheduler: SchedulerStatistics
     outage: OutageStatistics
+    coordinator: CoordinatorStatistics | None = None  # with coordinator=... only
 
 
 class CallbackReceiver(Protocol):
@@ -124,6 +127,7 @@ class RuxaClient:
         poll: PollPolicy | None = None,
         max_connections: int | None = None,
         callbacks: CallbackReceiver | None = None,
+        coordinator: Coordinator | None = None,
         outage: OutagePolicy | None = None,
     ) -> None:
         self._key = _key_source(api_key)
@@ -140,7 +144,12 @@ class RuxaClient:
             max_connections=max_connections or self.rate_limits.max_in_flight,
             user_agent=f"ruxa-async/{__version__}",
         )
-        self._limiter = RateController(self.rate_limits)
+        # fleet (coordinator) hooks: see _fleet.py; a shared pacer owns rate discovery
+        self._fleet = Fleet(coordinator, self.rate_limits, self.retry_policy)
+        local_limits = self.rate_limits
+        if self._fleet.shares_rate:
+            local_limits = attrs.evolve(local_limits, adaptive=False)
+        self._limiter = RateController(local_limits)
         self.outage_policy = outage or OutagePolicy()
         self._outage: OutageCoordinator = OutageGate(
             self.outage_policy, url=self._transport.base_url
@@ -184,6 +193,7 @@ class RuxaClient:
         self._runner = asyncio.get_running_loop().create_task(
             self._scheduler.run(), name="ruxa_async scheduler"
         )
+        await self._fleet.start(self._resolve_published)
         if self._callbacks is not None:
             await self._callbacks.start(self)
 
@@ -195,6 +205,7 @@ class RuxaClient:
         if self._callbacks is not None:
             await self._callbacks.aclose()
         self._scheduler.close()
+        await self._fleet.aclose()
         runner, self._runner = self._runner, None
         if runner is not None:
             runner.cancel()
@@ -235,9 +246,13 @@ class RuxaClient:
         Returns ``_GATED`` without sending when the outage gate closed while
         this attempt waited for its permit.
         """
+        fleet = self._fleet if self._fleet.shares_rate else None
+        epoch = await fleet.admit(kind) if fleet is not None else 0
         async with self._limiter.permit(kind) as permit:
             if not (probe or self._outage.is_open()):
                 return _GATED
+            if fleet is not None:
+                await fleet.sending(kind)
             self._counts[kind] += 1
             reply = await self._transport.request(method, path, body)
         self._outage.on_reply()
@@ -245,11 +260,17 @@ class RuxaClient:
             data = _wire.parse_reply(reply.status, reply.body, reply.retry_after)
         except RateLimitError as exc:
             self._limiter.on_rate_limited(permit, exc.retry_after)
+            if fleet is not None:
+                await fleet.rate_limited(kind, epoch, exc.retry_after)
             raise
         except APIStatusError:
             self._limiter.on_success(permit)
+            if fleet is not None:
+                fleet.succeeded(kind)
             raise
         self._limiter.on_success(permit)
+        if fleet is not None:
+            fleet.succeeded(kind)
         return data
 
     async def _probe(self) -> None:
@@ -273,10 +294,14 @@ class RuxaClient:
     ) -> str:
         """Create a task and return its id (retried per the retry policy)."""
         body = _wire.build_create_body(model, input, callback_url)
-        data = await self._retrier.call(
-            "create", lambda: self._send("create", "POST", _wire.CREATE_PATH, body)
-        )
-        task_id = _wire.parse_task_id(data)
+
+        async def send() -> str:
+            data = await self._retrier.call(
+                "create", lambda: self._send("create", "POST", _wire.CREATE_PATH, body)
+            )
+            return _wire.parse_task_id(data)
+
+        task_id = await self._fleet.create(model, input, send)
         log.debug("created task %s (%s)", task_id, model)
         return task_id
 
@@ -291,15 +316,31 @@ class RuxaClient:
         return TaskHandle(task_id, future, self._scheduler.last_state)
 
     async def submit(
-        self, model: str, input: Mapping[str, Any], *, callback_url: str | None = None
+        self,
+        model: str,
+        input: Mapping[str, Any],
+        *,
+        callback_url: str | None = None,
+        idempotency_key: str | None = None,
     ) -> TaskHandle:
         """Create a task and return an awaitable :class:`TaskHandle` for it.
 
         With a callback receiver configured, the task carries its URL unless
-        ``callback_url`` names another one.
+        ``callback_url`` names another one. With ``idempotency_key``, the first
+        caller (in this process, or in the fleet with a ``coordinator``) creates
+        the task and every other caller with the same key gets a handle for that
+        same task; a key whose creator died after sending its create follows
+        ``RetryPolicy.ambiguous_creates`` (``"raise"``: :class:`AmbiguousCreateError`).
         """
         url = callback_url if callback_url is not None else self.callback_url
-        task_id = await self.create_task(model, input, callback_url=url)
+        if idempotency_key is not None:
+            if self._runner is None:
+                await self.start()
+            task_id = await self._fleet.create_once(
+                idempotency_key, lambda: self.create_task(model, input, callback_url=url)
+            )
+        else:
+            task_id = await self.create_task(model, input, callback_url=url)
         return self._handle(task_id, model, callbacks=url is not None)
 
     def attach(self, task_id: str, *, model: str | None = None) -> TaskHandle:
@@ -309,7 +350,12 @@ class RuxaClient:
         return self._handle(task_id, model, callbacks=False)
 
     async def generate(
-        self, model: str, input: Mapping[str, Any], *, timeout: float | None = None
+        self,
+        model: str,
+        input: Mapping[str, Any],
+        *,
+        timeout: float | None = None,
+        idempotency_key: str | None = None,
     ) -> TaskInfo:
         """Create a task and wait for it: the successful :class:`TaskInfo`, or an error.
 
@@ -318,10 +364,11 @@ class RuxaClient:
         unreachable for longer than ``timeout`` while the task is being
         created, :class:`ServiceUnavailableError` (an :class:`APIConnectionError`
         whose ``request_sent`` says whether the create may have arrived).
+        ``idempotency_key``: as for :meth:`submit`.
         """
         started = time.monotonic()
         with call_deadline(timeout):  # an outage may not hold the create past the timeout
-            handle = await self.submit(model, input)
+            handle = await self.submit(model, input, idempotency_key=idempotency_key)
         if timeout is not None:
             timeout = max(0.0, timeout - (time.monotonic() - started))
         return await handle.wait(timeout)
@@ -358,8 +405,19 @@ class RuxaClient:
         return self._scheduler.last_state(task_id) is not None
 
     def feed_callback(self, info: TaskInfo) -> bool:
-        """Resolve a pending task from a callback parsed elsewhere; True if it resolved one."""
-        return self._scheduler.resolve(info, source="callback")
+        """Resolve a pending task from a callback parsed elsewhere; True if it resolved one.
+
+        With a ``coordinator``, a terminal callback for a task this client does
+        not track is handed to the fleet, where the process awaiting it resolves it.
+        """
+        resolved = self._scheduler.resolve(info, source="callback")
+        if not resolved and self._scheduler.last_state(info.task_id) is None:
+            self._fleet.forward_callback(info)
+        return resolved
+
+    def _resolve_published(self, info: TaskInfo) -> None:
+        if self._scheduler.last_state(info.task_id) is not None:
+            self._scheduler.resolve(info, source="callback")
 
     # ----------------------------------------------------------------- batches
 
@@ -431,6 +489,7 @@ class RuxaClient:
             rate=rate,
             scheduler=self._scheduler.statistics(),
             outage=self._outage.statistics(),
+            coordinator=self._fleet.coordinator.statistics() if self._fleet.explicit else None,
         )
 
 

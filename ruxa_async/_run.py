@@ -29,6 +29,7 @@ from ._client import RuxaClient
 from ._download import file_name
 from ._errors import AuthenticationError, InsufficientCreditsError, ServiceUnavailableError
 from ._fetch import DownloadPipeline, FileWanted, wanted
+from ._fleet import coordinator_from_url
 from ._jobsfile import JobsFileError
 from ._jobstatus import JobStatus
 from ._journal import Journal, JournalError
@@ -282,7 +283,12 @@ class _BatchRun:
 
             callbacks = CallbackServer(*o.callback_bind, public_url=o.callback_public_url)
         self.client = RuxaClient(
-            api_key=key, base_url=url, rate_limits=o.rate_limits, poll=o.poll, callbacks=callbacks
+            api_key=key,
+            base_url=url,
+            rate_limits=o.rate_limits,
+            poll=o.poll,
+            callbacks=callbacks,
+            coordinator=coordinator_from_url(o.redis_url),
         )
         display = make_display(o.progress, self.counters, interval=o.interval)
         self.counters.started = time.monotonic()

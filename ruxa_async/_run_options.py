@@ -53,6 +53,7 @@ class RunOptions:
     ``simulator`` set means: run against an in-process simulator with that
     configuration (``api_key`` and ``base_url`` are then ignored).
     ``callback_bind`` is the ``(host, port)`` to receive callbacks on.
+    ``redis_url`` names the Redis a fleet shares its budget through (``--redis``).
     """
 
     jobs: Path
@@ -60,6 +61,7 @@ class RunOptions:
     journal: Path
     api_key: str | None = attrs.field(default=None, repr=False)
     base_url: str = ""
+    redis_url: str | None = attrs.field(default=None, repr=False)
     simulator: SimConfig | None = None
     default_model: str | None = None
     dedupe: bool = True

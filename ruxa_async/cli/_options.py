@@ -91,6 +91,7 @@ def run_options(args: argparse.Namespace, *, need_key: bool = True) -> RunOption
         journal=args.journal or (args.out / "journal.sqlite"),
         api_key=None if simulate or not need_key else api_key(),
         base_url=base_url(args),
+        redis_url=args.redis,
         simulator=demo_sim_config() if simulate else None,
         default_model=args.model,
         dedupe=not args.no_dedupe,

@@ -118,6 +118,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="stop submitting once the estimated spend of this run would pass N credits",
     )
     run.add_argument("--base-url", metavar="URL", help="API base URL (default: RUXA_BASE_URL)")
+    run.add_argument(
+        "--redis",
+        metavar="URL",
+        help="share rate limits, 429 pauses and credits with a fleet through this Redis",
+    )
     tuning = run.add_argument_group("rates and timeouts")
     tuning.add_argument(
         "--concurrency", type=_positive_int, default=64, metavar="N", help="max requests in flight"
