@@ -28,6 +28,7 @@ from ._errors import (
     AuthenticationError,
     CallbackVerificationError,
     ClientClosedError,
+    ClientNotStartedError,
     ConfigurationError,
     DownloadError,
     InsufficientCreditsError,
@@ -45,7 +46,15 @@ from ._errors import (
 )
 from ._handles import TaskHandle
 from ._limiter import RateStatistics
-from ._models import BatchReport, Job, JobOutcome, OutcomeStatus, TaskInfo, TaskState
+from ._models import (
+    BatchReport,
+    Job,
+    JobOutcome,
+    OutcomeStatus,
+    RequestEvent,
+    TaskInfo,
+    TaskState,
+)
 from ._outage import OutageStatistics
 from ._scheduler import SchedulerStatistics
 from ._sync import SyncRuxaClient, SyncTaskHandle
@@ -65,6 +74,7 @@ __all__ = [
     "CallbackVerificationError",
     "Claim",
     "ClientClosedError",
+    "ClientNotStartedError",
     "ClientStatistics",
     "ConfigurationError",
     "Coordinator",
@@ -87,6 +97,7 @@ __all__ = [
     "RateLimitError",
     "RateLimits",
     "RateStatistics",
+    "RequestEvent",
     "Reservation",
     "RetryPolicy",
     "RuxaClient",
@@ -106,3 +117,14 @@ __all__ = [
     "ValidationError",
     "__version__",
 ]
+
+
+def _claim_public_names() -> None:
+    """Public classes and functions say ``ruxa_async`` is their home, as users import them."""
+    for name in __all__:
+        value = globals()[name]
+        if isinstance(value, type) or callable(value):
+            value.__module__ = __name__
+
+
+_claim_public_names()

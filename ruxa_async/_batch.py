@@ -5,6 +5,15 @@ jobs taken but not yet handed back), submits them through the client's
 shared rate controller, and turns each task's future into a
 :class:`JobOutcome` with a done-callback: no coroutine waits per task.
 
+A batch talks to its client only through a :class:`BatchPort` (create, track,
+forget, validate, the callback URL), which the client builds for it. The
+rate controller owns the bound on requests in flight; the batch keeps at most
+that many creates under way (``BatchPort.max_under_way``, read from the
+controller) so that it never piles waiters onto the controller's queue, and a
+create still waiting for its permit when the batch stops is never sent. The
+batch counts its own requests (a :class:`Tally`), so its report is exact when
+other coroutines share the client.
+
 Account-level errors stop submission once, for the whole batch: a rejected key
 (401) or exhausted credits (402) ends submitting; tasks already created are
 still awaited; every job never sent is reported NOT_SUBMITTED with the reason.
@@ -23,9 +32,10 @@ import functools
 import logging
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
-from typing import TYPE_CHECKING, Literal
+from typing import Literal, Protocol
 
 import attrs
+from attrs import validators as v
 
 from ._errors import (
     AuthenticationError,
@@ -37,12 +47,9 @@ from ._errors import (
     TaskTimeoutError,
 )
 from ._models import BatchReport, Job, JobOutcome, TaskInfo, TaskState
-from .catalog import validate_input
+from ._tally import Tally
 
-if TYPE_CHECKING:
-    from ._client import RuxaClient
-
-__all__ = ["AsCompleted", "ProgressEvent", "run_batch"]
+__all__ = ["AsCompleted", "BatchOptions", "BatchPort", "ProgressEvent", "collect"]
 
 log = logging.getLogger("ruxa_async")
 
@@ -61,14 +68,65 @@ class ProgressEvent:
     outcome: JobOutcome | None = None
 
 
+@attrs.frozen(kw_only=True)
+class BatchOptions:
+    """How one batch runs; see :meth:`RuxaClient.as_completed` for each setting.
+
+    ``validate`` None means the client's own setting.
+    """
+
+    max_pending: int = attrs.field(default=1000, validator=v.ge(1))
+    timeout: float | None = None
+    on_event: Callable[[ProgressEvent], None] | None = None
+    before_create: Callable[[Job], Awaitable[None]] | None = None
+    validate: bool | None = None
+
+
+class BatchPort(Protocol):
+    """What a batch needs from its client; the client builds one for each batch."""
+
+    @property
+    def callback_url(self) -> str | None:
+        """The callback URL the batch's tasks carry, if any."""
+        ...
+
+    @property
+    def max_under_way(self) -> int:
+        """How many creates may be under way at once: the rate controller's in-flight bound."""
+        ...
+
+    def validate(self, job: Job, wanted: bool | None) -> None:
+        """Raise InvalidInputError if the catalogue rejects ``job``; None: the client decides."""
+        ...
+
+    async def create(self, job: Job, tally: Tally, sending: Callable[[], None]) -> str:
+        """Create ``job``'s task; ``sending`` is called as each attempt is about to be sent."""
+        ...
+
+    def track(
+        self,
+        task_id: str,
+        model: str | None,
+        tally: Tally,
+        on_state: Callable[[TaskState], None] | None,
+    ) -> asyncio.Future[TaskInfo]:
+        """Start watching a task; its checks are counted in ``tally``."""
+        ...
+
+    def forget(self, task_id: str) -> None:
+        """Stop watching a task."""
+        ...
+
+
 class _Slot:
-    __slots__ = ("done", "index", "job", "task_id")
+    __slots__ = ("done", "first", "index", "job", "task_id")
 
     def __init__(self, index: int, job: Job) -> None:
         self.index = index
         self.job = job
         self.task_id: str | None = None
         self.done = False
+        self.first = True  # its create has not yet had an attempt let go
 
 
 async def _iterate(jobs: Iterable[Job] | AsyncIterable[Job]) -> AsyncIterator[Job]:
@@ -89,28 +147,21 @@ class AsCompleted:
 
     def __init__(
         self,
-        client: RuxaClient,
+        port: BatchPort,
         jobs: Iterable[Job] | AsyncIterable[Job],
-        *,
-        max_pending: int = 1000,
-        timeout: float | None = None,
-        on_event: Callable[[ProgressEvent], None] | None = None,
-        before_create: Callable[[Job], Awaitable[None]] | None = None,
-        validate: bool = True,
+        options: BatchOptions,
     ) -> None:
-        if max_pending < 1:
-            raise ValueError("max_pending must be at least 1")
-        self._client = client
+        self._port = port
         self._jobs = jobs
-        self._max_pending = max_pending
-        self._timeout = timeout
-        self._on_event = on_event
-        self._validate = validate
-        self._before_create = before_create
+        self._options = options
+        self._timeout = options.timeout
+        self._on_event = options.on_event
+        self._before_create = options.before_create
+        self.tally = Tally()
         self._ready: collections.deque[JobOutcome] = collections.deque()
         self._wakeup = asyncio.Event()
-        self._room = asyncio.Semaphore(max_pending)
-        self._submitting = asyncio.Semaphore(max(1, client.rate_limits.max_in_flight))
+        self._room = asyncio.Semaphore(options.max_pending)
+        self._under_way = asyncio.Semaphore(port.max_under_way)
         self._first_created = asyncio.Event()
         self._probe_running = False
         self._in_hand = 0
@@ -184,7 +235,7 @@ class AsCompleted:
                 len(self._pending),
             )
             for task_id in self._pending:
-                self._client._scheduler.forget(task_id)
+                self._port.forget(task_id)
             self._pending.clear()
 
     # --------------------------------------------------------------- intake
@@ -215,16 +266,16 @@ class AsCompleted:
                     slot.task_id = job.task_id
                     self._track(slot)
                     continue
-                if self._validate and not self._valid(slot):
+                if not self._valid(slot):
                     continue
-                await self._submitting.acquire()
+                await self._under_way.acquire()
                 if not self._first_created.is_set():
                     if self._probe_running:
                         await self._first_created.wait()
                     else:
                         self._probe_running = True
                 if self.stop_reason is not None:
-                    self._submitting.release()
+                    self._under_way.release()
                     self._emit(slot, error=NotSubmittedError(self.stop_reason, self.stop_error))
                     continue
                 task = asyncio.get_running_loop().create_task(self._submit(slot))
@@ -236,14 +287,20 @@ class AsCompleted:
 
     def _valid(self, slot: _Slot) -> bool:
         try:
-            validate_input(slot.job.model, slot.job.input)
+            self._port.validate(slot.job, self._options.validate)
         except InvalidInputError as exc:
             self._emit(slot, error=exc)
             return False
         return True
 
+    def _sending(self, slot: _Slot) -> None:
+        """Called as each attempt of ``slot``'s create is about to be sent."""
+        if slot.first:  # its first attempt: never send one once the batch has stopped
+            slot.first = False
+            if self.stop_reason is not None:
+                raise NotSubmittedError(self.stop_reason, self.stop_error)
+
     async def _submit(self, slot: _Slot) -> None:
-        client = self._client
         try:
             if self._before_create is not None:
                 try:
@@ -251,9 +308,12 @@ class AsCompleted:
                 except Exception as exc:
                     self._crash(exc)
                     return
-            task_id = await client.create_task(
-                slot.job.model, slot.job.input, callback_url=client.callback_url
+            task_id = await self._port.create(
+                slot.job, self.tally, functools.partial(self._sending, slot)
             )
+        except NotSubmittedError as exc:
+            self._emit(slot, error=exc)
+            return
         except (AuthenticationError, InsufficientCreditsError) as exc:
             self._stop(exc)
             self._emit(slot, error=NotSubmittedError(self.stop_reason or str(exc), exc))
@@ -271,7 +331,7 @@ class AsCompleted:
             self._emit(slot, error=exc)
             return
         finally:
-            self._submitting.release()
+            self._under_way.release()
             self._first_created.set()
         slot.task_id = task_id
         if self.stop_reason == "batch deadline passed":
@@ -284,12 +344,11 @@ class AsCompleted:
         task_id = slot.task_id
         assert task_id is not None
         self._pending[task_id] = slot
-        client = self._client
-        future = client._scheduler.track(
+        future = self._port.track(
             task_id,
-            model=slot.job.model,
-            callbacks=client.callback_url is not None,
-            on_state=(lambda state: self._event("state", slot, state)) if self._on_event else None,
+            slot.job.model,
+            self.tally,
+            (lambda state: self._event("state", slot, state)) if self._on_event else None,
         )
         # a partial and one shared context: a closure and a context copy per task cost ~200 B
         future.add_done_callback(functools.partial(self._settled, slot), context=self._context)
@@ -342,7 +401,7 @@ class AsCompleted:
             len(pending),
         )
         for task_id, slot in pending.items():
-            self._client._scheduler.forget(task_id)
+            self._port.forget(task_id)
             self._emit(slot, error=exc)
 
     def _on_deadline(self) -> None:
@@ -358,7 +417,7 @@ class AsCompleted:
                 len(pending),
             )
         for task_id, slot in pending.items():
-            self._client._scheduler.forget(task_id)
+            self._port.forget(task_id)
             self._emit(slot, error=TaskTimeoutError(task_id, self._timeout))
 
     # -------------------------------------------------------------- outcomes
@@ -401,37 +460,20 @@ class AsCompleted:
             log.exception("the batch progress callback raised; ignoring")
 
 
-async def run_batch(
-    client: RuxaClient,
-    jobs: Iterable[Job] | AsyncIterable[Job],
-    *,
-    max_pending: int = 1000,
-    timeout: float | None = None,
-    on_event: Callable[[ProgressEvent], None] | None = None,
-    before_create: Callable[[Job], Awaitable[None]] | None = None,
-) -> BatchReport:
-    """Run every job and return their outcomes in input order with a summary."""
+async def collect(batch: AsCompleted) -> BatchReport:
+    """Run ``batch`` to the end; outcomes in input order plus the batch's own counts."""
     started = time.monotonic()
-    before = client.statistics()
     outcomes: list[JobOutcome] = []
-    batch = AsCompleted(
-        client,
-        jobs,
-        max_pending=max_pending,
-        timeout=timeout,
-        on_event=on_event,
-        before_create=before_create,
-    )
     async with batch:
         async for outcome in batch:
             outcomes.append(outcome)
     outcomes.sort(key=lambda o: o.index)
-    after = client.statistics()
+    tally = batch.tally
     return BatchReport(
         outcomes=tuple(outcomes),
-        requests_sent=after.requests_sent - before.requests_sent,
-        rate_limited=after.rate_limited - before.rate_limited,
-        ambiguous_create_retries=after.ambiguous_create_retries - before.ambiguous_create_retries,
+        requests_sent=tally.requests_sent,
+        rate_limited=tally.rate_limited,
+        ambiguous_create_retries=tally.ambiguous_create_retries,
         wall_time=time.monotonic() - started,
         stop_reason=batch.stop_reason,
     )

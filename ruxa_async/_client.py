@@ -1,12 +1,21 @@
-"""RuxaClient: the async context manager that owns the session, limiter and scheduler."""
+"""RuxaClient: the async context manager that owns the session, limiter and scheduler.
+
+A client's life: *new* (built, nothing open) -> *open* (``async with`` or
+``await client.start()``) -> *closing* -> *closed*. Nothing starts by itself:
+every call that talks to the service needs an open client and says so
+otherwise. A client that was opened and is garbage-collected without being
+closed emits a ``ResourceWarning``, as an unclosed aiohttp session does.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import logging
 import os
 import time
+import warnings
 from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
@@ -14,34 +23,40 @@ from typing import Any, Protocol
 import attrs
 
 from . import _wire
-from ._batch import AsCompleted, ProgressEvent, run_batch
+from ._batch import AsCompleted, BatchOptions, ProgressEvent, collect
 from ._config import (
-    DEFAULT_BASE_URL,
+    Kind,
     OutagePolicy,
     PollPolicy,
     RateLimits,
     RetryPolicy,
     Timeouts,
+    env_api_key,
+    resolve_base_url,
 )
 from ._coordinator import Coordinator, CoordinatorStatistics
 from ._errors import (
     APIConnectionError,
     APIStatusError,
+    ClientClosedError,
+    ClientNotStartedError,
     ConfigurationError,
     MalformedResponseError,
     RateLimitError,
+    RuxaError,
     TaskTimeoutError,
 )
 from ._fleet import Fleet
 from ._handles import TaskHandle
-from ._limiter import Kind, RateController, RateStatistics
-from ._models import BatchReport, Job, TaskInfo
+from ._limiter import Permit, RateController, RateStatistics
+from ._models import BatchReport, Job, RequestEvent, TaskInfo, TaskState
 from ._outage import OutageCoordinator, OutageGate, OutageStatistics, call_deadline
-from ._retry import Retrier
+from ._retry import Retrier, is_ambiguous_create
 from ._scheduler import PollScheduler, SchedulerStatistics
+from ._tally import Tally
 from ._transport import Transport
 from ._version import __version__
-from .catalog import get_model
+from .catalog import get_model, validate_input
 
 __all__ = ["CallbackReceiver", "ClientStatistics", "RuxaClient"]
 
@@ -90,10 +105,17 @@ class CallbackReceiver(Protocol):
         ...
 
 
+class _State(enum.Enum):
+    NEW = "new"
+    OPEN = "open"
+    CLOSING = "closing"
+    CLOSED = "closed"
+
+
 def _key_source(api_key: str | Callable[[], str] | None) -> Callable[[], str]:
     if callable(api_key):
         return api_key
-    key = api_key if api_key is not None else os.environ.get("RUXA_API_KEY")
+    key = api_key if api_key is not None else env_api_key()
     if not key:
         raise ConfigurationError(
             "no API key: pass api_key=... or set the RUXA_API_KEY environment variable"
@@ -114,6 +136,20 @@ class RuxaClient:
     current key (to rotate keys without a restart). One client holds one
     connection pool, one rate controller shared by all its requests, and one
     polling coroutine for all its pending tasks.
+
+    Open it before use (``async with``, or ``await client.start()`` paired
+    with ``await client.aclose()``); a closed client cannot be reopened.
+    ``validate`` (default True) checks a known model's input against
+    :mod:`ruxa_async.catalog` before anything is sent, raising
+    :class:`InvalidInputError`; pass False (or ``validate=False`` per call)
+    when the catalogue is wrong about a model. Unknown models always go to the
+    service, which answers a bad input with :class:`ValidationError`.
+    ``RateLimits.max_in_flight`` is the one bound on API requests in flight
+    (the rate controller's); ``max_connections`` sizes the connection pool
+    that API requests and downloads share (by default the rate controller's
+    bound; an uncapped pool cost more CPU per task in our measurements).
+    ``on_request`` is called with a :class:`RequestEvent` for every request
+    sent (for metrics or tests; it must be quick and must not raise).
     """
 
     def __init__(
@@ -129,27 +165,32 @@ class RuxaClient:
         callbacks: CallbackReceiver | None = None,
         coordinator: Coordinator | None = None,
         outage: OutagePolicy | None = None,
+        validate: bool = True,
+        on_request: Callable[[RequestEvent], None] | None = None,
     ) -> None:
+        self._state = _State.NEW
+        self._on_request = on_request
         self._key = _key_source(api_key)
         self._callbacks = callbacks
-        self._base_url = base_url or os.environ.get("RUXA_BASE_URL") or DEFAULT_BASE_URL
+        self._validate = validate
+        self._base_url = resolve_base_url(base_url)
         self.timeouts = timeouts or Timeouts()
         self.retry_policy = retry or RetryPolicy()
         self.rate_limits = rate_limits or RateLimits()
         self.poll_policy = poll or PollPolicy()
-        self._transport = Transport(
-            base_url=self._base_url,
-            key=self._key,
-            timeouts=self.timeouts,
-            max_connections=max_connections or self.rate_limits.max_in_flight,
-            user_agent=f"ruxa-async/{__version__}",
-        )
         # fleet (coordinator) hooks: see _fleet.py; a shared pacer owns rate discovery
         self._fleet = Fleet(coordinator, self.rate_limits, self.retry_policy)
         local_limits = self.rate_limits
         if self._fleet.shares_rate:
             local_limits = attrs.evolve(local_limits, adaptive=False)
         self._limiter = RateController(local_limits)
+        self._transport = Transport(
+            base_url=self._base_url,
+            key=self._key,
+            timeouts=self.timeouts,
+            max_connections=max_connections or self._limiter.max_in_flight,
+            user_agent=f"ruxa-async/{__version__}",
+        )
         self.outage_policy = outage or OutagePolicy()
         self._outage: OutageCoordinator = OutageGate(
             self.outage_policy, url=self._transport.base_url
@@ -158,16 +199,27 @@ class RuxaClient:
         self._scheduler = PollScheduler(
             self._check,
             self.poll_policy,
-            concurrency=self.rate_limits.max_in_flight,
+            concurrency=self._limiter.max_in_flight,
             typical_seconds=_typical_seconds,
         )
         self._runner: asyncio.Task[None] | None = None
-        self._closed = False
         self._counts = {"create": 0, "query": 0}
 
     def __repr__(self) -> str:
-        state = "closed" if self._closed else ("open" if self._runner else "new")
-        return f"<RuxaClient {self._base_url} {state}>"
+        return f"<RuxaClient {self._base_url} {self._state.value}>"
+
+    def __del__(self, _warn: Callable[..., None] = warnings.warn) -> None:
+        if getattr(self, "_state", None) in (_State.OPEN, _State.CLOSING):
+            _warn(
+                f"unclosed {self!r}: use `async with RuxaClient(...)` or await client.aclose()",
+                ResourceWarning,
+                source=self,
+            )
+
+    @property
+    def state(self) -> str:
+        """Where the client is in its life: ``"new"``, ``"open"``, ``"closing"`` or ``"closed"``."""
+        return self._state.value
 
     @property
     def base_url(self) -> str:
@@ -184,11 +236,14 @@ class RuxaClient:
         await self.aclose()
 
     async def start(self) -> None:
-        """Open the connection pool and start the polling coroutine (``async with`` does this)."""
-        if self._closed:
-            raise ConfigurationError("this client was closed; create a new one")
-        if self._runner is not None:
+        """Open the connection pool and start the polling coroutine (``async with`` does this).
+
+        Starting an open client does nothing; a closed one raises :class:`ClientClosedError`.
+        """
+        if self._state is not _State.NEW:
+            self._require_open()
             return
+        self._state = _State.OPEN
         self._transport.open()
         self._runner = asyncio.get_running_loop().create_task(
             self._scheduler.run(), name="ruxa_async scheduler"
@@ -199,9 +254,18 @@ class RuxaClient:
 
     async def aclose(self) -> None:
         """Stop polling, fail still-pending handles with ClientClosedError, close connections."""
-        if self._closed:
+        if self._state is _State.CLOSED or self._state is _State.CLOSING:
             return
-        self._closed = True
+        if self._state is _State.NEW:
+            self._state = _State.CLOSED
+            return
+        self._state = _State.CLOSING
+        try:
+            await self._shut_down()
+        finally:
+            self._state = _State.CLOSED
+
+    async def _shut_down(self) -> None:
         if self._callbacks is not None:
             await self._callbacks.aclose()
         self._scheduler.close()
@@ -214,23 +278,45 @@ class RuxaClient:
             await asyncio.gather(runner, return_exceptions=True)
         await self._transport.aclose()
 
+    def _require_open(self) -> None:
+        """Raise unless the client is open: the one rule for every call that needs the service."""
+        state = self._state
+        if state is _State.OPEN:
+            return
+        if state is _State.NEW:
+            raise ClientNotStartedError(
+                "this client is not open yet: use `async with RuxaClient(...) as client:` "
+                "or `await client.start()` (and `await client.aclose()` when done)"
+            )
+        raise ClientClosedError(
+            f"this client is {state.value}: it cannot be used or reopened; create a new "
+            "RuxaClient (tasks already created can be re-attached with client.wait(task_id))"
+        )
+
     # ---------------------------------------------------------- the one path
 
-    async def _send(self, kind: Kind, method: str, path: str, body: bytes | None = None) -> Any:
+    async def _send(
+        self,
+        kind: Kind,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        tally: Tally | None = None,
+        sending: Callable[[], None] | None = None,
+    ) -> Any:
         """One request, waiting first while the outage gate is closed.
 
         A failure that closed (or met) the gate is sent again once it opens,
         unless it was a create that may have reached the service: the retry
-        policy decides about those.
+        policy decides about those. ``sending`` and ``tally``: see :meth:`_attempt`.
         """
-        if self._runner is None:
-            await self.start()
+        self._require_open()
         outage = self._outage
         while True:
             if not outage.is_open():
                 await outage.wait_open(self._probe)
             try:
-                data = await self._attempt(kind, method, path, body)
+                data = await self._attempt(kind, method, path, body, tally=tally, sending=sending)
             except APIConnectionError as exc:
                 if outage.on_failure(exc) and (kind == "query" or not exc.request_sent):
                     continue
@@ -239,38 +325,69 @@ class RuxaClient:
                 return data
 
     async def _attempt(
-        self, kind: Kind, method: str, path: str, body: bytes | None, *, probe: bool = False
+        self,
+        kind: Kind,
+        method: str,
+        path: str,
+        body: bytes | None,
+        *,
+        tally: Tally | None = None,
+        sending: Callable[[], None] | None = None,
+        probe: bool = False,
     ) -> Any:
         """One attempt: permit from the rate controller, the request, the parsed reply.
 
         Returns ``_GATED`` without sending when the outage gate closed while
-        this attempt waited for its permit.
+        this attempt waited for its permit. ``sending`` is called once the
+        permit is granted, right before the request goes out (it may raise to
+        send nothing); ``tally`` counts the attempt for its owner (a batch).
         """
         fleet = self._fleet if self._fleet.shares_rate else None
         epoch = await fleet.admit(kind) if fleet is not None else 0
         async with self._limiter.permit(kind) as permit:
             if not (probe or self._outage.is_open()):
                 return _GATED
+            if sending is not None:
+                sending()
             if fleet is not None:
                 await fleet.sending(kind)
             self._counts[kind] += 1
-            reply = await self._transport.request(method, path, body)
+            if tally is not None:
+                tally.requests_sent += 1
+            try:
+                reply = await self._transport.request(method, path, body)
+            except RuxaError:
+                if self._on_request is not None:
+                    self._observe(kind, path, permit, None)
+                raise
         self._outage.on_reply()
         try:
             data = _wire.parse_reply(reply.status, reply.body, reply.retry_after)
         except RateLimitError as exc:
+            if self._on_request is not None:  # stamped before the gate closes
+                self._observe(kind, path, permit, 429)
             self._limiter.on_rate_limited(permit, exc.retry_after)
+            if tally is not None:
+                tally.rate_limited += 1
             if fleet is not None:
                 await fleet.rate_limited(kind, epoch, exc.retry_after)
             raise
-        except APIStatusError:
+        except APIStatusError as exc:
             self._limiter.on_success(permit)
             if fleet is not None:
                 fleet.succeeded(kind)
+            if self._on_request is not None:
+                self._observe(kind, path, permit, exc.code or exc.http_status)
+            raise
+        except RuxaError:
+            if self._on_request is not None:
+                self._observe(kind, path, permit, reply.status)
             raise
         self._limiter.on_success(permit)
         if fleet is not None:
             fleet.succeeded(kind)
+        if self._on_request is not None:
+            self._observe(kind, path, permit, 200)
         return data
 
     async def _probe(self) -> None:
@@ -278,9 +395,59 @@ class RuxaClient:
         with contextlib.suppress(APIStatusError, MalformedResponseError):
             await self._attempt("query", "GET", _PROBE_PATH, None, probe=True)
 
-    async def _check(self, task_id: str) -> TaskInfo:
-        data = await self._send("query", "GET", _wire.query_path(task_id))
+    def _observe(self, kind: Kind, path: str, permit: Permit, code: int | None) -> None:
+        event = RequestEvent(
+            kind=kind, path=path, sent_at=permit.granted_at, replied_at=time.monotonic(), code=code
+        )
+        try:
+            self._on_request(event)  # type: ignore[misc]
+        except Exception:
+            log.exception("the on_request callback raised; ignoring")
+
+    async def _check(self, task_id: str, tally: Tally | None = None) -> TaskInfo:
+        data = await self._send("query", "GET", _wire.query_path(task_id), None, tally)
         return _wire.parse_task(data, task_id=task_id)
+
+    async def _create(
+        self,
+        model: str,
+        input: Mapping[str, Any],
+        callback_url: str | None,
+        tally: Tally | None = None,
+        sending: Callable[[], None] | None = None,
+    ) -> str:
+        """Create a task with retries; each attempt is counted in ``tally``, told to ``sending``."""
+        body = _wire.build_create_body(model, input, callback_url)
+
+        async def send() -> str:
+            if tally is None and sending is None:
+                data = await self._retrier.call(
+                    "create", lambda: self._send("create", "POST", _wire.CREATE_PATH, body)
+                )
+                return _wire.parse_task_id(data)
+            last: list[BaseException] = []
+
+            async def attempt() -> Any:
+                if tally is not None and last and is_ambiguous_create(last[-1]):
+                    tally.ambiguous_create_retries += 1
+                try:
+                    return await self._send(
+                        "create", "POST", _wire.CREATE_PATH, body, tally, sending
+                    )
+                except BaseException as exc:
+                    last.append(exc)
+                    raise
+
+            data = await self._retrier.call("create", attempt)
+            return _wire.parse_task_id(data)
+
+        task_id = await self._fleet.create(model, input, send)
+        log.debug("created task %s (%s)", task_id, model)
+        return task_id
+
+    def _check_input(self, model: str, input: Mapping[str, Any], validate: bool | None) -> None:
+        if self._validate if validate is None else validate:
+            validate_input(model, input)
 
     @property
     def callback_url(self) -> str | None:
@@ -290,23 +457,25 @@ class RuxaClient:
     # -------------------------------------------------------------- requests
 
     async def create_task(
-        self, model: str, input: Mapping[str, Any], *, callback_url: str | None = None
+        self,
+        model: str,
+        input: Mapping[str, Any],
+        *,
+        callback_url: str | None = None,
+        validate: bool | None = None,
     ) -> str:
-        """Create a task and return its id (retried per the retry policy)."""
-        body = _wire.build_create_body(model, input, callback_url)
+        """Create a task and return its id (retried per the retry policy).
 
-        async def send() -> str:
-            data = await self._retrier.call(
-                "create", lambda: self._send("create", "POST", _wire.CREATE_PATH, body)
-            )
-            return _wire.parse_task_id(data)
-
-        task_id = await self._fleet.create(model, input, send)
-        log.debug("created task %s (%s)", task_id, model)
-        return task_id
+        A known model's input is checked first (see the class docstring):
+        :class:`InvalidInputError` before anything is sent.
+        """
+        self._require_open()
+        self._check_input(model, input, validate)
+        return await self._create(model, input, callback_url)
 
     async def get_task(self, task_id: str) -> TaskInfo:
         """Fetch a task's current state once (retried per the retry policy)."""
+        self._require_open()
         return await self._retrier.call("query", lambda: self._check(task_id))
 
     # --------------------------------------------------------------- waiting
@@ -321,12 +490,15 @@ class RuxaClient:
         input: Mapping[str, Any],
         *,
         callback_url: str | None = None,
+        validate: bool | None = None,
         idempotency_key: str | None = None,
     ) -> TaskHandle:
         """Create a task and return an awaitable :class:`TaskHandle` for it.
 
         With a callback receiver configured, the task carries its URL unless
-        ``callback_url`` names another one. With ``idempotency_key``, the first
+        ``callback_url`` names another one. A known model's bad input raises
+        :class:`InvalidInputError` before anything is sent (unless ``validate``
+        is False). With ``idempotency_key``, the first
         caller (in this process, or in the fleet with a ``coordinator``) creates
         the task and every other caller with the same key gets a handle for that
         same task; a key whose creator died after sending its create follows
@@ -334,19 +506,19 @@ class RuxaClient:
         """
         url = callback_url if callback_url is not None else self.callback_url
         if idempotency_key is not None:
-            if self._runner is None:
-                await self.start()
+            self._require_open()
+            self._check_input(model, input, validate)
             task_id = await self._fleet.create_once(
-                idempotency_key, lambda: self.create_task(model, input, callback_url=url)
+                idempotency_key,
+                lambda: self.create_task(model, input, callback_url=url, validate=False),
             )
         else:
-            task_id = await self.create_task(model, input, callback_url=url)
+            task_id = await self.create_task(model, input, callback_url=url, validate=validate)
         return self._handle(task_id, model, callbacks=url is not None)
 
     def attach(self, task_id: str, *, model: str | None = None) -> TaskHandle:
         """A handle for a task created earlier (perhaps by another process); starts tracking it."""
-        if self._runner is None:
-            raise ConfigurationError("start the client first: `async with RuxaClient(...)`")
+        self._require_open()
         return self._handle(task_id, model, callbacks=False)
 
     async def generate(
@@ -355,11 +527,14 @@ class RuxaClient:
         input: Mapping[str, Any],
         *,
         timeout: float | None = None,
+        validate: bool | None = None,
         idempotency_key: str | None = None,
     ) -> TaskInfo:
         """Create a task and wait for it: the successful :class:`TaskInfo`, or an error.
 
-        Raises :class:`TaskFailedError` if the task fails and
+        Raises :class:`InvalidInputError` before sending when the catalogue
+        rejects a known model's input (unless ``validate`` is False),
+        :class:`TaskFailedError` if the task fails and
         :class:`TaskTimeoutError` after ``timeout`` seconds; if the service is
         unreachable for longer than ``timeout`` while the task is being
         created, :class:`ServiceUnavailableError` (an :class:`APIConnectionError`
@@ -368,7 +543,9 @@ class RuxaClient:
         """
         started = time.monotonic()
         with call_deadline(timeout):  # an outage may not hold the create past the timeout
-            handle = await self.submit(model, input, idempotency_key=idempotency_key)
+            handle = await self.submit(
+                model, input, validate=validate, idempotency_key=idempotency_key
+            )
         if timeout is not None:
             timeout = max(0.0, timeout - (time.monotonic() - started))
         return await handle.wait(timeout)
@@ -377,8 +554,7 @@ class RuxaClient:
         self, task_id: str, *, timeout: float | None = None, model: str | None = None
     ) -> TaskInfo:
         """Re-attach to a task created earlier (perhaps by another process) and wait for it."""
-        if self._runner is None:
-            await self.start()
+        self._require_open()
         already = self._scheduler.last_state(task_id) is not None
         handle = self._handle(task_id, model, callbacks=False)
         try:
@@ -396,8 +572,7 @@ class RuxaClient:
         """
         from ._download import download_to_file
 
-        if self._runner is None:
-            await self.start()
+        self._require_open()
         return await download_to_file(self._transport, url, Path(dest), **options)
 
     def is_tracking(self, task_id: str) -> bool:
@@ -429,6 +604,7 @@ class RuxaClient:
         timeout: float | None = None,
         on_event: Callable[[ProgressEvent], None] | None = None,
         before_create: Callable[[Job], Awaitable[None]] | None = None,
+        validate: bool | None = None,
     ) -> AsCompleted:
         """Run ``jobs`` and yield a :class:`JobOutcome` for each, in completion order.
 
@@ -440,16 +616,19 @@ class RuxaClient:
         progress events; ``before_create`` is awaited before each create is sent
         (a journal records the job there; if it raises, that job is not sent and
         the batch stops with its error). Jobs with a ``task_id`` are re-attached,
-        never created again.
+        never created again. A known model's bad input is that job's
+        :class:`InvalidInputError` outcome, found before sending (unless
+        ``validate`` is False, or the client's ``validate`` is and this is None).
         """
-        return AsCompleted(
-            self,
-            jobs,
+        self._require_open()
+        options = BatchOptions(
             max_pending=max_pending,
             timeout=timeout,
             on_event=on_event,
             before_create=before_create,
+            validate=validate,
         )
+        return AsCompleted(_BatchPort(self), jobs, options)
 
     async def run_batch(
         self,
@@ -459,18 +638,22 @@ class RuxaClient:
         timeout: float | None = None,
         on_event: Callable[[ProgressEvent], None] | None = None,
         before_create: Callable[[Job], Awaitable[None]] | None = None,
+        validate: bool | None = None,
     ) -> BatchReport:
         """Run ``jobs`` to the end: outcomes in input order plus a summary.
 
-        Takes the same arguments as :meth:`as_completed`.
+        Takes the same arguments as :meth:`as_completed`. The report's request
+        counts are this batch's own, whatever else shares the client.
         """
-        return await run_batch(
-            self,
-            jobs,
-            max_pending=max_pending,
-            timeout=timeout,
-            on_event=on_event,
-            before_create=before_create,
+        return await collect(
+            self.as_completed(
+                jobs,
+                max_pending=max_pending,
+                timeout=timeout,
+                on_event=on_event,
+                before_create=before_create,
+                validate=validate,
+            )
         )
 
     # ------------------------------------------------------------- statistics
@@ -491,6 +674,50 @@ class RuxaClient:
             outage=self._outage.statistics(),
             coordinator=self._fleet.coordinator.statistics() if self._fleet.explicit else None,
         )
+
+
+class _BatchPort:
+    """The narrow view of a client that a batch gets (see ``_batch.BatchPort``)."""
+
+    __slots__ = ("_client",)
+
+    def __init__(self, client: RuxaClient) -> None:
+        self._client = client
+
+    @property
+    def callback_url(self) -> str | None:
+        return self._client.callback_url
+
+    @property
+    def max_under_way(self) -> int:
+        return self._client._limiter.max_in_flight
+
+    def validate(self, job: Job, wanted: bool | None) -> None:
+        self._client._check_input(job.model, job.input, wanted)
+
+    async def create(self, job: Job, tally: Tally, sending: Callable[[], None]) -> str:
+        client = self._client
+        return await client._create(job.model, job.input, client.callback_url, tally, sending)
+
+    def track(
+        self,
+        task_id: str,
+        model: str | None,
+        tally: Tally,
+        on_state: Callable[[TaskState], None] | None,
+    ) -> asyncio.Future[TaskInfo]:
+        client = self._client
+        client._require_open()
+        return client._scheduler.track(
+            task_id,
+            model=model,
+            callbacks=client.callback_url is not None,
+            on_state=on_state,
+            tally=tally,
+        )
+
+    def forget(self, task_id: str) -> None:
+        self._client._scheduler.forget(task_id)
 
 
 def _typical_seconds(model: str | None) -> float | None:

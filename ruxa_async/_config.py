@@ -6,6 +6,7 @@ Override per client with the constructor's arguments, or derive a variant with
 
 from __future__ import annotations
 
+import os
 from typing import Literal
 
 import attrs
@@ -13,14 +14,33 @@ from attrs import validators as v
 
 __all__ = [
     "DEFAULT_BASE_URL",
+    "Kind",
     "OutagePolicy",
     "PollPolicy",
     "RateLimits",
     "RetryPolicy",
     "Timeouts",
+    "env_api_key",
+    "resolve_base_url",
 ]
 
 DEFAULT_BASE_URL = "https://api.ruxa.ai"
+
+Kind = Literal["create", "query"]
+"""The two classes of request the rate controller and the retry rules tell apart."""
+
+
+def env_api_key() -> str | None:
+    """The API key from ``RUXA_API_KEY`` (surrounding blanks removed), or None when unset."""
+    key = os.environ.get("RUXA_API_KEY", "").strip()
+    return key or None
+
+
+def resolve_base_url(explicit: str | None = None) -> str:
+    """The API base URL: ``explicit``, else ``RUXA_BASE_URL``, else the default; no final '/'."""
+    url = explicit or os.environ.get("RUXA_BASE_URL") or DEFAULT_BASE_URL
+    return url.rstrip("/")
+
 
 _positive = v.gt(0.0)
 _non_negative = v.ge(0.0)

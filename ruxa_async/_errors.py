@@ -15,6 +15,7 @@ __all__ = [
     "AuthenticationError",
     "CallbackVerificationError",
     "ClientClosedError",
+    "ClientNotStartedError",
     "ConfigurationError",
     "DownloadError",
     "InsufficientCreditsError",
@@ -243,7 +244,18 @@ class DownloadError(RuxaError):
 
 
 class ClientClosedError(RuxaError):
-    """The client was closed while this task was still being waited for."""
+    """The client is closed (or closing): a task was still being waited for, or a call came late.
+
+    A closed client cannot be reopened: create a new ``RuxaClient``; tasks
+    already created can be re-attached with ``client.wait(task_id)``.
+    """
+
+
+class ClientNotStartedError(RuxaError, RuntimeError):
+    """A call needs the service but the client was never opened.
+
+    Use ``async with RuxaClient(...) as client:`` or ``await client.start()``.
+    """
 
 
 class NotSubmittedError(RuxaError):

@@ -31,15 +31,12 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from types import TracebackType
-from typing import Literal
 
 import attrs
 
-from ._config import RateLimits
+from ._config import Kind, RateLimits
 
 __all__ = ["Kind", "Permit", "RateController", "RateStatistics"]
-
-Kind = Literal["create", "query"]
 
 _KINDS: tuple[Kind, ...] = ("create", "query")
 _log = logging.getLogger("ruxa_async")
@@ -274,6 +271,11 @@ class RateController:
                 gate.deadline - now,
                 "Retry-After" if retry_after is not None else "no Retry-After",
             )
+
+    @property
+    def max_in_flight(self) -> int:
+        """The bound on requests in flight: the one owner of this number in a client."""
+        return self._limits.max_in_flight
 
     def gate_remaining(self, kind: Kind | None = None) -> float:
         """Seconds until the gate for ``kind`` (for every kind when None) reopens; 0 if open."""

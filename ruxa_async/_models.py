@@ -9,9 +9,18 @@ from typing import Any
 
 import attrs
 
+from ._config import Kind
 from ._errors import NotSubmittedError
 
-__all__ = ["BatchReport", "Job", "JobOutcome", "OutcomeStatus", "TaskInfo", "TaskState"]
+__all__ = [
+    "BatchReport",
+    "Job",
+    "JobOutcome",
+    "OutcomeStatus",
+    "RequestEvent",
+    "TaskInfo",
+    "TaskState",
+]
 
 
 class TaskState(str, enum.Enum):
@@ -100,9 +109,9 @@ class TaskInfo:
         return self.state is TaskState.FAIL
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen
 class Job:
-    """One generation to run in a batch.
+    """One generation to run in a batch: ``Job(model, input, key=..., metadata=..., task_id=...)``.
 
     ``key`` identifies the job in outcomes, journals and file names; when
     omitted, the batch uses the job's position. ``metadata`` is carried through
@@ -113,9 +122,9 @@ class Job:
 
     model: str
     input: Mapping[str, Any] = attrs.field(converter=_frozen_mapping)
-    key: str | None = None
-    metadata: Mapping[str, Any] | None = attrs.field(default=None, eq=False)
-    task_id: str | None = None
+    key: str | None = attrs.field(default=None, kw_only=True)
+    metadata: Mapping[str, Any] | None = attrs.field(default=None, eq=False, kw_only=True)
+    task_id: str | None = attrs.field(default=None, kw_only=True)
 
 
 class OutcomeStatus(str, enum.Enum):
@@ -186,3 +195,28 @@ class BatchReport:
     def not_submitted(self) -> int:
         """Jobs never sent (stopped by no credits, a bad key, a deadline or a spend cap)."""
         return sum(1 for o in self.outcomes if o.status is OutcomeStatus.NOT_SUBMITTED)
+
+
+@attrs.frozen(kw_only=True)
+class RequestEvent:
+    """One request a client sent, as given to ``RuxaClient(on_request=...)``.
+
+    ``sent_at`` is the ``time.monotonic()`` reading when the rate controller let
+    the request go; ``replied_at`` the reading once its reply (or failure) was
+    in hand, taken before a 429 closes the rate controller's gate, so a request
+    sent because the gate had reopened always has ``sent_at`` at least the
+    pause after the 429's ``replied_at``. ``code`` is the Ruxa code of the
+    reply (the envelope's, else the HTTP status; 200 for success), None when
+    no reply came (a dropped connection or a timeout).
+    """
+
+    kind: Kind
+    path: str
+    sent_at: float
+    replied_at: float
+    code: int | None
+
+    @property
+    def rate_limited(self) -> bool:
+        """True for a 429 reply."""
+        return self.code == 429

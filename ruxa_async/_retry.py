@@ -20,11 +20,11 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Awaitable, Callable, Generator
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 import backoff
 
-from ._config import RetryPolicy
+from ._config import Kind, RetryPolicy
 from ._errors import (
     APIConnectionError,
     MalformedResponseError,
@@ -38,7 +38,6 @@ __all__ = ["Kind", "Retrier", "is_ambiguous_create", "is_retryable"]
 
 log = logging.getLogger("ruxa_async")
 
-Kind = Literal["create", "query"]
 T = TypeVar("T")
 
 

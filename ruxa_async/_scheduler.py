@@ -44,7 +44,8 @@ __all__ = ["PollScheduler", "SchedulerStatistics"]
 
 log = logging.getLogger("ruxa_async")
 
-QueryFn = Callable[[str], Awaitable[TaskInfo]]
+QueryFn = Callable[[str, Any], Awaitable[TaskInfo]]
+"""``query(task_id, tally)``: check one task once; ``tally`` is its owner's, from ``track``."""
 _EARLY_LIMIT = 4096  # terminal callbacks kept for ids not (yet) tracked
 Waiter = Callable[["asyncio.Future[None]", float], Awaitable[None]]
 
@@ -80,6 +81,7 @@ class _Entry:
         "on_state",
         "seq",
         "state",
+        "tally",
         "task_id",
     )
 
@@ -100,6 +102,7 @@ class _Entry:
         self.exploring = False
         self.state = TaskState.WAITING
         self.on_state: Callable[[TaskState], None] | None = None
+        self.tally: Any = None  # the owner's request counters, handed to every check
 
 
 _LEARNED_AFTER = 3  # observed durations before the estimate replaces the prior
@@ -190,7 +193,9 @@ class PollScheduler:
     """Owns every pending task id of one client and resolves one future per task.
 
     ``query`` checks one task once (through the rate controller) and raises
-    the SDK's errors; ``typical_seconds`` gives a model's prior duration (from
+    the SDK's errors; ``concurrency`` bounds the checks under way (the client
+    passes its rate controller's in-flight bound, so checks never queue behind
+    it); ``typical_seconds`` gives a model's prior duration (from
     the catalogue). ``clock`` and ``waiter`` are injectable for tests.
     """
 
@@ -239,10 +244,12 @@ class PollScheduler:
         model: str | None = None,
         callbacks: bool = False,
         on_state: Callable[[TaskState], None] | None = None,
+        tally: Any = None,
     ) -> asyncio.Future[TaskInfo]:
         """Start watching ``task_id``; return its future (the same one if already watched).
 
-        ``on_state`` is called with each new non-terminal state a check sees.
+        ``on_state`` is called with each new non-terminal state a check sees;
+        ``tally`` is passed to every check of the task (its owner's counters).
         """
         entry = self._entries.get(task_id)
         if entry is not None:
@@ -257,6 +264,7 @@ class PollScheduler:
         entry = _Entry(task_id, model, future, now)
         entry.callbacks = callbacks
         entry.on_state = on_state
+        entry.tally = tally
         self._entries[task_id] = entry
         early = self._early.pop(task_id, None) if self._early else None
         if early is not None:  # its callback beat the create reply
@@ -511,7 +519,7 @@ class PollScheduler:
         try:
             self.checks += 1
             entry.checks += 1
-            info = await self._query(entry.task_id)
+            info = await self._query(entry.task_id, entry.tally)
         except AuthenticationError as exc:
             log.error("polling stopped: the API key was rejected (%s)", exc.message or exc.code)
             self.fail_all(exc)

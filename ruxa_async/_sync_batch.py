@@ -87,8 +87,7 @@ class _Bridge:
             async def hook(job: Job) -> None:
                 await anyio.to_thread.run_sync(sync_hook, job)
 
-        batch = AsCompleted(
-            client,
+        batch = client.as_completed(
             feed.jobs(),
             max_pending=max_pending,
             timeout=timeout,

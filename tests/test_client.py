@@ -61,11 +61,8 @@ async def test_create_then_get_task(client: RuxaClient, fake: FakeRuxa) -> None:
     """create_task returns the id; get_task reads the task until it succeeds."""
     task_id = await client.create_task(MODEL, PROMPT)
     assert task_id.startswith("task_")
-    for _ in range(200):
-        info = await client.get_task(task_id)
-        if info.is_terminal:
-            break
-        await asyncio.sleep(0.02)
+    await client.wait(task_id)
+    info = await client.get_task(task_id)
     assert info.state is TaskState.SUCCESS
     assert info.task_id == task_id
     assert info.model == MODEL
@@ -132,11 +129,11 @@ async def test_no_credits_is_402_and_never_retried(errors: str) -> None:
 async def test_invalid_requests_are_422_and_never_retried(
     model: str, input_: dict[str, str], field: str, errors: str
 ) -> None:
-    """Unknown model, missing prompt, bad enum: ValidationError after one request."""
+    """Sent unchecked: unknown model, missing prompt, bad enum are a 422 after one request."""
     config = SimConfig(dialect=Dialect(errors=errors))  # type: ignore[arg-type]
     async with FakeRuxa(config) as sim, make_client(sim) as client:
         with pytest.raises(ValidationError) as caught:
-            await client.create_task(model, input_)
+            await client.create_task(model, input_, validate=False)
         assert caught.value.code == 422
         assert sim.stats().requests == 1
 
@@ -199,14 +196,18 @@ async def test_queries_retry_on_server_errors(fake: FakeRuxa) -> None:
     assert fake.stats().queries == retries + 1
 
 
-async def test_ambiguous_create_is_retried_and_counted_by_default(fake: FakeRuxa) -> None:
-    """A 500 after the task was created is retried, counted, and shows as a duplicate."""
+async def test_ambiguous_create_is_retried_and_counted_by_default(
+    fake: FakeRuxa, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A 500 after the task was created is retried, counted, warned about, seen as a duplicate."""
     fake.reconfigure(faults=Faults(error_500_after_create=1.0))
     async with make_client(fake, retry=RetryPolicy(max_attempts=3, initial_delay=0.01)) as client:
         with pytest.raises(ServerError):
             await client.create_task(MODEL, PROMPT)
         stats = client.statistics()
     assert stats.ambiguous_create_retries == 2
+    warned = [r for r in caplog.records if r.levelno == logging.WARNING and r.name == "ruxa_async"]
+    assert len(warned) == 2
     assert fake.stats().ambiguous_created == 3
     assert fake.stats().duplicate_creates == 2
 

@@ -36,6 +36,9 @@ def jobs(n: int, model: str = MODEL) -> list[Job]:
     return [Job(model=model, input={"prompt": f"prompt {i}"}, key=f"k{i}") for i in range(n)]
 
 
+FAST = ModelBehavior(median_seconds=0.05, sigma=0.0)
+
+
 def slow(seconds: float) -> SimConfig:
     return SimConfig(default_behavior=ModelBehavior(median_seconds=seconds, sigma=0.0), seed=5)
 
@@ -85,7 +88,8 @@ async def test_cancelling_one_waiter_leaves_the_others() -> None:
         other = await client.submit(MODEL, {"prompt": "q"})
         first = asyncio.create_task(handle.wait())
         second = asyncio.create_task(handle.wait())
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0)  # both waiters are now awaiting the handle
+        assert not handle.done()
         first.cancel()
         with pytest.raises(asyncio.CancelledError):
             await first
@@ -315,18 +319,70 @@ def test_works_under_uvloop() -> None:
 
 
 async def test_before_create_runs_before_every_create(fake: FakeRuxa) -> None:
-    """The hook is awaited before each create is sent; creates seen at that moment exclude it."""
-    seen: dict[str, int] = {}
+    """The hook is awaited before each create is sent: the service has no task for it yet."""
+    created_before_hook: dict[str, bool] = {}
 
     async def record(job: Job) -> None:
         assert job.key is not None
-        seen[job.key] = fake.stats().creates
+        await asyncio.sleep(0)  # let any create already under way reach the service
+        prompts = {task.input["prompt"] for task in fake.tasks()}
+        created_before_hook[job.key] = job.input["prompt"] in prompts
 
     async with make_client(fake) as client:
         report = await client.run_batch(jobs(40), before_create=record)
     assert report.succeeded == 40
-    assert set(seen) == {f"k{i}" for i in range(40)}
-    assert all(count < 40 for count in seen.values())
+    assert created_before_hook == {f"k{i}": False for i in range(40)}
+    assert len(fake.tasks()) == 40
+
+
+async def test_batch_report_counts_only_its_own_requests_under_concurrent_use() -> None:
+    """generate() calls sharing the client while a batch runs are not in the batch's report."""
+    config = SimConfig(default_behavior=ModelBehavior(median_seconds=0.05, sigma=0.0), seed=9)
+    # Each task completes long before its only check: one create plus one query per task.
+    poll = PollPolicy(first_check=0.4, jitter=0.0)
+    async with FakeRuxa(config) as sim, make_client(sim, poll=poll) as client:
+
+        async def side_calls() -> int:
+            infos = await asyncio.gather(
+                *(client.generate(MODEL, {"prompt": f"side {i}"}) for i in range(15))
+            )
+            return len(infos)
+
+        report, side = await asyncio.gather(client.run_batch(jobs(25)), side_calls())
+        total = client.statistics().requests_sent
+    assert report.succeeded == 25
+    assert side == 15
+    assert sim.stats().requests == total == 2 * (25 + 15)
+    assert report.requests_sent == 2 * 25
+    assert report.rate_limited == report.ambiguous_create_retries == 0
+
+
+async def test_batch_report_counts_its_429s_and_retries() -> None:
+    """A batch's report counts every attempt of its creates and checks, 429s included."""
+    config = SimConfig(
+        create_limit=RateLimit(per_second=40, burst=2), seed=4, default_behavior=FAST
+    )
+    async with FakeRuxa(config) as sim, make_client(sim) as client:
+        report = await client.run_batch(jobs(30))
+    stats = sim.stats()
+    assert report.succeeded == 30
+    assert report.rate_limited == stats.rate_limited_create + stats.rate_limited_query > 0
+    assert report.requests_sent == stats.requests
+
+
+async def test_a_stopped_batch_sends_none_of_its_queued_creates() -> None:
+    """After a 402, creates still waiting for the rate controller are never sent."""
+    config = SimConfig(credits=4.0 * 3, seed=3)
+    limits = RateLimits(max_in_flight=1)  # one request at a time: the rest queue for a permit
+    async with FakeRuxa(config) as sim, make_client(sim, rate_limits=limits) as client:
+        report = await client.run_batch(jobs(40))
+    assert report.succeeded == 3
+    assert report.stop_reason is not None
+    assert "credits" in report.stop_reason
+    # the fourth create got the 402; the other 36 were waiting for the rate controller
+    assert sim.stats().insufficient_credits == 1
+    assert sim.stats().creates == 4
+    assert report.not_submitted == 37
 
 
 async def test_a_failing_before_create_sends_nothing_for_that_job(fake: FakeRuxa) -> None:

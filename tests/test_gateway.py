@@ -149,9 +149,9 @@ async def test_models_and_inputs_are_checked_before_anything_is_spent(sim: FakeR
         assert denied.value.code == 403
         assert "not allowed" in denied.value.message
         with pytest.raises(ValidationError, match="image_size"):
-            await alice.create_task(NB, {"prompt": "x", "image_size": "7:1"})
+            await alice.create_task(NB, {"prompt": "x", "image_size": "7:1"}, validate=False)
         with pytest.raises(ValidationError, match="allows 20"):
-            await alice.create_task(NB, {"prompt": "x" * 21})
+            await alice.create_task(NB, {"prompt": "x" * 21}, validate=False)
     assert sim.stats().requests == 0
 
 

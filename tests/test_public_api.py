@@ -68,3 +68,11 @@ def test_public_names_have_docstrings() -> None:
         value = getattr(ruxa_async, name)
         if inspect.isclass(value) or inspect.isfunction(value):
             assert inspect.getdoc(value), name
+
+
+def test_public_names_live_in_ruxa_async() -> None:
+    """Every exported class and function reports ``ruxa_async`` as its module (docs, reprs)."""
+    for name in ruxa_async.__all__:
+        value = getattr(ruxa_async, name)
+        if inspect.isclass(value) or inspect.isfunction(value):
+            assert value.__module__ == "ruxa_async", name

@@ -52,7 +52,7 @@ class FakeService:
         self.checks: dict[str, list[float]] = {}
         self.errors: dict[str, list[Exception]] = {}
 
-    async def query(self, task_id: str) -> TaskInfo:
+    async def query(self, task_id: str, tally: object = None) -> TaskInfo:
         self.checks.setdefault(task_id, []).append(self.vt.now)
         await asyncio.sleep(0)
         queued = self.errors.get(task_id)

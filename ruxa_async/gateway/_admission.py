@@ -118,7 +118,8 @@ class Admission:
                 self._gw.store.release(held, charge=False)
                 return self._gw.deny(slot, who.user, model=model)
             try:
-                task_id = await slot.client.create_task(model, input, callback_url=upstream_url)
+                client = await slot.ready()
+                task_id = await client.create_task(model, input, callback_url=upstream_url)
             except (AuthenticationError, InsufficientCreditsError, RateLimitError) as exc:
                 self._gw.pool.failed(slot, exc)
                 continue

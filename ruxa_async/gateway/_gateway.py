@@ -278,7 +278,7 @@ class Gateway:
         if slot is None:
             return Reply(503, "the key that created this task is no longer configured")
         try:
-            info = await slot.client.get_task(task_id)
+            info = await (await slot.ready()).get_task(task_id)
         except NotFoundError:
             return Reply(404, _NOT_FOUND)
         except (AuthenticationError, InsufficientCreditsError, RateLimitError) as exc:

@@ -69,6 +69,11 @@ class KeySlot:
     def __repr__(self) -> str:
         return f"<KeySlot {self.name} {self.state}>"
 
+    async def ready(self) -> RuxaClient:
+        """The key's client, opened on first use (a client never opens itself)."""
+        await self.client.start()
+        return self.client
+
 
 def default_client(key: UpstreamKey, *, timeout: float, max_in_flight: int) -> RuxaClient:
     """The client behind one key: no private retries (the caller's client retries)."""

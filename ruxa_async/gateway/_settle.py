@@ -114,7 +114,7 @@ class Settler:
             return
         async with slots:
             try:
-                info = await slot.client.get_task(record.task_id)
+                info = await (await slot.ready()).get_task(record.task_id)
             except RuxaError as exc:
                 log.debug("gateway sweep: %s not checked: %s", record.task_id, exc)
                 return
