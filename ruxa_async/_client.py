@@ -18,6 +18,7 @@ from ._errors import APIStatusError, ConfigurationError, RateLimitError, TaskTim
 from ._handles import TaskHandle
 from ._limiter import Kind, RateController, RateStatistics
 from ._models import BatchReport, Job, TaskInfo
+from ._ratehints import parse_rate_headers
 from ._retry import Retrier
 from ._scheduler import PollScheduler, SchedulerStatistics
 from ._transport import Transport
@@ -187,15 +188,16 @@ class RuxaClient:
         async with self._limiter.permit(kind) as permit:
             self._counts[kind] += 1
             reply = await self._transport.request(method, path, body)
+        hint = parse_rate_headers(reply.rate_headers) if reply.rate_headers else None
         try:
             data = _wire.parse_reply(reply.status, reply.body, reply.retry_after)
         except RateLimitError as exc:
-            self._limiter.on_rate_limited(permit, exc.retry_after)
+            await self._limiter.on_rate_limited(permit, exc.retry_after, hint)
             raise
         except APIStatusError:
-            self._limiter.on_success(permit)
+            await self._limiter.on_success(permit, hint)
             raise
-        self._limiter.on_success(permit)
+        await self._limiter.on_success(permit, hint)
         return data
 
     async def _check(self, task_id: str) -> TaskInfo:
