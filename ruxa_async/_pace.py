@@ -183,7 +183,7 @@ class Pace:
         self._learn_burst(granted_at, estimate)
         previous = self.estimate
         changed = previous is None or abs(estimate - previous) > _CHANGED * previous
-        if previous is not None and estimate < previous and not self.phase == "ramp":
+        if previous is not None and estimate < previous and self.phase != "ramp":
             self.high_water = max(previous, self.high_water or 0.0)
         self._settle_at(estimate, "429s", changed=changed)
 
