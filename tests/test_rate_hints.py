@@ -50,7 +50,8 @@ def test_x_ratelimit_reset_as_delta_and_as_unix_time() -> None:
     """X-RateLimit-Reset below 10^9 is seconds, above it a Unix time."""
     delta = parse_rate_headers({"x-ratelimit-limit": "60", "x-ratelimit-reset": "30"}, now=NOW)
     epoch = parse_rate_headers({"x-ratelimit-reset": str(int(NOW) + 12)}, now=NOW)
-    assert delta is not None and epoch is not None
+    assert delta is not None
+    assert epoch is not None
     assert (delta.family, delta.limit, delta.reset, delta.window) == (
         "x-ratelimit",
         60.0,
@@ -66,7 +67,8 @@ def test_retry_after_seconds_and_http_date() -> None:
     assert parse_retry_after("Tue, 14 Nov 2023 22:13:25 GMT", now=NOW) == pytest.approx(5.0)
     assert parse_retry_after("Tue, 14 Nov 2023 22:00:00 GMT", now=NOW) == 0.0
     hint = parse_rate_headers({"retry-after": "2"})
-    assert hint is not None and (hint.family, hint.retry_after) == ("retry-after", 2.0)
+    assert hint is not None
+    assert (hint.family, hint.retry_after) == ("retry-after", 2.0)
 
 
 @pytest.mark.parametrize(
