@@ -441,7 +441,7 @@ class RateController:
         end = min(now, lane.demand_until)
         if end > start:
             before = lane.pace.phase
-            lane.pace.advance(end - start)
+            lane.pace.advance(end - start, now)
             if lane.pace.phase != before:
                 _log.debug(
                     "%s pace: %s -> %s at %.3g req/s",

@@ -47,7 +47,11 @@ Phase = Literal["ramp", "hold", "probe", "hinted", "fixed"]
 
 _RAMP_DOUBLING = 0.5  # units of demand per doubling while ramping
 _RAMP_SHARE = 0.5  # a ramp's 429 comes at up to twice the limit or more: estimate half
-_PROBE_OVERSHOOT = 1.15  # a probe's 429 comes this far past the limit, typically
+_RAMP_ADMITTED_SHARE = 0.75  # ... at most this share of the rate admitted in the unit before
+_SEND_CAP = 2.0  # a climbing pace stays within this factor of what was actually sent
+_RAISE_UNITS = 3.0  # ... measured over this many units (longer than any burst lasts)
+_RAISED = 1.3  # a unit sent this far past the estimate without a 429 raises it
+_BURST_PRIOR = 0.2  # units of the probe's pace taken as the server's burst until learned
 _STEP_DOWN = 0.9  # a 429 at the settled pace: settle this much lower
 _SETTLE = 0.95  # the settled pace, as a share of the estimate
 _HOLD = 4.0  # units held after an episode before the first probe
@@ -93,7 +97,9 @@ class Pace:
             self.phase = "fixed"
             self.base = math.inf
         self.rate = self.base
-        self.burst = float(burst) if ceiling is not None else 1.0
+        # Spend at most half the server's burst back to back: sends granted
+        # evenly can still arrive bunched (a late event loop, the network).
+        self.burst = max(1.0, burst / 2.0) if ceiling is not None else 1.0
         self.t = 0.0  # demand seconds in the current phase
         self.hold = _HOLD * unit
         self.hold_doublings = 0
@@ -105,17 +111,24 @@ class Pace:
         self.full_at = now  # the server's bucket is assumed full at this time
         self.sent_since_full = 0
         self.accepted: deque[float] = deque()  # grant times of admitted sends, recent
+        self.sent: deque[float] = deque()  # grant times within the last unit
 
     # ------------------------------------------------------------- progression
 
-    def advance(self, demand_seconds: float) -> None:
-        """Move the phase clock by ``demand_seconds`` of demand and recompute the pace."""
+    def advance(self, demand_seconds: float, now: float) -> None:
+        """Move the phase clock by ``demand_seconds`` of demand and recompute the pace.
+
+        A climbing pace never runs more than twice ahead of what was actually
+        sent in the last unit (as botocore's adaptive mode caps its bucket):
+        a client held back by its own CPU or connections learns nothing by
+        raising a pace it cannot use.
+        """
         if demand_seconds <= 0.0 or self.phase in ("fixed", "hinted"):
             return
         self.t += demand_seconds
         if self.phase == "ramp":
-            rate = self.start_rate * 2.0 ** (self.t / (_RAMP_DOUBLING * self.unit))
-            self.rate = min(rate, 1e9)
+            rate = self.start_rate * 2.0 ** min(self.t / (_RAMP_DOUBLING * self.unit), 60.0)
+            self.rate = min(rate, self._send_cap(now))
         elif (
             self.phase == "hold"
             and self.t >= self.hold
@@ -125,10 +138,13 @@ class Pace:
             self.probes += 1
         if self.phase == "probe":
             x = self.t / (_PROBE_SCALE * self.unit)
-            self.rate = self.base * 2.0 ** min(x * x, 30.0)
-            if self.estimate is not None and self.rate > 1.5 * self.estimate:
-                # No 429 half again past the estimate: the limit went up; keep climbing.
-                self.estimate = self.rate / 1.5
+            self.rate = min(self.base * 2.0 ** min(x * x, 30.0), self._send_cap(now))
+            if self.rate < self.base * 2.0 ** min(x * x, 30.0):
+                self.t = max(0.0, self.t - demand_seconds)  # wait for the sends to catch up
+            admitted = self._admitted_rate(now, _RAISE_UNITS * self.unit)
+            if self.estimate is not None and admitted > _RAISED * self.estimate:
+                # Units admitted well past the estimate, no 429: the limit went up.
+                self.estimate = admitted / _RAISED
                 self.step_downs = 0
         if self.ceiling is not None and self.rate >= self.ceiling:
             self.rate = self.ceiling
@@ -140,6 +156,11 @@ class Pace:
     def on_sent(self, now: float) -> None:
         """A request of this class was granted at ``now``."""
         self.sent_since_full += 1
+        sent = self.sent
+        sent.append(now)
+        horizon = now - self.unit
+        while sent[0] < horizon:
+            sent.popleft()
 
     def on_accepted(self, granted_at: float, now: float) -> None:
         """The request granted at ``granted_at`` was admitted (any reply but a 429)."""
@@ -161,22 +182,30 @@ class Pace:
         # A window that opens on a full bucket (right after a pause) measures the
         # saved burst more than the rate: trust only a whole window.
         whole = start > self.full_at and span >= 0.99 * window and admitted > 0
-        measured = admitted / span if whole else granted_rate
+        measured = admitted / span if whole else None
         if self.phase == "ramp":
-            # The climb overshoots by a factor that grows with the server's burst: halve.
-            estimate = min(measured, granted_rate) * _RAMP_SHARE
+            # The climb overshoots by a factor that grows with the server's burst: take
+            # half the pace, or most of the admitted rate when the climb was slow.
+            estimate = granted_rate * _RAMP_SHARE
+            if admitted > 0 and span > 0.0:
+                estimate = min(estimate, _RAMP_ADMITTED_SHARE * admitted / span)
         elif self.phase == "probe" and granted_rate > self.base:
-            # The server admitted the pace of one unit ago for a unit; the probe's
-            # pace now is past the limit by the burst it drained meanwhile.
-            x = max(0.0, self.t - self.unit) / (_PROBE_SCALE * self.unit)
-            admitted_pace = self.base * 2.0 ** min(x * x, 30.0)
-            estimate = max(self.base / _SETTLE, min(admitted_pace, granted_rate / 1.05))
+            # The probe's pace is past the limit by the time the 429 comes: the server
+            # first drained its burst. Walk back along the probe's curve to where the
+            # excess over the pace then adds up to that burst: that pace is the limit.
+            burst = self.estimated_burst or _BURST_PRIOR * self.unit * granted_rate
+            crossing = self._probe_crossing(burst)
+            # A client that cannot keep up with its pace sent less than the curve:
+            # what the server admitted over the last two units bounds it too.
+            admitted_rate = self._admitted_rate(granted_at, 2.0 * self.unit) or granted_rate
+            ceiling = min(crossing, granted_rate / 1.05, admitted_rate)
+            estimate = max(self.base / _SETTLE, ceiling)
             self.step_downs = 0
         else:
             # The settled pace itself was too fast: step down, faster each time in a row.
             self.step_downs += 1
             step = _STEP_DOWN**self.step_downs
-            estimate = min(granted_rate, measured) * step / _SETTLE
+            estimate = min(granted_rate, measured or granted_rate) * step / _SETTLE
         estimate = max(self.min_rate, estimate)
         if self.ceiling is not None:
             estimate = min(estimate, self.ceiling)
@@ -234,6 +263,37 @@ class Pace:
         )
 
     # --------------------------------------------------------------- internals
+
+    def _probe_pace(self, t: float) -> float:
+        x = max(0.0, t) / (_PROBE_SCALE * self.unit)
+        return float(self.base * 2.0 ** min(x * x, 30.0))
+
+    def _probe_crossing(self, burst: float) -> float:
+        """The probe's pace at the moment its excess until now adds up to ``burst``."""
+        step = 0.02 * self.unit
+        t = self.t
+        area = 0.0
+        while t > 0.0:
+            t -= step
+            pace = self._probe_pace(t)
+            area += (self._probe_pace(t + step) - pace) * (self.t - t)
+            if area >= burst:
+                return pace
+        return self.base
+
+    def _admitted_rate(self, now: float, span: float) -> float:
+        start = now - span
+        if start < self.full_at:
+            return 0.0
+        return sum(1 for t in self.accepted if t >= start) / span
+
+    def _send_cap(self, now: float) -> float:
+        """A margin over the rate actually sent in the last unit (never below the start rate)."""
+        sent = self.sent
+        horizon = now - self.unit
+        while sent and sent[0] < horizon:
+            sent.popleft()
+        return max(self.start_rate, _SEND_CAP * len(sent) / self.unit)
 
     def _learn_burst(self, granted_at: float, estimate: float) -> None:
         """The server admitted this many beyond its refill since its bucket was full."""
