@@ -246,7 +246,7 @@ _MODES = {
 
 
 def build(mode: str, *, real_scale_headline: bool = False, k: float | None = None) -> Plan:
-    """The plan for ``mode`` (``smoke``, ``quick`` or ``full``); ``k`` overrides W1's factor."""
+    """The plan for ``mode`` (``smoke``, ``quick`` or ``full``); ``k`` overrides W1's and W2's factor."""
     if mode not in _MODES:
         raise ValueError(f"unknown mode {mode!r}")
     z = _MODES[mode]
@@ -287,7 +287,7 @@ def build(mode: str, *, real_scale_headline: bool = False, k: float | None = Non
             "capacity drop",
             "adaptation: limits halve, then recover; the 429 burst and the time to re-converge",
             n=z.n,
-            k=z.k25,
+            k=float(k) if k else z.k25,
             models=(image,),
             contenders=("ruxa_async", "ruxa_async_unknown", "B2"),
             wall_cap=_cap(z.n, 50.0, z.k25, image_tail, z.drop[1]),

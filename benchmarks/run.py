@@ -295,7 +295,9 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         action="store_true",
         help="also run W1 for ruxa_async without time compression (adds ~4 min in full mode)",
     )
-    parser.add_argument("--time-factor", type=float, help="override W1's time compression factor k")
+    parser.add_argument(
+        "--time-factor", type=float, help="override W1's and W2's time compression factor k"
+    )
     parser.add_argument("--only", help="comma-separated workload keys to run (e.g. W1,W7)")
     parser.add_argument("--contenders", help="comma-separated contender keys to run")
     parser.add_argument("--keep-logs", type=Path, help="keep the child processes' logs here")

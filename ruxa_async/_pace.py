@@ -17,20 +17,30 @@ so its rules are tested directly. It moves through four phases:
 ``probe``
     The pace climbs from the settled pace along ``base * 2 ** ((t / 4u) ** 2)``:
     about +5 % after one unit, +19 % after two, double after four. A 429 ends
-    the probe (a new estimate); a probe that passes the old estimate by half
-    again without a 429 shows the limit went up.
+    the probe (a new estimate); three units admitted 30 % past the estimate
+    without a 429 show the limit went up, and the climb goes on.
 ``hinted``
     The server publishes its quota (rate-limit headers): pace at it, no probing.
 
-The estimate after a 429 is the rate the server *admitted*: the accepted sends
-in the ``unit`` window before the 429 (with the send pace as an upper bound);
-a ramp's 429 comes after a fast climb, so its estimate is discounted more.
-The server's burst is learned separately: the sends it admitted since a
-moment its bucket was full (the start, or the end of a ``Retry-After``
-pause) beyond what its rate refilled. Saved tokens are spent at most half
-that burst at a time, so a late event loop cannot fire a burst the server
-refuses. A configured rate is a ceiling and a starting point: 429s lower the
-pace below it, probes bring it back, never above.
+The estimate after a 429 comes from what the server *admitted*, by phase:
+
+* a ramp's 429: half the pace, at most three quarters of the rate admitted in
+  the unit before (a fast climb overshoots by a factor that grows with the
+  server's burst);
+* a probe's 429: the probe's pace where its excess over that pace adds up to
+  the server's burst (learned, else a fifth of a unit of the pace), bounded by
+  the rate admitted over the last two units and never below the pace held;
+* a 429 at the settled pace: a step down by 10 %, larger each time in a row
+  (19 %, 27 % ...), from the rate admitted over a whole unit when there is one.
+
+A climbing pace stays within twice what was actually sent in the last unit, so
+a client held back by its own CPU learns nothing false. The server's burst is
+learned separately: the sends it admitted since a moment its bucket was full
+(the start, or the end of a ``Retry-After`` pause) beyond what its rate
+refilled. Saved tokens are spent at most half that burst at a time, so a late
+event loop cannot fire a burst the server refuses. A configured rate is a
+ceiling and a starting point: 429s lower the pace below it, probes bring it
+back, never above.
 """
 
 from __future__ import annotations
@@ -313,8 +323,9 @@ class Pace:
     def _settle_at(self, estimate: float, source: LimitSource, *, changed: bool) -> None:
         self.estimate = estimate
         self.source = source
-        if self.high_water is not None:
-            self.low_probes += self.step_downs == 0
+        if self.high_water is not None and self.step_downs == 0:
+            # A probe's (or a hint's) finding: back near the old limit, or given up on it.
+            self.low_probes += 1
             if estimate >= (1.0 - _CHANGED) * self.high_water or self.low_probes > _LOW_PROBES:
                 self.high_water, self.low_probes = None, 0
         if changed:
