@@ -246,7 +246,7 @@ _MODES = {
 
 
 def build(mode: str, *, real_scale_headline: bool = False, k: float | None = None) -> Plan:
-    """The plan for ``mode`` (``smoke``, ``quick`` or ``full``); ``k`` overrides W1's and W2's factor."""
+    """The plan for ``mode`` (smoke, quick or full); ``k`` overrides W1's and W2's factor."""
     if mode not in _MODES:
         raise ValueError(f"unknown mode {mode!r}")
     z = _MODES[mode]
