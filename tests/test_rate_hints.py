@@ -116,3 +116,27 @@ async def test_published_quota_is_obeyed_without_429s(family: str) -> None:
     assert stats.rate_limited_create == 0
     assert learned.source == "headers"
     assert learned.estimated_limit == pytest.approx(200.0)
+
+
+def test_simulator_bucket_headers_follow_each_family() -> None:
+    """The simulator's bucket is described per family: quota per window, remaining, reset."""
+    from ruxa_async.testing._limits import TokenBucket
+
+    bucket = TokenBucket(RateLimit(per_second=2.0, burst=20))
+    bucket.tokens = 4.5
+    assert bucket.headers("none") == {}
+    assert bucket.headers("ietf") == {
+        "RateLimit-Policy": '"bucket";q=20;w=10',
+        "RateLimit": '"bucket";r=4;t=8',
+    }
+    assert bucket.headers("ietf-legacy") == {
+        "RateLimit-Limit": "20, 20;w=10",
+        "RateLimit-Remaining": "4",
+        "RateLimit-Reset": "8",
+    }
+    bucket.tokens = 0.2
+    assert bucket.headers("x-ratelimit") == {
+        "X-RateLimit-Limit": "20",
+        "X-RateLimit-Remaining": "0",
+        "X-RateLimit-Reset": "10",
+    }
