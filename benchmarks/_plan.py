@@ -251,6 +251,7 @@ def build(mode: str, *, real_scale_headline: bool = False, k: float | None = Non
         raise ValueError(f"unknown mode {mode!r}")
     z = _MODES[mode]
     k1 = float(k or z.k)
+    k2 = float(k or z.k25)
     image = Model(IMAGE, 8.0, 0.5)
     image_tail = 8.0 * math.exp(3 * 0.5)
     w1 = Workload(
@@ -287,10 +288,10 @@ def build(mode: str, *, real_scale_headline: bool = False, k: float | None = Non
             "capacity drop",
             "adaptation: limits halve, then recover; the 429 burst and the time to re-converge",
             n=z.n,
-            k=float(k) if k else z.k25,
+            k=k2,
             models=(image,),
             contenders=("ruxa_async", "ruxa_async_unknown", "B2"),
-            wall_cap=_cap(z.n, 50.0, z.k25, image_tail, z.drop[1]),
+            wall_cap=_cap(z.n, 50.0, k2, image_tail, z.drop[1]),
             drop=z.drop,
         ),
         Workload(
