@@ -24,11 +24,11 @@ so its rules are tested directly. It moves through four phases:
 
 The estimate after a 429 comes from what the server *admitted*, by phase:
 
-* a ramp's 429: half the pace, at most three quarters of the rate admitted in
+* a ramp's 429: half the pace, at most 0.9 of the rate admitted in
   the unit before (a fast climb overshoots by a factor that grows with the
   server's burst);
 * a probe's 429: the probe's pace where its excess over that pace adds up to
-  the server's burst (learned, else a fifth of a unit of the pace), bounded by
+  the server's burst (learned, else a tenth of a unit of the pace), bounded by
   the rate admitted over the last two units and never below the pace held;
 * a 429 at the settled pace: a step down by 10 %, larger each time in a row
   (19 %, 27 % ...), from the rate admitted over a whole unit when there is one.
@@ -57,11 +57,11 @@ Phase = Literal["ramp", "hold", "probe", "hinted", "fixed"]
 
 _RAMP_DOUBLING = 0.5  # units of demand per doubling while ramping
 _RAMP_SHARE = 0.5  # a ramp's 429 comes at up to twice the limit or more: estimate half
-_RAMP_ADMITTED_SHARE = 0.75  # ... at most this share of the rate admitted in the unit before
+_RAMP_ADMITTED_SHARE = 0.9  # ... at most this share of the rate admitted in the unit before
 _SEND_CAP = 2.0  # a climbing pace stays within this factor of what was actually sent
 _RAISE_UNITS = 3.0  # ... measured over this many units (longer than any burst lasts)
 _RAISED = 1.3  # a unit sent this far past the estimate without a 429 raises it
-_BURST_PRIOR = 0.2  # units of the probe's pace taken as the server's burst until learned
+_BURST_PRIOR = 0.1  # units of the probe's pace taken as the server's burst until learned
 _STEP_DOWN = 0.9  # a 429 at the settled pace: settle this much lower
 _SETTLE = 0.95  # the settled pace, as a share of the estimate
 _HOLD = 4.0  # units held after an episode before the first probe

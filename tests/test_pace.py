@@ -45,14 +45,14 @@ def test_ramp_never_runs_twice_ahead_of_the_sends() -> None:
 
 
 def test_ramp_429_settles_under_the_admitted_rate() -> None:
-    """A 429 while ramping: half the pace, at most 3/4 of what the server admitted."""
+    """A 429 while ramping: half the pace, at most 0.9 of what the server admitted."""
     pace = unknown()
     last = send(pace, 0.0, 2.0, 100.0)
     pace.rate = 240.0
     pace.on_refused(last, 240.0, last)
     assert pace.phase == "hold"
     assert pace.source == "429s"
-    assert pace.estimate == pytest.approx(75.0, rel=0.02)  # 3/4 of 100 admitted per second
+    assert pace.estimate == pytest.approx(90.0, rel=0.02)  # 0.9 of 100 admitted per second
     assert pace.rate == pytest.approx(0.95 * pace.estimate)
 
 
