@@ -63,6 +63,7 @@ _RAISE_UNITS = 3.0  # ... measured over this many units (longer than any burst l
 _RAISED = 1.3  # a unit sent this far past the estimate without a 429 raises it
 _BURST_PRIOR = 0.1  # units of the probe's pace taken as the server's burst until learned
 _STEP_DOWN = 0.9  # a 429 at the settled pace: settle this much lower
+_SETTLED_BURST = 3.0  # saved tokens allowed once settled, until the burst is learned
 _SETTLE = 0.95  # the settled pace, as a share of the estimate
 _HOLD = 4.0  # units held after an episode before the first probe
 _MAX_HOLD_DOUBLINGS = 4  # the hold grows to _HOLD * 2**4 units while the limit stays put
@@ -335,6 +336,10 @@ class Pace:
         # While below an earlier, higher limit, keep probing often: it may come back.
         doublings = 0 if self.high_water is not None else self.hold_doublings
         self.hold = _HOLD * self.unit * 2.0**doublings
+        if self.estimated_burst is None and self.ceiling is None:
+            # Until the burst is learned keep a few tokens: with room for one only, every
+            # late wake-up of the event loop is a send lost for good.
+            self.burst = max(self.burst, _SETTLED_BURST)
         settled = estimate if source == "configured" else estimate * _SETTLE
         self.base = self.rate = max(self.min_rate, settled)
         self.phase = "hold"
