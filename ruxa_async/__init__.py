@@ -5,6 +5,15 @@ from __future__ import annotations
 from ._batch import AsCompleted, ProgressEvent
 from ._client import CallbackReceiver, ClientStatistics, RuxaClient
 from ._config import DEFAULT_BASE_URL, PollPolicy, RateLimits, RetryPolicy, Timeouts
+from ._coordinator import (
+    AmbiguousCreateError,
+    Claim,
+    Coordinator,
+    CoordinatorStatistics,
+    CreditBudgetExceededError,
+    LocalCoordinator,
+    Reservation,
+)
 from ._errors import (
     APIConnectionError,
     APIStatusError,
@@ -30,6 +39,8 @@ from ._handles import TaskHandle
 from ._limiter import RateStatistics
 from ._models import BatchReport, Job, JobOutcome, OutcomeStatus, TaskInfo, TaskState
 from ._scheduler import SchedulerStatistics
+from ._sync import SyncRuxaClient, SyncTaskHandle
+from ._sync_batch import SyncAsCompleted
 from ._version import __version__
 
 __all__ = [
@@ -37,19 +48,25 @@ __all__ = [
     "APIConnectionError",
     "APIStatusError",
     "APITimeoutError",
+    "AmbiguousCreateError",
     "AsCompleted",
     "AuthenticationError",
     "BatchReport",
     "CallbackReceiver",
     "CallbackVerificationError",
+    "Claim",
     "ClientClosedError",
     "ClientStatistics",
     "ConfigurationError",
+    "Coordinator",
+    "CoordinatorStatistics",
+    "CreditBudgetExceededError",
     "DownloadError",
     "InsufficientCreditsError",
     "InvalidInputError",
     "Job",
     "JobOutcome",
+    "LocalCoordinator",
     "MalformedResponseError",
     "NotFoundError",
     "NotSubmittedError",
@@ -59,11 +76,15 @@ __all__ = [
     "RateLimitError",
     "RateLimits",
     "RateStatistics",
+    "Reservation",
     "RetryPolicy",
     "RuxaClient",
     "RuxaError",
     "SchedulerStatistics",
     "ServerError",
+    "SyncAsCompleted",
+    "SyncRuxaClient",
+    "SyncTaskHandle",
     "TaskFailedError",
     "TaskHandle",
     "TaskInfo",

@@ -14,7 +14,9 @@ import attrs
 from . import _wire
 from ._batch import AsCompleted, ProgressEvent, run_batch
 from ._config import DEFAULT_BASE_URL, PollPolicy, RateLimits, RetryPolicy, Timeouts
+from ._coordinator import Coordinator, CoordinatorStatistics
 from ._errors import APIStatusError, ConfigurationError, RateLimitError, TaskTimeoutError
+from ._fleet import Fleet
 from ._handles import TaskHandle
 from ._limiter import Kind, RateController, RateStatistics
 from ._models import BatchReport, Job, TaskInfo
@@ -43,6 +45,7 @@ class ClientStatistics:
     pending: int
     rate: RateStatistics
     scheduler: SchedulerStatistics
+    coordinator: CoordinatorStatistics | None = None  # with coordinator=... only
 
 
 class CallbackReceiver(Protocol):
@@ -105,6 +108,7 @@ class RuxaClient:
         poll: PollPolicy | None = None,
         max_connections: int | None = None,
         callbacks: CallbackReceiver | None = None,
+        coordinator: Coordinator | None = None,
     ) -> None:
         self._key = _key_source(api_key)
         self._callbacks = callbacks
@@ -120,7 +124,12 @@ class RuxaClient:
             max_connections=max_connections or self.rate_limits.max_in_flight,
             user_agent=f"ruxa-async/{__version__}",
         )
-        self._limiter = RateController(self.rate_limits)
+        # fleet (coordinator) hooks: see _fleet.py; a shared pacer owns rate discovery
+        self._fleet = Fleet(coordinator, self.rate_limits, self.retry_policy)
+        local_limits = self.rate_limits
+        if self._fleet.shares_rate:
+            local_limits = attrs.evolve(local_limits, adaptive=False)
+        self._limiter = RateController(local_limits)
         self._retrier = Retrier(self.retry_policy)
         self._scheduler = PollScheduler(
             self._check,
@@ -160,6 +169,7 @@ class RuxaClient:
         self._runner = asyncio.get_running_loop().create_task(
             self._scheduler.run(), name="ruxa_async scheduler"
         )
+        await self._fleet.start(self._resolve_published)
         if self._callbacks is not None:
             await self._callbacks.start(self)
 
@@ -171,6 +181,7 @@ class RuxaClient:
         if self._callbacks is not None:
             await self._callbacks.aclose()
         self._scheduler.close()
+        await self._fleet.aclose()
         runner, self._runner = self._runner, None
         if runner is not None:
             runner.cancel()
@@ -185,7 +196,11 @@ class RuxaClient:
         """One attempt: permit from the rate controller, the request, the parsed reply."""
         if self._runner is None:
             await self.start()
+        fleet = self._fleet if self._fleet.shares_rate else None
+        epoch = await fleet.admit(kind) if fleet is not None else 0
         async with self._limiter.permit(kind) as permit:
+            if fleet is not None:
+                await fleet.sending(kind)
             self._counts[kind] += 1
             reply = await self._transport.request(method, path, body)
         hint = parse_rate_headers(reply.rate_headers) if reply.rate_headers else None
@@ -193,11 +208,17 @@ class RuxaClient:
             data = _wire.parse_reply(reply.status, reply.body, reply.retry_after)
         except RateLimitError as exc:
             await self._limiter.on_rate_limited(permit, exc.retry_after, hint)
+            if fleet is not None:
+                await fleet.rate_limited(kind, epoch, exc.retry_after)
             raise
         except APIStatusError:
             await self._limiter.on_success(permit, hint)
+            if fleet is not None:
+                fleet.succeeded(kind)
             raise
         await self._limiter.on_success(permit, hint)
+        if fleet is not None:
+            fleet.succeeded(kind)
         return data
 
     async def _check(self, task_id: str) -> TaskInfo:
@@ -216,10 +237,14 @@ class RuxaClient:
     ) -> str:
         """Create a task and return its id (retried per the retry policy)."""
         body = _wire.build_create_body(model, input, callback_url)
-        data = await self._retrier.call(
-            "create", lambda: self._send("create", "POST", _wire.CREATE_PATH, body)
-        )
-        task_id = _wire.parse_task_id(data)
+
+        async def send() -> str:
+            data = await self._retrier.call(
+                "create", lambda: self._send("create", "POST", _wire.CREATE_PATH, body)
+            )
+            return _wire.parse_task_id(data)
+
+        task_id = await self._fleet.create(model, input, send)
         log.debug("created task %s (%s)", task_id, model)
         return task_id
 
@@ -234,15 +259,31 @@ class RuxaClient:
         return TaskHandle(task_id, future, self._scheduler.last_state)
 
     async def submit(
-        self, model: str, input: Mapping[str, Any], *, callback_url: str | None = None
+        self,
+        model: str,
+        input: Mapping[str, Any],
+        *,
+        callback_url: str | None = None,
+        idempotency_key: str | None = None,
     ) -> TaskHandle:
         """Create a task and return an awaitable :class:`TaskHandle` for it.
 
         With a callback receiver configured, the task carries its URL unless
-        ``callback_url`` names another one.
+        ``callback_url`` names another one. With ``idempotency_key``, the first
+        caller (in this process, or in the fleet with a ``coordinator``) creates
+        the task and every other caller with the same key gets a handle for that
+        same task; a key whose creator died after sending its create follows
+        ``RetryPolicy.ambiguous_creates`` (``"raise"``: :class:`AmbiguousCreateError`).
         """
         url = callback_url if callback_url is not None else self.callback_url
-        task_id = await self.create_task(model, input, callback_url=url)
+        if idempotency_key is not None:
+            if self._runner is None:
+                await self.start()
+            task_id = await self._fleet.create_once(
+                idempotency_key, lambda: self.create_task(model, input, callback_url=url)
+            )
+        else:
+            task_id = await self.create_task(model, input, callback_url=url)
         return self._handle(task_id, model, callbacks=url is not None)
 
     def attach(self, task_id: str, *, model: str | None = None) -> TaskHandle:
@@ -252,14 +293,20 @@ class RuxaClient:
         return self._handle(task_id, model, callbacks=False)
 
     async def generate(
-        self, model: str, input: Mapping[str, Any], *, timeout: float | None = None
+        self,
+        model: str,
+        input: Mapping[str, Any],
+        *,
+        timeout: float | None = None,
+        idempotency_key: str | None = None,
     ) -> TaskInfo:
         """Create a task and wait for it: the successful :class:`TaskInfo`, or an error.
 
         Raises :class:`TaskFailedError` if the task fails and
-        :class:`TaskTimeoutError` after ``timeout`` seconds.
+        :class:`TaskTimeoutError` after ``timeout`` seconds. ``idempotency_key``:
+        as for :meth:`submit`.
         """
-        handle = await self.submit(model, input)
+        handle = await self.submit(model, input, idempotency_key=idempotency_key)
         return await handle.wait(timeout)
 
     async def wait(
@@ -294,8 +341,19 @@ class RuxaClient:
         return self._scheduler.last_state(task_id) is not None
 
     def feed_callback(self, info: TaskInfo) -> bool:
-        """Resolve a pending task from a callback parsed elsewhere; True if it resolved one."""
-        return self._scheduler.resolve(info, source="callback")
+        """Resolve a pending task from a callback parsed elsewhere; True if it resolved one.
+
+        With a ``coordinator``, a terminal callback for a task this client does
+        not track is handed to the fleet, where the process awaiting it resolves it.
+        """
+        resolved = self._scheduler.resolve(info, source="callback")
+        if not resolved and self._scheduler.last_state(info.task_id) is None:
+            self._fleet.forward_callback(info)
+        return resolved
+
+    def _resolve_published(self, info: TaskInfo) -> None:
+        if self._scheduler.last_state(info.task_id) is not None:
+            self._scheduler.resolve(info, source="callback")
 
     # ----------------------------------------------------------------- batches
 
@@ -366,6 +424,7 @@ class RuxaClient:
             pending=self._scheduler.pending,
             rate=rate,
             scheduler=self._scheduler.statistics(),
+            coordinator=self._fleet.coordinator.statistics() if self._fleet.explicit else None,
         )
 
 

@@ -121,9 +121,13 @@ class PollPolicy:
     While a model's duration is still unknown (fewer than three tasks seen),
     ``explore`` checks its first few tasks early so the estimate is learned
     from the service within seconds; pending tasks planned from the prior are
-    then brought forward. With callbacks on, polling is only a safety net: the first check waits
+    then brought forward. With callbacks on, polling is only a safety net. Until the
+    client has seen a few callbacks of a model, the safety-net check waits
     ``callback_grace_factor`` times the expected duration plus ``callback_grace``
-    seconds.
+    seconds; from then on it comes at ``callback_quantile_factor`` times the
+    ``callback_quantile`` of how long that model's callbacks actually took to
+    arrive (at least ``callback_min_grace`` seconds), so a lost callback costs a
+    few typical durations, not a minute.
     """
 
     first_check: float | None = attrs.field(default=None, validator=_optional_positive)
@@ -135,5 +139,8 @@ class PollPolicy:
     jitter: float = attrs.field(default=0.1, validator=[v.ge(0.0), v.lt(1.0)])
     callback_grace_factor: float = attrs.field(default=3.0, validator=v.ge(1.0))
     callback_grace: float = attrs.field(default=30.0, validator=_non_negative)
+    callback_quantile: float = attrs.field(default=0.95, validator=[v.gt(0.0), v.lt(1.0)])
+    callback_quantile_factor: float = attrs.field(default=1.5, validator=v.ge(1.0))
+    callback_min_grace: float = attrs.field(default=1.0, validator=_non_negative)
     max_not_found: int = attrs.field(default=3, validator=v.ge(1))
     explore: bool = True

@@ -4,9 +4,12 @@ A line looks like ``{"id": "fox-1", "model": "google/nano-banana", "input": {...
 ``id`` and ``metadata`` are optional and ``model`` may come from a default.
 Blank lines are ignored. A job without ``id`` is keyed ``line-<n>``.
 
-:func:`scan_jobs` reads the whole file once to check its syntax before anything
-is sent (keeping only the keys and, for de-duplication, one digest per distinct
-job); :func:`read_jobs` then streams it again, one :class:`JobLine` at a time.
+:func:`scan_jobs` reads the whole file once to check it before anything is
+sent, keeping per line only a 16-byte digest of its key (to refuse a key used
+twice) and, when de-duplicating, a 16-byte digest of what it asks for with the
+line of its first occurrence: about 200 bytes a line at the peak, so a
+million-line file is checked in about 200 MB. :func:`read_jobs` streams the
+file, one :class:`JobLine` at a time.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
-from collections.abc import Callable, Generator, Mapping
+from collections.abc import Callable, Generator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +36,9 @@ __all__ = [
 ]
 
 _FIELDS = ("id", "model", "input", "metadata")
+_FIELD_SET = frozenset(_FIELDS)
 _EXAMPLES = 20
+_CHECK_CHUNK = 1000
 _canonical = json.JSONEncoder(
     ensure_ascii=False, separators=(",", ":"), sort_keys=True, allow_nan=False
 ).encode
@@ -48,6 +53,13 @@ class JobsFileError(ValueError):
         self.message = message
         where = f"{path}, line {line}" if line is not None else str(path)
         super().__init__(f"{where}: {message}")
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+_decode = json.JSONDecoder(parse_constant=_reject_constant).decode
 
 
 def fingerprint(model: str, input: Mapping[str, Any]) -> str:
@@ -80,9 +92,9 @@ class JobLine:
 class JobsSummary:
     """What a full pass over the jobs file found.
 
-    ``primaries`` maps each distinct job's fingerprint to the key of its first
-    occurrence (filled only when de-duplicating); ``invalid_examples`` holds
-    the first few catalogue rejections as ``(line, key, error)``.
+    ``shared`` holds the digests (:func:`digest`) of the jobs that occur more
+    than once (only when de-duplicating); ``invalid_examples`` holds the first
+    few catalogue rejections as ``(line, key, error)``.
     """
 
     total: int = 0
@@ -93,11 +105,12 @@ class JobsSummary:
     cost: float = 0.0
     unpriced: Counter[str] = attrs.field(factory=Counter)
     invalid_examples: list[tuple[int, str, InvalidInputError]] = attrs.field(factory=list)
-    primaries: dict[str, str] = attrs.field(factory=dict)
+    shared: set[bytes] = attrs.field(factory=set, repr=False)
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
+def digest(job: JobLine) -> bytes:
+    """The 16 bytes of a job's fingerprint."""
+    return bytes.fromhex(job.fingerprint)
 
 
 def _parse(path: Path, number: int, raw: bytes, default_model: str | None) -> JobLine | None:
@@ -111,7 +124,7 @@ def _parse(path: Path, number: int, raw: bytes, default_model: str | None) -> Jo
     if not text:
         return None
     try:
-        data = json.loads(text, parse_constant=_reject_constant)
+        data = _decode(text)
     except ValueError as exc:
         detail = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
         raise JobsFileError(path, f"not valid JSON ({detail})", line=number) from None
@@ -120,7 +133,7 @@ def _parse(path: Path, number: int, raw: bytes, default_model: str | None) -> Jo
     if not isinstance(data, dict):
         kind = type(data).__name__ if data is not None else "null"
         raise JobsFileError(path, f"expected a JSON object, got {kind}", line=number)
-    unknown = sorted(set(data) - set(_FIELDS))
+    unknown = sorted(data.keys() - _FIELD_SET)
     if unknown:
         raise JobsFileError(
             path,
@@ -193,43 +206,81 @@ def scan_jobs(
     default_model: str | None = None,
     dedupe: bool = True,
     prices: Mapping[str, float] | None = None,
-    check: Callable[[JobLine], None] | None = None,
+    check: Callable[[Sequence[tuple[JobLine, bool]]], None] | None = None,
 ) -> JobsSummary:
     """Read the whole file once: syntax, unique keys, catalogue checks, counts and cost.
 
     Raises :class:`JobsFileError` for the first line that is not a valid job or
-    reuses a key. ``check`` sees every job and may raise :class:`JobsFileError`
-    itself (the batch runner compares keys with its journal there). Nothing is
-    kept per line except the key (to find duplicates) and, when ``dedupe``,
-    one entry per distinct job.
+    reuses a key. ``check`` sees every job, a thousand lines at a time, in file
+    order, each with True when it is valid and the first of its kind, and may
+    raise :class:`JobsFileError` itself (the batch runner compares the jobs
+    with its journal there).
     """
     summary = JobsSummary()
-    seen: dict[str, int] = {}
+    keys: set[int] = set()
+    seen: set[bytes] = set()
+    pending: list[tuple[JobLine, bool]] = []
     for job in read_jobs(path, default_model=default_model):
         summary.total += 1
-        first = seen.setdefault(job.key, job.line)
-        if first != job.line:
-            raise JobsFileError(
-                path, f"job id {job.key!r} is already used on line {first}", line=job.line
-            )
+        counted = _count(summary, job, seen, dedupe, prices)
         if check is not None:
-            check(job)
-        problem = job.problem()
-        if problem is not None:
-            summary.invalid += 1
-            if len(summary.invalid_examples) < _EXAMPLES:
-                summary.invalid_examples.append((job.line, job.key, problem))
-            continue
-        summary.valid += 1
-        if dedupe:
-            primary = summary.primaries.setdefault(job.fingerprint, job.key)
-            if primary != job.key:
-                summary.duplicates += 1
-                continue
-        summary.by_model[job.model] += 1
-        cost = estimate_cost(job.model, job.input, prices)
-        if cost is None:
-            summary.unpriced[job.model] += 1
-        else:
-            summary.cost += cost
+            pending.append((job, counted))
+            if len(pending) >= _CHECK_CHUNK:
+                check(pending)
+                pending = []
+        key_digest = hash_key(job.key)
+        if key_digest in keys:
+            first = _first_line(path, job.key, default_model, job.line)
+            if first is not None:
+                raise JobsFileError(
+                    path, f"job id {job.key!r} is already used on line {first}", line=job.line
+                )
+        keys.add(key_digest)
+    if pending and check is not None:
+        check(pending)
     return summary
+
+
+def hash_key(key: str) -> int:
+    """An 8-byte digest of a job key (a collision is checked against the file itself)."""
+    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big")
+
+
+def _count(
+    summary: JobsSummary,
+    job: JobLine,
+    seen: set[bytes],
+    dedupe: bool,
+    prices: Mapping[str, float] | None,
+) -> bool:
+    problem = job.problem()
+    if problem is not None:
+        summary.invalid += 1
+        if len(summary.invalid_examples) < _EXAMPLES:
+            summary.invalid_examples.append((job.line, job.key, problem))
+        return False
+    summary.valid += 1
+    if dedupe:
+        fp = digest(job)
+        if fp in seen:
+            summary.duplicates += 1
+            summary.shared.add(fp)
+            return False
+        seen.add(fp)
+    summary.by_model[job.model] += 1
+    cost = estimate_cost(job.model, job.input, prices)
+    if cost is None:
+        summary.unpriced[job.model] += 1
+    else:
+        summary.cost += cost
+    return True
+
+
+def _first_line(path: Path, key: str, default_model: str | None, before: int) -> int | None:
+    """The first line before ``before`` that uses ``key`` (None: a digest collision)."""
+    for job in read_jobs(path, default_model=default_model):
+        if job.line >= before:
+            return None
+        if job.key == key:
+            return job.line
+    return None

@@ -15,31 +15,43 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import json
 import logging
 import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
 import attrs
 
 from ._errors import RuxaError
+from ._jobstatus import JOURNAL_STATES, JobStatus
 
 try:
     import fcntl
 except ImportError:  # pragma: no cover - not POSIX
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["FileRecord", "JobRecord", "JobRef", "JobState", "Journal", "JournalError"]
+__all__ = [
+    "FILE_COLUMNS",
+    "JOB_COLUMNS",
+    "FileRecord",
+    "JobRecord",
+    "JobRef",
+    "Journal",
+    "JournalError",
+    "file_record",
+    "job_record",
+]
 
 log = logging.getLogger("ruxa_async")
 
-_SCHEMA_VERSION = "1"
+_SCHEMA_VERSION = "2"
+# Schema 1 named two states differently; a journal from it is renamed in place.
+_RENAMED = {"submitted": JobStatus.PENDING.value, "unsent": JobStatus.NOT_SUBMITTED.value}
 _MAX_GROUP = 2000
 
 _SCHEMA = """
@@ -77,29 +89,6 @@ class JournalError(RuxaError):
     """The journal cannot be opened, is in use by another run, or failed to write."""
 
 
-class JobState(str, enum.Enum):
-    """Where a job stands in the journal.
-
-    ``SUBMITTING``: a create is about to be (or was) sent, no task id known.
-    ``SUBMITTED``: the task exists; its end is not yet recorded.
-    ``SUCCEEDED`` / ``FAILED``: the task ended (both are final; nothing is re-sent).
-    ``AMBIGUOUS``: the create may have reached the service but no task id came back.
-    ``UNSENT``: provably nothing was created (stopped before sending, or rejected).
-    """
-
-    SUBMITTING = "submitting"
-    SUBMITTED = "submitted"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    AMBIGUOUS = "ambiguous"
-    UNSENT = "unsent"
-
-    @property
-    def is_final(self) -> bool:
-        """True for SUCCEEDED and FAILED: the job is done and paid for."""
-        return self is JobState.SUCCEEDED or self is JobState.FAILED
-
-
 @attrs.frozen(kw_only=True)
 class JobRef:
     """Which job a journal write is about: its key and what it asks for."""
@@ -131,7 +120,7 @@ class JobRecord:
     line: int
     fingerprint: str
     model: str
-    state: JobState
+    state: JobStatus
     task_id: str | None = None
     result_urls: tuple[str, ...] = ()
     error: str | None = None
@@ -140,11 +129,10 @@ class JobRecord:
     @property
     def ambiguous(self) -> bool:
         """True when a create may have been sent but no task id is known."""
-        return self.task_id is None and self.state in (JobState.SUBMITTING, JobState.AMBIGUOUS)
+        return self.task_id is None and self.state.may_exist
 
 
 _Op = Callable[[sqlite3.Connection], Any]
-_Loaded = tuple[dict[str, JobRecord], dict[str, list[FileRecord]]]
 
 
 class _Stop:
@@ -370,30 +358,6 @@ class Journal:
             )
         )
 
-    async def load(self) -> tuple[dict[str, JobRecord], dict[str, list[FileRecord]]]:
-        """Every job and every file record, by job key."""
-
-        def op(conn: sqlite3.Connection) -> _Loaded:
-            jobs = {record.key: record for record in _job_rows(conn)}
-            files: dict[str, list[FileRecord]] = {}
-            for row in conn.execute(
-                "SELECT key, idx, url, path, state, size, error FROM files ORDER BY key, idx"
-            ):
-                record = FileRecord(
-                    key=row[0],
-                    index=row[1],
-                    url=row[2],
-                    path=row[3],
-                    state=row[4],
-                    size=row[5],
-                    error=row[6],
-                )
-                files.setdefault(record.key, []).append(record)
-            return jobs, files
-
-        result: _Loaded = await self._call(op)
-        return result
-
     async def mark_submitting(self, job: JobRef) -> None:
         """Record that a create for ``job`` is about to be sent; returns once committed."""
         now = time.time()
@@ -413,12 +377,12 @@ class Journal:
 
     def record_task_id(self, job: JobRef, task_id: str) -> None:
         """Record the task id a create returned (committed shortly)."""
-        self.record_outcome(job, JobState.SUBMITTED, task_id=task_id)
+        self.record_outcome(job, JobStatus.PENDING, task_id=task_id)
 
     def record_outcome(
         self,
         job: JobRef,
-        state: JobState,
+        state: JobStatus,
         *,
         task_id: str | None = None,
         result_urls: tuple[str, ...] = (),
@@ -429,6 +393,8 @@ class Journal:
         ``task_id=None`` keeps the task id already recorded. A job with no row
         yet gets one.
         """
+        if state not in JOURNAL_STATES:
+            raise ValueError(f"{state.value} is reported, never journaled")
         now = time.time()
         urls = json.dumps(list(result_urls)) if result_urls else None
         values = (job.key, job.line, job.fingerprint, job.model, state.value, task_id, urls, error)
@@ -468,20 +434,38 @@ class Journal:
             )
         )
 
-    async def forget(self, keys: list[str]) -> None:
-        """Delete the records of ``keys`` (their jobs count as never submitted)."""
+    async def forget_unfinished(self) -> int:
+        """Delete every job whose task did not end (and its files); return how many.
 
-        def op(conn: sqlite3.Connection) -> None:
-            conn.executemany("DELETE FROM files WHERE key=?", ((k,) for k in keys))
-            conn.executemany("DELETE FROM jobs WHERE key=?", ((k,) for k in keys))
+        For the simulator, which keeps no task between runs.
+        """
+        final = (JobStatus.SUCCEEDED.value, JobStatus.FAILED.value)
 
-        await self._call(op)
+        def op(conn: sqlite3.Connection) -> int:
+            where = "SELECT key FROM jobs WHERE state NOT IN (?, ?)"
+            conn.execute(f"DELETE FROM files WHERE key IN ({where})", final)
+            return conn.execute("DELETE FROM jobs WHERE state NOT IN (?, ?)", final).rowcount
+
+        result: int = await self._call(op)
+        return result
+
+    async def has_jobs(self) -> bool:
+        """True when any job is recorded."""
+        result: bool = await self._call(
+            lambda conn: conn.execute("SELECT 1 FROM jobs LIMIT 1").fetchone() is not None
+        )
+        return result
 
 
 def _check_schema(conn: sqlite3.Connection, path: Path) -> None:
     row = conn.execute("SELECT value FROM meta WHERE name='schema'").fetchone()
     if row is None:
         conn.execute("INSERT INTO meta VALUES ('schema', ?)", (_SCHEMA_VERSION,))
+    elif row[0] == "1":
+        with conn:
+            for old, new in _RENAMED.items():
+                conn.execute("UPDATE jobs SET state=? WHERE state=?", (new, old))
+            conn.execute("UPDATE meta SET value=? WHERE name='schema'", (_SCHEMA_VERSION,))
     elif row[0] != _SCHEMA_VERSION:
         raise JournalError(
             f"{path} was written by another version of ruxa-async "
@@ -497,20 +481,28 @@ def _as_journal_error(exc: Exception, path: Path) -> JournalError:
     return error
 
 
-def _job_rows(conn: sqlite3.Connection) -> Iterator[JobRecord]:
-    for row in conn.execute(
-        "SELECT key, line, fingerprint, model, state, task_id, result_urls, error, creates "
-        "FROM jobs"
-    ):
-        urls = tuple(json.loads(row[6])) if row[6] else ()
-        yield JobRecord(
-            key=row[0],
-            line=row[1],
-            fingerprint=row[2],
-            model=row[3],
-            state=JobState(row[4]),
-            task_id=row[5],
-            result_urls=urls,
-            error=row[7],
-            creates=row[8],
-        )
+JOB_COLUMNS = "key, line, fingerprint, model, state, task_id, result_urls, error, creates"
+FILE_COLUMNS = "key, idx, url, path, state, size, error"
+
+
+def job_record(row: tuple[Any, ...]) -> JobRecord:
+    """A :class:`JobRecord` from a row of ``SELECT JOB_COLUMNS FROM jobs``."""
+    urls = tuple(json.loads(row[6])) if row[6] else ()
+    return JobRecord(
+        key=row[0],
+        line=row[1],
+        fingerprint=row[2],
+        model=row[3],
+        state=JobStatus(_RENAMED.get(row[4], row[4])),
+        task_id=row[5],
+        result_urls=urls,
+        error=row[7],
+        creates=row[8],
+    )
+
+
+def file_record(row: tuple[Any, ...]) -> FileRecord:
+    """A :class:`FileRecord` from a row of ``SELECT FILE_COLUMNS FROM files``."""
+    return FileRecord(
+        key=row[0], index=row[1], url=row[2], path=row[3], state=row[4], size=row[5], error=row[6]
+    )

@@ -61,6 +61,7 @@ class SchedulerStatistics:
     callbacks_early: int
     overdue: int
     expected_seconds: dict[str, float]
+    safety_net_seconds: dict[str, float] = attrs.field(factory=dict)
 
 
 class _Entry:
@@ -126,6 +127,45 @@ class _DurationModel:
         return math.exp(self.mean_log)
 
 
+_CALLBACKS_LEARNED_AFTER = 8  # callbacks seen before their timing replaces the fixed grace
+_CALLBACK_WINDOW = 128  # the most recent callback delays kept per model
+
+
+class _CallbackDelays:
+    """How long a model's callbacks took to arrive after tracking: a high quantile of the last few.
+
+    The safety-net check of a task with callbacks is planned from this, so a lost
+    callback costs a few typical durations instead of a fixed grace period.
+    """
+
+    __slots__ = ("_cached", "_next", "count", "samples")
+
+    def __init__(self) -> None:
+        self.samples: list[float] = []
+        self.count = 0
+        self._next = 0
+        self._cached: tuple[float, float] | None = None
+
+    def observe(self, seconds: float) -> None:
+        if len(self.samples) < _CALLBACK_WINDOW:
+            self.samples.append(seconds)
+        else:
+            self.samples[self._next] = seconds
+            self._next = (self._next + 1) % _CALLBACK_WINDOW
+        self.count += 1
+        if self.count <= _CALLBACKS_LEARNED_AFTER or self.count % 8 == 0:
+            self._cached = None  # re-sorted every few samples, not on every track
+
+    def quantile(self, q: float) -> float | None:
+        """The ``q`` quantile of the recent delays, or None while too few were seen."""
+        if self.count < _CALLBACKS_LEARNED_AFTER:
+            return None
+        if self._cached is None or self._cached[0] != q:
+            ordered = sorted(self.samples)
+            self._cached = (q, ordered[min(len(ordered) - 1, int(q * len(ordered)))])
+        return self._cached[1]
+
+
 def _mark_retrieved(future: asyncio.Future[Any]) -> None:
     if not future.cancelled():
         future.exception()
@@ -179,6 +219,7 @@ class PollScheduler:
         self._slots = asyncio.Semaphore(concurrency)
         self._checks_running: set[asyncio.Task[None]] = set()
         self._durations: dict[str | None, _DurationModel] = {}
+        self._callback_delays: dict[str | None, _CallbackDelays] = {}
         self._closed: BaseException | None = None
         self._early: collections.OrderedDict[str, TaskInfo] = collections.OrderedDict()
         self.checks = 0
@@ -267,6 +308,7 @@ class PollScheduler:
         self._finish(entry, info)
         if source == "callback":
             self.resolved_by_callback += 1
+            self._learn_callback(entry)
         else:
             self.resolved_by_poll += 1
         return True
@@ -313,10 +355,20 @@ class PollScheduler:
         j = self.policy.jitter
         return delay * self._rng.uniform(1.0 - j, 1.0 + j) if j else delay
 
+    def safety_net_seconds(self, model: str | None) -> float:
+        """How long after tracking a task with callbacks its first safety-net check comes."""
+        policy = self.policy
+        delays = self._callback_delays.get(model)
+        learned = delays.quantile(policy.callback_quantile) if delays is not None else None
+        if learned is not None:
+            return max(policy.callback_min_grace, policy.callback_quantile_factor * learned)
+        expected = self.expected_seconds(model)
+        return policy.callback_grace_factor * expected + policy.callback_grace
+
     def _first_delay(self, entry: _Entry) -> float:
         expected = self.expected_seconds(entry.model)
         if entry.callbacks:
-            return self.policy.callback_grace_factor * expected + self.policy.callback_grace
+            return self.safety_net_seconds(entry.model)
         if self.policy.explore and self.policy.first_check is None:
             model = self._durations.setdefault(entry.model, _DurationModel())
             if model.count < _LEARNED_AFTER and model.explorers < _EXPLORERS:
@@ -333,7 +385,8 @@ class PollScheduler:
         policy = self.policy
         if entry.callbacks:
             age = now - entry.created_at
-            return self._jitter(min(policy.max_interval * 4, max(policy.max_interval, age / 2)))
+            step = min(policy.max_interval, self.safety_net_seconds(entry.model))
+            return self._jitter(min(policy.max_interval * 4, max(step, age / 2)))
         age = max(now - entry.created_at, policy.min_interval)
         delay = age * (policy.backoff - 1.0)
         return self._jitter(min(policy.max_interval, max(policy.min_interval, delay)))
@@ -364,24 +417,45 @@ class PollScheduler:
         if seconds > 0:
             model.observe(seconds)
             if model.count == _LEARNED_AFTER:
-                self._replan(entry.model)
+                moved = self._replan(entry.model)
+                log.debug(
+                    "learned %s takes about %.2f s; moved %d first checks earlier",
+                    entry.model,
+                    self.expected_seconds(entry.model),
+                    moved,
+                )
 
-    def _replan(self, model: str | None) -> None:
-        """Bring forward the first checks that were planned from the prior, now it is learned."""
+    def _learn_callback(self, entry: _Entry) -> None:
+        delays = self._callback_delays.setdefault(entry.model, _CallbackDelays())
+        delays.observe(max(self._clock() - entry.created_at, 0.0))
+        if delays.count == _CALLBACKS_LEARNED_AFTER:
+            moved = self._replan(entry.model, callbacks=True)
+            log.debug(
+                "learned %s callbacks arrive within about %.2f s; safety-net checks at %.2f s "
+                "(%d moved earlier)",
+                entry.model,
+                delays.quantile(self.policy.callback_quantile),
+                self.safety_net_seconds(entry.model),
+                moved,
+            )
+
+    def _replan(self, model: str | None, *, callbacks: bool = False) -> int:
+        """Bring forward first checks that were planned from a prior, now the model is learned."""
         moved = 0
+        now = self._clock()
         for entry in self._entries.values():
-            if entry.model != model or entry.checks or entry.in_check or entry.callbacks:
+            if entry.model != model or entry.checks or entry.in_check:
                 continue
-            due = entry.created_at + self._first_delay(entry)
+            if entry.callbacks is not callbacks:
+                continue
+            # A task still waiting for its callback has outlived the fastest ones the estimate
+            # was learned from, so its safety net counts from now, not from its creation.
+            start = now if callbacks else entry.created_at
+            due = start + self._first_delay(entry)
             if due < entry.due:
                 self._schedule(entry, due)
                 moved += 1
-        log.debug(
-            "learned %s takes about %.2f s; moved %d first checks earlier",
-            model,
-            self.expected_seconds(model),
-            moved,
-        )
+        return moved
 
     # ---------------------------------------------------------------- the loop
 
@@ -431,6 +505,8 @@ class PollScheduler:
         return None
 
     async def _check(self, entry: _Entry) -> None:
+        if self._closed is not None:
+            return  # the client closed while this check waited for its first turn
         try:
             self.checks += 1
             entry.checks += 1
@@ -507,4 +583,9 @@ class PollScheduler:
             callbacks_early=self.callbacks_early,
             overdue=overdue,
             expected_seconds={str(m): d.median for m, d in self._durations.items() if d.count},
+            safety_net_seconds={
+                str(m): self.safety_net_seconds(m)
+                for m, d in self._callback_delays.items()
+                if d.quantile(self.policy.callback_quantile) is not None
+            },
         )

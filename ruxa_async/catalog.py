@@ -3,11 +3,15 @@
 Ruxa publishes no prices; :data:`DEFAULT_PRICES` are community-reported credit
 costs meant for estimates only. Override them with ``prices=`` wherever an
 estimate is made. Unknown models pass through untouched: the service, not this
-catalogue, is the final judge.
+catalogue, is the final judge. Where Ruxa's documentation is unsure, the checks
+let every reading through: allowed values match whatever their case (``1k`` and
+``1K``), and kie.ai's limits (5000-character prompts, 10 or 8 images) and
+nano-banana-edit's unreadable ``image_size`` list are left to the service.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -26,7 +30,6 @@ __all__ = [
 ]
 
 _ASPECTS = ("1:1", "9:16", "16:9", "3:4", "4:3", "3:2", "2:3", "5:4", "4:5", "21:9", "auto")
-_PROMPT_MAX = 5000
 
 
 @attrs.frozen(kw_only=True)
@@ -62,9 +65,7 @@ class ModelSpec:
 
 
 def _prompt(description: str = "what to generate") -> FieldSpec:
-    return FieldSpec(
-        name="prompt", type="string", required=True, max_length=_PROMPT_MAX, description=description
-    )
+    return FieldSpec(name="prompt", type="string", required=True, description=description)
 
 
 _SORA_COMMON = (
@@ -100,9 +101,9 @@ MODELS: Mapping[str, ModelSpec] = {
             typical_seconds=12.0,
             fields=(
                 _prompt("the editing instruction"),
-                FieldSpec(name="image_urls", type="string[]", required=True, max_items=10),
+                FieldSpec(name="image_urls", type="string[]", required=True),
                 FieldSpec(name="output_format", type="string", choices=("png", "jpeg")),
-                FieldSpec(name="image_size", type="string", choices=_ASPECTS),
+                FieldSpec(name="image_size", type="string", description="aspect ratio"),
             ),
         ),
         ModelSpec(
@@ -113,7 +114,7 @@ MODELS: Mapping[str, ModelSpec] = {
             callback_required=True,
             fields=(
                 _prompt(),
-                FieldSpec(name="image_input", type="string[]", max_items=8),
+                FieldSpec(name="image_input", type="string[]"),
                 FieldSpec(name="aspect_ratio", type="string", choices=_ASPECTS),
                 FieldSpec(name="resolution", type="string", choices=("1k", "2k", "4k")),
                 FieldSpec(name="output_format", type="string", choices=("png", "jpg")),
@@ -174,14 +175,20 @@ def _type_ok(spec: FieldSpec, value: Any) -> bool:
     return True
 
 
+@functools.lru_cache(maxsize=64)
+def _folded(choices: tuple[str, ...]) -> frozenset[str]:
+    return frozenset(choice.casefold() for choice in choices)
+
+
 def validate_input(model: str, input: Mapping[str, Any]) -> None:
     """Check ``input`` against the catalogue's rules for ``model``.
 
     Raises :class:`InvalidInputError` naming the field at fault.
 
     Unknown models and undocumented extra fields pass: the catalogue only
-    rejects what the documentation rules out (a missing required field, a value
-    of the wrong type, a value outside the allowed list, an over-long prompt).
+    rejects what every reading of the documentation rules out (a missing or
+    empty required field, a value of the wrong type, a value outside the
+    allowed list in any letter case).
     """
     if not isinstance(model, str) or not model:
         raise InvalidInputError("model must be a non-empty string", model=str(model), field="model")
@@ -204,11 +211,12 @@ def validate_input(model: str, input: Mapping[str, Any]) -> None:
                 model=model,
                 field=field.name,
             )
-        if field.required and field.type == "string" and not value.strip():
+        empty = not (value.strip() if isinstance(value, str) else value)
+        if field.required and empty and field.type != "boolean":
             raise InvalidInputError(
                 f"{model}: input.{field.name} must not be empty", model=model, field=field.name
             )
-        if field.choices is not None and value not in field.choices:
+        if field.choices is not None and value.casefold() not in _folded(field.choices):
             allowed = ", ".join(field.choices)
             raise InvalidInputError(
                 f"{model}: input.{field.name} must be one of {allowed}; got {value!r}",

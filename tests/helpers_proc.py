@@ -14,6 +14,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ruxa_async._journal import JournalError
+from ruxa_async._journal_reader import JournalReader
+
 ROOT = Path(__file__).resolve().parents[1]
 NB = "google/nano-banana"
 
@@ -139,27 +142,23 @@ def read_results(out: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in text.splitlines()]
 
 
-def _query(path: Path, sql: str) -> list[tuple[Any, ...]]:
-    if not path.exists():
-        return []
-    conn = sqlite3.connect(path, timeout=10)
-    try:
-        return list(conn.execute(sql))
-    except sqlite3.OperationalError:
-        return []  # the run has not created its tables yet
-    finally:
-        conn.close()
-
-
 def journal_jobs(path: Path) -> dict[str, tuple[str, str | None, int]]:
     """``{key: (state, task_id, creates)}`` from a journal, read as another process would."""
-    rows = _query(path, "SELECT key, state, task_id, creates FROM jobs")
-    return {key: (state, task_id, creates) for key, state, task_id, creates in rows}
+    try:
+        with JournalReader(path) as reader:
+            return {r.key: (r.state.value, r.task_id, r.creates) for r in reader.all_jobs()}
+    except JournalError:
+        return {}  # the run is creating the file right now
 
 
 def journal_files(path: Path) -> list[tuple[str, int, str, str, int | None]]:
-    """``(key, idx, path, state, size)`` rows of a journal's files table."""
-    return _query(path, "SELECT key, idx, path, state, size FROM files ORDER BY key, idx")
+    """``(key, idx, path, state, size)`` of every file record of a journal."""
+    try:
+        with JournalReader(path) as reader:
+            files = reader.all_files()
+    except JournalError:
+        return []
+    return sorted((f.key, f.index, f.path, f.state, f.size) for f in files)
 
 
 def integrity(path: Path) -> str:

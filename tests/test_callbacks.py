@@ -211,6 +211,23 @@ async def test_dropped_callbacks_are_covered_by_polling(drop: float, n: int) -> 
         assert server.statistics().received == 0
 
 
+async def test_lost_callbacks_cost_a_few_durations_once_timing_is_learned() -> None:
+    """With the default safety net, lost callbacks are found at the learned callback pace."""
+    poll = PollPolicy()  # the default grace: 3 x the prior + 30 s until callbacks are learned
+    server = CallbackServer()
+    async with running(sim(drop=0.1), server, poll) as (fake, client):
+        infos = await outcomes(await submit_many(client, 100))
+        stats = fake.stats()
+        sched = client.statistics().scheduler
+    assert all(i.succeeded for i in infos)
+    assert stats.callbacks_dropped > 0
+    learned = sched.safety_net_seconds[MODEL]
+    assert learned < poll.callback_grace
+    assert sched.resolved_by_poll >= stats.callbacks_dropped
+    # A lost callback costs one or two checks; a delivered one almost never a check.
+    assert stats.queries <= 2 * stats.callbacks_dropped + 10
+
+
 async def test_callbacks_signed_with_another_key_are_refused() -> None:
     """With the wrong HMAC key every callback gets 401, and polling resolves the tasks."""
     server = CallbackServer(hmac_key=KEY)

@@ -6,7 +6,6 @@ import io
 import json
 import re
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -17,7 +16,15 @@ from typing import Any
 
 import pytest
 
-from .helpers_proc import FAST_CLI, SimProcess, child_env, cli, run_cli
+from .helpers_proc import (
+    FAST_CLI,
+    SimProcess,
+    child_env,
+    cli,
+    journal_files,
+    journal_jobs,
+    run_cli,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples" / "jobs.jsonl"
@@ -78,16 +85,8 @@ def _results(out: Path) -> list[dict[str, Any]]:
 
 
 def _journal_rows(path: Path) -> list[tuple[str, str, str | None]]:
-    """(key, state, task_id) rows of a journal, read as another process would."""
-    if not path.exists():
-        return []
-    conn = sqlite3.connect(path, timeout=5)
-    try:
-        return list(conn.execute("SELECT key, state, task_id FROM jobs"))
-    except sqlite3.OperationalError:
-        return []
-    finally:
-        conn.close()
+    """(key, state, task_id) of every job of a journal, read as another process would."""
+    return [(key, state, task_id) for key, (state, task_id, _) in journal_jobs(path).items()]
 
 
 def _start(*args: str) -> subprocess.Popen[str]:
@@ -189,7 +188,7 @@ def test_sigkill_while_polling_then_rerun_reattaches(
         out / "journal.sqlite",
         lambda rows: sum(1 for r in rows if r[2] is not None) == n,
     )
-    assert all(state == "submitted" for _, state, _ in rows)
+    assert all(state == "pending" for _, state, _ in rows)
     assert sim.stats()["tasks_created"] == n
 
     again = ruxa(*args)
@@ -431,10 +430,7 @@ def test_failed_download_is_recorded_and_retried_on_resume(
     assert {r["status"] for r in results} == {"download_failed"}
     assert all("HTTP 404" in r["error"] for r in results)
     assert all(r["result_urls"] and not r["files"] for r in results)
-    conn = sqlite3.connect(out / "journal.sqlite")
-    states = [row[0] for row in conn.execute("SELECT state FROM files")]
-    conn.close()
-    assert states == ["failed"] * 3
+    assert [f[3] for f in journal_files(out / "journal.sqlite")] == ["failed"] * 3
 
     sim.configure(result_ttl=None)
     creates = sim.stats()["creates"]

@@ -130,7 +130,7 @@ def test_arbitrary_bytes_in_a_jobs_file_raise_only_sdk_errors(
     _only_sdk_errors(data, default_model, dedupe)
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=_json_lines(), default_model=st.none() | st.just(NB), dedupe=st.booleans())
 @example(data=b'{"model": "x", "input": {}, "id": 1.5}', default_model=None, dedupe=True)
 @example(data=b'{"id": "a", "model": "x", "input": {}}\n' * 2, default_model=None, dedupe=True)
@@ -476,7 +476,11 @@ async def any_model_fake() -> AsyncIterator[FakeRuxa]:
 async def test_bad_inputs_fail_only_their_own_job_with_one_clear_message(
     any_model_fake: FakeRuxa,
 ) -> None:
-    """Unknown model, bad enum, 5,001-char and 1 MB prompts: one clear error each, no stop."""
+    """Unknown model, bad enum, 5,001-char and 1 MB prompts: one clear error each, no stop.
+
+    The bad enum is refused before sending; the unknown model and kie.ai's
+    prompt limit (which Ruxa does not document) are left to the service.
+    """
     fake = any_model_fake
     bad = {
         "unknown-model": Job(model="acme/unknown", input={"prompt": "x"}),
@@ -495,21 +499,21 @@ async def test_bad_inputs_fail_only_their_own_job_with_one_clear_message(
     by_key = {o.key: o for o in report.outcomes}
     assert report.stop_reason is None
     assert all(by_key[k].ok for k in good), [by_key[k] for k in good if not by_key[k].ok]
-    assert _one_clear_line(by_key["unknown-model"].error, "422", "acme/unknown")
-    assert isinstance(by_key["unknown-model"].error, ValidationError)
-    for key, field, needle in [
-        ("bad-enum", "image_size", "7:7"),
-        ("prompt-5001", "prompt", "5001 characters"),
-        ("prompt-1mb", "prompt", "1000000 characters"),
+    for key, needle in [
+        ("unknown-model", "acme/unknown"),
+        ("prompt-5001", "5001 characters"),
+        ("prompt-1mb", "1000000 characters"),
     ]:
-        error = by_key[key].error
-        assert isinstance(error, InvalidInputError), (key, error)
-        assert error.field == field
-        _one_clear_line(error, field, needle)
+        assert isinstance(by_key[key].error, ValidationError), (key, by_key[key].error)
+        assert _one_clear_line(by_key[key].error, "422", needle)
+    error = by_key["bad-enum"].error
+    assert isinstance(error, InvalidInputError), error
+    assert error.field == "image_size"
+    _one_clear_line(error, "image_size", "7:7")
     assert all(by_key[k].task_id is None for k in bad)
-    # Nothing invalid was sent; what the service refused was sent once and never retried.
+    # The bad enum was not sent; what the service refused was sent once and never retried.
     stats = fake.stats()
-    assert stats.creates == len(good) + 1
+    assert stats.creates == len(good) + 3
     assert stats.tasks_created == len(good)
     assert retries == 0
 

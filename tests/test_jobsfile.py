@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -122,7 +123,7 @@ def test_scan_counts_models_cost_duplicates_and_invalid(tmp_path: Path) -> None:
     assert dict(summary.unpriced) == {"acme/unknown": 1}
     line, key, error = summary.invalid_examples[0]
     assert (line, key, error.field) == (4, "line-4", "image_size")
-    assert summary.primaries[fingerprint(NB, {"prompt": "a"})] == "line-1"
+    assert summary.shared == {bytes.fromhex(fingerprint(NB, {"prompt": "a"}))}
 
 
 def test_scan_without_dedupe_counts_every_job(tmp_path: Path) -> None:
@@ -133,18 +134,37 @@ def test_scan_without_dedupe_counts_every_job(tmp_path: Path) -> None:
 
 
 def test_scan_check_can_reject_a_job(tmp_path: Path) -> None:
-    """The check hook sees every job and its error stops the scan."""
-    path = _write(tmp_path, _job("a", id="keep"), _job("b", id="bad"))
-    seen: list[str] = []
+    """The check hook sees every job (and whether it counts) and its error stops the scan."""
+    path = _write(tmp_path, _job("a", id="keep"), _job("a", id="twin"), _job("b", id="bad"))
+    seen: list[tuple[str, bool]] = []
 
-    def check(job: JobLine) -> None:
-        seen.append(job.key)
-        if job.key == "bad":
-            raise JobsFileError(path, "changed", line=job.line)
+    def check(batch: Sequence[tuple[JobLine, bool]]) -> None:
+        for job, counted in batch:
+            seen.append((job.key, counted))
+            if job.key == "bad":
+                raise JobsFileError(path, "changed", line=job.line)
 
-    with pytest.raises(JobsFileError, match="line 2: changed"):
+    with pytest.raises(JobsFileError, match="line 3: changed"):
         scan_jobs(path, check=check)
-    assert seen == ["keep", "bad"]
+    assert seen == [("keep", True), ("twin", False), ("bad", True)]
+
+
+def test_scan_keeps_no_row_per_line(tmp_path: Path) -> None:
+    """Distinct jobs leave nothing behind in the summary: only shared digests are kept."""
+    path = _write(tmp_path, *(_job(f"p{i}") for i in range(50)), _job("p7"))
+    summary = scan_jobs(path)
+    assert (summary.total, summary.duplicates, len(summary.shared)) == (51, 1, 1)
+
+
+def test_key_digest_collision_is_not_a_reused_id(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Key digests only flag a suspect: the file itself decides whether an id is reused."""
+    from ruxa_async import _jobsfile
+
+    monkeypatch.setattr(_jobsfile, "hash_key", lambda key: 1)
+    path = _write(tmp_path, _job("a", id="x"), _job("b", id="y"))
+    assert scan_jobs(path).total == 2
 
 
 def test_fingerprint_ignores_key_order() -> None:

@@ -77,7 +77,7 @@ def incomplete(out: Path) -> dict[str, int]:
 def ambiguous_keys(journal: Path) -> set[str]:
     """Jobs whose create may have been sent but whose task id was never recorded."""
     rows = journal_jobs(journal)
-    return {k for k, (state, tid, _) in rows.items() if tid is None and state != "unsent"}
+    return {k for k, (state, tid, _) in rows.items() if tid is None and state != "not_submitted"}
 
 
 def check_invariants(out: Path, sim: SimProcess, *, resent_orphans: int = 0) -> None:

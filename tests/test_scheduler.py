@@ -310,3 +310,47 @@ async def test_exploration_is_off_when_disabled() -> None:
     future = scheduler.track("a", model="m")
     await run_until_done(scheduler, future)
     assert service.checks["a"] == [16.0]
+
+
+async def test_safety_net_learns_when_callbacks_arrive() -> None:
+    """After a few callbacks, the safety-net check follows their timing, not the fixed grace."""
+    policy = PollPolicy(
+        jitter=0.0, default_duration=1.0, explore=False, callback_grace=30.0, min_interval=0.5
+    )
+    vt, service, scheduler = make(policy)
+    assert scheduler.safety_net_seconds("m") == 33.0
+    delivered = [scheduler.track(f"c{i}", model="m", callbacks=True) for i in range(8)]
+    service.finish_at["lost"] = 1.0
+    lost = scheduler.track("lost", model="m", callbacks=True)  # its callback never comes
+    vt.now = 1.0
+    for i in range(8):
+        assert scheduler.resolve(TaskInfo(task_id=f"c{i}", state=TaskState.SUCCESS))
+    assert all(f.done() for f in delivered)
+    assert scheduler.safety_net_seconds("m") == 1.5
+    assert scheduler.statistics().safety_net_seconds == {"m": 1.5}
+    await run_until_done(scheduler, lost)
+    # Replanned when the timing was learned: it has outlived those callbacks, so from now.
+    assert service.checks["lost"] == [2.5]
+    late = scheduler.track("late", model="m", callbacks=True)
+    service.finish_at["late"] = vt.now
+    start = vt.now
+    await run_until_done(scheduler, late)
+    assert service.checks["late"] == [start + 1.5]
+
+
+async def test_safety_net_keeps_checking_a_slow_task_at_the_learned_pace() -> None:
+    """A task still running at its learned safety-net check is checked again soon, not in 30 s."""
+    policy = PollPolicy(jitter=0.0, default_duration=1.0, explore=False, max_interval=30.0)
+    vt, service, scheduler = make(policy)
+    for i in range(8):
+        scheduler.track(f"c{i}", model="m", callbacks=True)
+    vt.now = 2.0
+    for i in range(8):
+        scheduler.resolve(TaskInfo(task_id=f"c{i}", state=TaskState.SUCCESS))
+    service.finish_at["slow"] = vt.now + 5.0
+    slow = scheduler.track("slow", model="m", callbacks=True)
+    await run_until_done(scheduler, slow)
+    checks = [t - 2.0 for t in service.checks["slow"]]
+    assert checks[0] == 3.0  # 1.5 x the learned 2 s
+    assert all(b - a <= 3.0 for a, b in itertools.pairwise(checks))
+    assert len(checks) <= 3

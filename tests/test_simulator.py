@@ -261,7 +261,7 @@ async def test_result_json_is_a_string_and_its_url_serves_bytes(
 
 
 async def test_video_models_return_mp4_files(sim: MakeSim, http: aiohttp.ClientSession):
-    """A catalogue video model's result URL ends in .mp4 and serves an MP4 box stream."""
+    """A documented video model's result URL ends in .mp4 and serves an MP4 box stream."""
     fake = await sim()
     task_id = await created_id(http, fake, model="sora-2", input={"prompt": "waves"})
     data = await finished(http, fake, task_id)
@@ -359,7 +359,7 @@ async def test_insufficient_credits_is_402_with_balance(sim: MakeSim, http: aioh
 
 
 async def test_prices_override_and_set_credits(sim: MakeSim, http: aiohttp.ClientSession):
-    """prices= overrides the catalogue price and set_credits resets the balance."""
+    """prices= overrides the documented price and set_credits resets the balance."""
     fake = await sim(credits=0.0, prices={NANO: 1.5})
     status, _ = await create(http, fake)
     assert status == 402
@@ -369,7 +369,7 @@ async def test_prices_override_and_set_credits(sim: MakeSim, http: aiohttp.Clien
 
 
 async def test_unknown_model_is_422(sim: MakeSim, http: aiohttp.ClientSession):
-    """A model outside the catalogue and the configured models gets 422."""
+    """A model neither documented nor configured gets 422."""
     fake = await sim()
     status, body = await create(http, fake, model="gpt-image-1")
     assert (status, body["code"]) == (422, 422)
@@ -773,11 +773,11 @@ async def test_callback_fails_after_retries(
 
 
 async def test_admin_stats_and_tasks(sim: MakeSim, http: aiohttp.ClientSession):
-    """/_sim/stats mirrors stats() and /_sim/tasks lists timing records."""
+    """/_sim/stats?series=1 mirrors stats() and /_sim/tasks lists timing records."""
     fake = await sim()
     task_id = await created_id(http, fake)
     await finished(http, fake, task_id)
-    async with http.get(fake.url + "/_sim/stats") as reply:
+    async with http.get(fake.url + "/_sim/stats?series=1") as reply:
         stats = SimStats.from_dict(await reply.json())
     assert stats == fake.stats()
     assert stats.by_status == {200: 2}

@@ -11,24 +11,31 @@ by a frozen :class:`SimConfig`::
         assert fake.stats().duplicate_creates == 0
 
 ``python -m ruxa_async.testing`` runs one as a standalone process; its
-``/_sim/stats``, ``/_sim/tasks`` and ``/_sim/config`` endpoints expose the same
-inspection and control over HTTP.
+``/_sim/stats``, ``/_sim/tasks``, ``/_sim/config`` and ``/_sim/reset`` endpoints
+expose the same inspection and control over HTTP.
+
+What the simulator accepts comes from the wire reference, not from the SDK's
+catalogue (:class:`InputRules` plays each reading where the reference is unsure),
+so tests against it can catch a catalogue mistake.
 """
 
 from __future__ import annotations
 
 from ._config import CallbackDelivery, Dialect, Faults, ModelBehavior, RateLimit, SimConfig
 from ._records import TaskRecord
+from ._rules import InputRules
 from ._server import FakeRuxa, serve
-from ._stats import SimStats
+from ._stats import RateSeries, SimStats
 
 __all__ = [
     "CallbackDelivery",
     "Dialect",
     "FakeRuxa",
     "Faults",
+    "InputRules",
     "ModelBehavior",
     "RateLimit",
+    "RateSeries",
     "SimConfig",
     "SimStats",
     "TaskRecord",

@@ -7,6 +7,9 @@ another process (benchmarks, the ``simulate`` command).
 from __future__ import annotations
 
 import json
+import time
+from collections import Counter
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -14,9 +17,10 @@ from aiohttp import web
 from ._config import config_changes, config_to_dict
 
 if TYPE_CHECKING:
+    from ._records import TaskRecord
     from ._server import FakeRuxa
 
-__all__ = ["admin_routes"]
+__all__ = ["admin_routes", "summarize"]
 
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
@@ -25,8 +29,33 @@ def _json(value: Any, status: int = 200) -> web.Response:
     return web.Response(body=_dumps(value).encode(), status=status, content_type="application/json")
 
 
+def _flag(request: web.Request, name: str) -> bool:
+    return request.query.get(name, "") not in ("", "0", "false")
+
+
+def summarize(records: Sequence[TaskRecord], now: float) -> dict[str, Any]:
+    """Counts of ``records`` by model, by outcome and by state at monotonic ``now``."""
+    return {
+        "count": len(records),
+        "by_model": dict(Counter(record.model for record in records)),
+        "by_outcome": dict(Counter(record.outcome for record in records)),
+        "by_state": dict(Counter(record.state_at(now) for record in records)),
+        "queries": sum(record.query_count for record in records),
+        "callbacks_delivered": sum(record.callbacks_delivered for record in records),
+        "first_created_at": records[0].created_at if records else None,
+        "last_created_at": records[-1].created_at if records else None,
+    }
+
+
 def admin_routes(fake: FakeRuxa) -> list[web.RouteDef]:
-    """``GET /_sim/stats``, ``GET /_sim/tasks``, ``GET`` and ``POST /_sim/config``."""
+    """The ``/_sim`` routes.
+
+    ``GET /_sim/stats`` (the per-100 ms ``series`` only with ``?series=1``, so
+    frequent pollers do not pay for it); ``GET /_sim/tasks`` (every record, or
+    a page with ``?offset=&limit=`` and the total in ``X-Total-Count``, or
+    counts only with ``?summary=1``); ``GET`` and ``POST /_sim/config``;
+    ``POST /_sim/reset`` (forget every task and counter, keep the configuration).
+    """
 
     def config_view() -> dict[str, Any]:
         view = config_to_dict(fake.config)
@@ -34,10 +63,31 @@ def admin_routes(fake: FakeRuxa) -> list[web.RouteDef]:
         return view
 
     async def stats(request: web.Request) -> web.Response:
-        return _json(fake.stats().to_dict())
+        data = fake.stats().to_dict()
+        if not _flag(request, "series"):
+            del data["series"]
+        return _json(data)
 
     async def tasks(request: web.Request) -> web.Response:
-        return _json([record.to_dict() for record in fake.tasks()])
+        records = fake.tasks()
+        query = request.query
+        if _flag(request, "summary"):
+            return _json(summarize(records, time.monotonic()))
+        try:
+            offset = int(query.get("offset", 0))
+            limit = int(query["limit"]) if "limit" in query else len(records)
+        except ValueError:
+            return _json({"error": "offset and limit must be integers"}, 400)
+        if offset < 0 or limit < 0:
+            return _json({"error": "offset and limit must not be negative"}, 400)
+        page = records[offset : offset + limit]
+        reply = _json([record.to_dict() for record in page])
+        reply.headers["X-Total-Count"] = str(len(records))
+        return reply
+
+    async def reset(request: web.Request) -> web.Response:
+        fake.reset()
+        return _json(fake.stats().to_dict())
 
     async def get_config(request: web.Request) -> web.Response:
         return _json(config_view())
@@ -60,4 +110,5 @@ def admin_routes(fake: FakeRuxa) -> list[web.RouteDef]:
         web.get("/_sim/tasks", tasks),
         web.get("/_sim/config", get_config),
         web.post("/_sim/config", set_config),
+        web.post("/_sim/reset", reset),
     ]

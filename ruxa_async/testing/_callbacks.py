@@ -65,6 +65,10 @@ class CallbackDispatcher:
         """Restart the drop and duplicate draws from ``seed``."""
         self._rng.seed(seed)
 
+    def clear(self) -> None:
+        """Forget every delivery not yet due (POSTs in flight finish)."""
+        self._heap.clear()
+
     @property
     def pending(self) -> int:
         """Deliveries waiting to fall due."""

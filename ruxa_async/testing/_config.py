@@ -14,10 +14,13 @@ from typing import Any, Literal
 import attrs
 from attrs import validators as v
 
+from ._rules import InputRules
+
 __all__ = [
     "CallbackDelivery",
     "Dialect",
     "Faults",
+    "InputRules",
     "ModelBehavior",
     "RateLimit",
     "SimConfig",
@@ -165,8 +168,10 @@ class CallbackDelivery:
 
 def _to_accept(value: str | Iterable[str]) -> str | frozenset[str]:
     if isinstance(value, str):
-        if value not in ("catalog", "any"):
-            raise ValueError(f'accept_models must be "catalog", "any" or a set, got {value!r}')
+        if value == "catalog":  # the default's former name
+            return "documented"
+        if value not in ("documented", "any"):
+            raise ValueError(f'accept_models must be "documented", "any" or a set, got {value!r}')
         return value
     return frozenset(value)
 
@@ -192,12 +197,15 @@ class SimConfig:
     """Everything the simulator does, as data.
 
     ``credits=None`` means an unlimited balance; otherwise each create is
-    charged the model's price (``prices`` over :data:`ruxa_async.catalog.DEFAULT_PRICES`;
-    a model with no price costs 0) and refused with 402 when the balance is
-    short. ``models`` gives per-model behaviour, other models use
-    ``default_behavior``. ``accept_models`` is ``"catalog"`` (the catalogue's
-    models plus those in ``models``), ``"any"``, or a set of names (plus those in
-    ``models``); other models get 422. Result files stop being served
+    charged the model's price (``prices`` over the simulator's own table of the
+    documented models; a model with no price costs 0) and refused with 402 when
+    the balance is short. ``models`` gives per-model behaviour, other models use
+    ``default_behavior``. ``accept_models`` is ``"documented"`` (default: the
+    five models the reference documents, §6.1, plus those in ``models``; the
+    service refuses models it lacks, §10), ``"any"`` (every model name, with
+    only the documented ones' inputs checked), or a set of names (plus those in
+    ``models``); other models get 422. ``input_rules`` picks the readings of
+    what the reference leaves open about inputs. Result files stop being served
     ``result_ttl`` seconds after completion (None: never) and are ``file_size``
     bytes long. ``seed`` makes every random draw repeatable.
     """
@@ -217,7 +225,8 @@ class SimConfig:
     callbacks: CallbackDelivery = attrs.field(
         factory=CallbackDelivery, validator=v.instance_of(CallbackDelivery)
     )
-    accept_models: str | frozenset[str] = attrs.field(default="catalog", converter=_to_accept)
+    accept_models: str | frozenset[str] = attrs.field(default="documented", converter=_to_accept)
+    input_rules: InputRules = attrs.field(factory=InputRules, validator=v.instance_of(InputRules))
     result_ttl: float | None = attrs.field(default=None, validator=_optional_non_negative)
     file_size: int = attrs.field(default=2048, validator=v.ge(64))
     seed: int | None = None
@@ -227,6 +236,7 @@ _NESTED: dict[str, type[Any]] = {
     "dialect": Dialect,
     "faults": Faults,
     "callbacks": CallbackDelivery,
+    "input_rules": InputRules,
     "default_behavior": ModelBehavior,
     "create_limit": RateLimit,
     "query_limit": RateLimit,

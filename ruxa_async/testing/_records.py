@@ -15,8 +15,8 @@ import zlib
 from functools import lru_cache
 from typing import Any
 
-from ..catalog import MODELS
 from ._config import ModelBehavior
+from ._rules import model_kind
 
 __all__ = ["TaskRecord"]
 
@@ -208,9 +208,8 @@ def upstream_name(model: str) -> str:
 
 @lru_cache(maxsize=256)
 def file_extension(model: str) -> str:
-    """``mp4`` for the catalogue's video models, ``png`` otherwise."""
-    spec = MODELS.get(model)
-    return "mp4" if spec is not None and spec.kind == "video" else "png"
+    """``mp4`` for the documented video models, ``png`` otherwise."""
+    return "mp4" if model_kind(model) == "video" else "png"
 
 
 def result_urls(record: TaskRecord, base_url: str) -> list[str]:

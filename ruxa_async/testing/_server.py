@@ -21,7 +21,6 @@ from typing import Any
 import attrs
 from aiohttp import web
 
-from .. import catalog
 from ._admin import admin_routes
 from ._callbacks import CallbackDispatcher
 from ._config import ModelBehavior, SimConfig
@@ -38,6 +37,7 @@ from ._records import (
     task_data,
     upstream_name,
 )
+from ._rules import accepted_models, check_create, price_table
 from ._stats import Counters, SimStats
 
 __all__ = ["FakeRuxa", "serve"]
@@ -184,6 +184,26 @@ class FakeRuxa:
         if "credits" in changes:
             self._balance = new.credits
 
+    def reset(self) -> None:
+        """Forget every task, counter and pending callback, as if just started.
+
+        The configuration, the URL and the socket stay; the balance goes back
+        to ``config.credits``, rate-limit buckets are full again and the random
+        streams restart from ``config.seed``.
+        """
+        config = self._config
+        self._tasks.clear()
+        self._seen.clear()
+        self._counters.clear()
+        self._callbacks.clear()
+        self._balance = config.credits
+        self._deadlines = [0.0, 0.0]
+        self._buckets = [None, None]
+        self._rng.seed(_stream(config.seed, "tasks"))
+        self._fault_rng.seed(_stream(config.seed, "faults"))
+        self._callbacks.reseed(_stream(config.seed, "callbacks"))
+        self._apply(config, None)
+
     def set_credits(self, credits: float | None) -> None:
         """Set the balance (None: unlimited)."""
         self.reconfigure(credits=credits)
@@ -196,13 +216,8 @@ class FakeRuxa:
         self._success_word = dialect.success_state
         self._result_object = dialect.result_json == "object"
         self._faults_active = new.faults.active
-        accept = new.accept_models
-        if accept == "any":
-            self._accepted: frozenset[str] | None = None
-        else:
-            names = catalog.MODELS.keys() if accept == "catalog" else accept
-            self._accepted = frozenset(names) | frozenset(new.models)
-        self._prices: Mapping[str, float] = {**catalog.DEFAULT_PRICES, **new.prices}
+        self._accepted = accepted_models(new.accept_models, new.models)
+        self._prices: Mapping[str, float] = price_table(new.prices)
         for index, limit in ((_CREATE, new.create_limit), (_QUERY, new.query_limit)):
             previous = self._buckets[index]
             if old is None or limit != (old.create_limit, old.query_limit)[index]:
@@ -307,7 +322,12 @@ class FakeRuxa:
             counters.creates += 1
         else:
             counters.queries += 1
-        rejected = self._gate(request, kind, _monotonic())
+        now = _monotonic()
+        limited = counters.rate_limited_create + counters.rate_limited_query
+        rejected = self._gate(request, kind, now)
+        limited = counters.rate_limited_create + counters.rate_limited_query > limited
+        if rejected is None or limited:
+            counters.series.note(now, kind, limited)
         if rejected is None and self._faults_active:
             rejected = self._fault_before(request)
         return rejected
@@ -352,26 +372,7 @@ class FakeRuxa:
         return self._reply(200, "success", {"taskId": record.task_id})
 
     def _invalid(self, body: Any) -> str | None:
-        if not isinstance(body, dict):
-            return "the request body must be a JSON object"
-        model = body.get("model")
-        if not isinstance(model, str) or not model:
-            return "model is required and must be a non-empty string"
-        if self._accepted is not None and model not in self._accepted:
-            return f"model {model!r} is not supported"
-        data = body.get("input")
-        if not isinstance(data, dict):
-            return "input is required and must be a JSON object"
-        callback = body.get("callBackUrl")
-        if callback is not None and not (
-            isinstance(callback, str) and callback.startswith(("http://", "https://"))
-        ):
-            return "callBackUrl must be an http(s) URL"
-        try:
-            catalog.validate_input(model, data)
-        except ValueError as exc:
-            return str(exc)
-        return None
+        return check_create(body, self._config.input_rules, self._accepted)
 
     def _create_task(self, model: str, body: dict[str, Any], price: float) -> TaskRecord:
         config = self._config

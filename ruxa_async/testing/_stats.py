@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from array import array
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import attrs
 
-__all__ = ["FAULT_KINDS", "Counters", "SimStats"]
+__all__ = ["FAULT_KINDS", "Counters", "RateSeries", "SeriesRecorder", "SimStats"]
 
 FAULT_KINDS = (
     "drop_after_create",
@@ -24,6 +26,101 @@ def _int_keys(value: Mapping[Any, int]) -> dict[int, int]:
 
 def _str_keys(value: Mapping[str, int]) -> dict[str, int]:
     return {str(k): int(n) for k, n in value.items()}
+
+
+def _ints(value: Iterable[int]) -> tuple[int, ...]:
+    return tuple(int(n) for n in value)
+
+
+@attrs.frozen(kw_only=True)
+class RateSeries:
+    """Requests per endpoint class over time, in ``bucket_seconds`` buckets (100 ms).
+
+    Bucket ``i`` covers monotonic time ``[start + i * bucket_seconds, start +
+    (i + 1) * bucket_seconds)`` of the simulator's process (``time.monotonic()``
+    is system-wide on Linux, so another process can line it up with its own).
+    ``*_ok`` counts requests the rate limit let through, ``*_429`` those it
+    refused; a 401 is neither. Only the most recent hour is kept.
+    """
+
+    bucket_seconds: float = 0.1
+    start: float | None = None
+    create_ok: tuple[int, ...] = attrs.field(default=(), converter=_ints)
+    create_429: tuple[int, ...] = attrs.field(default=(), converter=_ints)
+    query_ok: tuple[int, ...] = attrs.field(default=(), converter=_ints)
+    query_429: tuple[int, ...] = attrs.field(default=(), converter=_ints)
+
+    def resample(self, seconds: float = 1.0) -> list[tuple[float, int, int, int, int]]:
+        """Rows ``(start, create_ok, create_429, query_ok, query_429)`` per ``seconds``."""
+        if self.start is None:
+            return []
+        per = max(1, round(seconds / self.bucket_seconds))
+        columns = (self.create_ok, self.create_429, self.query_ok, self.query_429)
+        rows = []
+        for first in range(0, len(self.create_ok), per):
+            a, b, c, d = (sum(col[first : first + per]) for col in columns)
+            rows.append((self.start + first * self.bucket_seconds, a, b, c, d))
+        return rows
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict of the columns."""
+        return attrs.asdict(self, retain_collection_types=False)
+
+
+def _series(value: RateSeries | Mapping[str, Any]) -> RateSeries:
+    return value if isinstance(value, RateSeries) else RateSeries(**value)
+
+
+class SeriesRecorder:
+    """The live columns behind :class:`RateSeries`: four ``array('I')``, one slot per bucket."""
+
+    __slots__ = ("_columns", "_first", "_keep")
+
+    BUCKET = 0.1
+
+    def __init__(self, keep: int = 36_000) -> None:
+        self._keep = keep
+        self._first = 0
+        self._columns: tuple[array[int], ...] = tuple(array("I") for _ in range(4))
+
+    def note(self, now: float, kind: int, limited: bool) -> None:
+        """Count one request of endpoint class ``kind`` (0 create, 1 query) at ``now``."""
+        index = math.floor(now / self.BUCKET)
+        columns = self._columns
+        size = len(columns[0])
+        if size == 0 or index - self._first >= size + self._keep:
+            for column in columns:
+                del column[:]
+            self._first, size = index, 0
+        offset = index - self._first
+        if offset < 0:
+            offset = 0
+        if offset >= size:
+            zeros = array("I", [0]) * (offset + 1 - size)
+            for column in columns:
+                column.extend(zeros)
+            size = offset + 1
+            if size > self._keep + self._keep // 8:
+                cut = size - self._keep
+                for column in columns:
+                    del column[:cut]
+                self._first += cut
+                offset -= cut
+        columns[2 * kind + int(limited)][offset] += 1
+
+    def snapshot(self) -> RateSeries:
+        """Freeze the columns."""
+        columns = self._columns
+        if not columns[0]:
+            return RateSeries(bucket_seconds=self.BUCKET)
+        return RateSeries(
+            bucket_seconds=self.BUCKET,
+            start=self._first * self.BUCKET,
+            create_ok=columns[0],
+            create_429=columns[1],
+            query_ok=columns[2],
+            query_429=columns[3],
+        )
 
 
 @attrs.frozen(kw_only=True)
@@ -60,6 +157,8 @@ class SimStats:
         callbacks_dropped: callbacks deliberately never sent (``drop``).
         callbacks_duplicated: callbacks deliberately sent twice (``duplicate``).
         callbacks_failed: callbacks given up after their retries failed.
+        series: create and query requests let through or refused with 429,
+            per 100 ms (:class:`RateSeries`), for plotting rates over time.
     """
 
     requests: int = 0
@@ -84,6 +183,7 @@ class SimStats:
     callbacks_dropped: int = 0
     callbacks_duplicated: int = 0
     callbacks_failed: int = 0
+    series: RateSeries = attrs.field(factory=RateSeries, converter=_series)
 
     @property
     def rate_limited(self) -> int:
@@ -126,12 +226,17 @@ class Counters:
         "rate_limited_create",
         "rate_limited_query",
         "requests",
+        "series",
         "tasks_created",
         "unauthorized",
         "validation_errors",
     )
 
     def __init__(self) -> None:
+        self.clear()
+
+    def clear(self) -> None:
+        """Set every counter back to zero."""
         self.requests = self.creates = self.queries = self.downloads = 0
         self.rate_limited_create = self.rate_limited_query = 0
         self.tasks_created = self.duplicate_creates = self.ambiguous_created = 0
@@ -142,8 +247,9 @@ class Counters:
         self.callbacks_duplicated = self.callbacks_failed = 0
         self.by_status: dict[int, int] = {}
         self.faults: dict[str, int] = dict.fromkeys(FAULT_KINDS, 0)
+        self.series = SeriesRecorder()
 
     def snapshot(self, balance: float | None) -> SimStats:
         """Freeze the counters into a :class:`SimStats`."""
-        values = {name: getattr(self, name) for name in self.__slots__}
-        return SimStats(credits_balance=balance, **values)
+        values = {name: getattr(self, name) for name in self.__slots__ if name != "series"}
+        return SimStats(credits_balance=balance, series=self.series.snapshot(), **values)

@@ -1,0 +1,413 @@
+"""Fleet benchmark: P worker processes sharing one account through Redis.
+
+``python -m benchmarks.fleet`` (``--tasks N`` to scale down) runs, side by side
+against one standalone simulator whose create and query limits (100/s each)
+are shared by the account, with a real ``redis-server``:
+
+* the ideal: one process that knows the limits;
+* P = 1, 2, 4, 8 processes with limits unknown and a RedisCoordinator, the
+  tasks split evenly; and P = 4 without a coordinator (today's behaviour);
+* every job submitted twice by two processes with one idempotency key;
+* callback fan-in: the simulator calls back a process that does not await
+  the task; the latency from its receipt to the awaiting process resolving;
+* Redis killed mid-run: outcomes, duplicates and the degraded time.
+
+Writes ``benchmarks/results-fleet.md``. Workers are this module run with
+``--worker``; they wait at a start line so all begin together, and time
+themselves on CLOCK_MONOTONIC (comparable across processes on Linux).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+MODEL = "google/nano-banana"
+KEY = "sk-fleet-bench"
+LIMIT = 100.0
+BURST = 10
+OUT = ROOT / "benchmarks" / "results-fleet.md"
+
+
+# ------------------------------------------------------------------ the worker
+
+
+async def _worker(args: argparse.Namespace) -> dict[str, Any]:
+    from ruxa_async import Job, RateLimits, RuxaClient
+    from ruxa_async._fleet import coordinator_from_url
+    from ruxa_async.redis import RedisCoordinator
+
+    limits = RateLimits()
+    if args.known:
+        limits = RateLimits(
+            create_per_second=LIMIT, create_burst=BURST, query_per_second=LIMIT, query_burst=BURST
+        )
+    coordinator = (
+        RedisCoordinator(args.redis, namespace=args.namespace)
+        if args.redis
+        else coordinator_from_url(None)
+    )
+    received: dict[str, float] = {}
+    callbacks = None
+    if args.receiver:
+        from ruxa_async.webhooks import CallbackServer
+
+        callbacks = CallbackServer(
+            "127.0.0.1", 0, on_task=lambda info: received.setdefault(info.task_id, time.monotonic())
+        )
+    client = RuxaClient(
+        KEY, base_url=args.url, rate_limits=limits, coordinator=coordinator, callbacks=callbacks
+    )
+    async with client:
+        print(json.dumps({"ready": True, "callback_url": client.callback_url}), flush=True)
+        await asyncio.to_thread(sys.stdin.readline)  # the start line
+        start = time.monotonic()
+        first, count = args.first, args.count
+        jobs = [
+            Job(model=MODEL, input={"prompt": f"{args.run} {i}"}, key=f"{args.run}-{i}")
+            for i in range(first, first + count)
+        ]
+        resolved: dict[str, float] = {}
+        errors = 0
+        if args.receiver:
+            await asyncio.to_thread(sys.stdin.readline)  # wait until the awaiting side is done
+        elif args.keys or args.callback_url:
+            gate = asyncio.Semaphore(200)
+
+            async def one(job: Job) -> None:
+                nonlocal errors
+                async with gate:
+                    try:
+                        handle = await client.submit(
+                            job.model,
+                            job.input,
+                            idempotency_key=job.key if args.keys else None,
+                            callback_url=args.callback_url or None,
+                        )
+                        await handle
+                        resolved[handle.task_id] = time.monotonic()
+                    except Exception:
+                        errors += 1
+
+            await asyncio.gather(*(one(job) for job in jobs))
+        else:
+            report = await client.run_batch(jobs)
+            errors = sum(1 for o in report.outcomes if not o.ok)
+        end = time.monotonic()
+        stats = client.statistics()
+        fleet = stats.coordinator
+        return {
+            "start": start,
+            "end": end,
+            "errors": errors,
+            "outcomes": count,
+            "rate_limited": stats.rate_limited,
+            "degraded_seconds": fleet.degraded_seconds if fleet else 0.0,
+            "degraded_events": fleet.degraded_events if fleet else 0,
+            "resolved": resolved,
+            "received": received,
+        }
+
+
+# ------------------------------------------------------------------ the harness
+
+
+class Fleet:
+    """Worker processes started together; their JSON reports."""
+
+    def __init__(self, url: str, specs: list[list[str]]) -> None:
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+        base = [sys.executable, "-m", "benchmarks.fleet", "--worker", "--url", url]
+        self.procs = [
+            subprocess.Popen(
+                base + spec, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
+            )
+            for spec in specs
+        ]
+        self.ready = [json.loads(self._line(p)) for p in self.procs]
+
+    @staticmethod
+    def _line(proc: subprocess.Popen[str]) -> str:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        if not line:
+            raise RuntimeError("a worker died before reporting")
+        return line
+
+    def go(self, procs: list[subprocess.Popen[str]] | None = None) -> None:
+        for proc in procs or self.procs:
+            assert proc.stdin is not None
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+
+    def reports(self, procs: list[subprocess.Popen[str]] | None = None) -> list[dict[str, Any]]:
+        out = []
+        for proc in procs or self.procs:
+            out.append(json.loads(self._line(proc)))
+            proc.wait(60)
+        return out
+
+
+def _sim(tmp: Path, **config: Any) -> Any:
+    from tests.helpers_proc import SimProcess
+
+    base = {
+        "create_limit": {"per_second": LIMIT, "burst": BURST},
+        "query_limit": {"per_second": LIMIT, "burst": BURST},
+        "default_behavior": {"median_seconds": 2.0, "sigma": 0.4},
+        "seed": 1,
+    }
+    return SimProcess(tmp, key=KEY, **{**base, **config})
+
+
+def _split(total: int, parts: int) -> list[tuple[int, int]]:
+    size, extra = divmod(total, parts)
+    spans, first = [], 0
+    for i in range(parts):
+        count = size + (1 if i < extra else 0)
+        spans.append((first, count))
+        first += count
+    return spans
+
+
+def run_fleet(
+    tmp: Path, redis_url: str | None, procs: int, tasks: int, *, known: bool = False
+) -> dict[str, Any]:
+    """One configuration: makespan, 429s per 1,000 tasks, outcomes, duplicates."""
+    sim = _sim(tmp)
+    run, namespace = uuid.uuid4().hex[:6], f"bench{uuid.uuid4().hex[:6]}"
+    try:
+        specs = []
+        for first, count in _split(tasks, procs):
+            spec = ["--run", run, "--first", str(first), "--count", str(count)]
+            spec += ["--namespace", namespace] + (["--redis", redis_url] if redis_url else [])
+            specs.append(spec + (["--known"] if known else []))
+        fleet = Fleet(sim.url, specs)
+        fleet.go()
+        reports = fleet.reports()
+        stats = sim.stats()
+    finally:
+        sim.close()
+    makespan = max(r["end"] for r in reports) - min(r["start"] for r in reports)
+    rejected = stats["rate_limited_create"] + stats["rate_limited_query"]
+    return {
+        "procs": procs,
+        "coordinator": redis_url is not None,
+        "known": known,
+        "makespan": makespan,
+        "per_1000": 1000.0 * rejected / tasks,
+        "errors": sum(r["errors"] for r in reports),
+        "created": stats["tasks_created"],
+        "duplicates": stats["duplicate_creates"],
+        "requests_per_task": stats["requests"] / tasks,
+    }
+
+
+def run_twice(tmp: Path, redis_url: str, tasks: int) -> dict[str, Any]:
+    """Two processes each submit every job, with the same idempotency keys."""
+    sim = _sim(tmp)
+    run, namespace = uuid.uuid4().hex[:6], f"bench{uuid.uuid4().hex[:6]}"
+    try:
+        spec = ["--run", run, "--first", "0", "--count", str(tasks), "--keys"]
+        spec += ["--namespace", namespace, "--redis", redis_url]
+        fleet = Fleet(sim.url, [spec, spec])
+        fleet.go()
+        reports = fleet.reports()
+        stats = sim.stats()
+    finally:
+        sim.close()
+    return {
+        "jobs": tasks,
+        "submits": 2 * tasks,
+        "errors": sum(r["errors"] for r in reports),
+        "created": stats["tasks_created"],
+        "duplicates": stats["duplicate_creates"],
+    }
+
+
+def run_callbacks(tmp: Path, redis_url: str, tasks: int) -> dict[str, Any]:
+    """The simulator calls back process B; process A awaits the tasks."""
+    sim = _sim(tmp, create_limit=None, query_limit=None)
+    run, namespace = uuid.uuid4().hex[:6], f"bench{uuid.uuid4().hex[:6]}"
+    common = ["--run", run, "--namespace", namespace, "--redis", redis_url]
+    try:
+        receiver = Fleet(sim.url, [[*common, "--first", "0", "--count", "0", "--receiver"]])
+        url = receiver.ready[0]["callback_url"]
+        waiter = Fleet(sim.url, [[*common, "--first", "0", "--count", str(tasks), "--cb", url]])
+        receiver.go()
+        waiter.go()
+        resolved = waiter.reports()[0]["resolved"]
+        receiver.go()  # done: report
+        received = receiver.reports()[0]["received"]
+        stats = sim.stats()
+    finally:
+        sim.close()
+    lags = sorted(1000.0 * (resolved[t] - received[t]) for t in resolved if t in received)
+    return {
+        "tasks": tasks,
+        "via_callback": len(lags),
+        "queries": stats["queries"],
+        "p50_ms": statistics.median(lags) if lags else float("nan"),
+        "p99_ms": lags[int(0.99 * (len(lags) - 1))] if lags else float("nan"),
+        "max_ms": lags[-1] if lags else float("nan"),
+    }
+
+
+def run_outage(tmp: Path, tasks: int) -> dict[str, Any]:
+    """Four processes; Redis is killed when about a third of the tasks were created."""
+    from tests.services import RedisServer
+
+    server = RedisServer()
+    server.start()
+    sim = _sim(tmp)
+    run, namespace = uuid.uuid4().hex[:6], f"bench{uuid.uuid4().hex[:6]}"
+    try:
+        specs = [
+            [
+                *("--run", run, "--first", str(f), "--count", str(c)),
+                "--namespace",
+                namespace,
+                "--redis",
+                server.url,
+            ]
+            for f, c in _split(tasks, 4)
+        ]
+        fleet = Fleet(sim.url, specs)
+        fleet.go()
+        while sim.stats()["tasks_created"] < tasks // 3:
+            time.sleep(0.05)
+        server.stop()
+        reports = fleet.reports()
+        stats = sim.stats()
+    finally:
+        sim.close()
+        server.close()
+    return {
+        "tasks": tasks,
+        "outcomes": sum(r["outcomes"] for r in reports),
+        "errors": sum(r["errors"] for r in reports),
+        "created": stats["tasks_created"],
+        "duplicates": stats["duplicate_creates"],
+        "degraded_s": [round(r["degraded_seconds"], 1) for r in reports],
+        "per_1000": 1000.0 * (stats["rate_limited_create"] + stats["rate_limited_query"]) / tasks,
+    }
+
+
+def _report(
+    tasks: int,
+    ideal: dict[str, Any],
+    rows: list[dict[str, Any]],
+    twice: dict[str, Any],
+    cb: dict[str, Any],
+    outage: dict[str, Any],
+    wall: float,
+) -> str:
+    lines = [
+        "# Fleet benchmark (issue 13)",
+        "",
+        f"`python -m benchmarks.fleet --tasks {tasks}`; one run, all rows side by side. A shared "
+        "2-vCPU VM (other engineers' jobs running): timings are noisy, counts are exact. "
+        f"Simulator: create and query limits {LIMIT:g}/s (burst {BURST}) for the whole account, "
+        f"task durations lognormal (median 2 s). Total wall time {wall:.0f} s.",
+        "",
+        "## Makespan and 429s, limits unknown (goal: <= 1.15x ideal, <= 10 429s per 1,000)",
+        "",
+        "| processes | coordinator | makespan s | x ideal | 429s per 1,000 | requests/task "
+        "| errors | created | duplicates |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in [ideal, *rows]:
+        label = "ideal: 1, limits known" if row["known"] else str(row["procs"])
+        coordinator = "Redis" if row["coordinator"] else "none"
+        lines.append(
+            f"| {label} | {coordinator} | {row['makespan']:.1f} | "
+            f"{row['makespan'] / ideal['makespan']:.2f} | {row['per_1000']:.1f} | "
+            f"{row['requests_per_task']:.2f} | {row['errors']} | {row['created']} | "
+            f"{row['duplicates']} |"
+        )
+    lines += [
+        "",
+        "## Every job submitted twice by two processes, same idempotency key (goal: 0 duplicates)",
+        "",
+        f"{twice['jobs']} jobs, {twice['submits']} submits: {twice['created']} tasks created, "
+        f"{twice['duplicates']} duplicate creates, {twice['errors']} errors. The SIGKILL case "
+        "(a taskiq worker killed mid-batch, its jobs redelivered) is "
+        "`tests/test_fleet_workers.py::test_taskiq_worker_killed_mid_batch_creates_nothing_twice`.",
+        "",
+        "## Callback fan-in (goal: resolved within 100 ms of delivery)",
+        "",
+        f"{cb['tasks']} tasks awaited by process A, every callback delivered to process B: "
+        f"{cb['via_callback']} resolved through the fleet; latency from B's receipt to A's "
+        f"resolution p50 {cb['p50_ms']:.1f} ms, p99 {cb['p99_ms']:.1f} ms, max "
+        f"{cb['max_ms']:.1f} ms; {cb['queries']} status queries in all.",
+        "",
+        "## Redis killed mid-run (4 processes)",
+        "",
+        f"{outage['tasks']} tasks: {outage['outcomes']} outcomes, {outage['errors']} errors, "
+        f"{outage['created']} created, {outage['duplicates']} duplicates, "
+        f"{outage['per_1000']:.1f} 429s per 1,000; degraded seconds per process "
+        f"{outage['degraded_s']}.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark (or, with ``--worker``, one worker process)."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", type=int, default=4000)
+    parser.add_argument("--procs", default="1,2,4,8")
+    parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--fleet-only", action="store_true", help="only the makespan rows")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    for flag in ("--url", "--redis", "--namespace", "--run", "--cb"):
+        parser.add_argument(flag, default="", help=argparse.SUPPRESS)
+    parser.add_argument("--first", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--count", type=int, default=0, help=argparse.SUPPRESS)
+    for flag in ("--known", "--keys", "--receiver"):
+        parser.add_argument(flag, action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        args.callback_url = args.cb
+        print(json.dumps(asyncio.run(_worker(args))), flush=True)
+        return 0
+    from tests.services import redis_server
+
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory() as tmpdir, redis_server() as redis:
+        tmp = Path(tmpdir)
+        ideal = run_fleet(tmp, None, 1, args.tasks, known=True)
+        print("ideal", ideal, flush=True)
+        rows = []
+        for procs in (int(p) for p in args.procs.split(",")):
+            rows.append(run_fleet(tmp, redis.url, procs, args.tasks))
+            print(rows[-1], flush=True)
+        rows.append(run_fleet(tmp, None, 4, args.tasks))
+        print(rows[-1], flush=True)
+        if args.fleet_only:
+            return 0
+        twice = run_twice(tmp, redis.url, max(100, args.tasks // 4))
+        print(twice, flush=True)
+        cb = run_callbacks(tmp, redis.url, max(100, args.tasks // 20))
+        print(cb, flush=True)
+        outage = run_outage(tmp, max(200, args.tasks // 4))
+        print(outage, flush=True)
+    text = _report(args.tasks, ideal, rows, twice, cb, outage, time.monotonic() - started)
+    args.out.write_text(text, encoding="utf-8")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,207 @@
+"""The client's side of a coordinator: idempotent creates, credits, fleet permits, callbacks.
+
+``RuxaClient`` delegates here so its own code only calls a few hooks: around a
+create (:meth:`Fleet.create`, :meth:`Fleet.create_once`), around each request
+(:meth:`Fleet.admit`, :meth:`Fleet.sending`, :meth:`Fleet.rate_limited`) and
+for callbacks it cannot resolve itself (:meth:`Fleet.forward_callback`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from ._config import RateLimits, RetryPolicy
+from ._coordinator import AmbiguousCreateError, Coordinator, LocalCoordinator
+from ._errors import RuxaError
+from ._fleetpace import FleetPacer
+from ._models import TaskInfo
+from ._ratestate import Kind
+from ._retry import is_ambiguous_create
+from .catalog import estimate_cost
+
+__all__ = ["Fleet", "coordinator_from_url"]
+
+log = logging.getLogger("ruxa_async")
+
+_CLAIM_POLL = 1.0  # seconds between re-reading a claim another live process holds
+
+
+class _Sending:
+    __slots__ = ("key", "sent")
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self.sent = False
+
+
+_SENDING: contextvars.ContextVar[_Sending | None] = contextvars.ContextVar(
+    "ruxa_async_idempotent_create", default=None
+)
+
+
+class Fleet:
+    """One client's link to its coordinator (a private :class:`LocalCoordinator` when None)."""
+
+    def __init__(
+        self, coordinator: Coordinator | None, limits: RateLimits, retry: RetryPolicy
+    ) -> None:
+        self.explicit = coordinator is not None
+        self.coordinator: Coordinator = coordinator or LocalCoordinator()
+        state = self.coordinator.rate_state
+        self.pacer = FleetPacer(state, limits) if state is not None else None
+        self.shares_rate = self.pacer is not None
+        self._limits = limits
+        self._retry = retry
+        self._creating: dict[str, asyncio.Task[str]] = {}
+        self._forwarding: set[asyncio.Task[None]] = set()
+        self._remove_handler: Callable[[], None] | None = None
+        self._started = False
+
+    async def start(self, resolve: Callable[[TaskInfo], Any]) -> None:
+        """Join the coordinator; ``resolve`` receives callbacks other instances publish."""
+        if self._started:
+            return
+        self._started = True
+        await self.coordinator.start(self._limits)
+        self._remove_handler = self.coordinator.add_callback_handler(resolve)
+
+    async def aclose(self) -> None:
+        """Leave the coordinator (the last client of a shared one closes it)."""
+        if not self._started:
+            return
+        self._started = False
+        if self._remove_handler is not None:
+            self._remove_handler()
+            self._remove_handler = None
+        for task in list(self._forwarding):
+            task.cancel()
+        if self._forwarding:
+            await asyncio.gather(*self._forwarding, return_exceptions=True)
+        await self.coordinator.aclose()
+
+    # ------------------------------------------------------------------ rate
+
+    async def admit(self, kind: Kind) -> int:
+        """A shared permit before the local one (only when the coordinator shares rates)."""
+        assert self.pacer is not None
+        return await self.pacer.admit(kind)
+
+    def succeeded(self, kind: Kind) -> None:
+        """A request of ``kind`` got a reply other than 429."""
+        assert self.pacer is not None
+        self.pacer.succeeded(kind)
+
+    async def sending(self, kind: Kind) -> None:
+        """Just before a request goes out: an idempotent create becomes 'sending'."""
+        if kind != "create":
+            return
+        current = _SENDING.get()
+        if current is not None and not current.sent:
+            current.sent = True
+            await self.coordinator.mark_sending(current.key)
+
+    async def rate_limited(self, kind: Kind, epoch: int, retry_after: float | None) -> None:
+        """Report a 429 to the fleet (its gate pauses every process)."""
+        assert self.pacer is not None
+        await self.pacer.on_rate_limited(kind, epoch, retry_after)
+
+    # --------------------------------------------------------------- creates
+
+    async def create(
+        self, model: str, input: Mapping[str, Any], send: Callable[[], Awaitable[str]]
+    ) -> str:
+        """Reserve the task's estimated credits, create it, refund when nothing was created."""
+        if not self.explicit:
+            return await send()
+        amount = estimate_cost(model, input) or 0.0
+        reservation = await self.coordinator.reserve_credits(amount) if amount > 0 else None
+        try:
+            return await send()
+        except RuxaError as exc:
+            if reservation is not None and not is_ambiguous_create(exc):
+                await self.coordinator.refund_credits(reservation)
+            raise
+
+    async def create_once(self, key: str, create: Callable[[], Awaitable[str]]) -> str:
+        """The task id for idempotency ``key``: created here once, or another's, attached."""
+        task = self._creating.get(key)
+        if task is None:
+            task = asyncio.get_running_loop().create_task(
+                self._claim_and_create(key, create), name="ruxa_async idempotent create"
+            )
+            self._creating[key] = task
+            task.add_done_callback(self._created)
+        return await asyncio.shield(task)
+
+    def _created(self, task: asyncio.Task[str]) -> None:
+        for key, value in list(self._creating.items()):
+            if value is task:
+                del self._creating[key]
+        if not task.cancelled():
+            task.exception()  # retrieved: every caller got it through shield()
+
+    async def _claim_and_create(self, key: str, create: Callable[[], Awaitable[str]]) -> str:
+        coordinator = self.coordinator
+        while True:
+            claim = await coordinator.claim(key)
+            if claim.status == "created":
+                assert claim.task_id is not None
+                log.debug("idempotency key %r: attached to task %s", key, claim.task_id)
+                return claim.task_id
+            if claim.status == "in_progress":
+                await coordinator.wait_claim(key, _CLAIM_POLL)
+                continue
+            if claim.status == "ambiguous":
+                if self._retry.ambiguous_creates == "raise":
+                    raise AmbiguousCreateError(key)
+                if not await coordinator.take_over(key):
+                    continue
+                log.warning(
+                    "idempotency key %r: its creator may have sent the create before failing; "
+                    "creating it again under ambiguous_creates='retry' (may charge twice)",
+                    key,
+                )
+            return await self._own(key, create)
+
+    async def _own(self, key: str, create: Callable[[], Awaitable[str]]) -> str:
+        sending = _Sending(key)
+        token = _SENDING.set(sending)
+        try:
+            task_id = await create()
+        except RuxaError as exc:
+            sent = sending.sent or not self.shares_rate  # only a shared pacer marks sends
+            await self.coordinator.release(key, ambiguous=sent and is_ambiguous_create(exc))
+            raise
+        except BaseException:
+            sent = sending.sent or not self.shares_rate
+            await asyncio.shield(self.coordinator.release(key, ambiguous=sent))
+            raise
+        finally:
+            _SENDING.reset(token)
+        await self.coordinator.mark_created(key, task_id)
+        return task_id
+
+    # -------------------------------------------------------------- callbacks
+
+    def forward_callback(self, info: TaskInfo) -> None:
+        """Publish a terminal callback this client does not track, for the process that does."""
+        if not (self.explicit and self._started and info.is_terminal):
+            return
+        task = asyncio.get_running_loop().create_task(
+            self.coordinator.publish_callback(info), name="ruxa_async callback fan-in"
+        )
+        self._forwarding.add(task)
+        task.add_done_callback(self._forwarding.discard)
+
+
+def coordinator_from_url(url: str | None) -> Coordinator | None:
+    """A ``RedisCoordinator`` for ``url`` (the CLI's ``--redis``), None without one."""
+    if url is None:
+        return None
+    from .redis import RedisCoordinator  # the redis extra, only when asked for
+
+    return RedisCoordinator(url)

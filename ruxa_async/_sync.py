@@ -1,0 +1,400 @@
+"""SyncRuxaClient: the blocking client for threads, WSGI views, scripts and Celery workers."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import warnings
+import weakref
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+from ._batch import ProgressEvent
+from ._client import CallbackReceiver, ClientStatistics, RuxaClient, _key_source
+from ._config import PollPolicy, RateLimits, RetryPolicy, Timeouts
+from ._errors import ClientClosedError, TaskTimeoutError
+from ._handles import TaskHandle
+from ._models import BatchReport, Job, TaskInfo, TaskState
+from ._portal import Engine, disown_in_child, ensure_not_in_event_loop
+from ._sync_batch import SyncAsCompleted
+
+__all__ = ["SyncRuxaClient", "SyncTaskHandle"]
+
+T = TypeVar("T")
+
+# A bound for calls that only touch the engine's memory (statistics, feed_callback, state).
+_QUICK = 30.0
+# Added to a wait's own timeout before the blocking side gives up on the engine.
+_GRACE = 5.0
+
+_LIVE: weakref.WeakSet[SyncRuxaClient] = weakref.WeakSet()
+
+
+class SyncTaskHandle:
+    """A blocking view of one submitted task; :meth:`result` waits for it.
+
+    Timing out or interrupting a :meth:`result` stops that wait only: the
+    client keeps tracking the task.
+    """
+
+    __slots__ = ("_engine", "_handle")
+
+    def __init__(self, engine: Engine, handle: TaskHandle) -> None:
+        self._engine = engine
+        self._handle = handle
+
+    def __repr__(self) -> str:
+        return f"<SyncTaskHandle {self._handle.task_id}>"
+
+    @property
+    def task_id(self) -> str:
+        """The service's id for this task."""
+        return self._handle.task_id
+
+    @property
+    def state(self) -> TaskState:
+        """The last state seen (WAITING until the first check)."""
+        return self._engine.call_sync(lambda: self._handle.state, timeout=_QUICK, what="state")
+
+    @property
+    def info(self) -> TaskInfo | None:
+        """The terminal snapshot once known, else None."""
+        return self._engine.call_sync(lambda: self._handle.info, timeout=_QUICK, what="info")
+
+    def done(self) -> bool:
+        """True once the task's outcome is known."""
+        return self._engine.call_sync(self._handle.done, timeout=_QUICK, what="done")
+
+    def result(self, timeout: float | None = None, *, raise_on_failure: bool = True) -> TaskInfo:
+        """Block until the task finishes, at most ``timeout`` seconds (None: no limit).
+
+        Returns the terminal :class:`TaskInfo`; raises :class:`TaskFailedError`
+        when the task failed (unless ``raise_on_failure=False``),
+        :class:`TaskTimeoutError` on timeout, :class:`ClientClosedError` if the
+        client is closed meanwhile.
+        """
+        return self._engine.call(
+            lambda: self._handle.wait(timeout, raise_on_failure=raise_on_failure),
+            timeout=None if timeout is None else timeout + _GRACE,
+            what="result",
+            timeout_error=lambda: TaskTimeoutError(self._handle.task_id, timeout),
+        )
+
+
+class SyncRuxaClient:
+    """A blocking Ruxa client that any number of threads may share.
+
+    It takes the same arguments and policies as :class:`RuxaClient` and runs
+    exactly one of them on an event loop in a background thread (started at the
+    first call), so every thread of the process shares one scheduler, one rate
+    controller and one connection pool::
+
+        with SyncRuxaClient() as client:               # key from RUXA_API_KEY
+            info = client.generate("google/nano-banana", {"prompt": "a red fox"}, timeout=300)
+            print(info.result_urls)
+
+    Every blocking method takes a ``timeout``. Request methods (``create_task``,
+    ``get_task``, ``submit``) default to a bound derived from the retry policy;
+    ``None`` on a wait means no limit, as in the async API. Calling it from a
+    running event loop raises ``RuntimeError`` (use :class:`RuxaClient` there).
+
+    Lifecycles: ``close()`` (or ``with``) shuts it down; one forgotten at exit
+    is closed for you with a ``ResourceWarning``; a client inherited through
+    ``fork()`` (Celery prefork, gunicorn) starts a fresh engine in the child on
+    its first call there, and the parent's keeps working.
+    """
+
+    def __init__(
+        self,
+        api_key: str | Callable[[], str] | None = None,
+        *,
+        base_url: str | None = None,
+        timeouts: Timeouts | None = None,
+        retry: RetryPolicy | None = None,
+        rate_limits: RateLimits | None = None,
+        poll: PollPolicy | None = None,
+        max_connections: int | None = None,
+        callbacks: CallbackReceiver | None = None,
+    ) -> None:
+        self._key = _key_source(api_key)  # a missing key fails here, not at the first call
+        self._options: dict[str, Any] = {
+            "base_url": base_url,
+            "timeouts": timeouts,
+            "retry": retry,
+            "rate_limits": rate_limits,
+            "poll": poll,
+            "max_connections": max_connections,
+            "callbacks": callbacks,
+        }
+        self.timeouts = timeouts or Timeouts()
+        self.retry_policy = retry or RetryPolicy()
+        self.rate_limits = rate_limits or RateLimits()
+        self.poll_policy = poll or PollPolicy()
+        self.request_timeout = self.retry_policy.max_time + self.timeouts.total + _GRACE
+        self._lock = threading.Lock()
+        self._engine: Engine | None = None
+        self._finalizer: weakref.finalize[Any, Any] | None = None
+        self._pid = os.getpid()
+        self._closed = False
+        _LIVE.add(self)
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else ("running" if self._engine else "new")
+        return f"<SyncRuxaClient {state}>"
+
+    # -------------------------------------------------------------- lifecycle
+
+    def __enter__(self) -> SyncRuxaClient:
+        self._running("__enter__")
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Fail pending waits with ClientClosedError, close connections, stop the thread."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            engine, self._engine = self._engine, None
+            if self._finalizer is not None:
+                self._finalizer.detach()
+        if engine is not None and self._pid == os.getpid():
+            engine.close()
+
+    @property
+    def closed(self) -> bool:
+        """True after :meth:`close`."""
+        return self._closed
+
+    def _running(self, what: str) -> Engine:
+        ensure_not_in_event_loop(what)
+        if self._pid != os.getpid():
+            self._after_fork()  # a fork the at-fork hook did not see
+        engine = self._engine
+        if engine is not None and not engine.closed:
+            return engine
+        with self._lock:
+            if self._closed:
+                raise ClientClosedError("this SyncRuxaClient was closed; create a new one")
+            if self._engine is None:
+                engine = Engine(self._build)
+                self._finalizer = weakref.finalize(self, _forgotten, engine)
+                self._engine = engine
+            return self._engine
+
+    def _build(self) -> RuxaClient:
+        return RuxaClient(self._key, **self._options)
+
+    def _after_fork(self) -> None:
+        """In a forked child: drop the parent's engine; the next call starts our own."""
+        self._lock = threading.Lock()  # the parent may have held it while forking
+        self._pid = os.getpid()
+        engine, self._engine = self._engine, None
+        if self._finalizer is not None:
+            self._finalizer.detach()
+            self._finalizer = None
+        if engine is not None:
+            disown_in_child(engine)
+
+    def _call(
+        self,
+        what: str,
+        func: Callable[[RuxaClient], Awaitable[T]],
+        *,
+        timeout: float | None,
+        engine: Engine | None = None,
+        timeout_error: Callable[[], Exception] | None = None,
+    ) -> T:
+        engine = engine or self._running(what)
+        return engine.call(
+            func, engine.client, timeout=timeout, what=what, timeout_error=timeout_error
+        )
+
+    def _call_sync(
+        self, what: str, func: Callable[[RuxaClient], T], *, engine: Engine | None = None
+    ) -> T:
+        engine = engine or self._running(what)
+        return engine.call_sync(func, engine.client, timeout=_QUICK, what=what)
+
+    # -------------------------------------------------------------- requests
+
+    def create_task(
+        self,
+        model: str,
+        input: Mapping[str, Any],
+        *,
+        callback_url: str | None = None,
+        timeout: float | None = None,
+    ) -> str:
+        """Create a task and return its id (retried per the retry policy).
+
+        ``timeout`` (default :attr:`request_timeout`) bounds the whole call; when
+        it passes, :class:`APITimeoutError` is raised and the task may exist.
+        """
+        return self._call(
+            "create_task",
+            lambda c: c.create_task(model, input, callback_url=callback_url),
+            timeout=timeout or self.request_timeout,
+        )
+
+    def get_task(self, task_id: str, *, timeout: float | None = None) -> TaskInfo:
+        """Fetch a task's current state once (retried per the retry policy)."""
+        return self._call(
+            "get_task", lambda c: c.get_task(task_id), timeout=timeout or self.request_timeout
+        )
+
+    def submit(
+        self,
+        model: str,
+        input: Mapping[str, Any],
+        *,
+        callback_url: str | None = None,
+        timeout: float | None = None,
+    ) -> SyncTaskHandle:
+        """Create a task and return a :class:`SyncTaskHandle`; ``handle.result()`` waits."""
+        engine = self._running("submit")
+        handle = self._call(
+            "submit",
+            lambda c: c.submit(model, input, callback_url=callback_url),
+            timeout=timeout or self.request_timeout,
+            engine=engine,
+        )
+        return SyncTaskHandle(engine, handle)
+
+    def attach(self, task_id: str, *, model: str | None = None) -> SyncTaskHandle:
+        """A handle for a task created earlier (perhaps by another process)."""
+        engine = self._running("attach")
+        handle = self._call_sync("attach", lambda c: c.attach(task_id, model=model), engine=engine)
+        return SyncTaskHandle(engine, handle)
+
+    def generate(
+        self, model: str, input: Mapping[str, Any], *, timeout: float | None = None
+    ) -> TaskInfo:
+        """Create a task and block until it finishes: the successful :class:`TaskInfo`.
+
+        Raises :class:`TaskFailedError` if it fails and :class:`TaskTimeoutError`
+        when it is not done ``timeout`` seconds after it was created.
+        """
+        return self._call(
+            "generate",
+            lambda c: c.generate(model, input, timeout=timeout),
+            timeout=None if timeout is None else timeout + self.request_timeout,
+            timeout_error=lambda: TaskTimeoutError(None, timeout),
+        )
+
+    def wait(
+        self, task_id: str, *, timeout: float | None = None, model: str | None = None
+    ) -> TaskInfo:
+        """Re-attach to a task created earlier (perhaps by another process) and wait for it."""
+        return self._call(
+            "wait",
+            lambda c: c.wait(task_id, timeout=timeout, model=model),
+            timeout=None if timeout is None else timeout + _GRACE,
+            timeout_error=lambda: TaskTimeoutError(task_id, timeout),
+        )
+
+    def download(
+        self, url: str, dest: str | os.PathLike[str], *, timeout: float | None = None
+    ) -> Path:
+        """Stream a result file to ``dest`` (written under a temporary name, then renamed).
+
+        ``timeout`` bounds the whole download (None: only the per-request timeouts).
+        """
+        return self._call("download", lambda c: c.download(url, dest), timeout=timeout)
+
+    def feed_callback(self, info: TaskInfo) -> bool:
+        """Resolve a pending task from a callback parsed elsewhere; True if it resolved one."""
+        return self._call_sync("feed_callback", lambda c: c.feed_callback(info))
+
+    def statistics(self) -> ClientStatistics:
+        """A frozen snapshot of requests, retries, 429s, pending tasks and rates."""
+        return self._call_sync("statistics", RuxaClient.statistics)
+
+    # ----------------------------------------------------------------- batches
+
+    def as_completed(
+        self,
+        jobs: Iterable[Job],
+        *,
+        max_pending: int = 1000,
+        timeout: float | None = None,
+        on_event: Callable[[ProgressEvent], None] | None = None,
+        before_create: Callable[[Job], None] | None = None,
+    ) -> SyncAsCompleted:
+        """Run ``jobs`` and iterate their :class:`JobOutcome` in completion order.
+
+        ``jobs`` is pulled lazily, in the calling thread, one job at a time as
+        the batch has room (at most ``max_pending`` jobs taken but not yet
+        yielded). ``timeout`` bounds the whole batch. ``on_event`` is called on
+        the engine's thread (keep it quick; never call the client from it);
+        ``before_create`` runs in a worker thread before each create is sent.
+        Leaving the loop early: use ``with client.as_completed(...) as batch:``
+        (or ``batch.close()``) to stop the batch at once.
+        """
+        return SyncAsCompleted(
+            self._running("as_completed"),
+            jobs,
+            max_pending=max_pending,
+            timeout=timeout,
+            on_event=on_event,
+            before_create=before_create,
+        )
+
+    def run_batch(
+        self,
+        jobs: Iterable[Job],
+        *,
+        max_pending: int = 1000,
+        timeout: float | None = None,
+        on_event: Callable[[ProgressEvent], None] | None = None,
+        before_create: Callable[[Job], None] | None = None,
+    ) -> BatchReport:
+        """Run ``jobs`` to the end: outcomes in input order plus a summary.
+
+        Takes the same arguments as :meth:`as_completed`.
+        """
+        started = time.monotonic()
+        before = self.statistics()
+        with self.as_completed(
+            jobs,
+            max_pending=max_pending,
+            timeout=timeout,
+            on_event=on_event,
+            before_create=before_create,
+        ) as batch:
+            outcomes = sorted(batch, key=lambda o: o.index)
+        after = self.statistics()
+        return BatchReport(
+            outcomes=tuple(outcomes),
+            requests_sent=after.requests_sent - before.requests_sent,
+            rate_limited=after.rate_limited - before.rate_limited,
+            ambiguous_create_retries=after.ambiguous_create_retries
+            - before.ambiguous_create_retries,
+            wall_time=time.monotonic() - started,
+            stop_reason=batch.stop_reason,
+        )
+
+
+def _forgotten(engine: Engine) -> None:
+    """A client was garbage-collected, or the interpreter is exiting, without ``close()``."""
+    if engine.closed:
+        return
+    engine.close()
+    warnings.warn(
+        "a SyncRuxaClient was never closed; call client.close() or use `with SyncRuxaClient()`",
+        ResourceWarning,
+        stacklevel=1,
+    )
+
+
+def _after_fork_in_child() -> None:
+    for client in list(_LIVE):
+        client._after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -1,0 +1,168 @@
+"""Admission: the checks a create passes, the reservation it holds, the key that makes it.
+
+Everything between a user's create and the task id they get back: the body,
+the model and input rules, the callback URL, the price, the atomic
+reservation (in-flight cap and budgets), then the upstream create on a
+healthy key, with another key tried after a 401, 402 or 429.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from .._errors import (
+    APIConnectionError,
+    APIStatusError,
+    AuthenticationError,
+    InsufficientCreditsError,
+    MalformedResponseError,
+    RateLimitError,
+    ValidationError,
+)
+from ..catalog import get_model
+from ._policy import Denial, Reply, check_callback_url, check_request, estimate, window_bounds
+from ._store import Reservation, Scope
+from ._tokens import Identity
+
+if TYPE_CHECKING:
+    from ._gateway import Gateway
+
+__all__ = ["Admission"]
+
+
+class Admission:
+    """Creates tasks for a :class:`Gateway`'s callers."""
+
+    def __init__(self, gw: Gateway) -> None:
+        self._gw = gw
+
+    def _scopes(self, who: Identity, now: float) -> tuple[Scope, ...]:
+        period, _ = window_bounds(who.policy.window, now)
+        scopes = [Scope(f"user:{who.user}", period, who.policy.budget)]
+        if who.scope is not None:
+            scopes.append(Scope(who.scope, "life", who.token_budget))
+        return tuple(scopes)
+
+    async def create(self, header: str | None, body: object) -> Reply:
+        """Create a task for the caller, if their policy and budget allow it.
+
+        ``body`` is the decoded JSON request body (None when it was not JSON).
+        """
+        who = self._gw.identify(header)
+        if isinstance(who, Reply):
+            return who
+        if not isinstance(body, dict):
+            return self._gw.deny(
+                Denial(400, "body", "the body must be a JSON object {model, input, callBackUrl?}"),
+                who.user,
+            )
+        model, input, user_url = body.get("model"), body.get("input"), body.get("callBackUrl")
+        if user_url is None:
+            user_url = body.get("callback_url")
+        if not isinstance(model, str) or not model or not isinstance(input, dict):
+            return self._gw.deny(
+                Denial(422, "body", "the body needs model (a string) and input (an object)"),
+                who.user,
+            )
+        denial = check_request(who.policy, model, input)
+        if denial is None and user_url is not None:
+            denial = check_callback_url(
+                user_url, allow_private=self._gw.config.callbacks.allow_private
+            )
+            if denial is None and self._gw.public_url is None:
+                denial = Denial(
+                    422,
+                    "callback_url",
+                    "this gateway cannot relay callbacks (its public_url is not set); poll instead",
+                )
+        if denial is not None:
+            return self._gw.deny(denial, who.user, model=model)
+        cost = estimate(model, input, self._gw.config.prices)
+        if cost is None and (who.policy.budget is not None or who.token_budget is not None):
+            return self._gw.deny(
+                Denial(403, "price", f"no price is known for {model!r}, so no budget can cover it"),
+                who.user,
+                model=model,
+            )
+        held = self._gw.store.reserve(
+            who.user, cost or 0.0, self._scopes(who, self._gw.clock()), who.policy.max_in_flight
+        )
+        if isinstance(held, Denial):
+            if held.reason == "in_flight":
+                spec = get_model(model)
+                typical = spec.typical_seconds if spec is not None else 10.0
+                held = attrs.evolve(held, retry_after=min(30.0, max(1.0, typical / 2)))
+            return self._gw.deny(held, who.user, model=model)
+        self._budget_alerts(held)
+        return await self._create_upstream(who, held, model, input, user_url)
+
+    async def _create_upstream(
+        self,
+        who: Identity,
+        held: Reservation,
+        model: str,
+        input: dict[str, Any],
+        user_url: str | None,
+    ) -> Reply:
+        upstream_url = (
+            f"{self._gw.public_url}/_gateway/callback/{self._gw.callback_token}"
+            if self._gw.public_url
+            else None
+        )
+        for _ in range(len(self._gw.pool.health()) + 1):  # each key once, then pick() says why not
+            slot = self._gw.pool.pick()
+            if isinstance(slot, Denial):
+                self._gw.store.release(held, charge=False)
+                return self._gw.deny(slot, who.user, model=model)
+            try:
+                task_id = await slot.client.create_task(model, input, callback_url=upstream_url)
+            except (AuthenticationError, InsufficientCreditsError, RateLimitError) as exc:
+                self._gw.pool.failed(slot, exc)
+                continue
+            except APIConnectionError as exc:
+                if not exc.request_sent:
+                    continue
+                return self._ambiguous(who, held, model, exc)
+            except ValidationError as exc:
+                self._gw.store.release(held, charge=False)
+                return self._gw.deny(Denial(422, "upstream_validation", exc.message), who.user)
+            except (APIStatusError, MalformedResponseError) as exc:
+                if isinstance(exc, APIStatusError) and exc.code is not None and exc.code < 500:
+                    self._gw.store.release(held, charge=False)
+                    return Reply(502, f"the service refused the task ({exc.code})")
+                return self._ambiguous(who, held, model, exc)
+            except asyncio.CancelledError:
+                self._gw.store.release(held, charge=True)
+                raise
+            self._gw.store.commit(held, task_id, slot.name, model, user_url)
+            self._gw.pool.opened(slot.name)
+            self._gw.counters.created[who.user] += 1
+            self._gw.store.audit(
+                "created", who.user, task_id, model=model, key=slot.name, reserved=held.amount
+            )
+            jump = self._gw.spend_watch.add(who.user, held.amount)
+            if jump is not None:
+                self._gw.alerter.alert("spend_jump", user=who.user, spend=jump[0], baseline=jump[1])
+            return Reply(200, "success", {"taskId": task_id})
+        self._gw.store.release(held, charge=False)
+        return self._gw.deny(
+            Denial(503, "no_key", "no upstream key accepted the task; retry later"), who.user
+        )
+
+    def _ambiguous(self, who: Identity, held: Reservation, model: str, exc: Exception) -> Reply:
+        self._gw.store.release(held, charge=True)
+        self._gw.store.audit("create_ambiguous", who.user, model=model, error=type(exc).__name__)
+        return Reply(
+            502,
+            "the service failed mid-create; the task may exist, and its estimate was charged to "
+            "your budget",
+        )
+
+    def _budget_alerts(self, held: Reservation) -> None:
+        for scope in held.scopes:
+            if scope.limit:
+                spent, reserved = self._gw.store.usage(scope.name, scope.period)
+                self._gw.alerter.budget(scope.name, scope.period, spent + reserved, scope.limit)

@@ -1,0 +1,166 @@
+"""The ``gateway`` and ``mint-token`` commands of ``ruxa-async``.
+
+``cli.py`` calls :func:`add_commands` on its subparsers; each command's
+``func`` is :func:`run`, which the CLI's ``main`` calls with the parsed args.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import secrets
+import signal
+import sys
+from collections.abc import Coroutine, Sequence
+from typing import Any
+
+import attrs
+
+from .._errors import ConfigurationError
+from ._config import GatewayConfig, Policy, UpstreamKey, load_config
+from ._tokens import mint_token, new_user_token
+
+__all__ = ["add_commands", "run"]
+
+log = logging.getLogger("ruxa_async")
+
+
+def add_commands(sub: Any, parents: Sequence[argparse.ArgumentParser] = ()) -> None:
+    """Add ``gateway`` and ``mint-token`` to an argparse subparsers object."""
+    gw = sub.add_parser(
+        "gateway",
+        parents=list(parents),
+        help="serve the key-holding gateway (browsers use Ruxa without seeing the key)",
+        description="Serve the Ruxa API to users with their own tokens, holding the real key(s).",
+    )
+    gw.add_argument(
+        "--config", metavar="TOML", help="gateway config file (optional with --simulate)"
+    )
+    gw.add_argument(
+        "--simulate",
+        action="store_true",
+        help="run the built-in simulator upstream (no key needed) and serve the demo page",
+    )
+    gw.add_argument("--host", default="127.0.0.1")
+    gw.add_argument("--port", type=int, default=8080, help="0 picks a free port")
+    gw.add_argument("--public-url", metavar="URL", help="where Ruxa can reach this gateway")
+    gw.set_defaults(func=run)
+
+    mint = sub.add_parser(
+        "mint-token",
+        parents=list(parents),
+        help="mint a short-lived scoped gateway token, or a new user token for the config",
+    )
+    mint.add_argument(
+        "--config", metavar="TOML", help="the gateway config (for its signing secret)"
+    )
+    mint.add_argument("--user", help="who the scoped token is for")
+    mint.add_argument("--ttl", type=float, default=600.0, help="seconds until it expires")
+    mint.add_argument("--models", help="comma-separated models it may use (default: the policy's)")
+    mint.add_argument("--budget", type=float, help="credits it may spend over its life")
+    mint.add_argument(
+        "--new-user",
+        metavar="NAME",
+        help="instead: print a new random user token and the config lines holding its digest",
+    )
+    mint.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the parsed ``gateway`` or ``mint-token`` command; return the exit status."""
+    try:
+        if args.command == "mint-token":
+            return _mint(args)
+        return _run_loop(_serve(args))
+    except ConfigurationError as exc:
+        print(f"ruxa-async {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run_loop(main: Coroutine[Any, Any, int]) -> int:
+    """Run ``main`` on uvloop when it is installed (a faster loop for a server), else asyncio."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    if sys.version_info >= (3, 11):
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            return runner.run(main)
+    return asyncio.run(main)  # pragma: no cover - 3.10 keeps the default loop
+
+
+def _mint(args: argparse.Namespace) -> int:
+    if args.new_user:
+        token, digest = new_user_token()
+        print(f"# give this token to {args.new_user} (it is shown once, and not stored):")
+        print(token)
+        print("# add to the gateway config:")
+        print(f'[users."{args.new_user}"]\ntoken_sha256 = "{digest}"')
+        return 0
+    if not args.config or not args.user:
+        raise ConfigurationError("mint-token needs --config and --user (or --new-user NAME)")
+    config = load_config(args.config)
+    if not config.signing_secret:
+        raise ConfigurationError(f"{args.config} has no signing_secret (or signing_secret_env)")
+    models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
+    print(
+        mint_token(
+            config.signing_secret, args.user, ttl=args.ttl, models=models, budget=args.budget
+        )
+    )
+    return 0
+
+
+def _demo_config() -> GatewayConfig:
+    return GatewayConfig(
+        defaults=Policy(
+            models=["google/nano-banana"],
+            budget=200.0,
+            max_in_flight=4,
+            requests_per_second=10.0,
+        ),
+        signing_secret=secrets.token_urlsafe(32),
+    )
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    from ._gateway import Gateway
+
+    config = load_config(args.config) if args.config else None
+    if config is None and not args.simulate:
+        raise ConfigurationError("gateway needs --config TOML (or --simulate for the demo)")
+    async with contextlib.AsyncExitStack() as stack:
+        keys = None
+        if args.simulate:
+            from ..testing import FakeRuxa, ModelBehavior, SimConfig
+
+            fake = await stack.enter_async_context(
+                FakeRuxa(SimConfig(default_behavior=ModelBehavior(median_seconds=1.5, sigma=0.3)))
+            )
+            keys = [UpstreamKey(name="simulator", key=fake.api_key, base_url=fake.url)]
+            config = config or _demo_config()
+            if not config.signing_secret:
+                config = attrs.evolve(config, signing_secret=secrets.token_urlsafe(32))
+            config = attrs.evolve(
+                config, demo=True, callbacks=attrs.evolve(config.callbacks, allow_private=True)
+            )
+        assert config is not None
+        if args.public_url:
+            config = attrs.evolve(config, public_url=args.public_url)
+        if not keys and not config.keys:
+            raise ConfigurationError("the config names no upstream keys ([[upstream.keys]])")
+        gateway = await stack.enter_async_context(Gateway(config, upstream_keys=keys))
+        url = await gateway.listen(args.host, args.port)
+        print(f"ruxa-async gateway on {url}", file=sys.stderr, flush=True)
+        if config.demo:
+            print(f"demo page: {url}/demo/", file=sys.stderr, flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(NotImplementedError, AttributeError):
+            loop.add_signal_handler(signal.SIGHUP, gateway.reload)
+            loop.add_signal_handler(signal.SIGTERM, stop.set)
+            loop.add_signal_handler(signal.SIGINT, stop.set)
+        await stop.wait()
+    return 0

@@ -1,0 +1,352 @@
+"""The gateway's decisions: who may create what, whose task is whose, what it cost.
+
+:class:`Gateway` knows nothing of HTTP (``_http`` turns requests into calls of
+:meth:`Gateway.create`, :meth:`Gateway.query` and :meth:`Gateway.upstream_callback`
+and their :class:`Reply` back into responses).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import logging
+import os
+import re
+import secrets
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from .._client import RuxaClient
+from .._errors import (
+    AuthenticationError,
+    InsufficientCreditsError,
+    NotFoundError,
+    RateLimitError,
+    RuxaError,
+)
+from .._models import TaskInfo
+from ._admission import Admission
+from ._alerts import Alerter, SpendWatch
+from ._config import GatewayConfig, UpstreamKey, load_config
+from ._keys import KeyPool, default_client
+from ._metrics import Counters, GatewayStatistics
+from ._policy import Denial, RateBuckets, Reply, window_bounds
+from ._relay import Relay, scrub_task
+from ._settle import Settler
+from ._store import SQLiteStore, StateStore, TaskRecord
+from ._tokens import Identity, TokenVerifier, mint_token
+
+__all__ = ["Gateway", "Reply"]
+
+log = logging.getLogger("ruxa_async")
+
+_TASK_ID = re.compile(r"[A-Za-z0-9_.:-]{1,200}")
+_NOT_FOUND = "task not found"
+
+
+class Gateway:
+    """A key-holding gateway that speaks the Ruxa API; an async context manager.
+
+    Users call it with their own token as the Bearer key; it checks their
+    policy, reserves budget, creates the task with one of the real keys and
+    remembers who owns it. Mount it into an aiohttp app with :meth:`mount`, or
+    serve it alone with :meth:`listen`. ``upstream_keys`` (when given) replaces
+    the config's key list, even across reloads (the ``--simulate`` mode uses it).
+    """
+
+    def __init__(
+        self,
+        config: GatewayConfig,
+        *,
+        store: StateStore | None = None,
+        upstream_keys: Sequence[UpstreamKey] | None = None,
+        client_factory: Callable[[UpstreamKey], RuxaClient] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.clock = clock
+        self._fixed_keys = tuple(upstream_keys) if upstream_keys is not None else None
+        self.store: StateStore = store or SQLiteStore(config.state_path, clock=clock)
+        self.counters = Counters()
+        self.verifier = TokenVerifier(config, clock=clock)
+        self.rates = RateBuckets()
+        self.alerter = Alerter(config.alerts)
+        self.spend_watch = SpendWatch(config.alerts, clock)
+        self.relay = Relay(config.callbacks, self._audit_event, clock=clock)
+        self._factory = client_factory or (
+            lambda key: default_client(
+                key, timeout=config.upstream_timeout, max_in_flight=config.upstream_max_in_flight
+            )
+        )
+        self.pool = KeyPool(self._factory, self._key_event)
+        self.public_url = config.public_url.rstrip("/") if config.public_url else None
+        secret = config.signing_secret
+        self.callback_token = (
+            hmac.new(secret.encode(), b"ruxa-gateway-callback", hashlib.sha256).hexdigest()[:40]
+            if secret
+            else secrets.token_hex(20)
+        )
+        self._background: list[asyncio.Task[None]] = []
+        self._mtime: float | None = None
+        self._started = False
+        self._runner: Any = None
+        self.url: str | None = None
+        self._admission = Admission(self)
+        self._settler = Settler(self)
+
+    def __repr__(self) -> str:
+        return f"<Gateway users={len(self.config.users)} keys={len(self.pool.health())}>"
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def __aenter__(self) -> Gateway:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def start(self) -> None:
+        """Open the state store, the key pool, the relay and the background sweeper."""
+        if self._started:
+            return
+        self._started = True
+        await self.store.open()
+        self.pool.update(self._fixed_keys if self._fixed_keys is not None else self.config.keys)
+        self.pool.count_open(r.key for r in self.store.open_tasks())
+        await self.relay.start()
+        await self.alerter.start()
+        loop = asyncio.get_running_loop()
+        self._background.append(
+            loop.create_task(self._settler.sweep_forever(), name="gateway sweeper")
+        )
+        if self.config.path is not None:
+            self._mtime = _mtime(self.config.path)
+            self._background.append(loop.create_task(self._watch_config(), name="gateway reload"))
+
+    async def aclose(self) -> None:
+        """Stop serving and background work, close the key clients, flush the state."""
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+        if not self._started:
+            return
+        self._started = False
+        for task in self._background:
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        self._background = []
+        await self.relay.aclose()
+        await self.alerter.aclose()
+        await self.pool.aclose()
+        await self.store.aclose()
+
+    async def listen(self, host: str = "127.0.0.1", port: int = 8080) -> str:
+        """Serve the gateway on ``host:port`` (0 picks a free port); return its base URL.
+
+        Starts the gateway if needed. Without a configured ``public_url``, the
+        listening URL becomes the address Ruxa's callbacks are sent to.
+        """
+        from ._http import serve_gateway
+
+        await self.start()
+        self._runner, self.url = await serve_gateway(self, host, port)
+        if self.public_url is None:
+            self.public_url = self.url
+        return self.url
+
+    def mount(self, app: Any, prefix: str = "") -> None:
+        """Add the gateway's routes to an existing ``aiohttp.web.Application``.
+
+        The app's startup and cleanup then start and close the gateway.
+        ``prefix`` puts every route under a path (``"/ruxa"``: the Ruxa base URL
+        for clients becomes ``https://your.app/ruxa``).
+        """
+        from ._http import gateway_routes
+
+        async def on_startup(_app: Any) -> None:
+            await self.start()
+
+        async def on_cleanup(_app: Any) -> None:
+            await self.aclose()
+
+        app.add_routes(gateway_routes(self, prefix))
+        app.on_startup.append(on_startup)
+        app.on_cleanup.append(on_cleanup)
+
+    # -- configuration -------------------------------------------------------------------
+
+    def reload(self, config: GatewayConfig | None = None) -> bool:
+        """Apply ``config`` (default: re-read the config file); False if it was rejected.
+
+        Users, policies, tokens, prices, callback settings and keys change at once;
+        removed keys drain. The state path, public URL and alert webhook need a restart.
+        """
+        if config is None:
+            if self.config.path is None:
+                return False
+            try:
+                config = load_config(self.config.path)
+            except RuxaError as exc:
+                log.error("gateway: config reload rejected, keeping the old one: %s", exc)
+                self.store.audit("config_rejected", error=str(exc))
+                return False
+        self.config = config
+        self.verifier.update(config)
+        self.relay.settings = config.callbacks
+        self.pool.update(self._fixed_keys if self._fixed_keys is not None else config.keys)
+        self.store.audit("config_reloaded", users=len(config.users), keys=len(config.keys))
+        log.info("gateway: configuration reloaded (%d users)", len(config.users))
+        return True
+
+    async def _watch_config(self) -> None:
+        path = self.config.path
+        assert path is not None
+        while True:
+            await asyncio.sleep(self.config.reload_interval)
+            stamp = await asyncio.to_thread(_mtime, path)
+            if stamp is not None and stamp != self._mtime:
+                self._mtime = stamp
+                self.reload()
+
+    def mint_token(self, user: str, **options: Any) -> str:
+        """A scoped token signed with this gateway's secret (see :func:`mint_token`)."""
+        if not self.config.signing_secret:
+            raise RuxaError("this gateway has no signing_secret; it cannot mint tokens")
+        return mint_token(self.config.signing_secret, user, **options)
+
+    # -- events ----------------------------------------------------------------------------
+
+    def _audit_event(self, event: str, **detail: Any) -> None:
+        task_id = detail.pop("task_id", None)
+        self.store.audit(event, None, task_id, **detail)
+
+    def _key_event(self, event: str, **detail: Any) -> None:
+        alert = detail.pop("alert", False)
+        self.store.audit(event, **detail)
+        if alert:
+            self.alerter.alert(event, **detail)
+
+    def deny(self, denial: Denial, user: str | None, **detail: Any) -> Reply:
+        """Count, audit and answer one refusal."""
+        self.counters.denials[denial.reason] += 1
+        self.store.audit("denied", user, reason=denial.reason, code=denial.code, **detail)
+        return Reply.of(denial)
+
+    # -- create ------------------------------------------------------------------------------
+
+    def identify(self, header: str | None) -> Identity | Reply:
+        """The caller, or the 401 reply."""
+        who = self.verifier.identify(header)
+        if who is None:
+            self.counters.denials["auth"] += 1
+            self.store.audit("denied", None, reason="auth", code=401)
+            return Reply(401, "a valid gateway token is required (Authorization: Bearer <token>)")
+        limited = self.rates.take(who.user, who.policy)
+        if limited is not None:
+            return self.deny(limited, who.user)
+        return who
+
+    async def create(self, header: str | None, body: object) -> Reply:
+        """Create a task for the caller, if their policy and budget allow it.
+
+        ``body`` is the decoded JSON request body (None when it was not JSON).
+        """
+        return await self._admission.create(header, body)
+
+    # -- query ---------------------------------------------------------------------------
+
+    async def query(self, header: str | None, task_id: str) -> Reply:
+        """The caller's own task; anybody else's (or an unknown id) is the same 404."""
+        who = self.identify(header)
+        if isinstance(who, Reply):
+            return who
+        record = await self.store.lookup(task_id) if _TASK_ID.fullmatch(task_id) else None
+        if record is None or record.user != who.user:
+            if record is not None:
+                self.counters.ownership_refusals += 1
+                self.store.audit("ownership_refused", who.user, task_id, owner=record.user)
+            else:
+                self.store.audit("unknown_task", who.user, None, task=task_id[:200])
+            self.counters.denials["not_found"] += 1
+            return Reply(404, _NOT_FOUND)
+        if record.final is not None:
+            return Reply(200, "success", record.final)
+        slot = self.pool.get(record.key)
+        if slot is None:
+            return Reply(503, "the key that created this task is no longer configured")
+        try:
+            info = await slot.client.get_task(task_id)
+        except NotFoundError:
+            return Reply(404, _NOT_FOUND)
+        except (AuthenticationError, InsufficientCreditsError, RateLimitError) as exc:
+            self.pool.failed(slot, exc)
+            if isinstance(exc, RateLimitError):
+                return Reply(
+                    429,
+                    "the service is rate limiting; retry after the pause",
+                    None,
+                    exc.retry_after or 1.0,
+                )
+            return Reply(503, "the gateway's key was refused; the operator has been alerted")
+        except RuxaError:
+            return Reply(502, "the service did not answer properly; retry")
+        if info.is_terminal:
+            self.settle(record, info, "query")
+        return Reply(200, "success", scrub_task(info.raw, record.callback_url))
+
+    # -- settlement ------------------------------------------------------------------------
+
+    def settle(self, record: TaskRecord, info: TaskInfo, source: str) -> None:
+        """Book a finished task's cost once, then relay its outcome to the owner once."""
+        self._settler.settle(record, info, source)
+
+    async def upstream_callback(self, token: str, body: bytes, headers: Mapping[str, str]) -> Reply:
+        """Ruxa's own callback: check the secret path and (optional) HMAC, settle, relay."""
+        return await self._settler.upstream_callback(token, body, headers)
+
+    async def sweep(self) -> None:
+        """Check every open task once now (the background sweeper does this periodically)."""
+        await self._settler.sweep()
+
+    # -- inspection ----------------------------------------------------------------------
+
+    def usage(self) -> dict[str, tuple[float, float | None]]:
+        """Per configured or active user: credits used in the current window, and what is left."""
+        now = self.clock()
+        out: dict[str, tuple[float, float | None]] = {}
+        users = {**{u: e.policy for u, e in self.config.users.items()}}
+        for user in self.counters.created:
+            users.setdefault(user, self.config.defaults)
+        for user, policy in users.items():
+            period, _ = window_bounds(policy.window, now)
+            spent, reserved = self.store.usage(f"user:{user}", period)
+            used = spent + reserved
+            left = None if policy.budget is None else max(0.0, policy.budget - used)
+            out[user] = (used, left)
+        return out
+
+    def statistics(self) -> GatewayStatistics:
+        """A snapshot of requests, denials, tasks, spend and key health."""
+        usage = self.usage()
+        return GatewayStatistics(
+            requests={f"{r} {c}": n for (r, c), n in self.counters.requests.items()},
+            denials=dict(self.counters.denials),
+            created=sum(self.counters.created.values()),
+            settled=self.counters.settled,
+            ownership_refusals=self.counters.ownership_refusals,
+            relays_delivered=self.relay.delivered,
+            relays_failed=self.relay.failed,
+            spend={u: used for u, (used, _) in usage.items()},
+            remaining={u: left for u, (_, left) in usage.items() if left is not None},
+            keys={k.name: k.state for k in self.pool.health()},
+        )
+
+
+def _mtime(path: str) -> float | None:
+    try:
+        return os.stat(path).st_mtime_ns / 1e9
+    except OSError:
+        return None

@@ -1,0 +1,198 @@
+"""The gateway over HTTP: Ruxa's two endpoints, the callback inbox, metrics, the demo page.
+
+Every reply is a Ruxa envelope ``{code, message, data}`` whose HTTP status
+equals ``code``. Request bodies are bounded in size (413) and in time (408),
+so a slow client costs one connection and nothing else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from importlib import resources
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from ._metrics import prometheus_exposition
+from ._policy import retry_after_header
+
+if TYPE_CHECKING:
+    from ._gateway import Gateway, Reply
+
+__all__ = ["gateway_routes", "serve_gateway"]
+
+log = logging.getLogger("ruxa_async")
+
+_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+_DEMO_TTL = 600.0
+_DEMO_MODELS = ("google/nano-banana",)
+
+
+def _envelope(
+    code: int, message: str, data: Any = None, retry_after: float | None = None
+) -> web.Response:
+    headers = {"Cache-Control": "no-store"}
+    if retry_after is not None:
+        headers["Retry-After"] = retry_after_header(retry_after)
+    body = _dumps({"code": code, "message": message, "data": data}).encode()
+    return web.Response(body=body, status=code, content_type="application/json", headers=headers)
+
+
+class _BodyError(Exception):
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+async def _read_body(request: web.Request, limit: int, timeout: float) -> bytes:
+    length = request.content_length
+    if length is not None and length > limit:
+        raise _BodyError(413, f"the body is {length} bytes; the limit is {limit}")
+
+    async def read() -> bytes:
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.content.iter_any():
+            size += len(chunk)
+            if size > limit:
+                raise _BodyError(413, f"the body is larger than the {limit}-byte limit")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    try:
+        return await asyncio.wait_for(read(), timeout)
+    except asyncio.TimeoutError:
+        raise _BodyError(408, f"the body did not arrive within {timeout:g} s") from None
+
+
+def gateway_routes(gw: Gateway, prefix: str = "") -> list[web.RouteDef]:
+    """The gateway's routes, under ``prefix`` (e.g. ``"/ruxa"``; empty for the root)."""
+    counters = gw.counters
+
+    def answer(route: str, reply: Reply) -> web.Response:
+        counters.requests[(route, reply.code)] += 1
+        return _envelope(reply.code, reply.message, reply.data, reply.retry_after)
+
+    def refuse(route: str, request: web.Request, exc: _BodyError) -> web.Response:
+        counters.requests[(route, exc.code)] += 1
+        counters.denials["body"] += 1
+        response = _envelope(exc.code, exc.message)
+        response.force_close()
+        return response
+
+    async def create(request: web.Request) -> web.Response:
+        try:
+            raw = await _read_body(request, gw.config.max_body, gw.config.body_timeout)
+        except _BodyError as exc:
+            return refuse("create", request, exc)
+        try:
+            body = json.loads(raw)
+        except (ValueError, RecursionError):
+            body = None
+        reply = await gw.create(request.headers.get("Authorization"), body)
+        return answer("create", reply)
+
+    async def query(request: web.Request) -> web.Response:
+        reply = await gw.query(request.headers.get("Authorization"), request.match_info["task_id"])
+        return answer("query", reply)
+
+    async def callback(request: web.Request) -> web.Response:
+        try:
+            raw = await _read_body(request, gw.config.max_body, gw.config.body_timeout)
+        except _BodyError as exc:
+            return refuse("callback", request, exc)
+        reply = await gw.upstream_callback(request.match_info["token"], raw, request.headers)
+        return answer("callback", reply)
+
+    async def unknown(request: web.Request) -> web.Response:
+        counters.requests[("other", 404)] += 1
+        return _envelope(404, "resource not found")
+
+    render = prometheus_exposition(
+        counters,
+        gw.usage,
+        lambda: {k.name: k.state for k in gw.pool.health()},
+        lambda: (gw.relay.delivered, gw.relay.failed),
+    )
+
+    async def metrics(request: web.Request) -> web.Response:
+        if render is None or not gw.config.metrics:
+            return _envelope(
+                404, "metrics need the prometheus extra: pip install ruxa-async[prometheus]"
+            )
+        body, content_type = render()
+        return web.Response(body=body, headers={"Content-Type": content_type})
+
+    async def health(request: web.Request) -> web.Response:
+        return _envelope(200, "ok", {"keys": {k.name: k.state for k in gw.pool.health()}})
+
+    routes = [
+        web.post(prefix + "/api/v1/tasks/create", create),
+        web.get(prefix + "/api/v1/tasks/query/{task_id}", query),
+        web.post(prefix + "/_gateway/callback/{token}", callback),
+        web.get(prefix + "/metrics", metrics),
+        web.get(prefix + "/healthz", health),
+    ]
+    if gw.config.demo:
+        routes += _demo_routes(gw, prefix)
+    routes.append(web.route("*", prefix + "/api/{tail:.*}", unknown))
+    return routes
+
+
+def _demo_routes(gw: Gateway, prefix: str) -> list[web.RouteDef]:
+    page = resources.files("ruxa_async.gateway").joinpath("demo.html").read_bytes()
+
+    async def demo_page(request: web.Request) -> web.Response:
+        return web.Response(
+            body=page,
+            content_type="text/html",
+            headers={
+                "Cache-Control": "no-store",
+                "Content-Security-Policy": "default-src 'self'; img-src * data:; "
+                "style-src 'unsafe-inline'; script-src 'unsafe-inline'",
+            },
+        )
+
+    async def login(request: web.Request) -> web.Response:
+        """The demo's stand-in for an app's sign-in: any name gets a short-lived token."""
+        try:
+            raw = await _read_body(request, 1024, gw.config.body_timeout)
+            name = json.loads(raw).get("user", "")
+        except (_BodyError, ValueError, AttributeError):
+            name = ""
+        if not isinstance(name, str) or not name.strip() or len(name) > 64:
+            return _envelope(422, "give a user name of 1-64 characters")
+        token = gw.mint_token(
+            f"demo:{name.strip()}", ttl=_DEMO_TTL, models=_DEMO_MODELS, budget=40.0
+        )
+        return _envelope(200, "success", {"token": token, "expiresIn": _DEMO_TTL})
+
+    async def root(request: web.Request) -> web.Response:
+        raise web.HTTPFound(prefix + "/demo/")
+
+    return [
+        web.get(prefix + "/demo/", demo_page),
+        web.post(prefix + "/demo/login", login),
+        web.get(prefix + "/", root),
+    ]
+
+
+async def serve_gateway(gw: Gateway, host: str, port: int) -> tuple[web.AppRunner, str]:
+    """Start an aiohttp server for ``gw`` alone; return its runner and base URL."""
+    app = web.Application(client_max_size=gw.config.max_body)
+    app.add_routes(gateway_routes(gw))
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port, backlog=1024)
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    bound = runner.addresses[0][1]
+    shown = "127.0.0.1" if host in ("", "0.0.0.0") else host
+    url = f"http://[{shown}]:{bound}" if ":" in shown else f"http://{shown}:{bound}"
+    return runner, url

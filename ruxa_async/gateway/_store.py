@@ -1,0 +1,483 @@
+"""Gateway state: task ownership, budget ledgers, tasks in flight and the audit log.
+
+:class:`StateStore` is the small interface the gateway needs; :class:`SQLiteStore`
+is the default implementation. Decisions are made on in-memory state inside
+the event loop, so a check and its reservation happen with no ``await`` in
+between (50 concurrent creates against room for 10 admit exactly 10). Every
+change is written behind to SQLite by one writer thread, in batched
+transactions, so no SQLite call ever blocks the event loop; reads that miss
+memory go through the same thread. A shared store for several gateways (Redis,
+with the check-and-reserve as one script) would implement the same interface.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import json
+import logging
+import queue
+import sqlite3
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+import attrs
+
+from ._policy import Denial
+
+__all__ = ["Reservation", "SQLiteStore", "Scope", "StateStore", "TaskRecord"]
+
+log = logging.getLogger("ruxa_async")
+
+_EPSILON = 1e-9
+_SETTLED_CACHE = 50_000
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS tasks (
+    task_id TEXT PRIMARY KEY, user TEXT NOT NULL, key TEXT NOT NULL, model TEXT NOT NULL,
+    created REAL NOT NULL, reserved REAL NOT NULL, scopes TEXT NOT NULL, callback_url TEXT,
+    settled INTEGER NOT NULL DEFAULT 0, cost REAL, state TEXT, relayed TEXT NOT NULL DEFAULT '',
+    final TEXT
+);
+CREATE INDEX IF NOT EXISTS tasks_open ON tasks (settled) WHERE settled = 0;
+CREATE TABLE IF NOT EXISTS ledger (
+    scope TEXT NOT NULL, period TEXT NOT NULL, spent REAL NOT NULL, PRIMARY KEY (scope, period)
+);
+CREATE TABLE IF NOT EXISTS audit (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL NOT NULL, event TEXT NOT NULL,
+    user TEXT, task_id TEXT, detail TEXT NOT NULL
+);
+CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit
+    BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
+    BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+"""
+
+
+@attrs.frozen
+class Scope:
+    """A budget ledger: ``name`` (``user:NAME`` or ``token:ID``), its ``period``, its limit."""
+
+    name: str
+    period: str
+    limit: float | None
+
+
+@attrs.frozen
+class Reservation:
+    """Credits held for one create that has not yet been answered by the service."""
+
+    user: str
+    amount: float
+    scopes: tuple[Scope, ...]
+
+
+@attrs.define(slots=True)
+class TaskRecord:
+    """A task the gateway created: who owns it, which key made it, what it reserved."""
+
+    task_id: str
+    user: str
+    key: str
+    model: str
+    created: float
+    reserved: float
+    scopes: tuple[tuple[str, str], ...]
+    callback_url: str | None = None
+    settled: bool = False
+    cost: float | None = None
+    state: str | None = None
+    relayed: set[str] = attrs.field(factory=set)
+    final: dict[str, Any] | None = None
+
+
+class StateStore(Protocol):
+    """What the gateway needs from its state, wherever it lives."""
+
+    async def open(self) -> None:
+        """Load persisted state; start background writing."""
+
+    async def aclose(self) -> None:
+        """Write everything pending and close."""
+
+    def reserve(
+        self, user: str, amount: float, scopes: Sequence[Scope], max_in_flight: int | None
+    ) -> Reservation | Denial:
+        """Atomically check the in-flight cap and every budget, then hold ``amount``."""
+
+    def commit(
+        self, res: Reservation, task_id: str, key: str, model: str, callback_url: str | None
+    ) -> TaskRecord:
+        """Record the created task (owner, key, reservation)."""
+
+    def release(self, res: Reservation, *, charge: bool) -> None:
+        """Drop a reservation whose create failed; ``charge`` books it as spent."""
+
+    async def lookup(self, task_id: str) -> TaskRecord | None:
+        """The task's record, or None when the gateway never created it."""
+
+    def settle(
+        self, task_id: str, cost: float, state: str, final: dict[str, Any] | None = None
+    ) -> TaskRecord | None:
+        """Book the final cost once and keep the final task object; None if already settled."""
+
+    def claim_relay(self, record: TaskRecord, state: str) -> bool:
+        """True the first time ``state`` is claimed for delivery to the owner."""
+
+    def usage(self, scope: str, period: str) -> tuple[float, float]:
+        """``(spent, reserved)`` credits of a ledger."""
+
+    def in_flight(self, user: str) -> int:
+        """Tasks of ``user`` created (or being created) and not yet settled."""
+
+    def open_tasks(self) -> list[TaskRecord]:
+        """Every unsettled task."""
+
+    def audit(
+        self, event: str, user: str | None = None, task_id: str | None = None, **detail: Any
+    ) -> None:
+        """Append one decision to the audit log."""
+
+    async def audit_records(self) -> list[dict[str, Any]]:
+        """Every audit record, oldest first."""
+
+
+class _Writer:
+    """One thread owning the SQLite connection: batched writes and queued reads."""
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="ruxa-gateway-sqlite", daemon=True)
+        self._ready: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._stopped = False
+
+    async def start(self) -> None:
+        self._thread.start()
+        await asyncio.wrap_future(self._ready)
+
+    def write(self, sql: str, params: Sequence[Any]) -> None:
+        self._queue.put((sql, params))
+
+    async def call(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+        if self._stopped or not self._thread.is_alive():
+            raise RuntimeError("the gateway's state store is closed")
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        self._queue.put((fn, future))
+        return await asyncio.wrap_future(future)
+
+    async def stop(self) -> None:
+        self._stopped = True
+        if self._thread.is_alive():
+            self._queue.put(None)
+            await asyncio.to_thread(self._thread.join)
+
+    def _run(self) -> None:
+        try:
+            conn = sqlite3.connect(self._path, isolation_level=None)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.executescript(_SCHEMA)
+        except sqlite3.Error as exc:
+            self._ready.set_exception(exc)
+            return
+        self._ready.set_result(None)
+        try:
+            while True:
+                items = [self._queue.get()]
+                while len(items) < 2000:
+                    try:
+                        items.append(self._queue.get_nowait())
+                    except queue.Empty:
+                        break
+                if not self._batch(conn, items):
+                    return
+        finally:
+            conn.close()
+
+    def _batch(self, conn: sqlite3.Connection, items: list[Any]) -> bool:
+        keep_going = True
+        conn.execute("BEGIN")
+        try:
+            for item in items:
+                if item is None:
+                    keep_going = False
+                    continue
+                first, second = item
+                if isinstance(first, str):
+                    conn.execute(first, second)
+                    continue
+                try:
+                    second.set_result(first(conn))
+                except Exception as exc:  # handed to the awaiting coroutine, never lost
+                    second.set_exception(exc)
+            conn.execute("COMMIT")
+        except sqlite3.Error:
+            log.exception("gateway state: a write batch failed; it was rolled back")
+            conn.execute("ROLLBACK")
+        return keep_going
+
+
+def _row_record(row: Sequence[Any]) -> TaskRecord:
+    scopes = tuple((s, p) for s, p in json.loads(row[6]))
+    return TaskRecord(
+        task_id=row[0],
+        user=row[1],
+        key=row[2],
+        model=row[3],
+        created=row[4],
+        reserved=row[5],
+        scopes=scopes,
+        callback_url=row[7],
+        settled=bool(row[8]),
+        cost=row[9],
+        state=row[10],
+        relayed=set(filter(None, (row[11] or "").split(","))),
+        final=json.loads(row[12]) if row[12] else None,
+    )
+
+
+_COLUMNS = (
+    "task_id, user, key, model, created, reserved, scopes, callback_url, settled, cost, state, "
+    "relayed, final"
+)
+
+
+class SQLiteStore:
+    """The default :class:`StateStore`: decisions in memory, written behind to SQLite.
+
+    ``path`` is a file, or ``":memory:"`` for state that lives as long as the
+    gateway. After a crash, the last few milliseconds of writes may be lost;
+    ownership then errs towards refusal (an unknown task answers 404).
+    """
+
+    def __init__(self, path: str = ":memory:", *, clock: Callable[[], float] = time.time) -> None:
+        self._path = path
+        self._clock = clock
+        self._writer = _Writer(path)
+        self._ledger: dict[tuple[str, str], list[float]] = {}
+        self._open: dict[str, TaskRecord] = {}
+        self._settled: OrderedDict[str, TaskRecord] = OrderedDict()
+        self._inflight: dict[str, int] = {}
+
+    async def open(self) -> None:
+        """Start the writer thread and load the ledgers and unsettled tasks."""
+        await self._writer.start()
+
+        def load(conn: sqlite3.Connection) -> tuple[list[Any], list[Any]]:
+            ledger = conn.execute("SELECT scope, period, spent FROM ledger").fetchall()
+            tasks = conn.execute(f"SELECT {_COLUMNS} FROM tasks WHERE settled = 0").fetchall()
+            return ledger, tasks
+
+        ledger, tasks = await self._writer.call(load)
+        for scope, period, spent in ledger:
+            self._ledger[(scope, period)] = [float(spent), 0.0]
+        for row in tasks:
+            record = _row_record(row)
+            self._open[record.task_id] = record
+            self._inflight[record.user] = self._inflight.get(record.user, 0) + 1
+            for key in record.scopes:
+                self._entry(key)[1] += record.reserved
+
+    async def aclose(self) -> None:
+        """Flush every pending write and stop the writer thread."""
+        await self._writer.stop()
+
+    async def flush(self) -> None:
+        """Wait until every change so far is in SQLite."""
+        await self._writer.call(lambda conn: None)
+
+    def _entry(self, key: tuple[str, str]) -> list[float]:
+        entry = self._ledger.get(key)
+        if entry is None:
+            entry = self._ledger[key] = [0.0, 0.0]
+        return entry
+
+    def _write_spent(self, key: tuple[str, str]) -> None:
+        self._writer.write(
+            "INSERT INTO ledger VALUES (?, ?, ?) "
+            "ON CONFLICT (scope, period) DO UPDATE SET spent = excluded.spent",
+            (key[0], key[1], self._ledger[key][0]),
+        )
+
+    # -- decisions (synchronous: no await between check and change) ------------------
+
+    def reserve(
+        self, user: str, amount: float, scopes: Sequence[Scope], max_in_flight: int | None
+    ) -> Reservation | Denial:
+        """Atomically check the in-flight cap and every budget, then hold ``amount``."""
+        running = self._inflight.get(user, 0)
+        if max_in_flight is not None and running >= max_in_flight:
+            return Denial(
+                429,
+                "in_flight",
+                f"you have {running} tasks in flight, the most this gateway allows; "
+                "retry when one finishes",
+            )
+        for scope in scopes:
+            if scope.limit is None:
+                continue
+            spent, reserved = self._entry((scope.name, scope.period))
+            if spent + reserved + amount > scope.limit + _EPSILON:
+                which = "this token's" if scope.name.startswith("token:") else "your"
+                return Denial(
+                    402,
+                    "budget",
+                    f"{which} budget of {scope.limit:g} credits for {scope.period} is used up: "
+                    f"{spent:g} spent, {reserved:g} held for tasks in flight, this task needs "
+                    f"{amount:g}",
+                )
+        for scope in scopes:
+            self._entry((scope.name, scope.period))[1] += amount
+        self._inflight[user] = running + 1
+        return Reservation(user=user, amount=amount, scopes=tuple(scopes))
+
+    def commit(
+        self, res: Reservation, task_id: str, key: str, model: str, callback_url: str | None
+    ) -> TaskRecord:
+        """Record the created task: owner, creating key, what it holds."""
+        record = TaskRecord(
+            task_id=task_id,
+            user=res.user,
+            key=key,
+            model=model,
+            created=self._clock(),
+            reserved=res.amount,
+            scopes=tuple((s.name, s.period) for s in res.scopes),
+            callback_url=callback_url,
+        )
+        self._open[task_id] = record
+        self._writer.write(
+            f"INSERT OR REPLACE INTO tasks ({_COLUMNS}) "
+            "VALUES (?,?,?,?,?,?,?,?,0,NULL,NULL,'',NULL)",
+            (
+                task_id,
+                record.user,
+                key,
+                model,
+                record.created,
+                record.reserved,
+                json.dumps(record.scopes),
+                callback_url,
+            ),
+        )
+        return record
+
+    def _unhold(
+        self, user: str, amount: float, keys: Sequence[tuple[str, str]], cost: float
+    ) -> None:
+        for key in keys:
+            entry = self._entry(key)
+            entry[1] = max(0.0, entry[1] - amount)
+            if cost:
+                entry[0] += cost
+                self._write_spent(key)
+        left = self._inflight.get(user, 1) - 1
+        if left > 0:
+            self._inflight[user] = left
+        else:
+            self._inflight.pop(user, None)
+
+    def release(self, res: Reservation, *, charge: bool) -> None:
+        """Drop a reservation whose create failed; ``charge`` books it as spent (ambiguous)."""
+        keys = [(s.name, s.period) for s in res.scopes]
+        self._unhold(res.user, res.amount, keys, res.amount if charge else 0.0)
+
+    def settle(
+        self, task_id: str, cost: float, state: str, final: dict[str, Any] | None = None
+    ) -> TaskRecord | None:
+        """Book the final cost of an open task, keep its final object; None if already settled."""
+        record = self._open.pop(task_id, None)
+        if record is None:
+            return None
+        self._unhold(record.user, record.reserved, record.scopes, cost)
+        record.settled = True
+        record.cost = cost
+        record.state = state
+        record.final = final
+        self._remember(record)
+        self._writer.write(
+            "UPDATE tasks SET settled = 1, cost = ?, state = ?, final = ? WHERE task_id = ?",
+            (cost, state, json.dumps(final) if final is not None else None, task_id),
+        )
+        return record
+
+    def _remember(self, record: TaskRecord) -> None:
+        self._settled[record.task_id] = record
+        if len(self._settled) > _SETTLED_CACHE:
+            self._settled.popitem(last=False)
+
+    def claim_relay(self, record: TaskRecord, state: str) -> bool:
+        """True the first time ``state`` of this task is claimed for delivery."""
+        if state in record.relayed:
+            return False
+        record.relayed.add(state)
+        self._writer.write(
+            "UPDATE tasks SET relayed = ? WHERE task_id = ?",
+            (",".join(sorted(record.relayed)), record.task_id),
+        )
+        return True
+
+    async def lookup(self, task_id: str) -> TaskRecord | None:
+        """The task's record from memory, else from SQLite; None when never created here."""
+        record = self._open.get(task_id) or self._settled.get(task_id)
+        if record is not None:
+            return record
+
+        def read(conn: sqlite3.Connection) -> Any:
+            return conn.execute(
+                f"SELECT {_COLUMNS} FROM tasks WHERE task_id = ?", (task_id,)
+            ).fetchone()
+
+        row = await self._writer.call(read)
+        if row is None:
+            return None
+        record = self._open.get(task_id) or self._settled.get(task_id) or _row_record(row)
+        if record.settled:
+            self._remember(record)
+        return record
+
+    def usage(self, scope: str, period: str) -> tuple[float, float]:
+        """``(spent, reserved)`` credits of one ledger."""
+        entry = self._ledger.get((scope, period))
+        return (entry[0], entry[1]) if entry is not None else (0.0, 0.0)
+
+    def in_flight(self, user: str) -> int:
+        """Tasks of ``user`` created (or being created) and not yet settled."""
+        return self._inflight.get(user, 0)
+
+    def open_tasks(self) -> list[TaskRecord]:
+        """Every unsettled task."""
+        return list(self._open.values())
+
+    def audit(
+        self, event: str, user: str | None = None, task_id: str | None = None, **detail: Any
+    ) -> None:
+        """Append one decision to the audit log (written behind, never updated or deleted)."""
+        self._writer.write(
+            "INSERT INTO audit (ts, event, user, task_id, detail) VALUES (?, ?, ?, ?, ?)",
+            (self._clock(), event, user, task_id, json.dumps(detail, sort_keys=True)),
+        )
+
+    async def audit_records(self) -> list[dict[str, Any]]:
+        """Every audit record, oldest first, as dicts."""
+
+        def read(conn: sqlite3.Connection) -> list[Any]:
+            return conn.execute(
+                "SELECT id, ts, event, user, task_id, detail FROM audit ORDER BY id"
+            ).fetchall()
+
+        rows = await self._writer.call(read)
+        return [
+            {
+                "id": r[0],
+                "ts": r[1],
+                "event": r[2],
+                "user": r[3],
+                "task_id": r[4],
+                **json.loads(r[5]),
+            }
+            for r in rows
+        ]

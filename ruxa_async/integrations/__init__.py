@@ -1,0 +1,1 @@
+"""Integrations with task queues and worker frameworks (each module needs its extra)."""

@@ -1,0 +1,143 @@
+"""The Lua scripts that make the shared state atomic; time is Redis's own clock.
+
+Every script takes its clock reading as the last argument: a negative value
+means "use Redis ``TIME``" (production), a number injects a clock (tests).
+Times cross the wire as decimal strings: Redis truncates Lua numbers to integers.
+"""
+
+from __future__ import annotations
+
+__all__ = ["CLAIM", "CLOSE_GATE", "EPISODE", "RESERVE", "TAKE", "TAKE_OVER"]
+
+_CLOCK = """
+local function clock(arg)
+  local v = tonumber(arg)
+  if v and v >= 0 then return v end
+  local t = redis.call('TIME')
+  return tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
+local function num(s) return string.format('%.6f', s) end
+"""
+
+# A token bucket shared by the fleet, leased in blocks.
+# KEYS: bucket hash, gate of the kind, gate of the client scope
+# ARGV: wanted block, at least this many, rate, burst, now
+# -> {granted, wait seconds}: granted > 0 (and wait 0), or 0 and the wait.
+TAKE = (
+    _CLOCK
+    + """
+local now = clock(ARGV[5])
+local wanted, least = tonumber(ARGV[1]), tonumber(ARGV[2])
+local rate, burst = tonumber(ARGV[3]), tonumber(ARGV[4])
+local gate = 0
+for i = 2, 3 do
+  local g = tonumber(redis.call('GET', KEYS[i]) or '0')
+  if g > gate then gate = g end
+end
+if gate > now then return {0, num(gate - now)} end
+local h = redis.call('HMGET', KEYS[1], 'tokens', 'stamp')
+local tokens, stamp = tonumber(h[1]), tonumber(h[2])
+if not tokens then tokens, stamp = burst, now end
+if now > stamp then
+  tokens = math.min(burst, tokens + (now - stamp) * rate)
+  stamp = now
+else
+  tokens = math.min(burst, tokens)
+end
+local granted = math.min(wanted, math.floor(tokens + 1e-9))
+if granted < least then
+  redis.call('HSET', KEYS[1], 'tokens', num(tokens), 'stamp', num(stamp))
+  redis.call('PEXPIRE', KEYS[1], 3600000)
+  return {0, num((stamp - now) + (least - tokens) / rate)}
+end
+tokens = tokens - granted
+redis.call('HSET', KEYS[1], 'tokens', num(tokens), 'stamp', num(stamp))
+redis.call('PEXPIRE', KEYS[1], 3600000)
+return {granted, '0'}
+"""
+)
+
+# Close a gate for some seconds from now (never shortens it); buckets behind it
+# keep at most one token and do not refill before it reopens.
+# KEYS: gate key, bucket hashes behind the gate...   ARGV: seconds, channel, message, now
+# -> the seconds the gate stays closed.
+CLOSE_GATE = (
+    _CLOCK
+    + """
+local now = clock(ARGV[4])
+local deadline = now + tonumber(ARGV[1])
+local old = tonumber(redis.call('GET', KEYS[1]) or '0')
+if deadline <= old then return num(old - now) end
+redis.call('SET', KEYS[1], num(deadline), 'PX', math.max(1, math.ceil((deadline - now) * 1000)))
+for i = 2, #KEYS do
+  local h = redis.call('HMGET', KEYS[i], 'tokens', 'stamp')
+  local tokens = tonumber(h[1])
+  if tokens then
+    redis.call('HSET', KEYS[i], 'tokens', num(math.min(tokens, 1)),
+               'stamp', num(math.max(tonumber(h[2]), deadline)))
+  else
+    redis.call('HSET', KEYS[i], 'tokens', '1', 'stamp', num(deadline))
+    redis.call('PEXPIRE', KEYS[i], 3600000)
+  end
+end
+redis.call('PUBLISH', ARGV[2], ARGV[3] .. num(deadline - now))
+return num(deadline - now)
+"""
+)
+
+# Compare-and-increment of a kind's episode counter.  KEYS: counter  ARGV: seen
+EPISODE = """
+local current = tonumber(redis.call('GET', KEYS[1]) or '0')
+if current ~= tonumber(ARGV[1]) then return 0 end
+redis.call('SET', KEYS[1], tostring(current + 1), 'PX', 86400000)
+return 1
+"""
+
+# An idempotency claim.  KEYS: claim key  ARGV: owner, ttl ms, alive-key prefix
+# Values: "claimed|owner", "sending|owner", "created|task id", "ambiguous|owner".
+# -> {status, detail}: owner | created task | in_progress owner | ambiguous owner
+CLAIM = """
+local v = redis.call('GET', KEYS[1])
+if not v then
+  redis.call('SET', KEYS[1], 'claimed|' .. ARGV[1], 'PX', ARGV[2])
+  return {'owner', ''}
+end
+local sep = string.find(v, '|', 1, true)
+local state, who = string.sub(v, 1, sep - 1), string.sub(v, sep + 1)
+if state == 'created' then return {'created', who} end
+if state == 'ambiguous' then return {'ambiguous', who} end
+if who ~= ARGV[1] and redis.call('EXISTS', ARGV[3] .. who) == 0 then
+  if state == 'claimed' then
+    redis.call('SET', KEYS[1], 'claimed|' .. ARGV[1], 'PX', ARGV[2])
+    return {'owner', ''}
+  end
+  redis.call('SET', KEYS[1], 'ambiguous|' .. who, 'PX', ARGV[2])
+  return {'ambiguous', who}
+end
+return {'in_progress', who}
+"""
+
+# Take an ambiguous claim over (ambiguous_creates="retry").  KEYS: claim  ARGV: owner, ttl ms
+TAKE_OVER = """
+local v = redis.call('GET', KEYS[1])
+if not v or string.sub(v, 1, 10) ~= 'ambiguous|' then return 0 end
+redis.call('SET', KEYS[1], 'claimed|' .. ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+
+# Reserve credits in the current budget window.
+# KEYS: none   ARGV: key prefix, amount, budget, window seconds, now
+# -> {1, window key} when reserved, {0, spent so far} when it would exceed the budget.
+RESERVE = (
+    _CLOCK
+    + """
+local now = clock(ARGV[5])
+local key = ARGV[1] .. math.floor(now / tonumber(ARGV[4]))
+local amount, budget = tonumber(ARGV[2]), tonumber(ARGV[3])
+local spent = tonumber(redis.call('GET', key) or '0')
+if spent + amount > budget + 1e-9 then return {0, num(spent)} end
+redis.call('INCRBYFLOAT', key, ARGV[2])
+redis.call('EXPIRE', key, math.ceil(tonumber(ARGV[4]) * 2))
+return {1, key}
+"""
+)

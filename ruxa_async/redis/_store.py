@@ -1,0 +1,127 @@
+"""One Redis connection pool with a timeout on every call and an outage tracker.
+
+Any failure (refused, reset, timed out, a script error) marks the store
+*degraded*: a WARNING once, then every caller falls back to local behaviour
+without touching Redis until the background probe gets an answer again. So a
+dead or hung Redis costs one timeout, never a hang.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+__all__ = ["Store"]
+
+log = logging.getLogger("ruxa_async")
+T = TypeVar("T")
+
+
+def _redact(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    if "@" in rest:
+        rest = "***@" + rest.rsplit("@", 1)[1]
+    return scheme + sep + rest
+
+
+class Store:
+    """The coordinator's Redis: ``call()`` runs one operation or returns None when it cannot."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        namespace: str,
+        timeout: float,
+        max_connections: int = 64,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.url = url
+        self.shown_url = _redact(url)
+        self.prefix = namespace + ":"
+        self.timeout = timeout
+        self._clock = clock
+        # a bounded pool: a crowd of callers waits (within the timeout) for a connection
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url,
+            max_connections=max_connections,
+            timeout=timeout,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            retry=Retry(NoBackoff(), 0),
+            health_check_interval=0,
+        )
+        self.redis: aioredis.Redis = aioredis.Redis(connection_pool=pool)
+        self.degraded = False
+        self.degraded_since = 0.0
+        self.degraded_before = 0.0
+        self.degraded_events = 0
+        self.errors = 0
+        self.on_recovered: list[Callable[[], None]] = []
+
+    def key(self, *parts: str) -> str:
+        """A key in this namespace."""
+        return self.prefix + ":".join(parts)
+
+    async def call(self, operation: Callable[[], Awaitable[T]], *, probe: bool = False) -> T | None:
+        """Run ``operation`` within the timeout; None if degraded (unless ``probe``) or it fails."""
+        if self.degraded and not probe:
+            return None
+        try:
+            result = await asyncio.wait_for(operation(), self.timeout)
+        except (RedisError, OSError, asyncio.TimeoutError) as exc:
+            self.failed(exc)
+            return None
+        self.succeeded()
+        return result
+
+    def failed(self, exc: BaseException) -> None:
+        """Count a failure; the first one of an outage logs a WARNING."""
+        self.errors += 1
+        if self.degraded:
+            return
+        self.degraded = True
+        self.degraded_since = self._clock()
+        self.degraded_events += 1
+        log.warning(
+            "Redis at %s unreachable (%s: %s); the fleet coordinator falls back to local-only "
+            "limits and in-process idempotency until it answers again",
+            self.shown_url,
+            type(exc).__name__,
+            exc,
+        )
+
+    def succeeded(self) -> None:
+        """Note an answer; ends an outage."""
+        if not self.degraded:
+            return
+        self.degraded = False
+        took = self._clock() - self.degraded_since
+        self.degraded_before += took
+        log.warning("Redis at %s answers again after %.1f s degraded", self.shown_url, took)
+        for hook in list(self.on_recovered):
+            hook()
+
+    def degraded_seconds(self) -> float:
+        """The total time spent degraded, the running outage included."""
+        running = self._clock() - self.degraded_since if self.degraded else 0.0
+        return self.degraded_before + running
+
+    async def aclose(self) -> None:
+        """Close the connection pool."""
+        try:
+            await asyncio.wait_for(self.redis.aclose(close_connection_pool=True), self.timeout)
+        except (RedisError, OSError, asyncio.TimeoutError) as exc:
+            log.debug("closing the Redis connection failed: %s", exc)
+
+    def script(self, source: str) -> Any:
+        """A registered Lua script (EVALSHA, reloaded after a Redis restart)."""
+        return self.redis.register_script(source)

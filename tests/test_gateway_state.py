@@ -1,0 +1,115 @@
+"""Gateway state across restarts, mounting into an app, alerts, and running without Prometheus."""
+
+from __future__ import annotations
+
+import sqlite3
+import sys
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from ruxa_async import InsufficientCreditsError, NotFoundError, RuxaClient
+from ruxa_async.gateway import AlertSettings, Gateway, Policy
+from ruxa_async.gateway._alerts import SpendWatch
+from ruxa_async.testing import FakeRuxa, ModelBehavior, SimConfig
+from tests.conftest import FAST_POLL
+from tests.helpers_gateway import NB, PROMPT, TOKENS, config_for, raw, running, user_client
+
+
+async def test_ownership_and_spend_survive_a_restart(tmp_path: Path) -> None:
+    """With a state file, a restarted gateway still knows owners, ledgers and open tasks."""
+    slow = SimConfig(seed=21, default_behavior=ModelBehavior(median_seconds=60, sigma=0))
+    async with FakeRuxa(slow) as sim:
+        config = config_for(
+            sim, policy=Policy(budget=12.0), state_path=str(tmp_path / "state.sqlite3")
+        )
+        async with running(config) as gw, user_client(gw, TOKENS["alice"]) as alice:
+            first = await alice.create_task(NB, PROMPT)
+            await alice.create_task(NB, PROMPT)
+        async with running(config) as gw:
+            assert gw.store.in_flight("alice") == 2
+            async with user_client(gw, TOKENS["alice"]) as alice:
+                assert (await alice.get_task(first)).task_id == first
+                await alice.create_task(NB, PROMPT)
+                with pytest.raises(InsufficientCreditsError):
+                    await alice.create_task(NB, PROMPT)
+            async with user_client(gw, TOKENS["bob"]) as bob:
+                with pytest.raises(NotFoundError):
+                    await bob.get_task(first)
+    with sqlite3.connect(tmp_path / "state.sqlite3") as db, pytest.raises(sqlite3.DatabaseError):
+        db.execute("DELETE FROM audit")
+
+
+async def test_the_gateway_mounts_into_an_existing_aiohttp_app() -> None:
+    """mount(app, prefix) serves Ruxa's API under the prefix beside the app's own routes."""
+    async with FakeRuxa(SimConfig(seed=22)) as sim:
+        gw = Gateway(config_for(sim))
+        app = web.Application()
+
+        async def hello(request: web.Request) -> web.Response:
+            return web.Response(text="app")
+
+        app.router.add_get("/hello", hello)
+        gw.mount(app, prefix="/ruxa")
+        runner = web.AppRunner(app)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, "127.0.0.1", 0).start()
+            base = f"http://127.0.0.1:{runner.addresses[0][1]}"
+            async with RuxaClient(
+                TOKENS["alice"], base_url=base + "/ruxa", poll=FAST_POLL
+            ) as alice:
+                assert (await alice.generate(NB, PROMPT, timeout=20)).succeeded
+            async with aiohttp.ClientSession() as http, http.get(base + "/hello") as resp:
+                assert await resp.text() == "app"
+        finally:
+            await runner.cleanup()
+    assert sim.stats().tasks_created == 1
+
+
+async def test_budget_thresholds_alert_once_each() -> None:
+    """Crossing 80 %, 95 % and 100 % of a budget alerts once per threshold and window."""
+    async with FakeRuxa(SimConfig(seed=23)) as sim:
+        config = config_for(sim, per_user={"alice": Policy(budget=20.0)})
+        async with running(config) as gw, user_client(gw, TOKENS["alice"]) as alice:
+            for _ in range(5):
+                await alice.create_task(NB, PROMPT)
+            with pytest.raises(InsufficientCreditsError):
+                await alice.create_task(NB, PROMPT)
+            sent = [a for a in gw.alerter.sent if a["event"] == "budget_threshold"]
+    assert [a["threshold"] for a in sent] == [0.8, 0.95, 1.0]
+    assert {a["scope"] for a in sent} == {"user:alice"}
+
+
+def test_a_spend_jump_above_the_users_baseline_alerts() -> None:
+    """Steady spend builds a baseline; a burst far above it is flagged once."""
+    now = [0.0]
+    watch = SpendWatch(
+        AlertSettings(spend_jump_factor=5.0, spend_jump_min_credits=20.0), lambda: now[0]
+    )
+    for _ in range(12):  # an hour of 8 credits per 5 minutes
+        assert watch.add("alice", 8.0) is None
+        now[0] += 300.0
+    assert watch.add("alice", 30.0) is None  # 30 < 5 x baseline
+    jump = watch.add("alice", 20.0)
+    assert jump is not None
+    assert jump[0] == 50.0
+    assert 7.0 < jump[1] < 9.0
+    assert watch.add("alice", 100.0) is None  # once an hour
+
+
+async def test_the_gateway_runs_without_prometheus(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without prometheus-client, /metrics says how to get it and everything else works."""
+    monkeypatch.setitem(sys.modules, "prometheus_client", None)
+    async with (
+        FakeRuxa(SimConfig(seed=24)) as sim,
+        running(config_for(sim)) as gw,
+        user_client(gw, TOKENS["alice"]) as alice,
+        aiohttp.ClientSession() as http,
+    ):
+        await alice.create_task(NB, PROMPT)
+        status, envelope, _ = await raw(http, "GET", f"{gw.url}/metrics")
+    assert status == 404
+    assert "prometheus" in envelope["message"]
