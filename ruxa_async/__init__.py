@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from ._batch import AsCompleted, ProgressEvent
 from ._client import CallbackReceiver, ClientStatistics, RuxaClient
-from ._config import DEFAULT_BASE_URL, PollPolicy, RateLimits, RetryPolicy, Timeouts
+from ._config import (
+    DEFAULT_BASE_URL,
+    OutagePolicy,
+    PollPolicy,
+    RateLimits,
+    RetryPolicy,
+    Timeouts,
+)
 from ._coordinator import (
     AmbiguousCreateError,
     Claim,
@@ -31,6 +38,7 @@ from ._errors import (
     RateLimitError,
     RuxaError,
     ServerError,
+    ServiceUnavailableError,
     TaskFailedError,
     TaskTimeoutError,
     ValidationError,
@@ -38,6 +46,7 @@ from ._errors import (
 from ._handles import TaskHandle
 from ._limiter import RateStatistics
 from ._models import BatchReport, Job, JobOutcome, OutcomeStatus, TaskInfo, TaskState
+from ._outage import OutageStatistics
 from ._scheduler import SchedulerStatistics
 from ._sync import SyncRuxaClient, SyncTaskHandle
 from ._sync_batch import SyncAsCompleted
@@ -70,6 +79,8 @@ __all__ = [
     "MalformedResponseError",
     "NotFoundError",
     "NotSubmittedError",
+    "OutagePolicy",
+    "OutageStatistics",
     "OutcomeStatus",
     "PollPolicy",
     "ProgressEvent",
@@ -82,6 +93,7 @@ __all__ = [
     "RuxaError",
     "SchedulerStatistics",
     "ServerError",
+    "ServiceUnavailableError",
     "SyncAsCompleted",
     "SyncRuxaClient",
     "SyncTaskHandle",

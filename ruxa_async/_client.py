@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
+import time
 from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
@@ -13,13 +15,28 @@ import attrs
 
 from . import _wire
 from ._batch import AsCompleted, ProgressEvent, run_batch
-from ._config import DEFAULT_BASE_URL, PollPolicy, RateLimits, RetryPolicy, Timeouts
+from ._config import (
+    DEFAULT_BASE_URL,
+    OutagePolicy,
+    PollPolicy,
+    RateLimits,
+    RetryPolicy,
+    Timeouts,
+)
 from ._coordinator import Coordinator, CoordinatorStatistics
-from ._errors import APIStatusError, ConfigurationError, RateLimitError, TaskTimeoutError
+from ._errors import (
+    APIConnectionError,
+    APIStatusError,
+    ConfigurationError,
+    MalformedResponseError,
+    RateLimitError,
+    TaskTimeoutError,
+)
 from ._fleet import Fleet
 from ._handles import TaskHandle
 from ._limiter import Kind, RateController, RateStatistics
 from ._models import BatchReport, Job, TaskInfo
+from ._outage import OutageCoordinator, OutageGate, OutageStatistics, call_deadline
 from ._ratehints import parse_rate_headers
 from ._retry import Retrier
 from ._scheduler import PollScheduler, SchedulerStatistics
@@ -30,6 +47,8 @@ from .catalog import get_model
 __all__ = ["CallbackReceiver", "ClientStatistics", "RuxaClient"]
 
 log = logging.getLogger("ruxa_async")
+_PROBE_PATH = _wire.query_path("ruxa-async-probe")
+_GATED = object()  # an attempt that found the outage gate closed once it had its permit
 
 
 @attrs.frozen(kw_only=True)
@@ -45,6 +64,7 @@ class ClientStatistics:
     pending: int
     rate: RateStatistics
     scheduler: SchedulerStatistics
+    outage: OutageStatistics
     coordinator: CoordinatorStatistics | None = None  # with coordinator=... only
 
 
@@ -109,6 +129,7 @@ class RuxaClient:
         max_connections: int | None = None,
         callbacks: CallbackReceiver | None = None,
         coordinator: Coordinator | None = None,
+        outage: OutagePolicy | None = None,
     ) -> None:
         self._key = _key_source(api_key)
         self._callbacks = callbacks
@@ -130,6 +151,10 @@ class RuxaClient:
         if self._fleet.shares_rate:
             local_limits = attrs.evolve(local_limits, adaptive=False)
         self._limiter = RateController(local_limits)
+        self.outage_policy = outage or OutagePolicy()
+        self._outage: OutageCoordinator = OutageGate(
+            self.outage_policy, url=self._transport.base_url
+        )
         self._retrier = Retrier(self.retry_policy)
         self._scheduler = PollScheduler(
             self._check,
@@ -193,16 +218,45 @@ class RuxaClient:
     # ---------------------------------------------------------- the one path
 
     async def _send(self, kind: Kind, method: str, path: str, body: bytes | None = None) -> Any:
-        """One attempt: permit from the rate controller, the request, the parsed reply."""
+        """One request, waiting first while the outage gate is closed.
+
+        A failure that closed (or met) the gate is sent again once it opens,
+        unless it was a create that may have reached the service: the retry
+        policy decides about those.
+        """
         if self._runner is None:
             await self.start()
+        outage = self._outage
+        while True:
+            if not outage.is_open():
+                await outage.wait_open(self._probe)
+            try:
+                data = await self._attempt(kind, method, path, body)
+            except APIConnectionError as exc:
+                if outage.on_failure(exc) and (kind == "query" or not exc.request_sent):
+                    continue
+                raise
+            if data is not _GATED:
+                return data
+
+    async def _attempt(
+        self, kind: Kind, method: str, path: str, body: bytes | None, *, probe: bool = False
+    ) -> Any:
+        """One attempt: permit from the rate controller, the request, the parsed reply.
+
+        Returns ``_GATED`` without sending when the outage gate closed while
+        this attempt waited for its permit.
+        """
         fleet = self._fleet if self._fleet.shares_rate else None
         epoch = await fleet.admit(kind) if fleet is not None else 0
         async with self._limiter.permit(kind) as permit:
+            if not (probe or self._outage.is_open()):
+                return _GATED
             if fleet is not None:
                 await fleet.sending(kind)
             self._counts[kind] += 1
             reply = await self._transport.request(method, path, body)
+        self._outage.on_reply()
         hint = parse_rate_headers(reply.rate_headers) if reply.rate_headers else None
         try:
             data = _wire.parse_reply(reply.status, reply.body, reply.retry_after)
@@ -220,6 +274,11 @@ class RuxaClient:
         if fleet is not None:
             fleet.succeeded(kind)
         return data
+
+    async def _probe(self) -> None:
+        """The outage gate's probe: a query for a task that does not exist; any reply will do."""
+        with contextlib.suppress(APIStatusError, MalformedResponseError):
+            await self._attempt("query", "GET", _PROBE_PATH, None, probe=True)
 
     async def _check(self, task_id: str) -> TaskInfo:
         data = await self._send("query", "GET", _wire.query_path(task_id))
@@ -303,10 +362,17 @@ class RuxaClient:
         """Create a task and wait for it: the successful :class:`TaskInfo`, or an error.
 
         Raises :class:`TaskFailedError` if the task fails and
-        :class:`TaskTimeoutError` after ``timeout`` seconds. ``idempotency_key``:
-        as for :meth:`submit`.
+        :class:`TaskTimeoutError` after ``timeout`` seconds; if the service is
+        unreachable for longer than ``timeout`` while the task is being
+        created, :class:`ServiceUnavailableError` (an :class:`APIConnectionError`
+        whose ``request_sent`` says whether the create may have arrived).
+        ``idempotency_key``: as for :meth:`submit`.
         """
-        handle = await self.submit(model, input, idempotency_key=idempotency_key)
+        started = time.monotonic()
+        with call_deadline(timeout):  # an outage may not hold the create past the timeout
+            handle = await self.submit(model, input, idempotency_key=idempotency_key)
+        if timeout is not None:
+            timeout = max(0.0, timeout - (time.monotonic() - started))
         return await handle.wait(timeout)
 
     async def wait(
@@ -412,7 +478,7 @@ class RuxaClient:
     # ------------------------------------------------------------- statistics
 
     def statistics(self) -> ClientStatistics:
-        """A frozen snapshot of requests, retries, 429s, pending tasks and rates."""
+        """A frozen snapshot of requests, retries, 429s, pending tasks, rates and outages."""
         rate = self._limiter.statistics()
         return ClientStatistics(
             requests_sent=self._transport.requests_sent,
@@ -424,6 +490,7 @@ class RuxaClient:
             pending=self._scheduler.pending,
             rate=rate,
             scheduler=self._scheduler.statistics(),
+            outage=self._outage.statistics(),
             coordinator=self._fleet.coordinator.statistics() if self._fleet.explicit else None,
         )
 

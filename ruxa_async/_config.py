@@ -13,6 +13,7 @@ from attrs import validators as v
 
 __all__ = [
     "DEFAULT_BASE_URL",
+    "OutagePolicy",
     "PollPolicy",
     "RateLimits",
     "RetryPolicy",
@@ -144,3 +145,24 @@ class PollPolicy:
     callback_min_grace: float = attrs.field(default=1.0, validator=_non_negative)
     max_not_found: int = attrs.field(default=3, validator=v.ge(1))
     explore: bool = True
+
+
+@attrs.frozen(kw_only=True)
+class OutagePolicy:
+    """How the client rides out a service that does not answer at all (see ``_outage``).
+
+    After ``failures`` connection failures in a row (refused, reset or timed
+    out with no reply in between), or after the first one while the service
+    has never answered, the client stops sending: requests wait and one probe
+    at a time checks the service, first after ``probe_initial`` seconds, then
+    doubling up to ``probe_max``. The first reply reopens the gate for all.
+    An outage longer than ``max_outage`` seconds (``first_contact`` when the
+    service never answered this client) ends every waiting request with one
+    :class:`ServiceUnavailableError`, and a batch stops submitting.
+    """
+
+    failures: int = attrs.field(default=3, validator=v.ge(1))
+    probe_initial: float = attrs.field(default=0.5, validator=_positive)
+    probe_max: float = attrs.field(default=1.0, validator=_positive)
+    max_outage: float = attrs.field(default=300.0, validator=_positive)
+    first_contact: float = attrs.field(default=5.0, validator=_positive)

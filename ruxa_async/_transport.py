@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import os
 import time
 import urllib.request
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -65,9 +66,10 @@ def _map_error(exc: BaseException, what: str) -> APIConnectionError:
     if isinstance(exc, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
         return APITimeoutError(f"{what}: timed out waiting for the reply", request_sent=True)
     if isinstance(exc, aiohttp.ClientConnectorError):
+        os_error = exc.os_error
+        reason = os.strerror(os_error.errno) if os_error.errno else os_error.strerror
         return APIConnectionError(
-            f"{what}: cannot connect ({exc.os_error.strerror or exc.os_error})",
-            request_sent=False,
+            f"{what}: cannot connect ({reason or os_error})", request_sent=False
         )
     if isinstance(exc, aiohttp.InvalidURL):
         return APIConnectionError(f"{what}: invalid URL", request_sent=False)
