@@ -56,6 +56,7 @@ __all__ = ["Pace", "Phase"]
 Phase = Literal["ramp", "hold", "probe", "hinted", "fixed"]
 
 _RAMP_DOUBLING = 0.5  # units of demand per doubling while ramping
+_RAMP_BURST = 4.0  # saved tokens a ramping class may spend back to back
 _RAMP_SHARE = 0.5  # a ramp's 429 comes at up to twice the limit or more: estimate half
 _RAMP_ADMITTED_SHARE = 0.9  # ... at most this share of the rate admitted in the unit before
 _SEND_CAP = 2.0  # a climbing pace stays within this factor of what was actually sent
@@ -110,7 +111,8 @@ class Pace:
         self.rate = self.base
         # Spend at most half the server's burst back to back: sends granted
         # evenly can still arrive bunched (a late event loop, the network).
-        self.burst = max(1.0, burst / 2.0) if ceiling is not None else 1.0
+        # Unknown: a few back to back at the start (a server's bucket starts full), then even.
+        self.burst = max(1.0, burst / 2.0) if ceiling is not None else _RAMP_BURST
         self.t = 0.0  # demand seconds in the current phase
         self.hold = _HOLD * unit
         self.hold_doublings = 0
