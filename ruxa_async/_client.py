@@ -51,6 +51,7 @@ from ._handles import TaskHandle
 from ._limiter import Permit, RateController, RateStatistics
 from ._models import BatchReport, Job, RequestEvent, TaskInfo, TaskState
 from ._outage import OutageCoordinator, OutageGate, OutageStatistics, call_deadline
+from ._ratehints import parse_rate_headers
 from ._retry import Retrier, is_ambiguous_create
 from ._scheduler import PollScheduler, SchedulerStatistics
 from ._tally import Tally
@@ -361,19 +362,20 @@ class RuxaClient:
                     self._observe(kind, path, permit, None)
                 raise
         self._outage.on_reply()
+        hint = parse_rate_headers(reply.rate_headers) if reply.rate_headers else None
         try:
             data = _wire.parse_reply(reply.status, reply.body, reply.retry_after)
         except RateLimitError as exc:
             if self._on_request is not None:  # stamped before the gate closes
                 self._observe(kind, path, permit, 429)
-            self._limiter.on_rate_limited(permit, exc.retry_after)
+            await self._limiter.on_rate_limited(permit, exc.retry_after, hint)
             if tally is not None:
                 tally.rate_limited += 1
             if fleet is not None:
                 await fleet.rate_limited(kind, epoch, exc.retry_after)
             raise
         except APIStatusError as exc:
-            self._limiter.on_success(permit)
+            await self._limiter.on_success(permit, hint)
             if fleet is not None:
                 fleet.succeeded(kind)
             if self._on_request is not None:
@@ -383,7 +385,7 @@ class RuxaClient:
             if self._on_request is not None:
                 self._observe(kind, path, permit, reply.status)
             raise
-        self._limiter.on_success(permit)
+        await self._limiter.on_success(permit, hint)
         if fleet is not None:
             fleet.succeeded(kind)
         if self._on_request is not None:

@@ -96,15 +96,21 @@ class RateLimits:
     """The client's rate controller settings.
 
     Rates are requests per second; ``None`` means unknown: the controller then
-    sends freely (bounded by ``max_in_flight``) and discovers the limit from 429
-    replies. A configured rate is a ceiling that a 429 can still lower for a
-    while. After a decrease the rate recovers the way TCP CUBIC does: back to
-    the rate of the last 429 within ``recovery_seconds`` of demand, then slowly
-    past it, then faster (never above a configured ceiling).
-    ``pause_without_retry_after`` is the first pause after a 429 that
-    carries no ``Retry-After``; it doubles for each consecutive episode.
-    ``gate_scope="client"`` pauses every request after any 429; ``"endpoint"``
-    pauses only requests of the same class (create or query).
+    discovers the limit. It ramps up from a modest pace, and after a 429
+    settles just under the rate the server admitted, holds there and probes
+    upward rarely (a server's rate-limit headers, when it sends any, replace
+    the guessing). A configured rate is a ceiling and a starting point: a 429
+    still lowers the pace for a while, and probes bring it back. A configured
+    burst is the server's; the controller spends at most half of it back to
+    back. ``recovery_seconds`` sets the controller's time scale: a quarter of
+    it is the *unit* (1 s by default); the pace holds 4 units after a 429
+    before probing (longer each time the limit is found unchanged).
+    ``decrease_factor`` is kept for compatibility and no longer used.
+    ``pause_without_retry_after`` is the first pause after a 429 that carries
+    no ``Retry-After``; it doubles for each consecutive episode.
+    ``gate_scope="client"`` (the default) pauses every request after any 429;
+    ``"endpoint"`` pauses only requests of the same class (create or query),
+    the way per-endpoint limits work, and costs less time paused.
     """
 
     max_in_flight: int = attrs.field(default=64, validator=v.ge(1))

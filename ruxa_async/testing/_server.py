@@ -51,6 +51,7 @@ _canonical = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), sort_ke
 _FILE_TYPES = {"png": "image/png", "mp4": "video/mp4"}
 _UNAUTHORIZED = "You do not have access permissions"
 _SERVER_ERROR = "Internal server error"
+_RATE_HEADERS = "ruxa_sim_rate_headers"  # request key: the bucket's headers for the reply
 
 
 def _stream(seed: int | None, name: str) -> str | None:
@@ -115,6 +116,7 @@ class FakeRuxa:
         if self._runner is not None:
             raise RuntimeError("the simulator is already running")
         app = web.Application(client_max_size=8 * 1024 * 1024)
+        app.on_response_prepare.append(self._add_rate_headers)
         app.router.add_post("/api/v1/tasks/create", self._handle_create)
         app.router.add_get("/api/v1/tasks/query/{task_id}", self._handle_query)
         app.router.add_get("/files/{task_id}/{name}", self._handle_file)
@@ -323,6 +325,9 @@ class FakeRuxa:
         bucket = self._buckets[kind]
         if bucket is not None:
             wait = bucket.take(now)
+            family = self._config.dialect.rate_headers
+            if family != "none":
+                request[_RATE_HEADERS] = bucket.headers(family)
             if wait > 0.0:
                 return self._rate_limited(kind, wait, now)
         return None
@@ -344,6 +349,13 @@ class FakeRuxa:
             self._deadlines[kind] = max(self._deadlines[kind], now + seconds)
             headers = {"Retry-After": str(seconds)}
         return self._reply(429, "Too many requests, please slow down", headers=headers)
+
+    @staticmethod
+    async def _add_rate_headers(request: web.Request, response: web.StreamResponse) -> None:
+        """Copy the rate-limit headers the gate computed onto whatever reply goes out."""
+        extra = request.get(_RATE_HEADERS)
+        if extra:
+            response.headers.update(extra)
 
     def _fault_before(self, request: web.Request) -> web.Response | None:
         faults = self._config.faults
