@@ -49,6 +49,13 @@ CONTENDERS: dict[str, Contender] = {
             {"limits": "unknown"},
         ),
         Contender(
+            "ruxa_async_headers",
+            "ruxa_async (limits unknown, rate-limit headers)",
+            "benchmarks._ruxa",
+            "default RateLimits() against a simulator that sends IETF RateLimit headers",
+            {"limits": "unknown", "sim": {"dialect": {"rate_headers": "ietf"}}},
+        ),
+        Contender(
             "ruxa_async_callbacks",
             "ruxa_async (callbacks)",
             "benchmarks._ruxa",
@@ -118,6 +125,7 @@ class Workload:
     hold_s: float | None = None  # W4: seconds to hold once every task is pending
     max_pending: int | None = None  # as_completed(max_pending=...); None: the whole batch
     client_k: float | None = None  # time factor for client settings, when not k
+    sample: bool = False  # sample the simulator's counters over time (for the figures)
     caps: dict[str, float] = field(default_factory=dict)  # per-contender wall caps
     note: str = ""
 
@@ -220,6 +228,7 @@ class _Sizes:
     n6: int
     n7: int
     calibration: int
+    n9: int
     drop: tuple[float, float]
     k: float  # W1
     k25: float  # W2, W5
@@ -228,18 +237,21 @@ class _Sizes:
 
 
 _MODES = {
-    "full": _Sizes(10_000, 5_000, 100_000, 15.0, 2_000, 50_000, 50_000, (60.0, 60.0), 5, 8, 16, 90),
-    "quick": _Sizes(600, 400, 4_000, 2.0, 200, 2_000, 2_000, (4.0, 4.0), 16, 16, 64, 30),
-    "smoke": _Sizes(300, 200, 2_000, 1.0, 100, 1_000, 1_000, (2.0, 2.0), 32, 32, 64, 20),
+    "full": _Sizes(
+        10_000, 5_000, 100_000, 15.0, 2_000, 50_000, 50_000, 2_000, (60.0, 60.0), 5, 8, 16, 90
+    ),
+    "quick": _Sizes(600, 400, 4_000, 2.0, 200, 2_000, 2_000, 600, (4.0, 4.0), 16, 16, 64, 30),
+    "smoke": _Sizes(300, 200, 2_000, 1.0, 100, 1_000, 1_000, 300, (2.0, 2.0), 32, 32, 64, 20),
 }
 
 
 def build(mode: str, *, real_scale_headline: bool = False, k: float | None = None) -> Plan:
-    """The plan for ``mode`` (``smoke``, ``quick`` or ``full``); ``k`` overrides W1's factor."""
+    """The plan for ``mode`` (smoke, quick or full); ``k`` overrides W1's and W2's factor."""
     if mode not in _MODES:
         raise ValueError(f"unknown mode {mode!r}")
     z = _MODES[mode]
     k1 = float(k or z.k)
+    k2 = float(k or z.k25)
     image = Model(IMAGE, 8.0, 0.5)
     image_tail = 8.0 * math.exp(3 * 0.5)
     w1 = Workload(
@@ -276,11 +288,29 @@ def build(mode: str, *, real_scale_headline: bool = False, k: float | None = Non
             "capacity drop",
             "adaptation: limits halve, then recover; the 429 burst and the time to re-converge",
             n=z.n,
-            k=z.k25,
+            k=k2,
             models=(image,),
             contenders=("ruxa_async", "ruxa_async_unknown", "B2"),
-            wall_cap=_cap(z.n, 50.0, z.k25, image_tail, z.drop[1]),
+            wall_cap=_cap(z.n, 50.0, k2, image_tail, z.drop[1]),
             drop=z.drop,
+        ),
+        Workload(
+            "W9",
+            "independent token-bucket server",
+            "rate discovery as a new user meets it: create and query 100/s each, burst 20, "
+            "Retry-After: 1 on every 429, sub-second tasks",
+            n=z.n9,
+            k=1.0,
+            models=(Model(IMAGE, 0.5, 0.3),),
+            contenders=("ruxa_async", "ruxa_async_unknown", "ruxa_async_headers"),
+            wall_cap=_cap(z.n9, 100.0, 1.0, 0.5 * math.exp(3 * 0.3)) + 20.0,
+            create_rate=100.0,
+            query_rate=100.0,
+            create_burst=20,
+            query_burst=20,
+            sample=True,
+            note="real scale (k = 1): the simulator's Retry-After is whole seconds, so a 429 "
+            "costs the class a full second, as it would against a real server",
         ),
         Workload(
             "W4",

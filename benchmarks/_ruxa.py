@@ -29,6 +29,8 @@ from ruxa_async.webhooks import CallbackServer
 from ._client import ERROR, FAILED, NOT_SUBMITTED, SUCCEEDED, Recorder, RunSpec
 from ._client import Job as BenchJob
 
+SOURCES = ("configured", "headers", "429s", "slow start")  # limit sources, coded as floats
+
 _STATUS = {
     OutcomeStatus.SUCCEEDED: SUCCEEDED,
     OutcomeStatus.FAILED: FAILED,
@@ -108,9 +110,17 @@ def _counters(client: RuxaClient, callbacks: CallbackServer | None) -> dict[str,
         "rate_limited": stats.rate_limited,
         "rate_episodes": stats.rate.episodes,
         "sent_while_gated": stats.rate.sent_while_gated,
+        "paused_s": stats.rate.paused_seconds,
         "resolved_by_poll": stats.scheduler.resolved_by_poll,
         "resolved_by_callback": stats.scheduler.resolved_by_callback,
     }
+    for kind, learned in stats.rate.classes.items():
+        counters[f"{kind}_pace"] = learned.rate
+        counters[f"{kind}_limit_estimate"] = learned.estimated_limit or 0.0
+        counters[f"{kind}_burst_estimate"] = learned.estimated_burst or 0.0
+        counters[f"{kind}_limit_source"] = float(SOURCES.index(learned.source))
+        counters[f"{kind}_probes"] = learned.probes
+        counters[f"{kind}_episodes"] = learned.episodes
     if callbacks is not None:
         received = callbacks.statistics()
         counters["callbacks_received"] = received.received

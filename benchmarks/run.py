@@ -26,7 +26,7 @@ if __package__ in (None, ""):  # ``python benchmarks/run.py``
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     __package__ = "benchmarks"
 
-from benchmarks import _metrics, _plan, _report
+from benchmarks import _metrics, _plan, _plots, _report
 from benchmarks._procs import ClientProcess, Simulator, cpu_seconds, pin
 
 DEFAULT_OUT = Path(__file__).resolve().parent
@@ -156,13 +156,16 @@ class Harness:
     def run(self, workload: _plan.Workload, contender: _plan.Contender) -> dict[str, Any]:
         """One contender on one workload: raw client figures, simulator counters and records."""
         name = f"{workload.key}-{contender.key}"
-        sim = Simulator(workload.sim_config(), self.work, self.cpus.server, name)
+        config = workload.sim_config()
+        config.update(contender.options.get("sim", {}))
+        sim = Simulator(config, self.work, self.cpus.server, name)
         spec = self.client_spec(workload, contender, sim, workload.n)
         with sim, ClientProcess(spec, self.work, name) as client:
             sim.wait_ready()
             t0 = client.wait_started()
             cpu0, wall0 = cpu_seconds(sim.pid), time.monotonic()
-            timeline = self._supervise(workload, sim, client, t0)
+            samples: list[tuple[float, ...]] = []
+            timeline = self._supervise(workload, sim, client, t0, samples)
             server_cpu = cpu_seconds(sim.pid) - cpu0
             wall = time.monotonic() - wall0
             code = client.proc.wait() if client.proc is not None else None
@@ -177,11 +180,17 @@ class Harness:
             "stats": stats,
             "tasks": tasks,
             "timeline": timeline,
+            "samples": samples,
             "server": {"cpu_s": server_cpu, "cpu_share": server_cpu / max(wall, 1e-9)},
         }
 
     def _supervise(
-        self, workload: _plan.Workload, sim: Simulator, client: ClientProcess, t0: float
+        self,
+        workload: _plan.Workload,
+        sim: Simulator,
+        client: ClientProcess,
+        t0: float,
+        samples: list[tuple[float, ...]],
     ) -> list[tuple[float, int]]:
         """Wait for the client; meanwhile apply W2's limit changes and W4's hold."""
         k = workload.k
@@ -197,7 +206,8 @@ class Harness:
                 (t0 + start + length, _limits(*full)),
             ]
         timeline: list[tuple[float, int]] = []
-        sample_every = 0.25 / k if workload.drop is not None else None
+        sampled = workload.drop is not None or workload.sample
+        sample_every = 0.25 / k if sampled else None
         next_sample = t0
         hold_from: float | None = None
         last_created, last_progress = -1, time.monotonic()
@@ -209,6 +219,15 @@ class Harness:
             if sample_every is not None and now >= next_sample:
                 stats = sim.admin("/_sim/stats")
                 timeline.append((now, stats["rate_limited_create"] + stats["rate_limited_query"]))
+                samples.append(
+                    (
+                        now,
+                        stats["creates"],
+                        stats["queries"],
+                        stats["rate_limited_create"],
+                        stats["rate_limited_query"],
+                    )
+                )
                 next_sample = now + sample_every
             if workload.hold_s is not None and now >= next_check:
                 next_check = now + 0.5
@@ -276,7 +295,9 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         action="store_true",
         help="also run W1 for ruxa_async without time compression (adds ~4 min in full mode)",
     )
-    parser.add_argument("--time-factor", type=float, help="override W1's time compression factor k")
+    parser.add_argument(
+        "--time-factor", type=float, help="override W1's and W2's time compression factor k"
+    )
     parser.add_argument("--only", help="comma-separated workload keys to run (e.g. W1,W7)")
     parser.add_argument("--contenders", help="comma-separated contender keys to run")
     parser.add_argument("--keep-logs", type=Path, help="keep the child processes' logs here")
@@ -343,6 +364,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     extras["ideal_makespan_s"] = figures["ideal_makespan_s"]
                 runs[key] = figures
                 _log("  " + _report.one_line(figures))
+                if workload.drop is not None or workload.sample:
+                    _plots.keep(workload, key, result, figures)
             results[workload.key] = {
                 "workload": workload,
                 "parameters": workload.parameters(),
@@ -376,6 +399,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         json.dumps(document["json"], indent=1, default=str) + "\n", encoding="utf-8"
     )
     (args.out / "RESULTS.md").write_text(document["markdown"], encoding="utf-8")
+    _plots.write(results, args.out)
     _log(f"wrote {args.out / 'RESULTS.md'} and results.json in {time.monotonic() - t_begin:.0f} s")
     if failures:
         _log(f"{len(failures)} run(s) failed; see the Validity section")

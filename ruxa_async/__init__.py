@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from ._batch import AsCompleted, ProgressEvent
 from ._client import CallbackReceiver, ClientStatistics, RuxaClient
-from ._config import DEFAULT_BASE_URL, PollPolicy, RateLimits, RetryPolicy, Timeouts
+from ._config import (
+    DEFAULT_BASE_URL,
+    OutagePolicy,
+    PollPolicy,
+    RateLimits,
+    RetryPolicy,
+    Timeouts,
+)
 from ._coordinator import (
     AmbiguousCreateError,
     Claim,
@@ -32,6 +39,7 @@ from ._errors import (
     RateLimitError,
     RuxaError,
     ServerError,
+    ServiceUnavailableError,
     TaskFailedError,
     TaskLostError,
     TaskTimeoutError,
@@ -48,6 +56,7 @@ from ._models import (
     TaskInfo,
     TaskState,
 )
+from ._outage import OutageStatistics
 from ._scheduler import SchedulerStatistics
 from ._sync import SyncRuxaClient, SyncTaskHandle
 from ._sync_batch import SyncAsCompleted
@@ -81,6 +90,8 @@ __all__ = [
     "MalformedResponseError",
     "NotFoundError",
     "NotSubmittedError",
+    "OutagePolicy",
+    "OutageStatistics",
     "OutcomeStatus",
     "PollPolicy",
     "ProgressEvent",
@@ -94,6 +105,7 @@ __all__ = [
     "RuxaError",
     "SchedulerStatistics",
     "ServerError",
+    "ServiceUnavailableError",
     "SyncAsCompleted",
     "SyncRuxaClient",
     "SyncTaskHandle",

@@ -18,7 +18,9 @@ Account-level errors stop submission once, for the whole batch: a rejected key
 (401) or exhausted credits (402) ends submitting; tasks already created are
 still awaited; every job never sent is reported NOT_SUBMITTED with the reason.
 The first create is sent alone, so a bad key costs one request, not one per
-concurrent sender.
+concurrent sender. A service unreachable for longer than the outage policy
+allows (:class:`ServiceUnavailableError`) stops the batch the same way, and
+also ends the jobs still pending with that error (their task ids are kept).
 
 Exactly-once bookkeeping: ``on_send`` is awaited for a job once its create
 holds its permit and is about to be written to the socket (a journal commits
@@ -50,6 +52,7 @@ from ._errors import (
     InvalidInputError,
     NotSubmittedError,
     RuxaError,
+    ServiceUnavailableError,
     TaskLostError,
     TaskTimeoutError,
 )
@@ -380,6 +383,11 @@ class AsCompleted:
             self._stop(exc)
             self._emit(slot, error=NotSubmittedError(self.stop_reason or str(exc), exc))
             return
+        except ServiceUnavailableError as exc:
+            self._stop(exc)
+            reason = self.stop_reason or str(exc)
+            self._emit(slot, error=exc if exc.request_sent else NotSubmittedError(reason, exc))
+            return
         except RuxaError as exc:
             self._emit(slot, error=exc)
             return
@@ -416,6 +424,8 @@ class AsCompleted:
         if future.cancelled():
             return
         error = future.exception()
+        if isinstance(error, ServiceUnavailableError):
+            self._stop(error)
         if error is not None:
             self._emit(slot, error=error)
         else:
@@ -436,11 +446,28 @@ class AsCompleted:
             return
         if isinstance(exc, AuthenticationError):
             reason = "the API key was rejected (401)"
+        elif isinstance(exc, ServiceUnavailableError):
+            reason = "the Ruxa service could not be reached"
         else:
             reason = "the account has insufficient credits (402)"
         self.stop_reason = reason
         self.stop_error = exc
+        if isinstance(exc, ServiceUnavailableError):
+            self._give_up_pending(exc)
+            return
         log.info("batch stopped submitting: %s; tasks already created are still awaited", reason)
+
+    def _give_up_pending(self, exc: ServiceUnavailableError) -> None:
+        """The service is gone: end every pending job with ``exc``; its task id is kept."""
+        pending, self._pending = self._pending, {}
+        log.info(
+            "batch stopped: the service is unreachable; %d pending tasks are kept (their ids "
+            "are on the outcomes: re-attach to them later)",
+            len(pending),
+        )
+        for task_id, slot in pending.items():
+            self._port.forget(task_id)
+            self._emit(slot, error=exc)
 
     def _on_deadline(self) -> None:
         self._deadline_handle = None

@@ -10,6 +10,7 @@ closed emits a ``ResourceWarning``, as an unclosed aiohttp session does.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
 import os
@@ -26,6 +27,7 @@ from . import _wire
 from ._batch import AsCompleted, BatchOptions, ProgressEvent, collect
 from ._config import (
     Kind,
+    OutagePolicy,
     PollPolicy,
     RateLimits,
     RetryPolicy,
@@ -35,10 +37,12 @@ from ._config import (
 )
 from ._coordinator import Coordinator, CoordinatorStatistics
 from ._errors import (
+    APIConnectionError,
     APIStatusError,
     ClientClosedError,
     ClientNotStartedError,
     ConfigurationError,
+    MalformedResponseError,
     RateLimitError,
     RuxaError,
     TaskTimeoutError,
@@ -47,6 +51,8 @@ from ._fleet import Fleet
 from ._handles import TaskHandle
 from ._limiter import Permit, RateController, RateStatistics
 from ._models import BatchReport, Job, RequestEvent, TaskInfo, TaskState
+from ._outage import OutageCoordinator, OutageGate, OutageStatistics, call_deadline
+from ._ratehints import parse_rate_headers
 from ._retry import Retrier, is_ambiguous_create
 from ._scheduler import PollScheduler, SchedulerStatistics
 from ._tally import Tally
@@ -57,6 +63,8 @@ from .catalog import get_model, validate_input
 __all__ = ["CallbackReceiver", "ClientStatistics", "RuxaClient"]
 
 log = logging.getLogger("ruxa_async")
+_PROBE_PATH = _wire.query_path("ruxa-async-probe")
+_GATED = object()  # an attempt that found the outage gate closed once it had its permit
 
 
 @attrs.frozen(kw_only=True)
@@ -72,6 +80,7 @@ class ClientStatistics:
     pending: int
     rate: RateStatistics
     scheduler: SchedulerStatistics
+    outage: OutageStatistics
     coordinator: CoordinatorStatistics | None = None  # with coordinator=... only
     ambiguous_recovered: int = 0
     """Ambiguous creates (a 5xx or timeout after sending) whose task was then named by its
@@ -160,6 +169,7 @@ class RuxaClient:
         max_connections: int | None = None,
         callbacks: CallbackReceiver | None = None,
         coordinator: Coordinator | None = None,
+        outage: OutagePolicy | None = None,
         validate: bool = True,
         on_request: Callable[[RequestEvent], None] | None = None,
     ) -> None:
@@ -185,6 +195,10 @@ class RuxaClient:
             timeouts=self.timeouts,
             max_connections=max_connections or self._limiter.max_in_flight,
             user_agent=f"ruxa-async/{__version__}",
+        )
+        self.outage_policy = outage or OutagePolicy()
+        self._outage: OutageCoordinator = OutageGate(
+            self.outage_policy, url=self._transport.base_url
         )
         self._retrier = Retrier(self.retry_policy)
         self._scheduler = PollScheduler(
@@ -297,16 +311,49 @@ class RuxaClient:
         tally: Tally | None = None,
         sending: Callable[[], Awaitable[None]] | None = None,
     ) -> Any:
-        """One attempt: permit from the rate controller, the request, the parsed reply.
+        """One request, waiting first while the outage gate is closed.
 
-        ``sending`` is awaited once the permit is granted, right before the
-        request goes out (it may raise to send nothing); ``tally`` counts the
-        attempt for its owner (a batch).
+        A failure that closed (or met) the gate is sent again once it opens,
+        unless it was a create that may have reached the service: the retry
+        policy decides about those. ``sending`` and ``tally``: see :meth:`_attempt`.
         """
         self._require_open()
+        outage = self._outage
+        while True:
+            if not outage.is_open():
+                await outage.wait_open(self._probe)
+            try:
+                data = await self._attempt(kind, method, path, body, tally=tally, sending=sending)
+            except APIConnectionError as exc:
+                if outage.on_failure(exc) and (kind == "query" or not exc.request_sent):
+                    continue
+                raise
+            if data is not _GATED:
+                return data
+
+    async def _attempt(
+        self,
+        kind: Kind,
+        method: str,
+        path: str,
+        body: bytes | None,
+        *,
+        tally: Tally | None = None,
+        sending: Callable[[], Awaitable[None]] | None = None,
+        probe: bool = False,
+    ) -> Any:
+        """One attempt: permit from the rate controller, the request, the parsed reply.
+
+        Returns ``_GATED`` without sending when the outage gate closed while
+        this attempt waited for its permit. ``sending`` is awaited once the
+        permit is granted, right before the request goes out (it may raise to
+        send nothing); ``tally`` counts the attempt for its owner (a batch).
+        """
         fleet = self._fleet if self._fleet.shares_rate else None
         epoch = await fleet.admit(kind) if fleet is not None else 0
         async with self._limiter.permit(kind) as permit:
+            if not (probe or self._outage.is_open()):
+                return _GATED
             if sending is not None:
                 await sending()
             if fleet is not None:
@@ -320,19 +367,21 @@ class RuxaClient:
                 if self._on_request is not None:
                     self._observe(kind, path, permit, None)
                 raise
+        self._outage.on_reply()
+        hint = parse_rate_headers(reply.rate_headers) if reply.rate_headers else None
         try:
             data = _wire.parse_reply(reply.status, reply.body, reply.retry_after)
         except RateLimitError as exc:
             if self._on_request is not None:  # stamped before the gate closes
                 self._observe(kind, path, permit, 429)
-            self._limiter.on_rate_limited(permit, exc.retry_after)
+            await self._limiter.on_rate_limited(permit, exc.retry_after, hint)
             if tally is not None:
                 tally.rate_limited += 1
             if fleet is not None:
                 await fleet.rate_limited(kind, epoch, exc.retry_after)
             raise
         except APIStatusError as exc:
-            self._limiter.on_success(permit)
+            await self._limiter.on_success(permit, hint)
             if fleet is not None:
                 fleet.succeeded(kind)
             if self._on_request is not None:
@@ -342,12 +391,17 @@ class RuxaClient:
             if self._on_request is not None:
                 self._observe(kind, path, permit, reply.status)
             raise
-        self._limiter.on_success(permit)
+        await self._limiter.on_success(permit, hint)
         if fleet is not None:
             fleet.succeeded(kind)
         if self._on_request is not None:
             self._observe(kind, path, permit, 200)
         return data
+
+    async def _probe(self) -> None:
+        """The outage gate's probe: a query for a task that does not exist; any reply will do."""
+        with contextlib.suppress(APIStatusError, MalformedResponseError):
+            await self._attempt("query", "GET", _PROBE_PATH, None, probe=True)
 
     def _observe(self, kind: Kind, path: str, permit: Permit, code: int | None) -> None:
         event = RequestEvent(
@@ -568,10 +622,19 @@ class RuxaClient:
         Raises :class:`InvalidInputError` before sending when the catalogue
         rejects a known model's input (unless ``validate`` is False),
         :class:`TaskFailedError` if the task fails and
-        :class:`TaskTimeoutError` after ``timeout`` seconds. ``idempotency_key``:
-        as for :meth:`submit`.
+        :class:`TaskTimeoutError` after ``timeout`` seconds; if the service is
+        unreachable for longer than ``timeout`` while the task is being
+        created, :class:`ServiceUnavailableError` (an :class:`APIConnectionError`
+        whose ``request_sent`` says whether the create may have arrived).
+        ``idempotency_key``: as for :meth:`submit`.
         """
-        handle = await self.submit(model, input, validate=validate, idempotency_key=idempotency_key)
+        started = time.monotonic()
+        with call_deadline(timeout):  # an outage may not hold the create past the timeout
+            handle = await self.submit(
+                model, input, validate=validate, idempotency_key=idempotency_key
+            )
+        if timeout is not None:
+            timeout = max(0.0, timeout - (time.monotonic() - started))
         return await handle.wait(timeout)
 
     async def wait(
@@ -707,7 +770,7 @@ class RuxaClient:
     # ------------------------------------------------------------- statistics
 
     def statistics(self) -> ClientStatistics:
-        """A frozen snapshot of requests, retries, 429s, pending tasks and rates."""
+        """A frozen snapshot of requests, retries, 429s, pending tasks, rates and outages."""
         rate = self._limiter.statistics()
         return ClientStatistics(
             requests_sent=self._transport.requests_sent,
@@ -719,6 +782,7 @@ class RuxaClient:
             pending=self._scheduler.pending,
             rate=rate,
             scheduler=self._scheduler.statistics(),
+            outage=self._outage.statistics(),
             coordinator=self._fleet.coordinator.statistics() if self._fleet.explicit else None,
             ambiguous_recovered=self._recovered,
         )

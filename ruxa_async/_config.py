@@ -15,6 +15,7 @@ from attrs import validators as v
 __all__ = [
     "DEFAULT_BASE_URL",
     "Kind",
+    "OutagePolicy",
     "PollPolicy",
     "RateLimits",
     "RetryPolicy",
@@ -95,15 +96,21 @@ class RateLimits:
     """The client's rate controller settings.
 
     Rates are requests per second; ``None`` means unknown: the controller then
-    sends freely (bounded by ``max_in_flight``) and discovers the limit from 429
-    replies. A configured rate is a ceiling that a 429 can still lower for a
-    while. After a decrease the rate recovers the way TCP CUBIC does: back to
-    the rate of the last 429 within ``recovery_seconds`` of demand, then slowly
-    past it, then faster (never above a configured ceiling).
-    ``pause_without_retry_after`` is the first pause after a 429 that
-    carries no ``Retry-After``; it doubles for each consecutive episode.
-    ``gate_scope="client"`` pauses every request after any 429; ``"endpoint"``
-    pauses only requests of the same class (create or query).
+    discovers the limit. It ramps up from a modest pace, and after a 429
+    settles just under the rate the server admitted, holds there and probes
+    upward rarely (a server's rate-limit headers, when it sends any, replace
+    the guessing). A configured rate is a ceiling and a starting point: a 429
+    still lowers the pace for a while, and probes bring it back. A configured
+    burst is the server's; the controller spends at most half of it back to
+    back. ``recovery_seconds`` sets the controller's time scale: a quarter of
+    it is the *unit* (1 s by default); the pace holds 4 units after a 429
+    before probing (longer each time the limit is found unchanged).
+    ``decrease_factor`` is kept for compatibility and no longer used.
+    ``pause_without_retry_after`` is the first pause after a 429 that carries
+    no ``Retry-After``; it doubles for each consecutive episode.
+    ``gate_scope="client"`` (the default) pauses every request after any 429;
+    ``"endpoint"`` pauses only requests of the same class (create or query),
+    the way per-endpoint limits work, and costs less time paused.
     """
 
     max_in_flight: int = attrs.field(default=64, validator=v.ge(1))
@@ -158,3 +165,24 @@ class PollPolicy:
     callback_min_grace: float = attrs.field(default=1.0, validator=_non_negative)
     max_not_found: int = attrs.field(default=3, validator=v.ge(1))
     explore: bool = True
+
+
+@attrs.frozen(kw_only=True)
+class OutagePolicy:
+    """How the client rides out a service that does not answer at all (see ``_outage``).
+
+    After ``failures`` connection failures in a row (refused, reset or timed
+    out with no reply in between), or after the first one while the service
+    has never answered, the client stops sending: requests wait and one probe
+    at a time checks the service, first after ``probe_initial`` seconds, then
+    doubling up to ``probe_max``. The first reply reopens the gate for all.
+    An outage longer than ``max_outage`` seconds (``first_contact`` when the
+    service never answered this client) ends every waiting request with one
+    :class:`ServiceUnavailableError`, and a batch stops submitting.
+    """
+
+    failures: int = attrs.field(default=3, validator=v.ge(1))
+    probe_initial: float = attrs.field(default=0.5, validator=_positive)
+    probe_max: float = attrs.field(default=1.0, validator=_positive)
+    max_outage: float = attrs.field(default=300.0, validator=_positive)
+    first_contact: float = attrs.field(default=5.0, validator=_positive)

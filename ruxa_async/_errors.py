@@ -26,6 +26,7 @@ __all__ = [
     "RateLimitError",
     "RuxaError",
     "ServerError",
+    "ServiceUnavailableError",
     "TaskFailedError",
     "TaskLostError",
     "TaskTimeoutError",
@@ -56,6 +57,39 @@ class APIConnectionError(RuxaError):
 
 class APITimeoutError(APIConnectionError):
     """The request timed out before a reply arrived."""
+
+
+class ServiceUnavailableError(APIConnectionError):
+    """The service could not be reached for longer than allowed; the message names URL and cause.
+
+    Raised once an outage outlasts ``OutagePolicy.max_outage`` (or
+    ``first_contact`` when the service never answered, as with a wrong base
+    URL), or the caller's own timeout. A batch stops submitting on it; tasks
+    already created stay on the service: run again later to resume.
+    ``request_sent`` is False unless an earlier attempt of the same call may
+    have reached the service.
+    """
+
+    def __init__(
+        self,
+        *,
+        url: str,
+        cause: str,
+        down_seconds: float,
+        call_deadline: bool = False,
+        request_sent: bool = False,
+    ) -> None:
+        self.url = url
+        self.cause = cause
+        self.down_seconds = down_seconds
+        how_long = f"{down_seconds:.0f} s"
+        if call_deadline:
+            how_long += " (the call's timeout)"
+        message = (
+            f"cannot reach the Ruxa service at {url} for {how_long}: {cause or 'no reply'}. "
+            "Check the base URL (RUXA_BASE_URL) and the network; run again later to resume"
+        )
+        super().__init__(message, request_sent=request_sent)
 
 
 class APIStatusError(RuxaError):

@@ -1,63 +1,89 @@
-"""The rate controller: a 429 gate, per-kind AIMD token buckets, a shared in-flight bound.
+"""The rate controller: a 429 gate, a discovered pace per endpoint class, an in-flight bound.
 
 Every request a client sends first takes a :class:`Permit` from one shared
-:class:`RateController`. A caller waits, in order, for the not-before gate a
-429 closed, for a token of its kind's bucket (only once that kind's rate is
-known) and for one of ``max_in_flight`` slots. Waiting is FIFO per kind and at
-most one waiter per kind sleeps on the clock; the rest queue on a lock, so a
-crowd of waiters costs one wake-up per token, not one per waiter.
+:class:`RateController`. A caller waits, in order, for the gate a 429 closed,
+for one of ``max_in_flight`` slots, and for a token of its class's bucket,
+refilled at the class's pace. Waiting is FIFO per class and at most one waiter
+per class sleeps on the clock; the rest queue on a lock, so a crowd of waiters
+costs one wake-up per token, not one per waiter.
 
-A 429 starts an *episode* unless its request was sent before the kind's last
-decrease: the rate is multiplied by ``decrease_factor`` once per episode (an
-unknown rate starts from the measured send rate, see
-:meth:`RateController.on_rate_limited`). While callers queue for tokens and the
-gate is open, the rate recovers along a CUBIC curve (as TCP CUBIC and
-botocore's adaptive retry mode do): ``w_max * (1 + c * (t - K) ** 3)``, where
-``w_max`` is the rate when the 429 came, ``t`` the seconds of demand since the
-decrease and ``K = recovery_seconds``; ``c`` makes the curve start at the
-decreased rate. So the rate is back near ``w_max`` after ``K`` seconds, stays
-near it a while, then probes faster, whatever the scale of the limit (2/s or
-2,000/s). It never exceeds a configured rate. Time is read lazily from the
-injected clock: there is no background task and no timer.
+The pace of each class (create, query) is a :class:`~ruxa_async._pace.Pace`:
+it ramps up while the limit is unknown, settles just under the rate the
+server admitted before a 429, holds there, and probes upward rarely; a
+server's rate-limit headers replace all of that with the published quota.
+A 429 starts an *episode* unless its request was granted before the class's
+last decrease, so a burst of 429s lowers the pace once. Every 429 closes the
+gate for ``Retry-After`` (capped at ``max_pause``), or a doubling pause when
+there is none. The learned state and the gate live behind a
+:class:`~ruxa_async._ratestate.RateState` (in-process by default), so a fleet
+of clients can share them. Time is read lazily from the injected clock: there
+is no background task and no timer.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from types import TracebackType
 
 import attrs
 
-from ._config import Kind, RateLimits
+from ._config import RateLimits
+from ._pace import Pace
+from ._ratehints import RateHint
+from ._ratestate import GateScope, Kind, LimitSource, LocalRateState, RateState
 
-__all__ = ["Kind", "Permit", "RateController", "RateStatistics"]
+__all__ = ["ClassStatistics", "Kind", "Permit", "RateController", "RateStatistics"]
 
 _KINDS: tuple[Kind, ...] = ("create", "query")
 _log = logging.getLogger("ruxa_async")
 
-_RATE_WINDOW = 1.0  # seconds of send history behind the estimate of an unknown rate
-_MIN_SPAN = 0.25  # a burst shorter than this is measured as if spread over it
 _DEMAND_GRACE = 1.0  # a wait for a token counts as demand until this long after it ends
 _JITTER_FRACTION = 0.03  # gate jitter: up to this share of the pause ...
 _JITTER_CAP = 0.05  # ... and never more than this many seconds
 _MAX_DOUBLINGS = 30
+_START_RATE = 10.0  # requests/s per class while ramping, before scaling by the unit
 _EPSILON = 1e-9
+
+
+@attrs.frozen(kw_only=True)
+class ClassStatistics:
+    """What the controller learned about one endpoint class (create or query).
+
+    ``rate`` is the pace it sends at now and ``burst`` the saved tokens it may
+    spend back to back; ``estimated_limit`` and ``estimated_burst`` are its
+    estimate of the server's limit (None: not learned); ``source`` says where
+    the estimate came from (``"configured"``, ``"headers"``, ``"429s"`` or
+    ``"slow start"``); ``phase`` is ``ramp``, ``hold``, ``probe``, ``hinted``
+    or ``fixed``; ``probes`` counts upward probes, ``episodes`` the 429
+    episodes of this class.
+    """
+
+    rate: float
+    burst: float
+    estimated_limit: float | None
+    estimated_burst: float | None
+    source: LimitSource
+    phase: str
+    probes: int
+    episodes: int
 
 
 @attrs.frozen(kw_only=True)
 class RateStatistics:
     """A snapshot of the rate controller, from :meth:`RateController.statistics`.
 
-    Rates are requests per second (``None``: unknown, not limited yet).
-    ``paused_seconds`` is the time any gate was closed (the union of the
-    closed intervals, up to now); ``sent_while_gated`` is a self-check that
-    stays 0 unless the controller has a bug.
+    ``create_rate`` and ``query_rate`` are the current paces in requests per
+    second (None while a class still ramps up with nothing learned);
+    ``classes`` has the details per class. ``paused_seconds`` is the time any
+    gate was closed (the union of the closed intervals, up to now);
+    ``sent_while_gated`` is a self-check that stays 0 unless the controller
+    has a bug.
     """
 
     create_rate: float | None
@@ -71,16 +97,19 @@ class RateStatistics:
     gate_remaining: float
     sent_while_gated: int
     permits: Mapping[str, int]
+    classes: Mapping[str, ClassStatistics] = attrs.field(factory=dict)
 
 
 class Permit:
     """Leave to send one request of ``kind``; ``granted_at`` is the clock reading at the grant."""
 
-    __slots__ = ("granted_at", "kind")
+    __slots__ = ("episode", "granted_at", "kind", "rate")
 
-    def __init__(self, kind: Kind, granted_at: float) -> None:
+    def __init__(self, kind: Kind, granted_at: float, rate: float = 0.0, episode: int = 0) -> None:
         self.kind: Kind = kind
         self.granted_at = granted_at
+        self.rate = rate  # the class's pace at the grant
+        self.episode = episode  # the class's episode counter at the grant
 
     def __repr__(self) -> str:
         return f"Permit(kind={self.kind!r}, granted_at={self.granted_at!r})"
@@ -89,8 +118,8 @@ class Permit:
 class _Gate:
     __slots__ = ("closed", "closed_at", "deadline", "name", "streak")
 
-    def __init__(self, name: str, now: float) -> None:
-        self.name = name
+    def __init__(self, name: GateScope, now: float) -> None:
+        self.name: GateScope = name
         self.deadline = now  # nothing may be sent before this clock reading
         self.closed_at = float("-inf")  # when the current (or last) pause began
         self.closed = False  # set when closed, cleared (and logged) once seen open
@@ -99,44 +128,29 @@ class _Gate:
 
 class _Lane:
     __slots__ = (
-        "capacity",
-        "ceiling",
-        "climbed_at",
+        "advanced_at",
         "demand_until",
-        "episode_at",
-        "first_sent_at",
-        "grown",
+        "episode",
         "kind",
         "lock",
+        "max_remaining",
+        "max_reset",
+        "not_before",
+        "pace",
         "permits",
-        "rate",
-        "refilled_at",
-        "sent",
-        "tokens",
-        "w_max",
     )
 
-    def __init__(self, kind: Kind, ceiling: float | None, burst: int, now: float) -> None:
+    def __init__(self, kind: Kind, pace: Pace, now: float) -> None:
         self.kind: Kind = kind
-        self.ceiling = ceiling
-        self.rate = ceiling  # None: no bucket yet
-        self.capacity = float(burst)
-        self.tokens = float(burst)
-        self.refilled_at = now
-        self.climbed_at = now
+        self.pace = pace
+        self.advanced_at = now
         self.demand_until = float("-inf")
-        self.episode_at = float("-inf")  # time of the last multiplicative decrease
-        self.w_max: float | None = None  # the rate when the last decrease happened
-        self.grown = 0.0  # seconds of demand since the last decrease (CUBIC's t)
-        self.sent: deque[float] = deque()  # grant times within the last _RATE_WINDOW
-        self.first_sent_at = now
+        self.episode = 0  # the last episode counter seen in the state
+        self.not_before = now  # a server hint said the quota is spent until then
+        self.max_remaining = 0.0
+        self.max_reset = 0.0
         self.permits = 0
         self.lock = asyncio.Lock()
-
-    def forget_old_sends(self, now: float) -> None:
-        horizon = now - _RATE_WINDOW
-        while self.sent and self.sent[0] <= horizon:
-            self.sent.popleft()
 
 
 class _PermitContext(AbstractAsyncContextManager[Permit]):
@@ -166,7 +180,8 @@ class RateController:
     """Paces every request of one client; see the module docstring for the rules.
 
     ``clock`` and ``sleep`` are injectable so tests run in virtual time;
-    ``rng`` (uniform in [0, 1)) draws the gate's jitter.
+    ``rng`` (uniform in [0, 1)) draws the gate's jitter; ``state`` holds what
+    is learned (a fresh in-process :class:`LocalRateState` by default).
     """
 
     def __init__(
@@ -176,16 +191,32 @@ class RateController:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rng: Callable[[], float] = random.random,
+        state: RateState | None = None,
     ) -> None:
         self._limits = limits
         self._clock = clock
         self._sleep = sleep
         self._rng = rng
+        self._state: RateState = state if state is not None else LocalRateState(clock)
         now = clock()
-        self._lanes: dict[Kind, _Lane] = {
-            "create": _Lane("create", limits.create_per_second, limits.create_burst, now),
-            "query": _Lane("query", limits.query_per_second, limits.query_burst, now),
+        unit = limits.recovery_seconds / 4.0
+        configured = {
+            "create": (limits.create_per_second, limits.create_burst),
+            "query": (limits.query_per_second, limits.query_burst),
         }
+        self._lanes: dict[Kind, _Lane] = {}
+        for kind in _KINDS:
+            ceiling, burst = configured[kind]
+            pace = Pace(
+                ceiling=ceiling,
+                burst=burst,
+                start_rate=max(limits.min_rate, _START_RATE / unit),
+                min_rate=limits.min_rate,
+                unit=unit,
+                adaptive=limits.adaptive,
+                now=now,
+            )
+            self._lanes[kind] = _Lane(kind, pace, now)
         if limits.gate_scope == "client":
             shared = _Gate("client", now)
             self._gates: dict[Kind, _Gate] = {"create": shared, "query": shared}
@@ -201,30 +232,38 @@ class RateController:
         self._pause_start = now  # current (or last) merged pause interval
         self._pause_end = now
 
+    @property
+    def state(self) -> RateState:
+        """Where the learned paces, the gate and the episode counters live."""
+        return self._state
+
     def permit(self, kind: Kind) -> AbstractAsyncContextManager[Permit]:
-        """Wait for the gate, a token and an in-flight slot; the slot is freed on exit."""
+        """Wait for the gate, a slot and a token; the slot is freed on exit."""
         return _PermitContext(self, kind)
 
-    def on_success(self, permit: Permit) -> None:
-        """Record a reply that was not a 429 (lets the rate climb and resets the pause doubling)."""
+    async def on_success(self, permit: Permit, hint: RateHint | None = None) -> None:
+        """Record a reply that was not a 429, with the rate-limit hint its headers carried."""
         now = self._clock()
-        gate = self._gates[permit.kind]
-        self._update(self._lanes[permit.kind], now)
+        lane, gate = self._lanes[permit.kind], self._gates[permit.kind]
+        self._advance(lane, now)
+        lane.pace.on_accepted(permit.granted_at, now)
         if gate.streak and permit.granted_at >= gate.deadline:
             gate.streak = 0
+        if hint is not None:
+            await self._apply_hint(lane, hint, now)
 
-    def on_rate_limited(self, permit: Permit, retry_after: float | None) -> None:
-        """Record a 429: close the gate and, once per episode, decrease the kind's rate.
+    async def on_rate_limited(
+        self, permit: Permit, retry_after: float | None, hint: RateHint | None = None
+    ) -> None:
+        """Record a 429: close the gate and, once per episode, settle the class's pace lower.
 
         The pause is ``Retry-After`` (capped at ``max_pause``), else
         ``pause_without_retry_after`` doubled for each consecutive 429 whose
-        request was sent after the gate's previous pause, plus a
-        jitter of at most 3 % of the pause and 50 ms. A 429 for a request sent
-        before the kind's last decrease belongs to that episode and only
-        extends the gate. When the rate is still unknown, the decrease starts
-        from the measured send rate: the permits of that kind granted in the
-        last second (at least one), per second. With ``adaptive=False`` the
-        episodes are still counted but no rate changes.
+        request was sent after the gate's previous pause, plus a jitter of at
+        most 3 % of the pause and 50 ms. A 429 for a request granted before
+        the class's last decrease belongs to that episode and only extends
+        the gate. With ``adaptive=False`` the episodes are still counted but
+        no pace changes.
         """
         now = self._clock()
         kind = permit.kind
@@ -232,45 +271,44 @@ class RateController:
         limits = self._limits
         self._rate_limited += 1
         for behind in self._lanes_behind(gate):
-            self._update(behind, now)
-        new_episode = permit.granted_at >= lane.episode_at
-        old_rate = lane.rate
+            self._advance(behind, now)
         if permit.granted_at > gate.closed_at:  # sent after the last pause began
             gate.streak += 1
-        if new_episode:
-            self._episodes += 1
-            lane.episode_at = now
-            if limits.adaptive:
-                if old_rate is None:
-                    lane.forget_old_sends(now)
-                    span = min(_RATE_WINDOW, max(now - lane.first_sent_at, _MIN_SPAN))
-                    base = max(len(lane.sent), 1) / span
-                    lane.tokens = 1.0
-                    lane.refilled_at = max(now, gate.deadline)
-                    lane.climbed_at = now
-                else:
-                    base = old_rate
-                rate = max(limits.min_rate, base * limits.decrease_factor)
-                lane.rate = rate if lane.ceiling is None else min(rate, lane.ceiling)
-                lane.w_max = base
-                lane.grown = 0.0
         if retry_after is not None:
             pause = min(max(retry_after, 0.0), limits.max_pause)
         else:
             doublings = min(max(gate.streak, 1) - 1, _MAX_DOUBLINGS)
             pause = min(limits.pause_without_retry_after * 2.0**doublings, limits.max_pause)
-        jitter = self._rng() * min(_JITTER_CAP, _JITTER_FRACTION * pause)
-        self._close(gate, now, now + pause + jitter)
+        pause += self._rng() * min(_JITTER_CAP, _JITTER_FRACTION * pause)
+        new_episode = await self._state.begin_episode(kind, permit.episode)
+        pace = lane.pace
+        old_rate = pace.rate
         if new_episode:
-            _log.debug(
-                "429 on %s: rate %s -> %s req/s, %s gate closed for %.3f s (%s)",
-                kind,
-                _fmt_rate(old_rate),
-                _fmt_rate(lane.rate),
-                gate.name,
-                gate.deadline - now,
-                "Retry-After" if retry_after is not None else "no Retry-After",
-            )
+            lane.episode = permit.episode + 1
+            self._episodes += 1
+            pace.on_refused(permit.granted_at, permit.rate or old_rate, now)
+        else:
+            lane.episode = max(lane.episode, permit.episode + 1)
+        self._close(gate, now, now + pause)
+        await self._state.close_gate(gate.name, pause)
+        if not new_episode:
+            return
+        if hint is not None:
+            await self._apply_hint(lane, hint, now)
+        await self._state.write(kind, pace.learned(lane.episode))
+        _log.debug(
+            "429 on %s: pace %.3g -> %.3g req/s (limit ~%s, burst ~%s, from %s), "
+            "%s gate closed for %.3f s (%s)",
+            kind,
+            old_rate,
+            pace.rate,
+            _fmt(pace.estimate),
+            _fmt(pace.estimated_burst),
+            pace.source,
+            gate.name,
+            gate.deadline - now,
+            "Retry-After" if retry_after is not None else "no Retry-After",
+        )
 
     @property
     def max_in_flight(self) -> int:
@@ -284,14 +322,17 @@ class RateController:
         return max(0.0, *(gate.deadline - now for gate in gates))
 
     def statistics(self) -> RateStatistics:
-        """Return a snapshot of rates, counters and the gate."""
+        """Return a snapshot of paces, what was learned, counters and the gate."""
         now = self._clock()
         for lane in self._lanes.values():
-            self._update(lane, now)
+            self._advance(lane, now)
         lanes = self._lanes
+        classes: dict[str, ClassStatistics] = {
+            kind: _class_statistics(lane.pace) for kind, lane in lanes.items()
+        }
         return RateStatistics(
-            create_rate=lanes["create"].rate,
-            query_rate=lanes["query"].rate,
+            create_rate=_reported_rate(lanes["create"].pace),
+            query_rate=_reported_rate(lanes["query"].pace),
             in_flight=self._in_flight,
             max_in_flight=self._limits.max_in_flight,
             waiting=self._waiting,
@@ -302,36 +343,41 @@ class RateController:
             gate_remaining=self.gate_remaining(),
             sent_while_gated=self._sent_while_gated,
             permits={kind: lane.permits for kind, lane in lanes.items()},
+            classes=classes,
         )
+
+    # -------------------------------------------------------------- acquiring
 
     async def _acquire(self, kind: Kind) -> Permit:
         lane, gate = self._lanes[kind], self._gates[kind]
+        state = self._state
         self._waiting += 1
         try:
             async with lane.lock:
                 while True:
                     now = self._clock()
-                    wait = self._gate_wait(gate, now)
+                    wait = max(self._gate_wait(gate, now), lane.not_before - now)
+                    if wait <= 0:
+                        wait = await state.gate_remaining(gate.name)
                     if wait > 0:
                         await self._sleep(wait)
                         continue
-                    holding_token = False
-                    if lane.rate is not None:
-                        self._update(lane, now)
-                        if lane.tokens < 1.0 - _EPSILON:
-                            wait = (1.0 - lane.tokens) / lane.rate
-                            lane.demand_until = max(lane.demand_until, now + wait + _DEMAND_GRACE)
-                            await self._sleep(wait)
-                            continue
-                        lane.tokens -= 1.0
-                        holding_token = True
+                    await self._take_slot()
                     try:
-                        await self._take_slot()
+                        now = self._clock()
+                        self._advance(lane, now)
+                        pace = lane.pace
+                        wait = 0.0
+                        if pace.rate != math.inf:
+                            wait = await state.take(kind, 1, pace.rate, pace.burst)
                     except BaseException:
-                        if holding_token:
-                            lane.tokens = min(lane.capacity, lane.tokens + 1.0)
+                        self._release_slot()
                         raise
-                    now = self._clock()
+                    if wait > 0:
+                        self._release_slot()
+                        lane.demand_until = max(lane.demand_until, now + wait + _DEMAND_GRACE)
+                        await self._sleep(wait)
+                        continue
                     if self._gate_wait(gate, now) > 0:  # a 429 closed it while we queued
                         self._release_slot()
                         continue
@@ -342,12 +388,9 @@ class RateController:
     def _grant(self, lane: _Lane, gate: _Gate, now: float) -> Permit:
         if now < gate.deadline:
             self._sent_while_gated += 1
-        if not lane.permits:
-            lane.first_sent_at = now
         lane.permits += 1
-        lane.forget_old_sends(now)
-        lane.sent.append(now)
-        return Permit(lane.kind, now)
+        lane.pace.on_sent(now)
+        return Permit(lane.kind, now, lane.pace.rate, lane.episode)
 
     async def _take_slot(self) -> None:
         # Only the head waiter of each kind gets here, so at most two futures wait.
@@ -366,6 +409,8 @@ class RateController:
             if not waiter.done():
                 waiter.set_result(None)
 
+    # ------------------------------------------------------------------- gate
+
     def _gate_wait(self, gate: _Gate, now: float) -> float:
         remaining = gate.deadline - now
         if remaining > 0:
@@ -382,9 +427,8 @@ class RateController:
             gate.closed_at = now
         gate.deadline = deadline
         gate.closed = True
-        for lane in self._lanes_behind(gate):  # no burst of saved-up tokens at reopening
-            lane.tokens = min(lane.tokens, 1.0)
-            lane.refilled_at = max(lane.refilled_at, deadline)
+        for lane in self._lanes_behind(gate):
+            lane.pace.on_pause_end(deadline)
         if now <= self._pause_end:
             self._pause_end = max(self._pause_end, deadline)
         else:
@@ -394,32 +438,69 @@ class RateController:
     def _lanes_behind(self, gate: _Gate) -> list[_Lane]:
         return [self._lanes[kind] for kind in _KINDS if self._gates[kind] is gate]
 
-    def _update(self, lane: _Lane, now: float) -> None:
-        """Bring the lane's bucket and its additive climb up to ``now``."""
-        if lane.rate is None:
-            lane.climbed_at = now
-            return
-        if now > lane.refilled_at:
-            lane.tokens = min(lane.capacity, lane.tokens + (now - lane.refilled_at) * lane.rate)
-            lane.refilled_at = now
-        limits = self._limits
-        w_max = lane.w_max
-        if (
-            limits.adaptive
-            and w_max is not None
-            and (lane.ceiling is None or lane.rate < lane.ceiling)
-        ):
-            # Climb only over time when the gate was open and callers queued for tokens.
-            start = max(lane.climbed_at, self._gates[lane.kind].deadline)
-            end = min(now, lane.demand_until)
-            if end > start:
-                lane.grown += end - start
-                k = limits.recovery_seconds
-                c = (1.0 - limits.decrease_factor) / k**3
-                rate = max(limits.min_rate, w_max * (1.0 + c * (lane.grown - k) ** 3))
-                lane.rate = rate if lane.ceiling is None else min(rate, lane.ceiling)
-        lane.climbed_at = max(lane.climbed_at, now)
+    # ------------------------------------------------------------------ pace
+
+    def _advance(self, lane: _Lane, now: float) -> None:
+        """Move the class's pace on by the demand seen since the last call, gate open only."""
+        start = max(lane.advanced_at, self._gates[lane.kind].deadline)
+        end = min(now, lane.demand_until)
+        if end > start:
+            before = lane.pace.phase
+            lane.pace.advance(end - start, now)
+            if lane.pace.phase != before:
+                _log.debug(
+                    "%s pace: %s -> %s at %.3g req/s",
+                    lane.kind,
+                    before,
+                    lane.pace.phase,
+                    lane.pace.rate,
+                )
+        lane.advanced_at = max(lane.advanced_at, now)
+
+    async def _apply_hint(self, lane: _Lane, hint: RateHint, now: float) -> None:
+        """Use what a reply's rate-limit headers said about the class's quota."""
+        pace = lane.pace
+        if hint.remaining is not None:
+            lane.max_remaining = max(lane.max_remaining, hint.remaining)
+        if hint.reset is not None:
+            lane.max_reset = max(lane.max_reset, hint.reset)
+        rate = hint.rate
+        if rate is None and hint.limit is not None and hint.family == "x-ratelimit":
+            # No window is published: the longest reset seen bounds it from below.
+            rate = hint.limit / max(1.0, lane.max_reset)
+        burst = lane.max_remaining + 1.0 if lane.max_remaining > 0 else None
+        if pace.on_hint(rate, burst):
+            await self._state.write(lane.kind, pace.learned(lane.episode))
+            _log.debug(
+                "%s quota from %s headers: %.3g req/s, burst ~%s; pacing at %.3g req/s",
+                lane.kind,
+                hint.family,
+                pace.estimate or 0.0,
+                _fmt(pace.estimated_burst),
+                pace.rate,
+            )
+        if hint.remaining is not None and hint.remaining < 1.0:
+            # The quota is spent: wait for one token (or the reset when the pace is unknown).
+            wait = 1.0 / pace.rate if pace.phase == "hinted" else (hint.reset or 0.0)
+            lane.not_before = max(lane.not_before, now + min(wait, self._limits.max_pause))
 
 
-def _fmt_rate(rate: float | None) -> str:
-    return "unknown" if rate is None else f"{rate:.3g}"
+def _reported_rate(pace: Pace) -> float | None:
+    return None if pace.phase == "ramp" or pace.rate == math.inf else pace.rate
+
+
+def _class_statistics(pace: Pace) -> ClassStatistics:
+    return ClassStatistics(
+        rate=pace.rate,
+        burst=pace.burst,
+        estimated_limit=pace.estimate,
+        estimated_burst=pace.estimated_burst,
+        source=pace.source,
+        phase=pace.phase,
+        probes=pace.probes,
+        episodes=pace.episodes,
+    )
+
+
+def _fmt(value: float | None) -> str:
+    return "unknown" if value is None else f"{value:.3g}"

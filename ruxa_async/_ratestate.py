@@ -32,6 +32,8 @@ from typing import Literal, Protocol, runtime_checkable
 
 import attrs
 
+from ._config import Kind
+
 __all__ = [
     "GateScope",
     "Kind",
@@ -41,7 +43,6 @@ __all__ = [
     "RateState",
 ]
 
-Kind = Literal["create", "query"]
 GateScope = Literal["create", "query", "client"]
 """A gate's name: one endpoint class, or ``"client"`` for both at once."""
 
@@ -103,9 +104,9 @@ class RateState(Protocol):
     async def close_gate(self, scope: GateScope, seconds: float) -> None:
         """Forbid sending behind ``scope`` for ``seconds`` from now (never shortens a gate).
 
-        Closing also drops the saved tokens of the classes behind the gate to
-        at most one, with no refill before the gate reopens: nothing bursts at
-        the reopening.
+        Closing also sets the saved tokens of the classes behind the gate to
+        one, with no refill before the gate reopens: one request may go at the
+        reopening, and nothing bursts.
         """
 
     async def gate_remaining(self, scope: GateScope) -> float:
@@ -189,7 +190,7 @@ class LocalRateState:
         for kind in _KINDS_OF[scope]:
             bucket = self._buckets.get(kind)
             if bucket is not None:
-                bucket.tokens = min(bucket.tokens, 1.0)
+                bucket.tokens = 1.0
                 bucket.stamp = max(bucket.stamp, deadline)
 
     def gate_remaining_now(self, scope: GateScope) -> float:
@@ -211,9 +212,3 @@ class LocalRateState:
             bucket.tokens -= count
             return 0.0
         return (bucket.stamp - now) + (count - bucket.tokens) / rate
-
-    def refund_now(self, kind: Kind, count: int, burst: float) -> None:
-        """Give back tokens taken for a request that was never sent."""
-        bucket = self._buckets.get(kind)
-        if bucket is not None:
-            bucket.tokens = min(burst, bucket.tokens + count)

@@ -31,6 +31,7 @@ from ._errors import (
     RateLimitError,
     RuxaError,
     ServerError,
+    ServiceUnavailableError,
 )
 
 __all__ = ["Kind", "Retrier", "is_ambiguous_create", "is_retryable"]
@@ -51,11 +52,28 @@ def is_retryable(exc: BaseException, kind: Kind, policy: RetryPolicy) -> bool:
     """Whether a request of ``kind`` that failed with ``exc`` should be sent again."""
     if isinstance(exc, RateLimitError):
         return True
+    if isinstance(exc, ServiceUnavailableError):
+        return False  # the outage gate already waited as long as allowed
     if isinstance(exc, APIConnectionError) and not exc.request_sent:
         return True
     if kind == "query":
         return isinstance(exc, (APIConnectionError, ServerError, MalformedResponseError))
     return policy.ambiguous_creates == "retry" and is_ambiguous_create(exc)
+
+
+def _remember_sent(attempt: Callable[[], Awaitable[T]]) -> Callable[[], Awaitable[T]]:
+    sent = False
+
+    async def tracked() -> T:
+        nonlocal sent
+        try:
+            return await attempt()
+        except APIConnectionError as exc:
+            sent = sent or exc.request_sent
+            exc.request_sent = sent
+            raise
+
+    return tracked
 
 
 def _wait_generator(policy: RetryPolicy) -> Generator[float, Any, None]:
@@ -87,7 +105,13 @@ class Retrier:
         self._wrapped = {kind: self._wrap(kind) for kind in ("create", "query")}
 
     async def call(self, kind: Kind, attempt: Callable[[], Awaitable[T]]) -> T:
-        """Call ``attempt`` until it succeeds or the policy gives up; re-raise the last error."""
+        """Call ``attempt`` until it succeeds or the policy gives up; re-raise the last error.
+
+        A create's final connection error says ``request_sent=True`` when any
+        earlier attempt of it may have reached the service.
+        """
+        if kind == "create":
+            attempt = _remember_sent(attempt)
         result: T = await self._wrapped[kind](attempt)
         return result
 

@@ -27,7 +27,7 @@ import attrs
 from ._checked import META_NAME, counted_from_journal, file_digest, recall, remember
 from ._client import RuxaClient
 from ._download import file_name
-from ._errors import AuthenticationError, InsufficientCreditsError
+from ._errors import AuthenticationError, InsufficientCreditsError, ServiceUnavailableError
 from ._fetch import DownloadPipeline, FileWanted, wanted
 from ._fleet import coordinator_from_url
 from ._jobsfile import JobsFileError
@@ -421,6 +421,8 @@ class _BatchRun:
             return RunResult(
                 end=RunEnd.INTERRUPTED, message="interrupted; run the same command again to resume"
             )
+        if isinstance(self.stop_error, ServiceUnavailableError):  # one line naming the URL
+            return RunResult(end=RunEnd.STOPPED, message=str(self.stop_error))
         if isinstance(self.stop_error, (AuthenticationError, InsufficientCreditsError)):
             return RunResult(
                 end=RunEnd.STOPPED,

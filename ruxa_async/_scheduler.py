@@ -36,6 +36,7 @@ from ._errors import (
     NotFoundError,
     RateLimitError,
     ServerError,
+    ServiceUnavailableError,
     TaskLostError,
 )
 from ._models import TaskInfo, TaskState
@@ -536,6 +537,9 @@ class PollScheduler:
         except RateLimitError:
             self.check_errors += 1
             self._reschedule(entry, 0.0)
+        except ServiceUnavailableError as exc:  # the outage outlasted its bound
+            self.check_errors += 1
+            self._fail(entry, exc)
         except (APIConnectionError, ServerError, MalformedResponseError) as exc:
             self.check_errors += 1
             entry.errors += 1

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 from ._batch import ProgressEvent
 from ._client import CallbackReceiver, ClientStatistics, RuxaClient, _key_source
-from ._config import PollPolicy, RateLimits, RetryPolicy, Timeouts
+from ._config import OutagePolicy, PollPolicy, RateLimits, RetryPolicy, Timeouts
 from ._errors import ClientClosedError, TaskTimeoutError
 from ._handles import TaskHandle
 from ._models import BatchReport, Job, TaskInfo, TaskState
@@ -117,6 +117,7 @@ class SyncRuxaClient:
         poll: PollPolicy | None = None,
         max_connections: int | None = None,
         callbacks: CallbackReceiver | None = None,
+        outage: OutagePolicy | None = None,
     ) -> None:
         self._key = _key_source(api_key)  # a missing key fails here, not at the first call
         self._options: dict[str, Any] = {
@@ -127,12 +128,18 @@ class SyncRuxaClient:
             "poll": poll,
             "max_connections": max_connections,
             "callbacks": callbacks,
+            "outage": outage,
         }
         self.timeouts = timeouts or Timeouts()
         self.retry_policy = retry or RetryPolicy()
         self.rate_limits = rate_limits or RateLimits()
         self.poll_policy = poll or PollPolicy()
-        self.request_timeout = self.retry_policy.max_time + self.timeouts.total + _GRACE
+        self.outage_policy = outage or OutagePolicy()
+        self.request_timeout = (
+            max(self.retry_policy.max_time, self.outage_policy.max_outage)
+            + self.timeouts.total
+            + _GRACE
+        )
         self._lock = threading.Lock()
         self._engine: Engine | None = None
         self._finalizer: weakref.finalize[Any, Any] | None = None

@@ -1,7 +1,8 @@
 """The only module that touches aiohttp's client: one pooled session, errors mapped once.
 
 The transport knows HTTP and nothing of tasks: it sends a request and hands
-back the status, body bytes and ``Retry-After``; or it raises
+back the status, body bytes, ``Retry-After`` and the rate-limit headers (as a
+plain dict); or it raises
 :class:`APIConnectionError` / :class:`APITimeoutError`, saying whether the
 request can have reached the server.
 """
@@ -11,9 +12,10 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import os
 import time
 import urllib.request
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import urlsplit
@@ -23,6 +25,7 @@ import attrs
 
 from ._config import Timeouts
 from ._errors import APIConnectionError, APITimeoutError, RuxaError
+from ._ratehints import RATE_HEADER_NAMES
 
 __all__ = ["ByteStream", "Reply", "Transport"]
 
@@ -35,11 +38,16 @@ _LOOPBACK = frozenset({"localhost", "::1"})
 
 @attrs.frozen(slots=True)
 class Reply:
-    """An HTTP reply, reduced to what the wire parser needs."""
+    """An HTTP reply, reduced to what the wire parser and the rate controller need.
+
+    ``rate_headers`` holds the reply's rate-limit headers (lower-case names,
+    see :data:`ruxa_async._ratehints.RATE_HEADER_NAMES`); empty when it had none.
+    """
 
     status: int
     body: bytes
     retry_after: str | None
+    rate_headers: Mapping[str, str] = attrs.field(factory=dict)
 
 
 @attrs.frozen(slots=True)
@@ -58,15 +66,21 @@ def _map_error(exc: BaseException, what: str) -> APIConnectionError:
     if isinstance(exc, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
         return APITimeoutError(f"{what}: timed out waiting for the reply", request_sent=True)
     if isinstance(exc, aiohttp.ClientConnectorError):
+        os_error = exc.os_error
+        reason = os.strerror(os_error.errno) if os_error.errno else os_error.strerror
         return APIConnectionError(
-            f"{what}: cannot connect ({exc.os_error.strerror or exc.os_error})",
-            request_sent=False,
+            f"{what}: cannot connect ({reason or os_error})", request_sent=False
         )
     if isinstance(exc, aiohttp.InvalidURL):
         return APIConnectionError(f"{what}: invalid URL", request_sent=False)
     if isinstance(exc, aiohttp.ServerDisconnectedError):
         return APIConnectionError(f"{what}: the server closed the connection", request_sent=True)
     return APIConnectionError(f"{what}: {type(exc).__name__}: {exc}", request_sent=True)
+
+
+def _rate_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    """The rate-limit headers of a reply, as a plain dict with lower-case names."""
+    return {name: headers[name] for name in RATE_HEADER_NAMES if name in headers}
 
 
 def _env_proxy(url: str) -> str | None:
@@ -171,7 +185,12 @@ class Transport:
                 method, url, data=data, headers=headers, proxy=self._proxy(url)
             ) as resp:
                 payload = await resp.read()
-                reply = Reply(resp.status, payload, resp.headers.get("Retry-After"))
+                reply = Reply(
+                    resp.status,
+                    payload,
+                    resp.headers.get("Retry-After"),
+                    _rate_headers(resp.headers),
+                )
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             error = _map_error(exc, what)
             log.debug("%s failed after %.3f s: %s", what, time.monotonic() - started, error)

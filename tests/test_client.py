@@ -19,11 +19,13 @@ from ruxa_async import (
     InsufficientCreditsError,
     MalformedResponseError,
     NotFoundError,
+    OutagePolicy,
     RateLimitError,
     RateLimits,
     RetryPolicy,
     RuxaClient,
     ServerError,
+    ServiceUnavailableError,
     TaskState,
     Timeouts,
     ValidationError,
@@ -258,32 +260,43 @@ async def test_dropped_create_without_retry_raises_connection_error(fake: FakeRu
     assert fake.stats().tasks_created == 1
 
 
-async def test_connection_refused_is_retried_as_never_sent() -> None:
-    """No server listening: the create is retried (it cannot have been sent), then fails."""
+async def test_connection_refused_waits_at_the_outage_gate_as_never_sent() -> None:
+    """No server listening: the create waits while the gate probes, then fails as never sent."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     retry = RetryPolicy(max_attempts=3, initial_delay=0.01, max_delay=0.01)
-    async with RuxaClient("sk-x", base_url=f"http://127.0.0.1:{port}", retry=retry) as client:
-        with pytest.raises(APIConnectionError) as caught:
+    outage = OutagePolicy(first_contact=0.5, probe_initial=0.1)
+    url = f"http://127.0.0.1:{port}"
+    async with RuxaClient("sk-x", base_url=url, retry=retry, outage=outage) as client:
+        with pytest.raises(ServiceUnavailableError) as caught:
             await client.create_task(MODEL, PROMPT)
-        assert caught.value.request_sent is False
-        assert client.statistics().retries == 2
-        assert client.statistics().ambiguous_create_retries == 0
+        stats = client.statistics()
+    assert caught.value.request_sent is False
+    assert url in str(caught.value)
+    assert (stats.retries, stats.ambiguous_create_retries) == (0, 0)
+    assert stats.outage.probes == stats.requests_sent - 1
 
 
 async def test_slow_reply_times_out(fake: FakeRuxa) -> None:
-    """A reply slower than the read timeout raises APITimeoutError after the retries."""
-    fake.reconfigure(faults=Faults(slow_reply=1.0, slow_seconds=2.0))
+    """A reply slower than the read timeout raises APITimeoutError after the retries.
+
+    (Too few timeouts in a row to close the outage gate: see test_outage.py for that.)
+    """
     retry = RetryPolicy(max_attempts=2, initial_delay=0.01, ambiguous_creates="raise")
-    async with make_client(fake, retry=retry, timeouts=Timeouts(read=0.2, total=1.0)) as client:
+    timeouts = Timeouts(read=0.2, total=1.0)
+    outage = OutagePolicy(failures=10)
+    async with make_client(fake, retry=retry, timeouts=timeouts, outage=outage) as client:
+        with pytest.raises(NotFoundError):  # the service answered once
+            await client.get_task("task_a_1_00000000")
+        fake.reconfigure(faults=Faults(slow_reply=1.0, slow_seconds=2.0))
         with pytest.raises(APITimeoutError) as caught:
             await client.create_task(MODEL, PROMPT)
         assert caught.value.request_sent is True
         with pytest.raises(APITimeoutError):
             await client.get_task("task_a_1_00000000")
     assert fake.stats().creates == 1
-    assert fake.stats().queries == 2
+    assert fake.stats().queries == 3
 
 
 @pytest.fixture

@@ -157,7 +157,7 @@ async def test_a_429_backs_off_once_per_episode() -> None:
         return measured[kind]
 
     state.admitted_rate = admitted_rate  # type: ignore[attr-defined]
-    pacer = FleetPacer(state, RateLimits(), clock=clock, sleep=clock.sleep)
+    pacer = FleetPacer(state, RateLimits(gate_scope="client"), clock=clock, sleep=clock.sleep)
     await state.write("create", LearnedLimit(rate=160.0, source="slow start"))
     await pacer.on_rate_limited("create", 0, retry_after=1.0)
     learned = await state.read("create")
@@ -177,7 +177,8 @@ async def test_admit_waits_for_the_gate_then_for_a_token() -> None:
     clock = Clock()
     state = LocalRateState(clock)
     await state.write("create", LearnedLimit(rate=10.0, burst=1.0, source="429s", episode=3))
-    pacer = FleetPacer(state, RateLimits(create_burst=1), clock=clock, sleep=clock.sleep)
+    limits = RateLimits(create_burst=1, gate_scope="client")
+    pacer = FleetPacer(state, limits, clock=clock, sleep=clock.sleep)
     await state.close_gate("client", 2.0)
     assert await pacer.admit("create") == 3
     assert clock.slept[0] == pytest.approx(2.0)

@@ -75,7 +75,7 @@ def test_bucket_refills_at_the_given_rate_up_to_the_burst() -> None:
 
 
 def test_closing_a_gate_spends_no_saved_tokens_at_reopening() -> None:
-    """After a gate closes, at most one token is there when it reopens, none before."""
+    """After a gate closes, one token is there when it reopens, and no saved burst."""
     clock = Clock()
     state = LocalRateState(clock)
     assert state.take_now("query", 1, 10.0, 5.0) == 0.0

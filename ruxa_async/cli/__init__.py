@@ -14,7 +14,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from .. import AuthenticationError, InsufficientCreditsError, RuxaError
+from .. import AuthenticationError, InsufficientCreditsError, RuxaError, ServiceUnavailableError
 from .._run import RunFatalError, RunUsageError
 from ._common import (
     EXIT_FATAL,
@@ -55,7 +55,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RunUsageError as exc:
         say(f"{PROG}: error: {exc}")
         return EXIT_USAGE
-    except (AuthenticationError, InsufficientCreditsError, RunFatalError) as exc:
+    except (
+        AuthenticationError,
+        InsufficientCreditsError,
+        ServiceUnavailableError,
+        RunFatalError,
+    ) as exc:
         say(f"{PROG}: error: {exc}")
         return EXIT_FATAL
     except RuxaError as exc:

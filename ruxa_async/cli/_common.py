@@ -43,7 +43,9 @@ exit status:
        an unwritable output folder, RUXA_API_KEY not set, a job changed since
        the journal recorded it
   3    fatal: the API key was rejected (401), the account ran out of credits
-       (402), or the journal could not be written
+       (402), the service could not be reached (wrong RUXA_BASE_URL, or an
+       outage longer than the outage policy allows), or the journal could not
+       be written
   130  interrupted; run the same command again to resume
 
 The API key is read from RUXA_API_KEY only (RUXA_BASE_URL sets the API URL).

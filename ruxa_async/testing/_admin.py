@@ -54,7 +54,8 @@ def admin_routes(fake: FakeRuxa) -> list[web.RouteDef]:
     frequent pollers do not pay for it); ``GET /_sim/tasks`` (every record, or
     a page with ``?offset=&limit=`` and the total in ``X-Total-Count``, or
     counts only with ``?summary=1``); ``GET`` and ``POST /_sim/config``;
-    ``POST /_sim/reset`` (forget every task and counter, keep the configuration).
+    ``POST /_sim/reset`` (forget every task and counter, keep the configuration);
+    ``GET`` and ``POST /_sim/outage`` (take the API down for a while, see ``_outage``).
     """
 
     def config_view() -> dict[str, Any]:
@@ -105,7 +106,38 @@ def admin_routes(fake: FakeRuxa) -> list[web.RouteDef]:
             return _json({"error": str(exc)}, 400)
         return _json(config_view())
 
+    def outage_view() -> dict[str, Any]:
+        return {"mode": fake.down, "remaining": fake.outage_remaining}
+
+    async def get_outage(request: web.Request) -> web.Response:
+        return _json(outage_view())
+
+    async def set_outage(request: web.Request) -> web.StreamResponse:
+        """``{"mode": "refuse"|"drop"|"up", "seconds": N}``; "refuse" needs ``seconds``."""
+        try:
+            body = json.loads(await request.read())
+            mode = body["mode"]
+            seconds = None if body.get("seconds") is None else float(body["seconds"])
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            return _json({"error": f"expected {{mode, seconds}}: {exc}"}, 400)
+        if mode == "refuse" and seconds is None:
+            return _json({"error": "a refuse outage closes this port too: give its seconds"}, 400)
+        if mode == "up":
+            await fake.restore()
+            return _json(outage_view())
+        if mode not in ("refuse", "drop"):
+            return _json({"error": f"mode must be refuse, drop or up, got {mode!r}"}, 400)
+        # reply first: a refuse outage cuts this very connection
+        reply = _json({"mode": mode, "remaining": seconds})
+        reply.force_close()
+        await reply.prepare(request)
+        await reply.write_eof()
+        await fake.outage(mode, seconds)
+        return reply
+
     return [
+        web.get("/_sim/outage", get_outage),
+        web.post("/_sim/outage", set_outage),
         web.get("/_sim/stats", stats),
         web.get("/_sim/tasks", tasks),
         web.get("/_sim/config", get_config),

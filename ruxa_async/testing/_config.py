@@ -42,7 +42,11 @@ class Dialect:
     the code in the envelope (kie.ai's observed behaviour). ``unknown_task="422"``
     answers a query for an unknown id with kie's ``422 recordInfo is null``.
     ``retry_after`` adds a ``Retry-After`` header (whole seconds, at least 1) to
-    429 replies. ``result_json="object"`` sends ``resultJson`` as an object
+    429 replies. ``rate_headers`` makes every reply of a rate-limited endpoint
+    class describe its bucket in one header family: ``"ietf"`` (draft
+    ``RateLimit-Policy`` + ``RateLimit``), ``"ietf-legacy"`` (``RateLimit-Limit``
+    / ``-Remaining`` / ``-Reset``) or ``"x-ratelimit"`` (``X-RateLimit-*``); see
+    :mod:`ruxa_async.testing._limits`. ``result_json="object"`` sends ``resultJson`` as an object
     instead of the documented JSON string. ``callback_style`` picks the kie
     envelope ``{code, msg, data: task}`` or a flat ``{taskId, state, resultUrls,
     failMsg}`` callback body.
@@ -61,6 +65,9 @@ class Dialect:
         default="404", validator=v.in_(("404", "422"))
     )
     retry_after: bool = True
+    rate_headers: Literal["none", "ietf", "ietf-legacy", "x-ratelimit"] = attrs.field(
+        default="none", validator=v.in_(("none", "ietf", "ietf-legacy", "x-ratelimit"))
+    )
     result_json: Literal["string", "object"] = attrs.field(
         default="string", validator=v.in_(("string", "object"))
     )

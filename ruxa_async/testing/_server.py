@@ -25,6 +25,7 @@ from ._admin import admin_routes
 from ._callbacks import CallbackDispatcher
 from ._config import ModelBehavior, SimConfig
 from ._limits import TokenBucket
+from ._outage import OutageMode, OutageSwitch
 from ._records import (
     DONE,
     TaskRecord,
@@ -50,6 +51,7 @@ _canonical = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), sort_ke
 _FILE_TYPES = {"png": "image/png", "mp4": "video/mp4"}
 _UNAUTHORIZED = "You do not have access permissions"
 _SERVER_ERROR = "Internal server error"
+_RATE_HEADERS = "ruxa_sim_rate_headers"  # request key: the bucket's headers for the reply
 
 
 def _stream(seed: int | None, name: str) -> str | None:
@@ -73,6 +75,7 @@ class FakeRuxa:
         self._port = port
         self._url = ""
         self._runner: web.AppRunner | None = None
+        self._site: web.TCPSite | None = None
         self._tasks: dict[str, TaskRecord] = {}
         self._seen: set[int] = set()
         self._counters = Counters()
@@ -90,6 +93,9 @@ class FakeRuxa:
             rng=random.Random(_stream(self._config.seed, "callbacks")),
         )
         self._apply(self._config, None)
+        self._outage = OutageSwitch(
+            self._counters, stop_listening=self._unlisten, start_listening=self._listen
+        )
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -110,6 +116,7 @@ class FakeRuxa:
         if self._runner is not None:
             raise RuntimeError("the simulator is already running")
         app = web.Application(client_max_size=8 * 1024 * 1024)
+        app.on_response_prepare.append(self._add_rate_headers)
         app.router.add_post("/api/v1/tasks/create", self._handle_create)
         app.router.add_get("/api/v1/tasks/query/{task_id}", self._handle_query)
         app.router.add_get("/files/{task_id}/{name}", self._handle_file)
@@ -124,7 +131,9 @@ class FakeRuxa:
             await runner.cleanup()
             raise
         self._runner = runner
+        self._site = site
         port = runner.addresses[0][1]
+        self._port = port
         host = self._host
         if host in ("", "0.0.0.0"):
             host = "127.0.0.1"
@@ -136,9 +145,64 @@ class FakeRuxa:
     async def aclose(self) -> None:
         """Stop serving; undelivered callbacks are discarded. Records stay readable."""
         await self._callbacks.aclose()
+        await self._outage.aclose()
         runner, self._runner = self._runner, None
         if runner is not None:
             await runner.cleanup()
+
+    # -- outages ---------------------------------------------------------------------
+
+    async def outage(self, mode: OutageMode = "refuse", seconds: float | None = None) -> None:
+        """Take the API down: ``"refuse"`` connections or ``"drop"`` requests unanswered.
+
+        After ``seconds`` (else at :meth:`restore`) it serves again on the same
+        port with the same tasks; see ``ruxa_async.testing._outage`` for the modes.
+        """
+        if self._runner is None:
+            raise RuntimeError("start the simulator first")
+        await self._outage.begin(mode, seconds)
+
+    async def restore(self) -> None:
+        """End an outage now."""
+        await self._outage.end()
+
+    async def serving(self) -> None:
+        """Return once no outage is running (a timed one has ended)."""
+        await self._outage.serving()
+
+    @property
+    def down(self) -> OutageMode | None:
+        """The outage mode in force, or None while serving."""
+        return self._outage.mode
+
+    @property
+    def outage_remaining(self) -> float | None:
+        """Seconds until a timed outage ends by itself (None: none running)."""
+        return self._outage.remaining
+
+    async def _unlisten(self) -> None:
+        site, self._site = self._site, None
+        if site is not None:
+            await site.stop()
+        server = self._runner.server if self._runner is not None else None
+        for handler in server.connections if server is not None else ():
+            transport = handler.transport
+            if transport is not None:
+                transport.close()
+
+    async def _listen(self) -> None:
+        assert self._runner is not None
+        for attempt in range(50):  # the port may be briefly taken (an outgoing socket)
+            site = web.TCPSite(self._runner, self._host, self._port, backlog=1024)
+            try:
+                await site.start()
+            except OSError:
+                if attempt == 49:
+                    raise
+                await asyncio.sleep(0.02)
+            else:
+                self._site = site
+                return
 
     # -- inspection and control ----------------------------------------------------
 
@@ -261,6 +325,9 @@ class FakeRuxa:
         bucket = self._buckets[kind]
         if bucket is not None:
             wait = bucket.take(now)
+            family = self._config.dialect.rate_headers
+            if family != "none":
+                request[_RATE_HEADERS] = bucket.headers(family)
             if wait > 0.0:
                 return self._rate_limited(kind, wait, now)
         return None
@@ -283,6 +350,13 @@ class FakeRuxa:
             headers = {"Retry-After": str(seconds)}
         return self._reply(429, "Too many requests, please slow down", headers=headers)
 
+    @staticmethod
+    async def _add_rate_headers(request: web.Request, response: web.StreamResponse) -> None:
+        """Copy the rate-limit headers the gate computed onto whatever reply goes out."""
+        extra = request.get(_RATE_HEADERS)
+        if extra:
+            response.headers.update(extra)
+
     def _fault_before(self, request: web.Request) -> web.Response | None:
         faults = self._config.faults
         if self._draw(faults.drop_before):
@@ -304,6 +378,9 @@ class FakeRuxa:
 
     def _admit(self, request: web.Request, kind: int) -> web.Response | None:
         """Count the request, then apply auth, the rate limit and before-faults."""
+        dropped = self._outage.drop(request)
+        if dropped is not None:
+            return dropped
         counters = self._counters
         counters.requests += 1
         if kind == _CREATE:
@@ -440,6 +517,9 @@ class FakeRuxa:
         return self._reply(404, "resource not found")
 
     async def _handle_file(self, request: web.Request) -> web.StreamResponse:
+        dropped = self._outage.drop(request)
+        if dropped is not None:
+            return dropped
         counters = self._counters
         counters.requests += 1
         counters.downloads += 1

@@ -157,6 +157,10 @@ class SimStats:
         callbacks_dropped: callbacks deliberately never sent (``drop``).
         callbacks_duplicated: callbacks deliberately sent twice (``duplicate``).
         callbacks_failed: callbacks given up after their retries failed.
+        outages: times the API was taken down with the outage switch.
+        outage_requests: requests read and dropped unanswered during a
+            ``"drop"`` outage (not in ``requests``; a ``"refuse"`` outage
+            refuses connections before any request can be counted).
         series: create and query requests let through or refused with 429,
             per 100 ms (:class:`RateSeries`), for plotting rates over time.
     """
@@ -183,6 +187,8 @@ class SimStats:
     callbacks_dropped: int = 0
     callbacks_duplicated: int = 0
     callbacks_failed: int = 0
+    outages: int = 0
+    outage_requests: int = 0
     series: RateSeries = attrs.field(factory=RateSeries, converter=_series)
 
     @property
@@ -222,6 +228,8 @@ class Counters:
         "early_requests",
         "faults",
         "insufficient_credits",
+        "outage_requests",
+        "outages",
         "queries",
         "rate_limited_create",
         "rate_limited_query",
@@ -245,6 +253,7 @@ class Counters:
         self.credits_spent = 0.0
         self.callbacks_sent = self.callbacks_delivered = self.callbacks_dropped = 0
         self.callbacks_duplicated = self.callbacks_failed = 0
+        self.outages = self.outage_requests = 0
         self.by_status: dict[int, int] = {}
         self.faults: dict[str, int] = dict.fromkeys(FAULT_KINDS, 0)
         self.series = SeriesRecorder()

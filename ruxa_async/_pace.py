@@ -1,0 +1,348 @@
+"""One endpoint class's pace: what rate to send at, and what was learned about the limit.
+
+A :class:`Pace` is pure arithmetic on an injected clock (no asyncio, no I/O),
+so its rules are tested directly. It moves through four phases:
+
+``ramp``
+    The limit is unknown and no 429 came yet: start at ``start_rate`` and
+    double every half ``unit`` of demand, spaced evenly (no burst), like
+    TCP's slow start. A server without a limit is reached within seconds; a
+    limited one answers a 429 after a short overshoot.
+``hold``
+    After a 429 (or a hint) the pace settles just under the estimated limit
+    and stays there for a hold time. The hold doubles each time a probe finds
+    the same limit again (up to ``_MAX_HOLD_DOUBLINGS``) and is short again
+    after a change, so a stable limit costs rare probes and a changed one is
+    followed within seconds.
+``probe``
+    The pace climbs from the settled pace along ``base * 2 ** ((t / 4u) ** 2)``:
+    about +5 % after one unit, +19 % after two, double after four. A 429 ends
+    the probe (a new estimate); three units admitted 30 % past the estimate
+    without a 429 show the limit went up, and the climb goes on.
+``hinted``
+    The server publishes its quota (rate-limit headers): pace at it, no probing.
+
+The estimate after a 429 comes from what the server *admitted*, by phase:
+
+* a ramp's 429: half the pace, at most 0.9 of the rate admitted in
+  the unit before (a fast climb overshoots by a factor that grows with the
+  server's burst);
+* a probe's 429: the probe's pace where its excess over that pace adds up to
+  the server's burst (learned, else a tenth of a unit of the pace), bounded by
+  the rate admitted over the last two units and never below the pace held;
+* a 429 at the settled pace: a step down by 10 %, larger each time in a row
+  (19 %, 27 % ...), from the rate admitted over a whole unit when there is one.
+
+A climbing pace stays within twice what was actually sent in the last unit, so
+a client held back by its own CPU learns nothing false. The server's burst is
+learned separately: the sends it admitted since a moment its bucket was full
+(the start, or the end of a ``Retry-After`` pause) beyond what its rate
+refilled. Saved tokens are spent at most half that burst at a time, so a late
+event loop cannot fire a burst the server refuses. A configured rate is a
+ceiling and a starting point: 429s lower the pace below it, probes bring it
+back, never above.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from typing import Literal
+
+from ._ratestate import LearnedLimit, LimitSource
+
+__all__ = ["Pace", "Phase"]
+
+Phase = Literal["ramp", "hold", "probe", "hinted", "fixed"]
+
+_RAMP_DOUBLING = 0.5  # units of demand per doubling while ramping
+_RAMP_BURST = 4.0  # saved tokens a ramping class may spend back to back
+_RAMP_SHARE = 0.5  # a ramp's 429 comes at up to twice the limit or more: estimate half
+_RAMP_ADMITTED_SHARE = 0.9  # ... at most this share of the rate admitted in the unit before
+_SEND_CAP = 2.0  # a climbing pace stays within this factor of what was actually sent
+_RAISE_UNITS = 3.0  # ... measured over this many units (longer than any burst lasts)
+_RAISED = 1.3  # a unit sent this far past the estimate without a 429 raises it
+_BURST_PRIOR = 0.1  # units of the probe's pace taken as the server's burst until learned
+_STEP_DOWN = 0.9  # a 429 at the settled pace: settle this much lower
+_SETTLED_BURST = 3.0  # saved tokens allowed once settled, until the burst is learned
+_SETTLE = 0.95  # the settled pace, as a share of the estimate
+_HOLD = 4.0  # units held after an episode before the first probe
+_MAX_HOLD_DOUBLINGS = 4  # the hold grows to _HOLD * 2**4 units while the limit stays put
+_PROBE_SCALE = 4.0  # units after which a probe doubles the pace
+_CHANGED = 0.2  # an estimate that moved by more than this share is a changed limit
+_HISTORY_UNITS = 4.0  # seconds of send history kept, in units
+_LOW_PROBES = 20  # after this many settles below an old limit, forget it
+_HINT_SHARE = 0.97  # pace at this share of a published quota
+
+
+class Pace:
+    """The pace of one endpoint class; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        ceiling: float | None,
+        burst: int,
+        start_rate: float,
+        min_rate: float,
+        unit: float,
+        adaptive: bool,
+        now: float,
+    ) -> None:
+        self.ceiling = ceiling
+        self.configured_burst = float(burst)
+        self.min_rate = min_rate
+        self.unit = unit
+        self.adaptive = adaptive
+        self.start_rate = start_rate if ceiling is None else min(start_rate, ceiling)
+        self.estimate: float | None = ceiling
+        self.estimated_burst: float | None = float(burst) if ceiling is not None else None
+        self.source: LimitSource = "configured" if ceiling is not None else "slow start"
+        self.phase: Phase
+        if ceiling is not None:
+            self.phase = "hold" if adaptive else "fixed"
+            self.base = ceiling
+        elif adaptive:
+            self.phase = "ramp"
+            self.base = self.start_rate
+        else:  # nothing configured and nothing to learn: no pacing at all
+            self.phase = "fixed"
+            self.base = math.inf
+        self.rate = self.base
+        # Spend at most half the server's burst back to back: sends granted
+        # evenly can still arrive bunched (a late event loop, the network).
+        # Unknown: a few back to back at the start (a server's bucket starts full), then even.
+        self.burst = max(1.0, burst / 2.0) if ceiling is not None else _RAMP_BURST
+        self.t = 0.0  # demand seconds in the current phase
+        self.hold = _HOLD * unit
+        self.hold_doublings = 0
+        self.high_water: float | None = None  # the estimate before a drop: probe back to it
+        self.probes = 0
+        self.low_probes = 0  # probes that found a limit below high_water
+        self.step_downs = 0  # 429s in a row at the settled pace
+        self.episodes = 0
+        self.full_at = now  # the server's bucket is assumed full at this time
+        self.sent_since_full = 0
+        self.accepted: deque[float] = deque()  # grant times of admitted sends, recent
+        self.sent: deque[float] = deque()  # grant times within the last unit
+
+    # ------------------------------------------------------------- progression
+
+    def advance(self, demand_seconds: float, now: float) -> None:
+        """Move the phase clock by ``demand_seconds`` of demand and recompute the pace.
+
+        A climbing pace never runs more than twice ahead of what was actually
+        sent in the last unit (as botocore's adaptive mode caps its bucket):
+        a client held back by its own CPU or connections learns nothing by
+        raising a pace it cannot use.
+        """
+        if demand_seconds <= 0.0 or self.phase in ("fixed", "hinted"):
+            return
+        self.t += demand_seconds
+        if self.phase == "ramp":
+            rate = self.start_rate * 2.0 ** min(self.t / (_RAMP_DOUBLING * self.unit), 60.0)
+            self.rate = min(rate, self._send_cap(now))
+        elif (
+            self.phase == "hold"
+            and self.t >= self.hold
+            and (self.ceiling is None or self.base < self.ceiling)
+        ):
+            self.phase, self.t = "probe", self.t - self.hold
+            self.probes += 1
+        if self.phase == "probe":
+            x = self.t / (_PROBE_SCALE * self.unit)
+            self.rate = min(self.base * 2.0 ** min(x * x, 30.0), self._send_cap(now))
+            if self.rate < self.base * 2.0 ** min(x * x, 30.0):
+                self.t = max(0.0, self.t - demand_seconds)  # wait for the sends to catch up
+            admitted = self._admitted_rate(now, _RAISE_UNITS * self.unit)
+            if self.estimate is not None and admitted > _RAISED * self.estimate:
+                # Units admitted well past the estimate, no 429: the limit went up.
+                self.estimate = admitted / _RAISED
+                self.step_downs = 0
+        if self.ceiling is not None and self.rate >= self.ceiling:
+            self.rate = self.ceiling
+            if self.phase == "probe":
+                self._settle_at(self.ceiling, "configured", changed=False)
+
+    # ------------------------------------------------------------------ events
+
+    def on_sent(self, now: float) -> None:
+        """A request of this class was granted at ``now``."""
+        self.sent_since_full += 1
+        sent = self.sent
+        sent.append(now)
+        horizon = now - self.unit
+        while sent[0] < horizon:
+            sent.popleft()
+
+    def on_accepted(self, granted_at: float, now: float) -> None:
+        """The request granted at ``granted_at`` was admitted (any reply but a 429)."""
+        accepted = self.accepted
+        accepted.append(granted_at)
+        horizon = now - _HISTORY_UNITS * self.unit
+        while accepted and accepted[0] < horizon:
+            accepted.popleft()
+
+    def on_refused(self, granted_at: float, granted_rate: float, now: float) -> None:
+        """A 429 that starts an episode: estimate the limit from what was admitted, settle."""
+        self.episodes += 1
+        if not self.adaptive:
+            return
+        window = self.unit
+        start = max(granted_at - window, self.full_at)
+        span = granted_at - start
+        admitted = sum(1 for t in self.accepted if start <= t < granted_at)
+        # A window that opens on a full bucket (right after a pause) measures the
+        # saved burst more than the rate: trust only a whole window.
+        whole = start > self.full_at and span >= 0.99 * window and admitted > 0
+        measured = admitted / span if whole else None
+        if self.phase == "ramp":
+            # The climb overshoots by a factor that grows with the server's burst: take
+            # half the pace, or most of the admitted rate when the climb was slow.
+            estimate = granted_rate * _RAMP_SHARE
+            if admitted > 0 and span > 0.0:
+                estimate = min(estimate, _RAMP_ADMITTED_SHARE * admitted / span)
+        elif self.phase == "probe" and granted_rate > self.base:
+            # The probe's pace is past the limit by the time the 429 comes: the server
+            # first drained its burst. Walk back along the probe's curve to where the
+            # excess over the pace then adds up to that burst: that pace is the limit.
+            burst = self.estimated_burst or _BURST_PRIOR * self.unit * granted_rate
+            crossing = self._probe_crossing(burst)
+            # A client that cannot keep up with its pace sent less than the curve:
+            # what the server admitted over the last two units bounds it too.
+            admitted_rate = self._admitted_rate(granted_at, 2.0 * self.unit) or granted_rate
+            ceiling = min(crossing, granted_rate / 1.05, admitted_rate)
+            estimate = max(self.base / _SETTLE, ceiling)
+            self.step_downs = 0
+        else:
+            # The settled pace itself was too fast: step down, faster each time in a row.
+            self.step_downs += 1
+            step = _STEP_DOWN**self.step_downs
+            estimate = min(granted_rate, measured or granted_rate) * step / _SETTLE
+        estimate = max(self.min_rate, estimate)
+        if self.ceiling is not None:
+            estimate = min(estimate, self.ceiling)
+        self._learn_burst(granted_at, estimate)
+        previous = self.estimate
+        changed = previous is None or abs(estimate - previous) > _CHANGED * previous
+        if previous is not None and estimate < previous and self.phase != "ramp":
+            self.high_water = max(previous, self.high_water or 0.0)
+        self._settle_at(estimate, "429s", changed=changed)
+
+    def on_pause_end(self, reopens_at: float) -> None:
+        """A ``Retry-After`` pause ends at ``reopens_at``: the server's bucket is full again."""
+        self.full_at = reopens_at
+        self.sent_since_full = 0
+
+    def on_hint(self, rate: float | None, burst: float | None) -> bool:
+        """A published quota (``rate`` req/s, ``burst`` requests); True if the pace changed."""
+        if rate is None or not self.adaptive:
+            return False
+        if self.ceiling is not None:
+            rate = min(rate, self.ceiling)
+        rate = max(self.min_rate, rate)
+        changed = self.phase != "hinted" or self.estimate != rate
+        self.estimate = rate
+        self.source = "headers"
+        self.phase = "hinted"
+        self.base = self.rate = rate * _HINT_SHARE
+        if burst is not None and burst >= 1.0:
+            self.estimated_burst = burst
+            self.burst = max(1.0, min(burst / 2.0, self.configured_burst))
+        return changed
+
+    def restore(self, learned: LearnedLimit) -> None:
+        """Adopt what another controller sharing the state learned."""
+        if not self.adaptive or learned.rate <= 0.0:
+            return
+        self.estimate = learned.estimate
+        self.estimated_burst = learned.estimated_burst
+        self.source = learned.source
+        self.rate = self.base = learned.rate
+        self.burst = max(1.0, learned.burst)
+        if self.phase == "ramp" or learned.source == "headers":
+            self.phase = "hinted" if learned.source == "headers" else "hold"
+            self.t = 0.0
+
+    def learned(self, episode: int) -> LearnedLimit:
+        """What this pace knows, to write to a :class:`RateState`."""
+        return LearnedLimit(
+            rate=self.rate,
+            burst=self.burst,
+            estimate=self.estimate,
+            estimated_burst=self.estimated_burst,
+            source=self.source,
+            episode=episode,
+        )
+
+    # --------------------------------------------------------------- internals
+
+    def _probe_pace(self, t: float) -> float:
+        x = max(0.0, t) / (_PROBE_SCALE * self.unit)
+        return float(self.base * 2.0 ** min(x * x, 30.0))
+
+    def _probe_crossing(self, burst: float) -> float:
+        """The probe's pace at the moment its excess until now adds up to ``burst``."""
+        step = 0.02 * self.unit
+        t = self.t
+        area = 0.0
+        while t > 0.0:
+            t -= step
+            pace = self._probe_pace(t)
+            area += (self._probe_pace(t + step) - pace) * (self.t - t)
+            if area >= burst:
+                return pace
+        return self.base
+
+    def _admitted_rate(self, now: float, span: float) -> float:
+        start = now - span
+        if start < self.full_at:
+            return 0.0
+        return sum(1 for t in self.accepted if t >= start) / span
+
+    def _send_cap(self, now: float) -> float:
+        """A margin over the rate actually sent in the last unit (never below the start rate)."""
+        sent = self.sent
+        horizon = now - self.unit
+        while sent and sent[0] < horizon:
+            sent.popleft()
+        return max(self.start_rate, _SEND_CAP * len(sent) / self.unit)
+
+    def _learn_burst(self, granted_at: float, estimate: float) -> None:
+        """The server admitted this many beyond its refill since its bucket was full."""
+        span = granted_at - self.full_at
+        if span <= 0.0:
+            return
+        burst = self.sent_since_full - estimate * span
+        if burst < 1.0:
+            return
+        if self.estimated_burst is None or self.source == "slow start":
+            self.estimated_burst = burst
+        else:
+            self.estimated_burst = min(self.estimated_burst, burst) * 0.5 + burst * 0.5
+        cap = self.configured_burst if self.ceiling is not None else math.inf
+        self.burst = max(1.0, min(self.estimated_burst / 2.0, cap))
+
+    def _settle_at(self, estimate: float, source: LimitSource, *, changed: bool) -> None:
+        self.estimate = estimate
+        self.source = source
+        if self.high_water is not None and self.step_downs == 0:
+            # A probe's (or a hint's) finding: back near the old limit, or given up on it.
+            self.low_probes += 1
+            if estimate >= (1.0 - _CHANGED) * self.high_water or self.low_probes > _LOW_PROBES:
+                self.high_water, self.low_probes = None, 0
+        if changed:
+            self.hold_doublings = 0
+        elif self.high_water is None:
+            self.hold_doublings = min(self.hold_doublings + 1, _MAX_HOLD_DOUBLINGS)
+        # While below an earlier, higher limit, keep probing often: it may come back.
+        doublings = 0 if self.high_water is not None else self.hold_doublings
+        self.hold = _HOLD * self.unit * 2.0**doublings
+        if self.estimated_burst is None and self.ceiling is None:
+            # Until the burst is learned keep a few tokens: with room for one only, every
+            # late wake-up of the event loop is a send lost for good.
+            self.burst = max(self.burst, _SETTLED_BURST)
+        settled = estimate if source == "configured" else estimate * _SETTLE
+        self.base = self.rate = max(self.min_rate, settled)
+        self.phase = "hold"
+        self.t = 0.0

@@ -1,0 +1,124 @@
+"""The estimator of one endpoint class (ruxa_async._pace.Pace), driven on a made-up clock."""
+
+from __future__ import annotations
+
+import pytest
+
+from ruxa_async._pace import Pace
+
+
+def unknown(unit: float = 1.0) -> Pace:
+    """A pace with nothing configured, ramping from 10/s."""
+    return Pace(
+        ceiling=None, burst=10, start_rate=10.0, min_rate=0.2, unit=unit, adaptive=True, now=0.0
+    )
+
+
+def send(pace: Pace, start: float, end: float, rate: float, *, accepted: bool = True) -> float:
+    """Send evenly at ``rate`` over [start, end); return the last grant time."""
+    t = start
+    while t < end:
+        pace.on_sent(t)
+        if accepted:
+            pace.on_accepted(t, t)
+        t += 1.0 / rate
+    return t
+
+
+def test_ramp_doubles_every_half_unit_of_demand() -> None:
+    """While unknown, the pace doubles per half unit of demand (capped by what was sent)."""
+    pace = unknown()
+    send(pace, 0.0, 1.0, 40.0)
+    pace.advance(0.5, 1.0)
+    assert pace.phase == "ramp"
+    assert pace.rate == pytest.approx(20.0)
+    pace.advance(0.5, 1.0)
+    assert pace.rate == pytest.approx(40.0)
+
+
+def test_ramp_never_runs_twice_ahead_of_the_sends() -> None:
+    """A client that sends 5/s cannot ramp its pace past 10/s."""
+    pace = unknown()
+    send(pace, 0.0, 1.0, 5.0)
+    pace.advance(3.0, 1.0)
+    assert pace.rate == pytest.approx(10.0)
+
+
+def test_ramp_429_settles_under_the_admitted_rate() -> None:
+    """A 429 while ramping: half the pace, at most 0.9 of what the server admitted."""
+    pace = unknown()
+    last = send(pace, 0.0, 2.0, 100.0)
+    pace.rate = 240.0
+    pace.on_refused(last, 240.0, last)
+    assert pace.phase == "hold"
+    assert pace.source == "429s"
+    assert pace.estimate == pytest.approx(90.0, rel=0.02)  # 0.9 of 100 admitted per second
+    assert pace.rate == pytest.approx(0.95 * pace.estimate)
+
+
+def test_hold_then_probe_then_a_429_near_the_limit() -> None:
+    """After the hold the probe climbs; its 429 gives an estimate between base and the peak."""
+    pace = unknown()
+    last = send(pace, 0.0, 2.0, 100.0)
+    pace.on_refused(last, 200.0, last)
+    base = pace.rate
+    pace.advance(4.0, last)
+    assert pace.phase == "probe"
+    assert pace.probes == 1
+    send(pace, last, last + 3.0, 1.1 * base)
+    pace.advance(3.0, last + 3.0)
+    peak = pace.rate
+    assert peak == pytest.approx(base * 2 ** ((3 / 4) ** 2))
+    pace.on_refused(last + 3.0, peak, last + 3.0)
+    assert base / 0.95 <= pace.estimate <= peak  # type: ignore[operator]
+
+
+def test_repeated_429s_at_the_settled_pace_step_down_faster() -> None:
+    """Each 429 in a row at the settled pace steps further down (10 %, then 19 %)."""
+    pace = Pace(
+        ceiling=100.0, burst=10, start_rate=10.0, min_rate=0.2, unit=1.0, adaptive=True, now=0.0
+    )
+    pace.on_refused(0.5, 100.0, 0.5)
+    first = pace.rate
+    pace.on_refused(1.0, first, 1.0)
+    assert first == pytest.approx(90.0)
+    assert pace.rate == pytest.approx(first * 0.81)
+
+
+def test_a_drop_keeps_probes_frequent_until_the_old_limit_is_back() -> None:
+    """Below an earlier limit the hold stays short; found unchanged, it doubles."""
+    pace = Pace(
+        ceiling=None, burst=10, start_rate=10.0, min_rate=0.2, unit=1.0, adaptive=True, now=0.0
+    )
+    pace._settle_at(100.0, "429s", changed=True)
+    pace._settle_at(100.0, "429s", changed=False)
+    assert pace.hold == 8.0  # unchanged limit: the hold doubled
+    pace.phase = "hold"
+    pace.on_refused(1.0, pace.rate, 1.0)  # a drop
+    assert pace.high_water == pytest.approx(100.0)
+    pace._settle_at(pace.estimate or 0.0, "429s", changed=False)
+    assert pace.hold == 4.0  # still below the old limit: probe again soon
+
+
+def test_configured_ceiling_is_never_exceeded() -> None:
+    """A probe stops at the configured rate and settles there."""
+    pace = Pace(
+        ceiling=50.0, burst=10, start_rate=10.0, min_rate=0.2, unit=1.0, adaptive=True, now=0.0
+    )
+    assert pace.burst == 5.0  # half the configured burst back to back
+    pace.on_refused(0.5, 50.0, 0.5)
+    send(pace, 1.0, 30.0, 60.0)
+    for step in range(30):
+        pace.advance(1.0, 1.0 + step)
+    assert pace.rate == 50.0
+    assert pace.source == "configured"
+
+
+def test_published_quota_replaces_discovery() -> None:
+    """A hint with a rate puts the pace just under it, with half the seen burst."""
+    pace = unknown()
+    assert pace.on_hint(100.0, 20.0)
+    assert (pace.phase, pace.source, pace.estimate) == ("hinted", "headers", 100.0)
+    assert pace.rate == pytest.approx(97.0)
+    assert pace.burst == 10.0
+    assert not pace.on_hint(100.0, 20.0)

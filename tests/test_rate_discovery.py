@@ -1,0 +1,73 @@
+"""Rate discovery end to end against the simulator: a drop, then a restore, counted by the server.
+
+Time settings are compressed fourfold (``recovery_seconds=1``: a unit of
+0.25 s; pauses capped at 0.25 s), as the benchmarks do, so each phase takes a
+few seconds. Every assertion is a count from the simulator or a learned value
+from ``statistics()``, never a wall-clock threshold.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from ruxa_async import RateLimits, RuxaClient
+from ruxa_async.testing import FakeRuxa, RateLimit, SimConfig
+
+MODEL = "google/nano-banana"
+HIGH, LOW = 80.0, 40.0
+FAST = {"recovery_seconds": 1.0, "max_pause": 0.25, "pause_without_retry_after": 0.25}
+
+
+async def _create(client: RuxaClient, fake: FakeRuxa, accepted: int) -> tuple[int, int]:
+    """Create until the simulator accepted ``accepted`` more; return (creates sent, 429s)."""
+    before = fake.stats()
+    target = before.tasks_created + accepted
+    counter = iter(range(10**9))
+
+    async def worker() -> None:
+        while fake.stats().tasks_created < target:
+            await client.create_task(MODEL, {"prompt": f"p{next(counter)}"})
+
+    await asyncio.gather(*(worker() for _ in range(16)))
+    after = fake.stats()
+    return after.creates - before.creates, after.rate_limited_create - before.rate_limited_create
+
+
+async def _phases(limits: RateLimits) -> list[tuple[int, int, float, int]]:
+    """Run HIGH, LOW, then HIGH req/s; per phase: (sent, 429s, estimated limit, episodes)."""
+    config = SimConfig(create_limit=RateLimit(per_second=HIGH, burst=10))
+    out: list[tuple[int, int, float, int]] = []
+    async with (
+        FakeRuxa(config) as fake,
+        RuxaClient(fake.api_key, base_url=fake.url, rate_limits=limits) as client,
+    ):
+        for per_second, accepted in ((HIGH, 240), (LOW, 160), (HIGH, 400)):
+            fake.reconfigure(create_limit=RateLimit(per_second=per_second, burst=10))
+            episodes = client.statistics().rate.classes["create"].episodes
+            sent, refused = await _create(client, fake, accepted)
+            learned = client.statistics().rate.classes["create"]
+            estimate = learned.estimated_limit or 0.0
+            out.append((sent, refused, estimate, learned.episodes - episodes))
+    return out
+
+
+async def test_unknown_limit_follows_a_drop_and_a_restore() -> None:
+    """Limits unknown: the pace settles near each new limit, with few 429s per phase."""
+    (s1, r1, p1, _), (s2, r2, p2, e2), (s3, r3, p3, _) = await _phases(RateLimits(**FAST))
+    assert 0.6 * HIGH <= p1 <= 1.3 * HIGH  # found the first limit from nothing
+    assert 0.6 * LOW <= p2 <= 1.3 * LOW  # came down to the halved one
+    assert p3 >= 0.7 * HIGH  # and found the restored one again (the old controller never did)
+    assert r1 + r2 + r3 <= 0.05 * (s1 + s2 + s3)
+    assert e2 >= 1  # the drop was noticed through 429s ...
+    assert e2 <= 12  # ... a handful of episodes, not one per request
+
+
+async def test_configured_limit_is_a_ceiling_and_a_starting_point() -> None:
+    """A configured limit: lowered by 429s while the server allows half, back at it after."""
+    limits = RateLimits(create_per_second=HIGH, create_burst=10, **FAST)
+    (_, r1, p1, _), (_, _, p2, e2), (_, _, p3, _) = await _phases(limits)
+    assert p1 == HIGH
+    assert r1 <= 2
+    assert 0.6 * LOW <= p2 <= 1.3 * LOW
+    assert 1 <= e2 <= 12
+    assert p3 == HIGH  # back to the ceiling, never above it
