@@ -662,6 +662,14 @@ class RuxaClient:
         self._require_open()
         return await download_to_file(self._transport, url, Path(dest), **options)
 
+    def forget(self, task_id: str) -> None:
+        """Stop tracking ``task_id``: no more checks; a handle still waiting on it stays pending.
+
+        For code that hands a long task over to a later attempt (e.g. a queue's
+        retry that re-attaches by idempotency key) instead of keeping it polled here.
+        """
+        self._scheduler.forget(task_id)
+
     def is_tracking(self, task_id: str) -> bool:
         """True while the client is waiting for ``task_id`` to finish."""
         return self._scheduler.last_state(task_id) is not None

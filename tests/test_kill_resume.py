@@ -108,11 +108,24 @@ def check_invariants(out: Path, sim: SimProcess, *, resent_orphans: int = 0) -> 
             assert finals.get(name) == FILE_SIZE, f"{name} recorded done but not on disk"
 
 
-def kill_mid_download(args: tuple[str, ...], out: Path, attempts: int = 4) -> None:
-    """Run and SIGKILL while a file is half written; again if the kill landed between files."""
+def kill_mid_download(args: tuple[str, ...], out: Path, jobs: int, attempts: int = 4) -> None:
+    """SIGKILL once every task id is recorded and a file is half written.
+
+    Waiting for every task id keeps creates off the wire at the kill (a create in flight
+    is rightly reported ambiguous, which is another test's subject). Runs again if the
+    kill landed between files.
+    """
+    journal = out / "journal.sqlite"
+
+    def ready() -> bool:
+        if not incomplete(out):
+            return False
+        rows = journal_jobs(journal)
+        return len(rows) == jobs and all(tid is not None for _, tid, _ in rows.values())
+
     for _ in range(attempts):
         proc = start_cli(*args, key=KEY)
-        kill_when(proc, lambda: bool(incomplete(out)), what="a download was half done", every=0.002)
+        kill_when(proc, ready, what="a download was half done", every=0.002)
         if incomplete(out):
             return
     raise AssertionError(f"no kill landed inside a download in {attempts} attempts")
@@ -146,7 +159,7 @@ def test_sigkill_during_downloads_leaves_no_partial_file_under_its_final_name(
     args += ("--downloads", "1")
     args += tuple(FAST_CLI)
 
-    kill_mid_download(args, out)
+    kill_mid_download(args, out, len(keys))
     check_invariants(out, sim)
     assert all(name.endswith(".part") for name in incomplete(out))
     created = sim.stats()["tasks_created"]
@@ -206,7 +219,7 @@ def test_repeated_kills_then_resume_never_create_a_job_twice(
 
     # 3. Rerun; kill in the middle of a download.
     sim.configure(default_behavior={"median_seconds": 0.1})
-    kill_mid_download(args, out)
+    kill_mid_download(args, out, len(keys))
     check_invariants(out, sim)
     assert ambiguous_keys(journal) == ambiguous
 

@@ -35,7 +35,7 @@ from typing import Any
 from arq import Retry
 
 from .._client import RuxaClient
-from .._errors import ConfigurationError, TaskTimeoutError
+from .._errors import ConfigurationError, TaskFailedError, TaskTimeoutError
 from .._models import TaskInfo
 
 __all__ = ["generate_or_defer", "ruxa_client", "ruxa_hooks"]
@@ -91,9 +91,12 @@ async def generate_or_defer(
     if int(ctx.get("job_try") or 1) > 1:  # a re-attached task may be done: look at once
         info = await client.get_task(handle.task_id)
         if info.is_terminal:
-            client._scheduler.resolve(info, source="poll")
+            client.forget(handle.task_id)
+            if info.failed:
+                raise TaskFailedError(info.task_id, info.fail_code, info.fail_msg, info)
+            return info
     try:
         return await handle.wait(wait)
     except TaskTimeoutError:
-        client._scheduler.forget(handle.task_id)  # the next try re-attaches by key
+        client.forget(handle.task_id)  # the next try re-attaches by key
         raise Retry(defer=check_every) from None
