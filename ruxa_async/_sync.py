@@ -14,9 +14,10 @@ from typing import Any, TypeVar
 from ._batch import ProgressEvent
 from ._client import CallbackReceiver, ClientStatistics, RuxaClient, _key_source
 from ._config import OutagePolicy, PollPolicy, RateLimits, RetryPolicy, Timeouts
+from ._coordinator import Coordinator
 from ._errors import ClientClosedError, TaskTimeoutError
 from ._handles import TaskHandle
-from ._models import BatchReport, Job, TaskInfo, TaskState
+from ._models import BatchReport, Job, RequestEvent, TaskInfo, TaskState
 from ._portal import Engine, disown_in_child, ensure_not_in_event_loop
 from ._sync_batch import SyncAsCompleted
 
@@ -118,6 +119,9 @@ class SyncRuxaClient:
         max_connections: int | None = None,
         callbacks: CallbackReceiver | None = None,
         outage: OutagePolicy | None = None,
+        coordinator: Coordinator | None = None,
+        validate: bool = True,
+        on_request: Callable[[RequestEvent], None] | None = None,
     ) -> None:
         self._key = _key_source(api_key)  # a missing key fails here, not at the first call
         self._options: dict[str, Any] = {
@@ -129,6 +133,9 @@ class SyncRuxaClient:
             "max_connections": max_connections,
             "callbacks": callbacks,
             "outage": outage,
+            "coordinator": coordinator,
+            "validate": validate,
+            "on_request": on_request,
         }
         self.timeouts = timeouts or Timeouts()
         self.retry_policy = retry or RetryPolicy()
@@ -260,13 +267,24 @@ class SyncRuxaClient:
         input: Mapping[str, Any],
         *,
         callback_url: str | None = None,
+        validate: bool | None = None,
+        idempotency_key: str | None = None,
         timeout: float | None = None,
     ) -> SyncTaskHandle:
-        """Create a task and return a :class:`SyncTaskHandle`; ``handle.result()`` waits."""
+        """Create a task and return a :class:`SyncTaskHandle`; ``handle.result()`` waits.
+
+        ``validate`` and ``idempotency_key``: as for :meth:`RuxaClient.submit`.
+        """
         engine = self._running("submit")
         handle = self._call(
             "submit",
-            lambda c: c.submit(model, input, callback_url=callback_url),
+            lambda c: c.submit(
+                model,
+                input,
+                callback_url=callback_url,
+                validate=validate,
+                idempotency_key=idempotency_key,
+            ),
             timeout=timeout or self.request_timeout,
             engine=engine,
         )
@@ -279,16 +297,25 @@ class SyncRuxaClient:
         return SyncTaskHandle(engine, handle)
 
     def generate(
-        self, model: str, input: Mapping[str, Any], *, timeout: float | None = None
+        self,
+        model: str,
+        input: Mapping[str, Any],
+        *,
+        timeout: float | None = None,
+        validate: bool | None = None,
+        idempotency_key: str | None = None,
     ) -> TaskInfo:
         """Create a task and block until it finishes: the successful :class:`TaskInfo`.
 
         Raises :class:`TaskFailedError` if it fails and :class:`TaskTimeoutError`
         when it is not done ``timeout`` seconds after it was created.
+        ``validate`` and ``idempotency_key``: as for :meth:`RuxaClient.generate`.
         """
         return self._call(
             "generate",
-            lambda c: c.generate(model, input, timeout=timeout),
+            lambda c: c.generate(
+                model, input, timeout=timeout, validate=validate, idempotency_key=idempotency_key
+            ),
             timeout=None if timeout is None else timeout + self.request_timeout,
             timeout_error=lambda: TaskTimeoutError(None, timeout),
         )

@@ -14,6 +14,7 @@ from ruxa_async import (
     ClientClosedError,
     ConfigurationError,
     Job,
+    LocalCoordinator,
     OutcomeStatus,
     PollPolicy,
     RateLimits,
@@ -106,6 +107,17 @@ def test_submit_returns_a_blocking_handle(sim: SimProcess) -> None:
         assert fast.info == info
         assert client.get_task(fast.task_id).state is TaskState.SUCCESS
         assert client.wait(fast.task_id, timeout=30).task_id == fast.task_id
+
+
+def test_idempotency_keys_and_coordinators_reach_the_engine(sim: SimProcess) -> None:
+    """The sync client takes the async client's coordinator; one key creates one task."""
+    before = sim.stats()["tasks_created"]
+    with make_sync(sim, coordinator=LocalCoordinator()) as client:
+        first = client.submit(NB, {"prompt": "once"}, idempotency_key="job-1")
+        again = client.submit(NB, {"prompt": "once"}, idempotency_key="job-1")
+        info = client.generate(NB, {"prompt": "once"}, idempotency_key="job-1", timeout=30)
+    assert first.task_id == again.task_id == info.task_id
+    assert sim.stats()["tasks_created"] == before + 1
 
 
 def test_create_then_wait_from_another_client(sim: SimProcess) -> None:

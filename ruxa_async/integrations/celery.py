@@ -25,8 +25,10 @@ and then creates again (``on_ambiguous="create"``, the default: the task
 succeeds, perhaps paying twice) or raises :class:`AmbiguousCreateError`
 (``on_ambiguous="raise"``: never pays twice, the task fails).
 
-Limits are per process until a shared coordinator is configured. Requires the
-``celery`` extra (``pip install "ruxa-async[celery]"``).
+Limits are per process unless each process's client gets a shared coordinator:
+``setup(app, factory=lambda: SyncRuxaClient(coordinator=RedisCoordinator(url)))``
+(made in the worker process, after the fork). Requires the ``celery`` extra
+(``pip install "ruxa-async[celery]"``).
 """
 
 from __future__ import annotations
