@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import aiohttp
+import attrs
 import pytest
 
 from ruxa_async import (
@@ -218,3 +219,29 @@ async def test_unsettled_tasks_are_settled_by_the_sweeper() -> None:
             settled = [r for r in await gw.store.audit_records() if r["event"] == "settled"]
         assert gw.statistics().settled == 1
         assert settled[0]["source"] == "sweep"
+
+
+async def test_an_upstream_outage_answers_within_the_upstream_timeout(sim: FakeRuxa) -> None:
+    """An upstream that goes down gives the caller a clear 5xx after upstream_timeout.
+
+    Not after the client's default ``max_outage`` of minutes: this test would time out.
+    """
+    config = attrs.evolve(config_for(sim), upstream_timeout=1.0)
+    async with running(config) as gw, aiohttp.ClientSession() as http:
+        assert gw.url is not None
+        create = gw.url + "/api/v1/tasks/create"
+        body = {"model": NB, "input": PROMPT}
+        status, _, _ = await raw(http, "POST", create, token=TOKENS["alice"], body=body)
+        assert status == 200
+        await sim.outage("refuse")
+        try:  # enough failures in a row to close the client's outage gate
+            replies = await asyncio.gather(
+                *(raw(http, "POST", create, token=TOKENS["alice"], body=body) for _ in range(8))
+            )
+        finally:
+            await sim.restore()
+    for status, envelope, _ in replies:
+        assert status in (502, 503)
+        assert envelope["code"] == status
+        assert sim.api_key not in str(envelope)
+    assert sim.stats().tasks_created == 1

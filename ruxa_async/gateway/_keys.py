@@ -17,7 +17,7 @@ from typing import Any
 import attrs
 
 from .._client import RuxaClient
-from .._config import RateLimits, RetryPolicy, Timeouts
+from .._config import OutagePolicy, RateLimits, RetryPolicy, Timeouts
 from .._errors import AuthenticationError, InsufficientCreditsError, RateLimitError
 from ._config import UpstreamKey
 from ._policy import Denial
@@ -83,6 +83,8 @@ def default_client(key: UpstreamKey, *, timeout: float, max_in_flight: int) -> R
         retry=RetryPolicy(max_attempts=1, ambiguous_creates="raise"),
         timeouts=Timeouts(connect=min(10.0, timeout), read=timeout, total=timeout),
         rate_limits=RateLimits(max_in_flight=max_in_flight, max_pause=timeout),
+        # An upstream outage answers the gateway's caller within its timeout, not in minutes.
+        outage=OutagePolicy(max_outage=timeout, first_contact=min(5.0, timeout)),
     )
 
 
