@@ -9,10 +9,8 @@ kie-style or flat callback payloads.
 
 from __future__ import annotations
 
-import email.utils
 import json
 import math
-import time
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Any
@@ -20,6 +18,7 @@ from urllib.parse import quote
 
 from ._errors import InvalidInputError, MalformedResponseError, status_error
 from ._models import TaskInfo, TaskState
+from ._ratehints import parse_retry_after
 
 __all__ = [
     "CREATE_PATH",
@@ -63,28 +62,6 @@ def build_create_body(
         raise InvalidInputError(
             f"{model}: input cannot be sent as JSON ({exc})", model=model, field="input"
         ) from None
-
-
-def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` value (delay-seconds or an HTTP date)."""
-    if value is None:
-        return None
-    text = value.strip()
-    if not text:
-        return None
-    try:
-        seconds = float(text)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(text)
-        except (TypeError, ValueError, IndexError):
-            return None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=timezone.utc)
-        seconds = when.timestamp() - (time.time() if now is None else now)
-    if math.isnan(seconds) or math.isinf(seconds):
-        return None
-    return max(0.0, seconds)
 
 
 def _decode_json(body: bytes | str) -> Any:

@@ -117,7 +117,7 @@ def test_retry_after_http_date() -> None:
     now = datetime(2026, 1, 1, tzinfo=timezone.utc).timestamp()
     assert parse_retry_after("Thu, 01 Jan 2026 00:00:30 GMT", now=now) == 30.0
     assert parse_retry_after("garbage") is None
-    assert parse_retry_after("-5") == 0.0
+    assert parse_retry_after("-5") is None  # nonsense is ignored, not "retry now"
 
 
 @pytest.mark.parametrize("body", [b"", b"not json", b"[1,2]", b'{"data": {}}', b"null"])
