@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import selectors
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -12,37 +11,7 @@ import pytest
 
 from ruxa_async._config import RateLimits
 from ruxa_async._limiter import Kind, Permit, RateController
-
-T0 = 1000.0
-
-
-class _JumpingSelector(selectors.SelectSelector):
-    """Never blocks: when nothing is ready it moves the loop's clock to the next timer."""
-
-    def __init__(self, loop: VirtualTimeLoop) -> None:
-        super().__init__()
-        self._loop = loop
-
-    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
-        events = super().select(0)
-        if events or timeout == 0:
-            return events
-        if timeout is None:
-            raise RuntimeError("deadlock: every task waits and no timer is pending")
-        self._loop.now += timeout
-        return []
-
-
-class VirtualTimeLoop(asyncio.SelectorEventLoop):
-    """An event loop whose time advances only when every task is blocked."""
-
-    def __init__(self) -> None:
-        self.now = T0
-        super().__init__(selector=_JumpingSelector(self))
-
-    def time(self) -> float:
-        return self.now
-
+from tests.virtual_time import T0, VirtualTimeLoop
 
 Scenario = Callable[[VirtualTimeLoop], Coroutine[Any, Any, None]]
 
