@@ -108,9 +108,11 @@ class RateLimits:
     ``decrease_factor`` is kept for compatibility and no longer used.
     ``pause_without_retry_after`` is the first pause after a 429 that carries
     no ``Retry-After``; it doubles for each consecutive episode.
-    ``gate_scope="client"`` (the default) pauses every request after any 429;
-    ``"endpoint"`` pauses only requests of the same class (create or query),
-    the way per-endpoint limits work, and costs less time paused.
+    ``gate_scope="endpoint"`` (the default) pauses only requests of the class
+    (create or query) that got the 429, for its whole ``Retry-After``: the
+    classes have separate limits, so a query 429 says nothing about creates.
+    ``"client"`` pauses every request after any 429 (for a server with one
+    limit for everything; it costs more time paused).
     """
 
     max_in_flight: int = attrs.field(default=64, validator=v.ge(1))
@@ -125,7 +127,7 @@ class RateLimits:
     pause_without_retry_after: float = attrs.field(default=1.0, validator=_positive)
     max_pause: float = attrs.field(default=60.0, validator=_positive)
     gate_scope: Literal["client", "endpoint"] = attrs.field(
-        default="client", validator=v.in_(("client", "endpoint"))
+        default="endpoint", validator=v.in_(("client", "endpoint"))
     )
 
 

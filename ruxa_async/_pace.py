@@ -49,6 +49,7 @@ import math
 from collections import deque
 from typing import Literal
 
+from ._bucketfit import Drain, excess, joint_fit, rate_for_burst
 from ._ratestate import LearnedLimit, LimitSource
 
 __all__ = ["Pace", "Phase"]
@@ -65,12 +66,16 @@ _RAISED = 1.3  # a unit sent this far past the estimate without a 429 raises it
 _BURST_PRIOR = 0.1  # units of the probe's pace taken as the server's burst until learned
 _STEP_DOWN = 0.9  # a 429 at the settled pace: settle this much lower
 _SETTLED_BURST = 3.0  # saved tokens allowed once settled, until the burst is learned
-_SETTLE = 0.95  # the settled pace, as a share of the estimate
+_SETTLE = 0.95  # the settled pace, as a share of an estimate from the rules of thumb
+_SETTLE_FITTED = 0.97  # ... of an estimate fitted to the server's token bucket
+_FIT_FLOOR = 0.9  # a fitted rate below this share of the pace held is not believed
+_DROP_FLOOR = 0.4  # a settled pace's 429 fits a rate no lower than this share of it
 _HOLD = 4.0  # units held after an episode before the first probe
+_RAMP_HOLD = 1.0  # ... after the ramp's episode: the next one fits the bucket, best soon
 _MAX_HOLD_DOUBLINGS = 4  # the hold grows to _HOLD * 2**4 units while the limit stays put
 _PROBE_SCALE = 4.0  # units after which a probe doubles the pace
 _CHANGED = 0.2  # an estimate that moved by more than this share is a changed limit
-_HISTORY_UNITS = 4.0  # seconds of send history kept, in units
+_HISTORY_UNITS = 8.0  # seconds of send history kept, in units (longer than a probe's drain)
 _LOW_PROBES = 20  # after this many settles below an old limit, forget it
 _HINT_SHARE = 0.97  # pace at this share of a published quota
 
@@ -122,9 +127,11 @@ class Pace:
         self.step_downs = 0  # 429s in a row at the settled pace
         self.episodes = 0
         self.full_at = now  # the server's bucket is assumed full at this time
-        self.sent_since_full = 0
         self.accepted: deque[float] = deque()  # grant times of admitted sends, recent
         self.sent: deque[float] = deque()  # grant times within the last unit
+        self.history: deque[float] = deque()  # grant times, the last _HISTORY_UNITS
+        self.last_drain: Drain | None = None  # the sends before the last episode's 429
+        self.fitted = False  # the estimate was fitted to the server's bucket
 
     # ------------------------------------------------------------- progression
 
@@ -168,12 +175,16 @@ class Pace:
 
     def on_sent(self, now: float) -> None:
         """A request of this class was granted at ``now``."""
-        self.sent_since_full += 1
         sent = self.sent
         sent.append(now)
         horizon = now - self.unit
         while sent[0] < horizon:
             sent.popleft()
+        history = self.history
+        history.append(now)
+        horizon = now - _HISTORY_UNITS * self.unit
+        while history[0] < horizon:
+            history.popleft()
 
     def on_accepted(self, granted_at: float, now: float) -> None:
         """The request granted at ``granted_at`` was admitted (any reply but a 429)."""
@@ -188,6 +199,81 @@ class Pace:
         self.episodes += 1
         if not self.adaptive:
             return
+        drain = self._drain(granted_at)
+        fitted_burst: float | None = None
+        fitted = False
+        ramp = self.phase == "ramp"
+        if ramp:
+            estimate = self._ramp_estimate(granted_at, granted_rate)
+        elif self.phase == "probe" and granted_rate > self.base:
+            estimate, fitted_burst = self._probe_estimate(drain, granted_at, granted_rate)
+            fitted = fitted_burst is not None
+            self.step_downs = 0
+        else:
+            estimate, fitted = self._step_down(drain, granted_at, granted_rate)
+        estimate = max(self.min_rate, estimate)
+        if self.ceiling is not None:
+            estimate = min(estimate, self.ceiling)
+        self._learn_burst(drain, estimate, fitted_burst)
+        self.last_drain = drain if drain.times else None
+        previous = self.estimate
+        changed = previous is None or abs(estimate - previous) > _CHANGED * previous
+        if previous is not None and estimate < previous and self.phase != "ramp":
+            self.high_water = max(previous, self.high_water or 0.0)
+        self.fitted = fitted
+        self._settle_at(estimate, "429s", changed=changed)
+        if ramp:
+            self.hold = _RAMP_HOLD * self.unit
+
+    def _ramp_estimate(self, granted_at: float, granted_rate: float) -> float:
+        """A ramp's 429: half the pace, or most of the rate admitted in the unit before.
+
+        The climb overshoots by a factor that grows with the server's burst, and
+        one refusal cannot tell rate from burst; the next episode fits both.
+        """
+        start = max(granted_at - self.unit, self.full_at)
+        span = granted_at - start
+        admitted = sum(1 for t in self.accepted if start <= t < granted_at)
+        estimate = granted_rate * _RAMP_SHARE
+        if admitted > 0 and span > 0.0:
+            estimate = min(estimate, _RAMP_ADMITTED_SHARE * admitted / span)
+        return estimate
+
+    def _probe_estimate(
+        self, drain: Drain, granted_at: float, granted_rate: float
+    ) -> tuple[float, float | None]:
+        """A probe's 429: the bucket fitted to this drain and the last, else a walk back.
+
+        Returns the estimate and, when the fit holds, the server's burst.
+        """
+        if self.last_drain is not None:
+            fit = joint_fit(self.last_drain, drain, 0.5 * self.base, granted_rate)
+            if fit is not None and fit[0] >= _FIT_FLOOR * self.base and fit[1] >= 1.0:
+                return max(self.base, fit[0]), fit[1]
+        if self.estimated_burst is not None:
+            rate = rate_for_burst(drain, self.estimated_burst, self.base, granted_rate)
+            if rate is not None:
+                return max(self.base, rate), None
+        # The probe's pace is past the limit by the time the 429 comes: the server
+        # first drained its burst. Walk back along the probe's curve to where the
+        # excess over the pace then adds up to that burst: that pace is the limit.
+        burst = self.estimated_burst or _BURST_PRIOR * self.unit * granted_rate
+        crossing = self._probe_crossing(burst)
+        # A client that cannot keep up with its pace sent less than the curve:
+        # what the server admitted over the last two units bounds it too.
+        admitted_rate = self._admitted_rate(granted_at, 2.0 * self.unit) or granted_rate
+        ceiling = min(crossing, granted_rate / 1.05, admitted_rate)
+        return max(self.base / _SETTLE, ceiling), None
+
+    def _step_down(self, drain: Drain, granted_at: float, granted_rate: float) -> tuple[float, bool]:
+        """A 429 at the settled pace: the limit dropped (or the pace was a bit too fast).
+
+        Step down by 10 %, faster each time in a row; with the burst known, the
+        drain since the bucket was last full says where the new limit is, and a
+        lower answer wins. Returns the estimate and whether it was fitted.
+        """
+        self.step_downs += 1
+        step = _STEP_DOWN**self.step_downs
         window = self.unit
         start = max(granted_at - window, self.full_at)
         span = granted_at - start
@@ -195,44 +281,19 @@ class Pace:
         # A window that opens on a full bucket (right after a pause) measures the
         # saved burst more than the rate: trust only a whole window.
         whole = start > self.full_at and span >= 0.99 * window and admitted > 0
-        measured = admitted / span if whole else None
-        if self.phase == "ramp":
-            # The climb overshoots by a factor that grows with the server's burst: take
-            # half the pace, or most of the admitted rate when the climb was slow.
-            estimate = granted_rate * _RAMP_SHARE
-            if admitted > 0 and span > 0.0:
-                estimate = min(estimate, _RAMP_ADMITTED_SHARE * admitted / span)
-        elif self.phase == "probe" and granted_rate > self.base:
-            # The probe's pace is past the limit by the time the 429 comes: the server
-            # first drained its burst. Walk back along the probe's curve to where the
-            # excess over the pace then adds up to that burst: that pace is the limit.
-            burst = self.estimated_burst or _BURST_PRIOR * self.unit * granted_rate
-            crossing = self._probe_crossing(burst)
-            # A client that cannot keep up with its pace sent less than the curve:
-            # what the server admitted over the last two units bounds it too.
-            admitted_rate = self._admitted_rate(granted_at, 2.0 * self.unit) or granted_rate
-            ceiling = min(crossing, granted_rate / 1.05, admitted_rate)
-            estimate = max(self.base / _SETTLE, ceiling)
-            self.step_downs = 0
-        else:
-            # The settled pace itself was too fast: step down, faster each time in a row.
-            self.step_downs += 1
-            step = _STEP_DOWN**self.step_downs
-            estimate = min(granted_rate, measured or granted_rate) * step / _SETTLE
-        estimate = max(self.min_rate, estimate)
-        if self.ceiling is not None:
-            estimate = min(estimate, self.ceiling)
-        self._learn_burst(granted_at, estimate)
-        previous = self.estimate
-        changed = previous is None or abs(estimate - previous) > _CHANGED * previous
-        if previous is not None and estimate < previous and self.phase != "ramp":
-            self.high_water = max(previous, self.high_water or 0.0)
-        self._settle_at(estimate, "429s", changed=changed)
+        measured = admitted / span if whole else granted_rate
+        estimate = min(granted_rate, measured) * step / _SETTLE
+        if self.estimated_burst is not None:
+            rate = rate_for_burst(
+                drain, self.estimated_burst, _DROP_FLOOR * granted_rate, granted_rate
+            )
+            if rate is not None and rate < estimate:
+                return rate, True
+        return estimate, False
 
     def on_pause_end(self, reopens_at: float) -> None:
         """A ``Retry-After`` pause ends at ``reopens_at``: the server's bucket is full again."""
         self.full_at = reopens_at
-        self.sent_since_full = 0
 
     def on_hint(self, rate: float | None, burst: float | None) -> bool:
         """A published quota (``rate`` req/s, ``burst`` requests); True if the pace changed."""
@@ -308,20 +369,26 @@ class Pace:
             sent.popleft()
         return max(self.start_rate, _SEND_CAP * len(sent) / self.unit)
 
-    def _learn_burst(self, granted_at: float, estimate: float) -> None:
-        """The server admitted this many beyond its refill since its bucket was full."""
-        span = granted_at - self.full_at
-        if span <= 0.0:
+    def _drain(self, granted_at: float) -> Drain:
+        """The sends since the server's bucket was last known full, up to ``granted_at``."""
+        since = self.full_at
+        return Drain(tuple(t for t in self.history if since <= t < granted_at), granted_at)
+
+    def _learn_burst(self, drain: Drain, estimate: float, fitted: float | None) -> None:
+        """The server's burst: fitted, else what this drain admitted beyond ``estimate``."""
+        if fitted is not None:
+            burst = fitted
+        elif self.estimated_burst is not None and self.source != "slow start":
+            return  # known from a fit or an earlier drain; a single refusal cannot improve it
+        elif drain.times:
+            burst = excess(drain, estimate)
+        else:
             return
-        burst = self.sent_since_full - estimate * span
         if burst < 1.0:
             return
-        if self.estimated_burst is None or self.source == "slow start":
-            self.estimated_burst = burst
-        else:
-            self.estimated_burst = min(self.estimated_burst, burst) * 0.5 + burst * 0.5
+        self.estimated_burst = burst
         cap = self.configured_burst if self.ceiling is not None else math.inf
-        self.burst = max(1.0, min(self.estimated_burst / 2.0, cap))
+        self.burst = max(1.0, min(burst / 2.0, cap))
 
     def _settle_at(self, estimate: float, source: LimitSource, *, changed: bool) -> None:
         self.estimate = estimate
@@ -334,7 +401,9 @@ class Pace:
         if changed:
             self.hold_doublings = 0
         elif self.high_water is None:
-            self.hold_doublings = min(self.hold_doublings + 1, _MAX_HOLD_DOUBLINGS)
+            # Found unchanged: probe less often, much less when the bucket was fitted.
+            step = 2 if self.fitted else 1
+            self.hold_doublings = min(self.hold_doublings + step, _MAX_HOLD_DOUBLINGS)
         # While below an earlier, higher limit, keep probing often: it may come back.
         doublings = 0 if self.high_water is not None else self.hold_doublings
         self.hold = _HOLD * self.unit * 2.0**doublings
@@ -342,7 +411,8 @@ class Pace:
             # Until the burst is learned keep a few tokens: with room for one only, every
             # late wake-up of the event loop is a send lost for good.
             self.burst = max(self.burst, _SETTLED_BURST)
-        settled = estimate if source == "configured" else estimate * _SETTLE
+        share = _SETTLE_FITTED if self.fitted else _SETTLE
+        settled = estimate if source == "configured" else estimate * share
         self.base = self.rate = max(self.min_rate, settled)
         self.phase = "hold"
         self.t = 0.0

@@ -18,7 +18,8 @@ records and counters:
 * no request sent while a 429 pause was running: the rate controller's own
   ``sent_while_gated``, an independent check on the client's request events
   (``RuxaClient(on_request=...)``: no request is let go within the shortest
-  pause after any 429 reply), and on the server side every request that
+  pause after a 429 reply of its kind, or of any kind under
+  ``gate_scope="client"``), and on the server side every request that
   arrived inside a Retry-After window overlapped a 429'd request of its kind
   that the client had not yet heard back about.
 """
@@ -116,6 +117,7 @@ MIXES: dict[str, Mix] = {
             query_limit=RateLimit(per_second=300, burst=30),
             faults=Faults(error_500_before=0.01),
         ),
+        limits=RateLimits(gate_scope="client"),  # any 429 pauses every request
         pause=1.0,  # the simulator's Retry-After is never under 1 s
         jobs=1500,
     ),
@@ -147,19 +149,28 @@ MIXES: dict[str, Mix] = {
 # ------------------------------------------------------ the client's request events
 
 
-def starts_inside_a_pause(sent: list[RequestEvent], pause: float) -> list[tuple[float, str]]:
+def starts_inside_a_pause(
+    sent: list[RequestEvent], pause: float, *, per_kind: bool
+) -> list[tuple[float, str]]:
     """Requests let go less than ``pause`` seconds after some 429 reply was in hand.
 
     ``replied_at`` of a 429 is read before the client closes its gate, and
     ``sent_at`` when the rate controller lets a request go, both on one clock:
     a request sent after the gate closed has ``sent_at >= replied_at + pause``.
+    With ``per_kind`` (``gate_scope="endpoint"``) only a 429 of the request's
+    own kind (create or query) holds it back; else any 429 does.
     """
-    receipts = sorted(s.replied_at for s in sent if s.rate_limited)
+    limited = [s for s in sent if s.rate_limited]
+    receipts = {
+        kind: sorted(r.replied_at for r in limited if r.kind == kind or not per_kind)
+        for kind in {s.kind for s in sent}
+    }
     early = []
     for s in sent:
-        i = bisect.bisect_right(receipts, s.sent_at) - 1  # the last 429 in hand before it left
-        if i >= 0 and s.sent_at - receipts[i] < pause:
-            early.append((s.sent_at - receipts[i], s.path))
+        mine = receipts[s.kind]
+        i = bisect.bisect_right(mine, s.sent_at) - 1  # the last 429 in hand before it left
+        if i >= 0 and s.sent_at - mine[i] < pause:
+            early.append((s.sent_at - mine[i], s.path))
     return early
 
 
@@ -385,7 +396,8 @@ def check_no_request_while_paused(run: Run) -> None:
     assert len(sent) == stats.requests_sent, "a request went out without its event"
     if run.mix.pause is not None:
         assert stats.rate_limited > 0, "the storm never happened"
-        inside = starts_inside_a_pause(sent, run.mix.pause)
+        per_kind = run.mix.limits.gate_scope == "endpoint"
+        inside = starts_inside_a_pause(sent, run.mix.pause, per_kind=per_kind)
         assert not inside, f"{len(inside)} requests started inside a pause, e.g. {inside[:3]}"
     if run.mix.sim.dialect.retry_after:
         assert run.stats.early_requests <= possibly_early(sent)

@@ -244,7 +244,7 @@ async def test_429_after_the_decrease_starts_a_new_episode(loop: VirtualTimeLoop
 
 @virtual_time
 async def test_unknown_rate_is_discovered_from_the_send_rate(loop: VirtualTimeLoop) -> None:
-    """A 429 while ramping settles at just under half the admitted rate (TCP's halving)."""
+    """A 429 while ramping (at 20/s) settles just under half that pace (TCP's halving)."""
     h = Harness(loop)
     assert h.ctl.statistics().query_rate is None
     sends = []
@@ -255,7 +255,7 @@ async def test_unknown_rate_is_discovered_from_the_send_rate(loop: VirtualTimeLo
     await h.until(last.granted_at + 0.05)
     await h.ctl.on_rate_limited(last, retry_after=None)
     stats = h.ctl.statistics()
-    assert stats.query_rate == pytest.approx(10.0 * 0.5 * 0.95)
+    assert stats.query_rate == pytest.approx(20.0 * 0.5 * 0.95)
     assert stats.create_rate is None
     assert stats.classes["query"].source == "429s"
     assert stats.classes["create"].source == "slow start"
@@ -306,12 +306,12 @@ async def test_rate_without_ceiling_climbs_until_the_next_429(loop: VirtualTimeL
     """With no configured rate, a settled pace probes upward under demand after its hold."""
     h = Harness(loop)
     await h.ctl.on_rate_limited(await h.take("query"), retry_after=0.0)
-    settled = 10.0 * 0.5 * 0.95
+    settled = 20.0 * 0.5 * 0.95
     assert h.ctl.statistics().query_rate == pytest.approx(settled)
     tasks = h.spawn("query", 200, [])
-    await h.until(T0 + 3.9)
+    await h.until(T0 + 0.9)  # the ramp's episode holds one unit
     assert h.ctl.statistics().query_rate == pytest.approx(settled)
-    await h.until(T0 + 6.0)  # 2 s into the probe: 2 ** ((2 / 4) ** 2)
+    await h.until(T0 + 3.0)  # 2 s into the probe: 2 ** ((2 / 4) ** 2)
     assert h.ctl.statistics().query_rate == pytest.approx(settled * 2**0.25, rel=0.02)
     assert h.ctl.statistics().classes["query"].probes == 1
     await asyncio.gather(*tasks)
@@ -447,8 +447,8 @@ async def test_statistics_snapshot(loop: VirtualTimeLoop) -> None:
     waiter = asyncio.create_task(h.take("query"))
     await asyncio.sleep(0)
     stats = h.ctl.statistics()
-    # a 429 while ramping at 10/s: half of it, settled 5 % under
-    assert stats.create_rate == pytest.approx(4.75)
+    # a 429 while ramping at 20/s: half of it, settled 5 % under
+    assert stats.create_rate == pytest.approx(9.5)
     assert stats.query_rate == 5.0
     assert (stats.in_flight, stats.max_in_flight, stats.waiting) == (1, 8, 1)
     assert (stats.rate_limited, stats.episodes, stats.sent_while_gated) == (1, 1, 0)

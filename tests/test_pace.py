@@ -62,7 +62,7 @@ def test_hold_then_probe_then_a_429_near_the_limit() -> None:
     last = send(pace, 0.0, 2.0, 100.0)
     pace.on_refused(last, 200.0, last)
     base = pace.rate
-    pace.advance(4.0, last)
+    pace.advance(1.0, last)  # one unit after the ramp's episode
     assert pace.phase == "probe"
     assert pace.probes == 1
     send(pace, last, last + 3.0, 1.1 * base)

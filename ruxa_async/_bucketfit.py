@@ -1,0 +1,96 @@
+"""Fitting a server's token bucket (rate and burst) to the sends it admitted before a 429.
+
+A token bucket of ``rate`` per second holding at most ``burst`` tokens refuses
+a request when it is empty. Take the sends a client let go since a moment the
+bucket was full (the start, or the end of a ``Retry-After`` pause), up to the
+one refused at ``end``. Over any window ``[t, end)`` the server admitted at
+most ``burst + rate * (end - t)`` of them, and the refusal says some window
+reached that bound. So for each candidate rate, the largest *excess* of sends
+over a refill at that rate (:func:`excess`) is the burst the server must have
+had. One refusal gives a curve of (rate, burst) pairs, falling with the rate;
+two refusals whose sends had different shapes (a fast climb that drained the
+bucket in a fraction of a second, a slow probe that took seconds) cross at one
+point: the server's rate and burst (:func:`joint_fit`). With the burst known,
+one refusal gives the rate (:func:`rate_for_burst`).
+
+Pure functions on sorted grant times; no clock, no state. The callers decide
+which sends a drain holds and whether a fit is believable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import attrs
+
+__all__ = ["Drain", "excess", "joint_fit", "rate_for_burst"]
+
+_ITERATIONS = 40  # bisection steps: 2**-40 of the interval
+
+
+@attrs.frozen
+class Drain:
+    """The sends (sorted grant times) from a full bucket up to a refusal at ``end``."""
+
+    times: Sequence[float]
+    end: float
+
+    @property
+    def span(self) -> float:
+        """Seconds from the first send to the refusal."""
+        return self.end - self.times[0] if self.times else 0.0
+
+
+def excess(drain: Drain, rate: float) -> float:
+    """The most sends of ``drain`` beyond a refill at ``rate``, over windows ending at its end.
+
+    Counts the refused send too (it found less than one token), so this is the
+    burst a bucket refilling at ``rate`` must have had for that refusal.
+    """
+    best = 1.0  # the refused send alone, in a window of no length
+    count = 1.0
+    end = drain.end
+    for t in reversed(drain.times):
+        count += 1.0
+        value = count - rate * (end - t)
+        if value > best:
+            best = value
+    return best - 0.5  # the refused send needed a whole token; split the difference
+
+
+def rate_for_burst(drain: Drain, burst: float, low: float, high: float) -> float | None:
+    """The rate in ``[low, high]`` at which ``drain``'s excess equals ``burst``, if any."""
+    if not drain.times or high <= low:
+        return None
+    if excess(drain, low) < burst or excess(drain, high) > burst:
+        return None
+    for _ in range(_ITERATIONS):
+        mid = 0.5 * (low + high)
+        if excess(drain, mid) > burst:
+            low = mid
+        else:
+            high = mid
+    return 0.5 * (low + high)
+
+
+def joint_fit(first: Drain, second: Drain, low: float, high: float) -> tuple[float, float] | None:
+    """The (rate, burst) in ``[low, high]`` that explains both refusals, if their curves cross."""
+    if not first.times or not second.times or high <= low:
+        return None
+
+    def gap(rate: float) -> float:
+        return excess(first, rate) - excess(second, rate)
+
+    below, above = gap(low), gap(high)
+    if below == 0.0:
+        return low, excess(first, low)
+    if below * above > 0.0:
+        return None
+    for _ in range(_ITERATIONS):
+        mid = 0.5 * (low + high)
+        if (gap(mid) > 0.0) == (below > 0.0):
+            low = mid
+        else:
+            high = mid
+    rate = 0.5 * (low + high)
+    return rate, excess(first, rate)
