@@ -82,9 +82,7 @@ def joint_fit(first: Drain, second: Drain, low: float, high: float) -> tuple[flo
         return excess(first, rate) - excess(second, rate)
 
     below, above = gap(low), gap(high)
-    if below == 0.0:
-        return low, excess(first, low)
-    if below * above > 0.0:
+    if below * above >= 0.0:  # no crossing inside, or the same curve: nothing to tell
         return None
     for _ in range(_ITERATIONS):
         mid = 0.5 * (low + high)

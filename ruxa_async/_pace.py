@@ -230,10 +230,11 @@ class Pace:
 
         The climb overshoots by a factor that grows with the server's burst, and
         one refusal cannot tell rate from burst; the next episode fits both.
+        Every send before the first refusal was admitted, replied to or not.
         """
         start = max(granted_at - self.unit, self.full_at)
         span = granted_at - start
-        admitted = sum(1 for t in self.accepted if start <= t < granted_at)
+        admitted = sum(1 for t in self.history if start <= t < granted_at)
         estimate = granted_rate * _RAMP_SHARE
         if admitted > 0 and span > 0.0:
             estimate = min(estimate, _RAMP_ADMITTED_SHARE * admitted / span)
@@ -362,12 +363,17 @@ class Pace:
         return sum(1 for t in self.accepted if t >= start) / span
 
     def _send_cap(self, now: float) -> float:
-        """A margin over the rate actually sent in the last unit (never below the start rate)."""
+        """A margin over the rate actually sent in the last unit (never below the start rate).
+
+        Measured since the start or the last pause's end when that is nearer, so
+        a fresh client's climb is not held back by the unit before it existed.
+        """
         sent = self.sent
         horizon = now - self.unit
         while sent and sent[0] < horizon:
             sent.popleft()
-        return max(self.start_rate, _SEND_CAP * len(sent) / self.unit)
+        span = max(0.25 * self.unit, min(self.unit, now - self.full_at))
+        return max(self.start_rate, _SEND_CAP * len(sent) / span)
 
     def _drain(self, granted_at: float) -> Drain:
         """The sends since the server's bucket was last known full, up to ``granted_at``."""

@@ -122,3 +122,55 @@ def test_published_quota_replaces_discovery() -> None:
     assert pace.rate == pytest.approx(97.0)
     assert pace.burst == 10.0
     assert not pace.on_hint(100.0, 20.0)
+
+
+def serve(
+    pace: Pace, server_rate: float, burst: float, start: float, until: float, pause: float = 1.0
+) -> int:
+    """Send at the pace against a full token bucket over [start, until); return the 429s.
+
+    Sends go evenly at the pace, always wanted (demand is unlimited); a 429
+    closes the gate for ``pause`` seconds, during which the bucket refills.
+    """
+    tokens, stamp, t, episodes = burst, start, start, 0
+    while t < until:
+        tokens = min(burst, tokens + (t - stamp) * server_rate)
+        stamp = t
+        pace.on_sent(t)
+        if tokens >= 1.0:
+            tokens -= 1.0
+            pace.on_accepted(t, t)
+            step = 1.0 / pace.rate
+            t += step
+            pace.advance(step, t)
+            continue
+        episodes += 1
+        pace.on_refused(t, pace.rate, t)
+        t += pause
+        pace.on_pause_end(t)
+    return episodes
+
+
+def test_ramp_then_one_probe_fit_the_servers_bucket() -> None:
+    """From nothing: the ramp's 429 and one probe's 429 fit rate and burst; then it holds long."""
+    pace = Pace(
+        ceiling=None, burst=10, start_rate=20.0, min_rate=0.2, unit=1.0, adaptive=True, now=0.0
+    )
+    assert serve(pace, 100.0, 20.0, 0.0, 12.0) == 2
+    assert pace.estimate == pytest.approx(100.0, rel=0.03)
+    assert pace.estimated_burst == pytest.approx(20.0, abs=3.0)
+    assert pace.rate == pytest.approx(0.97 * pace.estimate)  # type: ignore[operator]
+    assert pace.hold == 16.0  # found unchanged with a fit: probe rarely
+    assert serve(pace, 100.0, 20.0, 12.0, 24.0) == 0  # no 429 for the next 12 s
+
+
+def test_a_drop_is_fitted_with_the_known_burst() -> None:
+    """After the limit halves, the pace settles just under the new one within two episodes."""
+    pace = Pace(
+        ceiling=None, burst=10, start_rate=20.0, min_rate=0.2, unit=1.0, adaptive=True, now=0.0
+    )
+    serve(pace, 100.0, 20.0, 0.0, 12.0)
+    assert serve(pace, 50.0, 20.0, 12.0, 16.0) == 2  # a step down, then a fit
+    assert pace.estimate == pytest.approx(50.0, rel=0.03)
+    assert pace.rate == pytest.approx(0.97 * pace.estimate)  # type: ignore[operator]
+    assert pace.hold == 4.0  # below the old limit: probe again soon, it may come back
