@@ -148,12 +148,20 @@ def _num(value: Any, digits: int = 2) -> str:
     return f"{value:,}"
 
 
+def _paused(seconds: float | None, makespan: float | None, k: float) -> str:
+    """Paused seconds (real scale) and their share of the makespan."""
+    if seconds is None or not makespan:
+        return "-"
+    return f"{seconds * k:.1f} ({seconds / makespan:.0%})"
+
+
 def _table(key: str, runs: dict[str, dict[str, Any]]) -> list[str]:
     known = runs.get("ruxa_async", {}).get("figures", {}).get("makespan_s")
     lines = [
         "| contender | makespan s (real) | ÷ known limits | 429s per 1k | episodes | "
-        "paused s (share) | learned create · query limit (source) | probes |",
-        "|---|---|---|---|---|---|---|---|",
+        "paused s (share) | paused create · query (share) | "
+        "learned create · query limit (source) | probes |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for contender, run in runs.items():
         figures, counters = run["figures"], run["counters"]
@@ -171,6 +179,10 @@ def _table(key: str, runs: dict[str, dict[str, Any]]) -> list[str]:
                 f"{estimate / workload.k:.1f}" if estimate else "-",
             )
             learned[-1] += f" ({source})"
+        per_class = " · ".join(
+            _paused(counters.get(f"{kind}_paused_s"), makespan, workload.k)
+            for kind in ("create", "query")
+        )
         probes = int(counters.get("create_probes", 0) + counters.get("query_probes", 0))
         label = CONTENDERS[contender].label if contender in CONTENDERS else contender
         lines.append(
@@ -178,7 +190,8 @@ def _table(key: str, runs: dict[str, dict[str, Any]]) -> list[str]:
             f"{_num(figures.get('rate_limited_per_1000'), 1)} | "
             f"{_num(counters.get('rate_episodes'), 0)} | "
             f"{_num(None if paused is None else paused * workload.k, 1)} "
-            f"({'-' if share is None else f'{share:.0%}'}) | {' · '.join(learned)} | {probes} |"
+            f"({'-' if share is None else f'{share:.0%}'}) | {per_class} | "
+            f"{' · '.join(learned)} | {probes} |"
         )
     adaptation = [
         (contender, run["figures"].get("adaptation"))
@@ -211,8 +224,10 @@ def write(results: dict[str, Any], out: Path) -> None:
         "# Rate discovery",
         "",
         "Known against unknown limits, side by side in one run. Rates and times are real "
-        "scale. *Paused* is the time the client's 429 gate was closed (the union of its "
-        "pauses); *learned* is the client's own estimate of the server's limit at the end, "
+        "scale. *Paused* is the time any of the client's 429 gates was closed (the union of "
+        "its pauses); with a gate per endpoint class (the default) a closed create gate "
+        "leaves queries flowing, so *paused create · query* gives each class's own share. "
+        "*Learned* is the client's own estimate of the server's limit at the end, "
         "and where it came from. In each figure the dashed line is the server's limit, blue "
         "what the client sent, green what the server admitted, red marks the 429s.",
         "",

@@ -121,6 +121,7 @@ def _counters(client: RuxaClient, callbacks: CallbackServer | None) -> dict[str,
         counters[f"{kind}_limit_source"] = float(SOURCES.index(learned.source))
         counters[f"{kind}_probes"] = learned.probes
         counters[f"{kind}_episodes"] = learned.episodes
+        counters[f"{kind}_paused_s"] = learned.paused_seconds
     if callbacks is not None:
         received = callbacks.statistics()
         counters["callbacks_received"] = received.received

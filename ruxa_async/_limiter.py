@@ -61,7 +61,7 @@ class ClassStatistics:
     the estimate came from (``"configured"``, ``"headers"``, ``"429s"`` or
     ``"slow start"``); ``phase`` is ``ramp``, ``hold``, ``probe``, ``hinted``
     or ``fixed``; ``probes`` counts upward probes, ``episodes`` the 429
-    episodes of this class.
+    episodes of this class; ``paused_seconds`` is the time its gate was closed.
     """
 
     rate: float
@@ -72,6 +72,7 @@ class ClassStatistics:
     phase: str
     probes: int
     episodes: int
+    paused_seconds: float = 0.0
 
 
 @attrs.frozen(kw_only=True)
@@ -116,7 +117,7 @@ class Permit:
 
 
 class _Gate:
-    __slots__ = ("closed", "closed_at", "deadline", "name", "streak")
+    __slots__ = ("closed", "closed_at", "deadline", "name", "paused", "streak")
 
     def __init__(self, name: GateScope, now: float) -> None:
         self.name: GateScope = name
@@ -124,6 +125,13 @@ class _Gate:
         self.closed_at = float("-inf")  # when the current (or last) pause began
         self.closed = False  # set when closed, cleared (and logged) once seen open
         self.streak = 0  # pauses in a row with no success in between
+        self.paused = 0.0  # closed time of the finished pauses
+
+    def paused_until(self, now: float) -> float:
+        """Seconds this gate was closed, up to ``now``."""
+        if self.closed_at == float("-inf"):
+            return 0.0
+        return self.paused + max(0.0, min(now, self.deadline) - self.closed_at)
 
 
 class _Lane:
@@ -328,7 +336,8 @@ class RateController:
             self._advance(lane, now)
         lanes = self._lanes
         classes: dict[str, ClassStatistics] = {
-            kind: _class_statistics(lane.pace) for kind, lane in lanes.items()
+            kind: _class_statistics(lane.pace, self._gates[kind].paused_until(now))
+            for kind, lane in lanes.items()
         }
         return RateStatistics(
             create_rate=_reported_rate(lanes["create"].pace),
@@ -424,6 +433,8 @@ class RateController:
         if deadline <= max(now, gate.deadline):
             return
         if gate.deadline <= now:
+            if gate.closed_at != float("-inf"):
+                gate.paused += gate.deadline - gate.closed_at
             gate.closed_at = now
         gate.deadline = deadline
         gate.closed = True
@@ -489,7 +500,7 @@ def _reported_rate(pace: Pace) -> float | None:
     return None if pace.phase == "ramp" or pace.rate == math.inf else pace.rate
 
 
-def _class_statistics(pace: Pace) -> ClassStatistics:
+def _class_statistics(pace: Pace, paused: float) -> ClassStatistics:
     return ClassStatistics(
         rate=pace.rate,
         burst=pace.burst,
@@ -499,6 +510,7 @@ def _class_statistics(pace: Pace) -> ClassStatistics:
         phase=pace.phase,
         probes=pace.probes,
         episodes=pace.episodes,
+        paused_seconds=paused,
     )
 
 

@@ -10,10 +10,12 @@ so its rules are tested directly. It moves through four phases:
     limited one answers a 429 after a short overshoot.
 ``hold``
     After a 429 (or a hint) the pace settles just under the estimated limit
-    and stays there for a hold time. The hold doubles each time a probe finds
-    the same limit again (up to ``_MAX_HOLD_DOUBLINGS``) and is short again
-    after a change, so a stable limit costs rare probes and a changed one is
-    followed within seconds.
+    and stays there for a hold time: one unit after the ramp's 429 (the next
+    episode fits the bucket, better soon), else four. The hold doubles each
+    time a probe finds the same limit again (twice when the bucket was fitted,
+    up to ``_MAX_HOLD_DOUBLINGS``) and is short again after a change, so a
+    stable limit costs rare probes and a changed one is followed within
+    seconds.
 ``probe``
     The pace climbs from the settled pace along ``base * 2 ** ((t / 4u) ** 2)``:
     about +5 % after one unit, +19 % after two, double after four. A 429 ends
@@ -22,23 +24,26 @@ so its rules are tested directly. It moves through four phases:
 ``hinted``
     The server publishes its quota (rate-limit headers): pace at it, no probing.
 
-The estimate after a 429 comes from what the server *admitted*, by phase:
+The estimate after a 429 comes from what the server *admitted*, by phase
+(the sends since its bucket was last full, a *drain*; see :mod:`._bucketfit`):
 
 * a ramp's 429: half the pace, at most 0.9 of the rate admitted in
   the unit before (a fast climb overshoots by a factor that grows with the
-  server's burst);
-* a probe's 429: the probe's pace where its excess over that pace adds up to
-  the server's burst (learned, else a tenth of a unit of the pace), bounded by
-  the rate admitted over the last two units and never below the pace held;
+  server's burst; one refusal cannot tell rate from burst);
+* a probe's 429: the token bucket (rate and burst) that explains both this
+  drain and the last episode's, settled at 0.97 of that rate; else, with the
+  burst known, the rate this drain gives; else the probe's pace where its
+  excess over that pace adds up to a guessed burst. Never below the pace held;
 * a 429 at the settled pace: a step down by 10 %, larger each time in a row
-  (19 %, 27 % ...), from the rate admitted over a whole unit when there is one.
+  (19 %, 27 % ...), from the rate admitted over a whole unit when there is
+  one; lower still when the drain with the known burst says so (a limit that
+  dropped is found in the second episode).
 
 A climbing pace stays within twice what was actually sent in the last unit, so
 a client held back by its own CPU learns nothing false. The server's burst is
-learned separately: the sends it admitted since a moment its bucket was full
-(the start, or the end of a ``Retry-After`` pause) beyond what its rate
-refilled. Saved tokens are spent at most half that burst at a time, so a late
-event loop cannot fire a burst the server refuses. A configured rate is a
+learned separately: fitted with the rate, else the ramp's drain beyond the
+estimated rate. Saved tokens are spent at most half that burst at a time, so a
+late event loop cannot fire a burst the server refuses. A configured rate is a
 ceiling and a starting point: 429s lower the pace below it, probes bring it
 back, never above.
 """
@@ -47,6 +52,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Iterable
 from typing import Literal
 
 from ._bucketfit import Drain, excess, joint_fit, rate_for_burst
@@ -204,7 +210,7 @@ class Pace:
         fitted = False
         ramp = self.phase == "ramp"
         if ramp:
-            estimate = self._ramp_estimate(granted_at, granted_rate)
+            estimate = _ramp_estimate(self, granted_at, granted_rate)
         elif self.phase == "probe" and granted_rate > self.base:
             estimate, fitted_burst = self._probe_estimate(drain, granted_at, granted_rate)
             fitted = fitted_burst is not None
@@ -225,21 +231,6 @@ class Pace:
         if ramp:
             self.hold = _RAMP_HOLD * self.unit
 
-    def _ramp_estimate(self, granted_at: float, granted_rate: float) -> float:
-        """A ramp's 429: half the pace, or most of the rate admitted in the unit before.
-
-        The climb overshoots by a factor that grows with the server's burst, and
-        one refusal cannot tell rate from burst; the next episode fits both.
-        Every send before the first refusal was admitted, replied to or not.
-        """
-        start = max(granted_at - self.unit, self.full_at)
-        span = granted_at - start
-        admitted = sum(1 for t in self.history if start <= t < granted_at)
-        estimate = granted_rate * _RAMP_SHARE
-        if admitted > 0 and span > 0.0:
-            estimate = min(estimate, _RAMP_ADMITTED_SHARE * admitted / span)
-        return estimate
-
     def _probe_estimate(
         self, drain: Drain, granted_at: float, granted_rate: float
     ) -> tuple[float, float | None]:
@@ -251,22 +242,19 @@ class Pace:
             fit = joint_fit(self.last_drain, drain, 0.5 * self.base, granted_rate)
             if fit is not None and fit[0] >= _FIT_FLOOR * self.base and fit[1] >= 1.0:
                 return max(self.base, fit[0]), fit[1]
-        if self.estimated_burst is not None:
-            rate = rate_for_burst(drain, self.estimated_burst, self.base, granted_rate)
-            if rate is not None:
-                return max(self.base, rate), None
         # The probe's pace is past the limit by the time the 429 comes: the server
-        # first drained its burst. Walk back along the probe's curve to where the
-        # excess over the pace then adds up to that burst: that pace is the limit.
+        # first drained its burst (known, else guessed). The rate at which this
+        # drain's excess adds up to that burst is the limit.
         burst = self.estimated_burst or _BURST_PRIOR * self.unit * granted_rate
-        crossing = self._probe_crossing(burst)
-        # A client that cannot keep up with its pace sent less than the curve:
-        # what the server admitted over the last two units bounds it too.
+        rate = rate_for_burst(drain, burst, self.base, granted_rate)
+        if rate is not None:
+            return max(self.base, rate), None
         admitted_rate = self._admitted_rate(granted_at, 2.0 * self.unit) or granted_rate
-        ceiling = min(crossing, granted_rate / 1.05, admitted_rate)
-        return max(self.base / _SETTLE, ceiling), None
+        return max(self.base / _SETTLE, min(granted_rate / 1.05, admitted_rate)), None
 
-    def _step_down(self, drain: Drain, granted_at: float, granted_rate: float) -> tuple[float, bool]:
+    def _step_down(
+        self, drain: Drain, granted_at: float, granted_rate: float
+    ) -> tuple[float, bool]:
         """A 429 at the settled pace: the limit dropped (or the pace was a bit too fast).
 
         Step down by 10 %, faster each time in a row; with the burst known, the
@@ -274,16 +262,12 @@ class Pace:
         lower answer wins. Returns the estimate and whether it was fitted.
         """
         self.step_downs += 1
-        step = _STEP_DOWN**self.step_downs
-        window = self.unit
-        start = max(granted_at - window, self.full_at)
-        span = granted_at - start
-        admitted = sum(1 for t in self.accepted if start <= t < granted_at)
         # A window that opens on a full bucket (right after a pause) measures the
-        # saved burst more than the rate: trust only a whole window.
-        whole = start > self.full_at and span >= 0.99 * window and admitted > 0
-        measured = admitted / span if whole else granted_rate
-        estimate = min(granted_rate, measured) * step / _SETTLE
+        # saved burst more than the rate: trust only a whole unit.
+        start = granted_at - self.unit
+        measured = _rate_in(self.accepted, start, granted_at) if start > self.full_at else 0.0
+        estimate = min(granted_rate, measured or granted_rate) * _STEP_DOWN**self.step_downs
+        estimate /= _SETTLE
         if self.estimated_burst is not None:
             rate = rate_for_burst(
                 drain, self.estimated_burst, _DROP_FLOOR * granted_rate, granted_rate
@@ -338,23 +322,6 @@ class Pace:
         )
 
     # --------------------------------------------------------------- internals
-
-    def _probe_pace(self, t: float) -> float:
-        x = max(0.0, t) / (_PROBE_SCALE * self.unit)
-        return float(self.base * 2.0 ** min(x * x, 30.0))
-
-    def _probe_crossing(self, burst: float) -> float:
-        """The probe's pace at the moment its excess until now adds up to ``burst``."""
-        step = 0.02 * self.unit
-        t = self.t
-        area = 0.0
-        while t > 0.0:
-            t -= step
-            pace = self._probe_pace(t)
-            area += (self._probe_pace(t + step) - pace) * (self.t - t)
-            if area >= burst:
-                return pace
-        return self.base
 
     def _admitted_rate(self, now: float, span: float) -> float:
         start = now - span
@@ -422,3 +389,22 @@ class Pace:
         self.base = self.rate = max(self.min_rate, settled)
         self.phase = "hold"
         self.t = 0.0
+
+
+def _rate_in(times: Iterable[float], start: float, end: float) -> float:
+    """The rate of the ``times`` in ``[start, end)``, per second (0.0 for an empty span)."""
+    if end <= start:
+        return 0.0
+    return sum(1 for t in times if start <= t < end) / (end - start)
+
+
+def _ramp_estimate(pace: Pace, granted_at: float, granted_rate: float) -> float:
+    """A ramp's 429: half the pace, or most of the rate admitted in the unit before.
+
+    The climb overshoots by a factor that grows with the server's burst, and
+    one refusal cannot tell rate from burst; the next episode fits both.
+    Every send before the first refusal was admitted, replied to or not.
+    """
+    admitted = _rate_in(pace.history, max(granted_at - pace.unit, pace.full_at), granted_at)
+    estimate = granted_rate * _RAMP_SHARE
+    return min(estimate, _RAMP_ADMITTED_SHARE * admitted) if admitted > 0.0 else estimate

@@ -244,7 +244,7 @@ async def test_429_after_the_decrease_starts_a_new_episode(loop: VirtualTimeLoop
 
 @virtual_time
 async def test_unknown_rate_is_discovered_from_the_send_rate(loop: VirtualTimeLoop) -> None:
-    """A 429 while ramping (at 20/s) settles just under half that pace (TCP's halving)."""
+    """A 429 while ramping: half the pace (20/s), at most 0.9 of the 10/s sent before it."""
     h = Harness(loop)
     assert h.ctl.statistics().query_rate is None
     sends = []
@@ -255,7 +255,7 @@ async def test_unknown_rate_is_discovered_from_the_send_rate(loop: VirtualTimeLo
     await h.until(last.granted_at + 0.05)
     await h.ctl.on_rate_limited(last, retry_after=None)
     stats = h.ctl.statistics()
-    assert stats.query_rate == pytest.approx(20.0 * 0.5 * 0.95)
+    assert stats.query_rate == pytest.approx(min(20.0 * 0.5, 0.9 * 10.0) * 0.95)
     assert stats.create_rate is None
     assert stats.classes["query"].source == "429s"
     assert stats.classes["create"].source == "slow start"
@@ -421,7 +421,7 @@ async def test_cancelled_slot_waiter_returns_its_token(loop: VirtualTimeLoop) ->
 
 @virtual_time
 async def test_paused_seconds_is_the_union_of_closed_intervals(loop: VirtualTimeLoop) -> None:
-    """Overlapping gates count once in paused_seconds, and only up to now."""
+    """Overlapping gates count once in paused_seconds, and only up to now; per class apart."""
     h = Harness(loop, gate_scope="endpoint")
     await h.ctl.on_rate_limited(await h.take("create"), retry_after=2.0)
     await h.until(T0 + 1.0)
@@ -430,7 +430,11 @@ async def test_paused_seconds_is_the_union_of_closed_intervals(loop: VirtualTime
     await h.until(T0 + 10.0)
     await h.ctl.on_rate_limited(await h.take("query"), retry_after=1.0)
     await h.until(T0 + 20.0)
-    assert h.ctl.statistics().paused_seconds == 5.0
+    stats = h.ctl.statistics()
+    assert stats.paused_seconds == 5.0
+    # each class's own gate: create 0-2, query 1-4 and 10-11
+    assert stats.classes["create"].paused_seconds == 2.0
+    assert stats.classes["query"].paused_seconds == 4.0
 
 
 @virtual_time
