@@ -18,7 +18,8 @@ so its rules are tested directly. It moves through four phases:
     seconds.
 ``probe``
     The pace climbs from the settled pace along ``base * 2 ** ((t / 4u) ** 2)``:
-    about +5 % after one unit, +19 % after two, double after four. A 429 ends
+    about +5 % after one unit, +19 % after two, double after four (twice as
+    fast while below an earlier, higher limit, which may come back). A 429 ends
     the probe (a new estimate); three units admitted 30 % past the estimate
     without a 429 show the limit went up, and the climb goes on.
 ``hinted``
@@ -163,7 +164,9 @@ class Pace:
             self.phase, self.t = "probe", self.t - self.hold
             self.probes += 1
         if self.phase == "probe":
-            x = self.t / (_PROBE_SCALE * self.unit)
+            # Below an earlier, higher limit, climb twice as fast: it may be back.
+            scale = _PROBE_SCALE if self.high_water is None else 0.5 * _PROBE_SCALE
+            x = self.t / (scale * self.unit)
             self.rate = min(self.base * 2.0 ** min(x * x, 30.0), self._send_cap(now))
             if self.rate < self.base * 2.0 ** min(x * x, 30.0):
                 self.t = max(0.0, self.t - demand_seconds)  # wait for the sends to catch up
@@ -212,8 +215,7 @@ class Pace:
         if ramp:
             estimate = _ramp_estimate(self, granted_at, granted_rate)
         elif self.phase == "probe" and granted_rate > self.base:
-            estimate, fitted_burst = self._probe_estimate(drain, granted_at, granted_rate)
-            fitted = fitted_burst is not None
+            estimate, fitted_burst, fitted = self._probe_estimate(drain, granted_at, granted_rate)
             self.step_downs = 0
         else:
             estimate, fitted = self._step_down(drain, granted_at, granted_rate)
@@ -233,24 +235,28 @@ class Pace:
 
     def _probe_estimate(
         self, drain: Drain, granted_at: float, granted_rate: float
-    ) -> tuple[float, float | None]:
-        """A probe's 429: the bucket fitted to this drain and the last, else a walk back.
+    ) -> tuple[float, float | None, bool]:
+        """A probe's 429: the bucket fitted to this drain and the last, else the known burst.
 
-        Returns the estimate and, when the fit holds, the server's burst.
+        Returns the estimate, the server's burst when both were fitted, and
+        whether the estimate was fitted (not guessed). Two drains of a like
+        length (two probes) cannot tell rate from burst: only a short one and a
+        long one (the ramp's and a probe's) are fitted together.
         """
-        if self.last_drain is not None:
-            fit = joint_fit(self.last_drain, drain, 0.5 * self.base, granted_rate)
+        last = self.last_drain
+        if last is not None and max(last.span, drain.span) >= 2.0 * min(last.span, drain.span):
+            fit = joint_fit(last, drain, 0.5 * self.base, granted_rate)
             if fit is not None and fit[0] >= _FIT_FLOOR * self.base and fit[1] >= 1.0:
-                return max(self.base, fit[0]), fit[1]
+                return max(self.base, fit[0]), fit[1], True
         # The probe's pace is past the limit by the time the 429 comes: the server
         # first drained its burst (known, else guessed). The rate at which this
         # drain's excess adds up to that burst is the limit.
         burst = self.estimated_burst or _BURST_PRIOR * self.unit * granted_rate
         rate = rate_for_burst(drain, burst, self.base, granted_rate)
         if rate is not None:
-            return max(self.base, rate), None
+            return max(self.base, rate), None, self.estimated_burst is not None
         admitted_rate = self._admitted_rate(granted_at, 2.0 * self.unit) or granted_rate
-        return max(self.base / _SETTLE, min(granted_rate / 1.05, admitted_rate)), None
+        return max(self.base / _SETTLE, min(granted_rate / 1.05, admitted_rate)), None, False
 
     def _step_down(
         self, drain: Drain, granted_at: float, granted_rate: float
