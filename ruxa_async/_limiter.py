@@ -47,7 +47,7 @@ _DEMAND_GRACE = 1.0  # a wait for a token counts as demand until this long after
 _JITTER_FRACTION = 0.03  # gate jitter: up to this share of the pause ...
 _JITTER_CAP = 0.05  # ... and never more than this many seconds
 _MAX_DOUBLINGS = 30
-_START_RATE = 20.0  # requests/s per class while ramping, before scaling by the unit
+_START_RATE = 40.0  # requests/s per class while ramping, before scaling by the unit
 _EPSILON = 1e-9
 
 

@@ -244,7 +244,7 @@ async def test_429_after_the_decrease_starts_a_new_episode(loop: VirtualTimeLoop
 
 @virtual_time
 async def test_unknown_rate_is_discovered_from_the_send_rate(loop: VirtualTimeLoop) -> None:
-    """A 429 while ramping: half the pace (20/s), at most 0.9 of the 10/s sent before it."""
+    """A 429 while ramping: half the pace (40/s), at most 0.9 of the 10/s sent before it."""
     h = Harness(loop)
     assert h.ctl.statistics().query_rate is None
     sends = []
@@ -255,7 +255,7 @@ async def test_unknown_rate_is_discovered_from_the_send_rate(loop: VirtualTimeLo
     await h.until(last.granted_at + 0.05)
     await h.ctl.on_rate_limited(last, retry_after=None)
     stats = h.ctl.statistics()
-    assert stats.query_rate == pytest.approx(min(20.0 * 0.5, 0.9 * 10.0) * 0.95)
+    assert stats.query_rate == pytest.approx(min(40.0 * 0.5, 0.9 * 10.0) * 0.95)
     assert stats.create_rate is None
     assert stats.classes["query"].source == "429s"
     assert stats.classes["create"].source == "slow start"
@@ -306,7 +306,7 @@ async def test_rate_without_ceiling_climbs_until_the_next_429(loop: VirtualTimeL
     """With no configured rate, a settled pace probes upward under demand after its hold."""
     h = Harness(loop)
     await h.ctl.on_rate_limited(await h.take("query"), retry_after=0.0)
-    settled = 20.0 * 0.5 * 0.95
+    settled = 40.0 * 0.5 * 0.95
     assert h.ctl.statistics().query_rate == pytest.approx(settled)
     tasks = h.spawn("query", 200, [])
     await h.until(T0 + 0.9)  # the ramp's episode holds one unit
@@ -451,8 +451,8 @@ async def test_statistics_snapshot(loop: VirtualTimeLoop) -> None:
     waiter = asyncio.create_task(h.take("query"))
     await asyncio.sleep(0)
     stats = h.ctl.statistics()
-    # a 429 while ramping at 20/s: half of it, settled 5 % under
-    assert stats.create_rate == pytest.approx(9.5)
+    # a 429 while ramping at 40/s: half of it, settled 5 % under
+    assert stats.create_rate == pytest.approx(19.0)
     assert stats.query_rate == 5.0
     assert (stats.in_flight, stats.max_in_flight, stats.waiting) == (1, 8, 1)
     assert (stats.rate_limited, stats.episodes, stats.sent_while_gated) == (1, 1, 0)
