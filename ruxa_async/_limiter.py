@@ -14,7 +14,8 @@ server's rate-limit headers replace all of that with the published quota.
 A 429 starts an *episode* unless its request was granted before the class's
 last decrease, so a burst of 429s lowers the pace once. Every 429 closes the
 gate for ``Retry-After`` (capped at ``max_pause``), or a doubling pause when
-there is none. The learned state and the gate live behind a
+there is none: the gate of its endpoint class by default, one gate for both
+with ``gate_scope="client"``. The learned state and the gate live behind a
 :class:`~ruxa_async._ratestate.RateState` (in-process by default), so a fleet
 of clients can share them. Time is read lazily from the injected clock: there
 is no background task and no timer.
