@@ -139,6 +139,8 @@ class Pace:
         self.history: deque[float] = deque()  # grant times, the last _HISTORY_UNITS
         self.last_drain: Drain | None = None  # the sends before the last episode's 429
         self.fitted = False  # the estimate was fitted to the server's bucket
+        self.burst_fitted = False  # the burst came from a fit of rate and burst together
+        self.refused_pace: float | None = None  # a settled pace a 429 refused: caps the next fit
 
     # ------------------------------------------------------------- progression
 
@@ -216,6 +218,11 @@ class Pace:
             estimate = _ramp_estimate(self, granted_at, granted_rate)
         elif self.phase == "probe" and granted_rate > self.base:
             estimate, fitted_burst, fitted = self._probe_estimate(drain, granted_at, granted_rate)
+            if self.refused_pace is not None:
+                # A settled pace was refused just before: a fit (a few % off, the
+                # burst a little short) must not put the pace back above it.
+                estimate = min(estimate, self.refused_pace)
+                self.refused_pace = None
             self.step_downs = 0
         else:
             estimate, fitted = self._step_down(drain, granted_at, granted_rate)
@@ -244,9 +251,10 @@ class Pace:
         long one (the ramp's and a probe's) are fitted together.
         """
         last = self.last_drain
-        if last is not None and max(last.span, drain.span) >= 2.0 * min(last.span, drain.span):
+        spans = (last.span, drain.span) if last is not None else (0.0, 0.0)
+        if last is not None and not self.burst_fitted and max(spans) >= 2.0 * min(spans):
             fit = joint_fit(last, drain, 0.5 * self.base, granted_rate)
-            if fit is not None and fit[0] >= _FIT_FLOOR * self.base and fit[1] >= 1.0:
+            if fit is not None and fit[0] >= _FIT_FLOOR * self.base and self._believable(fit[1]):
                 return max(self.base, fit[0]), fit[1], True
         # The probe's pace is past the limit by the time the 429 comes: the server
         # first drained its burst (known, else guessed). The rate at which this
@@ -254,9 +262,16 @@ class Pace:
         burst = self.estimated_burst or _BURST_PRIOR * self.unit * granted_rate
         rate = rate_for_burst(drain, burst, self.base, granted_rate)
         if rate is not None:
-            return max(self.base, rate), None, self.estimated_burst is not None
+            return max(self.base, rate), None, self.burst_fitted
         admitted_rate = self._admitted_rate(granted_at, 2.0 * self.unit) or granted_rate
         return max(self.base / _SETTLE, min(granted_rate / 1.05, admitted_rate)), None, False
+
+    def _believable(self, burst: float) -> bool:
+        """A fitted burst near the one the ramp's drain suggested (within a factor of 2)."""
+        if burst < 1.0:
+            return False
+        guess = self.estimated_burst
+        return guess is None or 0.5 * guess <= burst <= 2.0 * guess
 
     def _step_down(
         self, drain: Drain, granted_at: float, granted_rate: float
@@ -268,6 +283,7 @@ class Pace:
         lower answer wins. Returns the estimate and whether it was fitted.
         """
         self.step_downs += 1
+        self.refused_pace = granted_rate
         # A window that opens on a full bucket (right after a pause) measures the
         # saved burst more than the rate: trust only a whole unit.
         start = granted_at - self.unit
@@ -279,7 +295,7 @@ class Pace:
                 drain, self.estimated_burst, _DROP_FLOOR * granted_rate, granted_rate
             )
             if rate is not None and rate < estimate:
-                return rate, True
+                return rate, self.burst_fitted
         return estimate, False
 
     def on_pause_end(self, reopens_at: float) -> None:
@@ -357,6 +373,7 @@ class Pace:
         """The server's burst: fitted, else what this drain admitted beyond ``estimate``."""
         if fitted is not None:
             burst = fitted
+            self.burst_fitted = True
         elif self.estimated_burst is not None and self.source != "slow start":
             return  # known from a fit or an earlier drain; a single refusal cannot improve it
         elif drain.times:

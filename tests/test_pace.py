@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from ruxa_async._pace import Pace
@@ -125,17 +127,27 @@ def test_published_quota_replaces_discovery() -> None:
 
 
 def serve(
-    pace: Pace, server_rate: float, burst: float, start: float, until: float, pause: float = 1.0
+    pace: Pace,
+    server_rate: float,
+    burst: float,
+    start: float,
+    until: float,
+    pause: float = 1.0,
+    jitter: float = 0.0,
+    seed: int = 0,
 ) -> int:
     """Send at the pace against a full token bucket over [start, until); return the 429s.
 
-    Sends go evenly at the pace, always wanted (demand is unlimited); a 429
+    Sends go evenly at the pace, always wanted (demand is unlimited); each
+    reaches the server up to ``jitter`` seconds late (a seeded draw); a 429
     closes the gate for ``pause`` seconds, during which the bucket refills.
     """
+    draw = random.Random(seed).random
     tokens, stamp, t, episodes = burst, start, start, 0
     while t < until:
-        tokens = min(burst, tokens + (t - stamp) * server_rate)
-        stamp = t
+        arrival = max(stamp, t + draw() * jitter)
+        tokens = min(burst, tokens + (arrival - stamp) * server_rate)
+        stamp = arrival
         pace.on_sent(t)
         if tokens >= 1.0:
             tokens -= 1.0
@@ -174,3 +186,13 @@ def test_a_drop_is_fitted_with_the_known_burst() -> None:
     assert pace.estimate == pytest.approx(50.0, rel=0.03)
     assert pace.rate == pytest.approx(0.97 * pace.estimate)  # type: ignore[operator]
     assert pace.hold == 4.0  # below the old limit: probe again soon, it may come back
+
+
+def test_late_arrivals_do_not_make_the_pace_flip_flop() -> None:
+    """Sends reaching the server up to 10 ms late: a handful of episodes, not one per probe."""
+    pace = Pace(
+        ceiling=None, burst=10, start_rate=200.0, min_rate=1.0, unit=0.2, adaptive=True, now=0.0
+    )
+    assert serve(pace, 250.0, 10.0, 0.0, 50.0, pause=0.2, jitter=0.01) <= 8
+    assert pace.estimate == pytest.approx(250.0, rel=0.05)
+    assert pace.rate < 250.0
