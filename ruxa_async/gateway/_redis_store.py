@@ -151,6 +151,12 @@ class RedisStore:
         """False while Redis is not answering (creates then answer 503)."""
         return not self._redis.degraded
 
+    async def wait_available(self) -> None:
+        """Return once Redis answers again (at once when it is not away)."""
+        while self._redis.degraded:
+            self._recovered.clear()
+            await self._recovered.wait()
+
     # -- lifecycle -----------------------------------------------------------------------
 
     async def open(self) -> None:

@@ -1,0 +1,175 @@
+"""Several gateways sharing one state through a real Redis, in front of one simulator."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+
+import aiohttp
+import pytest
+
+from ruxa_async import InsufficientCreditsError
+from ruxa_async.gateway import Gateway, GatewayConfig, Policy, RedisStore, StateSettings
+from ruxa_async.testing import CallbackDelivery, FakeRuxa, ModelBehavior, SimConfig
+from tests.helpers_gateway import NB, PROMPT, SORA, TOKENS, config_for, raw, running, user_client
+from tests.services import RedisServer
+
+
+def shared(sim: FakeRuxa, redis_url: str, **overrides: object) -> GatewayConfig:
+    """A gateway config whose state lives in the test's Redis."""
+    return config_for(sim, state=StateSettings(redis_url=redis_url, timeout=0.5), **overrides)
+
+
+@asynccontextmanager
+async def two_gateways(config: GatewayConfig) -> AsyncIterator[tuple[Gateway, Gateway]]:
+    """Two gateway instances with the same config, each on its own port."""
+    async with AsyncExitStack() as stack:
+        first = await stack.enter_async_context(running(config))
+        second = await stack.enter_async_context(running(config))
+        assert isinstance(first.store, RedisStore) and isinstance(second.store, RedisStore)
+        yield first, second
+
+
+def store(gw: Gateway) -> RedisStore:
+    assert isinstance(gw.store, RedisStore)
+    return gw.store
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[FakeRuxa]:
+    async with FakeRuxa(SimConfig(seed=5)) as fake:
+        yield fake
+
+
+async def test_ownership_is_shared_between_instances(sim: FakeRuxa, redis_url: str) -> None:
+    """A task created through one instance: its owner reads it through the other, Bob gets 404."""
+    sim.reconfigure(default_behavior=ModelBehavior(median_seconds=30, sigma=0))
+    async with two_gateways(shared(sim, redis_url)) as (one, two):
+        async with user_client(one, TOKENS["alice"]) as alice:
+            task_id = await alice.create_task(NB, PROMPT)
+        async with aiohttp.ClientSession() as http:
+            mine = await raw(
+                http, "GET", f"{two.url}/api/v1/tasks/query/{task_id}", token=TOKENS["alice"]
+            )
+            theirs = await raw(
+                http, "GET", f"{two.url}/api/v1/tasks/query/{task_id}", token=TOKENS["bob"]
+            )
+            unknown = await raw(
+                http, "GET", f"{two.url}/api/v1/tasks/query/task_x_1_abc", token=TOKENS["bob"]
+            )
+        assert mine[0] == 200 and mine[1]["data"]["taskId"] == task_id
+        assert theirs[0] == unknown[0] == 404
+        assert theirs[1] == unknown[1]
+        events = [(r["event"], r["user"]) for r in await store(two).audit_records()]
+        assert ("created", "alice") in events
+        assert ("ownership_refused", "bob") in events
+
+
+async def test_budget_holds_across_instances_under_concurrency(redis_url: str) -> None:
+    """40 concurrent video creates, half through each instance, against 10 videos: exactly 10."""
+    slow = SimConfig(seed=1, models={SORA: ModelBehavior(median_seconds=30, sigma=0)})
+    async with FakeRuxa(slow) as sim:
+        config = shared(sim, redis_url, policy=Policy(budget=10 * 10.0))
+        async with (
+            two_gateways(config) as (one, two),
+            user_client(one, TOKENS["alice"]) as via_one,
+            user_client(two, TOKENS["alice"]) as via_two,
+        ):
+            results = await asyncio.gather(
+                *(
+                    (via_one if i % 2 else via_two).create_task(SORA, {"prompt": f"video {i}"})
+                    for i in range(40)
+                ),
+                return_exceptions=True,
+            )
+        created = [r for r in results if isinstance(r, str)]
+        refused = [r for r in results if isinstance(r, InsufficientCreditsError)]
+        assert (len(created), len(refused)) == (10, 30)
+        assert "budget of 100 credits" in refused[0].message
+        assert sim.stats().tasks_created == 10
+
+
+async def test_in_flight_cap_holds_across_instances(sim: FakeRuxa, redis_url: str) -> None:
+    """max_in_flight=3 admits 3 of 12 concurrent creates split over two instances; 429s say why."""
+    sim.reconfigure(default_behavior=ModelBehavior(median_seconds=30, sigma=0))
+    config = shared(sim, redis_url, per_user={"alice": Policy(max_in_flight=3)})
+    body = {"model": NB, "input": PROMPT}
+    async with two_gateways(config) as (one, two), aiohttp.ClientSession() as http:
+        replies = await asyncio.gather(
+            *(
+                raw(http, "POST", f"{gw.url}/api/v1/tasks/create", token=TOKENS["alice"], body=body)
+                for gw in [one, two] * 6
+            )
+        )
+    statuses = sorted(status for status, _, _ in replies)
+    assert statuses == [200] * 3 + [429] * 9
+    limited = [(envelope, headers) for status, envelope, headers in replies if status == 429]
+    assert all("in flight" in envelope["message"] for envelope, _ in limited)
+    assert all(int(headers["Retry-After"]) >= 1 for _, headers in limited)
+    assert sim.stats().tasks_created == 3
+
+
+async def test_a_task_settles_once_whichever_instance_sees_it_end(
+    sim: FakeRuxa, redis_url: str
+) -> None:
+    """Created on one instance, finished through both: charged once, the budget exact after."""
+    sim.reconfigure(
+        default_behavior=ModelBehavior(median_seconds=0.05, sigma=0),
+        callbacks=CallbackDelivery(drop=1.0),  # both instances learn the end by querying
+    )
+    config = shared(sim, redis_url, policy=Policy(budget=2 * 4.0))
+    async with (
+        two_gateways(config) as (one, two),
+        user_client(one, TOKENS["alice"]) as via_one,
+        user_client(two, TOKENS["alice"]) as via_two,
+    ):
+        first = await via_one.create_task(NB, PROMPT)
+        assert (await via_two.wait(first, timeout=20)).succeeded
+        await via_one.wait(first, timeout=20)  # the creating instance sees the end as well
+        await store(one).flush()
+        await store(two).flush()
+        await via_two.create_task(NB, PROMPT)  # 4 spent + 4 held = the whole budget
+        with pytest.raises(InsufficientCreditsError, match="4 spent, 4 held"):
+            await via_one.create_task(NB, PROMPT)
+    assert sim.stats().tasks_created == 2
+
+
+async def test_redis_outage_fails_closed_and_service_resumes(
+    sim: FakeRuxa, redis_url: str, redis_service: RedisServer
+) -> None:
+    """Redis killed: creates get 503 and nothing is created; once it is back, creates work."""
+    sim.reconfigure(default_behavior=ModelBehavior(median_seconds=30, sigma=0))
+    async with two_gateways(shared(sim, redis_url)) as (one, two), aiohttp.ClientSession() as http:
+        body = {"model": NB, "input": PROMPT}
+        created = await raw(
+            http, "POST", f"{one.url}/api/v1/tasks/create", token=TOKENS["alice"], body=body
+        )
+        task_id = created[1]["data"]["taskId"]
+        redis_service.stop()
+        try:
+            for gw in (one, two, one, two):
+                status, envelope, headers = await raw(
+                    http, "POST", f"{gw.url}/api/v1/tasks/create", token=TOKENS["alice"], body=body
+                )
+                assert (status, envelope["code"]) == (503, 503)
+                assert "Redis" in envelope["message"] and "nothing was created" in envelope["message"]
+                assert int(headers["Retry-After"]) >= 1
+            elsewhere = await raw(
+                http, "GET", f"{two.url}/api/v1/tasks/query/{task_id}", token=TOKENS["alice"]
+            )
+            assert elsewhere[0] == 503 and "Redis" in elsewhere[1]["message"]
+            at_home = await raw(
+                http, "GET", f"{one.url}/api/v1/tasks/query/{task_id}", token=TOKENS["alice"]
+            )
+            assert at_home[0] == 200  # the creating instance still knows its own task
+            assert sim.stats().tasks_created == 1
+        finally:
+            redis_service.start()
+        await asyncio.gather(store(one).wait_available(), store(two).wait_available())
+        for gw in (one, two):
+            status, envelope, _ = await raw(
+                http, "POST", f"{gw.url}/api/v1/tasks/create", token=TOKENS["alice"], body=body
+            )
+            assert status == 200, envelope
+        assert sim.stats().tasks_created == 3
