@@ -3,17 +3,32 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import signal
+import subprocess
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
 import aiohttp
 import pytest
+import redis as redis_sync
 
 from ruxa_async import InsufficientCreditsError
-from ruxa_async.gateway import Gateway, GatewayConfig, Policy, RedisStore, StateSettings
+from ruxa_async.gateway import (
+    Gateway,
+    GatewayConfig,
+    Policy,
+    RedisStore,
+    SQLiteStore,
+    StateSettings,
+    parse_config,
+)
+from ruxa_async.gateway._policy import Denial
+from ruxa_async.gateway._store import Reservation, Scope, store_for
 from ruxa_async.testing import CallbackDelivery, FakeRuxa, ModelBehavior, SimConfig
 from tests.helpers_gateway import NB, PROMPT, SORA, TOKENS, config_for, raw, running, user_client
-from tests.services import RedisServer
+from tests.helpers_proc import ROOT, child_env, cli, run_cli
+from tests.services import RedisServer, free_port
 
 
 def shared(sim: FakeRuxa, redis_url: str, **overrides: object) -> GatewayConfig:
@@ -27,13 +42,26 @@ async def two_gateways(config: GatewayConfig) -> AsyncIterator[tuple[Gateway, Ga
     async with AsyncExitStack() as stack:
         first = await stack.enter_async_context(running(config))
         second = await stack.enter_async_context(running(config))
-        assert isinstance(first.store, RedisStore) and isinstance(second.store, RedisStore)
+        assert isinstance(first.store, RedisStore)
+        assert isinstance(second.store, RedisStore)
         yield first, second
 
 
 def store(gw: Gateway) -> RedisStore:
     assert isinstance(gw.store, RedisStore)
     return gw.store
+
+
+def start_gateway(*args: str) -> subprocess.Popen[str]:
+    """``ruxa-async gateway --simulate --port 0 ARGS``, stderr piped."""
+    return subprocess.Popen(
+        cli("gateway", "--simulate", "--port", "0", *args),
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+        env=child_env(),
+        cwd=ROOT,
+    )
 
 
 @pytest.fixture
@@ -58,7 +86,8 @@ async def test_ownership_is_shared_between_instances(sim: FakeRuxa, redis_url: s
             unknown = await raw(
                 http, "GET", f"{two.url}/api/v1/tasks/query/task_x_1_abc", token=TOKENS["bob"]
             )
-        assert mine[0] == 200 and mine[1]["data"]["taskId"] == task_id
+        assert mine[0] == 200
+        assert mine[1]["data"]["taskId"] == task_id
         assert theirs[0] == unknown[0] == 404
         assert theirs[1] == unknown[1]
         events = [(r["event"], r["user"]) for r in await store(two).audit_records()]
@@ -153,12 +182,14 @@ async def test_redis_outage_fails_closed_and_service_resumes(
                     http, "POST", f"{gw.url}/api/v1/tasks/create", token=TOKENS["alice"], body=body
                 )
                 assert (status, envelope["code"]) == (503, 503)
-                assert "Redis" in envelope["message"] and "nothing was created" in envelope["message"]
+                assert "Redis" in envelope["message"]
+                assert "nothing was created" in envelope["message"]
                 assert int(headers["Retry-After"]) >= 1
             elsewhere = await raw(
                 http, "GET", f"{two.url}/api/v1/tasks/query/{task_id}", token=TOKENS["alice"]
             )
-            assert elsewhere[0] == 503 and "Redis" in elsewhere[1]["message"]
+            assert elsewhere[0] == 503
+            assert "Redis" in elsewhere[1]["message"]
             at_home = await raw(
                 http, "GET", f"{one.url}/api/v1/tasks/query/{task_id}", token=TOKENS["alice"]
             )
@@ -173,3 +204,85 @@ async def test_redis_outage_fails_closed_and_service_resumes(
             )
             assert status == 200, envelope
         assert sim.stats().tasks_created == 3
+
+
+async def test_a_reservation_left_by_a_dead_gateway_is_booked_as_spent(redis_url: str) -> None:
+    """A hold never committed nor released is charged after hold_seconds; a late release is moot."""
+    now = [1_000_000.0]
+    budget = [Scope("user:u", "p", 8.0)]
+    async with contextlib.AsyncExitStack() as stack:
+        dead = RedisStore(redis_url, hold_seconds=60, clock=lambda: now[0])
+        await dead.open()
+        stack.push_async_callback(dead.aclose)
+        orphan = await dead.areserve("u", 4.0, budget, None)
+        assert isinstance(orphan, Reservation)
+        now[0] += 61
+        alive = RedisStore(redis_url, hold_seconds=60, clock=lambda: now[0])
+        await alive.open()
+        stack.push_async_callback(alive.aclose)
+        await alive.maintain()
+        dead.release(orphan, charge=False)  # too late: the reaper booked it
+        await dead.flush()
+        held = await alive.areserve("u", 4.0, budget, max_in_flight=1)
+        assert isinstance(held, Reservation)
+        assert alive.usage("user:u", "p") == (4.0, 4.0)
+        assert alive.in_flight("u") == 1
+        capped = await alive.areserve("u", 0.0, budget, max_in_flight=1)
+        assert isinstance(capped, Denial)
+        assert capped.code == 429
+        over = await alive.areserve("u", 4.0, budget, None)
+        assert isinstance(over, Denial)
+        assert over.code == 402
+        assert "4 spent, 4 held" in over.message
+
+
+def test_state_table_names_the_redis_url_by_environment_variable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """[state] redis_url_env reads the URL from the environment and keeps it out of repr."""
+    monkeypatch.setenv("GW_REDIS", "redis://:hunter2@127.0.0.1:6390/2")
+    config = parse_config({"state": {"redis_url_env": "GW_REDIS", "namespace": "shop"}})
+    assert config.state.redis_url == "redis://:hunter2@127.0.0.1:6390/2"
+    assert config.state.namespace == "shop"
+    assert "hunter2" not in repr(config)
+    assert isinstance(store_for(config), RedisStore)
+    assert isinstance(store_for(parse_config({})), SQLiteStore)
+
+
+async def test_the_command_line_shares_state_through_redis(redis_url: str) -> None:
+    """`gateway --redis URL` keeps ownership in that Redis; an unreachable one exits 3 at once."""
+    proc = start_gateway("--redis", redis_url)
+    try:
+        assert proc.stderr is not None
+        first = await asyncio.to_thread(proc.stderr.readline)
+        assert first.startswith("ruxa-async gateway on "), first
+        url = first.split()[-1]
+        async with aiohttp.ClientSession() as http:
+            _, login, _ = await raw(http, "POST", f"{url}/demo/login", body={"user": "ann"})
+            token = login["data"]["token"]
+            status, envelope, _ = await raw(
+                http,
+                "POST",
+                f"{url}/api/v1/tasks/create",
+                token=token,
+                body={"model": NB, "input": PROMPT},
+            )
+        assert status == 200, envelope
+        conn = redis_sync.Redis.from_url(redis_url)
+        try:
+            owner = conn.hget(f"ruxa-gateway:task:{envelope['data']['taskId']}", "user")
+        finally:
+            conn.close()
+        assert owner == b"demo:ann"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.to_thread(proc.wait, 30)
+        assert proc.stderr is not None
+        proc.stderr.close()
+    nowhere = f"redis://127.0.0.1:{free_port()}/0"
+    done = await asyncio.to_thread(
+        run_cli, "gateway", "--simulate", "--port", "0", "--redis", nowhere, key=None
+    )
+    assert done.returncode == 3
+    assert "cannot reach Redis" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -231,7 +231,7 @@ class RedisStore:
             repr(self._hold),
             payload,
             self._ledger_ttl,
-            -1,
+            repr(self._clock()),
         ]
         args += [-1 if s.limit is None else repr(float(s.limit)) for s in scopes]
         reply = await self._redis.call(lambda: script(keys=keys + list(ledgers), args=args))
@@ -572,7 +572,9 @@ class RedisStore:
         reap = self._scripts["REAP"]
         keys = [self._key("pending"), self._key("pending", "z")]
         reaped = await self._redis.call(
-            lambda: reap(keys=keys, args=[self._key(""), self._ledger_ttl, 1000, -1])
+            lambda: reap(
+                keys=keys, args=[self._key(""), self._ledger_ttl, 1000, repr(self._clock())]
+            )
         )
         if reaped:
             log.warning("gateway state: %s stale reservations booked as spent", reaped)
