@@ -31,24 +31,21 @@ import json
 import logging
 import time
 import uuid
-from collections import OrderedDict, deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import attrs
-from redis.asyncio.client import Pipeline
 
-from ..redis._store import Store
-from . import _redis_scripts as scripts
 from ._policy import Denial
+from ._redis_writer import GatewayRedis, Layout, WriteBehind, text
 from ._store import Reservation, Scope, StateUnavailableError, TaskRecord
 
 __all__ = ["RedisStore"]
 
 log = logging.getLogger("ruxa_async")
 
-_SETTLED_CACHE = 50_000
-_BATCH = 500
+_CACHE = 50_000
 _PROBE_EVERY = 0.25
 _MAINTAIN_EVERY = 10.0
 _RETRY_AFTER = 2.0
@@ -56,38 +53,24 @@ _UNAVAILABLE = (
     "the gateway's shared state (Redis) is not answering, so no budget can be checked; "
     "nothing was created; retry shortly"
 )
-
-Op = Callable[[Pipeline], Awaitable[Any]]
+_UNAVAILABLE_QUERY = (
+    "the gateway's shared state (Redis) is not answering, so this task's owner cannot be "
+    "checked; retry shortly"
+)
 
 
 @attrs.frozen
 class _Held(Reservation):
-    """A reservation as Redis knows it: with its id and ledger keys."""
+    """A reservation as Redis knows it, with its id."""
 
     rid: str = ""
-    ledgers: tuple[str, ...] = ()
 
 
-class _GatewayRedis(Store):
-    """The fleet's Redis helper, with the gateway's own outage message."""
-
-    def failed(self, exc: BaseException) -> None:
-        self.errors += 1
-        if self.degraded:
-            return
-        self.degraded = True
-        self.degraded_since = self._clock()
-        self.degraded_events += 1
-        log.warning(
-            "gateway state: Redis at %s unreachable (%s: %s); creates answer 503 until it is back",
-            self.shown_url,
-            type(exc).__name__,
-            exc,
-        )
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+def _lru_put(cache: OrderedDict[str, TaskRecord], record: TaskRecord) -> None:
+    cache[record.task_id] = record
+    cache.move_to_end(record.task_id)
+    if len(cache) > _CACHE:
+        cache.popitem(last=False)
 
 
 class RedisStore:
@@ -95,8 +78,11 @@ class RedisStore:
 
     ``url`` is a ``redis://`` URL; ``timeout`` bounds every Redis call.
     Decisions that must be exact across instances (budget and in-flight
-    reservation, ownership) are awaited; the rest is written behind. Needs the
-    ``redis`` extra (``pip install "ruxa-async[gateway,redis]"``).
+    reservation, ownership) are awaited; the rest is written behind. A
+    settled task's record is kept ``keep_settled`` seconds; a reservation
+    nobody committed or released within ``hold_seconds`` (its gateway died
+    mid-create) is booked as spent. Needs the ``redis`` extra
+    (``pip install "ruxa-async[gateway,redis]"``).
     """
 
     def __init__(
@@ -113,13 +99,18 @@ class RedisStore:
     ) -> None:
         if timeout <= 0 or keep_settled <= 0 or ledger_ttl <= 0 or hold_seconds <= 0:
             raise ValueError("timeout, keep_settled, ledger_ttl and hold_seconds must be > 0")
-        self._redis = _GatewayRedis(url, namespace=namespace, timeout=timeout)
+        self._redis = GatewayRedis(url, namespace=namespace, timeout=timeout)
+        self._layout = Layout(
+            self._redis,
+            keep=keep_settled,
+            ledger_ttl=ledger_ttl,
+            hold=hold_seconds,
+            audit_maxlen=audit_maxlen,
+        )
+        self._writer = WriteBehind(self._redis)
         self.namespace = namespace
         self._clock = clock
-        self._keep = int(keep_settled)
-        self._ledger_ttl = int(ledger_ttl)
         self._hold = hold_seconds
-        self._audit_maxlen = audit_maxlen
         self._instance = uuid.uuid4().hex[:12]
         self._seq = 0
         self._open: dict[str, TaskRecord] = {}
@@ -127,24 +118,10 @@ class RedisStore:
         self._fetched: OrderedDict[str, TaskRecord] = OrderedDict()
         self._usage: dict[tuple[str, str], tuple[float, float]] = {}
         self._inflight: dict[str, int] = {}
-        self._writes: deque[Op] = deque()
-        self._audits: deque[Op] = deque(maxlen=100_000)
-        self._wake = asyncio.Event()
-        self._idle = asyncio.Event()
-        self._idle.set()
-        self._recovered = asyncio.Event()
-        self._redis.on_recovered.append(self._recovered.set)
         self._tasks: list[asyncio.Task[None]] = []
-        self._scripts: dict[str, Any] = {}
 
     def __repr__(self) -> str:
         return f"<RedisStore {self._redis.shown_url} namespace={self.namespace!r}>"
-
-    def _key(self, *parts: str) -> str:
-        return self._redis.key(*parts)
-
-    def _ledger(self, scope: str, period: str) -> str:
-        return self._key("ledger", scope, period)
 
     @property
     def available(self) -> bool:
@@ -153,27 +130,26 @@ class RedisStore:
 
     async def wait_available(self) -> None:
         """Return once Redis answers again (at once when it is not away)."""
-        while self._redis.degraded:
-            self._recovered.clear()
-            await self._recovered.wait()
+        await self._writer.wait_available()
 
     # -- lifecycle -----------------------------------------------------------------------
 
     async def open(self) -> None:
-        """Check Redis answers, load every unsettled task, start the writer and the probe."""
-        for name in ("RESERVE", "COMMIT", "RELEASE", "SETTLE", "REAP"):
-            self._scripts[name] = self._redis.script(getattr(scripts, name))
+        """Check Redis answers, load every unsettled task, start the writer and the upkeep."""
         if await self._redis.call(self._redis.redis.ping, probe=True) is None:
             await self._redis.aclose()
             raise StateUnavailableError(
                 f"the gateway cannot reach Redis at {self._redis.shown_url} "
                 f"within {self._redis.timeout:g} s; start it or fix [state] redis_url"
             )
-        await self._load_open()
+        for task_id in await self._layout.open_ids() or ():
+            record = await self._layout.fetch(task_id)
+            if record is not None and not record.settled:
+                self._open[task_id] = record
         loop = asyncio.get_running_loop()
         self._tasks = [
-            loop.create_task(self._write_forever(), name="gateway redis writer"),
-            loop.create_task(self._maintain_forever(), name="gateway redis upkeep"),
+            loop.create_task(self._writer.write_forever(), name="gateway redis writer"),
+            loop.create_task(self._upkeep_forever(), name="gateway redis upkeep"),
         ]
 
     async def aclose(self) -> None:
@@ -184,34 +160,20 @@ class RedisStore:
         self._tasks = []
         if not self._redis.degraded:
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._drain_once(), self._redis.timeout * 2)
-        if self._writes:
+                await asyncio.wait_for(self._writer.drain(), self._redis.timeout * 2)
+        if len(self._writer):
             log.warning(
                 "gateway state: %d writes could not reach Redis before closing; "
                 "their reservations are booked as spent after %g s",
-                len(self._writes),
+                len(self._writer),
                 self._hold,
             )
         await self._redis.aclose()
 
     async def flush(self) -> None:
         """Wait until every change so far is in Redis; StateUnavailableError while it is away."""
-        while self._writes or self._audits or not self._idle.is_set():
-            if self._redis.degraded:
-                raise StateUnavailableError(_UNAVAILABLE_QUERY, retry_after=_RETRY_AFTER)
-            self._wake.set()
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._idle.wait(), self._redis.timeout)
-            await asyncio.sleep(0)  # let the writer take the next batch
-
-    async def _load_open(self) -> None:
-        ids = await self._redis.call(lambda: self._redis.redis.smembers(self._key("open")))
-        if not ids:
-            return
-        for task_id in map(_text, ids):
-            record = await self._fetch(task_id)
-            if record is not None and not record.settled:
-                self._open[task_id] = record
+        if not await self._writer.flush():
+            raise StateUnavailableError(_UNAVAILABLE_QUERY, retry_after=_RETRY_AFTER)
 
     # -- decisions ------------------------------------------------------------------------
 
@@ -220,24 +182,11 @@ class RedisStore:
     ) -> Reservation | Denial:
         """Check the in-flight cap and every budget and hold ``amount``, in one script."""
         rid = f"{self._instance}:{uuid.uuid4().hex[:12]}"
-        ledgers = tuple(self._ledger(s.name, s.period) for s in scopes)
-        payload = json.dumps({"user": user, "amount": amount, "ledgers": list(ledgers)})
-        script = self._scripts["RESERVE"]
-        keys = [self._key("inflight", user), self._key("pending"), self._key("pending", "z")]
-        args: list[Any] = [
-            rid,
-            repr(float(amount)),
-            -1 if max_in_flight is None else max_in_flight,
-            repr(self._hold),
-            payload,
-            self._ledger_ttl,
-            repr(self._clock()),
-        ]
-        args += [-1 if s.limit is None else repr(float(s.limit)) for s in scopes]
-        reply = await self._redis.call(lambda: script(keys=keys + list(ledgers), args=args))
+        call = self._layout.reserve(rid, user, amount, scopes, max_in_flight, self._clock())
+        reply = await self._redis.call(call)
         if reply is None:
             return Denial(503, "state", _UNAVAILABLE, retry_after=_RETRY_AFTER)
-        verdict = [_text(x) for x in reply]
+        verdict = [text(x) for x in reply]
         if verdict[0] == "in_flight":
             running = int(verdict[1])
             self._inflight[user] = running
@@ -262,7 +211,7 @@ class RedisStore:
         for i, scope in enumerate(scopes):
             spent, held = float(verdict[2 + 2 * i]), float(verdict[3 + 2 * i])
             self._usage[(scope.name, scope.period)] = (spent, held)
-        return _Held(user=user, amount=amount, scopes=tuple(scopes), rid=rid, ledgers=ledgers)
+        return _Held(user=user, amount=amount, scopes=tuple(scopes), rid=rid)
 
     def reserve(
         self, user: str, amount: float, scopes: Sequence[Scope], max_in_flight: int | None
@@ -277,13 +226,13 @@ class RedisStore:
     ) -> TaskRecord:
         """Record the created task in Redis before its id is returned (written behind if down)."""
         record = self._record(res, task_id, key, model, callback_url)
-        op = self._commit_op(res, record)
-        if await self._redis.call(lambda: self._run([op])) is None:
+        op = self._layout.commit(res.rid if isinstance(res, _Held) else "", record)
+        if await self._redis.call(lambda: self._writer.run([op])) is None:
             log.warning(
                 "gateway state: task %s is recorded on this instance only until Redis answers",
                 task_id,
             )
-            self._queue(op)
+            self._writer.queue(op)
         self._open[task_id] = record
         return record
 
@@ -292,7 +241,7 @@ class RedisStore:
     ) -> TaskRecord:
         """Record the created task; written behind (other instances may not see it at once)."""
         record = self._record(res, task_id, key, model, callback_url)
-        self._queue(self._commit_op(res, record))
+        self._writer.queue(self._layout.commit(res.rid if isinstance(res, _Held) else "", record))
         self._open[task_id] = record
         return record
 
@@ -310,37 +259,16 @@ class RedisStore:
             callback_url=callback_url,
         )
 
-    def _commit_op(self, res: Reservation, record: TaskRecord) -> Op:
-        rid = res.rid if isinstance(res, _Held) else ""
-        keys = [
-            self._key("task", record.task_id),
-            self._key("pending"),
-            self._key("pending", "z"),
-            self._key("open"),
-        ]
-        fields = {
-            "user": record.user,
-            "key": record.key,
-            "model": record.model,
-            "created": repr(record.created),
-            "reserved": repr(float(record.reserved)),
-            "scopes": json.dumps(record.scopes),
-            "callback_url": record.callback_url or "",
-        }
-        args = [rid, record.task_id] + [x for kv in fields.items() for x in kv]
-        script = self._scripts["COMMIT"]
-        return lambda pipe: script(keys=keys, args=args, client=pipe)
+    def _left(self, user: str) -> None:
+        self._inflight[user] = max(0, self._inflight.get(user, 1) - 1)
 
     def release(self, res: Reservation, *, charge: bool) -> None:
         """Drop a reservation whose create failed; ``charge`` books it as spent (written behind)."""
-        left = self._inflight.get(res.user, 1) - 1
-        self._inflight[res.user] = max(0, left)
-        if not isinstance(res, _Held):
-            return
-        keys = [self._key("pending"), self._key("pending", "z"), self._key("inflight", res.user)]
-        args = [res.rid, repr(float(res.amount)), "1" if charge else "0", self._ledger_ttl]
-        script = self._scripts["RELEASE"]
-        self._queue(lambda pipe: script(keys=keys + list(res.ledgers), args=args, client=pipe))
+        self._left(res.user)
+        if isinstance(res, _Held):
+            self._writer.queue(
+                self._layout.release(res.rid, res.user, res.amount, res.scopes, charge)
+            )
 
     def settle(
         self, task_id: str, cost: float, state: str, final: dict[str, Any] | None = None
@@ -353,28 +281,10 @@ class RedisStore:
         record.cost = cost
         record.state = state
         record.final = final
-        self._remember(record)
-        left = self._inflight.get(record.user, 1) - 1
-        self._inflight[record.user] = max(0, left)
-        keys = [self._key("task", task_id), self._key("open"), self._key("inflight", record.user)]
-        keys += [self._ledger(s, p) for s, p in record.scopes]
-        args = [
-            task_id,
-            repr(float(cost)),
-            state,
-            json.dumps(final) if final is not None else "",
-            self._keep,
-            self._ledger_ttl,
-        ]
-        script = self._scripts["SETTLE"]
-        self._queue(lambda pipe: script(keys=keys, args=args, client=pipe))
+        _lru_put(self._settled, record)
+        self._left(record.user)
+        self._writer.queue(self._layout.settle(record, cost, state, final))
         return record
-
-    def _remember(self, record: TaskRecord) -> None:
-        self._settled[record.task_id] = record
-        self._settled.move_to_end(record.task_id)
-        if len(self._settled) > _SETTLED_CACHE:
-            self._settled.popitem(last=False)
 
     def claim_relay(self, record: TaskRecord, state: str) -> bool:
         """True the first time this instance claims ``state``; the claim is shared written behind.
@@ -385,13 +295,7 @@ class RedisStore:
         if state in record.relayed:
             return False
         record.relayed.add(state)
-        key = self._key("relayed", record.task_id)
-
-        async def op(pipe: Pipeline) -> None:
-            await pipe.sadd(key, state)
-            await pipe.expire(key, self._keep)
-
-        self._queue(op)
+        self._writer.queue(self._layout.relayed(record.task_id, state))
         return True
 
     # -- reads ----------------------------------------------------------------------------
@@ -405,54 +309,13 @@ class RedisStore:
         record = self._open.get(task_id) or self._settled.get(task_id)
         if record is not None:
             return record
-        if self._redis.degraded:
-            raise StateUnavailableError(_UNAVAILABLE_QUERY, retry_after=_RETRY_AFTER)
-        record = await self._fetch(task_id)
+        if not self._redis.degraded:
+            record = await self._layout.fetch(task_id)
         if self._redis.degraded:
             raise StateUnavailableError(_UNAVAILABLE_QUERY, retry_after=_RETRY_AFTER)
         if record is not None:
-            if record.settled:
-                self._remember(record)
-            else:
-                self._fetched[task_id] = record
-                if len(self._fetched) > _SETTLED_CACHE:
-                    self._fetched.popitem(last=False)
+            _lru_put(self._settled if record.settled else self._fetched, record)
         return record
-
-    async def _fetch(self, task_id: str) -> TaskRecord | None:
-        task_key = self._key("task", task_id)
-        relayed_key = self._key("relayed", task_id)
-
-        async def read() -> tuple[Any, Any]:
-            async with self._redis.redis.pipeline(transaction=False) as pipe:
-                pipe.hgetall(task_key)
-                pipe.smembers(relayed_key)
-                got = await pipe.execute()
-            return got[0], got[1]
-
-        got = await self._redis.call(read)
-        if got is None or not got[0]:
-            return None
-        raw = {_text(k): _text(v) for k, v in got[0].items()}
-        if "user" not in raw:
-            return None
-        final = raw.get("final")
-        cost = raw.get("cost")
-        return TaskRecord(
-            task_id=task_id,
-            user=raw["user"],
-            key=raw.get("key", ""),
-            model=raw.get("model", ""),
-            created=float(raw.get("created", "0")),
-            reserved=float(raw.get("reserved", "0")),
-            scopes=tuple((s, p) for s, p in json.loads(raw.get("scopes", "[]"))),
-            callback_url=raw.get("callback_url") or None,
-            settled=raw.get("settled") == "1",
-            cost=float(cost) if cost else None,
-            state=raw.get("state") or None,
-            relayed={_text(s) for s in got[1]},
-            final=json.loads(final) if final else None,
-        )
 
     def usage(self, scope: str, period: str) -> tuple[float, float]:
         """``(spent, reserved)`` of a ledger as of this instance's last reservation in it."""
@@ -481,81 +344,19 @@ class RedisStore:
             "instance": f"{self._instance}:{self._seq}",
             "detail": json.dumps(detail, sort_keys=True),
         }
-        key = self._key("audit")
-        cap = self._audit_maxlen
-
-        async def op(pipe: Pipeline) -> None:
-            await pipe.xadd(key, fields, maxlen=cap, approximate=True)  # type: ignore[arg-type]
-
-        if len(self._audits) == self._audits.maxlen:
-            log.warning("gateway state: audit backlog full while Redis is away; oldest dropped")
-        self._audits.append(op)
-        self._wake.set()
+        self._writer.queue_audit(self._layout.audit(fields))
 
     async def audit_records(self) -> list[dict[str, Any]]:
         """Every audit record in the stream, oldest first, as dicts (after a flush)."""
         await self.flush()
-        key = self._key("audit")
-        rows = await self._redis.call(lambda: self._redis.redis.xrange(key))
-        if rows is None:
+        records = await self._layout.audit_entries()
+        if records is None:
             raise StateUnavailableError(_UNAVAILABLE_QUERY, retry_after=_RETRY_AFTER)
-        out = []
-        for entry_id, raw in rows:
-            fields = {_text(k): _text(v) for k, v in (raw or {}).items()}
-            out.append(
-                {
-                    "id": _text(entry_id),
-                    "ts": float(fields["ts"]),
-                    "event": fields["event"],
-                    "user": fields["user"] or None,
-                    "task_id": fields["task_id"] or None,
-                    "instance": fields["instance"],
-                    **json.loads(fields["detail"]),
-                }
-            )
-        return out
+        return records
 
-    # -- the writer -----------------------------------------------------------------------
+    # -- upkeep -------------------------------------------------------------------------
 
-    def _queue(self, op: Op) -> None:
-        self._writes.append(op)
-        self._wake.set()
-
-    async def _run(self, ops: Sequence[Op]) -> list[Any]:
-        async with self._redis.redis.pipeline(transaction=False) as pipe:
-            for op in ops:
-                await op(pipe)
-            result: list[Any] = await pipe.execute()
-            return result
-
-    async def _drain_once(self) -> bool:
-        """Write one batch (state writes first, then audit); False if Redis refused it."""
-        if self._writes:
-            source = self._writes
-        elif self._audits:
-            source = self._audits
-        else:
-            return True
-        batch = [source.popleft() for _ in range(min(_BATCH, len(source)))]
-        if await self._redis.call(lambda: self._run(batch), probe=True) is None:
-            source.extendleft(reversed(batch))
-            return False
-        return True
-
-    async def _write_forever(self) -> None:
-        while True:
-            if not (self._writes or self._audits):
-                self._idle.set()
-                self._wake.clear()
-                await self._wake.wait()
-            self._idle.clear()
-            if self._redis.degraded:
-                self._recovered.clear()
-                await self._recovered.wait()
-                continue
-            await self._drain_once()
-
-    async def _maintain_forever(self) -> None:
+    async def _upkeep_forever(self) -> None:
         """Probe while Redis is away; every so often, reap stale holds and adopt orphans."""
         last = time.monotonic()
         while True:
@@ -569,32 +370,19 @@ class RedisStore:
 
     async def maintain(self) -> None:
         """Book expired holds as spent; forget tasks settled elsewhere; adopt orphaned ones."""
-        reap = self._scripts["REAP"]
-        keys = [self._key("pending"), self._key("pending", "z")]
-        reaped = await self._redis.call(
-            lambda: reap(
-                keys=keys, args=[self._key(""), self._ledger_ttl, 1000, repr(self._clock())]
-            )
-        )
+        reaped = await self._layout.reap(self._clock())
         if reaped:
             log.warning("gateway state: %s stale reservations booked as spent", reaped)
-        quiet = not self._writes and self._idle.is_set()
-        ids = await self._redis.call(lambda: self._redis.redis.smembers(self._key("open")))
-        if ids is None:
+        quiet = self._writer.quiet
+        shared = await self._layout.open_ids()
+        if shared is None:
             return
-        shared = set(map(_text, ids))
         now = self._clock()
-        if quiet and not self._writes and self._idle.is_set():
+        if quiet and self._writer.quiet:
             for task_id, mine in list(self._open.items()):
                 if task_id not in shared and mine.created < now - _MAINTAIN_EVERY:
                     del self._open[task_id]  # another instance settled it
         for task_id in shared - self._open.keys():
-            found = await self._fetch(task_id)
+            found = await self._layout.fetch(task_id)
             if found is not None and not found.settled and found.created <= now - self._hold:
                 self._open[task_id] = found  # its gateway is gone; sweep it here
-
-
-_UNAVAILABLE_QUERY = (
-    "the gateway's shared state (Redis) is not answering, so this task's owner cannot be "
-    "checked; retry shortly"
-)
