@@ -286,3 +286,26 @@ async def test_the_command_line_shares_state_through_redis(redis_url: str) -> No
     assert done.returncode == 3
     assert "cannot reach Redis" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+async def test_a_hung_redis_costs_one_timeout_then_503s_never_a_hang(
+    sim: FakeRuxa, redis_url: str, redis_service: RedisServer
+) -> None:
+    """Redis stopped (SIGSTOP, no answers): creates get 503 within the timeout; SIGCONT resumes."""
+    assert redis_service.proc is not None
+    async with two_gateways(shared(sim, redis_url)) as (one, _), aiohttp.ClientSession() as http:
+        url = f"{one.url}/api/v1/tasks/create"
+        body = {"model": NB, "input": PROMPT}
+        redis_service.proc.send_signal(signal.SIGSTOP)
+        try:
+            for _ in range(3):
+                status, envelope, _ = await raw(http, "POST", url, token=TOKENS["alice"], body=body)
+                assert status == 503, envelope
+            assert not store(one).available
+            assert sim.stats().tasks_created == 0
+        finally:
+            redis_service.proc.send_signal(signal.SIGCONT)
+        await store(one).wait_available()
+        status, envelope, _ = await raw(http, "POST", url, token=TOKENS["alice"], body=body)
+        assert status == 200, envelope
+        assert sim.stats().tasks_created == 1

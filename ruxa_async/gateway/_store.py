@@ -28,7 +28,7 @@ from typing import Any, Protocol
 
 import attrs
 
-from .._errors import RuxaError
+from .._errors import ConfigurationError, RuxaError
 from ._config import GatewayConfig
 from ._policy import Denial
 
@@ -530,7 +530,12 @@ def store_for(config: GatewayConfig, *, clock: Callable[[], float] = time.time) 
     """The store ``config`` names: Redis with ``[state] redis_url``, else SQLite at state_path."""
     settings = config.state
     if settings.redis_url:
-        from ._redis_store import RedisStore
+        try:
+            from ._redis_store import RedisStore
+        except ImportError as exc:
+            raise ConfigurationError(
+                '[state] redis_url needs redis-py: pip install "ruxa-async[gateway,redis]"'
+            ) from exc
 
         return RedisStore(
             settings.redis_url,
