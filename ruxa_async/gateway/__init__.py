@@ -18,6 +18,8 @@ signed per Standard Webhooks; an append-only audit log, metrics and alerts.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ._config import (
     AlertSettings,
     CallbackSettings,
@@ -35,6 +37,9 @@ from ._metrics import GatewayStatistics
 from ._relay import sign_webhook, verify_webhook
 from ._store import SQLiteStore, StateStore, StateUnavailableError
 from ._tokens import Identity, mint_token, new_user_token
+
+if TYPE_CHECKING:
+    from ._redis_store import RedisStore
 
 __all__ = [
     "AlertSettings",
