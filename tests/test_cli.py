@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import re
@@ -24,6 +25,7 @@ from .helpers_proc import (
     journal_files,
     journal_jobs,
     run_cli,
+    started_sims,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,16 +52,9 @@ class Sim(SimProcess):
 
 @pytest.fixture
 def make_sim(tmp_path: Path) -> Iterator[Callable[..., Sim]]:
-    sims: list[Sim] = []
-
-    def make(**config: Any) -> Sim:
-        sim = Sim(tmp_path, **config)
-        sims.append(sim)
-        return sim
-
-    yield make
-    for sim in sims:
-        sim.close()
+    """Start standalone simulators (``make_sim(**config)``) and stop them after the test."""
+    with started_sims(functools.partial(Sim, tmp_path)) as make:
+        yield make
 
 
 @pytest.fixture(scope="module")
