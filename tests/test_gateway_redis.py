@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import signal
 import subprocess
+import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
@@ -23,7 +24,7 @@ from ruxa_async.gateway import (
     StateSettings,
     parse_config,
 )
-from ruxa_async.gateway._policy import Denial
+from ruxa_async.gateway._policy import Denial, window_bounds
 from ruxa_async.gateway._store import Reservation, Scope, store_for
 from ruxa_async.testing import CallbackDelivery, FakeRuxa, ModelBehavior, SimConfig
 from tests.helpers_gateway import NB, PROMPT, SORA, TOKENS, config_for, raw, running, user_client
@@ -158,6 +159,10 @@ async def test_a_task_settles_once_whichever_instance_sees_it_end(
         await via_one.wait(first, timeout=20)  # the creating instance sees the end as well
         await store(one).flush()
         await store(two).flush()
+        ledger = ("user:alice", window_bounds("day", time.time())[0])
+        assert store(one).usage(*ledger) == (0.0, 4.0)  # as of its own reservation
+        await store(one).maintain()
+        assert store(one).usage(*ledger) == (4.0, 0.0)  # what metrics show, refreshed
         await via_two.create_task(NB, PROMPT)  # 4 spent + 4 held = the whole budget
         with pytest.raises(InsufficientCreditsError, match="4 spent, 4 held"):
             await via_one.create_task(NB, PROMPT)

@@ -199,7 +199,7 @@ class RedisStore:
         if verdict[0] == "budget":
             scope = scopes[int(verdict[1]) - 1]
             spent, held = float(verdict[2]), float(verdict[3])
-            self._usage[(scope.name, scope.period)] = (spent, held)
+            self._note((scope.name, scope.period), spent, held)
             which = "this token's" if scope.name.startswith("token:") else "your"
             return Denial(
                 402,
@@ -210,7 +210,7 @@ class RedisStore:
         self._inflight[user] = int(verdict[1])
         for i, scope in enumerate(scopes):
             spent, held = float(verdict[2 + 2 * i]), float(verdict[3 + 2 * i])
-            self._usage[(scope.name, scope.period)] = (spent, held)
+            self._note((scope.name, scope.period), spent, held)
         return _Held(user=user, amount=amount, scopes=tuple(scopes), rid=rid)
 
     def reserve(
@@ -259,8 +259,16 @@ class RedisStore:
             callback_url=callback_url,
         )
 
+    def _note(self, ledger: tuple[str, str], spent: float, held: float) -> None:
+        self._usage.pop(ledger, None)
+        self._usage[ledger] = (spent, held)
+        if len(self._usage) > _CACHE:
+            del self._usage[next(iter(self._usage))]
+
     def _left(self, user: str) -> None:
-        self._inflight[user] = max(0, self._inflight.get(user, 1) - 1)
+        left = self._inflight.pop(user, 1) - 1
+        if left > 0:
+            self._inflight[user] = left
 
     def release(self, res: Reservation, *, charge: bool) -> None:
         """Drop a reservation whose create failed; ``charge`` books it as spent (written behind)."""
@@ -318,7 +326,7 @@ class RedisStore:
         return record
 
     def usage(self, scope: str, period: str) -> tuple[float, float]:
-        """``(spent, reserved)`` of a ledger as of this instance's last reservation in it."""
+        """``(spent, reserved)`` of a ledger as of this instance's last look (at most ~10 s old)."""
         return self._usage.get((scope, period), (0.0, 0.0))
 
     def in_flight(self, user: str) -> int:
@@ -369,10 +377,20 @@ class RedisStore:
                 await self.maintain()
 
     async def maintain(self) -> None:
-        """Book expired holds as spent; forget tasks settled elsewhere; adopt orphaned ones."""
+        """Book expired holds as spent, refresh the usage this instance shows (metrics), forget
+        tasks settled elsewhere, adopt tasks whose gateway is gone."""
         reaped = await self._layout.reap(self._clock())
         if reaped:
             log.warning("gateway state: %s stale reservations booked as spent", reaped)
+        ledgers, users = list(self._usage), list(self._inflight)
+        counters = await self._layout.counters(ledgers, users)
+        if counters is not None:
+            self._usage.update(zip(ledgers, counters[0], strict=True))
+            for user, running in zip(users, counters[1], strict=True):
+                if running > 0:
+                    self._inflight[user] = running
+                else:
+                    self._inflight.pop(user, None)
         quiet = self._writer.quiet
         shared = await self._layout.open_ids()
         if shared is None:

@@ -212,6 +212,26 @@ class Layout:
             return None
         return decode_record(task_id, got[0], got[1])
 
+    async def counters(
+        self, ledgers: Sequence[tuple[str, str]], users: Sequence[str]
+    ) -> tuple[list[tuple[float, float]], list[int]] | None:
+        """``(spent, held)`` of each ledger and the tasks in flight of each user (None: failed)."""
+
+        async def read() -> list[Any]:
+            async with self.redis.redis.pipeline(transaction=False) as pipe:
+                for scope, period in ledgers:
+                    pipe.hmget(self.ledger(scope, period), ["spent", "held"])
+                for user in users:
+                    pipe.get(self.key("inflight", user))
+                got: list[Any] = await pipe.execute()
+                return got
+
+        got = await self.redis.call(read)
+        if got is None:
+            return None
+        usage = [(float(h[0] or 0), float(h[1] or 0)) for h in got[: len(ledgers)]]
+        return usage, [int(n or 0) for n in got[len(ledgers) :]]
+
     async def audit_entries(self) -> list[dict[str, Any]] | None:
         """Every audit record, oldest first (None if Redis failed)."""
         rows = await self.redis.call(lambda: self.redis.redis.xrange(self.key("audit")))

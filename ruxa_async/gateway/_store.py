@@ -147,7 +147,10 @@ class StateStore(Protocol):
         """Drop a reservation whose create failed; ``charge`` books it as spent."""
 
     async def lookup(self, task_id: str) -> TaskRecord | None:
-        """The task's record, or None when the gateway never created it."""
+        """The task's record, or None when the gateway never created it.
+
+        A shared store raises :class:`StateUnavailableError` when it cannot tell.
+        """
 
     def settle(
         self, task_id: str, cost: float, state: str, final: dict[str, Any] | None = None
