@@ -26,8 +26,18 @@ from ruxa_async.gateway import (
 )
 from ruxa_async.gateway._policy import Denial, window_bounds
 from ruxa_async.gateway._store import Reservation, Scope, store_for
-from ruxa_async.testing import CallbackDelivery, FakeRuxa, ModelBehavior, SimConfig
-from tests.helpers_gateway import NB, PROMPT, SORA, TOKENS, config_for, raw, running, user_client
+from ruxa_async.testing import CallbackDelivery, FakeRuxa, Faults, ModelBehavior, SimConfig
+from tests.helpers_gateway import (
+    NB,
+    PROMPT,
+    SORA,
+    TOKENS,
+    config_for,
+    eventually,
+    raw,
+    running,
+    user_client,
+)
 from tests.helpers_proc import ROOT, child_env, cli, run_cli
 from tests.services import RedisServer, free_port
 
@@ -314,3 +324,36 @@ async def test_a_hung_redis_costs_one_timeout_then_503s_never_a_hang(
         status, envelope, _ = await raw(http, "POST", url, token=TOKENS["alice"], body=body)
         assert status == 200, envelope
         assert sim.stats().tasks_created == 1
+
+
+async def test_a_task_created_as_redis_hangs_is_recorded_when_it_answers(
+    sim: FakeRuxa, redis_url: str, redis_service: RedisServer
+) -> None:
+    """Redis hangs mid-create: the owner still gets the task id; other instances see it later."""
+    assert redis_service.proc is not None
+    sim.reconfigure(
+        default_behavior=ModelBehavior(median_seconds=30, sigma=0),
+        faults=Faults(slow_reply=1.0, slow_seconds=1.0),  # the task exists before the reply
+    )
+    async with two_gateways(shared(sim, redis_url)) as (one, two), aiohttp.ClientSession() as http:
+        body = {"model": NB, "input": PROMPT}
+        create = asyncio.ensure_future(
+            raw(http, "POST", f"{one.url}/api/v1/tasks/create", token=TOKENS["alice"], body=body)
+        )
+        await eventually(lambda: sim.stats().tasks_created == 1)
+        redis_service.proc.send_signal(signal.SIGSTOP)
+        try:
+            status, envelope, _ = await create
+            assert status == 200, envelope
+            assert not store(one).available  # its record could not be written at once
+            task_id = envelope["data"]["taskId"]
+            sim.reconfigure(faults=Faults())
+            query = f"/api/v1/tasks/query/{task_id}"
+            assert (await raw(http, "GET", one.url + query, token=TOKENS["alice"]))[0] == 200
+            assert (await raw(http, "GET", two.url + query, token=TOKENS["alice"]))[0] == 503
+        finally:
+            redis_service.proc.send_signal(signal.SIGCONT)
+        await asyncio.gather(store(one).wait_available(), store(two).wait_available())
+        await store(one).flush()
+        assert (await raw(http, "GET", two.url + query, token=TOKENS["alice"]))[0] == 200
+        assert (await raw(http, "GET", two.url + query, token=TOKENS["bob"]))[0] == 404
