@@ -251,6 +251,41 @@ async def test_a_reservation_left_by_a_dead_gateway_is_booked_as_spent(redis_url
         assert "4 spent, 4 held" in over.message
 
 
+async def test_a_task_record_reads_back_whole_on_another_instance(redis_url: str) -> None:
+    """Owner, key, model, reservation, callback, settlement and relayed states round-trip."""
+    budget = [Scope("user:u", "p", None)]
+    async with contextlib.AsyncExitStack() as stack:
+        writer, reader = RedisStore(redis_url), RedisStore(redis_url)
+        for store_ in (writer, reader):
+            await store_.open()
+            stack.push_async_callback(store_.aclose)
+        held = await writer.areserve("u", 2.5, budget, None)
+        assert isinstance(held, Reservation)
+        made = await writer.acommit(held, "t1", "key2", NB, "https://app.example/hook")
+        assert (await reader.lookup("t1")) == made
+        assert writer.claim_relay(made, "success")
+        assert not writer.claim_relay(made, "success")
+        final = {"taskId": "t1", "state": "success", "resultJson": "{}"}
+        writer.settle("t1", 2.0, "success", final)
+        await writer.flush()
+        seen = RedisStore(redis_url)  # a third instance, nothing in memory
+        await seen.open()
+        stack.push_async_callback(seen.aclose)
+        record = await seen.lookup("t1")
+        assert record is not None
+        assert (record.user, record.key, record.model, record.reserved) == ("u", "key2", NB, 2.5)
+        assert record.callback_url == "https://app.example/hook"
+        assert (record.settled, record.cost, record.state, record.final) == (
+            True,
+            2.0,
+            "success",
+            final,
+        )
+        assert record.relayed == {"success"}
+        assert await seen.lookup("t2") is None
+        assert seen.open_tasks() == []
+
+
 def test_state_table_names_the_redis_url_by_environment_variable(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from ..redis._scripts import _CLOCK
 
-__all__ = ["COMMIT", "REAP", "RELEASE", "RESERVE", "SETTLE"]
+__all__ = ["COMMIT", "REAP", "RELAYED", "RELEASE", "RESERVE", "SETTLE"]
 
 _LEDGER = """
 local function unhold(key, amount, charge, ttl)
@@ -144,3 +144,11 @@ end
 return #due
 """
 )
+
+# Note a state relayed to the task's owner, in the task's own hash (never creates one).
+# KEYS: task hash   ARGV: state   -> 1 noted, 0 no such task
+RELAYED = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'relayed:' .. ARGV[1], '1')
+return 1
+"""

@@ -19,8 +19,9 @@ its id answers 404 like an unknown one), ``{ns}:open`` (set of unsettled ids),
 ``ledger_ttl`` seconds after its last change), ``{ns}:inflight:{user}``,
 ``{ns}:pending`` + ``{ns}:pending:z`` (reservations whose create is under way;
 one left over by a gateway that died mid-create is booked as spent after
-``hold_seconds``, like an ambiguous create), ``{ns}:relayed:{id}`` and the
-audit stream ``{ns}:audit`` (capped at about ``audit_maxlen`` entries).
+``hold_seconds``, like an ambiguous create) and the audit stream ``{ns}:audit``
+(capped at about ``audit_maxlen`` entries). A task hash also notes the states
+relayed to its owner (fields ``relayed:{state}``).
 """
 
 from __future__ import annotations
@@ -227,7 +228,7 @@ class RedisStore:
         """Record the created task in Redis before its id is returned (written behind if down)."""
         record = self._record(res, task_id, key, model, callback_url)
         op = self._layout.commit(res.rid if isinstance(res, _Held) else "", record)
-        if await self._redis.call(lambda: self._writer.run([op])) is None:
+        if await self._redis.call(lambda: op(self._redis.redis)) is None:
             log.warning(
                 "gateway state: task %s is recorded on this instance only until Redis answers",
                 task_id,

@@ -31,7 +31,7 @@ __all__ = ["GatewayRedis", "Layout", "Op", "WriteBehind", "decode_audit", "decod
 
 log = logging.getLogger("ruxa_async")
 
-Op = Callable[[Pipeline], Awaitable[Any]]
+Op = Callable[[Any], Awaitable[Any]]  # given a pipeline, or the client to run at once
 
 _BATCH = 500
 _AUDIT_BACKLOG = 100_000
@@ -74,7 +74,7 @@ class Layout:
         self.audit_maxlen = audit_maxlen
         self._scripts = {
             name: redis.script(getattr(scripts, name))
-            for name in ("RESERVE", "COMMIT", "RELEASE", "SETTLE", "REAP")
+            for name in ("RESERVE", "COMMIT", "RELEASE", "SETTLE", "REAP", "RELAYED")
         }
 
     def key(self, *parts: str) -> str:
@@ -112,7 +112,10 @@ class Layout:
         return lambda: script(keys=keys + ledgers, args=args)
 
     def commit(self, rid: str, record: TaskRecord) -> Op:
-        """Record a created task; its reservation ``rid`` stops being pending."""
+        """Record a created task; its reservation ``rid`` stops being pending.
+
+        The op takes a pipeline (write-behind) or the client itself (one EVALSHA now).
+        """
         keys = [
             self.key("task", record.task_id),
             self.key("pending"),
@@ -130,7 +133,7 @@ class Layout:
         }
         args = [rid, record.task_id] + [x for kv in fields.items() for x in kv]
         script = self._scripts["COMMIT"]
-        return lambda pipe: script(keys=keys, args=args, client=pipe)
+        return lambda client: script(keys=keys, args=args, client=client)
 
     def release(
         self, rid: str, user: str, amount: float, scopes: Sequence[Scope], charge: bool
@@ -165,13 +168,9 @@ class Layout:
 
     def relayed(self, task_id: str, state: str) -> Op:
         """Note that ``state`` of a task was relayed to its owner."""
-        key = self.key("relayed", task_id)
-
-        async def op(pipe: Pipeline) -> None:
-            await pipe.sadd(key, state)
-            await pipe.expire(key, self.keep)
-
-        return op
+        keys, args = [self.key("task", task_id)], [state]
+        script = self._scripts["RELAYED"]
+        return lambda pipe: script(keys=keys, args=args, client=pipe)
 
     def audit(self, fields: dict[str, str]) -> Op:
         """Append one record to the capped audit stream."""
@@ -198,19 +197,8 @@ class Layout:
     async def fetch(self, task_id: str) -> TaskRecord | None:
         """A task's record from Redis; None if unknown or Redis failed (check ``degraded``)."""
         task_key = self.key("task", task_id)
-        relayed_key = self.key("relayed", task_id)
-
-        async def read() -> tuple[Any, Any]:
-            async with self.redis.redis.pipeline(transaction=False) as pipe:
-                pipe.hgetall(task_key)
-                pipe.smembers(relayed_key)
-                got = await pipe.execute()
-            return got[0], got[1]
-
-        got = await self.redis.call(read)
-        if got is None or not got[0]:
-            return None
-        return decode_record(task_id, got[0], got[1])
+        fields = await self.redis.call(lambda: self.redis.redis.hgetall(task_key))
+        return decode_record(task_id, fields) if fields else None
 
     async def counters(
         self, ledgers: Sequence[tuple[str, str]], users: Sequence[str]
@@ -336,8 +324,8 @@ class WriteBehind:
             await self.drain_once()
 
 
-def decode_record(task_id: str, fields: dict[Any, Any], relayed: set[Any]) -> TaskRecord | None:
-    """A task hash (and its relayed states) as a :class:`TaskRecord`; None when not a task."""
+def decode_record(task_id: str, fields: dict[Any, Any]) -> TaskRecord | None:
+    """A task hash as a :class:`TaskRecord`; None when it is not a whole task."""
     raw = {text(k): text(v) for k, v in fields.items()}
     if "user" not in raw:
         return None
@@ -355,7 +343,7 @@ def decode_record(task_id: str, fields: dict[Any, Any], relayed: set[Any]) -> Ta
         settled=raw.get("settled") == "1",
         cost=float(cost) if cost else None,
         state=raw.get("state") or None,
-        relayed={text(s) for s in relayed},
+        relayed={k[len("relayed:") :] for k in raw if k.startswith("relayed:")},
         final=json.loads(final) if final else None,
     )
 
