@@ -286,6 +286,35 @@ async def test_a_task_record_reads_back_whole_on_another_instance(redis_url: str
         assert seen.open_tasks() == []
 
 
+async def test_open_tasks_of_a_dead_gateway_are_adopted_and_settled_ones_forgotten(
+    redis_url: str,
+) -> None:
+    """Upkeep: an hour-old open task nobody settles is swept here; one settled elsewhere is not."""
+    now = [1_000_000.0]
+    budget = [Scope("user:u", "p", None)]
+    async with contextlib.AsyncExitStack() as stack:
+        dead, alive = (RedisStore(redis_url, clock=lambda: now[0]) for _ in range(2))
+        for store_ in (dead, alive):
+            await store_.open()
+            stack.push_async_callback(store_.aclose)
+        for task_id in ("orphan", "finished"):
+            held = await dead.areserve("u", 1.0, budget, None)
+            assert isinstance(held, Reservation)
+            await dead.acommit(held, task_id, "key1", NB, None)
+        now[0] += 60
+        finished = await alive.lookup("finished")
+        assert finished is not None
+        alive.settle("finished", 1.0, "success")
+        await alive.flush()
+        await dead.maintain()
+        assert [r.task_id for r in dead.open_tasks()] == ["orphan"]
+        await alive.maintain()
+        assert alive.open_tasks() == []  # the orphan is too young to be anyone's but its maker's
+        now[0] += 3600
+        await alive.maintain()
+        assert [r.task_id for r in alive.open_tasks()] == ["orphan"]
+
+
 def test_state_table_names_the_redis_url_by_environment_variable(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -65,17 +65,17 @@ return out
 
 # Record a created task; its reservation stops being pending. A reservation the
 # reaper already booked as spent leaves the task marked ``charged``.
-# KEYS: task hash, pending hash, pending zset, open set   ARGV: reservation id, task id,
-#       then field/value pairs   -> 1 recorded, 0 already there
+# KEYS: task hash, pending hash, pending zset, open zset (by creation time)
+# ARGV: reservation id, task id, created, then field/value pairs   -> 1 recorded, 0 already there
 COMMIT = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 local charged = '0'
 if redis.call('HDEL', KEYS[2], ARGV[1]) == 0 then charged = '1' end
 redis.call('ZREM', KEYS[3], ARGV[1])
 local fields = {}
-for i = 3, #ARGV do fields[#fields + 1] = ARGV[i] end
+for i = 4, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call('HSET', KEYS[1], 'charged', charged, 'settled', '0', unpack(fields))
-redis.call('SADD', KEYS[4], ARGV[2])
+redis.call('ZADD', KEYS[4], ARGV[3], ARGV[2])
 return 1
 """
 
@@ -98,7 +98,7 @@ return 1
 )
 
 # Book a finished task's cost once.
-# KEYS: task hash, open set, in-flight counter, ledger hashes...
+# KEYS: task hash, open zset, in-flight counter, ledger hashes...
 # ARGV: task id, cost, state, final JSON ('' for none), keep seconds, ledger ttl
 # -> 1 settled now, 0 settled before, -1 unknown
 SETTLE = (
@@ -114,7 +114,7 @@ if h[3] == '1' then
 end
 for i = 4, #KEYS do unhold(KEYS[i], reserved, cost, ARGV[6]) end
 leave(KEYS[3])
-redis.call('SREM', KEYS[2], ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('HSET', KEYS[1], 'settled', '1', 'cost', ARGV[2], 'state', ARGV[3], 'final', ARGV[4])
 redis.call('EXPIRE', KEYS[1], ARGV[5])
 return 1

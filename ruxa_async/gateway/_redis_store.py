@@ -14,7 +14,7 @@ memory gets 503. A background probe ends the outage as soon as Redis answers.
 
 Keys (``{ns}`` is the namespace): ``{ns}:task:{id}`` (hash; open tasks never
 expire, a settled one expires ``keep_settled`` seconds after settlement, then
-its id answers 404 like an unknown one), ``{ns}:open`` (set of unsettled ids),
+its id answers 404 like an unknown one), ``{ns}:open`` (unsettled ids by creation time),
 ``{ns}:ledger:{scope}:{period}`` (hash ``spent``/``held``; expires
 ``ledger_ttl`` seconds after its last change), ``{ns}:inflight:{user}``,
 ``{ns}:pending`` + ``{ns}:pending:z`` (reservations whose create is under way;
@@ -143,10 +143,9 @@ class RedisStore:
                 f"the gateway cannot reach Redis at {self._redis.shown_url} "
                 f"within {self._redis.timeout:g} s; start it or fix [state] redis_url"
             )
-        for task_id in await self._layout.open_ids() or ():
-            record = await self._layout.fetch(task_id)
-            if record is not None and not record.settled:
-                self._open[task_id] = record
+        for record in await self._layout.fetch_many(await self._layout.open_ids() or []) or ():
+            if not record.settled:
+                self._open[record.task_id] = record
         loop = asyncio.get_running_loop()
         self._tasks = [
             loop.create_task(self._writer.write_forever(), name="gateway redis writer"),
@@ -392,16 +391,16 @@ class RedisStore:
                     self._inflight[user] = running
                 else:
                     self._inflight.pop(user, None)
-        quiet = self._writer.quiet
-        shared = await self._layout.open_ids()
-        if shared is None:
-            return
         now = self._clock()
-        if quiet and self._writer.quiet:
-            for task_id, mine in list(self._open.items()):
-                if task_id not in shared and mine.created < now - _MAINTAIN_EVERY:
-                    del self._open[task_id]  # another instance settled it
-        for task_id in shared - self._open.keys():
-            found = await self._layout.fetch(task_id)
-            if found is not None and not found.settled and found.created <= now - self._hold:
-                self._open[task_id] = found  # its gateway is gone; sweep it here
+        mine = [t for t, r in self._open.items() if r.created < now - _MAINTAIN_EVERY]
+        quiet = self._writer.quiet
+        still = await self._layout.still_open(mine)
+        if still is not None and quiet and self._writer.quiet:
+            for task_id, open_ in zip(mine, still, strict=True):
+                if not open_:
+                    self._open.pop(task_id, None)  # another instance settled it
+        orphans = await self._layout.open_ids(created_before=now - self._hold)
+        adopt = [t for t in orphans or () if t not in self._open]
+        for record in await self._layout.fetch_many(adopt) or ():
+            if not record.settled:
+                self._open[record.task_id] = record  # its gateway is gone; sweep it here

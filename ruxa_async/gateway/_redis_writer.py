@@ -131,7 +131,8 @@ class Layout:
             "scopes": json.dumps(record.scopes),
             "callback_url": record.callback_url or "",
         }
-        args = [rid, record.task_id] + [x for kv in fields.items() for x in kv]
+        args = [rid, record.task_id, repr(record.created)]
+        args += [x for kv in fields.items() for x in kv]
         script = self._scripts["COMMIT"]
         return lambda client: script(keys=keys, args=args, client=client)
 
@@ -189,16 +190,47 @@ class Layout:
         reaped: int | None = await self.redis.call(lambda: script(keys=keys, args=args))
         return reaped
 
-    async def open_ids(self) -> set[str] | None:
-        """Every unsettled task id (None if Redis failed)."""
-        ids = await self.redis.call(lambda: self.redis.redis.smembers(self.key("open")))
-        return None if ids is None else set(map(text, ids))
+    async def open_ids(self, created_before: float | None = None) -> list[str] | None:
+        """Unsettled task ids, all or those created before a time (None if Redis failed)."""
+        key, top = self.key("open"), "+inf" if created_before is None else repr(created_before)
+        ids = await self.redis.call(lambda: self.redis.redis.zrangebyscore(key, "-inf", top))
+        return None if ids is None else [text(i) for i in ids]
+
+    async def still_open(self, task_ids: Sequence[str]) -> list[bool] | None:
+        """Whether each task is still unsettled (None if Redis failed)."""
+        if not task_ids:
+            return []
+        key = self.key("open")
+        scores = await self.redis.call(lambda: self.redis.redis.zmscore(key, list(task_ids)))
+        return None if scores is None else [s is not None for s in scores]
 
     async def fetch(self, task_id: str) -> TaskRecord | None:
         """A task's record from Redis; None if unknown or Redis failed (check ``degraded``)."""
         task_key = self.key("task", task_id)
         fields = await self.redis.call(lambda: self.redis.redis.hgetall(task_key))
         return decode_record(task_id, fields) if fields else None
+
+    async def fetch_many(self, task_ids: Sequence[str]) -> list[TaskRecord] | None:
+        """The records of many tasks, pipelined in chunks (None if Redis failed)."""
+        out: list[TaskRecord] = []
+        for start in range(0, len(task_ids), _BATCH):
+            chunk = task_ids[start : start + _BATCH]
+
+            async def read(chunk: Sequence[str] = chunk) -> list[Any]:
+                async with self.redis.redis.pipeline(transaction=False) as pipe:
+                    for task_id in chunk:
+                        pipe.hgetall(self.key("task", task_id))
+                    got: list[Any] = await pipe.execute()
+                    return got
+
+            got = await self.redis.call(read)
+            if got is None:
+                return None
+            for task_id, fields in zip(chunk, got, strict=True):
+                record = decode_record(task_id, fields) if fields else None
+                if record is not None:
+                    out.append(record)
+        return out
 
     async def counters(
         self, ledgers: Sequence[tuple[str, str]], users: Sequence[str]
