@@ -315,6 +315,24 @@ async def test_open_tasks_of_a_dead_gateway_are_adopted_and_settled_ones_forgott
         assert [r.task_id for r in alive.open_tasks()] == ["orphan"]
 
 
+async def test_a_reservation_whose_caller_left_is_given_back(redis_url: str) -> None:
+    """A create cancelled while its reservation script runs does not keep the budget held."""
+    budget = [Scope("user:u", "p", 4.0)]
+    async with RedisStore(redis_url) as store_:
+        pending = asyncio.ensure_future(store_.areserve("u", 4.0, budget, max_in_flight=1))
+        await asyncio.sleep(0)  # the script is on its way
+        pending.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await pending
+
+        async def room_again() -> bool:
+            held = await store_.areserve("u", 4.0, budget, max_in_flight=1)
+            return isinstance(held, Reservation)
+
+        await eventually(room_again)
+        assert store_.usage("user:u", "p") == (0.0, 4.0)
+
+
 def test_state_table_names_the_redis_url_by_environment_variable(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

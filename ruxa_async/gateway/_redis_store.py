@@ -135,6 +135,13 @@ class RedisStore:
 
     # -- lifecycle -----------------------------------------------------------------------
 
+    async def __aenter__(self) -> RedisStore:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
     async def open(self) -> None:
         """Check Redis answers, load every unsettled task, start the writer and the upkeep."""
         if await self._redis.call(self._redis.redis.ping, probe=True) is None:
@@ -183,7 +190,13 @@ class RedisStore:
         """Check the in-flight cap and every budget and hold ``amount``, in one script."""
         rid = f"{self._instance}:{uuid.uuid4().hex[:12]}"
         call = self._layout.reserve(rid, user, amount, scopes, max_in_flight, self._clock())
-        reply = await self._redis.call(call)
+        script = asyncio.ensure_future(self._redis.call(call))
+        try:
+            reply = await asyncio.shield(script)
+        except asyncio.CancelledError:  # the caller left: give back what the script may hold
+            lost = _Held(user=user, amount=amount, scopes=tuple(scopes), rid=rid)
+            script.add_done_callback(lambda _: self.release(lost, charge=False))
+            raise
         if reply is None:
             return Denial(503, "state", _UNAVAILABLE, retry_after=_RETRY_AFTER)
         verdict = [text(x) for x in reply]
