@@ -38,6 +38,7 @@ if __package__ in (None, ""):  # ``python benchmarks/gateway_redis.py``
 import aiohttp
 
 from benchmarks._procs import Child, Simulator, cpu_seconds, free_port
+from benchmarks.gateway import _pct, _wait_up
 from ruxa_async.gateway import hash_token
 
 OUT = Path(__file__).resolve().parent / "results-gateway-redis.md"
@@ -52,23 +53,6 @@ class _Gateway(Child):
         argv = [sys.executable, "-m", "ruxa_async", "gateway", "--config", str(config)]
         argv += ["--port", str(self.port)] + (["--redis", redis] if redis else [])
         super().__init__(argv, work / f"{name}.log", None)
-
-
-def _pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-async def _up(http: aiohttp.ClientSession, url: str) -> None:
-    for _ in range(300):
-        try:
-            async with http.get(url + "/healthz") as resp:
-                if resp.status == 200:
-                    return
-        except aiohttp.ClientError:
-            pass
-        await asyncio.sleep(0.1)
-    raise RuntimeError(f"{url} did not come up")
 
 
 async def _send(http: aiohttp.ClientSession, method: str, url: str, data: bytes | None) -> Any:
@@ -98,7 +82,7 @@ async def _measure(urls: list[str], pids: list[int], n: int) -> dict[str, Any]:
     out: dict[str, Any] = {}
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64)) as http:
         for url in urls:
-            await _up(http, url)
+            await _wait_up(http, url)
         owner: list[int] = []
         ids: list[str] = []
 
