@@ -408,6 +408,24 @@ async def test_a_hung_redis_costs_one_timeout_then_503s_never_a_hang(
         assert sim.stats().tasks_created == 1
 
 
+async def test_a_corrupt_key_fails_one_user_not_the_gateway(sim: FakeRuxa, redis_url: str) -> None:
+    """A key of the wrong shape makes Redis refuse that user's script: 503 for them only."""
+    conn = redis_sync.Redis.from_url(redis_url)
+    try:
+        conn.set("ruxa-gateway:inflight:alice", "not a number")
+    finally:
+        conn.close()
+    body = {"model": NB, "input": PROMPT}
+    async with running(shared(sim, redis_url)) as gw, aiohttp.ClientSession() as http:
+        url = f"{gw.url}/api/v1/tasks/create"
+        status, envelope, _ = await raw(http, "POST", url, token=TOKENS["alice"], body=body)
+        assert status == 503
+        assert "nothing was created" in envelope["message"]
+        assert store(gw).available
+        assert (await raw(http, "POST", url, token=TOKENS["bob"], body=body))[0] == 200
+    assert sim.stats().tasks_created == 1
+
+
 async def test_a_task_created_as_redis_hangs_is_recorded_when_it_answers(
     sim: FakeRuxa, redis_url: str, redis_service: RedisServer
 ) -> None:

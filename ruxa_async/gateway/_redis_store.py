@@ -51,11 +51,11 @@ _PROBE_EVERY = 0.25
 _MAINTAIN_EVERY = 10.0
 _RETRY_AFTER = 2.0
 _UNAVAILABLE = (
-    "the gateway's shared state (Redis) is not answering, so no budget can be checked; "
+    "the gateway's shared state (Redis) did not answer properly, so no budget could be checked; "
     "nothing was created; retry shortly"
 )
 _UNAVAILABLE_QUERY = (
-    "the gateway's shared state (Redis) is not answering, so this task's owner cannot be "
+    "the gateway's shared state (Redis) did not answer, so this task's owner could not be "
     "checked; retry shortly"
 )
 

@@ -19,9 +19,10 @@ import json
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from redis.asyncio.client import Pipeline
+from redis.exceptions import ResponseError
 
 from ..redis._store import Store
 from . import _redis_scripts as scripts
@@ -33,6 +34,7 @@ log = logging.getLogger("ruxa_async")
 
 Op = Callable[[Any], Awaitable[Any]]  # given a pipeline, or the client to run at once
 
+T = TypeVar("T")
 _BATCH = 500
 _AUDIT_BACKLOG = 100_000
 
@@ -43,7 +45,24 @@ def text(value: Any) -> str:
 
 
 class GatewayRedis(Store):
-    """The fleet's Redis helper (pool, timeouts, outage tracking), with the gateway's message."""
+    """The fleet's Redis helper (pool, timeouts, outage tracking), with the gateway's message.
+
+    A command Redis refuses (a script error, a key of the wrong type) fails that
+    one call (None) and is logged; only a connection failure or timeout counts
+    as an outage.
+    """
+
+    async def call(self, operation: Callable[[], Awaitable[T]], *, probe: bool = False) -> T | None:
+        """Run ``operation`` within the timeout; None if Redis is away, failed or refused it."""
+
+        async def guarded() -> T | None:
+            try:
+                return await operation()
+            except ResponseError as exc:
+                log.error("gateway state: Redis refused a command: %s", exc)
+                return None
+
+        return await super().call(guarded, probe=probe)
 
     def failed(self, exc: BaseException) -> None:
         """Count a failure; the first one of an outage logs a WARNING."""
@@ -292,12 +311,19 @@ class WriteBehind:
         self._wake.set()
 
     async def run(self, ops: Sequence[Op]) -> list[Any]:
-        """Send ``ops`` in one pipeline (no transaction) and return the replies."""
+        """Send ``ops`` in one pipeline (no transaction) and return the replies.
+
+        A write Redis refuses (a script error) is logged and dropped, so one bad
+        write cannot hold the queue; a connection failure raises and the batch stays.
+        """
         async with self._redis.redis.pipeline(transaction=False) as pipe:
             for op in ops:
                 await op(pipe)
-            result: list[Any] = await pipe.execute()
-            return result
+            result: list[Any] = await pipe.execute(raise_on_error=False)
+        for reply in result:
+            if isinstance(reply, ResponseError):
+                log.error("gateway state: Redis refused a write, dropped: %s", reply)
+        return result
 
     async def wait_available(self) -> None:
         """Return once Redis answers again (at once when it is not away)."""
