@@ -150,6 +150,31 @@ async def test_in_flight_cap_holds_across_instances(sim: FakeRuxa, redis_url: st
     assert sim.stats().tasks_created == 3
 
 
+async def test_the_create_rate_holds_across_instances(sim: FakeRuxa, redis_url: str) -> None:
+    """A burst of 3 creates is shared: 8 concurrent creates over two instances admit 3."""
+    sim.reconfigure(default_behavior=ModelBehavior(median_seconds=30, sigma=0))
+    policy = Policy(requests_per_second=0.01, burst=3)  # each instance alone would admit 3
+    body = {"model": NB, "input": PROMPT}
+    async with two_gateways(shared(sim, redis_url, policy=policy)) as (one, two):
+        async with aiohttp.ClientSession() as http:
+            replies = await asyncio.gather(
+                *(
+                    raw(
+                        http,
+                        "POST",
+                        f"{gw.url}/api/v1/tasks/create",
+                        token=TOKENS["alice"],
+                        body=body,
+                    )
+                    for gw in [one, two] * 4
+                )
+            )
+        assert sorted(status for status, _, _ in replies) == [200] * 3 + [429] * 5
+        assert all(float(headers["Retry-After"]) >= 1 for s, _, headers in replies if s == 429)
+        assert one.statistics().denials["rate"] + two.statistics().denials["rate"] == 5
+    assert sim.stats().tasks_created == 3
+
+
 async def test_a_task_settles_once_whichever_instance_sees_it_end(
     sim: FakeRuxa, redis_url: str
 ) -> None:

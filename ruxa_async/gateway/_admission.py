@@ -87,8 +87,13 @@ class Admission:
                 who.user,
                 model=model,
             )
+        rps = who.policy.requests_per_second
         held = await self._gw.store.areserve(
-            who.user, cost or 0.0, self._scopes(who, self._gw.clock()), who.policy.max_in_flight
+            who.user,
+            cost or 0.0,
+            self._scopes(who, self._gw.clock()),
+            who.policy.max_in_flight,
+            rate=None if rps is None else (rps, who.policy.burst),
         )
         if isinstance(held, Denial):
             if held.reason == "in_flight":

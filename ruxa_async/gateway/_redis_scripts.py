@@ -26,37 +26,53 @@ local function leave(key)
 end
 """
 
-# Check the in-flight cap and every budget, then hold the amount and count the task.
-# KEYS: in-flight counter, pending hash, pending zset, ledger hashes...
+# Check the in-flight cap, every budget and the user's shared create rate, then hold
+# the amount, count the task and spend one token of the rate.
+# KEYS: in-flight counter, pending hash, pending zset, rate bucket hash, ledger hashes...
 # ARGV: reservation id, amount, max in flight (-1: none), hold seconds, payload,
-#       ledger ttl seconds, now (-1: Redis TIME), then one limit per ledger (-1: none)
+#       ledger ttl seconds, now, rate per second (-1: none), burst,
+#       then one limit per ledger (-1: none)
 # -> {'ok', in flight, spent1, held1, ...} | {'in_flight', running} | {'budget', i, spent, held}
+#    | {'rate', seconds until a token}
 RESERVE = (
     _CLOCK
     + """
 local amount, cap = tonumber(ARGV[2]), tonumber(ARGV[3])
+local now, rate, burst = clock(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
 local running = tonumber(redis.call('GET', KEYS[1]) or '0')
 if cap >= 0 and running >= cap then return {'in_flight', tostring(running)} end
-local n = #KEYS - 3
+local n = #KEYS - 4
 for i = 1, n do
-  local limit = tonumber(ARGV[7 + i])
+  local limit = tonumber(ARGV[9 + i])
   if limit >= 0 then
-    local h = redis.call('HMGET', KEYS[3 + i], 'spent', 'held')
+    local h = redis.call('HMGET', KEYS[4 + i], 'spent', 'held')
     local spent, held = tonumber(h[1] or '0'), tonumber(h[2] or '0')
     if spent + held + amount > limit + 1e-9 then
       return {'budget', tostring(i), num(spent), num(held)}
     end
   end
 end
+local tokens, stamp = 0, now
+if rate > 0 then
+  local h = redis.call('HMGET', KEYS[4], 'tokens', 'stamp')
+  tokens, stamp = tonumber(h[1]), tonumber(h[2])
+  if not tokens then tokens, stamp = burst, now end
+  if now > stamp then
+    tokens = math.min(burst, tokens + (now - stamp) * rate)
+    stamp = now
+  end
+  if tokens < 1 then return {'rate', num((1 - tokens) / rate)} end
+  redis.call('HSET', KEYS[4], 'tokens', num(tokens - 1), 'stamp', num(stamp))
+  redis.call('EXPIRE', KEYS[4], math.ceil(burst / rate) + 60)
+end
 local out = {'ok', tostring(redis.call('INCR', KEYS[1]))}
 for i = 1, n do
-  redis.call('HINCRBYFLOAT', KEYS[3 + i], 'held', ARGV[2])
-  redis.call('EXPIRE', KEYS[3 + i], ARGV[6])
-  local h = redis.call('HMGET', KEYS[3 + i], 'spent', 'held')
+  redis.call('HINCRBYFLOAT', KEYS[4 + i], 'held', ARGV[2])
+  redis.call('EXPIRE', KEYS[4 + i], ARGV[6])
+  local h = redis.call('HMGET', KEYS[4 + i], 'spent', 'held')
   out[#out + 1] = h[1] or '0'
   out[#out + 1] = h[2] or '0'
 end
-local now = clock(ARGV[7])
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[5])
 redis.call('ZADD', KEYS[3], num(now + tonumber(ARGV[4])), ARGV[1])
 return out

@@ -185,11 +185,19 @@ class RedisStore:
     # -- decisions ------------------------------------------------------------------------
 
     async def areserve(
-        self, user: str, amount: float, scopes: Sequence[Scope], max_in_flight: int | None
+        self,
+        user: str,
+        amount: float,
+        scopes: Sequence[Scope],
+        max_in_flight: int | None,
+        *,
+        rate: tuple[float, int] | None = None,
     ) -> Reservation | Denial:
-        """Check the in-flight cap and every budget and hold ``amount``, in one script."""
+        """Check the in-flight cap, every budget and the shared create ``rate`` (per second,
+        burst), then hold ``amount``: one script, atomic across every instance."""
         rid = f"{self._instance}:{uuid.uuid4().hex[:12]}"
-        call = self._layout.reserve(rid, user, amount, scopes, max_in_flight, self._clock())
+        now = self._clock()
+        call = self._layout.reserve(rid, user, amount, scopes, max_in_flight, now, rate)
         script = asyncio.ensure_future(self._redis.call(call))
         try:
             reply = await asyncio.shield(script)
@@ -208,6 +216,14 @@ class RedisStore:
                 "in_flight",
                 f"you have {running} tasks in flight, the most this gateway allows; "
                 "retry when one finishes",
+            )
+        if verdict[0] == "rate" and rate is not None:
+            return Denial(
+                429,
+                "rate",
+                f"too many creates: your limit is {rate[0]:g} per second across this gateway's "
+                "instances; retry after the pause",
+                retry_after=float(verdict[1]),
             )
         if verdict[0] == "budget":
             scope = scopes[int(verdict[1]) - 1]

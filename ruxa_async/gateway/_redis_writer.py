@@ -112,11 +112,14 @@ class Layout:
         scopes: Sequence[Scope],
         max_in_flight: int | None,
         now: float,
+        rate: tuple[float, int] | None,
     ) -> Callable[[], Awaitable[Any]]:
         """The reservation script, ready for :meth:`Store.call`."""
         ledgers = [self.ledger(s.name, s.period) for s in scopes]
         payload = json.dumps({"user": user, "amount": amount, "ledgers": ledgers})
         keys = [self.key("inflight", user), self.key("pending"), self.key("pending", "z")]
+        keys.append(self.key("rate", user))
+        per_second, burst = rate if rate is not None else (-1.0, 1)
         args: list[Any] = [
             rid,
             repr(float(amount)),
@@ -125,6 +128,8 @@ class Layout:
             payload,
             self.ledger_ttl,
             repr(now),
+            repr(float(per_second)),
+            burst,
         ]
         args += [-1 if s.limit is None else repr(float(s.limit)) for s in scopes]
         script = self._scripts["RESERVE"]

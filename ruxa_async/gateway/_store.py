@@ -129,9 +129,20 @@ class StateStore(Protocol):
         """Atomically check the in-flight cap and every budget, then hold ``amount``."""
 
     async def areserve(
-        self, user: str, amount: float, scopes: Sequence[Scope], max_in_flight: int | None
+        self,
+        user: str,
+        amount: float,
+        scopes: Sequence[Scope],
+        max_in_flight: int | None,
+        *,
+        rate: tuple[float, int] | None = None,
     ) -> Reservation | Denial:
-        """:meth:`reserve` for stores shared by several gateways (one atomic round trip)."""
+        """:meth:`reserve` for stores shared by several gateways (one atomic round trip).
+
+        ``rate`` (per second, burst) is the user's request rate: a shared store also
+        spends one create of it across all instances (a single gateway's own rate
+        buckets already apply it).
+        """
 
     def commit(
         self, res: Reservation, task_id: str, key: str, model: str, callback_url: str | None
@@ -369,9 +380,16 @@ class SQLiteStore:
         return Reservation(user=user, amount=amount, scopes=tuple(scopes))
 
     async def areserve(
-        self, user: str, amount: float, scopes: Sequence[Scope], max_in_flight: int | None
+        self,
+        user: str,
+        amount: float,
+        scopes: Sequence[Scope],
+        max_in_flight: int | None,
+        *,
+        rate: tuple[float, int] | None = None,
     ) -> Reservation | Denial:
-        """:meth:`reserve` (in memory, so no await between the check and the hold)."""
+        """:meth:`reserve` (in memory, so no await between the check and the hold; ``rate``
+        is the gateway's own buckets' business here)."""
         return self.reserve(user, amount, scopes, max_in_flight)
 
     async def acommit(
