@@ -145,7 +145,7 @@ class StateSettings:
     answer, creates get 503. A settled task's record is kept ``keep_settled``
     seconds (then its id answers 404); the audit stream keeps about
     ``audit_maxlen`` entries. ``redis_url_env`` names an environment variable
-    holding the URL (it may carry a password).
+    holding the URL (it may carry a password). Changes take effect on restart.
     """
 
     redis_url: str | None = attrs.field(default=None, repr=False)
