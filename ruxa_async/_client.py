@@ -48,10 +48,11 @@ from ._errors import (
     TaskTimeoutError,
 )
 from ._fleet import Fleet
+from ._fleet_outage import outage_gate
 from ._handles import TaskHandle
 from ._limiter import Permit, RateController, RateStatistics
 from ._models import BatchReport, Job, RequestEvent, TaskInfo, TaskState
-from ._outage import OutageCoordinator, OutageGate, OutageStatistics, call_deadline
+from ._outage import OutageCoordinator, OutageStatistics, call_deadline
 from ._ratehints import parse_rate_headers
 from ._retry import Retrier, is_ambiguous_create
 from ._scheduler import PollScheduler, SchedulerStatistics
@@ -155,6 +156,17 @@ class RuxaClient:
     bound; an uncapped pool cost more CPU per task in our measurements).
     ``on_request`` is called with a :class:`RequestEvent` for every request
     sent (for metrics or tests; it must be quick and must not raise).
+
+    ``outage`` decides how the client rides out a service that does not
+    answer at all (see :class:`OutagePolicy`): a policy, or an
+    :class:`OutageCoordinator` of your own. With a ``coordinator`` that shares
+    outages (``ruxa_async.redis.RedisCoordinator``), the gate is the fleet's:
+    one process that cannot reach the service pauses every process, and one
+    probe per fleet checks for its return. Precedence: an
+    :class:`OutageCoordinator` given as ``outage`` is used as it is (the
+    coordinator's sharing is then not used); an :class:`OutagePolicy` (or
+    None, the default policy) gives a fleet gate under that policy when the
+    coordinator shares outages, else a gate in this client only.
     """
 
     def __init__(
@@ -169,7 +181,7 @@ class RuxaClient:
         max_connections: int | None = None,
         callbacks: CallbackReceiver | None = None,
         coordinator: Coordinator | None = None,
-        outage: OutagePolicy | None = None,
+        outage: OutagePolicy | OutageCoordinator | None = None,
         validate: bool = True,
         on_request: Callable[[RequestEvent], None] | None = None,
     ) -> None:
@@ -196,9 +208,8 @@ class RuxaClient:
             max_connections=max_connections or self._limiter.max_in_flight,
             user_agent=f"ruxa-async/{__version__}",
         )
-        self.outage_policy = outage or OutagePolicy()
-        self._outage: OutageCoordinator = OutageGate(
-            self.outage_policy, url=self._transport.base_url
+        self.outage_policy, self._outage = outage_gate(
+            outage, coordinator, url=self._transport.base_url
         )
         self._retrier = Retrier(self.retry_policy)
         self._scheduler = PollScheduler(
@@ -310,12 +321,14 @@ class RuxaClient:
         body: bytes | None = None,
         tally: Tally | None = None,
         sending: Callable[[], Awaitable[None]] | None = None,
+        failed: Callable[[BaseException], None] | None = None,
     ) -> Any:
         """One request, waiting first while the outage gate is closed.
 
         A failure that closed (or met) the gate is sent again once it opens,
         unless it was a create that may have reached the service: the retry
-        policy decides about those. ``sending`` and ``tally``: see :meth:`_attempt`.
+        policy decides about those. ``sending`` and ``tally``: see :meth:`_attempt`;
+        ``failed`` is told a create refused before it was sent (nothing was created).
         """
         self._require_open()
         outage = self._outage
@@ -326,6 +339,8 @@ class RuxaClient:
                 data = await self._attempt(kind, method, path, body, tally=tally, sending=sending)
             except APIConnectionError as exc:
                 if outage.on_failure(exc) and (kind == "query" or not exc.request_sent):
+                    if failed is not None and kind == "create":
+                        failed(exc)
                     continue
                 raise
             if data is not _GATED:
@@ -456,7 +471,7 @@ class RuxaClient:
                     tally.ambiguous_create_retries += 1
                 try:
                     return await self._send(
-                        "create", "POST", _wire.CREATE_PATH, body, tally, sending
+                        "create", "POST", _wire.CREATE_PATH, body, tally, sending, failed
                     )
                 except BaseException as exc:
                     last.append(exc)
@@ -493,7 +508,9 @@ class RuxaClient:
             self._attempts[token] = waiter
             body = _wire.build_create_body(model, input, f"{callback_url}{sep}attempt={token}")
             try:
-                return await self._send("create", "POST", _wire.CREATE_PATH, body, tally, sending)
+                return await self._send(
+                    "create", "POST", _wire.CREATE_PATH, body, tally, sending, failed
+                )
             except RuxaError as exc:
                 if is_ambiguous_create(exc):
                     task_id = await self._recover(waiter, model)

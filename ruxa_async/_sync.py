@@ -16,8 +16,10 @@ from ._client import CallbackReceiver, ClientStatistics, RuxaClient, _key_source
 from ._config import OutagePolicy, PollPolicy, RateLimits, RetryPolicy, Timeouts
 from ._coordinator import Coordinator
 from ._errors import ClientClosedError, TaskTimeoutError
+from ._fleet_outage import policy_of
 from ._handles import TaskHandle
 from ._models import BatchReport, Job, RequestEvent, TaskInfo, TaskState
+from ._outage import OutageCoordinator
 from ._portal import Engine, disown_in_child, ensure_not_in_event_loop
 from ._sync_batch import SyncAsCompleted
 
@@ -104,7 +106,10 @@ class SyncRuxaClient:
     Lifecycles: ``close()`` (or ``with``) shuts it down; one forgotten at exit
     is closed for you with a ``ResourceWarning``; a client inherited through
     ``fork()`` (Celery prefork, gunicorn) starts a fresh engine in the child on
-    its first call there, and the parent's keeps working.
+    its first call there, and the parent's keeps working. ``outage`` is best
+    given as an :class:`OutagePolicy` (shared by the fleet with a coordinator
+    that shares outages, as in :class:`RuxaClient`): a gate object of your own
+    belongs to one event loop, so a forked child cannot reuse it.
     """
 
     def __init__(
@@ -118,7 +123,7 @@ class SyncRuxaClient:
         poll: PollPolicy | None = None,
         max_connections: int | None = None,
         callbacks: CallbackReceiver | None = None,
-        outage: OutagePolicy | None = None,
+        outage: OutagePolicy | OutageCoordinator | None = None,
         coordinator: Coordinator | None = None,
         validate: bool = True,
         on_request: Callable[[RequestEvent], None] | None = None,
@@ -141,7 +146,7 @@ class SyncRuxaClient:
         self.retry_policy = retry or RetryPolicy()
         self.rate_limits = rate_limits or RateLimits()
         self.poll_policy = poll or PollPolicy()
-        self.outage_policy = outage or OutagePolicy()
+        self.outage_policy = policy_of(outage)
         self.request_timeout = (
             max(self.retry_policy.max_time, self.outage_policy.max_outage)
             + self.timeouts.total
