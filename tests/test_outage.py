@@ -269,6 +269,37 @@ async def test_outage_longer_than_max_outage_stops_and_resumes_without_duplicate
     assert quick.stats().duplicate_creates == 0
 
 
+async def test_creates_refused_during_an_outage_are_not_left_in_flight(quick: FakeRuxa) -> None:
+    """Every create refused while the gate is closed is told ``on_unsent``: a kill now is safe."""
+    in_flight: set[str | None] = set()
+    marks = [0]
+
+    async def on_send(job: Job) -> None:
+        marks[0] += 1
+        in_flight.add(job.key)
+
+    def on_unsent(job: Job) -> None:
+        in_flight.discard(job.key)
+
+    limits = RateLimits(create_per_second=100.0, query_per_second=200.0)
+    async with make_client(quick, rate_limits=limits) as client:
+        await client.create_task(NB, {"prompt": "contact"})
+        await quick.outage("refuse")
+        batch = asyncio.ensure_future(
+            client.run_batch(jobs(40), on_send=on_send, on_unsent=on_unsent)
+        )
+        while True:  # until the gate is closed and has been probed (no event to await)
+            if client.statistics().outage.probes >= 2:
+                break
+            await asyncio.sleep(0.01)
+        assert marks[0] >= 3  # the attempts that closed the gate (the last one waits at it)
+        assert in_flight == set()  # what a journal would report ambiguous after a kill here
+        await quick.restore()
+        report = await batch
+    assert by_status(list(report.outcomes)) == {OutcomeStatus.SUCCEEDED: 40}
+    assert quick.stats().duplicate_creates == 0
+
+
 # ------------------------------------------------------------------- one call
 
 

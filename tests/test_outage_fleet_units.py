@@ -53,7 +53,9 @@ async def test_one_process_closing_pauses_the_fleet(loop: VirtualTimeLoop) -> No
     assert b.is_open()  # one failure is not an outage yet
     a.on_failure(REFUSED)
     await settle()
-    assert not (a.is_open() or b.is_open() or c.is_open())
+    assert not (a.is_open())
+    assert not (b.is_open())
+    assert not (c.is_open())
     stats = b.statistics()
     assert (stats.outages, stats.fleet_closes) == (1, 1)
     assert a.statistics().fleet_closes == 0
@@ -119,7 +121,8 @@ async def test_a_missed_recovery_is_found_at_the_next_turn(loop: VirtualTimeLoop
     await asyncio.sleep(2.2)  # no waiter in a: its late reply ends the fleet's record
     a.on_reply()
     await settle()
-    assert a.is_open() and not deaf.is_open()
+    assert a.is_open()
+    assert not deaf.is_open()
     await deaf.wait_open(service.probe)
     assert deaf.is_open()
     assert len(service.probes) == 1
@@ -139,7 +142,8 @@ async def test_a_process_still_down_puts_the_outage_back_on_record(
     assert not other.is_open()
     other.on_reply()  # a late reply ends the fleet's record; deaf does not hear of it
     await settle()
-    assert other.is_open() and not deaf.is_open()
+    assert other.is_open()
+    assert not deaf.is_open()
     service = Service(loop, up_at=T0 + 3.0)
     waiter = asyncio.ensure_future(deaf.wait_open(service.probe))
     await asyncio.sleep(0.6)
@@ -161,9 +165,13 @@ def test_outage_argument_precedence() -> None:
     mine = OutageGate(policy, url=URL)
     assert outage_gate(mine, Sharing(), url=URL) == (policy, mine)
     got_policy, gate = outage_gate(policy, Sharing(), url=URL)
-    assert isinstance(gate, SharedOutageGate) and got_policy is policy and gate.policy is policy
+    assert isinstance(gate, SharedOutageGate)
+    assert got_policy is policy
+    assert gate.policy is policy
     default, gate = outage_gate(None, Sharing(), url=URL)
-    assert isinstance(gate, SharedOutageGate) and default == OutagePolicy()
+    assert isinstance(gate, SharedOutageGate)
+    assert default == OutagePolicy()
     _, gate = outage_gate(policy, None, url=URL)
     assert type(gate) is OutageGate
-    assert policy_of(mine) is policy and policy_of(None) == OutagePolicy()
+    assert policy_of(mine) is policy
+    assert policy_of(None) == OutagePolicy()
