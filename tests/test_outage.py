@@ -33,6 +33,9 @@ from ruxa_async import (
     RuxaClient,
     ServiceUnavailableError,
 )
+from ruxa_async._run import RunEnd, run_jobs
+from ruxa_async.cli._options import run_options
+from ruxa_async.cli._parser import build_parser
 from ruxa_async.testing import FakeRuxa, Faults, ModelBehavior, SimConfig
 from tests.conftest import FAST_POLL, make_client
 from tests.helpers_proc import FAST_CLI, ROOT, child_env, cli, nb_job, write_jobs
@@ -179,6 +182,30 @@ def test_cli_wrong_url_exits_3_with_one_line_naming_the_url(
     naming = [line for line in done.stderr.splitlines() if url in line]
     assert len(naming) == 1, done.stderr
     assert "Connection refused" in naming[0]
+
+
+async def test_cli_max_outage_stops_the_run_with_one_line(
+    tmp_path: Path, quick: FakeRuxa, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`run --max-outage 0.5`: down that long after a first create, the run stops naming the URL."""
+    path = write_jobs(tmp_path / "jobs.jsonl", [nb_job(f"j{i}", f"p{i}") for i in range(30)])
+    argv = ["run", str(path), "--out", str(tmp_path / "out"), "--base-url", quick.url]
+    monkeypatch.setenv("RUXA_API_KEY", quick.api_key)
+    options = run_options(build_parser().parse_args([*argv, *FAST_CLI, "--max-outage", "0.5"]))
+    assert options.outage == OutagePolicy(max_outage=0.5)
+    assert run_options(build_parser().parse_args(argv)).outage == OutagePolicy()
+
+    async def down_after_the_first_create() -> None:
+        while quick.stats().tasks_created == 0:  # noqa: ASYNC110 - a counter, no event
+            await asyncio.sleep(0.01)
+        await quick.outage("refuse")
+
+    side = asyncio.create_task(down_after_the_first_create())
+    result = await run_jobs(attrs.evolve(options, progress="none"))
+    await side
+    assert result.end is RunEnd.STOPPED
+    assert result.message is not None
+    assert quick.url in result.message  # well before the default max_outage of 300 s
 
 
 # ------------------------------------------------------------------ mid-batch
