@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from ruxa_async import OutageGate, OutagePolicy, ServiceUnavailableError
+from ruxa_async import OutageGate, OutagePolicy, ServiceUnavailableError, SyncRuxaClient
 from ruxa_async._fleet_outage import (
     MemoryOutageLink,
     OutageShare,
@@ -175,3 +175,11 @@ def test_outage_argument_precedence() -> None:
     assert type(gate) is OutageGate
     assert policy_of(mine) is policy
     assert policy_of(None) == OutagePolicy()
+
+
+def test_sync_client_takes_a_gate_and_bounds_its_calls_by_its_policy() -> None:
+    """SyncRuxaClient(outage=<gate>): its request bound follows the gate's ``max_outage``."""
+    long = OutageGate(OutagePolicy(max_outage=1000.0), url=URL)
+    with SyncRuxaClient("sk-test", base_url=URL, outage=long) as client:
+        assert client.outage_policy.max_outage == 1000.0
+        assert client.request_timeout > 1000.0
