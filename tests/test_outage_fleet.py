@@ -70,16 +70,16 @@ def probes(*clients: RuxaClient) -> int:
 async def test_one_process_pauses_the_fleet_and_one_probe_at_a_time_checks(
     redis_url: str,
 ) -> None:
-    """One client's outage pauses the other; both probing send one probe per step; both resume."""
-    async with FakeRuxa(QUICK) as sim, fleet(sim, redis_url, 2) as (a, b):
-        task_a = await a.create_task(NB, {"prompt": "a"})
-        task_b = await b.create_task(NB, {"prompt": "b"})
+    """a's outage pauses b and c; a and b waiting send one probe per step; all three resume."""
+    async with FakeRuxa(QUICK) as sim, fleet(sim, redis_url, 3) as (a, b, c):
+        ids = [await x.create_task(NB, {"prompt": f"p{i}"}) for i, x in enumerate((a, b, c))]
         await sim.outage("drop")
-        waiting_a = asyncio.ensure_future(a.get_task(task_a))
-        await until(lambda: b.statistics().outage.down)  # told by a: b sent nothing
-        assert b.statistics().outage.fleet_closes == 1
-        assert b.statistics().requests_sent == 1
-        waiting_b = asyncio.ensure_future(b.get_task(task_b))
+        waiting_a = asyncio.ensure_future(a.get_task(ids[0]))
+        await until(lambda: b.statistics().outage.down and c.statistics().outage.down)
+        for idle in (b, c):  # told by a: they sent nothing since their create
+            assert idle.statistics().outage.fleet_closes == 1
+            assert idle.statistics().requests_sent == 1
+        waiting_b = asyncio.ensure_future(b.get_task(ids[1]))
 
         await until(lambda: probes(a, b) >= 2)
         sim_before, probes_before, started = (
@@ -95,14 +95,13 @@ async def test_one_process_pauses_the_fleet_and_one_probe_at_a_time_checks(
         assert probes_during <= elapsed / STEP + 2
         assert sim_during <= 2 * probes_during + 2  # aiohttp may re-send a dropped GET once
 
-        waiting_b.cancel()  # b stops probing; it must hear of the recovery from a
-        b_probes = b.statistics().outage.probes
         await sim.restore()
-        assert (await waiting_a).task_id == task_a
-        await until(lambda: not b.statistics().outage.down)
-        assert b.statistics().outage.probes == b_probes
-        assert b.statistics().outage.fleet_reopens == 1
-        assert (await b.get_task(task_b)).task_id == task_b
+        infos = await asyncio.gather(waiting_a, waiting_b)
+        assert [info.task_id for info in infos] == ids[:2]
+        await until(lambda: not c.statistics().outage.down)  # c never probed: a or b told it
+        assert (c.statistics().outage.probes, c.statistics().outage.fleet_reopens) == (0, 1)
+        assert c.statistics().requests_sent == 1
+        assert (await c.get_task(ids[2])).task_id == ids[2]
         assert sim.stats().duplicate_creates == 0
 
 
