@@ -309,7 +309,8 @@ async def test_creates_refused_during_an_outage_are_not_left_in_flight(quick: Fa
         in_flight.discard(job.key)
 
     limits = RateLimits(create_per_second=100.0, query_per_second=200.0)
-    async with make_client(quick, rate_limits=limits) as client:
+    policy = OutagePolicy(probe_initial=0.1, probe_max=0.2)
+    async with make_client(quick, rate_limits=limits, outage=policy) as client:
         await client.create_task(NB, {"prompt": "contact"})
         await quick.outage("refuse")
         batch = asyncio.ensure_future(
