@@ -17,7 +17,9 @@ store every process of the fleet sees (``ruxa_async.redis`` keeps it in Redis,
   (``fleet_reopens``); a gate that missed the news finds no outage on record at
   its next turn and probes for itself.
 
-``max_outage`` counts from the fleet's start of the outage. When the link cannot
+``max_outage`` counts from the fleet's start of the outage; a record that no
+prober has kept alive for ``record_ttl()`` seconds expires, so a record that
+outlived its outage cannot age the next one. When the link cannot
 be reached (``turn`` returns None), a gate falls back to the local rules: its
 own probes at its own pace. Announcements run in background tasks owned by the
 :class:`OutageShare`, each bounded by the link's own timeouts, in the order
@@ -48,10 +50,16 @@ __all__ = [
     "Turn",
     "outage_gate",
     "policy_of",
+    "record_ttl",
     "url_key",
 ]
 
 log = logging.getLogger("ruxa_async")
+
+
+def record_ttl(policy: OutagePolicy) -> float:
+    """Seconds an outage record outlives the last prober's turn (then a new outage starts anew)."""
+    return max(10.0, 5 * policy.probe_max)
 
 
 def url_key(url: str) -> str:
@@ -230,6 +238,7 @@ class SharedOutageGate(OutageGate):
 class _Record:
     start: float
     lease_until: float
+    alive_until: float
     probes: int = 0
 
 
@@ -256,10 +265,12 @@ class MemoryOutageLink:
         self, key: str, *, origin: str, cause: str, contacted: bool, policy: OutagePolicy
     ) -> None:
         """See :meth:`OutageLink.announce_down`."""
-        if key in self._records:
-            return
         now = self._clock()
-        self._records[key] = _Record(start=now, lease_until=now + policy.probe_initial)
+        if self._live(key, now) is not None:
+            return
+        self._records[key] = _Record(
+            start=now, lease_until=now + policy.probe_initial, alive_until=now + record_ttl(policy)
+        )
         for share in self._shares:
             share.deliver_down(key, origin=origin, cause=cause, contacted=contacted)
 
@@ -271,10 +282,11 @@ class MemoryOutageLink:
 
     async def turn(self, key: str, holder: str, policy: OutagePolicy) -> Turn | None:
         """See :meth:`OutageLink.turn`."""
-        record = self._records.get(key)
+        now = self._clock()
+        record = self._live(key, now)
         if record is None:
             return Turn(probe=True)
-        now = self._clock()
+        record.alive_until = now + record_ttl(policy)
         age = now - record.start
         if now < record.lease_until:
             return Turn(probe=False, wait=record.lease_until - now, age=age)
@@ -282,6 +294,13 @@ class MemoryOutageLink:
         delay = min(policy.probe_initial * 2.0**record.probes, policy.probe_max)
         record.lease_until = now + delay
         return Turn(probe=True, age=age)
+
+    def _live(self, key: str, now: float) -> _Record | None:
+        record = self._records.get(key)
+        if record is not None and now >= record.alive_until:
+            del self._records[key]  # no prober kept it alive: it expired, as in Redis
+            return None
+        return record
 
 
 def outage_gate(

@@ -108,6 +108,23 @@ async def test_the_bound_counts_from_the_fleets_start(loop: VirtualTimeLoop) -> 
 
 
 @virtual_time
+async def test_a_record_nobody_keeps_alive_does_not_age_a_new_outage(
+    loop: VirtualTimeLoop,
+) -> None:
+    """An outage left on record by a fleet that stopped does not count against the next one."""
+    link = MemoryOutageLink(clock=loop.time)
+    (gone,) = fleet_gates(loop, 1, link, failures=1, max_outage=10.0)
+    gone.on_failure(REFUSED)  # recorded, then nobody waits, probes or announces a recovery
+    await settle()
+    await asyncio.sleep(15.0)
+    (fresh,) = fleet_gates(loop, 1, link, failures=1, max_outage=10.0)
+    fresh.on_failure(REFUSED)
+    with pytest.raises(ServiceUnavailableError):
+        await fresh.wait_open(Service(loop).probe)
+    assert loop.time() == pytest.approx(T0 + 25.0)
+
+
+@virtual_time
 async def test_a_missed_recovery_is_found_at_the_next_turn(loop: VirtualTimeLoop) -> None:
     """A process that heard nothing (its share is off the link's news) still resumes."""
     link = MemoryOutageLink(clock=loop.time)

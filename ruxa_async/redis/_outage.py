@@ -6,8 +6,10 @@ from it. Per base URL (``K`` is a short hash of it):
 
 * ``NS:outage:K`` (a hash): the outage on record, ``start`` in Redis's own
   clock (milliseconds, so processes with different clocks agree on its age)
-  and the ``probes`` granted so far; it expires by itself well after
-  ``max_outage``, so a crashed fleet leaves nothing behind for long;
+  and the ``probes`` granted so far. Every prober's turn keeps it alive; with
+  no process waiting for ``record_ttl()`` seconds it expires, so a record that
+  outlived its outage (its recovery unannounced, a fleet that died) cannot
+  make a later outage look older than it is;
 * ``NS:outage:K:probe``: the probe lease, ``SET PX`` with the current backoff
   step (``probe_initial`` doubling to ``probe_max``): while it lives no other
   process probes. The record and the lease change only in Lua scripts, so two
@@ -24,7 +26,7 @@ in-process rules (the store logs one WARNING per Redis outage).
 from __future__ import annotations
 
 from .._config import OutagePolicy
-from .._fleet_outage import OutageShare, Turn
+from .._fleet_outage import OutageShare, Turn, record_ttl
 from ._store import Store
 
 __all__ = ["RedisOutage", "RedisOutageLink"]
@@ -44,10 +46,11 @@ return 1
 
 _TURN = """
 -- KEYS[1] the outage record, KEYS[2] the probe lease
--- ARGV[1] holder, ARGV[2] probe_initial ms, ARGV[3] probe_max ms
+-- ARGV[1] holder, ARGV[2] probe_initial ms, ARGV[3] probe_max ms, ARGV[4] record ttl ms
 -- returns {verdict, wait ms, age ms}: 1 probe now, 0 wait, 2 no outage on record
 local start = redis.call('HGET', KEYS[1], 'start')
 if not start then return {2, 0, 0} end
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local age = now - tonumber(start)
@@ -81,8 +84,7 @@ class RedisOutageLink:
     ) -> None:
         """Record the outage (unless one is on record) and publish it, in one script."""
         message = "|".join(("outage", "down", key, origin, "1" if contacted else "0", cause))
-        keep = 2 * max(policy.max_outage, policy.first_contact) + 60.0
-        args = [_ms(policy.probe_initial), _ms(keep), self._channel, message]
+        args = [_ms(policy.probe_initial), _ms(record_ttl(policy)), self._channel, message]
         await self._store.call(lambda: self._down(keys=self._keys(key), args=args))
 
     async def announce_up(self, key: str, *, origin: str) -> None:
@@ -99,7 +101,8 @@ class RedisOutageLink:
 
     async def turn(self, key: str, holder: str, policy: OutagePolicy) -> Turn | None:
         """Take the probe lease if it is free; None when Redis cannot be reached."""
-        args = [holder, _ms(policy.probe_initial), _ms(policy.probe_max)]
+        ttl = _ms(record_ttl(policy))
+        args = [holder, _ms(policy.probe_initial), _ms(policy.probe_max), ttl]
         reply = await self._store.call(lambda: self._turn(keys=self._keys(key), args=args))
         if reply is None:
             return None
