@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -105,10 +107,11 @@ async def test_one_process_pauses_the_fleet_and_one_probe_at_a_time_checks(
         assert sim.stats().duplicate_creates == 0
 
 
-async def test_redis_killed_during_an_outage_degrades_to_the_local_gate(
-    caplog: pytest.LogCaptureFixture,
+@pytest.mark.parametrize("failure", ["killed", "hung"])
+async def test_redis_failing_during_an_outage_degrades_to_the_local_gate(
+    failure: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Redis dies while the service is down: each client probes on its own, then resumes."""
+    """Redis dies (or hangs) while the service is down: each client probes alone, then resumes."""
     caplog.set_level(logging.WARNING, logger="ruxa_async")
     with redis_server() as redis:
         async with FakeRuxa(QUICK) as sim, fleet(sim, redis.url, 2, timeout=0.5) as clients:
@@ -116,7 +119,11 @@ async def test_redis_killed_during_an_outage_degrades_to_the_local_gate(
             await sim.outage("refuse")
             waiting = [asyncio.ensure_future(c.get_task(t)) for c, t in zip(clients, tasks)]
             await until(lambda: all(c.statistics().outage.down for c in clients))
-            redis.stop()
+            if failure == "killed":
+                redis.stop()
+            else:  # every Redis call must end at its timeout, never hang
+                assert redis.proc is not None
+                os.kill(redis.proc.pid, signal.SIGSTOP)
             await until(lambda: all(degraded(c) for c in clients))
             before = [c.statistics().outage.probes for c in clients]
             await until(
