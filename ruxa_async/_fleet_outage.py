@@ -15,7 +15,11 @@ store every process of the fleet sees (``ruxa_async.redis`` keeps it in Redis,
   many processes wait;
 * the first reply anywhere announces the recovery and every gate reopens
   (``fleet_reopens``); a gate that missed the news finds no outage on record at
-  its next turn and probes for itself.
+  its next turn and probes for itself;
+* a gate that closes again within ``record_ttl()`` seconds of being reopened
+  by another process's reply keeps that outage to itself (the others reach the
+  service: the trouble is likely this process's own network), so one sick
+  process does not pause the fleet over and over.
 
 ``max_outage`` counts from the fleet's start of the outage; a record that no
 prober has kept alive for ``record_ttl()`` seconds expires, so a record that
@@ -183,6 +187,7 @@ class SharedOutageGate(OutageGate):
         self.holder = uuid.uuid4().hex[:16]
         self._share = share
         self._unrecorded = False  # probing an outage the fleet has no record of
+        self._resumed_by_fleet = float("-inf")  # when another process's reply last reopened it
 
     # ------------------------------------------------------------- fleet news
 
@@ -199,11 +204,21 @@ class SharedOutageGate(OutageGate):
         self._contacted = True
         self._streak = 0
         if self._down_since is not None:
+            self._resumed_by_fleet = self._clock()
             self._reopen(shared=True)
 
     # ------------------------------------------------------------------ hooks
 
     def _announce_down(self) -> None:
+        since = self._clock() - self._resumed_by_fleet
+        if since < record_ttl(self._policy):  # the others reach it: likely this process's trouble
+            log.info(
+                "not pausing the fleet: another process reached the Ruxa service at %s %.1f s "
+                "ago; this process waits alone",
+                self._url,
+                since,
+            )
+            return
         link, key, origin = self._share.link, self.key, self.holder
         cause, contacted, policy = self._cause, self._contacted, self._policy
         self._share.announce(

@@ -93,6 +93,29 @@ async def test_a_reply_anywhere_reopens_every_gate(loop: VirtualTimeLoop) -> Non
 
 
 @virtual_time
+async def test_a_process_failing_right_after_the_fleet_recovered_waits_alone(
+    loop: VirtualTimeLoop,
+) -> None:
+    """Closing again just after another's reply reopened it: the others keep sending."""
+    a, b = fleet_gates(loop, 2, failures=1)
+    a.on_failure(REFUSED)
+    await settle()
+    b.on_reply()  # b reaches the service: a's trouble is its own
+    await settle()
+    assert a.is_open()
+    a.on_failure(REFUSED)
+    await settle()
+    assert not a.is_open()
+    assert b.is_open()
+    a.on_reply()
+    await asyncio.sleep(11.0)  # later, a's outage is news for the fleet again
+    a.on_failure(REFUSED)
+    await settle()
+    assert not b.is_open()
+    assert b.statistics().fleet_closes == 2
+
+
+@virtual_time
 async def test_the_bound_counts_from_the_fleets_start(loop: VirtualTimeLoop) -> None:
     """A process that joins an outage 6 s late gives up at the fleet's ``max_outage``."""
     link = MemoryOutageLink(clock=loop.time)
