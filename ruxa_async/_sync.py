@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import os
-import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -19,7 +18,7 @@ from ._handles import TaskHandle
 from ._models import BatchReport, Job, RequestEvent, TaskInfo, TaskState
 from ._outage import OutageCoordinator
 from ._portal import Engine, EngineSlot
-from ._sync_batch import SyncAsCompleted
+from ._sync_batch import SyncAsCompleted, sync_options
 
 __all__ = ["SyncRuxaClient", "SyncTaskHandle"]
 
@@ -329,14 +328,10 @@ class SyncRuxaClient:
         Leaving the loop early: use ``with client.as_completed(...) as batch:``
         (or ``batch.close()``) to stop the batch at once.
         """
-        return SyncAsCompleted(
-            self._running("as_completed"),
-            jobs,
-            max_pending=max_pending,
-            timeout=timeout,
-            on_event=on_event,
-            before_create=before_create,
+        options = sync_options(
+            max_pending=max_pending, timeout=timeout, on_event=on_event, before_create=before_create
         )
+        return SyncAsCompleted(self._running("as_completed"), jobs, options)
 
     def run_batch(
         self,
@@ -349,10 +344,10 @@ class SyncRuxaClient:
     ) -> BatchReport:
         """Run ``jobs`` to the end: outcomes in input order plus a summary.
 
-        Takes the same arguments as :meth:`as_completed`.
+        Takes the same arguments as :meth:`as_completed`. The report's request
+        counts are this batch's own, whatever other threads send through the
+        same client meanwhile.
         """
-        started = time.monotonic()
-        before = self.statistics()
         with self.as_completed(
             jobs,
             max_pending=max_pending,
@@ -360,14 +355,4 @@ class SyncRuxaClient:
             on_event=on_event,
             before_create=before_create,
         ) as batch:
-            outcomes = sorted(batch, key=lambda o: o.index)
-        after = self.statistics()
-        return BatchReport(
-            outcomes=tuple(outcomes),
-            requests_sent=after.requests_sent - before.requests_sent,
-            rate_limited=after.rate_limited - before.rate_limited,
-            ambiguous_create_retries=after.ambiguous_create_retries
-            - before.ambiguous_create_retries,
-            wall_time=time.monotonic() - started,
-            stop_reason=batch.stop_reason,
-        )
+            return batch._collect()
