@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
+import functools
 import os
-import threading
-import time
-import warnings
-import weakref
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -15,11 +12,13 @@ from ._batch import ProgressEvent
 from ._client import CallbackReceiver, ClientStatistics, RuxaClient, _key_source
 from ._config import OutagePolicy, PollPolicy, RateLimits, RetryPolicy, Timeouts
 from ._coordinator import Coordinator
-from ._errors import ClientClosedError, TaskTimeoutError
+from ._errors import TaskTimeoutError
+from ._fleet_outage import policy_of
 from ._handles import TaskHandle
 from ._models import BatchReport, Job, RequestEvent, TaskInfo, TaskState
-from ._portal import Engine, disown_in_child, ensure_not_in_event_loop
-from ._sync_batch import SyncAsCompleted
+from ._outage import OutageCoordinator
+from ._portal import Engine, EngineSlot
+from ._sync_batch import SyncAsCompleted, sync_options
 
 __all__ = ["SyncRuxaClient", "SyncTaskHandle"]
 
@@ -29,8 +28,6 @@ T = TypeVar("T")
 _QUICK = 30.0
 # Added to a wait's own timeout before the blocking side gives up on the engine.
 _GRACE = 5.0
-
-_LIVE: weakref.WeakSet[SyncRuxaClient] = weakref.WeakSet()
 
 
 class SyncTaskHandle:
@@ -104,7 +101,10 @@ class SyncRuxaClient:
     Lifecycles: ``close()`` (or ``with``) shuts it down; one forgotten at exit
     is closed for you with a ``ResourceWarning``; a client inherited through
     ``fork()`` (Celery prefork, gunicorn) starts a fresh engine in the child on
-    its first call there, and the parent's keeps working.
+    its first call there, and the parent's keeps working. ``outage`` is best
+    given as an :class:`OutagePolicy` (shared by the fleet with a coordinator
+    that shares outages, as in :class:`RuxaClient`): a gate object of your own
+    belongs to one event loop, so a forked child cannot reuse it.
     """
 
     def __init__(
@@ -118,13 +118,13 @@ class SyncRuxaClient:
         poll: PollPolicy | None = None,
         max_connections: int | None = None,
         callbacks: CallbackReceiver | None = None,
-        outage: OutagePolicy | None = None,
+        outage: OutagePolicy | OutageCoordinator | None = None,
         coordinator: Coordinator | None = None,
         validate: bool = True,
         on_request: Callable[[RequestEvent], None] | None = None,
     ) -> None:
-        self._key = _key_source(api_key)  # a missing key fails here, not at the first call
-        self._options: dict[str, Any] = {
+        key = _key_source(api_key)  # a missing key fails here, not at the first call
+        options: dict[str, Any] = {
             "base_url": base_url,
             "timeouts": timeouts,
             "retry": retry,
@@ -141,22 +141,16 @@ class SyncRuxaClient:
         self.retry_policy = retry or RetryPolicy()
         self.rate_limits = rate_limits or RateLimits()
         self.poll_policy = poll or PollPolicy()
-        self.outage_policy = outage or OutagePolicy()
+        self.outage_policy = policy_of(outage)
         self.request_timeout = (
             max(self.retry_policy.max_time, self.outage_policy.max_outage)
             + self.timeouts.total
             + _GRACE
         )
-        self._lock = threading.Lock()
-        self._engine: Engine | None = None
-        self._finalizer: weakref.finalize[Any, Any] | None = None
-        self._pid = os.getpid()
-        self._closed = False
-        _LIVE.add(self)
+        self._slot = EngineSlot(functools.partial(RuxaClient, key, **options))
 
     def __repr__(self) -> str:
-        state = "closed" if self._closed else ("running" if self._engine else "new")
-        return f"<SyncRuxaClient {state}>"
+        return f"<SyncRuxaClient {self._slot.state}>"
 
     # -------------------------------------------------------------- lifecycle
 
@@ -169,50 +163,15 @@ class SyncRuxaClient:
 
     def close(self) -> None:
         """Fail pending waits with ClientClosedError, close connections, stop the thread."""
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            engine, self._engine = self._engine, None
-            if self._finalizer is not None:
-                self._finalizer.detach()
-        if engine is not None and self._pid == os.getpid():
-            engine.close()
+        self._slot.close()
 
     @property
     def closed(self) -> bool:
         """True after :meth:`close`."""
-        return self._closed
+        return self._slot.closed
 
     def _running(self, what: str) -> Engine:
-        ensure_not_in_event_loop(what)
-        if self._pid != os.getpid():
-            self._after_fork()  # a fork the at-fork hook did not see
-        engine = self._engine
-        if engine is not None and not engine.closed:
-            return engine
-        with self._lock:
-            if self._closed:
-                raise ClientClosedError("this SyncRuxaClient was closed; create a new one")
-            if self._engine is None:
-                engine = Engine(self._build)
-                self._finalizer = weakref.finalize(self, _forgotten, engine)
-                self._engine = engine
-            return self._engine
-
-    def _build(self) -> RuxaClient:
-        return RuxaClient(self._key, **self._options)
-
-    def _after_fork(self) -> None:
-        """In a forked child: drop the parent's engine; the next call starts our own."""
-        self._lock = threading.Lock()  # the parent may have held it while forking
-        self._pid = os.getpid()
-        engine, self._engine = self._engine, None
-        if self._finalizer is not None:
-            self._finalizer.detach()
-            self._finalizer = None
-        if engine is not None:
-            disown_in_child(engine)
+        return self._slot.engine(what)
 
     def _call(
         self,
@@ -369,14 +328,10 @@ class SyncRuxaClient:
         Leaving the loop early: use ``with client.as_completed(...) as batch:``
         (or ``batch.close()``) to stop the batch at once.
         """
-        return SyncAsCompleted(
-            self._running("as_completed"),
-            jobs,
-            max_pending=max_pending,
-            timeout=timeout,
-            on_event=on_event,
-            before_create=before_create,
+        options = sync_options(
+            max_pending=max_pending, timeout=timeout, on_event=on_event, before_create=before_create
         )
+        return SyncAsCompleted(self._running("as_completed"), jobs, options)
 
     def run_batch(
         self,
@@ -389,10 +344,10 @@ class SyncRuxaClient:
     ) -> BatchReport:
         """Run ``jobs`` to the end: outcomes in input order plus a summary.
 
-        Takes the same arguments as :meth:`as_completed`.
+        Takes the same arguments as :meth:`as_completed`. The report's request
+        counts are this batch's own, whatever other threads send through the
+        same client meanwhile.
         """
-        started = time.monotonic()
-        before = self.statistics()
         with self.as_completed(
             jobs,
             max_pending=max_pending,
@@ -400,35 +355,4 @@ class SyncRuxaClient:
             on_event=on_event,
             before_create=before_create,
         ) as batch:
-            outcomes = sorted(batch, key=lambda o: o.index)
-        after = self.statistics()
-        return BatchReport(
-            outcomes=tuple(outcomes),
-            requests_sent=after.requests_sent - before.requests_sent,
-            rate_limited=after.rate_limited - before.rate_limited,
-            ambiguous_create_retries=after.ambiguous_create_retries
-            - before.ambiguous_create_retries,
-            wall_time=time.monotonic() - started,
-            stop_reason=batch.stop_reason,
-        )
-
-
-def _forgotten(engine: Engine) -> None:
-    """A client was garbage-collected, or the interpreter is exiting, without ``close()``."""
-    if engine.closed:
-        return
-    engine.close()
-    warnings.warn(
-        "a SyncRuxaClient was never closed; call client.close() or use `with SyncRuxaClient()`",
-        ResourceWarning,
-        stacklevel=1,
-    )
-
-
-def _after_fork_in_child() -> None:
-    for client in list(_LIVE):
-        client._after_fork()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+            return batch._collect()

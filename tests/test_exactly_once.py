@@ -6,6 +6,7 @@ standalone one (``tests/helpers_proc.SimProcess``) whose counters outlive the ru
 
 from __future__ import annotations
 
+import functools
 import logging
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -27,6 +28,7 @@ from .helpers_proc import (
     read_results,
     run_cli,
     start_cli,
+    started_sims,
     write_jobs,
 )
 
@@ -47,7 +49,8 @@ async def test_on_send_marks_only_creates_on_the_wire_and_429s_clear_them(
     fake: FakeRuxa,
 ) -> None:
     """on_send comes after the permit; every 429 answer clears its mark; one create per job."""
-    fake.reconfigure(create_limit=RateLimit(per_second=50, burst=3))
+    # A bucket of one token: any two creates within 100 ms meet a 429, however slow the machine.
+    fake.reconfigure(create_limit=RateLimit(per_second=10, burst=1))
     marked: set[str] = set()
     most_marked = 0
     sends = unsent = 0
@@ -67,15 +70,15 @@ async def test_on_send_marks_only_creates_on_the_wire_and_429s_clear_them(
         marked.remove(job.key)
 
     async with make_client(fake) as client:
-        report = await client.run_batch(jobs(40), on_send=on_send, on_unsent=on_unsent)
+        report = await client.run_batch(jobs(20), on_send=on_send, on_unsent=on_unsent)
         limit = client.rate_limits.max_in_flight
     assert all(o.ok for o in report.outcomes)
     stats = fake.stats()
-    assert stats.tasks_created == 40
+    assert stats.tasks_created == 20
     assert stats.duplicate_creates == 0
     assert report.rate_limited > 0, "the create limit never answered 429"
     assert unsent == report.rate_limited  # each 429 cleared exactly its own mark
-    assert sends == 40 + unsent
+    assert sends == 20 + unsent
     assert most_marked <= limit
 
 
@@ -176,16 +179,9 @@ async def test_a_task_the_service_forgot_ends_lost(fake: FakeRuxa) -> None:
 
 @pytest.fixture
 def make_sim(tmp_path: Path) -> Iterator[Callable[..., SimProcess]]:
-    sims: list[SimProcess] = []
-
-    def make(**config: object) -> SimProcess:
-        sim = SimProcess(tmp_path, key=KEY, **config)
-        sims.append(sim)
-        return sim
-
-    yield make
-    for sim in sims:
-        sim.close()
+    """Start standalone simulators (``make_sim(**config)``) and stop them after the test."""
+    with started_sims(functools.partial(SimProcess, tmp_path, key=KEY)) as make:
+        yield make
 
 
 def test_cli_records_lost_tasks_and_resends_them_only_when_asked(
