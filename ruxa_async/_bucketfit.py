@@ -23,9 +23,10 @@ from collections.abc import Sequence
 
 import attrs
 
-__all__ = ["Drain", "excess", "joint_fit", "rate_for_burst"]
+__all__ = ["Drain", "excess", "joint_fit", "rate_for_burst", "window"]
 
 _ITERATIONS = 40  # bisection steps: 2**-40 of the interval
+_DISTINCT = 2.0  # two drains' windows must differ by this factor to be fitted together
 
 
 @attrs.frozen
@@ -47,15 +48,25 @@ def excess(drain: Drain, rate: float) -> float:
     Counts the refused send too (it found less than one token), so this is the
     burst a bucket refilling at ``rate`` must have had for that refusal.
     """
+    return _best_window(drain, rate)[0]
+
+
+def window(drain: Drain, rate: float) -> float:
+    """The length of the window that gives :func:`excess` at ``rate`` (seconds)."""
+    return _best_window(drain, rate)[1]
+
+
+def _best_window(drain: Drain, rate: float) -> tuple[float, float]:
     best = 1.0  # the refused send alone, in a window of no length
+    length = 0.0
     count = 1.0
     end = drain.end
     for t in reversed(drain.times):
         count += 1.0
         value = count - rate * (end - t)
         if value > best:
-            best = value
-    return best - 0.5  # the refused send needed a whole token; split the difference
+            best, length = value, end - t
+    return best - 0.5, length  # the refused send needed a whole token; split the difference
 
 
 def rate_for_burst(drain: Drain, burst: float, low: float, high: float) -> float | None:
@@ -74,7 +85,12 @@ def rate_for_burst(drain: Drain, burst: float, low: float, high: float) -> float
 
 
 def joint_fit(first: Drain, second: Drain, low: float, high: float) -> tuple[float, float] | None:
-    """The (rate, burst) in ``[low, high]`` that explains both refusals, if their curves cross."""
+    """The (rate, burst) in ``[low, high]`` that explains both refusals, if their curves cross.
+
+    Only drains whose bucket ran dry over windows of clearly different lengths
+    (one at least twice the other, e.g. a fast climb and a slow probe) cross
+    at a well-defined point; for like drains no fit is claimed.
+    """
     if not first.times or not second.times or high <= low:
         return None
 
@@ -91,4 +107,7 @@ def joint_fit(first: Drain, second: Drain, low: float, high: float) -> tuple[flo
         else:
             high = mid
     rate = 0.5 * (low + high)
+    spans = sorted((window(first, rate), window(second, rate)))
+    if spans[1] < _DISTINCT * spans[0]:
+        return None
     return rate, excess(first, rate)

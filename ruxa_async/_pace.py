@@ -79,6 +79,7 @@ _FIT_FLOOR = 0.9  # a fitted rate below this share of the pace held is not belie
 _DROP_FLOOR = 0.4  # a settled pace's 429 fits a rate no lower than this share of it
 _HOLD = 4.0  # units held after an episode before the first probe
 _RAMP_HOLD = 1.0  # ... after the ramp's episode: the next one fits the bucket, best soon
+_HELD = 2.0  # units a pace must hold before a 429 makes its estimate a limit to come back to
 _MAX_HOLD_DOUBLINGS = 4  # the hold grows to _HOLD * 2**4 units while the limit stays put
 _PROBE_SCALE = 4.0  # units after which a probe doubles the pace
 _CHANGED = 0.2  # an estimate that moved by more than this share is a changed limit
@@ -214,6 +215,8 @@ class Pace:
         fitted_burst: float | None = None
         fitted = False
         ramp = self.phase == "ramp"
+        # The pace held for a while (or probes past it): a limit worth coming back to.
+        held = self.phase == "probe" or (self.phase == "hold" and self.t >= _HELD * self.unit)
         if ramp:
             estimate = _ramp_estimate(self, granted_at, granted_rate)
         elif self.phase == "probe" and granted_rate > self.base:
@@ -233,7 +236,8 @@ class Pace:
         self.last_drain = drain if drain.times else None
         previous = self.estimate
         changed = previous is None or abs(estimate - previous) > _CHANGED * previous
-        if previous is not None and estimate < previous and self.phase != "ramp":
+        if previous is not None and estimate < previous and held:
+            # A limit that held for a while went down: it may come back, probe often.
             self.high_water = max(previous, self.high_water or 0.0)
         self.fitted = fitted
         self._settle_at(estimate, "429s", changed=changed)
@@ -246,13 +250,11 @@ class Pace:
         """A probe's 429: the bucket fitted to this drain and the last, else the known burst.
 
         Returns the estimate, the server's burst when both were fitted, and
-        whether the estimate was fitted (not guessed). Two drains of a like
-        length (two probes) cannot tell rate from burst: only a short one and a
-        long one (the ramp's and a probe's) are fitted together.
+        whether the estimate was fitted (not guessed). The burst is fitted once
+        (the ramp's drain and the first probe's), then used as known.
         """
         last = self.last_drain
-        spans = (last.span, drain.span) if last is not None else (0.0, 0.0)
-        if last is not None and not self.burst_fitted and max(spans) >= 2.0 * min(spans):
+        if last is not None and not self.burst_fitted:
             fit = joint_fit(last, drain, 0.5 * self.base, granted_rate)
             if fit is not None and fit[0] >= _FIT_FLOOR * self.base and self._believable(fit[1]):
                 return max(self.base, fit[0]), fit[1], True

@@ -95,6 +95,7 @@ def test_a_drop_keeps_probes_frequent_until_the_old_limit_is_back() -> None:
     pace._settle_at(100.0, "429s", changed=True)
     pace._settle_at(100.0, "429s", changed=False)
     assert pace.hold == 8.0  # unchanged limit: the hold doubled
+    pace.advance(3.0, 1.0)  # held a while: a limit to come back to
     pace.phase = "hold"
     pace.on_refused(1.0, pace.rate, 1.0)  # a drop
     assert pace.high_water == pytest.approx(100.0)
