@@ -183,12 +183,9 @@ class RuxaClient:
         self.retry_policy = retry or RetryPolicy()
         self.rate_limits = rate_limits or RateLimits()
         self.poll_policy = poll or PollPolicy()
-        # fleet (coordinator) hooks: see _fleet.py; a shared pacer owns rate discovery
+        # fleet (coordinator) hooks: see _fleet.py; a fleet's controllers share one rate state
         self._fleet = Fleet(coordinator, self.rate_limits, self.retry_policy)
-        local_limits = self.rate_limits
-        if self._fleet.shares_rate:
-            local_limits = attrs.evolve(local_limits, adaptive=False)
-        self._limiter = RateController(local_limits)
+        self._limiter = RateController(self.rate_limits, state=self._fleet.rate_state)
         self._transport = Transport(
             base_url=self._base_url,
             key=self._key,
@@ -350,7 +347,6 @@ class RuxaClient:
         send nothing); ``tally`` counts the attempt for its owner (a batch).
         """
         fleet = self._fleet if self._fleet.shares_rate else None
-        epoch = await fleet.admit(kind) if fleet is not None else 0
         async with self._limiter.permit(kind) as permit:
             if not (probe or self._outage.is_open()):
                 return _GATED
@@ -377,13 +373,9 @@ class RuxaClient:
             await self._limiter.on_rate_limited(permit, exc.retry_after, hint)
             if tally is not None:
                 tally.rate_limited += 1
-            if fleet is not None:
-                await fleet.rate_limited(kind, epoch, exc.retry_after)
             raise
         except APIStatusError as exc:
             await self._limiter.on_success(permit, hint)
-            if fleet is not None:
-                fleet.succeeded(kind)
             if self._on_request is not None:
                 self._observe(kind, path, permit, exc.code or exc.http_status)
             raise
@@ -392,8 +384,6 @@ class RuxaClient:
                 self._observe(kind, path, permit, reply.status)
             raise
         await self._limiter.on_success(permit, hint)
-        if fleet is not None:
-            fleet.succeeded(kind)
         if self._on_request is not None:
             self._observe(kind, path, permit, 200)
         return data

@@ -1,9 +1,12 @@
-"""The client's side of a coordinator: idempotent creates, credits, fleet permits, callbacks.
+"""The client's side of a coordinator: idempotent creates, credits, callbacks.
 
 ``RuxaClient`` delegates here so its own code only calls a few hooks: around a
-create (:meth:`Fleet.create`, :meth:`Fleet.create_once`), around each request
-(:meth:`Fleet.admit`, :meth:`Fleet.sending`, :meth:`Fleet.rate_limited`) and
-for callbacks it cannot resolve itself (:meth:`Fleet.forward_callback`).
+create (:meth:`Fleet.create`, :meth:`Fleet.create_once`), before each request
+goes out (:meth:`Fleet.sending`) and for callbacks it cannot resolve itself
+(:meth:`Fleet.forward_callback`). A coordinator that shares rates hands its
+:attr:`Fleet.rate_state` to the client's ``RateController``: the fleet's
+processes then run one discovery over one bucket, one 429 gate and one
+learned limit.
 """
 
 from __future__ import annotations
@@ -17,9 +20,8 @@ from typing import Any
 from ._config import RateLimits, RetryPolicy
 from ._coordinator import AmbiguousCreateError, Coordinator, LocalCoordinator
 from ._errors import RuxaError
-from ._fleetpace import FleetPacer
 from ._models import TaskInfo
-from ._ratestate import Kind
+from ._ratestate import Kind, RateState
 from ._retry import is_ambiguous_create
 from .catalog import estimate_cost
 
@@ -51,9 +53,8 @@ class Fleet:
     ) -> None:
         self.explicit = coordinator is not None
         self.coordinator: Coordinator = coordinator or LocalCoordinator()
-        state = self.coordinator.rate_state
-        self.pacer = FleetPacer(state, limits) if state is not None else None
-        self.shares_rate = self.pacer is not None
+        self.rate_state: RateState | None = self.coordinator.rate_state
+        self.shares_rate = self.rate_state is not None
         self._limits = limits
         self._retry = retry
         self._creating: dict[str, asyncio.Task[str]] = {}
@@ -85,16 +86,6 @@ class Fleet:
 
     # ------------------------------------------------------------------ rate
 
-    async def admit(self, kind: Kind) -> int:
-        """A shared permit before the local one (only when the coordinator shares rates)."""
-        assert self.pacer is not None
-        return await self.pacer.admit(kind)
-
-    def succeeded(self, kind: Kind) -> None:
-        """A request of ``kind`` got a reply other than 429."""
-        assert self.pacer is not None
-        self.pacer.succeeded(kind)
-
     async def sending(self, kind: Kind) -> None:
         """Just before a request goes out: an idempotent create becomes 'sending'."""
         if kind != "create":
@@ -103,11 +94,6 @@ class Fleet:
         if current is not None and not current.sent:
             current.sent = True
             await self.coordinator.mark_sending(current.key)
-
-    async def rate_limited(self, kind: Kind, epoch: int, retry_after: float | None) -> None:
-        """Report a 429 to the fleet (its gate pauses every process)."""
-        assert self.pacer is not None
-        await self.pacer.on_rate_limited(kind, epoch, retry_after)
 
     # --------------------------------------------------------------- creates
 
@@ -173,7 +159,7 @@ class Fleet:
         try:
             task_id = await create()
         except RuxaError as exc:
-            sent = sending.sent or not self.shares_rate  # only a shared pacer marks sends
+            sent = sending.sent or not self.shares_rate  # sending() runs with a shared rate only
             await self.coordinator.release(key, ambiguous=sent and is_ambiguous_create(exc))
             raise
         except BaseException:

@@ -30,7 +30,6 @@ __all__ = ["RedisCoordinator"]
 
 log = logging.getLogger("ruxa_async")
 
-_FLUSH_EVERY = 0.2  # seconds between flushes of this process's accepted-request counts
 _CLAIM_STATUSES = {"owner", "created", "in_progress", "ambiguous"}
 
 
@@ -113,7 +112,6 @@ class RedisCoordinator(Coordinator):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
-        await self.rate_state.flush_admitted()
         store = self._store
         await store.call(lambda: store.redis.delete(store.key("alive", self.instance)))
         await store.call(lambda: store.redis.zrem(store.key("members"), self.instance))
@@ -137,15 +135,9 @@ class RedisCoordinator(Coordinator):
             self.rate_state.members = max(1, int(replies[-1]))
 
     async def _heartbeat_loop(self) -> None:
-        tick = min(self._heartbeat, _FLUSH_EVERY)
-        last_beat = time.monotonic()
         while True:
-            await asyncio.sleep(tick)
-            now = time.monotonic()
-            if self._store.degraded or now - last_beat >= self._heartbeat:
-                last_beat = now
-                await self._beat(probe=True)
-            await self.rate_state.flush_admitted()
+            await asyncio.sleep(self._heartbeat)
+            await self._beat(probe=True)
 
     async def _listen_loop(self) -> None:
         store = self._store
@@ -325,6 +317,7 @@ class RedisCoordinator(Coordinator):
             shared=True,
             create_rate=_rate(state, "create"),
             query_rate=_rate(state, "query"),
+            fleet_rate_limited=state.gates_closed,
             fleet_pauses=state.remote_pauses,
             leases=state.leases,
             leased_tokens=state.leased_tokens,

@@ -22,7 +22,8 @@ local function num(s) return string.format('%.6f', s) end
 # A token bucket shared by the fleet, leased in blocks.
 # KEYS: bucket hash, gate of the kind, gate of the client scope
 # ARGV: wanted block, at least this many, rate, burst, now
-# -> {granted, wait seconds}: granted > 0 (and wait 0), or 0 and the wait.
+# -> {granted, wait seconds[, tokens the fleet was granted in all]}: granted > 0 (and
+# wait 0, the fleet's running total), or 0 and the wait.
 TAKE = (
     _CLOCK
     + """
@@ -52,8 +53,9 @@ if granted < least then
 end
 tokens = tokens - granted
 redis.call('HSET', KEYS[1], 'tokens', num(tokens), 'stamp', num(stamp))
+local total = redis.call('HINCRBY', KEYS[1], 'granted', granted)
 redis.call('PEXPIRE', KEYS[1], 3600000)
-return {granted, '0'}
+return {granted, '0', total}
 """
 )
 
@@ -86,8 +88,9 @@ return num(deadline - now)
 )
 
 # Compare-and-increment of a kind's episode counter.  KEYS: counter  ARGV: seen
+# A counter that expired (an idle fleet) starts again from what the caller saw.
 EPISODE = """
-local current = tonumber(redis.call('GET', KEYS[1]) or '0')
+local current = tonumber(redis.call('GET', KEYS[1]) or ARGV[1])
 if current ~= tonumber(ARGV[1]) then return 0 end
 redis.call('SET', KEYS[1], tostring(current + 1), 'PX', 86400000)
 return 1
