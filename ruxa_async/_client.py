@@ -404,7 +404,9 @@ class RuxaClient:
 
     async def _check(self, task_id: str, tally: Tally | None = None) -> TaskInfo:
         data = await self._send("query", "GET", _wire.query_path(task_id), None, tally)
-        return _wire.parse_task(data, task_id=task_id)
+        info = _wire.parse_task(data, task_id=task_id)
+        self._fleet.outcome(info)  # settles the task's credit reservation
+        return info
 
     async def _create(
         self,
@@ -673,6 +675,7 @@ class RuxaClient:
         present: it names the create attempt the task came from, so an attempt
         that failed ambiguously learns its task id (and is not sent again).
         """
+        self._fleet.outcome(info)
         if attempt is not None:
             waiter = self._attempts.get(attempt)
             if waiter is not None and not waiter.done():
@@ -683,6 +686,7 @@ class RuxaClient:
         return resolved
 
     def _resolve_published(self, info: TaskInfo) -> None:
+        self._fleet.outcome(info)
         if self._scheduler.last_state(info.task_id) is not None:
             self._scheduler.resolve(info, source="callback")
 

@@ -1,4 +1,4 @@
-"""The fleet's lease, bucket and gate rules, and rate controllers sharing one state, in fake time."""
+"""The fleet's lease, bucket and gate rules; rate controllers sharing one state, in fake time."""
 
 from __future__ import annotations
 
@@ -213,7 +213,8 @@ def test_a_429_in_one_controller_sets_the_pace_of_all() -> None:
         await a.on_rate_limited(refused, retry_after=1.0)
         await b.on_rate_limited(refused_too, retry_after=1.0)  # the same episode
         learned = await state.read("create")
-        assert learned is not None and learned.episode == 1
+        assert learned is not None
+        assert learned.episode == 1
         start = loop.time()
         async with c.permit("create") as permit:
             assert loop.time() >= start + 1.0  # waited at the gate a closed
