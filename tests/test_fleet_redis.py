@@ -150,6 +150,25 @@ async def test_callback_received_by_another_process_resolves_the_task(redis_url:
         assert worker.statistics().coordinator.callbacks_received >= 1  # type: ignore[union-attr]
 
 
+async def test_a_burst_of_callbacks_reaches_the_awaiting_process(redis_url: str) -> None:
+    """Fifty callbacks fed at once to one client all resolve the handles another awaits."""
+    slow = ModelBehavior(median_seconds=600.0, sigma=0.0)
+    quiet = PollPolicy(first_check=300.0, callback_grace=300.0)
+    sim = FakeRuxa(SimConfig(seed=5, default_behavior=slow))
+    async with sim as fake, fleet(fake, redis_url, 2, poll=quiet) as (worker, web):
+        handles = [
+            await worker.submit(NB, {"prompt": f"x{i}"}, callback_url="http://web/cb")
+            for i in range(50)
+        ]
+        for handle in handles:
+            info = TaskInfo(task_id=handle.task_id, state=TaskState.SUCCESS, result_urls=("u",))
+            assert web.feed_callback(info) is False
+        done = await asyncio.gather(*(handle.wait(10) for handle in handles))
+        assert all(info.result_urls == ("u",) for info in done)
+        assert fake.stats().queries == 0
+        assert web.statistics().coordinator.callbacks_published == 50  # type: ignore[union-attr]
+
+
 async def test_credit_budget_is_shared_by_the_fleet(redis_url: str) -> None:
     """max_credits caps the fleet's spend: two clients together stop at the budget."""
     sim = FakeRuxa(SimConfig(seed=5))

@@ -88,6 +88,9 @@ class RedisCoordinator(Coordinator):
         self._local = LocalCoordinator(max_credits=max_credits, credit_window=credit_window)
         self._claim_events: dict[str, asyncio.Event] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self._subscribed = asyncio.Event()
+        self._outbox: list[tuple[str, TaskInfo]] = []  # callbacks waiting to be published
+        self._publishing = False
         self._counts: dict[str, int] = dict.fromkeys(
             ("claims", "attached", "ambiguous", "published", "received"), 0
         )
@@ -102,10 +105,14 @@ class RedisCoordinator(Coordinator):
     async def _open(self) -> None:
         await self._beat(probe=True)
         loop = asyncio.get_running_loop()
+        self._subscribed.clear()
         self._tasks = [
             loop.create_task(self._heartbeat_loop(), name="ruxa_async redis heartbeat"),
             loop.create_task(self._listen_loop(), name="ruxa_async redis events"),
         ]
+        if not self._store.degraded:  # hear the fleet from the start (callbacks, gates)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._subscribed.wait(), self._store.timeout)
 
     async def _close(self) -> None:
         for task in self._tasks:
@@ -145,6 +152,7 @@ class RedisCoordinator(Coordinator):
             pubsub = store.redis.pubsub()
             try:
                 await asyncio.wait_for(pubsub.subscribe(self._channel), store.timeout)
+                self._subscribed.set()
                 while True:
                     message = await pubsub.get_message(
                         ignore_subscribe_messages=True, timeout=store.timeout
@@ -298,13 +306,33 @@ class RedisCoordinator(Coordinator):
     # -------------------------------------------------------------- callbacks
 
     async def publish_callback(self, info: TaskInfo) -> None:
-        """See :meth:`Coordinator.publish_callback`: to every process through Redis."""
-        message = "callback|" + _encode_info(info)
-        sent = await self._store.call(lambda: self._store.redis.publish(self._channel, message))
-        if sent is None:
-            self._deliver_callback(info)  # Redis is down: at least this process's clients
-        else:
-            self._counts["published"] += 1
+        """See :meth:`Coordinator.publish_callback`: to every process through Redis.
+
+        Callbacks arriving together go out in one pipeline on one connection
+        (a burst of callbacks does not open a connection each).
+        """
+        self._outbox.append(("callback|" + _encode_info(info), info))
+        if self._publishing:
+            return  # the running publisher sends it with its next batch
+        self._publishing = True
+        try:
+            while self._outbox:
+                batch, self._outbox = self._outbox, []
+                sent = await self._store.call(lambda: self._publish(batch))  # noqa: B023
+                if sent is None:  # Redis is down: at least this process's clients
+                    for _, lost in batch:
+                        self._deliver_callback(lost)
+                else:
+                    self._counts["published"] += len(batch)
+        finally:
+            self._publishing = False
+
+    async def _publish(self, batch: list[tuple[str, TaskInfo]]) -> bool:
+        async with self._store.redis.pipeline(transaction=False) as pipe:
+            for message, _ in batch:
+                pipe.publish(self._channel, message)
+            await pipe.execute()
+        return True
 
     # ------------------------------------------------------------- statistics
 
