@@ -122,6 +122,8 @@ async def _worker(args: argparse.Namespace) -> dict[str, Any]:
             },
             "degraded_seconds": fleet.degraded_seconds if fleet else 0.0,
             "degraded_events": fleet.degraded_events if fleet else 0,
+            "leases": fleet.leases if fleet else 0,
+            "leased_tokens": fleet.leased_tokens if fleet else 0,
             "resolved": resolved,
             "received": received,
             "hops": hops,
@@ -274,6 +276,8 @@ def run_fleet(
         "query_pace": statistics.median(r["learned"]["query"][0] for r in reports),
         "paused": statistics.median(r["paused"] for r in reports),
         "episodes": sum(r["episodes"] for r in reports),
+        "per_lease": sum(r["leased_tokens"] for r in reports)
+        / max(1, sum(r["leases"] for r in reports)),
     }
 
 
@@ -391,24 +395,27 @@ def _fleet_section(ideal: dict[str, Any], rows: list[dict[str, Any]]) -> list[st
         "## Makespan and 429s, limits unknown (goal: <= 1.15x ideal, <= 10 429s per 1,000)",
         "",
         "| processes | coordinator | makespan s | x ideal | 429s per 1,000 | requests/task "
-        "| errors | created | duplicates | final pace create/query | paused s | episodes |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| errors | created | duplicates | final pace create/query | paused s | episodes "
+        "| tokens per lease |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for row in [ideal, *rows]:
         label = "ideal: 1, limits known" if row["known"] else str(row["procs"])
         coordinator = "Redis" if row["coordinator"] else "none"
+        per_lease = f"{row['per_lease']:.1f}" if row["coordinator"] else "-"
         lines.append(
             f"| {label} | {coordinator} | {row['makespan']:.1f} | "
             f"{row['makespan'] / ideal['makespan']:.2f} | {row['per_1000']:.1f} | "
             f"{row['requests_per_task']:.2f} | {row['errors']} | {row['created']} | "
             f"{row['duplicates']} | {row['create_pace']:.0f}/{row['query_pace']:.0f} | "
-            f"{row['paused']:.1f} | {row['episodes']} |"
+            f"{row['paused']:.1f} | {row['episodes']} | {per_lease} |"
         )
     lines += [
         "",
         "*final pace*: the median over processes of the pace each ended at (req/s, the fleet's "
         "pace when shared); *paused s*: median time a process's 429 gate was closed; "
-        "*episodes*: 429 episodes begun (each lowers the pace once).",
+        "*episodes*: 429 episodes begun (each lowers the pace once); *tokens per lease*: "
+        "permits per Redis round trip for the shared bucket.",
         "",
     ]
     return lines
