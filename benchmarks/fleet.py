@@ -131,19 +131,22 @@ async def _worker(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _trace_fan_in(coordinator: Any) -> dict[str, float]:
-    """Stamp each fan-in hop: B's publish returned (``published``), A's message (``heard``)."""
+    """Stamp each fan-in hop: B's publish sent (``published``), A's message (``heard``)."""
     stamps: dict[str, float] = {}
-    publish, deliver = coordinator.publish_callback, coordinator._deliver_callback
+    publish, deliver = coordinator._publish, coordinator._deliver_callback
 
-    async def published(info: Any) -> None:
-        await publish(info)
-        stamps.setdefault(info.task_id, time.monotonic())
+    async def published(batch: list[tuple[str, Any]]) -> bool:
+        sent: bool = await publish(batch)
+        now = time.monotonic()
+        for _, info in batch:
+            stamps.setdefault(info.task_id, now)
+        return sent
 
     def heard(info: Any) -> None:
         stamps.setdefault(info.task_id, time.monotonic())
         deliver(info)
 
-    coordinator.publish_callback, coordinator._deliver_callback = published, heard
+    coordinator._publish, coordinator._deliver_callback = published, heard
     return stamps
 
 
