@@ -477,12 +477,10 @@ class RateController:
         learned = await self._state.read(lane.kind)
         if learned is None or learned == lane.shared or learned.episode < lane.episode:
             return
+        new_episode = lane.shared is None or learned.episode > lane.shared.episode
         lane.shared = learned
         lane.episode = learned.episode
-        pace = lane.pace
-        pace.restore(learned)
-        if pace.phase == "probe":  # as the writer did: hold at the new pace, then probe
-            pace.phase, pace.t = "hold", 0.0
+        lane.pace.adopt(learned, new_episode=new_episode)
 
     def _weight(self, kind: Kind) -> int:
         """Sends of every sharer per send of this controller (1 unless the state says more).

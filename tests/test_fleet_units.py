@@ -231,6 +231,28 @@ def test_a_429_in_one_controller_sets_the_pace_of_all() -> None:
     in_virtual_time(scenario)
 
 
+def test_sharers_hold_after_an_episode_like_its_writer() -> None:
+    """A sharer that was probing when another's 429 began an episode holds, as the writer does."""
+
+    async def scenario(loop: VirtualTimeLoop) -> None:
+        state = FleetState(loop.time, None)
+        a, b = controllers(loop, 2, state)
+        for episode, seconds in enumerate((1.0, 6.0)):  # a ramp; then a hold and a probe
+            until = loop.time() + seconds
+            await asyncio.gather(*(send(x, "create", until, loop) for x in (a, b)))
+            assert b.statistics().classes["create"].phase == ("ramp", "probe")[episode]
+            async with a.permit("create") as refused:
+                pass
+            await a.on_rate_limited(refused, retry_after=1.0)
+            async with b.permit("create"):
+                pass
+            assert b.statistics().classes["create"].phase == "hold"
+            assert b.statistics().classes["create"].rate == a.statistics().classes["create"].rate
+            assert (await state.read("create")).episode == episode + 1  # type: ignore[union-attr]
+
+    in_virtual_time(scenario)
+
+
 @pytest.mark.parametrize("share", [None, 4])
 def test_a_fleets_ramp_counts_every_sharers_sends(share: int | None) -> None:
     """Four controllers splitting one bucket ramp up only when each counts the fleet's sends."""
