@@ -494,6 +494,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--only", default=",".join(SECTIONS), help=f"comma-separated sections of {SECTIONS}"
     )
+    parser.add_argument(
+        "--no-baselines",
+        dest="baselines",
+        action="store_false",
+        help="skip the rows without a coordinator (P = 1 and 4)",
+    )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     for flag in ("--url", "--redis", "--namespace", "--run", "--cb"):
         parser.add_argument(flag, default="", help=argparse.SUPPRESS)
@@ -524,7 +530,7 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append(run_fleet(tmp, redis.url, procs, args.tasks))
                 loads.append(os.getloadavg()[0])
                 print(rows[-1], flush=True)
-            for procs in (1, 4):  # without a coordinator: discovery alone, and today's fleet
+            for procs in (1, 4) if args.baselines else ():  # discovery alone; no coordinator
                 rows.append(run_fleet(tmp, None, procs, args.tasks))
                 print(rows[-1], flush=True)
             lines += _fleet_section(ideal, rows)
