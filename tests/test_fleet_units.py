@@ -56,6 +56,23 @@ def test_bucket_grants_its_burst_then_refills_at_the_rate(conn: redis_sync.Redis
     assert take(conn, 8, 1, 10.0, 5, now=100.35) == (3, 0.0)  # 3.5 tokens: a block of 3
 
 
+def test_a_lease_may_borrow_what_the_lookahead_refills(conn: redis_sync.Redis) -> None:
+    """Looking 0.5 s ahead at 10/s: 5 more tokens; a borrowed block's first one comes later."""
+    script = conn.register_script(_scripts.TAKE)
+
+    def lease(now: float) -> tuple[int, float]:
+        reply = script(keys=["bl", "g1", "g2"], args=[8, 1, 10.0, 5, now, "0.5"])
+        return int(reply[0]), float(reply[1])
+
+    assert lease(100.0) == (8, 0.0)  # 5 saved + 3 of the next 0.5 s
+    granted, start = lease(100.0)
+    assert granted == 2  # the rest of the lookahead
+    assert start == pytest.approx(0.4)  # after the 3 borrowed before it, at 10/s
+    granted, wait = lease(100.0)
+    assert granted == 0
+    assert wait == pytest.approx(0.1)
+
+
 def test_bucket_never_grants_fewer_than_asked_for(conn: redis_sync.Redis) -> None:
     """A caller needing 2 tokens waits for 2, even when 1 is there."""
     take(conn, 5, 1, 10.0, 5, now=0.0)
@@ -119,6 +136,26 @@ async def test_lease_serves_permits_from_memory_until_it_expires(redis_url: str)
         assert state.leases == 2
     finally:
         await store.aclose()
+
+
+async def test_a_borrowed_block_is_spent_from_memory_when_due(redis_url: str) -> None:
+    """A process leasing from a bucket another just emptied gets a later block, not nothing."""
+    clock = Clock()
+    namespace = f"u{uuid.uuid4().hex[:6]}"
+    stores = [Store(redis_url, namespace=namespace, timeout=1.0) for _ in range(2)]
+    a, b = (RedisRateState(s, channel="c", lease_seconds=0.5, clock=clock) for s in stores)
+    try:
+        assert await a.take("create", 1, 10.0, 2.0) == 0.0  # a block of 5: 2 saved, 3 borrowed
+        wait = await b.take("create", 1, 10.0, 2.0)
+        assert wait > 0  # b's block starts after a's
+        assert b.leases == 1
+        clock.now += wait
+        assert await b.take("create", 1, 10.0, 2.0) == 0.0
+        assert b.leases == 1  # served from the borrowed block, no second round trip
+        assert b.leased_tokens >= 1
+    finally:
+        for store in stores:
+            await store.aclose()
 
 
 async def test_a_gate_message_drops_the_lease(redis_url: str) -> None:

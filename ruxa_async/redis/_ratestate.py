@@ -3,10 +3,13 @@
 Tokens are *leased*: one atomic script call takes a small block (about
 ``lease_seconds`` of the current rate, at most ``max_lease``) from the fleet's
 shared bucket, and this process spends it from memory, so a permit is not a
-Redis round trip. Unspent tokens expire after ``lease_ttl`` and are dropped
-when a gate closes. The 429 gate is answered from a local copy that every
-process updates at once through pub/sub and through each lease reply (it errs
-toward closed: a local close is seen before Redis is told).
+Redis round trip. A block may borrow the tokens the next ``lease_seconds``
+refill: its first token is then due after a delay, so processes sharing a
+near-empty bucket take whole blocks in turn instead of one token each. Unspent
+tokens expire after ``lease_ttl`` and are dropped when a gate closes. The 429
+gate is answered from a local copy that every process updates at once through
+pub/sub and through each lease reply (it errs toward closed: a local close is
+seen before Redis is told).
 
 Each lease reply also carries the fleet's running total of granted tokens, so
 :meth:`RedisRateState.share` knows how many tokens the whole fleet took per
@@ -206,11 +209,11 @@ class RedisRateState:
             if self._from_lease(lease, count, rate):
                 return 0.0
             block = max(count, min(self._max_lease, math.ceil(rate * self._lease_seconds)))
-            block = min(block, max(count, int(burst)))
             gate_keys = [self._key("gate", scope) for scope in _SCOPES_OF[kind]]
             keys = [self._key("bucket", kind), *gate_keys]
+            ahead = f"{self._lease_seconds:.6f}"  # may borrow what the lease's span refills
             reply = await self._store.call(
-                lambda: self._take(keys=keys, args=[block, count, rate, burst, -1])
+                lambda: self._take(keys=keys, args=[block, count, rate, burst, -1, ahead])
             )
             if reply is None:
                 share = max(1, self.members)
@@ -223,8 +226,12 @@ class RedisRateState:
             now = self._clock()
             if len(reply) > 2:
                 lease.note(now, granted, int(reply[2]))
+            lease.expires = now + wait + self._lease_ttl
+            if wait > 0:  # borrowed: the block's first token is due in `wait` seconds
+                lease.tokens = granted
+                lease.next_at = now + wait
+                return wait
             lease.tokens = granted - count
-            lease.expires = now + self._lease_ttl
             lease.next_at = max(now, lease.next_at) + count / rate
             return 0.0
 
