@@ -158,6 +158,23 @@ async def test_a_borrowed_block_is_spent_from_memory_when_due(redis_url: str) ->
             await store.aclose()
 
 
+async def test_without_redis_a_member_paces_its_share_and_counts_the_fleet() -> None:
+    """Degraded: the rate is split among the members, and share() says the fleet is that many."""
+    from tests.services import free_port
+
+    clock = Clock()
+    store = Store(f"redis://127.0.0.1:{free_port()}/0", namespace="gone", timeout=1.0)
+    state = RedisRateState(store, channel="c", clock=clock)
+    state.members = 4
+    try:
+        assert await state.take("create", 1, 40.0, 4.0) == 0.0  # refused: degraded, local
+        assert store.degraded
+        assert state.share("create") == 4.0
+        assert await state.take("create", 1, 40.0, 4.0) == pytest.approx(0.1)  # 10/s here
+    finally:
+        await store.aclose()
+
+
 async def test_a_gate_message_drops_the_lease(redis_url: str) -> None:
     """Another process's 429 closes the local gate copy and drops leased tokens."""
     clock = Clock()

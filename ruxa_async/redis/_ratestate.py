@@ -247,8 +247,12 @@ class RedisRateState:
         return False
 
     def share(self, kind: Kind) -> float:
-        """Tokens the fleet took per token this process took, lately (1.0 alone or degraded)."""
-        return 1.0 if self._store.degraded else self._leases[kind].share
+        """Tokens the fleet took per token this process took, lately (1.0 alone).
+
+        While Redis is unreachable every live member paces its own share of the
+        fleet's rate, so the fleet sends ``members`` times what this one does.
+        """
+        return float(max(1, self.members)) if self._store.degraded else self._leases[kind].share
 
 
 def _encode(learned: LearnedLimit) -> str:
