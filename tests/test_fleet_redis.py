@@ -164,7 +164,7 @@ async def test_a_burst_of_callbacks_reaches_the_awaiting_process(redis_url: str)
         done = await asyncio.gather(*(handle.wait(10) for handle in handles))
         assert all(info.result_urls == ("u",) for info in done)
         assert fake.stats().queries == 0
-        assert web.statistics().coordinator.callbacks_published == 50  # type: ignore[union-attr]
+        assert worker.statistics().coordinator.callbacks_received == 50  # type: ignore[union-attr]
 
 
 async def test_credit_budget_is_shared_by_the_fleet(redis_url: str) -> None:

@@ -4,8 +4,9 @@ Tokens are *leased*: one atomic script call takes a small block (about
 ``lease_seconds`` of the current rate, at most ``max_lease``) from the fleet's
 shared bucket, and this process spends it from memory, so a permit is not a
 Redis round trip. A block may borrow the tokens the next ``lease_seconds``
-refill: its first token is then due after a delay, so processes sharing a
-near-empty bucket take whole blocks in turn instead of one token each. Unspent
+refill (times the number of processes sharing the bucket, :meth:`share`): its
+first token is then due after a delay, so processes sharing a near-empty bucket
+take whole blocks in turn instead of one token each. Unspent
 tokens expire after ``lease_ttl`` and are dropped when a gate closes. The 429
 gate is answered from a local copy that every process updates at once through
 pub/sub and through each lease reply (it errs toward closed: a local close is
@@ -211,7 +212,8 @@ class RedisRateState:
             block = max(count, min(self._max_lease, math.ceil(rate * self._lease_seconds)))
             gate_keys = [self._key("gate", scope) for scope in _SCOPES_OF[kind]]
             keys = [self._key("bucket", kind), *gate_keys]
-            ahead = f"{self._lease_seconds:.6f}"  # may borrow what the lease's span refills
+            # may borrow what the next lease_seconds refill, for each process sharing the bucket
+            ahead = f"{self._lease_seconds * max(1.0, lease.share):.6f}"
             reply = await self._store.call(
                 lambda: self._take(keys=keys, args=[block, count, rate, burst, -1, ahead])
             )
