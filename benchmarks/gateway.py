@@ -66,10 +66,13 @@ def _pct(values: list[float], q: float) -> float:
 class GatewayProcess(Child):
     """``python -m ruxa_async gateway --config ...`` on a known loopback port."""
 
-    def __init__(self, config: Path, work: Path) -> None:
+    def __init__(self, config: Path, work: Path, profile: Path | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        argv = [sys.executable, "-m", "ruxa_async", "gateway", "--config", str(config)]
+        argv = [sys.executable]
+        if profile is not None:  # written when the gateway stops on SIGTERM
+            argv += ["-m", "cProfile", "-o", str(profile)]
+        argv += ["-m", "ruxa_async", "gateway", "--config", str(config)]
         argv += ["--port", str(self.port)]
         super().__init__(argv, work / "gateway.log", None)
 
@@ -115,7 +118,9 @@ async def _closed_loop(
     return latencies, time.perf_counter() - started
 
 
-async def _overhead(work: Path, requests: int, rounds: int) -> dict[str, Any]:
+async def _overhead(
+    work: Path, requests: int, rounds: int, profile: Path | None = None
+) -> dict[str, Any]:
     sim_config = {"default_behavior": {"median_seconds": 36000, "sigma": 0}, "seed": 1}
     user_token = "rxu_bench-" + secrets.token_hex(8)
     config = work / "gateway.toml"
@@ -138,7 +143,7 @@ async def _overhead(work: Path, requests: int, rounds: int) -> dict[str, Any]:
             + "\n",
             encoding="utf-8",
         )
-        with GatewayProcess(config, work) as gw:
+        with GatewayProcess(config, work, profile) as gw:
             connector = aiohttp.TCPConnector(limit=64)
             async with aiohttp.ClientSession(connector=connector) as session:
                 await _wait_up(session, gw.url)
@@ -397,9 +402,12 @@ async def _main(args: argparse.Namespace) -> None:
     smoke = args.smoke
     logging.getLogger("ruxa_async").setLevel(logging.ERROR)  # 1,000 users cross 80 %: no log
     load_before = os.getloadavg()
+    requests = args.requests or (600 if smoke else 6000)
     with tempfile.TemporaryDirectory(prefix="ruxa-gw-bench-") as tmp:
-        overhead = await _overhead(Path(tmp), 600 if smoke else 6000, 3 if smoke else 5)
-    scale = await scale_run(50 if smoke else 1000, 4 if smoke else 10)
+        overhead = await _overhead(Path(tmp), requests, 3 if smoke else 5, args.profile)
+    if args.only == "overhead":  # a quick look (or a profile): no report written
+        return
+    scale = await scale_run(50 if smoke else args.users, 4 if smoke else 10)
     _log(f"scale: {json.dumps(scale)}")
     text = _report(overhead, scale, "smoke" if smoke else "full", load_before)
     (args.out or OUT).write_text(text, encoding="utf-8")
@@ -411,6 +419,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.gateway", description=__doc__)
     parser.add_argument("--smoke", action="store_true", help="a few seconds of each part")
     parser.add_argument("--out", type=Path, help=f"report path (default {OUT})")
+    parser.add_argument(
+        "--only", choices=("overhead",), help="run only the overhead part and write no report"
+    )
+    parser.add_argument("--requests", type=int, help="requests per overhead measurement")
+    parser.add_argument("--users", type=int, default=1000, help="users in the scale part")
+    parser.add_argument(
+        "--profile", type=Path, help="run the gateway under cProfile, stats to this path"
+    )
     args = parser.parse_args(argv)
     try:
         import uvloop

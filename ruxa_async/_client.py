@@ -851,3 +851,13 @@ class _BatchPort:
 def _typical_seconds(model: str | None) -> float | None:
     spec = get_model(model) if model else None
     return spec.typical_seconds if spec is not None else None
+
+
+async def send_once(client: RuxaClient, kind: Kind, path: str, body: bytes | None = None) -> Any:
+    """One request on ``client``, through its outage gate and rate controller, never retried.
+
+    The seam for relays (the gateway): returns the reply envelope's ``data``
+    or raises the matching error, and builds nothing else (no retry wrapper,
+    no input check, no task object). ``body`` given means a POST.
+    """
+    return await client._send(kind, "GET" if body is None else "POST", path, body)

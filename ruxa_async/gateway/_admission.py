@@ -13,11 +13,14 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from .. import _wire
+from .._client import send_once
 from .._errors import (
     APIConnectionError,
     APIStatusError,
     AuthenticationError,
     InsufficientCreditsError,
+    InvalidInputError,
     MalformedResponseError,
     RateLimitError,
     ValidationError,
@@ -112,6 +115,11 @@ class Admission:
             if self._gw.public_url
             else None
         )
+        try:
+            body = _wire.build_create_body(model, input, upstream_url)
+        except InvalidInputError as exc:
+            self._gw.store.release(held, charge=False)
+            return self._gw.deny(Denial(422, "input", str(exc)), who.user, model=model)
         for _ in range(len(self._gw.pool.health()) + 1):  # each key once, then pick() says why not
             slot = self._gw.pool.pick()
             if isinstance(slot, Denial):
@@ -119,7 +127,9 @@ class Admission:
                 return self._gw.deny(slot, who.user, model=model)
             try:
                 client = await slot.ready()
-                task_id = await client.create_task(model, input, callback_url=upstream_url)
+                task_id = _wire.parse_task_id(
+                    await send_once(client, "create", _wire.CREATE_PATH, body)
+                )
             except (AuthenticationError, InsufficientCreditsError, RateLimitError) as exc:
                 self._gw.pool.failed(slot, exc)
                 continue

@@ -18,7 +18,8 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from .._client import RuxaClient
+from .. import _wire
+from .._client import RuxaClient, send_once
 from .._errors import (
     AuthenticationError,
     InsufficientCreditsError,
@@ -77,7 +78,12 @@ class Gateway:
         self.relay = Relay(config.callbacks, self._audit_event, clock=clock)
         self._factory = client_factory or (
             lambda key: default_client(
-                key, timeout=config.upstream_timeout, max_in_flight=config.upstream_max_in_flight
+                key,
+                timeout=config.upstream_timeout,
+                max_in_flight=config.upstream_max_in_flight,
+                create_per_second=config.upstream_create_per_second,
+                query_per_second=config.upstream_query_per_second,
+                discover=config.upstream_discover_rate,
             )
         )
         self.pool = KeyPool(self._factory, self._key_event)
@@ -278,7 +284,8 @@ class Gateway:
         if slot is None:
             return Reply(503, "the key that created this task is no longer configured")
         try:
-            info = await (await slot.ready()).get_task(task_id)
+            data = await send_once(await slot.ready(), "query", _wire.query_path(task_id))
+            info = _wire.parse_task(data, task_id=task_id)
         except NotFoundError:
             return Reply(404, _NOT_FOUND)
         except (AuthenticationError, InsufficientCreditsError, RateLimitError) as exc:
