@@ -31,15 +31,15 @@ from ._store import Reservation, Scope
 from ._tokens import Identity
 
 if TYPE_CHECKING:
-    from ._gateway import Gateway
+    from ._view import GatewayView
 
 __all__ = ["Admission"]
 
 
 class Admission:
-    """Creates tasks for a :class:`Gateway`'s callers."""
+    """Creates tasks for a :class:`~ruxa_async.gateway.Gateway`'s callers."""
 
-    def __init__(self, gw: Gateway) -> None:
+    def __init__(self, gw: GatewayView) -> None:
         self._gw = gw
 
     def _scopes(self, who: Identity, now: float) -> tuple[Scope, ...]:

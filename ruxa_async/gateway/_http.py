@@ -21,7 +21,8 @@ from ._metrics import prometheus_exposition
 from ._policy import retry_after_header
 
 if TYPE_CHECKING:
-    from ._gateway import Gateway, Reply
+    from ._policy import Reply
+    from ._view import GatewayView
 
 __all__ = ["gateway_routes", "serve_gateway"]
 
@@ -78,7 +79,7 @@ async def _read_body(request: web.Request, limit: int, timeout: float) -> bytes:
         raise _BodyError(408, f"the body did not arrive within {timeout:g} s") from None
 
 
-def gateway_routes(gw: Gateway, prefix: str = "") -> list[web.RouteDef]:
+def gateway_routes(gw: GatewayView, prefix: str = "") -> list[web.RouteDef]:
     """The gateway's routes, under ``prefix`` (e.g. ``"/ruxa"``; empty for the root)."""
     counters = gw.counters
 
@@ -152,7 +153,7 @@ def gateway_routes(gw: Gateway, prefix: str = "") -> list[web.RouteDef]:
     return routes
 
 
-def _demo_routes(gw: Gateway, prefix: str) -> list[web.RouteDef]:
+def _demo_routes(gw: GatewayView, prefix: str) -> list[web.RouteDef]:
     page = resources.files("ruxa_async.gateway").joinpath("demo.html").read_bytes()
 
     async def demo_page(request: web.Request) -> web.Response:
@@ -190,7 +191,7 @@ def _demo_routes(gw: Gateway, prefix: str) -> list[web.RouteDef]:
     ]
 
 
-async def serve_gateway(gw: Gateway, host: str, port: int) -> tuple[web.AppRunner, str]:
+async def serve_gateway(gw: GatewayView, host: str, port: int) -> tuple[web.AppRunner, str]:
     """Start an aiohttp server for ``gw`` alone; return its runner and base URL.
 
     Each connection must finish sending a request's headers within
