@@ -201,18 +201,28 @@ class _Writer:
         keep_going = True
         conn.execute("BEGIN")
         try:
+            run: list[Sequence[Any]] = []  # parameters of consecutive writes of one statement
+            sql = ""
             for item in items:
+                if item is not None and isinstance(item[0], str) and item[0] == sql:
+                    run.append(item[1])
+                    continue
+                if run:
+                    conn.executemany(sql, run)
+                    run, sql = [], ""
                 if item is None:
                     keep_going = False
                     continue
                 first, second = item
                 if isinstance(first, str):
-                    conn.execute(first, second)
+                    sql, run = first, [second]
                     continue
                 try:
                     second.set_result(first(conn))
                 except Exception as exc:  # handed to the awaiting coroutine, never lost
                     second.set_exception(exc)
+            if run:
+                conn.executemany(sql, run)
             conn.execute("COMMIT")
         except sqlite3.Error:
             log.exception("gateway state: a write batch failed; it was rolled back")
