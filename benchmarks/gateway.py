@@ -182,16 +182,19 @@ async def _overhead(
                             got, _ = await _closed_loop(make(route), requests // rounds, 1)
                             lat[route] += got
                     rps: dict[str, list[float]] = {"direct": [], "gateway": []}
-                    cpu = {"sim": 0.0, "gateway": 0.0}
+                    cpu = {"sim": 0.0, "gateway": 0.0, "load_direct": 0.0}
                     for _ in range(rounds):
                         for route in routes:
                             n = requests // rounds
                             before = cpu_seconds(sim.pid), cpu_seconds(gw.pid)
+                            load_before = time.process_time()
                             _, took = await _closed_loop(make(route), n, 32)
                             rps[route].append(n / took)
                             if route == "gateway":
                                 cpu["sim"] += cpu_seconds(sim.pid) - before[0]
                                 cpu["gateway"] += cpu_seconds(gw.pid) - before[1]
+                            else:  # the bare aiohttp client's cost: this run's c_req
+                                cpu["load_direct"] += time.process_time() - load_before
                     results[kind] = {
                         route: {
                             "p50_ms": 1000 * _pct(lat[route], 0.5),
@@ -348,16 +351,24 @@ def _report(
     ]
     cpu_rows = [
         "",
-        "CPU seconds per proxied request (from /proc, during the gateway throughput rounds): "
-        "a measure the other jobs on the machine disturb less than wall-clock time.",
+        "CPU per proxied request (from /proc, during the gateway throughput rounds): a measure "
+        "the other jobs on the machine disturb less than wall-clock time. *c_req* is this run's "
+        "calibration: the load generator's own CPU per request in the direct rounds, i.e. what "
+        "a bare aiohttp client request costs on this machine now. The gateway is an aiohttp "
+        "server (like the simulator) plus an aiohttp client (c_req), so about simulator + c_req "
+        "is its floor without any logic of its own.",
         "",
-        "| request | simulator CPU / request | gateway CPU / request |",
-        "|---|---|---|",
+        "| request | c_req (bare aiohttp client) | simulator CPU / request "
+        "| gateway CPU / request | gateway / (simulator + c_req) |",
+        "|---|---|---|---|---|",
     ]
     for kind, row in overhead.items():
         d, g = row["direct"], row["gateway"]
+        c = row["cpu_us"]
+        floor = c["sim"] + c["load_direct"]
         cpu_rows.append(
-            f"| {kind} | {row['cpu_us']['sim']:.0f} µs | **{row['cpu_us']['gateway']:.0f} µs** |"
+            f"| {kind} | {c['load_direct']:.0f} µs | {c['sim']:.0f} µs "
+            f"| **{c['gateway']:.0f} µs** | {c['gateway'] / floor:.2f} |"
         )
         lines.append(
             f"| {kind} | {d['p50_ms']:.2f} ms | {g['p50_ms']:.2f} ms | "
