@@ -148,7 +148,7 @@ class Admission:
             except asyncio.CancelledError:
                 self._gw.store.release(held, charge=True)
                 raise
-            self._gw.store.commit(held, task_id, slot.name, model, user_url)
+            self._gw.remember(self._gw.store.commit(held, task_id, slot.name, model, user_url))
             self._gw.pool.opened(slot.name)
             self._gw.counters.created[who.user] += 1
             self._gw.store.audit(

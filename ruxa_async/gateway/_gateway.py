@@ -15,6 +15,7 @@ import os
 import re
 import secrets
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -45,6 +46,7 @@ log = logging.getLogger("ruxa_async")
 
 _TASK_ID = re.compile(r"[A-Za-z0-9_.:-]{1,200}")
 _NOT_FOUND = "task not found"
+_OWNER_CACHE = 50_000
 
 
 class Gateway:
@@ -101,6 +103,9 @@ class Gateway:
         self.url: str | None = None
         self._admission = Admission(self)
         self._settler = Settler(self)
+        # Who owns a task and which key made it never change once written: the query path
+        # reads them here, in front of the store (which may be a network away).
+        self._records: OrderedDict[str, TaskRecord] = OrderedDict()
 
     def __repr__(self) -> str:
         return f"<Gateway users={len(self.config.users)} keys={len(self.pool.health())}>"
@@ -269,7 +274,7 @@ class Gateway:
         who = self.identify(header)
         if isinstance(who, Reply):
             return who
-        record = await self.store.lookup(task_id) if _TASK_ID.fullmatch(task_id) else None
+        record = await self.record(task_id) if _TASK_ID.fullmatch(task_id) else None
         if record is None or record.user != who.user:
             if record is not None:
                 self.counters.ownership_refusals += 1
@@ -303,6 +308,22 @@ class Gateway:
         if info.is_terminal:
             self.settle(record, info, "query")
         return Reply(200, "success", scrub_task(info.raw, record.callback_url))
+
+    async def record(self, task_id: str) -> TaskRecord | None:
+        """The task's record: from the ownership cache, else the store (then cached)."""
+        record = self._records.get(task_id)
+        if record is not None:
+            return record
+        record = await self.store.lookup(task_id)
+        if record is not None:
+            self.remember(record)
+        return record
+
+    def remember(self, record: TaskRecord) -> None:
+        """Keep ``record`` in the ownership cache (the oldest entries make room)."""
+        self._records[record.task_id] = record
+        if len(self._records) > _OWNER_CACHE:
+            self._records.popitem(last=False)
 
     # -- settlement ------------------------------------------------------------------------
 

@@ -95,7 +95,7 @@ class Settler:
             status = getattr(exc, "http_status", 400)
             self._gw.store.audit("callback_rejected", reason=getattr(exc, "reason", "body"))
             return Reply(status, str(exc))
-        record = await self._gw.store.lookup(info.task_id)
+        record = await self._gw.record(info.task_id)
         if record is not None and info.is_terminal:
             self.settle(record, info, "callback")
         return Reply(200, "ok")

@@ -16,7 +16,7 @@ from ._keys import KeyPool
 from ._metrics import Counters
 from ._policy import Denial, Reply
 from ._relay import Relay
-from ._store import StateStore
+from ._store import StateStore, TaskRecord
 from ._tokens import Identity, TokenVerifier
 
 __all__ = ["GatewayView"]
@@ -36,6 +36,12 @@ class GatewayView(Protocol):
     spend_watch: SpendWatch
     public_url: str | None
     callback_token: str
+
+    async def record(self, task_id: str) -> TaskRecord | None:
+        """The task's record (ownership cached in front of the store)."""
+
+    def remember(self, record: TaskRecord) -> None:
+        """Cache a task's record."""
 
     def identify(self, header: str | None) -> Identity | Reply:
         """The caller, or the 401 (or 429) reply."""
