@@ -39,11 +39,12 @@ import functools
 import logging
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
-from typing import Literal, Protocol
+from typing import Literal
 
 import attrs
 from attrs import validators as v
 
+from ._batch_port import BatchPort
 from ._errors import (
     APIConnectionError,
     APIStatusError,
@@ -93,51 +94,6 @@ class BatchOptions:
     on_send: Callable[[Job], Awaitable[None]] | None = None
     on_unsent: Callable[[Job], None] | None = None
     validate: bool | None = None
-
-
-class BatchPort(Protocol):
-    """What a batch needs from its client; the client builds one for each batch."""
-
-    @property
-    def callback_url(self) -> str | None:
-        """The callback URL the batch's tasks carry, if any."""
-        ...
-
-    @property
-    def max_under_way(self) -> int:
-        """How many creates may be under way at once: the rate controller's in-flight bound."""
-        ...
-
-    def validate(self, job: Job, wanted: bool | None) -> None:
-        """Raise InvalidInputError if the catalogue rejects ``job``; None: the client decides."""
-        ...
-
-    async def create(
-        self,
-        job: Job,
-        tally: Tally,
-        sending: Callable[[], Awaitable[None]],
-        failed: Callable[[BaseException], None],
-    ) -> str:
-        """Create ``job``'s task; ``sending`` is awaited as each attempt is about to be sent.
-
-        ``failed`` is told the error of each attempt that failed.
-        """
-        ...
-
-    def track(
-        self,
-        task_id: str,
-        model: str | None,
-        tally: Tally,
-        on_state: Callable[[TaskState], None] | None,
-    ) -> asyncio.Future[TaskInfo]:
-        """Start watching a task; its checks are counted in ``tally``."""
-        ...
-
-    def forget(self, task_id: str) -> None:
-        """Stop watching a task."""
-        ...
 
 
 def proves_not_created(exc: BaseException) -> bool:

@@ -90,8 +90,6 @@ async def test_one_429_pauses_every_process(redis_url: str) -> None:
         await a.create_task(NB, {"prompt": "one"})
         await a.create_task(NB, {"prompt": "two"})  # 429, Retry-After 1 s, then succeeds
         assert fake.stats().rate_limited_create >= 1
-        b_state = b._fleet.coordinator.rate_state
-        assert b_state is not None
         assert b.statistics().coordinator.fleet_pauses >= 1  # type: ignore[union-attr]
         await b.create_task(NB, {"prompt": "three"})
         assert fake.stats().early_requests == 0
