@@ -381,6 +381,17 @@ def _report(
         "",
         "Goals: added p50 <= 1 ms; >= 70 % of direct throughput.",
         "",
+        "Reading these numbers: a proxied request costs the machine the load generator's "
+        "client request, the gateway (a server request plus a client request) and the "
+        "simulator's server request, where a direct one costs only the first and the last. On "
+        "2 cores shared by the load generator, the gateway and the simulator, throughput is "
+        "bound by that CPU, so the gateway's share of direct throughput cannot exceed about "
+        "(c_req + simulator) / (c_req + gateway + simulator) even with no logic of its own "
+        "(about 50 % when the gateway costs simulator + c_req). A cProfile of the gateway under "
+        "this benchmark (`--only overhead --profile FILE`) puts about 80 % of its CPU in aiohttp "
+        "and the event loop (the two socket writes per request alone take about a third on this "
+        "sandboxed VM) and about 12 % in ruxa_async code.",
+        "",
         f"## Scale: {scale['users']:,} users, "
         f"{scale['users'] * scale['per_user']:,} tasks through one gateway",
         "",
