@@ -388,9 +388,10 @@ def _report(
         "bound by that CPU, so the gateway's share of direct throughput cannot exceed about "
         "(c_req + simulator) / (c_req + gateway + simulator) even with no logic of its own "
         "(about 50 % when the gateway costs simulator + c_req). A cProfile of the gateway under "
-        "this benchmark (`--only overhead --profile FILE`) puts about 80 % of its CPU in aiohttp "
-        "and the event loop (the two socket writes per request alone take about a third on this "
-        "sandboxed VM) and about 12 % in ruxa_async code.",
+        "this benchmark (`--only overhead --profile FILE`) puts about two thirds of the time "
+        "spent in Python functions in aiohttp (its two socket writes per request alone about a "
+        "quarter: system calls are slow in this sandboxed VM) and about a fifth in ruxa_async "
+        "code.",
         "",
         f"## Scale: {scale['users']:,} users, "
         f"{scale['users'] * scale['per_user']:,} tasks through one gateway",
