@@ -23,6 +23,7 @@ from .. import _wire
 from .._client import RuxaClient, send_once
 from .._errors import (
     AuthenticationError,
+    ConfigurationError,
     InsufficientCreditsError,
     NotFoundError,
     RateLimitError,
@@ -37,7 +38,7 @@ from ._metrics import Counters, GatewayStatistics
 from ._policy import Denial, RateBuckets, Reply, window_bounds
 from ._relay import Relay, scrub_task
 from ._settle import Settler
-from ._store import StateStore, StateUnavailableError, TaskRecord, store_for
+from ._store import SQLiteStore, StateStore, StateUnavailableError, TaskRecord
 from ._tokens import Identity, TokenVerifier, mint_token
 
 __all__ = ["Gateway", "Reply"]
@@ -374,6 +375,28 @@ class Gateway:
             remaining={u: left for u, (_, left) in usage.items() if left is not None},
             keys={k.name: k.state for k in self.pool.health()},
         )
+
+
+def store_for(config: GatewayConfig, *, clock: Callable[[], float] = time.time) -> StateStore:
+    """The store ``config`` names: Redis with ``[state] redis_url``, else SQLite at state_path."""
+    settings = config.state
+    if settings.redis_url:
+        try:
+            from ._redis_store import RedisStore  # redis-py is an extra: loaded on demand
+        except ImportError as exc:
+            raise ConfigurationError(
+                '[state] redis_url needs redis-py: pip install "ruxa-async[gateway,redis]"'
+            ) from exc
+
+        return RedisStore(
+            settings.redis_url,
+            namespace=settings.namespace,
+            timeout=settings.timeout,
+            keep_settled=settings.keep_settled,
+            audit_maxlen=settings.audit_maxlen,
+            clock=clock,
+        )
+    return SQLiteStore(config.state_path, clock=clock)
 
 
 def _mtime(path: str) -> float | None:

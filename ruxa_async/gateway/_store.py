@@ -28,8 +28,7 @@ from typing import Any, Protocol
 
 import attrs
 
-from .._errors import ConfigurationError, RuxaError
-from ._config import GatewayConfig
+from .._errors import RuxaError
 from ._policy import Denial
 
 __all__ = [
@@ -39,7 +38,6 @@ __all__ = [
     "StateStore",
     "StateUnavailableError",
     "TaskRecord",
-    "store_for",
 ]
 
 log = logging.getLogger("ruxa_async")
@@ -555,25 +553,3 @@ class SQLiteStore:
             }
             for r in rows
         ]
-
-
-def store_for(config: GatewayConfig, *, clock: Callable[[], float] = time.time) -> StateStore:
-    """The store ``config`` names: Redis with ``[state] redis_url``, else SQLite at state_path."""
-    settings = config.state
-    if settings.redis_url:
-        try:
-            from ._redis_store import RedisStore
-        except ImportError as exc:
-            raise ConfigurationError(
-                '[state] redis_url needs redis-py: pip install "ruxa-async[gateway,redis]"'
-            ) from exc
-
-        return RedisStore(
-            settings.redis_url,
-            namespace=settings.namespace,
-            timeout=settings.timeout,
-            keep_settled=settings.keep_settled,
-            audit_maxlen=settings.audit_maxlen,
-            clock=clock,
-        )
-    return SQLiteStore(config.state_path, clock=clock)
