@@ -8,7 +8,8 @@ is what makes a crash between that commit and the create request visible later
 as an *ambiguous* job; the other writes return at once and are committed within
 moments. An error in the worker is kept and raised by the next awaited call.
 
-A lock file next to the journal stops two runs from sharing it.
+A lock file next to the journal stops two runs from sharing it; the file, its
+lock, tables and migration are in ``_journal_schema``.
 """
 
 from __future__ import annotations
@@ -27,13 +28,8 @@ from typing import IO, Any
 
 import attrs
 
-from ._errors import RuxaError
 from ._jobstatus import JOURNAL_STATES, JobStatus
-
-try:
-    import fcntl
-except ImportError:  # pragma: no cover - not POSIX
-    fcntl = None  # type: ignore[assignment]
+from ._journal_schema import RENAMED, JournalError, open_journal
 
 __all__ = [
     "FILE_COLUMNS",
@@ -49,44 +45,7 @@ __all__ = [
 
 log = logging.getLogger("ruxa_async")
 
-_SCHEMA_VERSION = "2"
-# Schema 1 named two states differently; a journal from it is renamed in place.
-_RENAMED = {"submitted": JobStatus.PENDING.value, "unsent": JobStatus.NOT_SUBMITTED.value}
 _MAX_GROUP = 2000
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (
-    name  TEXT PRIMARY KEY,
-    value TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS jobs (
-    key         TEXT PRIMARY KEY,
-    line        INTEGER NOT NULL,
-    fingerprint TEXT NOT NULL,
-    model       TEXT NOT NULL,
-    state       TEXT NOT NULL,
-    task_id     TEXT,
-    result_urls TEXT,
-    error       TEXT,
-    creates     INTEGER NOT NULL DEFAULT 0,
-    updated     REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS files (
-    key     TEXT NOT NULL,
-    idx     INTEGER NOT NULL,
-    url     TEXT NOT NULL,
-    path    TEXT NOT NULL,
-    state   TEXT NOT NULL,
-    size    INTEGER,
-    error   TEXT,
-    updated REAL NOT NULL,
-    PRIMARY KEY (key, idx)
-);
-"""
-
-
-class JournalError(RuxaError):
-    """The journal cannot be opened, is in use by another run, or failed to write."""
 
 
 @attrs.frozen(kw_only=True)
@@ -202,41 +161,11 @@ class Journal:
 
     # ---------------------------------------------------------------- worker
 
-    def _lock(self) -> None:
-        if fcntl is None:  # pragma: no cover - not POSIX
-            return
-        lock_path = self.path.with_name(self.path.name + ".lock")
-        handle = lock_path.open("ab")
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            handle.close()
-            raise JournalError(
-                f"{self.path} is in use by another ruxa-async run; wait for it or use "
-                "another --journal"
-            ) from None
-        self._lock_file = handle
-
-    def _connect(self) -> sqlite3.Connection:
-        self._lock()
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        try:
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
-            conn.execute("PRAGMA busy_timeout=5000")
-            conn.executescript(_SCHEMA)
-            _check_schema(conn, self.path)
-        except BaseException:
-            conn.close()
-            raise
-        return conn
-
     def _work(self, ready: asyncio.Future[None]) -> None:
         try:
-            conn = self._connect()
+            conn, self._lock_file = open_journal(self.path)
         except (sqlite3.Error, OSError, JournalError) as exc:
             error = exc if isinstance(exc, JournalError) else JournalError(f"{self.path}: {exc}")
-            self._release_lock()
             self._resolve(ready, error=error)
             return
         self._resolve(ready, None)
@@ -471,22 +400,6 @@ class Journal:
         return result
 
 
-def _check_schema(conn: sqlite3.Connection, path: Path) -> None:
-    row = conn.execute("SELECT value FROM meta WHERE name='schema'").fetchone()
-    if row is None:
-        conn.execute("INSERT INTO meta VALUES ('schema', ?)", (_SCHEMA_VERSION,))
-    elif row[0] == "1":
-        with conn:
-            for old, new in _RENAMED.items():
-                conn.execute("UPDATE jobs SET state=? WHERE state=?", (new, old))
-            conn.execute("UPDATE meta SET value=? WHERE name='schema'", (_SCHEMA_VERSION,))
-    elif row[0] != _SCHEMA_VERSION:
-        raise JournalError(
-            f"{path} was written by another version of ruxa-async "
-            f"(schema {row[0]}, expected {_SCHEMA_VERSION})"
-        )
-
-
 def _as_journal_error(exc: Exception, path: Path) -> JournalError:
     if isinstance(exc, JournalError):
         return exc
@@ -507,7 +420,7 @@ def job_record(row: tuple[Any, ...]) -> JobRecord:
         line=row[1],
         fingerprint=row[2],
         model=row[3],
-        state=JobStatus(_RENAMED.get(row[4], row[4])),
+        state=JobStatus(RENAMED.get(row[4], row[4])),
         task_id=row[5],
         result_urls=urls,
         error=row[7],

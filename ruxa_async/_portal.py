@@ -14,6 +14,10 @@ Lifecycles handled here rather than by the caller:
 * **Fork.** A child process inherits the parent's engine as dead memory (its
   thread does not exist there). :func:`disown_in_child` makes that copy inert
   (never finalized, never waited for) so the owner can start a fresh engine.
+
+:class:`EngineSlot` is what a blocking client holds: its engine in this
+process, started at the first call, replaced after a fork, closed for it (with
+a ``ResourceWarning``) when it is forgotten.
 """
 
 from __future__ import annotations
@@ -22,8 +26,11 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
+import os
 import threading
 import time
+import warnings
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -32,7 +39,7 @@ from anyio.from_thread import BlockingPortal, start_blocking_portal
 from ._client import RuxaClient
 from ._errors import APITimeoutError, ClientClosedError
 
-__all__ = ["Engine", "disown_in_child", "ensure_not_in_event_loop"]
+__all__ = ["Engine", "EngineSlot", "disown_in_child", "ensure_not_in_event_loop"]
 
 log = logging.getLogger("ruxa_async")
 
@@ -262,3 +269,91 @@ def disown_in_child(engine: Engine) -> None:
     if hasattr(engine.portal, "_event_loop_thread_id"):
         engine.portal._event_loop_thread_id = None
     _ORPHANS.append(engine)
+
+
+class EngineSlot:
+    """The engine of one blocking client in this process; ``factory`` builds its client.
+
+    :meth:`engine` starts it at the first call. After ``fork()`` the child's
+    first call starts a fresh one (the parent's keeps working). One never
+    closed is closed when the slot is collected or at exit, with a
+    ``ResourceWarning``.
+    """
+
+    def __init__(self, factory: Callable[[], RuxaClient]) -> None:
+        self._factory = factory
+        self._lock = threading.Lock()
+        self._engine: Engine | None = None
+        self._finalizer: weakref.finalize[Any, Any] | None = None
+        self._pid = os.getpid()
+        self.closed = False
+        _LIVE.add(self)
+
+    @property
+    def state(self) -> str:
+        """``"new"``, ``"running"`` or ``"closed"``."""
+        return "closed" if self.closed else ("running" if self._engine else "new")
+
+    def engine(self, what: str) -> Engine:
+        """The running engine, started if needed; ``what`` names the blocking call."""
+        ensure_not_in_event_loop(what)
+        if self._pid != os.getpid():
+            self.after_fork()  # a fork the at-fork hook did not see
+        engine = self._engine
+        if engine is not None and not engine.closed:
+            return engine
+        with self._lock:
+            if self.closed:
+                raise ClientClosedError("this SyncRuxaClient was closed; create a new one")
+            if self._engine is None:
+                engine = Engine(self._factory)
+                self._finalizer = weakref.finalize(self, _forgotten, engine)
+                self._engine = engine
+            return self._engine
+
+    def close(self) -> None:
+        """Close the engine (if this process started one); the slot stays closed."""
+        with self._lock:
+            if self.closed:
+                return
+            self.closed = True
+            engine, self._engine = self._engine, None
+            if self._finalizer is not None:
+                self._finalizer.detach()
+        if engine is not None and self._pid == os.getpid():
+            engine.close()
+
+    def after_fork(self) -> None:
+        """In a forked child: drop the parent's engine; the next call starts our own."""
+        self._lock = threading.Lock()  # the parent may have held it while forking
+        self._pid = os.getpid()
+        engine, self._engine = self._engine, None
+        if self._finalizer is not None:
+            self._finalizer.detach()
+            self._finalizer = None
+        if engine is not None:
+            disown_in_child(engine)
+
+
+_LIVE: weakref.WeakSet[EngineSlot] = weakref.WeakSet()
+
+
+def _forgotten(engine: Engine) -> None:
+    """A client was garbage-collected, or the interpreter is exiting, without ``close()``."""
+    if engine.closed:
+        return
+    engine.close()
+    warnings.warn(
+        "a SyncRuxaClient was never closed; call client.close() or use `with SyncRuxaClient()`",
+        ResourceWarning,
+        stacklevel=1,
+    )
+
+
+def _after_fork_in_child() -> None:
+    for slot in list(_LIVE):
+        slot.after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

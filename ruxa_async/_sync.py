@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import os
-import threading
 import time
-import warnings
-import weakref
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -15,10 +13,10 @@ from ._batch import ProgressEvent
 from ._client import CallbackReceiver, ClientStatistics, RuxaClient, _key_source
 from ._config import OutagePolicy, PollPolicy, RateLimits, RetryPolicy, Timeouts
 from ._coordinator import Coordinator
-from ._errors import ClientClosedError, TaskTimeoutError
+from ._errors import TaskTimeoutError
 from ._handles import TaskHandle
 from ._models import BatchReport, Job, RequestEvent, TaskInfo, TaskState
-from ._portal import Engine, disown_in_child, ensure_not_in_event_loop
+from ._portal import Engine, EngineSlot
 from ._sync_batch import SyncAsCompleted
 
 __all__ = ["SyncRuxaClient", "SyncTaskHandle"]
@@ -29,8 +27,6 @@ T = TypeVar("T")
 _QUICK = 30.0
 # Added to a wait's own timeout before the blocking side gives up on the engine.
 _GRACE = 5.0
-
-_LIVE: weakref.WeakSet[SyncRuxaClient] = weakref.WeakSet()
 
 
 class SyncTaskHandle:
@@ -123,8 +119,8 @@ class SyncRuxaClient:
         validate: bool = True,
         on_request: Callable[[RequestEvent], None] | None = None,
     ) -> None:
-        self._key = _key_source(api_key)  # a missing key fails here, not at the first call
-        self._options: dict[str, Any] = {
+        key = _key_source(api_key)  # a missing key fails here, not at the first call
+        options: dict[str, Any] = {
             "base_url": base_url,
             "timeouts": timeouts,
             "retry": retry,
@@ -147,16 +143,10 @@ class SyncRuxaClient:
             + self.timeouts.total
             + _GRACE
         )
-        self._lock = threading.Lock()
-        self._engine: Engine | None = None
-        self._finalizer: weakref.finalize[Any, Any] | None = None
-        self._pid = os.getpid()
-        self._closed = False
-        _LIVE.add(self)
+        self._slot = EngineSlot(functools.partial(RuxaClient, key, **options))
 
     def __repr__(self) -> str:
-        state = "closed" if self._closed else ("running" if self._engine else "new")
-        return f"<SyncRuxaClient {state}>"
+        return f"<SyncRuxaClient {self._slot.state}>"
 
     # -------------------------------------------------------------- lifecycle
 
@@ -169,50 +159,15 @@ class SyncRuxaClient:
 
     def close(self) -> None:
         """Fail pending waits with ClientClosedError, close connections, stop the thread."""
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            engine, self._engine = self._engine, None
-            if self._finalizer is not None:
-                self._finalizer.detach()
-        if engine is not None and self._pid == os.getpid():
-            engine.close()
+        self._slot.close()
 
     @property
     def closed(self) -> bool:
         """True after :meth:`close`."""
-        return self._closed
+        return self._slot.closed
 
     def _running(self, what: str) -> Engine:
-        ensure_not_in_event_loop(what)
-        if self._pid != os.getpid():
-            self._after_fork()  # a fork the at-fork hook did not see
-        engine = self._engine
-        if engine is not None and not engine.closed:
-            return engine
-        with self._lock:
-            if self._closed:
-                raise ClientClosedError("this SyncRuxaClient was closed; create a new one")
-            if self._engine is None:
-                engine = Engine(self._build)
-                self._finalizer = weakref.finalize(self, _forgotten, engine)
-                self._engine = engine
-            return self._engine
-
-    def _build(self) -> RuxaClient:
-        return RuxaClient(self._key, **self._options)
-
-    def _after_fork(self) -> None:
-        """In a forked child: drop the parent's engine; the next call starts our own."""
-        self._lock = threading.Lock()  # the parent may have held it while forking
-        self._pid = os.getpid()
-        engine, self._engine = self._engine, None
-        if self._finalizer is not None:
-            self._finalizer.detach()
-            self._finalizer = None
-        if engine is not None:
-            disown_in_child(engine)
+        return self._slot.engine(what)
 
     def _call(
         self,
@@ -411,24 +366,3 @@ class SyncRuxaClient:
             wall_time=time.monotonic() - started,
             stop_reason=batch.stop_reason,
         )
-
-
-def _forgotten(engine: Engine) -> None:
-    """A client was garbage-collected, or the interpreter is exiting, without ``close()``."""
-    if engine.closed:
-        return
-    engine.close()
-    warnings.warn(
-        "a SyncRuxaClient was never closed; call client.close() or use `with SyncRuxaClient()`",
-        ResourceWarning,
-        stacklevel=1,
-    )
-
-
-def _after_fork_in_child() -> None:
-    for client in list(_LIVE):
-        client._after_fork()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -10,9 +11,9 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from ruxa_async._journal import JournalError
 from ruxa_async._journal_reader import JournalReader
@@ -62,6 +63,26 @@ def start_cli(*args: str, key: str | None) -> subprocess.Popen[str]:
         env=child_env(key),
         cwd=ROOT,
     )
+
+
+S = TypeVar("S", bound="SimProcess")
+
+
+@contextlib.contextmanager
+def started_sims(start: Callable[..., S]) -> Iterator[Callable[..., S]]:
+    """``make(**config)`` starts a simulator process with ``start``; all are stopped on exit."""
+    sims: list[S] = []
+
+    def make(**config: Any) -> S:
+        sim = start(**config)
+        sims.append(sim)
+        return sim
+
+    try:
+        yield make
+    finally:
+        for sim in sims:
+            sim.close()
 
 
 class SimProcess:

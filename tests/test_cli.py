@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import re
@@ -24,6 +25,8 @@ from .helpers_proc import (
     journal_files,
     journal_jobs,
     run_cli,
+    start_cli,
+    started_sims,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,16 +53,9 @@ class Sim(SimProcess):
 
 @pytest.fixture
 def make_sim(tmp_path: Path) -> Iterator[Callable[..., Sim]]:
-    sims: list[Sim] = []
-
-    def make(**config: Any) -> Sim:
-        sim = Sim(tmp_path, **config)
-        sims.append(sim)
-        return sim
-
-    yield make
-    for sim in sims:
-        sim.close()
+    """Start standalone simulators (``make_sim(**config)``) and stop them after the test."""
+    with started_sims(functools.partial(Sim, tmp_path)) as make:
+        yield make
 
 
 @pytest.fixture(scope="module")
@@ -87,17 +83,6 @@ def _results(out: Path) -> list[dict[str, Any]]:
 def _journal_rows(path: Path) -> list[tuple[str, str, str | None]]:
     """(key, state, task_id) of every job of a journal, read as another process would."""
     return [(key, state, task_id) for key, (state, task_id, _) in journal_jobs(path).items()]
-
-
-def _start(*args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        cli(*args),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=child_env(KEY),
-        cwd=ROOT,
-    )
 
 
 def _signal_when(
@@ -184,7 +169,7 @@ def test_sigkill_while_polling_then_rerun_reattaches(
     out = tmp_path / "out"
     args = ("run", str(jobs), "--out", str(out), "--base-url", sim.url, *FAST)
     rows = _signal_when(
-        _start(*args),
+        start_cli(*args, key=KEY),
         out / "journal.sqlite",
         lambda rows: sum(1 for r in rows if r[2] is not None) == n,
     )
@@ -210,7 +195,7 @@ def test_interrupt_saves_state_and_rerun_finishes(
     jobs = _jobs_file(tmp_path / "jobs.jsonl", [_nb(f"i{i}", f"int {i}") for i in range(n)])
     out = tmp_path / "out"
     args = ("run", str(jobs), "--out", str(out), "--base-url", sim.url, *FAST)
-    proc = _start(*args)
+    proc = start_cli(*args, key=KEY)
     _signal_when(
         proc,
         out / "journal.sqlite",
@@ -246,7 +231,7 @@ def test_sigkill_during_submission_leaves_ambiguous_jobs(
         return created >= 2 and submitting >= 1
 
     rows = _signal_when(
-        _start(*args, "--create-rate", "1", "--concurrency", "2"),
+        start_cli(*args, "--create-rate", "1", "--concurrency", "2", key=KEY),
         out / "journal.sqlite",
         mid_submission,
     )

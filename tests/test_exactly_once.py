@@ -6,6 +6,7 @@ standalone one (``tests/helpers_proc.SimProcess``) whose counters outlive the ru
 
 from __future__ import annotations
 
+import functools
 import logging
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -27,6 +28,7 @@ from .helpers_proc import (
     read_results,
     run_cli,
     start_cli,
+    started_sims,
     write_jobs,
 )
 
@@ -176,16 +178,9 @@ async def test_a_task_the_service_forgot_ends_lost(fake: FakeRuxa) -> None:
 
 @pytest.fixture
 def make_sim(tmp_path: Path) -> Iterator[Callable[..., SimProcess]]:
-    sims: list[SimProcess] = []
-
-    def make(**config: object) -> SimProcess:
-        sim = SimProcess(tmp_path, key=KEY, **config)
-        sims.append(sim)
-        return sim
-
-    yield make
-    for sim in sims:
-        sim.close()
+    """Start standalone simulators (``make_sim(**config)``) and stop them after the test."""
+    with started_sims(functools.partial(SimProcess, tmp_path, key=KEY)) as make:
+        yield make
 
 
 def test_cli_records_lost_tasks_and_resends_them_only_when_asked(

@@ -17,6 +17,7 @@ every rerun they check the same invariants:
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import sqlite3
@@ -36,6 +37,7 @@ from .helpers_proc import (
     read_results,
     run_cli,
     start_cli,
+    started_sims,
     write_jobs,
 )
 
@@ -47,16 +49,8 @@ RESULT_FILE = re.compile(r"\.?\w+_\d+\.\w+(\.part)?")  # d0_0.png or its .d0_0.p
 @pytest.fixture
 def make_sim(tmp_path: Path) -> Iterator[Callable[..., SimProcess]]:
     """Start standalone simulators (``make_sim(**config)``) and stop them after the test."""
-    sims: list[SimProcess] = []
-
-    def make(**config: object) -> SimProcess:
-        sim = SimProcess(tmp_path, key=KEY, **config)
-        sims.append(sim)
-        return sim
-
-    yield make
-    for sim in sims:
-        sim.close()
+    with started_sims(functools.partial(SimProcess, tmp_path, key=KEY)) as make:
+        yield make
 
 
 def result_files(out: Path) -> dict[str, int]:
