@@ -12,7 +12,11 @@ forget, validate, the callback URL), which the client builds for it. The
 rate controller owns the bound on requests in flight; the batch keeps at most
 that many creates under way (``BatchPort.max_under_way``, read from the
 controller) so that it never piles waiters onto the controller's queue, and a
-create still waiting for its permit when the batch stops is never sent. The
+create still waiting for its permit when the batch stops is never sent. That
+second bound is on coroutines, not requests: without it a batch holds one
+create coroutine per job taken, all queued at the controller (10,000 instant
+jobs with ``max_pending`` = 10,000: peak RSS 46 -> 128 MB, and four to five
+times the garbage collector's time per task). The
 batch counts its own requests (a :class:`Tally`), so its report is exact when
 other coroutines share the client.
 
