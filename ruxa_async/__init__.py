@@ -56,7 +56,7 @@ from ._models import (
     TaskInfo,
     TaskState,
 )
-from ._outage import OutageStatistics
+from ._outage import OutageCoordinator, OutageGate, OutageStatistics
 from ._scheduler import SchedulerStatistics
 from ._sync import SyncRuxaClient, SyncTaskHandle
 from ._sync_batch import SyncAsCompleted
@@ -90,6 +90,8 @@ __all__ = [
     "MalformedResponseError",
     "NotFoundError",
     "NotSubmittedError",
+    "OutageCoordinator",
+    "OutageGate",
     "OutagePolicy",
     "OutageStatistics",
     "OutcomeStatus",

@@ -62,7 +62,7 @@ from ._errors import (
 from ._models import BatchReport, Job, JobOutcome, TaskInfo, TaskState
 from ._tally import Tally
 
-__all__ = ["AsCompleted", "BatchOptions", "BatchPort", "ProgressEvent", "collect"]
+__all__ = ["AsCompleted", "BatchOptions", "BatchPort", "ProgressEvent", "collect", "report"]
 
 log = logging.getLogger("ruxa_async")
 
@@ -355,13 +355,17 @@ async def collect(batch: AsCompleted) -> BatchReport:
     async with batch:
         async for outcome in batch:
             outcomes.append(outcome)
-    outcomes.sort(key=lambda o: o.index)
+    return report(batch, outcomes, time.monotonic() - started)
+
+
+def report(batch: AsCompleted, outcomes: Iterable[JobOutcome], wall_time: float) -> BatchReport:
+    """The report of a finished ``batch``: ``outcomes`` in input order and its own tally."""
     tally = batch.tally
     return BatchReport(
-        outcomes=tuple(outcomes),
+        outcomes=tuple(sorted(outcomes, key=lambda o: o.index)),
         requests_sent=tally.requests_sent,
         rate_limited=tally.rate_limited,
         ambiguous_create_retries=tally.ambiguous_create_retries,
-        wall_time=time.monotonic() - started,
+        wall_time=wall_time,
         stop_reason=batch.stop_reason,
     )

@@ -35,9 +35,10 @@ from ._config import (
 from ._coordinator import Coordinator
 from ._core import ClientCore, ClientStatistics, State
 from ._errors import ConfigurationError
+from ._fleet_outage import policy_of
 from ._handles import TaskHandle
 from ._models import BatchReport, Job, RequestEvent, TaskInfo
-from ._outage import call_deadline
+from ._outage import OutageCoordinator, call_deadline
 
 __all__ = ["CallbackReceiver", "ClientStatistics", "RuxaClient"]
 
@@ -103,6 +104,12 @@ class RuxaClient:
     bound; an uncapped pool cost more CPU per task in our measurements).
     ``on_request`` is called with a :class:`RequestEvent` for every request
     sent (for metrics or tests; it must be quick and must not raise).
+
+    ``outage``: an :class:`OutagePolicy` (None: the default one), or an
+    :class:`OutageCoordinator` of your own, which is used as given and wins
+    over the coordinator's. Otherwise, with a ``coordinator`` that shares
+    outages (``RedisCoordinator``), the gate under that policy is the fleet's:
+    one process noticing an outage pauses all, one probe per fleet.
     """
 
     def __init__(
@@ -117,7 +124,7 @@ class RuxaClient:
         max_connections: int | None = None,
         callbacks: CallbackReceiver | None = None,
         coordinator: Coordinator | None = None,
-        outage: OutagePolicy | None = None,
+        outage: OutagePolicy | OutageCoordinator | None = None,
         validate: bool = True,
         on_request: Callable[[RequestEvent], None] | None = None,
     ) -> None:
@@ -125,7 +132,7 @@ class RuxaClient:
         self.retry_policy = retry or RetryPolicy()
         self.rate_limits = rate_limits or RateLimits()
         self.poll_policy = poll or PollPolicy()
-        self.outage_policy = outage or OutagePolicy()
+        self.outage_policy = policy_of(outage)
         self._base_url = resolve_base_url(base_url)
         self._core = ClientCore(
             key=_key_source(api_key),
@@ -134,7 +141,7 @@ class RuxaClient:
             retry=self.retry_policy,
             rate_limits=self.rate_limits,
             poll=self.poll_policy,
-            outage=self.outage_policy,
+            outage=outage,
             max_connections=max_connections,
             callbacks=callbacks,
             coordinator=coordinator,

@@ -22,10 +22,11 @@ from ._coordinator import Coordinator, CoordinatorStatistics
 from ._creator import Creator
 from ._errors import ClientClosedError, ClientNotStartedError, TaskTimeoutError
 from ._fleet import Fleet
+from ._fleet_outage import outage_gate
 from ._handles import TaskHandle
 from ._limiter import RateController, RateStatistics
 from ._models import RequestEvent, TaskInfo
-from ._outage import OutageCoordinator, OutageGate, OutageStatistics
+from ._outage import OutageCoordinator, OutageStatistics
 from ._request import Requester
 from ._retry import Retrier
 from ._scheduler import PollScheduler, SchedulerStatistics
@@ -80,7 +81,7 @@ class ClientCore:
         retry: RetryPolicy,
         rate_limits: RateLimits,
         poll: PollPolicy,
-        outage: OutagePolicy,
+        outage: OutagePolicy | OutageCoordinator | None,
         max_connections: int | None,
         callbacks: CallbackReceiver | None,
         coordinator: Coordinator | None,
@@ -103,7 +104,7 @@ class ClientCore:
             max_connections=max_connections or self.limiter.max_in_flight,
             user_agent=f"ruxa-async/{__version__}",
         )
-        self.outage: OutageCoordinator = OutageGate(outage, url=self.transport.base_url)
+        _, self.outage = outage_gate(outage, coordinator, url=self.transport.base_url)
         self.retrier = Retrier(retry)
         self.requester = Requester(
             transport=self.transport,

@@ -102,7 +102,7 @@ class Creator:
                     tally.ambiguous_create_retries += 1
                 try:
                     return await send_create(
-                        "create", "POST", _wire.CREATE_PATH, body, tally, sending
+                        "create", "POST", _wire.CREATE_PATH, body, tally, sending, failed
                     )
                 except BaseException as exc:
                     last.append(exc)
@@ -140,7 +140,7 @@ class Creator:
             body = _wire.build_create_body(model, input, f"{callback_url}{sep}attempt={token}")
             try:
                 return await self._requester.send(
-                    "create", "POST", _wire.CREATE_PATH, body, tally, sending
+                    "create", "POST", _wire.CREATE_PATH, body, tally, sending, failed
                 )
             except RuxaError as exc:
                 if is_ambiguous_create(exc):

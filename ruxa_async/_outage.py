@@ -22,7 +22,9 @@ that outlasts it ends in the same error.
 
 Time is injected (``clock`` and ``sleep``). The client talks to the gate
 through the :class:`OutageCoordinator` protocol, so a fleet coordinator can
-share one outage state (and one prober) between processes.
+share one outage state (and one prober) between processes: see
+``_fleet_outage``, which builds on the hooks here (``_announce_down``,
+``_announce_up``, ``_probe_wait``, ``_probe_failed``).
 """
 
 from __future__ import annotations
@@ -80,7 +82,10 @@ class OutageStatistics:
     ``outages`` counts the times the gate closed, ``down_seconds`` the time it
     was closed in total (up to now), ``down`` whether it is closed now,
     ``probes`` the probe requests sent, ``gave_up`` the outages that outlasted
-    their bound (``max_outage`` or ``first_contact``).
+    their bound (``max_outage`` or ``first_contact``). With a gate shared by a
+    fleet, ``fleet_closes`` counts the outages another process reported first
+    (this one stopped sending without a failure of its own) and
+    ``fleet_reopens`` the outages another process's reply ended.
     """
 
     outages: int
@@ -88,6 +93,8 @@ class OutageStatistics:
     down: bool
     probes: int
     gave_up: int
+    fleet_closes: int = 0
+    fleet_reopens: int = 0
 
 
 class OutageCoordinator(Protocol):
@@ -151,10 +158,17 @@ class OutageGate:
         self._down_before = 0.0
         self._probes = 0
         self._gave_up = 0
+        self._fleet_closes = 0
+        self._fleet_reopens = 0
 
     def __repr__(self) -> str:
         state = "open" if self._down_since is None else "closed"
-        return f"<OutageGate {self._url} {state}>"
+        return f"<{type(self).__name__} {self._url} {state}>"
+
+    @property
+    def policy(self) -> OutagePolicy:
+        """The policy this gate follows."""
+        return self._policy
 
     # ----------------------------------------------------------------- signals
 
@@ -190,9 +204,9 @@ class OutageGate:
             now = self._clock()
             deadline = _deadline.get()
             if self._expired:
-                if self._probing or now < self._next_probe:
+                if self._probing:
                     raise self._unavailable(now)
-                await self._probe_once(probe, now)
+                await self._probe_if_due(probe)
                 if self._down_since is not None:
                     raise self._unavailable(self._clock())
                 return
@@ -220,13 +234,20 @@ class OutageGate:
                     return
                 if deadline is not None and now >= deadline:
                     return
-                due = min(self._next_probe, limit)
+                wait = await self._probe_wait(now)
+                if self._down_since is None or self._expired:
+                    return  # changed while asking
+                now = self._clock()
+                limit = self._down_since + self._bound()  # a fleet may move the start back
+                due = min(now + wait, limit)
                 if deadline is not None:
                     due = min(due, deadline)
                 if due > now:
                     await self._nap(due - now)
                     continue
-                await self._probe_once(probe, now, holding=True)
+                if now >= limit or (deadline is not None and now >= deadline):
+                    continue
+                await self._probe_once(probe)
         finally:
             self._probing = False
             self._notify()  # a waiter may take over probing, or leave
@@ -241,9 +262,22 @@ class OutageGate:
             nap.cancel()
             change.cancel()
 
-    async def _probe_once(self, probe: Probe, now: float, *, holding: bool = False) -> None:
-        if not holding:
-            self._probing = True
+    async def _probe_if_due(self, probe: Probe) -> None:
+        """After giving up: probe once if a probe is due now, else return at once."""
+        self._probing = True
+        try:
+            if await self._probe_wait(self._clock()) > 0 or self._down_since is None:
+                return
+            await self._probe_once(probe)
+        finally:
+            self._probing = False
+
+    async def _probe_wait(self, now: float) -> float:
+        """Seconds until this gate may send its next probe (0: now)."""
+        return max(0.0, self._next_probe - now)
+
+    async def _probe_once(self, probe: Probe) -> None:
+        """Send one probe (the caller holds ``_probing``)."""
         self._probes += 1
         try:
             await probe()
@@ -252,18 +286,26 @@ class OutageGate:
             self._next_probe = self._clock() + self._delay
             log.debug("probe of %s failed (%s); next in %.2f s", self._url, exc, self._delay)
             self._delay = min(self._delay * 2.0, self._policy.probe_max)
+            self._probe_failed()
         else:
             self.on_reply()
-        finally:
-            if not holding:
-                self._probing = False
+
+    def _probe_failed(self) -> None:
+        """A probe got no reply (a hook for a shared gate)."""
+
+    def _announce_down(self) -> None:
+        """This gate closed on its own failures (a hook: a shared gate tells the fleet)."""
+
+    def _announce_up(self) -> None:
+        """This gate reopened on a reply of its own (a hook: a shared gate tells the fleet)."""
 
     # ------------------------------------------------------------- transitions
 
     def _bound(self) -> float:
         return self._policy.max_outage if self._contacted else self._policy.first_contact
 
-    def _close(self) -> None:
+    def _close(self, *, shared: bool = False) -> None:
+        """Close the gate: on this client's failures, or (``shared``) told by the fleet."""
         now = self._clock()
         self._down_since = now
         self._expired = False
@@ -271,7 +313,16 @@ class OutageGate:
         self._delay = self._policy.probe_initial
         self._next_probe = now + self._delay
         self._delay = min(self._delay * 2.0, self._policy.probe_max)
-        if self._contacted:
+        if shared:
+            self._fleet_closes += 1
+            log.warning(
+                "another process of the fleet cannot reach the Ruxa service at %s (%s); "
+                "requests wait while it is probed (giving up after %g s)",
+                self._url,
+                self._cause,
+                self._bound(),
+            )
+        elif self._contacted:
             log.warning(
                 "the Ruxa service at %s stopped answering (%s); requests wait while it is "
                 "probed (giving up after %g s)",
@@ -287,16 +338,26 @@ class OutageGate:
                 self._bound(),
             )
         self._notify()
+        if not shared:
+            self._announce_down()
 
-    def _reopen(self) -> None:
+    def _reopen(self, *, shared: bool = False) -> None:
+        """Open the gate: on a reply to this client, or (``shared``) to another process."""
         assert self._down_since is not None
         down = self._clock() - self._down_since
         self._down_before += down
         self._down_since = None
         self._expired = False
         self._streak = 0
-        log.info("the Ruxa service at %s answers again after %.1f s; resuming", self._url, down)
+        whose = "to another process of the fleet " if shared else ""
+        log.info(
+            "the Ruxa service at %s answers %sagain after %.1f s; resuming", self._url, whose, down
+        )
+        if shared:
+            self._fleet_reopens += 1
         self._notify()
+        if not shared:
+            self._announce_up()
 
     def _expire(self, now: float) -> None:
         self._expired = True
@@ -328,6 +389,8 @@ class OutageGate:
             down=self._down_since is not None,
             probes=self._probes,
             gave_up=self._gave_up,
+            fleet_closes=self._fleet_closes,
+            fleet_reopens=self._fleet_reopens,
         )
 
 

@@ -74,12 +74,14 @@ class Requester:
         body: bytes | None = None,
         tally: Tally | None = None,
         sending: Callable[[], Awaitable[None]] | None = None,
+        failed: Callable[[BaseException], None] | None = None,
     ) -> Any:
         """One request, waiting first while the outage gate is closed.
 
         A failure that closed (or met) the gate is sent again once it opens,
         unless it was a create that may have reached the service: the retry
-        policy decides about those. ``sending`` and ``tally``: see :meth:`_attempt`.
+        policy decides about those. ``sending`` and ``tally``: see :meth:`_attempt`;
+        ``failed`` is told a create refused before it was sent (nothing was created).
         """
         self._require_open()
         outage = self._outage
@@ -90,6 +92,8 @@ class Requester:
                 data = await self._attempt(kind, method, path, body, tally=tally, sending=sending)
             except APIConnectionError as exc:
                 if outage.on_failure(exc) and (kind == "query" or not exc.request_sent):
+                    if failed is not None and kind == "create":
+                        failed(exc)
                     continue
                 raise
             if data is not _GATED:

@@ -289,6 +289,7 @@ class _BatchRun:
             poll=o.poll,
             callbacks=callbacks,
             coordinator=coordinator_from_url(o.redis_url),
+            outage=o.outage,
         )
         display = make_display(o.progress, self.counters, interval=o.interval)
         self.counters.started = time.monotonic()

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Literal
 
 import attrs
 
-from ._config import PollPolicy, RateLimits
+from ._config import OutagePolicy, PollPolicy, RateLimits
 from ._errors import RuxaError
 
 if TYPE_CHECKING:
@@ -54,6 +54,7 @@ class RunOptions:
     configuration (``api_key`` and ``base_url`` are then ignored).
     ``callback_bind`` is the ``(host, port)`` to receive callbacks on.
     ``redis_url`` names the Redis a fleet shares its budget through (``--redis``).
+    ``outage`` bounds how long an unreachable service is waited for (``--max-outage``).
     """
 
     jobs: Path
@@ -70,6 +71,7 @@ class RunOptions:
     max_credits: float | None = None
     rate_limits: RateLimits = attrs.field(factory=RateLimits)
     poll: PollPolicy = attrs.field(factory=PollPolicy)
+    outage: OutagePolicy = attrs.field(factory=OutagePolicy)
     max_pending: int = 1000
     timeout: float | None = None
     callback_bind: tuple[str, int] | None = None

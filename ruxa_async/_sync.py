@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import os
-import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -14,10 +13,12 @@ from ._client import CallbackReceiver, ClientStatistics, RuxaClient, _key_source
 from ._config import OutagePolicy, PollPolicy, RateLimits, RetryPolicy, Timeouts
 from ._coordinator import Coordinator
 from ._errors import TaskTimeoutError
+from ._fleet_outage import policy_of
 from ._handles import TaskHandle
 from ._models import BatchReport, Job, RequestEvent, TaskInfo, TaskState
+from ._outage import OutageCoordinator
 from ._portal import Engine, EngineSlot
-from ._sync_batch import SyncAsCompleted
+from ._sync_batch import SyncAsCompleted, sync_options
 
 __all__ = ["SyncRuxaClient", "SyncTaskHandle"]
 
@@ -100,7 +101,10 @@ class SyncRuxaClient:
     Lifecycles: ``close()`` (or ``with``) shuts it down; one forgotten at exit
     is closed for you with a ``ResourceWarning``; a client inherited through
     ``fork()`` (Celery prefork, gunicorn) starts a fresh engine in the child on
-    its first call there, and the parent's keeps working.
+    its first call there, and the parent's keeps working. ``outage`` is best
+    given as an :class:`OutagePolicy` (shared by the fleet with a coordinator
+    that shares outages, as in :class:`RuxaClient`): a gate object of your own
+    belongs to one event loop, so a forked child cannot reuse it.
     """
 
     def __init__(
@@ -114,7 +118,7 @@ class SyncRuxaClient:
         poll: PollPolicy | None = None,
         max_connections: int | None = None,
         callbacks: CallbackReceiver | None = None,
-        outage: OutagePolicy | None = None,
+        outage: OutagePolicy | OutageCoordinator | None = None,
         coordinator: Coordinator | None = None,
         validate: bool = True,
         on_request: Callable[[RequestEvent], None] | None = None,
@@ -137,7 +141,7 @@ class SyncRuxaClient:
         self.retry_policy = retry or RetryPolicy()
         self.rate_limits = rate_limits or RateLimits()
         self.poll_policy = poll or PollPolicy()
-        self.outage_policy = outage or OutagePolicy()
+        self.outage_policy = policy_of(outage)
         self.request_timeout = (
             max(self.retry_policy.max_time, self.outage_policy.max_outage)
             + self.timeouts.total
@@ -324,14 +328,10 @@ class SyncRuxaClient:
         Leaving the loop early: use ``with client.as_completed(...) as batch:``
         (or ``batch.close()``) to stop the batch at once.
         """
-        return SyncAsCompleted(
-            self._running("as_completed"),
-            jobs,
-            max_pending=max_pending,
-            timeout=timeout,
-            on_event=on_event,
-            before_create=before_create,
+        options = sync_options(
+            max_pending=max_pending, timeout=timeout, on_event=on_event, before_create=before_create
         )
+        return SyncAsCompleted(self._running("as_completed"), jobs, options)
 
     def run_batch(
         self,
@@ -344,10 +344,10 @@ class SyncRuxaClient:
     ) -> BatchReport:
         """Run ``jobs`` to the end: outcomes in input order plus a summary.
 
-        Takes the same arguments as :meth:`as_completed`.
+        Takes the same arguments as :meth:`as_completed`. The report's request
+        counts are this batch's own, whatever other threads send through the
+        same client meanwhile.
         """
-        started = time.monotonic()
-        before = self.statistics()
         with self.as_completed(
             jobs,
             max_pending=max_pending,
@@ -355,14 +355,4 @@ class SyncRuxaClient:
             on_event=on_event,
             before_create=before_create,
         ) as batch:
-            outcomes = sorted(batch, key=lambda o: o.index)
-        after = self.statistics()
-        return BatchReport(
-            outcomes=tuple(outcomes),
-            requests_sent=after.requests_sent - before.requests_sent,
-            rate_limited=after.rate_limited - before.rate_limited,
-            ambiguous_create_retries=after.ambiguous_create_retries
-            - before.ambiguous_create_retries,
-            wall_time=time.monotonic() - started,
-            stop_reason=batch.stop_reason,
-        )
+            return batch._collect()

@@ -7,6 +7,11 @@ loop. Its jobs come from a small feed that the *calling* thread fills: each
 (so a generator reading a file or a database runs in the caller's thread,
 never on the shared loop) and hands it over with the next hop. Nothing is
 materialised: at most ``max_pending`` jobs are held plus the one in the feed.
+
+A blocking batch takes the same :class:`BatchOptions` as an async one (its
+``before_create`` hook, a plain function, runs in a worker thread), and its
+report is the async batch's own (:func:`_batch.report`): the requests counted
+are this batch's, whatever other threads send through the same client.
 """
 
 from __future__ import annotations
@@ -14,24 +19,46 @@ from __future__ import annotations
 import asyncio
 import collections
 import threading
+import time
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Literal
 
 import anyio.to_thread
+import attrs
 
-from ._batch import AsCompleted, ProgressEvent
-from ._models import Job, JobOutcome
+from ._batch import AsCompleted, BatchOptions, ProgressEvent, report
+from ._models import BatchReport, Job, JobOutcome
 
 if TYPE_CHECKING:
     from ._client import RuxaClient
     from ._portal import Engine
 
-__all__ = ["SyncAsCompleted"]
+__all__ = ["SyncAsCompleted", "sync_options"]
 
 _END: Any = object()
 
 Step = tuple[Literal["outcome", "want", "end"], JobOutcome | None]
+
+
+def sync_options(
+    *,
+    max_pending: int,
+    timeout: float | None,
+    on_event: Callable[[ProgressEvent], None] | None,
+    before_create: Callable[[Job], None] | None,
+) -> BatchOptions:
+    """The :class:`BatchOptions` of a blocking batch; ``before_create`` runs in a worker thread."""
+    hook = None
+    if before_create is not None:
+        sync_hook = before_create
+
+        async def hook(job: Job) -> None:
+            await anyio.to_thread.run_sync(sync_hook, job)
+
+    return BatchOptions(
+        max_pending=max_pending, timeout=timeout, on_event=on_event, before_create=hook
+    )
 
 
 class _Feed:
@@ -70,30 +97,10 @@ class _Bridge:
         self._next: asyncio.Future[JobOutcome] | None = None
 
     @classmethod
-    def open(
-        cls,
-        client: RuxaClient,
-        *,
-        max_pending: int,
-        timeout: float | None,
-        on_event: Callable[[ProgressEvent], None] | None,
-        before_create: Callable[[Job], None] | None,
-    ) -> _Bridge:
+    def open(cls, client: RuxaClient, options: BatchOptions) -> _Bridge:
         feed = _Feed()
-        hook = None
-        if before_create is not None:
-            sync_hook = before_create
-
-            async def hook(job: Job) -> None:
-                await anyio.to_thread.run_sync(sync_hook, job)
-
-        batch = client.as_completed(
-            feed.jobs(),
-            max_pending=max_pending,
-            timeout=timeout,
-            on_event=on_event,
-            before_create=hook,
-        )
+        # BatchOptions' fields are as_completed's batch keywords, one for one.
+        batch = client.as_completed(feed.jobs(), **attrs.asdict(options, recurse=False))
         return cls(batch, feed)
 
     async def step(self, jobs: list[Job], ended: bool) -> Step:
@@ -135,18 +142,7 @@ class SyncAsCompleted(Iterator[JobOutcome]):
     stopped early (a rejected key, no credits, the deadline), or is None.
     """
 
-    def __init__(
-        self,
-        engine: Engine,
-        jobs: Iterable[Job],
-        *,
-        max_pending: int,
-        timeout: float | None,
-        on_event: Callable[[ProgressEvent], None] | None,
-        before_create: Callable[[Job], None] | None,
-    ) -> None:
-        if max_pending < 1:
-            raise ValueError("max_pending must be at least 1")
+    def __init__(self, engine: Engine, jobs: Iterable[Job], options: BatchOptions) -> None:
         self._engine = engine
         self._jobs = iter(jobs)
         self._lock = threading.Lock()
@@ -154,13 +150,7 @@ class SyncAsCompleted(Iterator[JobOutcome]):
         self._ended = False
         self.stop_reason: str | None = None
         self._bridge: _Bridge = engine.call_sync(
-            lambda: _Bridge.open(
-                engine.client,
-                max_pending=max_pending,
-                timeout=timeout,
-                on_event=on_event,
-                before_create=before_create,
-            ),
+            lambda: _Bridge.open(engine.client, options),
             timeout=30.0,
             what="as_completed",
         )
@@ -201,6 +191,12 @@ class SyncAsCompleted(Iterator[JobOutcome]):
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+    def _collect(self) -> BatchReport:
+        """Run the batch to the end: outcomes in input order and this batch's own counts."""
+        started = time.monotonic()
+        outcomes = list(self)
+        return report(self._bridge.batch, outcomes, time.monotonic() - started)
 
     def close(self) -> None:
         """Stop submitting and stop tracking this batch's pending tasks."""

@@ -49,7 +49,8 @@ async def test_on_send_marks_only_creates_on_the_wire_and_429s_clear_them(
     fake: FakeRuxa,
 ) -> None:
     """on_send comes after the permit; every 429 answer clears its mark; one create per job."""
-    fake.reconfigure(create_limit=RateLimit(per_second=50, burst=3))
+    # A bucket of one token: any two creates within 100 ms meet a 429, however slow the machine.
+    fake.reconfigure(create_limit=RateLimit(per_second=10, burst=1))
     marked: set[str] = set()
     most_marked = 0
     sends = unsent = 0
@@ -69,15 +70,15 @@ async def test_on_send_marks_only_creates_on_the_wire_and_429s_clear_them(
         marked.remove(job.key)
 
     async with make_client(fake) as client:
-        report = await client.run_batch(jobs(40), on_send=on_send, on_unsent=on_unsent)
+        report = await client.run_batch(jobs(20), on_send=on_send, on_unsent=on_unsent)
         limit = client.rate_limits.max_in_flight
     assert all(o.ok for o in report.outcomes)
     stats = fake.stats()
-    assert stats.tasks_created == 40
+    assert stats.tasks_created == 20
     assert stats.duplicate_creates == 0
     assert report.rate_limited > 0, "the create limit never answered 429"
     assert unsent == report.rate_limited  # each 429 cleared exactly its own mark
-    assert sends == 40 + unsent
+    assert sends == 20 + unsent
     assert most_marked <= limit
 
 

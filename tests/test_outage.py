@@ -33,6 +33,9 @@ from ruxa_async import (
     RuxaClient,
     ServiceUnavailableError,
 )
+from ruxa_async._run import RunEnd, run_jobs
+from ruxa_async.cli._options import run_options
+from ruxa_async.cli._parser import build_parser
 from ruxa_async.testing import FakeRuxa, Faults, ModelBehavior, SimConfig
 from tests.conftest import FAST_POLL, make_client
 from tests.helpers_proc import FAST_CLI, ROOT, child_env, cli, nb_job, write_jobs
@@ -181,6 +184,30 @@ def test_cli_wrong_url_exits_3_with_one_line_naming_the_url(
     assert "Connection refused" in naming[0]
 
 
+async def test_cli_max_outage_stops_the_run_with_one_line(
+    tmp_path: Path, quick: FakeRuxa, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`run --max-outage 0.5`: down that long after a first create, the run stops naming the URL."""
+    path = write_jobs(tmp_path / "jobs.jsonl", [nb_job(f"j{i}", f"p{i}") for i in range(30)])
+    argv = ["run", str(path), "--out", str(tmp_path / "out"), "--base-url", quick.url]
+    monkeypatch.setenv("RUXA_API_KEY", quick.api_key)
+    options = run_options(build_parser().parse_args([*argv, *FAST_CLI, "--max-outage", "0.5"]))
+    assert options.outage == OutagePolicy(max_outage=0.5)
+    assert run_options(build_parser().parse_args(argv)).outage == OutagePolicy()
+
+    async def down_after_the_first_create() -> None:
+        while quick.stats().tasks_created == 0:  # noqa: ASYNC110 - a counter, no event
+            await asyncio.sleep(0.01)
+        await quick.outage("refuse")
+
+    side = asyncio.create_task(down_after_the_first_create())
+    result = await run_jobs(attrs.evolve(options, progress="none"))
+    await side
+    assert result.end is RunEnd.STOPPED
+    assert result.message is not None
+    assert quick.url in result.message  # well before the default max_outage of 300 s
+
+
 # ------------------------------------------------------------------ mid-batch
 
 
@@ -266,6 +293,38 @@ async def test_outage_longer_than_max_outage_stops_and_resumes_without_duplicate
     async with make_client(quick, rate_limits=limits) as client:
         again = await client.run_batch(resumed)
     assert by_status(list(again.outcomes)) == {OutcomeStatus.SUCCEEDED: len(resumed)}
+    assert quick.stats().duplicate_creates == 0
+
+
+async def test_creates_refused_during_an_outage_are_not_left_in_flight(quick: FakeRuxa) -> None:
+    """Every create refused while the gate is closed is told ``on_unsent``: a kill now is safe."""
+    in_flight: set[str | None] = set()
+    marks = [0]
+
+    async def on_send(job: Job) -> None:
+        marks[0] += 1
+        in_flight.add(job.key)
+
+    def on_unsent(job: Job) -> None:
+        in_flight.discard(job.key)
+
+    limits = RateLimits(create_per_second=100.0, query_per_second=200.0)
+    policy = OutagePolicy(probe_initial=0.1, probe_max=0.2)
+    async with make_client(quick, rate_limits=limits, outage=policy) as client:
+        await client.create_task(NB, {"prompt": "contact"})
+        await quick.outage("refuse")
+        batch = asyncio.ensure_future(
+            client.run_batch(jobs(40), on_send=on_send, on_unsent=on_unsent)
+        )
+        while True:  # until the gate is closed and has been probed (no event to await)
+            if client.statistics().outage.probes >= 2:
+                break
+            await asyncio.sleep(0.01)
+        assert marks[0] >= 3  # the attempts that closed the gate (the last one waits at it)
+        assert in_flight == set()  # what a journal would report ambiguous after a kill here
+        await quick.restore()
+        report = await batch
+    assert by_status(list(report.outcomes)) == {OutcomeStatus.SUCCEEDED: 40}
     assert quick.stats().duplicate_creates == 0
 
 

@@ -4,33 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Coroutine
 from typing import Any
 
 import pytest
 
 from ruxa_async import APIConnectionError, OutagePolicy, ServiceUnavailableError
 from ruxa_async._outage import OutageGate, call_deadline
-from tests.virtual_time import T0, VirtualTimeLoop
+from tests.virtual_time import T0, VirtualTimeLoop, virtual_time
 
 URL = "http://ruxa.example:8080"
-
-
-def virtual_time(
-    scenario: Callable[[VirtualTimeLoop], Coroutine[Any, Any, None]],
-) -> Callable[[], None]:
-    """Turn ``async def test_x(loop)`` into a plain test run on a fresh VirtualTimeLoop."""
-
-    def test() -> None:
-        loop = VirtualTimeLoop()
-        try:
-            loop.run_until_complete(scenario(loop))
-        finally:
-            loop.close()
-
-    test.__name__ = test.__qualname__ = scenario.__name__
-    test.__doc__ = scenario.__doc__
-    return test
 
 
 REFUSED = APIConnectionError("POST /x: cannot connect (Connection refused)", request_sent=False)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import selectors
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 T0 = 1000.0
 
@@ -34,3 +36,20 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
 
     def time(self) -> float:
         return self.now
+
+
+def virtual_time(
+    scenario: Callable[[VirtualTimeLoop], Coroutine[Any, Any, None]],
+) -> Callable[[], None]:
+    """Turn ``async def test_x(loop)`` into a plain test run on a fresh VirtualTimeLoop."""
+
+    def test() -> None:
+        loop = VirtualTimeLoop()
+        try:
+            loop.run_until_complete(scenario(loop))
+        finally:
+            loop.close()
+
+    test.__name__ = test.__qualname__ = scenario.__name__
+    test.__doc__ = scenario.__doc__
+    return test

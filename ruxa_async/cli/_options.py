@@ -6,6 +6,7 @@ import argparse
 from typing import TYPE_CHECKING
 
 from .. import (
+    OutagePolicy,
     PollPolicy,
     RateLimits,
 )
@@ -71,6 +72,12 @@ def _poll_policy(args: argparse.Namespace) -> PollPolicy:
         raise CLIError(f"bad polling option: {exc}") from None
 
 
+def _outage_policy(args: argparse.Namespace) -> OutagePolicy:
+    if args.max_outage is None:
+        return OutagePolicy()
+    return OutagePolicy(max_outage=args.max_outage)
+
+
 def _callback_bind(args: argparse.Namespace) -> tuple[str, int] | None:
     if args.callback_bind is None:
         if args.callback_public_url is not None:
@@ -100,6 +107,7 @@ def run_options(args: argparse.Namespace, *, need_key: bool = True) -> RunOption
         max_credits=args.max_credits,
         rate_limits=_rate_limits(args),
         poll=_poll_policy(args),
+        outage=_outage_policy(args),
         max_pending=args.max_pending,
         timeout=args.timeout,
         callback_bind=_callback_bind(args),

@@ -160,6 +160,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="S",
         help="give up waiting after S seconds (unfinished tasks are re-attached next run)",
     )
+    tuning.add_argument(
+        "--max-outage",
+        type=_positive_float,
+        metavar="S",
+        help="stop (exit 3, resume later) when the service is unreachable for S s (default 300)",
+    )
     files = run.add_argument_group("downloads")
     files.add_argument("--no-download", action="store_true", help="only record result URLs")
     files.add_argument(

@@ -23,6 +23,7 @@ from .._coordinator import (
 )
 from .._models import TaskInfo, TaskState
 from . import _scripts
+from ._outage import RedisOutage
 from ._ratestate import RedisRateState
 from ._store import Store
 
@@ -53,6 +54,10 @@ class RedisCoordinator(Coordinator):
     unreachable the coordinator degrades to local-only limits and in-process
     idempotency (a WARNING, counted in ``statistics()``) and recovers by itself.
     Needs the ``redis`` extra (``pip install ruxa-async[redis]``).
+
+    Outages are shared too (``outage``, see ``ruxa_async.redis._outage``): one
+    process that cannot reach the service pauses all, one probe per fleet
+    checks for its return, and the first reply anywhere resumes all.
     """
 
     rate_state: RedisRateState
@@ -78,6 +83,7 @@ class RedisCoordinator(Coordinator):
         self._store = Store(url, namespace=namespace, timeout=timeout)
         self._channel = self._store.key("events")
         self.rate_state = RedisRateState(self._store, channel=self._channel)
+        self.outage = RedisOutage(self._store, channel=self._channel)
         self._max_credits = max_credits
         self._credit_window = credit_window
         self._ttl_ms = int(idempotency_ttl * 1000)
@@ -113,6 +119,7 @@ class RedisCoordinator(Coordinator):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
+        await self.outage.aclose()
         await self.rate_state.flush_admitted()
         store = self._store
         await store.call(lambda: store.redis.delete(store.key("alive", self.instance)))
@@ -175,6 +182,8 @@ class RedisCoordinator(Coordinator):
             if kind == "gate":
                 scope, _, seconds = rest.partition("|")
                 self.rate_state.on_gate(scope, float(seconds))
+            elif kind == "outage":
+                self.outage.on_message(rest)
             elif kind == "learned":
                 self.rate_state.invalidate(rest)
             elif kind == "claim":
