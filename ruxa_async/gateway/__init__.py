@@ -18,11 +18,14 @@ signed per Standard Webhooks; an append-only audit log, metrics and alerts.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ._config import (
     AlertSettings,
     CallbackSettings,
     GatewayConfig,
     Policy,
+    StateSettings,
     UpstreamKey,
     UserEntry,
     hash_token,
@@ -32,8 +35,11 @@ from ._config import (
 from ._gateway import Gateway, Reply
 from ._metrics import GatewayStatistics
 from ._relay import sign_webhook, verify_webhook
-from ._store import SQLiteStore, StateStore
+from ._store import SQLiteStore, StateStore, StateUnavailableError
 from ._tokens import Identity, mint_token, new_user_token
+
+if TYPE_CHECKING:
+    from ._redis_store import RedisStore
 
 __all__ = [
     "AlertSettings",
@@ -43,9 +49,12 @@ __all__ = [
     "GatewayStatistics",
     "Identity",
     "Policy",
+    "RedisStore",
     "Reply",
     "SQLiteStore",
+    "StateSettings",
     "StateStore",
+    "StateUnavailableError",
     "UpstreamKey",
     "UserEntry",
     "hash_token",
@@ -56,3 +65,11 @@ __all__ = [
     "sign_webhook",
     "verify_webhook",
 ]
+
+
+def __getattr__(name: str) -> object:
+    if name == "RedisStore":  # imported on use: it needs the `redis` extra
+        from ._redis_store import RedisStore
+
+        return RedisStore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -87,8 +87,13 @@ class Admission:
                 who.user,
                 model=model,
             )
-        held = self._gw.store.reserve(
-            who.user, cost or 0.0, self._scopes(who, self._gw.clock()), who.policy.max_in_flight
+        rps = who.policy.requests_per_second
+        held = await self._gw.store.areserve(
+            who.user,
+            cost or 0.0,
+            self._scopes(who, self._gw.clock()),
+            who.policy.max_in_flight,
+            rate=None if rps is None else (rps, who.policy.burst),
         )
         if isinstance(held, Denial):
             if held.reason == "in_flight":
@@ -138,7 +143,7 @@ class Admission:
             except asyncio.CancelledError:
                 self._gw.store.release(held, charge=True)
                 raise
-            self._gw.store.commit(held, task_id, slot.name, model, user_url)
+            await self._gw.store.acommit(held, task_id, slot.name, model, user_url)
             self._gw.pool.opened(slot.name)
             self._gw.counters.created[who.user] += 1
             self._gw.store.audit(

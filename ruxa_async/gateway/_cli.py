@@ -20,6 +20,7 @@ import attrs
 
 from .._errors import ConfigurationError
 from ._config import GatewayConfig, Policy, UpstreamKey, load_config
+from ._store import StateUnavailableError
 from ._tokens import mint_token, new_user_token
 
 __all__ = ["add_commands", "run"]
@@ -46,6 +47,12 @@ def add_commands(sub: Any, parents: Sequence[argparse.ArgumentParser] = ()) -> N
     gw.add_argument("--host", default="127.0.0.1")
     gw.add_argument("--port", type=int, default=8080, help="0 picks a free port")
     gw.add_argument("--public-url", metavar="URL", help="where Ruxa can reach this gateway")
+    gw.add_argument(
+        "--redis",
+        metavar="URL",
+        help="share ownership, budgets and audit with other gateways through this Redis "
+        "(overrides [state] redis_url)",
+    )
     gw.set_defaults(func=run)
 
     mint = sub.add_parser(
@@ -77,6 +84,9 @@ def run(args: argparse.Namespace) -> int:
     except ConfigurationError as exc:
         print(f"ruxa-async {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except StateUnavailableError as exc:
+        print(f"ruxa-async {args.command}: error: {exc}", file=sys.stderr)
+        return 3
 
 
 def _run_loop(main: Coroutine[Any, Any, int]) -> int:
@@ -149,6 +159,8 @@ async def _serve(args: argparse.Namespace) -> int:
         assert config is not None
         if args.public_url:
             config = attrs.evolve(config, public_url=args.public_url)
+        if args.redis:
+            config = attrs.evolve(config, state=attrs.evolve(config.state, redis_url=args.redis))
         if not keys and not config.keys:
             raise ConfigurationError("the config names no upstream keys ([[upstream.keys]])")
         gateway = await stack.enter_async_context(Gateway(config, upstream_keys=keys))

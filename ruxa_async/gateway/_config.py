@@ -32,6 +32,7 @@ __all__ = [
     "CallbackSettings",
     "GatewayConfig",
     "Policy",
+    "StateSettings",
     "UpstreamKey",
     "UserEntry",
     "hash_token",
@@ -134,6 +135,27 @@ class AlertSettings:
 
 
 @attrs.frozen(kw_only=True)
+class StateSettings:
+    """Where ownership, budgets and the audit log live (the ``[state]`` table).
+
+    Without ``redis_url`` the gateway keeps them in SQLite at ``state_path``.
+    With it, every gateway naming the same Redis and ``namespace`` shares them:
+    budgets and in-flight caps hold across instances, and any instance answers
+    a task's owner. ``timeout`` bounds every Redis call; while Redis does not
+    answer, creates get 503. A settled task's record is kept ``keep_settled``
+    seconds (then its id answers 404); the audit stream keeps about
+    ``audit_maxlen`` entries. ``redis_url_env`` names an environment variable
+    holding the URL (it may carry a password). Changes take effect on restart.
+    """
+
+    redis_url: str | None = attrs.field(default=None, repr=False)
+    namespace: str = attrs.field(default="ruxa-gateway", validator=v.min_len(1))
+    timeout: float = attrs.field(default=1.0, validator=v.gt(0))
+    keep_settled: float = attrs.field(default=30 * 86_400.0, validator=v.gt(0))
+    audit_maxlen: int = attrs.field(default=1_000_000, validator=v.ge(1000))
+
+
+@attrs.frozen(kw_only=True)
 class GatewayConfig:
     """Everything a gateway does, as data. Build with :func:`load_config` or directly."""
 
@@ -157,6 +179,7 @@ class GatewayConfig:
     metrics: bool = True
     callbacks: CallbackSettings = attrs.field(factory=CallbackSettings)
     alerts: AlertSettings = attrs.field(factory=AlertSettings)
+    state: StateSettings = attrs.field(factory=StateSettings)
     path: str | None = None
 
 
@@ -234,6 +257,8 @@ def _section(cls: type[Any], raw: Any, where: str) -> Any:
     values = {k: (tuple(x) if isinstance(x, list) else x) for k, x in raw.items() if k in fields}
     if cls is CallbackSettings and "upstream_hmac_key" not in values:
         values["upstream_hmac_key"] = _secret(raw, "upstream_hmac_key", where)
+    if cls is StateSettings and "redis_url" not in values:
+        values["redis_url"] = _secret(raw, "redis_url", where)
     try:
         return cls(**values)
     except (TypeError, ValueError) as exc:
@@ -248,6 +273,7 @@ _TOP = {f.name for f in attrs.fields(GatewayConfig)} - {
     "webhook_secret",
     "callbacks",
     "alerts",
+    "state",
     "prices",
     "path",
 }
@@ -271,6 +297,7 @@ def parse_config(data: Mapping[str, Any], *, path: str | None = None) -> Gateway
             prices={str(k): float(p) for k, p in data.get("prices", {}).items()},
             callbacks=_section(CallbackSettings, data.get("callbacks"), "callbacks"),
             alerts=_section(AlertSettings, data.get("alerts"), "alerts"),
+            state=_section(StateSettings, data.get("state"), "state"),
             path=path,
             **top,
         )

@@ -35,7 +35,7 @@ from ._metrics import Counters, GatewayStatistics
 from ._policy import Denial, RateBuckets, Reply, window_bounds
 from ._relay import Relay, scrub_task
 from ._settle import Settler
-from ._store import SQLiteStore, StateStore, TaskRecord
+from ._store import StateStore, StateUnavailableError, TaskRecord, store_for
 from ._tokens import Identity, TokenVerifier, mint_token
 
 __all__ = ["Gateway", "Reply"]
@@ -68,7 +68,7 @@ class Gateway:
         self.config = config
         self.clock = clock
         self._fixed_keys = tuple(upstream_keys) if upstream_keys is not None else None
-        self.store: StateStore = store or SQLiteStore(config.state_path, clock=clock)
+        self.store: StateStore = store or store_for(config, clock=clock)
         self.counters = Counters()
         self.verifier = TokenVerifier(config, clock=clock)
         self.rates = RateBuckets()
@@ -263,7 +263,10 @@ class Gateway:
         who = self.identify(header)
         if isinstance(who, Reply):
             return who
-        record = await self.store.lookup(task_id) if _TASK_ID.fullmatch(task_id) else None
+        try:
+            record = await self.store.lookup(task_id) if _TASK_ID.fullmatch(task_id) else None
+        except StateUnavailableError as exc:
+            return Reply(503, exc.message, None, exc.retry_after)
         if record is None or record.user != who.user:
             if record is not None:
                 self.counters.ownership_refusals += 1

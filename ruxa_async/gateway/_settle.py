@@ -19,7 +19,7 @@ from .._models import TaskInfo
 from ._keys import KeySlot
 from ._policy import Reply
 from ._relay import relay_body, scrub_task
-from ._store import TaskRecord
+from ._store import StateUnavailableError, TaskRecord
 
 if TYPE_CHECKING:
     from ._gateway import Gateway
@@ -95,7 +95,10 @@ class Settler:
             status = getattr(exc, "http_status", 400)
             self._gw.store.audit("callback_rejected", reason=getattr(exc, "reason", "body"))
             return Reply(status, str(exc))
-        record = await self._gw.store.lookup(info.task_id)
+        try:
+            record = await self._gw.store.lookup(info.task_id)
+        except StateUnavailableError as exc:
+            return Reply(503, exc.message, None, exc.retry_after)  # Ruxa retries its callback
         if record is not None and info.is_terminal:
             self.settle(record, info, "callback")
         return Reply(200, "ok")

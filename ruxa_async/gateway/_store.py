@@ -6,8 +6,10 @@ the event loop, so a check and its reservation happen with no ``await`` in
 between (50 concurrent creates against room for 10 admit exactly 10). Every
 change is written behind to SQLite by one writer thread, in batched
 transactions, so no SQLite call ever blocks the event loop; reads that miss
-memory go through the same thread. A shared store for several gateways (Redis,
-with the check-and-reserve as one script) would implement the same interface.
+memory go through the same thread. Several gateways share one state through
+``RedisStore`` (``_redis_store``), whose check-and-hold is one script; the
+gateway therefore awaits :meth:`StateStore.areserve` and
+:meth:`StateStore.acommit`, which the SQLite store answers without waiting.
 """
 
 from __future__ import annotations
@@ -26,9 +28,19 @@ from typing import Any, Protocol
 
 import attrs
 
+from .._errors import ConfigurationError, RuxaError
+from ._config import GatewayConfig
 from ._policy import Denial
 
-__all__ = ["Reservation", "SQLiteStore", "Scope", "StateStore", "TaskRecord"]
+__all__ = [
+    "Reservation",
+    "SQLiteStore",
+    "Scope",
+    "StateStore",
+    "StateUnavailableError",
+    "TaskRecord",
+    "store_for",
+]
 
 log = logging.getLogger("ruxa_async")
 
@@ -54,6 +66,15 @@ CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit
 CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
     BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 """
+
+
+class StateUnavailableError(RuxaError):
+    """The gateway's shared state store does not answer; the gateway replies 503 meanwhile."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retry_after = retry_after
 
 
 @attrs.frozen
@@ -107,16 +128,40 @@ class StateStore(Protocol):
     ) -> Reservation | Denial:
         """Atomically check the in-flight cap and every budget, then hold ``amount``."""
 
+    async def areserve(
+        self,
+        user: str,
+        amount: float,
+        scopes: Sequence[Scope],
+        max_in_flight: int | None,
+        *,
+        rate: tuple[float, int] | None = None,
+    ) -> Reservation | Denial:
+        """:meth:`reserve` for stores shared by several gateways (one atomic round trip).
+
+        ``rate`` (per second, burst) is the user's request rate: a shared store also
+        spends one create of it across all instances (a single gateway's own rate
+        buckets already apply it).
+        """
+
     def commit(
         self, res: Reservation, task_id: str, key: str, model: str, callback_url: str | None
     ) -> TaskRecord:
         """Record the created task (owner, key, reservation)."""
 
+    async def acommit(
+        self, res: Reservation, task_id: str, key: str, model: str, callback_url: str | None
+    ) -> TaskRecord:
+        """:meth:`commit`, visible to every gateway sharing the store when it returns."""
+
     def release(self, res: Reservation, *, charge: bool) -> None:
         """Drop a reservation whose create failed; ``charge`` books it as spent."""
 
     async def lookup(self, task_id: str) -> TaskRecord | None:
-        """The task's record, or None when the gateway never created it."""
+        """The task's record, or None when the gateway never created it.
+
+        A shared store raises :class:`StateUnavailableError` when it cannot tell.
+        """
 
     def settle(
         self, task_id: str, cost: float, state: str, final: dict[str, Any] | None = None
@@ -334,6 +379,25 @@ class SQLiteStore:
         self._inflight[user] = running + 1
         return Reservation(user=user, amount=amount, scopes=tuple(scopes))
 
+    async def areserve(
+        self,
+        user: str,
+        amount: float,
+        scopes: Sequence[Scope],
+        max_in_flight: int | None,
+        *,
+        rate: tuple[float, int] | None = None,
+    ) -> Reservation | Denial:
+        """:meth:`reserve` (in memory, so no await between the check and the hold; ``rate``
+        is the gateway's own buckets' business here)."""
+        return self.reserve(user, amount, scopes, max_in_flight)
+
+    async def acommit(
+        self, res: Reservation, task_id: str, key: str, model: str, callback_url: str | None
+    ) -> TaskRecord:
+        """:meth:`commit` (in memory at once, written behind)."""
+        return self.commit(res, task_id, key, model, callback_url)
+
     def commit(
         self, res: Reservation, task_id: str, key: str, model: str, callback_url: str | None
     ) -> TaskRecord:
@@ -481,3 +545,25 @@ class SQLiteStore:
             }
             for r in rows
         ]
+
+
+def store_for(config: GatewayConfig, *, clock: Callable[[], float] = time.time) -> StateStore:
+    """The store ``config`` names: Redis with ``[state] redis_url``, else SQLite at state_path."""
+    settings = config.state
+    if settings.redis_url:
+        try:
+            from ._redis_store import RedisStore
+        except ImportError as exc:
+            raise ConfigurationError(
+                '[state] redis_url needs redis-py: pip install "ruxa-async[gateway,redis]"'
+            ) from exc
+
+        return RedisStore(
+            settings.redis_url,
+            namespace=settings.namespace,
+            timeout=settings.timeout,
+            keep_settled=settings.keep_settled,
+            audit_maxlen=settings.audit_maxlen,
+            clock=clock,
+        )
+    return SQLiteStore(config.state_path, clock=clock)

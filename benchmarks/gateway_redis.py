@@ -1,0 +1,202 @@
+"""``python -m benchmarks.gateway_redis``: what sharing the gateway's state through Redis costs.
+
+One simulator and one ``redis-server``, each in its own process; gateways are
+``ruxa-async gateway`` processes; the load generator is this process. Three
+set-ups, measured one after the other in the same run:
+
+* ``sqlite``: one gateway, the default in-memory/SQLite state;
+* ``redis-1``: one gateway with ``--redis``;
+* ``redis-2``: two gateways on one Redis; requests alternate between them and
+  every query goes to the instance that did *not* create the task (so each one
+  reads the ownership record from Redis).
+
+For each: create and query latency (p50/p99, one request in flight) and
+throughput (32 in flight), and the gateways' CPU per request. Tasks never
+finish, so every query also goes upstream. The calibration ``c_req`` (CPU of a
+bare aiohttp GET to the simulator, from this process) is measured in the same
+run. Writes ``benchmarks/results-gateway-redis.md``; ``--smoke`` is a few seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import platform
+import secrets
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # ``python benchmarks/gateway_redis.py``
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    __package__ = "benchmarks"
+
+import aiohttp
+
+from benchmarks._procs import Child, Simulator, cpu_seconds, free_port
+from benchmarks.gateway import _pct, _wait_up
+from ruxa_async.gateway import hash_token
+
+OUT = Path(__file__).resolve().parent / "results-gateway-redis.md"
+BODY = json.dumps({"model": "google/nano-banana", "input": {"prompt": "a red fox"}}).encode()
+TOKEN = "rxu_bench-" + secrets.token_hex(8)
+
+
+class _Gateway(Child):
+    def __init__(self, config: Path, work: Path, name: str, redis: str | None) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        argv = [sys.executable, "-m", "ruxa_async", "gateway", "--config", str(config)]
+        argv += ["--port", str(self.port)] + (["--redis", redis] if redis else [])
+        super().__init__(argv, work / f"{name}.log", None)
+
+
+async def _send(http: aiohttp.ClientSession, method: str, url: str, data: bytes | None) -> Any:
+    headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+    async with http.request(method, url, data=data, headers=headers) as resp:
+        reply = await resp.json()
+        if resp.status != 200:
+            raise RuntimeError(f"{method} {url} -> {resp.status} {reply}")
+        return reply
+
+
+async def _loop(make: Callable[[int], Awaitable[Any]], total: int, width: int) -> list[float]:
+    latencies: list[float] = []
+    counter = iter(range(total))
+
+    async def worker() -> None:
+        for i in counter:
+            started = time.perf_counter()
+            await make(i)
+            latencies.append(time.perf_counter() - started)
+
+    await asyncio.gather(*(worker() for _ in range(width)))
+    return latencies
+
+
+async def _measure(urls: list[str], pids: list[int], n: int) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64)) as http:
+        for url in urls:
+            await _wait_up(http, url)
+        owner: list[int] = []
+        ids: list[str] = []
+
+        async def create(i: int) -> None:
+            reply = await _send(http, "POST", f"{urls[i % len(urls)]}/api/v1/tasks/create", BODY)
+            owner.append(i % len(urls))
+            ids.append(reply["data"]["taskId"])
+
+        async def query(i: int) -> None:
+            j = i % len(ids)
+            url = urls[(owner[j] + 1) % len(urls)]
+            await _send(http, "GET", f"{url}/api/v1/tasks/query/{ids[j]}", None)
+
+        await _loop(create, 100, 8)  # warm-up, and tasks to query
+        await _loop(query, 100, 8)
+        for kind, make in (("create", create), ("query", query)):
+            latency = await _loop(make, n, 1)
+            cpu = sum(cpu_seconds(p) for p in pids)
+            started = time.perf_counter()
+            await _loop(make, n, 32)
+            took = time.perf_counter() - started
+            out[kind] = {
+                "p50_ms": 1000 * _pct(latency, 0.5),
+                "p99_ms": 1000 * _pct(latency, 0.99),
+                "rps": n / took,
+                "gateway_cpu_us": 1e6 * (sum(cpu_seconds(p) for p in pids) - cpu) / n,
+            }
+    return out
+
+
+async def _calibrate(sim: Simulator, n: int) -> float:
+    headers = {"Authorization": f"Bearer {sim.api_key}", "Content-Type": "application/json"}
+    async with aiohttp.ClientSession(headers=headers) as http:
+        async with http.post(sim.url + "/api/v1/tasks/create", data=BODY) as resp:
+            task_id = (await resp.json())["data"]["taskId"]
+        url = f"{sim.url}/api/v1/tasks/query/{task_id}"
+
+        async def get() -> None:
+            async with http.get(url) as resp:
+                await resp.read()
+
+        await asyncio.gather(*(get() for _ in range(200)))
+        cpu = time.process_time()
+        await asyncio.gather(*(get() for _ in range(n)))
+        return 1e6 * (time.process_time() - cpu) / n
+
+
+def _config(path: Path, sim: Simulator) -> None:
+    lines = ['signing_secret = "bench"', "sweep_interval = 3600", "[upstream]"]
+    lines += [f'base_url = "{sim.url}"', "[[upstream.keys]]", 'name = "bench"']
+    lines += [f'key = "{sim.api_key}"', "[users.bench]", f'token_sha256 = "{hash_token(TOKEN)}"']
+    lines += ["budget = 1e12", "max_in_flight = 1000000"]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=2000, help="per measurement")
+    parser.add_argument("--smoke", action="store_true", help="a few seconds, for CI")
+    args = parser.parse_args()
+    n = 100 if args.smoke else args.requests
+    from tests.services import redis_server
+
+    results: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmpdir, redis_server() as redis:
+        work = Path(tmpdir)
+        sim_config = {"default_behavior": {"median_seconds": 36000, "sigma": 0}, "seed": 1}
+        with Simulator(sim_config, work, None, "sim") as sim:
+            sim.wait_ready()
+            config = work / "gateway.toml"
+            _config(config, sim)
+            c_req = asyncio.run(_calibrate(sim, max(n, 1000)))
+            for name, url in (("sqlite", None), ("redis-1", redis.url)):
+                with _Gateway(config, work, name, url) as gw:
+                    results[name] = asyncio.run(_measure([gw.url], [gw.pid], n))
+            with (
+                _Gateway(config, work, "a", redis.url) as a,
+                _Gateway(config, work, "b", redis.url) as b,
+            ):
+                results["redis-2"] = asyncio.run(_measure([a.url, b.url], [a.pid, b.pid], n))
+    _write(results, c_req, n, args.smoke)
+
+
+def _write(results: dict[str, Any], c_req: float, n: int, smoke: bool) -> None:
+    lines = [
+        "# Gateway state in Redis: what sharing costs",
+        "",
+        f"`python -m benchmarks.gateway_redis{' --smoke' if smoke else ''}`, {n} requests per "
+        f"figure, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, Python "
+        f"{platform.python_version()}, {platform.machine()}. Calibration of this run: "
+        f"c_req = {c_req:.0f} µs. A shared 2-core machine: timings are noisy.",
+        "",
+        "| set-up | create p50 / p99 ms | create req/s (32 in flight) | create gateway CPU µs "
+        "| query p50 / p99 ms | query req/s | query gateway CPU µs |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, r in results.items():
+        c, q = r["create"], r["query"]
+        lines.append(
+            f"| {name} | {c['p50_ms']:.2f} / {c['p99_ms']:.2f} | {c['rps']:.0f} "
+            f"| {c['gateway_cpu_us']:.0f} | {q['p50_ms']:.2f} / {q['p99_ms']:.2f} "
+            f"| {q['rps']:.0f} | {q['gateway_cpu_us']:.0f} |"
+        )
+    lines += [
+        "",
+        "`redis-2`: two gateways on one Redis, each query sent to the instance that did not "
+        "create the task. Gateway CPU is summed over the gateway processes (Redis and the "
+        "simulator not included).",
+        "",
+    ]
+    OUT.write_text("\n".join(lines), encoding="utf-8")
+    print("\n".join(lines))
+    print(json.dumps({"c_req_us": c_req, **results}), file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
