@@ -6,7 +6,8 @@ are shared by the account, with a real ``redis-server``:
 
 * the ideal: one process that knows the limits;
 * P = 1, 2, 4, 8 processes with limits unknown and a RedisCoordinator, the
-  tasks split evenly; and P = 4 without a coordinator (today's behaviour);
+  tasks split evenly; and P = 1 and 4 without a coordinator (discovery alone,
+  and a fleet of independent clients);
 * every job submitted twice by two processes with one idempotency key;
 * callback fan-in: the simulator calls back a process that does not await
   the task; the latency from its receipt to the awaiting process resolving;
@@ -69,6 +70,7 @@ async def _worker(args: argparse.Namespace) -> dict[str, Any]:
     client = RuxaClient(
         KEY, base_url=args.url, rate_limits=limits, coordinator=coordinator, callbacks=callbacks
     )
+    hops = _trace_fan_in(coordinator) if args.receiver or args.callback_url else {}
     async with client:
         print(json.dumps({"ready": True, "callback_url": client.callback_url}), flush=True)
         await asyncio.to_thread(sys.stdin.readline)  # the start line
@@ -113,11 +115,39 @@ async def _worker(args: argparse.Namespace) -> dict[str, Any]:
             "errors": errors,
             "outcomes": count,
             "rate_limited": stats.rate_limited,
+            "paused": stats.rate.paused_seconds,
+            "episodes": stats.rate.episodes,
+            "learned": {
+                kind: [c.rate, c.estimated_limit] for kind, c in stats.rate.classes.items()
+            },
             "degraded_seconds": fleet.degraded_seconds if fleet else 0.0,
             "degraded_events": fleet.degraded_events if fleet else 0,
+            "leases": fleet.leases if fleet else 0,
+            "leased_tokens": fleet.leased_tokens if fleet else 0,
             "resolved": resolved,
             "received": received,
+            "hops": hops,
         }
+
+
+def _trace_fan_in(coordinator: Any) -> dict[str, float]:
+    """Stamp each fan-in hop: B's publish sent (``published``), A's message (``heard``)."""
+    stamps: dict[str, float] = {}
+    publish, deliver = coordinator._publish, coordinator._deliver_callback
+
+    async def published(batch: list[tuple[str, Any]]) -> bool:
+        sent: bool = await publish(batch)
+        now = time.monotonic()
+        for _, info in batch:
+            stamps.setdefault(info.task_id, now)
+        return sent
+
+    def heard(info: Any) -> None:
+        stamps.setdefault(info.task_id, time.monotonic())
+        deliver(info)
+
+    coordinator._publish, coordinator._deliver_callback = published, heard
+    return stamps
 
 
 # ------------------------------------------------------------------ the harness
@@ -181,6 +211,39 @@ def _split(total: int, parts: int) -> list[tuple[int, int]]:
     return spans
 
 
+def calibrate(tmp: Path, requests: int = 5000) -> float:
+    """c_req: client CPU per bare aiohttp keep-alive GET, 64 in flight (as ``benchmarks.run``)."""
+    import aiohttp
+
+    from benchmarks.baselines import _wire
+
+    sim = _sim(tmp, create_limit=None, query_limit=None)
+
+    async def measure() -> float:
+        async with aiohttp.ClientSession(headers=_wire.headers(KEY)) as session:
+            body = _wire.create_body(MODEL, {"prompt": "calibration"})
+            async with session.post(sim.url + _wire.CREATE_PATH, json=body) as resp:
+                task_id = (await _wire.checked_json(resp))["data"]["taskId"]
+            url = sim.url + _wire.QUERY_PATH + task_id
+            left = requests
+
+            async def worker() -> None:
+                nonlocal left
+                while left > 0:
+                    left -= 1
+                    async with session.get(url) as resp:
+                        await resp.read()
+
+            cpu = time.process_time()
+            await asyncio.gather(*(worker() for _ in range(64)))
+            return (time.process_time() - cpu) / requests * 1e6
+
+    try:
+        return asyncio.run(measure())
+    finally:
+        sim.close()
+
+
 def run_fleet(
     tmp: Path, redis_url: str | None, procs: int, tasks: int, *, known: bool = False
 ) -> dict[str, Any]:
@@ -211,6 +274,13 @@ def run_fleet(
         "created": stats["tasks_created"],
         "duplicates": stats["duplicate_creates"],
         "requests_per_task": stats["requests"] / tasks,
+        # where the time went: the pace each process ended at, pauses, 429 episodes
+        "create_pace": statistics.median(r["learned"]["create"][0] for r in reports),
+        "query_pace": statistics.median(r["learned"]["query"][0] for r in reports),
+        "paused": statistics.median(r["paused"] for r in reports),
+        "episodes": sum(r["episodes"] for r in reports),
+        "per_lease": sum(r["leased_tokens"] for r in reports)
+        / max(1, sum(r["leases"] for r in reports)),
     }
 
 
@@ -247,21 +317,40 @@ def run_callbacks(tmp: Path, redis_url: str, tasks: int) -> dict[str, Any]:
         waiter = Fleet(sim.url, [[*common, "--first", "0", "--count", str(tasks), "--cb", url]])
         receiver.go()
         waiter.go()
-        resolved = waiter.reports()[0]["resolved"]
+        a = waiter.reports()[0]
         receiver.go()  # done: report
-        received = receiver.reports()[0]["received"]
+        b = receiver.reports()[0]
         stats = sim.stats()
     finally:
         sim.close()
-    lags = sorted(1000.0 * (resolved[t] - received[t]) for t in resolved if t in received)
+    resolved, received = a["resolved"], b["received"]
+    published, heard = b["hops"], a["hops"]
+    lags = _quantiles(resolved[t] - received[t] for t in resolved if t in received)
+    hops = {
+        "B receipt -> B published": _quantiles(
+            published[t] - received[t] for t in published if t in received
+        ),
+        "B published -> A heard": _quantiles(
+            heard[t] - published[t] for t in heard if t in published
+        ),
+        "A heard -> A resolved": _quantiles(resolved[t] - heard[t] for t in resolved if t in heard),
+    }
     return {
         "tasks": tasks,
-        "via_callback": len(lags),
+        "via_callback": lags["n"],
         "queries": stats["queries"],
-        "p50_ms": statistics.median(lags) if lags else float("nan"),
-        "p99_ms": lags[int(0.99 * (len(lags) - 1))] if lags else float("nan"),
-        "max_ms": lags[-1] if lags else float("nan"),
+        **{f"{q}_ms": lags[q] for q in ("p50", "p99", "max")},
+        "hops": hops,
     }
+
+
+def _quantiles(values: Any) -> dict[str, float]:
+    """p50/p99/max in milliseconds, and the count."""
+    ms = sorted(1000.0 * v for v in values)
+    if not ms:
+        return {"n": 0, "p50": float("nan"), "p99": float("nan"), "max": float("nan")}
+    p99 = ms[int(0.99 * (len(ms) - 1))]
+    return {"n": len(ms), "p50": statistics.median(ms), "p99": p99, "max": ms[-1]}
 
 
 def run_outage(tmp: Path, tasks: int) -> dict[str, Any]:
@@ -304,40 +393,39 @@ def run_outage(tmp: Path, tasks: int) -> dict[str, Any]:
     }
 
 
-def _report(
-    tasks: int,
-    ideal: dict[str, Any],
-    rows: list[dict[str, Any]],
-    twice: dict[str, Any],
-    cb: dict[str, Any],
-    outage: dict[str, Any],
-    wall: float,
-) -> str:
+def _fleet_section(ideal: dict[str, Any], rows: list[dict[str, Any]]) -> list[str]:
     lines = [
-        "# Fleet benchmark (issue 13)",
-        "",
-        f"`python -m benchmarks.fleet --tasks {tasks}`; one run, all rows side by side. A shared "
-        "2-vCPU VM (other engineers' jobs running): timings are noisy, counts are exact. "
-        f"Simulator: create and query limits {LIMIT:g}/s (burst {BURST}) for the whole account, "
-        f"task durations lognormal (median 2 s). Total wall time {wall:.0f} s.",
-        "",
         "## Makespan and 429s, limits unknown (goal: <= 1.15x ideal, <= 10 429s per 1,000)",
         "",
         "| processes | coordinator | makespan s | x ideal | 429s per 1,000 | requests/task "
-        "| errors | created | duplicates |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| errors | created | duplicates | final pace create/query | paused s | episodes "
+        "| tokens per lease |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for row in [ideal, *rows]:
         label = "ideal: 1, limits known" if row["known"] else str(row["procs"])
         coordinator = "Redis" if row["coordinator"] else "none"
+        per_lease = f"{row['per_lease']:.1f}" if row["coordinator"] else "-"
         lines.append(
             f"| {label} | {coordinator} | {row['makespan']:.1f} | "
             f"{row['makespan'] / ideal['makespan']:.2f} | {row['per_1000']:.1f} | "
             f"{row['requests_per_task']:.2f} | {row['errors']} | {row['created']} | "
-            f"{row['duplicates']} |"
+            f"{row['duplicates']} | {row['create_pace']:.0f}/{row['query_pace']:.0f} | "
+            f"{row['paused']:.1f} | {row['episodes']} | {per_lease} |"
         )
     lines += [
         "",
+        "*final pace*: the median over processes of the pace each ended at (req/s, the fleet's "
+        "pace when shared); *paused s*: median time a process's 429 gate was closed; "
+        "*episodes*: 429 episodes begun (each lowers the pace once); *tokens per lease*: "
+        "permits per Redis round trip for the shared bucket.",
+        "",
+    ]
+    return lines
+
+
+def _twice_section(twice: dict[str, Any]) -> list[str]:
+    return [
         "## Every job submitted twice by two processes, same idempotency key (goal: 0 duplicates)",
         "",
         f"{twice['jobs']} jobs, {twice['submits']} submits: {twice['created']} tasks created, "
@@ -345,13 +433,30 @@ def _report(
         "(a taskiq worker killed mid-batch, its jobs redelivered) is "
         "`tests/test_fleet_workers.py::test_taskiq_worker_killed_mid_batch_creates_nothing_twice`.",
         "",
+    ]
+
+
+def _callbacks_section(cb: dict[str, Any]) -> list[str]:
+    return [
         "## Callback fan-in (goal: resolved within 100 ms of delivery)",
         "",
         f"{cb['tasks']} tasks awaited by process A, every callback delivered to process B: "
         f"{cb['via_callback']} resolved through the fleet; latency from B's receipt to A's "
         f"resolution p50 {cb['p50_ms']:.1f} ms, p99 {cb['p99_ms']:.1f} ms, max "
-        f"{cb['max_ms']:.1f} ms; {cb['queries']} status queries in all.",
+        f"{cb['max_ms']:.1f} ms; {cb['queries']} status queries in all. Per hop (ms):",
         "",
+        "| hop | p50 | p99 | max |",
+        "| --- | --- | --- | --- |",
+        *(
+            f"| {hop} | {q['p50']:.1f} | {q['p99']:.1f} | {q['max']:.1f} |"
+            for hop, q in cb["hops"].items()
+        ),
+        "",
+    ]
+
+
+def _outage_section(outage: dict[str, Any]) -> list[str]:
+    return [
         "## Redis killed mid-run (4 processes)",
         "",
         f"{outage['tasks']} tasks: {outage['outcomes']} outcomes, {outage['errors']} errors, "
@@ -360,7 +465,24 @@ def _report(
         f"{outage['degraded_s']}.",
         "",
     ]
-    return "\n".join(lines)
+
+
+def _header(argv: list[str], c_req: float, loads: list[float], wall: float) -> list[str]:
+    return [
+        "# Fleet benchmark (issue 13)",
+        "",
+        f"`python -m benchmarks.fleet {' '.join(argv)}`, "
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; one run, all rows side by side. "
+        "A shared 2-vCPU VM (other engineers' jobs running): timings are noisy, counts are "
+        f"exact. Calibration c_req {c_req:.0f} µs (bare aiohttp GET, this run); 1-minute load "
+        f"average {min(loads):.1f} to {max(loads):.1f} during the run. Simulator: create and query "
+        f"limits {LIMIT:g}/s (burst {BURST}) for the whole account, task durations lognormal "
+        f"(median 2 s). Total wall time {wall:.0f} s.",
+        "",
+    ]
+
+
+SECTIONS = ("fleet", "twice", "callbacks", "outage")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -369,7 +491,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tasks", type=int, default=4000)
     parser.add_argument("--procs", default="1,2,4,8")
     parser.add_argument("--out", type=Path, default=OUT)
-    parser.add_argument("--fleet-only", action="store_true", help="only the makespan rows")
+    parser.add_argument(
+        "--only", default=",".join(SECTIONS), help=f"comma-separated sections of {SECTIONS}"
+    )
+    parser.add_argument(
+        "--no-baselines",
+        dest="baselines",
+        action="store_false",
+        help="skip the rows without a coordinator (P = 1 and 4)",
+    )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     for flag in ("--url", "--redis", "--namespace", "--run", "--cb"):
         parser.add_argument(flag, default="", help=argparse.SUPPRESS)
@@ -384,26 +514,41 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from tests.services import redis_server
 
+    only = set(args.only.split(","))
     started = time.monotonic()
+    loads = [os.getloadavg()[0]]
+    lines: list[str] = []
     with tempfile.TemporaryDirectory() as tmpdir, redis_server() as redis:
         tmp = Path(tmpdir)
-        ideal = run_fleet(tmp, None, 1, args.tasks, known=True)
-        print("ideal", ideal, flush=True)
-        rows = []
-        for procs in (int(p) for p in args.procs.split(",")):
-            rows.append(run_fleet(tmp, redis.url, procs, args.tasks))
-            print(rows[-1], flush=True)
-        rows.append(run_fleet(tmp, None, 4, args.tasks))
-        print(rows[-1], flush=True)
-        if args.fleet_only:
-            return 0
-        twice = run_twice(tmp, redis.url, max(100, args.tasks // 4))
-        print(twice, flush=True)
-        cb = run_callbacks(tmp, redis.url, max(100, args.tasks // 20))
-        print(cb, flush=True)
-        outage = run_outage(tmp, max(200, args.tasks // 4))
-        print(outage, flush=True)
-    text = _report(args.tasks, ideal, rows, twice, cb, outage, time.monotonic() - started)
+        c_req = calibrate(tmp)
+        print(f"c_req {c_req:.0f} us", flush=True)
+        if "fleet" in only:
+            ideal = run_fleet(tmp, None, 1, args.tasks, known=True)
+            print("ideal", ideal, flush=True)
+            rows = []
+            for procs in (int(p) for p in args.procs.split(",")):
+                rows.append(run_fleet(tmp, redis.url, procs, args.tasks))
+                loads.append(os.getloadavg()[0])
+                print(rows[-1], flush=True)
+            for procs in (1, 4) if args.baselines else ():  # discovery alone; no coordinator
+                rows.append(run_fleet(tmp, None, procs, args.tasks))
+                print(rows[-1], flush=True)
+            lines += _fleet_section(ideal, rows)
+        if "twice" in only:
+            twice = run_twice(tmp, redis.url, max(100, args.tasks // 4))
+            print(twice, flush=True)
+            lines += _twice_section(twice)
+        if "callbacks" in only:
+            cb = run_callbacks(tmp, redis.url, max(100, args.tasks // 20))
+            print(cb, flush=True)
+            lines += _callbacks_section(cb)
+        if "outage" in only:
+            outage = run_outage(tmp, max(200, args.tasks // 4))
+            print(outage, flush=True)
+            lines += _outage_section(outage)
+    loads.append(os.getloadavg()[0])
+    shown = sys.argv[1:] if argv is None else argv
+    text = "\n".join(_header(shown, c_req, loads, time.monotonic() - started) + lines)
     args.out.write_text(text, encoding="utf-8")
     print(text)
     return 0

@@ -24,6 +24,7 @@ from typing import Any, Protocol
 from ._batch import AsCompleted, BatchOptions, ProgressEvent, collect
 from ._batch_port import ClientPort
 from ._config import (
+    Kind,
     OutagePolicy,
     PollPolicy,
     RateLimits,
@@ -401,3 +402,13 @@ class RuxaClient:
     def statistics(self) -> ClientStatistics:
         """A frozen snapshot of requests, retries, 429s, pending tasks, rates and outages."""
         return self._core.statistics()
+
+
+async def send_once(client: RuxaClient, kind: Kind, path: str, body: bytes | None = None) -> Any:
+    """One request on ``client``, through its outage gate and rate controller, never retried.
+
+    The seam for relays (the gateway): returns the reply envelope's ``data``
+    or raises the matching error, and builds nothing else (no retry wrapper,
+    no input check, no task object). ``body`` given means a POST.
+    """
+    return await client._core.requester.send(kind, "GET" if body is None else "POST", path, body)

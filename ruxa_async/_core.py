@@ -91,12 +91,9 @@ class ClientCore:
         self.state = State.NEW
         self.callbacks = callbacks
         self.validate = validate
-        # fleet (coordinator) hooks: see _fleet.py; a shared pacer owns rate discovery
+        # fleet (coordinator) hooks: see _fleet.py; a fleet's controllers share one rate state
         self.fleet = Fleet(coordinator, rate_limits, retry)
-        local_limits = rate_limits
-        if self.fleet.shares_rate:
-            local_limits = attrs.evolve(local_limits, adaptive=False)
-        self.limiter = RateController(local_limits)
+        self.limiter = RateController(rate_limits, state=self.fleet.rate_state)
         self.transport = Transport(
             base_url=base_url,
             key=key,
@@ -239,6 +236,7 @@ class ClientCore:
 
     def feed_callback(self, info: TaskInfo, attempt: str | None) -> bool:
         """See ``RuxaClient.feed_callback``."""
+        self.fleet.outcome(info)  # settles the task's credit reservation
         if attempt is not None:
             self.creator.attempt_named(attempt, info.task_id)  # kept until the task is tracked
         resolved = self.scheduler.resolve(info, source="callback")
@@ -247,6 +245,7 @@ class ClientCore:
         return resolved
 
     def _resolve_published(self, info: TaskInfo) -> None:
+        self.fleet.outcome(info)
         if self.scheduler.last_state(info.task_id) is not None:
             self.scheduler.resolve(info, source="callback")
 

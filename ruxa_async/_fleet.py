@@ -1,25 +1,28 @@
-"""The client's side of a coordinator: idempotent creates, credits, fleet permits, callbacks.
+"""The client's side of a coordinator: idempotent creates, credits, callbacks.
 
 ``RuxaClient`` delegates here so its own code only calls a few hooks: around a
-create (:meth:`Fleet.create`, :meth:`Fleet.create_once`), around each request
-(:meth:`Fleet.admit`, :meth:`Fleet.sending`, :meth:`Fleet.rate_limited`) and
-for callbacks it cannot resolve itself (:meth:`Fleet.forward_callback`).
+create (:meth:`Fleet.create`, :meth:`Fleet.create_once`), before each request
+goes out (:meth:`Fleet.sending`) and for callbacks it cannot resolve itself
+(:meth:`Fleet.forward_callback`). A coordinator that shares rates hands its
+:attr:`Fleet.rate_state` to the client's ``RateController``: the fleet's
+processes then run one discovery over one bucket, one 429 gate and one
+learned limit.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextvars
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from ._config import RateLimits, RetryPolicy
-from ._coordinator import AmbiguousCreateError, Coordinator, LocalCoordinator
+from ._coordinator import AmbiguousCreateError, Coordinator, LocalCoordinator, Reservation
 from ._errors import RuxaError
-from ._fleetpace import FleetPacer
-from ._models import TaskInfo
-from ._ratestate import Kind
+from ._models import TaskInfo, TaskState
+from ._ratestate import Kind, RateState
 from ._retry import is_ambiguous_create
 from .catalog import estimate_cost
 
@@ -28,6 +31,7 @@ __all__ = ["Fleet", "coordinator_from_url"]
 log = logging.getLogger("ruxa_async")
 
 _CLAIM_POLL = 1.0  # seconds between re-reading a claim another live process holds
+_RESERVATIONS_KEPT = 100_000  # reservations of tasks whose outcome is not known yet
 
 
 class _Sending:
@@ -51,13 +55,17 @@ class Fleet:
     ) -> None:
         self.explicit = coordinator is not None
         self.coordinator: Coordinator = coordinator or LocalCoordinator()
-        state = self.coordinator.rate_state
-        self.pacer = FleetPacer(state, limits) if state is not None else None
-        self.shares_rate = self.pacer is not None
+        self.rate_state: RateState | None = self.coordinator.rate_state
+        self.shares_rate = self.rate_state is not None
         self._limits = limits
         self._retry = retry
         self._creating: dict[str, asyncio.Task[str]] = {}
         self._forwarding: set[asyncio.Task[None]] = set()
+        # credits reserved for created tasks, settled on their outcome (a failure refunds)
+        self._reserved: collections.OrderedDict[str, Reservation] = collections.OrderedDict()
+        self._failed_early: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self._budget = False  # a reservation was made: outcomes matter
+        self._refunds: set[asyncio.Task[None]] = set()
         self._remove_handler: Callable[[], None] | None = None
         self._started = False
 
@@ -79,21 +87,11 @@ class Fleet:
             self._remove_handler = None
         for task in list(self._forwarding):
             task.cancel()
-        if self._forwarding:
-            await asyncio.gather(*self._forwarding, return_exceptions=True)
+        if self._forwarding or self._refunds:  # refunds finish (each bounded by a timeout)
+            await asyncio.gather(*self._forwarding, *self._refunds, return_exceptions=True)
         await self.coordinator.aclose()
 
     # ------------------------------------------------------------------ rate
-
-    async def admit(self, kind: Kind) -> int:
-        """A shared permit before the local one (only when the coordinator shares rates)."""
-        assert self.pacer is not None
-        return await self.pacer.admit(kind)
-
-    def succeeded(self, kind: Kind) -> None:
-        """A request of ``kind`` got a reply other than 429."""
-        assert self.pacer is not None
-        self.pacer.succeeded(kind)
 
     async def sending(self, kind: Kind) -> None:
         """Just before a request goes out: an idempotent create becomes 'sending'."""
@@ -104,27 +102,59 @@ class Fleet:
             current.sent = True
             await self.coordinator.mark_sending(current.key)
 
-    async def rate_limited(self, kind: Kind, epoch: int, retry_after: float | None) -> None:
-        """Report a 429 to the fleet (its gate pauses every process)."""
-        assert self.pacer is not None
-        await self.pacer.on_rate_limited(kind, epoch, retry_after)
-
     # --------------------------------------------------------------- creates
 
     async def create(
         self, model: str, input: Mapping[str, Any], send: Callable[[], Awaitable[str]]
     ) -> str:
-        """Reserve the task's estimated credits, create it, refund when nothing was created."""
+        """Reserve the task's estimated credits, create it, refund when nothing was created.
+
+        The reservation of a created task is settled on its outcome
+        (:meth:`outcome`): a task that fails gives its credits back.
+        """
         if not self.explicit:
             return await send()
         amount = estimate_cost(model, input) or 0.0
+        if self._refunds:  # this process's settled failures count before its next reservation
+            await asyncio.wait(set(self._refunds))
         reservation = await self.coordinator.reserve_credits(amount) if amount > 0 else None
+        self._budget = self._budget or reservation is not None
         try:
-            return await send()
+            task_id = await send()
         except RuxaError as exc:
             if reservation is not None and not is_ambiguous_create(exc):
                 await self.coordinator.refund_credits(reservation)
             raise
+        if reservation is not None:
+            if self._failed_early.pop(task_id, 0) is None:  # its failure beat the create reply
+                await self.coordinator.refund_credits(reservation)
+            else:
+                self._reserved[task_id] = reservation
+                while len(self._reserved) > _RESERVATIONS_KEPT:
+                    self._reserved.popitem(last=False)  # never settled: stays spent
+        return task_id
+
+    def outcome(self, info: TaskInfo) -> None:
+        """A task snapshot (a query's reply or a callback): settle the task's reservation.
+
+        A failed task's reserved credits are refunded (a failed generation is
+        not charged); a succeeded task's stay spent.
+        """
+        if not (self._budget and info.is_terminal):
+            return
+        reservation = self._reserved.pop(info.task_id, None)
+        if info.state is not TaskState.FAIL:
+            return
+        if reservation is None:
+            self._failed_early[info.task_id] = None
+            while len(self._failed_early) > 1024:
+                self._failed_early.popitem(last=False)
+            return
+        task = asyncio.get_running_loop().create_task(
+            self.coordinator.refund_credits(reservation), name="ruxa_async credit refund"
+        )
+        self._refunds.add(task)
+        task.add_done_callback(self._refunds.discard)
 
     async def create_once(self, key: str, create: Callable[[], Awaitable[str]]) -> str:
         """The task id for idempotency ``key``: created here once, or another's, attached."""
@@ -173,7 +203,7 @@ class Fleet:
         try:
             task_id = await create()
         except RuxaError as exc:
-            sent = sending.sent or not self.shares_rate  # only a shared pacer marks sends
+            sent = sending.sent or not self.shares_rate  # sending() runs with a shared rate only
             await self.coordinator.release(key, ambiguous=sent and is_ambiguous_create(exc))
             raise
         except BaseException:

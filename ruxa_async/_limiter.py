@@ -37,7 +37,7 @@ import attrs
 from ._config import RateLimits
 from ._pace import Pace
 from ._ratehints import RateHint
-from ._ratestate import GateScope, Kind, LimitSource, LocalRateState, RateState
+from ._ratestate import GateScope, Kind, LearnedLimit, LimitSource, LocalRateState, RateState
 
 __all__ = ["ClassStatistics", "Kind", "Permit", "RateController", "RateStatistics"]
 
@@ -147,6 +147,7 @@ class _Lane:
         "not_before",
         "pace",
         "permits",
+        "shared",
     )
 
     def __init__(self, kind: Kind, pace: Pace, now: float) -> None:
@@ -160,6 +161,7 @@ class _Lane:
         self.max_reset = 0.0
         self.permits = 0
         self.lock = asyncio.Lock()
+        self.shared: LearnedLimit | None = None  # last read from (or written to) a given state
 
 
 class _PermitContext(AbstractAsyncContextManager[Permit]):
@@ -207,6 +209,7 @@ class RateController:
         self._sleep = sleep
         self._rng = rng
         self._state: RateState = state if state is not None else LocalRateState(clock)
+        self._shared = state is not None  # a given state may be shared: adopt what others learn
         now = clock()
         unit = limits.recovery_seconds / 4.0
         configured = {
@@ -255,7 +258,8 @@ class RateController:
         now = self._clock()
         lane, gate = self._lanes[permit.kind], self._gates[permit.kind]
         self._advance(lane, now)
-        lane.pace.on_accepted(permit.granted_at, now)
+        for _ in range(self._weight(permit.kind)):
+            lane.pace.on_accepted(permit.granted_at, now)
         if gate.streak and permit.granted_at >= gate.deadline:
             gate.streak = 0
         if hint is not None:
@@ -304,7 +308,7 @@ class RateController:
             return
         if hint is not None:
             await self._apply_hint(lane, hint, now)
-        await self._state.write(kind, pace.learned(lane.episode))
+        await self._publish(lane)
         _log.debug(
             "429 on %s: pace %.3g -> %.3g req/s (limit ~%s, burst ~%s, from %s), "
             "%s gate closed for %.3f s (%s)",
@@ -369,6 +373,10 @@ class RateController:
                     wait = max(self._gate_wait(gate, now), lane.not_before - now)
                     if wait <= 0:
                         wait = await state.gate_remaining(gate.name)
+                        if wait > 0:  # another sharer of the state closed it: mirror it here
+                            self._close(gate, now, now + wait)
+                        elif self._shared:
+                            await self._adopt(lane)
                     if wait > 0:
                         await self._sleep(wait)
                         continue
@@ -399,7 +407,8 @@ class RateController:
         if now < gate.deadline:
             self._sent_while_gated += 1
         lane.permits += 1
-        lane.pace.on_sent(now)
+        for _ in range(self._weight(lane.kind)):
+            lane.pace.on_sent(now)
         return Permit(lane.kind, now, lane.pace.rate, lane.episode)
 
     async def _take_slot(self) -> None:
@@ -469,6 +478,32 @@ class RateController:
                 )
         lane.advanced_at = max(lane.advanced_at, now)
 
+    # ---------------------------------------------------------- shared state
+
+    async def _publish(self, lane: _Lane) -> None:
+        learned = lane.shared = lane.pace.learned(lane.episode)
+        await self._state.write(lane.kind, learned)
+
+    async def _adopt(self, lane: _Lane) -> None:
+        """Take over a pace another controller sharing the state wrote (its 429 episode)."""
+        learned = await self._state.read(lane.kind)
+        if learned is None or learned == lane.shared or learned.episode < lane.episode:
+            return
+        new_episode = lane.shared is None or learned.episode > lane.shared.episode
+        lane.shared = learned
+        lane.episode = learned.episode
+        lane.pace.adopt(learned, new_episode=new_episode)
+
+    def _weight(self, kind: Kind) -> int:
+        """Sends of every sharer per send of this controller (1 unless the state says more).
+
+        A fleet's pace is measured against the fleet's sends: a state shared by
+        several processes reports how many sends the whole fleet made per send
+        of this one (``share(kind)``), so the ramp and the estimates scale.
+        """
+        share = getattr(self._state, "share", None)
+        return 1 if share is None else max(1, round(share(kind)))
+
     async def _apply_hint(self, lane: _Lane, hint: RateHint, now: float) -> None:
         """Use what a reply's rate-limit headers said about the class's quota."""
         pace = lane.pace
@@ -482,7 +517,7 @@ class RateController:
             rate = hint.limit / max(1.0, lane.max_reset)
         burst = lane.max_remaining + 1.0 if lane.max_remaining > 0 else None
         if pace.on_hint(rate, burst):
-            await self._state.write(lane.kind, pace.learned(lane.episode))
+            await self._publish(lane)
             _log.debug(
                 "%s quota from %s headers: %.3g req/s, burst ~%s; pacing at %.3g req/s",
                 lane.kind,

@@ -334,6 +334,19 @@ class Pace:
             self.phase = "hinted" if learned.source == "headers" else "hold"
             self.t = 0.0
 
+    def adopt(self, learned: LearnedLimit, *, new_episode: bool) -> None:
+        """Take over a limit another controller sharing the state wrote, as the writer did.
+
+        The result of a 429 episode (``new_episode``) settles this pace exactly
+        as the writer's settled: a hold, as long as the writer's, before any
+        probe, so the sharers do not probe one after the other.
+        """
+        if new_episode and self.adaptive and learned.source == "429s" and learned.estimate:
+            previous = self.estimate
+            changed = previous is None or abs(learned.estimate - previous) > _CHANGED * previous
+            self._settle_at(learned.estimate, "429s", changed=changed)
+        self.restore(learned)
+
     def learned(self, episode: int) -> LearnedLimit:
         """What this pace knows, to write to a :class:`RateState`."""
         return LearnedLimit(

@@ -102,7 +102,9 @@ class Requester:
     async def check(self, task_id: str, tally: Tally | None = None) -> TaskInfo:
         """Fetch one task's state once (no retries: the caller decides)."""
         data = await self.send("query", "GET", _wire.query_path(task_id), None, tally)
-        return _wire.parse_task(data, task_id=task_id)
+        info = _wire.parse_task(data, task_id=task_id)
+        self._fleet.outcome(info)  # settles the task's credit reservation
+        return info
 
     async def _attempt(
         self,
@@ -123,7 +125,6 @@ class Requester:
         send nothing); ``tally`` counts the attempt for its owner (a batch).
         """
         fleet = self._fleet if self._fleet.shares_rate else None
-        epoch = await fleet.admit(kind) if fleet is not None else 0
         async with self._limiter.permit(kind) as permit:
             if not (probe or self._outage.is_open()):
                 return _GATED
@@ -150,13 +151,9 @@ class Requester:
             await self._limiter.on_rate_limited(permit, exc.retry_after, hint)
             if tally is not None:
                 tally.rate_limited += 1
-            if fleet is not None:
-                await fleet.rate_limited(kind, epoch, exc.retry_after)
             raise
         except APIStatusError as exc:
             await self._limiter.on_success(permit, hint)
-            if fleet is not None:
-                fleet.succeeded(kind)
             if self._on_request is not None:
                 self._observe(kind, path, permit, exc.code or exc.http_status)
             raise
@@ -165,8 +162,6 @@ class Requester:
                 self._observe(kind, path, permit, reply.status)
             raise
         await self._limiter.on_success(permit, hint)
-        if fleet is not None:
-            fleet.succeeded(kind)
         if self._on_request is not None:
             self._observe(kind, path, permit, 200)
         return data

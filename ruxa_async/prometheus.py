@@ -155,6 +155,16 @@ class PrometheusExporter(Collector):
         yield counter("fleet_attached", "Submits attached to a task by key", fleet.attached)
         yield counter("fleet_credits_reserved", "Credits reserved", fleet.credits_reserved)
         yield counter(
+            "fleet_credits_refunded",
+            "Credits given back (creates that failed, tasks that failed)",
+            fleet.credits_refunded,
+        )
+        yield counter(
+            "fleet_rate_limited",
+            "429s this process reported to the fleet",
+            fleet.fleet_rate_limited,
+        )
+        yield counter(
             "fleet_callbacks_received",
             "Callbacks received from the fleet",
             fleet.callbacks_received,

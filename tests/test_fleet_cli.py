@@ -12,7 +12,7 @@ from tests.services import free_port
 
 
 def test_run_with_redis_counts_its_requests_in_the_fleet(tmp_path: Path, redis_url: str) -> None:
-    """`run --simulate --redis URL` succeeds; its accepted creates land in the shared counters."""
+    """`run --simulate --redis URL` succeeds; its creates draw on the fleet's shared bucket."""
     jobs = write_jobs(tmp_path / "jobs.jsonl", [nb_job(f"j{i}", f"fox {i}") for i in range(5)])
     out = tmp_path / "out"
     done = run_cli(
@@ -21,10 +21,10 @@ def test_run_with_redis_counts_its_requests_in_the_fleet(tmp_path: Path, redis_u
     assert done.returncode == 0, done.stderr[-2000:]
     conn = redis_sync.Redis.from_url(redis_url)
     try:
-        counted = sum(int(conn.get(k) or 0) for k in conn.scan_iter("ruxa:rate:ok:create:*"))
+        granted = int(conn.hget("ruxa:rate:bucket:create", "granted") or 0)
     finally:
         conn.close()
-    assert counted == 5
+    assert granted >= 5  # tokens leased from the shared bucket (a lease may hold spare ones)
     lines = (out / "results.jsonl").read_text(encoding="utf-8").splitlines()
     assert {json.loads(line)["status"] for line in lines} == {"succeeded"}
 

@@ -35,4 +35,6 @@ async def test_metrics_count_the_clients_requests(fake: FakeRuxa, redis_url: str
     assert "ruxa_pending_tasks 0.0" in text
     assert "ruxa_fleet_members 1.0" in text
     assert "ruxa_fleet_degraded 0.0" in text
+    assert "ruxa_fleet_rate_limited_total 0.0" in text
+    assert "ruxa_fleet_credits_refunded_total 0.0" in text
     assert list(registry.collect()) == []  # unregistered on exit

@@ -17,6 +17,7 @@ from ruxa_async import (
     RateLimits,
     RetryPolicy,
     RuxaClient,
+    TaskFailedError,
     TaskInfo,
     TaskState,
 )
@@ -147,6 +148,25 @@ async def test_callback_received_by_another_process_resolves_the_task(redis_url:
         assert worker.statistics().coordinator.callbacks_received >= 1  # type: ignore[union-attr]
 
 
+async def test_a_burst_of_callbacks_reaches_the_awaiting_process(redis_url: str) -> None:
+    """Fifty callbacks fed at once to one client all resolve the handles another awaits."""
+    slow = ModelBehavior(median_seconds=600.0, sigma=0.0)
+    quiet = PollPolicy(first_check=300.0, callback_grace=300.0)
+    sim = FakeRuxa(SimConfig(seed=5, default_behavior=slow))
+    async with sim as fake, fleet(fake, redis_url, 2, poll=quiet) as (worker, web):
+        handles = [
+            await worker.submit(NB, {"prompt": f"x{i}"}, callback_url="http://web/cb")
+            for i in range(50)
+        ]
+        for handle in handles:
+            info = TaskInfo(task_id=handle.task_id, state=TaskState.SUCCESS, result_urls=("u",))
+            assert web.feed_callback(info) is False
+        done = await asyncio.gather(*(handle.wait(10) for handle in handles))
+        assert all(info.result_urls == ("u",) for info in done)
+        assert fake.stats().queries == 0
+        assert worker.statistics().coordinator.callbacks_received == 50  # type: ignore[union-attr]
+
+
 async def test_credit_budget_is_shared_by_the_fleet(redis_url: str) -> None:
     """max_credits caps the fleet's spend: two clients together stop at the budget."""
     sim = FakeRuxa(SimConfig(seed=5))
@@ -168,6 +188,36 @@ async def test_credit_budget_is_shared_by_the_fleet(redis_url: str) -> None:
         report = await a.run_batch(jobs(3, "late"))
         assert report.stop_reason is not None
         assert fake.stats().tasks_created == spent
+
+
+async def test_a_failed_task_gives_its_reserved_credits_back(redis_url: str) -> None:
+    """Credits reserved at create are refunded when the task fails; a success stays spent."""
+    pro = "google/nano-banana-pro"
+    models = {
+        NB: ModelBehavior(median_seconds=0.02, sigma=0.0, fail_rate=1.0),
+        pro: ModelBehavior(median_seconds=0.02, sigma=0.0),
+    }
+    from ruxa_async.catalog import estimate_cost
+
+    cheap, dear = estimate_cost(NB), estimate_cost(pro)
+    assert cheap is not None
+    assert dear is not None
+    budget = 2 * dear + cheap / 2  # two dear tasks fit, a third does not
+    sim = FakeRuxa(SimConfig(seed=5, models=models))
+    async with sim as fake, fleet(fake, redis_url, 2, max_credits=budget) as (a, b):
+        failures = int(budget // cheap) + 3  # more than the budget holds, were nothing refunded
+        for i in range(failures):
+            with pytest.raises(TaskFailedError):
+                await (a, b)[i % 2].generate(NB, {"prompt": f"p{i}"})
+        assert fake.stats().tasks_created == failures
+        for i in range(2):
+            assert (await (a, b)[i].generate(pro, {"prompt": f"dear {i}"})).succeeded
+        with pytest.raises(CreditBudgetExceededError):
+            await a.generate(pro, {"prompt": "one too many"})
+        assert fake.stats().tasks_created == failures + 2
+        stats = [c.statistics().coordinator for c in (a, b)]
+        assert sum(s.credits_reserved for s in stats if s) == failures * cheap + 2 * dear
+        assert sum(s.credits_refunded for s in stats if s) >= (failures - 2) * cheap
 
 
 async def test_redis_outage_degrades_to_local_limits(

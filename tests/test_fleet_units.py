@@ -1,18 +1,21 @@
-"""The fleet's lease, bucket, gate and pacing rules on an injected clock."""
+"""The fleet's lease, bucket and gate rules; rate controllers sharing one state, in fake time."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
+from collections.abc import Callable
 
 import pytest
 import redis as redis_sync
 
 from ruxa_async import RateLimits
-from ruxa_async._fleetpace import FleetPacer
-from ruxa_async._ratestate import LearnedLimit, LocalRateState
+from ruxa_async._limiter import RateController
+from ruxa_async._ratestate import Kind, LocalRateState
 from ruxa_async.redis import _scripts
 from ruxa_async.redis._ratestate import RedisRateState
 from ruxa_async.redis._store import Store
+from tests.virtual_time import T0, VirtualTimeLoop
 
 
 class Clock:
@@ -40,8 +43,8 @@ def conn(redis_url: str) -> redis_sync.Redis:
 
 def take(conn: redis_sync.Redis, wanted: int, least: int, rate: float, burst: float, now: float):
     script = conn.register_script(_scripts.TAKE)
-    granted, wait = script(keys=["b", "g1", "g2"], args=[wanted, least, rate, burst, now])
-    return int(granted), float(wait)
+    reply = script(keys=["b", "g1", "g2"], args=[wanted, least, rate, burst, now])
+    return int(reply[0]), float(reply[1])
 
 
 def test_bucket_grants_its_burst_then_refills_at_the_rate(conn: redis_sync.Redis) -> None:
@@ -51,6 +54,23 @@ def test_bucket_grants_its_burst_then_refills_at_the_rate(conn: redis_sync.Redis
     assert granted == 0
     assert wait == pytest.approx(0.1)
     assert take(conn, 8, 1, 10.0, 5, now=100.35) == (3, 0.0)  # 3.5 tokens: a block of 3
+
+
+def test_a_lease_may_borrow_what_the_lookahead_refills(conn: redis_sync.Redis) -> None:
+    """Looking 0.5 s ahead at 10/s: 5 more tokens; a borrowed block's first one comes later."""
+    script = conn.register_script(_scripts.TAKE)
+
+    def lease(now: float) -> tuple[int, float]:
+        reply = script(keys=["bl", "g1", "g2"], args=[8, 1, 10.0, 5, now, "0.5"])
+        return int(reply[0]), float(reply[1])
+
+    assert lease(100.0) == (8, 0.0)  # 5 saved + 3 of the next 0.5 s
+    granted, start = lease(100.0)
+    assert granted == 2  # the rest of the lookahead
+    assert start == pytest.approx(0.4)  # after the 3 borrowed before it, at 10/s
+    granted, wait = lease(100.0)
+    assert granted == 0
+    assert wait == pytest.approx(0.1)
 
 
 def test_bucket_never_grants_fewer_than_asked_for(conn: redis_sync.Redis) -> None:
@@ -84,6 +104,8 @@ def test_episode_is_a_compare_and_increment(conn: redis_sync.Redis) -> None:
     assert episode(keys=["e"], args=[0]) == 1
     assert episode(keys=["e"], args=[0]) == 0
     assert episode(keys=["e"], args=[1]) == 1
+    assert episode(keys=["gone"], args=[7]) == 1  # expired while idle: starts from the caller's
+    assert episode(keys=["gone"], args=[7]) == 0
 
 
 def test_credit_reservations_stop_at_the_budget_per_window(conn: redis_sync.Redis) -> None:
@@ -116,6 +138,43 @@ async def test_lease_serves_permits_from_memory_until_it_expires(redis_url: str)
         await store.aclose()
 
 
+async def test_a_borrowed_block_is_spent_from_memory_when_due(redis_url: str) -> None:
+    """A process leasing from a bucket another just emptied gets a later block, not nothing."""
+    clock = Clock()
+    namespace = f"u{uuid.uuid4().hex[:6]}"
+    stores = [Store(redis_url, namespace=namespace, timeout=1.0) for _ in range(2)]
+    a, b = (RedisRateState(s, channel="c", lease_seconds=0.5, clock=clock) for s in stores)
+    try:
+        assert await a.take("create", 1, 10.0, 2.0) == 0.0  # a block of 5: 2 saved, 3 borrowed
+        wait = await b.take("create", 1, 10.0, 2.0)
+        assert wait > 0  # b's block starts after a's
+        assert b.leases == 1
+        clock.now += wait
+        assert await b.take("create", 1, 10.0, 2.0) == 0.0
+        assert b.leases == 1  # served from the borrowed block, no second round trip
+        assert b.leased_tokens >= 1
+    finally:
+        for store in stores:
+            await store.aclose()
+
+
+async def test_without_redis_a_member_paces_its_share_and_counts_the_fleet() -> None:
+    """Degraded: the rate is split among the members, and share() says the fleet is that many."""
+    from tests.services import free_port
+
+    clock = Clock()
+    store = Store(f"redis://127.0.0.1:{free_port()}/0", namespace="gone", timeout=1.0)
+    state = RedisRateState(store, channel="c", clock=clock)
+    state.members = 4
+    try:
+        assert await state.take("create", 1, 40.0, 4.0) == 0.0  # refused: degraded, local
+        assert store.degraded
+        assert state.share("create") == 4.0
+        assert await state.take("create", 1, 40.0, 4.0) == pytest.approx(0.1)  # 10/s here
+    finally:
+        await store.aclose()
+
+
 async def test_a_gate_message_drops_the_lease(redis_url: str) -> None:
     """Another process's 429 closes the local gate copy and drops leased tokens."""
     clock = Clock()
@@ -131,79 +190,143 @@ async def test_a_gate_message_drops_the_lease(redis_url: str) -> None:
         await store.aclose()
 
 
-async def test_slow_start_doubles_only_while_requests_wait() -> None:
-    """With nothing known, the pace starts low and doubles per `doubling` seconds of demand."""
+async def test_share_is_the_fleets_tokens_per_token_of_this_process(redis_url: str) -> None:
+    """Two processes leasing alike each learn that the fleet takes two tokens per one of theirs."""
     clock = Clock()
-    pacer = FleetPacer(LocalRateState(clock), RateLimits(), clock=clock, sleep=clock.sleep)
-    assert pacer.pace("create", None, clock.now) == pytest.approx(10.0)
-    clock.now += 10.0  # idle time does not ramp
-    assert pacer.pace("create", None, clock.now) == pytest.approx(10.0)
-    start = clock.now
-    while clock.now - start < 1.0:
-        await pacer.admit("create")
-    assert pacer.rates["create"] is not None
-    assert pacer.rates["create"] > 20.0
-    pacer._ramped["create"] = 10.0
-    assert pacer.pace("create", None, clock.now) is None  # past `unlimited`: no bucket
+    namespace = f"u{uuid.uuid4().hex[:6]}"
+    stores = [Store(redis_url, namespace=namespace, timeout=1.0) for _ in range(2)]
+    a, b = (RedisRateState(s, channel="c", lease_ttl=0.5, clock=clock) for s in stores)
+    try:
+        assert a.share("create") == 1.0
+        for _ in range(4):
+            for state in (a, b):
+                assert await state.take("create", 1, 1e6, 4.0) == 0.0  # a block of 4
+            clock.now += 1.0  # the leases expire: every take is a new lease
+        assert a.share("create") == pytest.approx(2.0)
+        assert b.share("create") == pytest.approx(2.0)
+        assert a.share("query") == 1.0
+    finally:
+        for store in stores:
+            await store.aclose()
 
 
-async def test_a_429_backs_off_once_per_episode() -> None:
-    """The first 429 of an episode lowers the rate once; later 429s of it only pause."""
-    clock = Clock()
-    state = LocalRateState(clock)
-    measured = {"create": 100.0}
-
-    async def admitted_rate(kind: str) -> float | None:
-        return measured[kind]
-
-    state.admitted_rate = admitted_rate  # type: ignore[attr-defined]
-    pacer = FleetPacer(state, RateLimits(gate_scope="client"), clock=clock, sleep=clock.sleep)
-    await state.write("create", LearnedLimit(rate=160.0, source="slow start"))
-    await pacer.on_rate_limited("create", 0, retry_after=1.0)
-    learned = await state.read("create")
-    assert learned is not None
-    assert learned.rate == pytest.approx(147.2)  # 0.92 x 160, above 0.9 x 100 accepted
-    assert learned.estimate == pytest.approx(160.0)  # the upper bound the probes aim under
-    assert learned.episode == 1
-    assert await state.gate_remaining("client") == pytest.approx(1.0)
-    await pacer.on_rate_limited("create", 0, retry_after=2.0)  # same episode
-    assert (await state.read("create")) == learned
-    assert pacer.decreases == 1
-    assert await state.gate_remaining("client") == pytest.approx(2.0)
+# ------------------------------------------- rate controllers sharing one state
 
 
-async def test_admit_waits_for_the_gate_then_for_a_token() -> None:
-    """admit() sleeps out a closed gate, then paces at the learned rate."""
-    clock = Clock()
-    state = LocalRateState(clock)
-    await state.write("create", LearnedLimit(rate=10.0, burst=1.0, source="429s", episode=3))
-    limits = RateLimits(create_burst=1, gate_scope="client")
-    pacer = FleetPacer(state, limits, clock=clock, sleep=clock.sleep)
-    await state.close_gate("client", 2.0)
-    assert await pacer.admit("create") == 3
-    assert clock.slept[0] == pytest.approx(2.0)
-    start = clock.now
-    for _ in range(5):
-        await pacer.admit("create")
-    assert clock.now - start == pytest.approx(0.5, abs=0.11)
+class FleetState(LocalRateState):
+    """One in-process state shared by several controllers, reporting ``share`` like Redis's."""
+
+    def __init__(self, clock: Callable[[], float], sharers: int | None) -> None:
+        super().__init__(clock)
+        self.sharers = sharers
+
+    def __getattr__(self, name: str) -> object:
+        if name == "share" and self.sharers is not None:
+            return lambda kind: float(self.sharers)
+        raise AttributeError(name)
 
 
-async def test_configured_rate_is_a_ceiling() -> None:
-    """A configured create_per_second caps the learned and the slow-start pace."""
-    clock = Clock()
-    limits = RateLimits(create_per_second=5.0)
-    pacer = FleetPacer(LocalRateState(clock), limits, clock=clock, sleep=clock.sleep)
-    assert pacer.pace("create", None, clock.now) == 5.0
-    assert pacer.pace("create", LearnedLimit(rate=50.0), clock.now) == 5.0
+def in_virtual_time(scenario: Callable[[VirtualTimeLoop], object]) -> None:
+    loop = VirtualTimeLoop()
+    try:
+        loop.run_until_complete(scenario(loop))  # type: ignore[arg-type]
+    finally:
+        loop.close()
 
 
-async def test_the_end_of_slow_start_halves_the_rate() -> None:
-    """A 429 during slow start: half the ramp's rate, or the accepted rate if that is higher."""
-    clock = Clock()
-    state = LocalRateState(clock)
-    pacer = FleetPacer(state, RateLimits(), clock=clock, sleep=clock.sleep)
-    pacer._ramped["create"] = 1.0  # a second of demand: the ramp is at 40/s
-    await pacer.on_rate_limited("create", 0, retry_after=None)
-    learned = await state.read("create")
-    assert learned is not None
-    assert learned.rate == pytest.approx(20.0)
+def controllers(loop: VirtualTimeLoop, count: int, state: LocalRateState) -> list[RateController]:
+    async def sleep(delay: float) -> None:
+        await asyncio.sleep(delay)
+
+    return [
+        RateController(RateLimits(), clock=loop.time, sleep=sleep, rng=lambda: 0.0, state=state)
+        for _ in range(count)
+    ]
+
+
+async def send(ctl: RateController, kind: Kind, until: float, loop: VirtualTimeLoop) -> int:
+    sent = 0
+    while loop.time() < until:
+        async with ctl.permit(kind) as permit:
+            sent += 1
+        await ctl.on_success(permit)
+    return sent
+
+
+def test_a_429_in_one_controller_sets_the_pace_of_all() -> None:
+    """One 429 episode for the fleet: the others pause at the shared gate and adopt its pace."""
+
+    async def scenario(loop: VirtualTimeLoop) -> None:
+        state = FleetState(loop.time, None)
+        a, b, c = controllers(loop, 3, state)
+        await asyncio.gather(*(send(x, "create", T0 + 2.0, loop) for x in (a, b, c)))
+        async with a.permit("create") as refused:
+            pass
+        async with b.permit("create") as refused_too:
+            pass
+        await a.on_rate_limited(refused, retry_after=1.0)
+        await b.on_rate_limited(refused_too, retry_after=1.0)  # the same episode
+        learned = await state.read("create")
+        assert learned is not None
+        assert learned.episode == 1
+        start = loop.time()
+        async with c.permit("create") as permit:
+            assert loop.time() >= start + 1.0  # waited at the gate a closed
+        assert permit.episode == 1
+        assert c.statistics().paused_seconds >= 1.0
+        async with b.permit("create"):
+            pass  # b's next permit adopts the pace of the episode a began
+        for ctl in (a, b, c):
+            stats = ctl.statistics().classes["create"]
+            assert stats.source == "429s"
+            assert stats.rate == pytest.approx(learned.rate)
+        assert a.statistics().episodes + b.statistics().episodes == 1
+
+    in_virtual_time(scenario)
+
+
+def test_sharers_hold_after_an_episode_like_its_writer() -> None:
+    """A sharer that was probing when another's 429 began an episode holds, as the writer does."""
+
+    async def scenario(loop: VirtualTimeLoop) -> None:
+        state = FleetState(loop.time, None)
+        a, b = controllers(loop, 2, state)
+        for episode, seconds in enumerate((1.0, 6.0)):  # a ramp; then a hold and a probe
+            until = loop.time() + seconds
+            await asyncio.gather(*(send(x, "create", until, loop) for x in (a, b)))
+            assert b.statistics().classes["create"].phase == ("ramp", "probe")[episode]
+            async with a.permit("create") as refused:
+                pass
+            await a.on_rate_limited(refused, retry_after=1.0)
+            async with b.permit("create"):
+                pass
+            assert b.statistics().classes["create"].phase == "hold"
+            assert b.statistics().classes["create"].rate == a.statistics().classes["create"].rate
+            assert (await state.read("create")).episode == episode + 1  # type: ignore[union-attr]
+
+    in_virtual_time(scenario)
+
+
+@pytest.mark.parametrize("share", [None, 4])
+def test_a_fleets_ramp_counts_every_sharers_sends(share: int | None) -> None:
+    """Four controllers splitting one bucket ramp up only when each counts the fleet's sends."""
+
+    async def scenario(loop: VirtualTimeLoop) -> None:
+        state = FleetState(loop.time, share)
+        fleet = controllers(loop, 4, state)
+        start_rate = fleet[0].statistics().classes["query"].rate
+        sent = 0
+        while loop.time() < T0 + 3.0:  # the fleet's sends split evenly, one bucket
+            for ctl in fleet:
+                async with ctl.permit("query") as permit:
+                    sent += 1
+                await ctl.on_success(permit)
+        rates = {x.statistics().classes["query"].rate for x in fleet}
+        if share is None:  # each sees a quarter of the sends: held at twice that, the start
+            assert sent <= 4 * start_rate
+            assert max(rates) <= 2 * start_rate
+        else:
+            assert sent > 10 * start_rate
+            assert min(rates) > 8 * start_rate
+
+    in_virtual_time(scenario)

@@ -189,6 +189,19 @@ async def test_scoped_tokens_expire_narrow_models_and_carry_a_budget(sim: FakeRu
     assert sim.stats().tasks_created == 2
 
 
+async def test_a_verified_scoped_token_follows_a_policy_reload(sim: FakeRuxa) -> None:
+    """A token already verified (and remembered) is judged by the reloaded policy."""
+    token = mint_token(SECRET, "gina")
+    config = config_for(sim)
+    async with running(config) as gw, user_client(gw, token) as client:
+        await client.create_task(NB, PROMPT)
+        assert gw.reload(attrs.evolve(config, defaults=Policy(models=[SORA])))
+        with pytest.raises(APIStatusError) as denied:
+            await client.create_task(NB, PROMPT)
+        assert denied.value.code == 403
+    assert sim.stats().tasks_created == 1
+
+
 async def test_a_scoped_tokens_owner_is_its_user(sim: FakeRuxa) -> None:
     """Two tokens minted for the same user see each other's tasks; another user's do not."""
     one, two = mint_token(SECRET, "erin"), mint_token(SECRET, "erin")

@@ -117,6 +117,46 @@ async def test_a_slow_client_times_out_while_others_are_served(sim: FakeRuxa) ->
     assert sim.stats().tasks_created == 5
 
 
+async def test_a_client_trickling_its_headers_is_cut_off_while_others_are_served(
+    sim: FakeRuxa,
+) -> None:
+    """Headers sent byte by byte (or never) get 408 after header_timeout; others are served."""
+    async with running(config_for(sim, header_timeout=0.5)) as gw:
+        assert gw.url is not None
+        host, port = gw.url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        silent_reader, silent_writer = await asyncio.open_connection(host, int(port))
+        head = f"GET /api/v1/tasks/query/x HTTP/1.1\r\nHost: {host}\r\nX-Slow: " + "a" * 10_000
+        sent = 0
+
+        async def trickle() -> None:
+            nonlocal sent
+            for byte in head.encode():
+                if writer.is_closing() or reader.at_eof():
+                    return
+                writer.write(bytes([byte]))
+                sent += 1
+                await asyncio.sleep(0.02)  # the slow client's own pace
+
+        trickling = asyncio.create_task(trickle())
+        async with user_client(gw, TOKENS["bob"]) as bob:
+            for _ in range(3):
+                await bob.create_task(NB, PROMPT)
+        reply = await reader.read()  # until the gateway closes the connection
+        silent = await silent_reader.read()
+        trickling.cancel()
+        await asyncio.gather(trickling, return_exceptions=True)
+        writer.close()
+        silent_writer.close()
+        stats = gw.statistics()
+    assert reply.startswith(b"HTTP/1.1 408")
+    assert b'"code":408' in reply
+    assert silent.startswith(b"HTTP/1.1 408")
+    assert 0 < sent < len(head)
+    assert stats.denials["header_timeout"] == 2
+    assert sim.stats().tasks_created == 3
+
+
 def forms(secret: str) -> list[str]:
     """The secret raw, URL-encoded, base64 and hex, as a leak would show it."""
     raw_bytes = secret.encode()

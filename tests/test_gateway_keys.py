@@ -157,3 +157,30 @@ async def test_the_config_file_is_reloaded_when_it_changes(
         await eventually(rejected)
         assert "bob" in gw.config.users  # a broken file keeps the old config
     assert [s.stats().tasks_created for s in sims] == [1, 1]
+
+
+@pytest.mark.parametrize(
+    ("keys", "phase", "rate"),
+    [
+        ({}, "fixed", None),  # relay: no pacing of its own, a 429 cools the key
+        ({"upstream_create_per_second": 5}, "fixed", 5.0),
+        ({"upstream_discover_rate": True}, "ramp", None),
+    ],
+)
+async def test_upstream_pacing_follows_the_config(
+    sims: list[FakeRuxa], tmp_path: Path, keys: dict[str, object], phase: str, rate: float | None
+) -> None:
+    """The TOML's upstream pacing keys reach each key's client: none, fixed, or discovered."""
+    lines = [f"{k} = {json.dumps(v)}" for k, v in keys.items()]
+    lines += ["[upstream]", "[[upstream.keys]]", 'name = "k"']
+    lines += [f'key = "{sims[0].api_key}"', f'base_url = "{sims[0].url}"']
+    text = "\n".join(lines)
+    path = tmp_path / "gateway.toml"
+    path.write_text(text + "\n", encoding="utf-8")
+    config = load_config(path)
+    async with running(config) as gw:
+        slot = gw.pool.get("k")
+        assert slot is not None
+        stats = (await slot.ready()).statistics().rate
+    assert stats.classes["create"].phase == phase
+    assert stats.create_rate == rate

@@ -24,8 +24,9 @@ from ruxa_async.gateway import (
     StateSettings,
     parse_config,
 )
+from ruxa_async.gateway._gateway import store_for
 from ruxa_async.gateway._policy import Denial, window_bounds
-from ruxa_async.gateway._store import Reservation, Scope, store_for
+from ruxa_async.gateway._store import Reservation, Scope
 from ruxa_async.testing import CallbackDelivery, FakeRuxa, Faults, ModelBehavior, SimConfig
 from tests.helpers_gateway import (
     NB,

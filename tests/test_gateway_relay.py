@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -202,3 +204,28 @@ async def test_the_callback_inbox_refuses_wrong_addresses_and_forged_signatures(
             assert wrong[0] == 401
             assert unsigned[0] == 401
             assert gw.store.in_flight("alice") == 1  # nothing was settled by the forgery
+
+
+async def test_a_callback_host_resolving_to_a_private_address_is_refused_at_relay() -> None:
+    """A name that passes the written-host check but resolves to loopback gets no delivery."""
+    host = socket.gethostname()  # /etc/hosts maps it to 127.0.0.1 (or a private address)
+    resolved = {info[4][0] for info in socket.getaddrinfo(host, 80, type=socket.SOCK_STREAM)}
+    assert not any(ipaddress.ip_address(a).is_global for a in resolved), resolved
+    async with FakeRuxa(SimConfig(seed=8)) as sim, inbox() as box:
+        config = config_for(sim, callbacks=CallbackSettings(allow_private=False))
+        async with running(config) as gw:
+            port = box.url.rsplit(":", 1)[1]
+            status, envelope = await create(
+                gw.url or "", TOKENS["alice"], f"http://{host}:{port}/hook"
+            )
+            assert status == 200
+            task_id = envelope["data"]["taskId"]  # type: ignore[index]
+            async with user_client(gw, TOKENS["alice"]) as alice:
+                assert (await alice.wait(task_id, timeout=20)).succeeded
+            await gw.relay.drain()
+            records = await gw.store.audit_records()
+        refused = [r for r in records if r["event"] == "relay_refused"]
+    assert box.attempts == 0
+    assert gw.relay.refused == 1
+    assert gw.relay.delivered == 0
+    assert [(r["task_id"], r["reason"]) for r in refused] == [(task_id, "private_address")]

@@ -13,6 +13,7 @@ from aiohttp import web
 from ruxa_async import InsufficientCreditsError, NotFoundError, RuxaClient
 from ruxa_async.gateway import AlertSettings, Gateway, Policy
 from ruxa_async.gateway._alerts import SpendWatch
+from ruxa_async.gateway._store import SQLiteStore, TaskRecord
 from ruxa_async.testing import FakeRuxa, ModelBehavior, SimConfig
 from tests.conftest import FAST_POLL
 from tests.helpers_gateway import NB, PROMPT, TOKENS, config_for, raw, running, user_client
@@ -40,6 +41,39 @@ async def test_ownership_and_spend_survive_a_restart(tmp_path: Path) -> None:
                     await bob.get_task(first)
     with sqlite3.connect(tmp_path / "state.sqlite3") as db, pytest.raises(sqlite3.DatabaseError):
         db.execute("DELETE FROM audit")
+
+
+class CountingStore(SQLiteStore):
+    """The default store, counting how often the gateway asks it who owns a task."""
+
+    lookups = 0
+
+    async def lookup(self, task_id: str) -> TaskRecord | None:
+        self.lookups += 1
+        return await super().lookup(task_id)
+
+
+async def test_ownership_is_read_from_the_store_once_per_task(tmp_path: Path) -> None:
+    """Queries of a task are answered from the ownership cache; a restarted gateway asks once."""
+    slow = SimConfig(seed=22, default_behavior=ModelBehavior(median_seconds=60, sigma=0))
+    async with FakeRuxa(slow) as sim:
+        config = config_for(sim, state_path=str(tmp_path / "state.sqlite3"))
+        store = CountingStore(config.state_path)
+        async with running(config, store=store) as gw, user_client(gw, TOKENS["alice"]) as alice:
+            task_id = await alice.create_task(NB, PROMPT)
+            for _ in range(3):
+                await alice.get_task(task_id)
+            assert store.lookups == 0
+        again = CountingStore(config.state_path)
+        async with running(config, store=again) as gw:
+            async with user_client(gw, TOKENS["bob"]) as bob:
+                for _ in range(2):
+                    with pytest.raises(NotFoundError):
+                        await bob.get_task(task_id)
+            async with user_client(gw, TOKENS["alice"]) as alice:
+                assert (await alice.get_task(task_id)).task_id == task_id
+            assert again.lookups == 1
+        assert sim.stats().queries == 4
 
 
 async def test_the_gateway_mounts_into_an_existing_aiohttp_app() -> None:

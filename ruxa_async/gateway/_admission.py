@@ -13,11 +13,14 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from .. import _wire
+from .._client import send_once
 from .._errors import (
     APIConnectionError,
     APIStatusError,
     AuthenticationError,
     InsufficientCreditsError,
+    InvalidInputError,
     MalformedResponseError,
     RateLimitError,
     ValidationError,
@@ -28,15 +31,15 @@ from ._store import Reservation, Scope
 from ._tokens import Identity
 
 if TYPE_CHECKING:
-    from ._gateway import Gateway
+    from ._view import GatewayView
 
 __all__ = ["Admission"]
 
 
 class Admission:
-    """Creates tasks for a :class:`Gateway`'s callers."""
+    """Creates tasks for a :class:`~ruxa_async.gateway.Gateway`'s callers."""
 
-    def __init__(self, gw: Gateway) -> None:
+    def __init__(self, gw: GatewayView) -> None:
         self._gw = gw
 
     def _scopes(self, who: Identity, now: float) -> tuple[Scope, ...]:
@@ -117,6 +120,11 @@ class Admission:
             if self._gw.public_url
             else None
         )
+        try:
+            body = _wire.build_create_body(model, input, upstream_url)
+        except InvalidInputError as exc:
+            self._gw.store.release(held, charge=False)
+            return self._gw.deny(Denial(422, "input", str(exc)), who.user, model=model)
         for _ in range(len(self._gw.pool.health()) + 1):  # each key once, then pick() says why not
             slot = self._gw.pool.pick()
             if isinstance(slot, Denial):
@@ -124,7 +132,9 @@ class Admission:
                 return self._gw.deny(slot, who.user, model=model)
             try:
                 client = await slot.ready()
-                task_id = await client.create_task(model, input, callback_url=upstream_url)
+                task_id = _wire.parse_task_id(
+                    await send_once(client, "create", _wire.CREATE_PATH, body)
+                )
             except (AuthenticationError, InsufficientCreditsError, RateLimitError) as exc:
                 self._gw.pool.failed(slot, exc)
                 continue
@@ -143,7 +153,9 @@ class Admission:
             except asyncio.CancelledError:
                 self._gw.store.release(held, charge=True)
                 raise
-            await self._gw.store.acommit(held, task_id, slot.name, model, user_url)
+            self._gw.remember(
+                await self._gw.store.acommit(held, task_id, slot.name, model, user_url)
+            )
             self._gw.pool.opened(slot.name)
             self._gw.counters.created[who.user] += 1
             self._gw.store.audit(

@@ -157,7 +157,16 @@ class StateSettings:
 
 @attrs.frozen(kw_only=True)
 class GatewayConfig:
-    """Everything a gateway does, as data. Build with :func:`load_config` or directly."""
+    """Everything a gateway does, as data. Build with :func:`load_config` or directly.
+
+    Upstream pacing: with ``upstream_create_per_second`` / ``upstream_query_per_second``
+    unset and ``upstream_discover_rate`` off (the default), each key's client relays
+    requests as they come, bounded by ``upstream_max_in_flight``; a 429 cools that key
+    for its ``Retry-After`` and callers get 429 at once. Set the rates your Ruxa account
+    allows to pace at them, or ``upstream_discover_rate = true`` to let the client ramp
+    up and learn the limit (smoother under a hidden limit, but a fresh gateway then
+    holds a burst of creates back for a few seconds).
+    """
 
     keys: tuple[UpstreamKey, ...] = ()
     users: Mapping[str, UserEntry] = attrs.field(factory=dict)
@@ -170,8 +179,16 @@ class GatewayConfig:
     charge_failed: bool = True
     max_body: int = attrs.field(default=64 * 1024, validator=v.ge(256))
     body_timeout: float = attrs.field(default=10.0, validator=v.gt(0))
+    header_timeout: float = attrs.field(default=10.0, validator=v.gt(0))
     upstream_timeout: float = attrs.field(default=30.0, validator=v.gt(0))
     upstream_max_in_flight: int = attrs.field(default=256, validator=v.ge(1))
+    upstream_create_per_second: float | None = attrs.field(
+        default=None, validator=v.optional(v.gt(0))
+    )
+    upstream_query_per_second: float | None = attrs.field(
+        default=None, validator=v.optional(v.gt(0))
+    )
+    upstream_discover_rate: bool = False
     settle_after: float = attrs.field(default=30.0, validator=v.ge(0))
     sweep_interval: float = attrs.field(default=10.0, validator=v.gt(0))
     reload_interval: float = attrs.field(default=2.0, validator=v.gt(0))

@@ -15,12 +15,15 @@ import os
 import re
 import secrets
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from .._client import RuxaClient
+from .. import _wire
+from .._client import RuxaClient, send_once
 from .._errors import (
     AuthenticationError,
+    ConfigurationError,
     InsufficientCreditsError,
     NotFoundError,
     RateLimitError,
@@ -35,7 +38,7 @@ from ._metrics import Counters, GatewayStatistics
 from ._policy import Denial, RateBuckets, Reply, window_bounds
 from ._relay import Relay, scrub_task
 from ._settle import Settler
-from ._store import StateStore, StateUnavailableError, TaskRecord, store_for
+from ._store import SQLiteStore, StateStore, StateUnavailableError, TaskRecord
 from ._tokens import Identity, TokenVerifier, mint_token
 
 __all__ = ["Gateway", "Reply"]
@@ -44,6 +47,7 @@ log = logging.getLogger("ruxa_async")
 
 _TASK_ID = re.compile(r"[A-Za-z0-9_.:-]{1,200}")
 _NOT_FOUND = "task not found"
+_OWNER_CACHE = 50_000
 
 
 class Gateway:
@@ -77,7 +81,12 @@ class Gateway:
         self.relay = Relay(config.callbacks, self._audit_event, clock=clock)
         self._factory = client_factory or (
             lambda key: default_client(
-                key, timeout=config.upstream_timeout, max_in_flight=config.upstream_max_in_flight
+                key,
+                timeout=config.upstream_timeout,
+                max_in_flight=config.upstream_max_in_flight,
+                create_per_second=config.upstream_create_per_second,
+                query_per_second=config.upstream_query_per_second,
+                discover=config.upstream_discover_rate,
             )
         )
         self.pool = KeyPool(self._factory, self._key_event)
@@ -95,6 +104,9 @@ class Gateway:
         self.url: str | None = None
         self._admission = Admission(self)
         self._settler = Settler(self)
+        # Who owns a task and which key made it never change once written: the query path
+        # reads them here, in front of the store (which may be a network away).
+        self._records: OrderedDict[str, TaskRecord] = OrderedDict()
 
     def __repr__(self) -> str:
         return f"<Gateway users={len(self.config.users)} keys={len(self.pool.health())}>"
@@ -264,7 +276,7 @@ class Gateway:
         if isinstance(who, Reply):
             return who
         try:
-            record = await self.store.lookup(task_id) if _TASK_ID.fullmatch(task_id) else None
+            record = await self.record(task_id) if _TASK_ID.fullmatch(task_id) else None
         except StateUnavailableError as exc:
             return Reply(503, exc.message, None, exc.retry_after)
         if record is None or record.user != who.user:
@@ -281,7 +293,8 @@ class Gateway:
         if slot is None:
             return Reply(503, "the key that created this task is no longer configured")
         try:
-            info = await (await slot.ready()).get_task(task_id)
+            data = await send_once(await slot.ready(), "query", _wire.query_path(task_id))
+            info = _wire.parse_task(data, task_id=task_id)
         except NotFoundError:
             return Reply(404, _NOT_FOUND)
         except (AuthenticationError, InsufficientCreditsError, RateLimitError) as exc:
@@ -299,6 +312,22 @@ class Gateway:
         if info.is_terminal:
             self.settle(record, info, "query")
         return Reply(200, "success", scrub_task(info.raw, record.callback_url))
+
+    async def record(self, task_id: str) -> TaskRecord | None:
+        """The task's record: from the ownership cache, else the store (then cached)."""
+        record = self._records.get(task_id)
+        if record is not None:
+            return record
+        record = await self.store.lookup(task_id)
+        if record is not None:
+            self.remember(record)
+        return record
+
+    def remember(self, record: TaskRecord) -> None:
+        """Keep ``record`` in the ownership cache (the oldest entries make room)."""
+        self._records[record.task_id] = record
+        if len(self._records) > _OWNER_CACHE:
+            self._records.popitem(last=False)
 
     # -- settlement ------------------------------------------------------------------------
 
@@ -346,6 +375,28 @@ class Gateway:
             remaining={u: left for u, (_, left) in usage.items() if left is not None},
             keys={k.name: k.state for k in self.pool.health()},
         )
+
+
+def store_for(config: GatewayConfig, *, clock: Callable[[], float] = time.time) -> StateStore:
+    """The store ``config`` names: Redis with ``[state] redis_url``, else SQLite at state_path."""
+    settings = config.state
+    if settings.redis_url:
+        try:
+            from ._redis_store import RedisStore  # redis-py is an extra: loaded on demand
+        except ImportError as exc:
+            raise ConfigurationError(
+                '[state] redis_url needs redis-py: pip install "ruxa-async[gateway,redis]"'
+            ) from exc
+
+        return RedisStore(
+            settings.redis_url,
+            namespace=settings.namespace,
+            timeout=settings.timeout,
+            keep_settled=settings.keep_settled,
+            audit_maxlen=settings.audit_maxlen,
+            clock=clock,
+        )
+    return SQLiteStore(config.state_path, clock=clock)
 
 
 def _mtime(path: str) -> float | None:

@@ -2,7 +2,8 @@
 
 Every reply is a Ruxa envelope ``{code, message, data}`` whose HTTP status
 equals ``code``. Request bodies are bounded in size (413) and in time (408),
-so a slow client costs one connection and nothing else.
+and so (when the gateway serves alone) are request headers: a slow client
+costs one connection for a bounded time and nothing else.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
@@ -19,11 +21,14 @@ from ._metrics import prometheus_exposition
 from ._policy import retry_after_header
 
 if TYPE_CHECKING:
-    from ._gateway import Gateway, Reply
+    from ._policy import Reply
+    from ._view import GatewayView
 
 __all__ = ["gateway_routes", "serve_gateway"]
 
 log = logging.getLogger("ruxa_async")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 _DEMO_TTL = 600.0
@@ -51,6 +56,12 @@ async def _read_body(request: web.Request, limit: int, timeout: float) -> bytes:
     length = request.content_length
     if length is not None and length > limit:
         raise _BodyError(413, f"the body is {length} bytes; the limit is {limit}")
+    content = request.content
+    if content.is_eof():  # the whole body came with the headers: nothing to wait for
+        whole = content.read_nowait()
+        if len(whole) > limit:
+            raise _BodyError(413, f"the body is larger than the {limit}-byte limit")
+        return whole
 
     async def read() -> bytes:
         chunks: list[bytes] = []
@@ -68,7 +79,7 @@ async def _read_body(request: web.Request, limit: int, timeout: float) -> bytes:
         raise _BodyError(408, f"the body did not arrive within {timeout:g} s") from None
 
 
-def gateway_routes(gw: Gateway, prefix: str = "") -> list[web.RouteDef]:
+def gateway_routes(gw: GatewayView, prefix: str = "") -> list[web.RouteDef]:
     """The gateway's routes, under ``prefix`` (e.g. ``"/ruxa"``; empty for the root)."""
     counters = gw.counters
 
@@ -142,7 +153,7 @@ def gateway_routes(gw: Gateway, prefix: str = "") -> list[web.RouteDef]:
     return routes
 
 
-def _demo_routes(gw: Gateway, prefix: str) -> list[web.RouteDef]:
+def _demo_routes(gw: GatewayView, prefix: str) -> list[web.RouteDef]:
     page = resources.files("ruxa_async.gateway").joinpath("demo.html").read_bytes()
 
     async def demo_page(request: web.Request) -> web.Response:
@@ -180,14 +191,26 @@ def _demo_routes(gw: Gateway, prefix: str) -> list[web.RouteDef]:
     ]
 
 
-async def serve_gateway(gw: Gateway, host: str, port: int) -> tuple[web.AppRunner, str]:
-    """Start an aiohttp server for ``gw`` alone; return its runner and base URL."""
-    app = web.Application(client_max_size=gw.config.max_body)
+async def serve_gateway(gw: GatewayView, host: str, port: int) -> tuple[web.AppRunner, str]:
+    """Start an aiohttp server for ``gw`` alone; return its runner and base URL.
+
+    Each connection must finish sending a request's headers within
+    ``header_timeout`` seconds of its first byte (or of connecting), else it
+    gets a 408 and is closed.
+    """
+    counters = gw.counters
+
+    def expired() -> None:
+        counters.requests[("other", 408)] += 1
+        counters.denials["header_timeout"] += 1
+
+    guards = HeaderDeadlines(gw.config.header_timeout, expired)
+    app = web.Application(client_max_size=gw.config.max_body, middlewares=[guards.middleware])
     app.add_routes(gateway_routes(gw))
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, host, port, backlog=1024)
+        site = _GuardedSite(runner, host, port, guards)
         await site.start()
     except BaseException:
         await runner.cleanup()
@@ -196,3 +219,127 @@ async def serve_gateway(gw: Gateway, host: str, port: int) -> tuple[web.AppRunne
     shown = "127.0.0.1" if host in ("", "0.0.0.0") else host
     url = f"http://[{shown}]:{bound}" if ":" in shown else f"http://{shown}:{bound}"
     return runner, url
+
+
+_TIMED_OUT = (
+    b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Type: application/json\r\n"
+    b'Content-Length: 67\r\n\r\n{"code":408,"message":"the request headers did not arrive in time"}'
+)
+
+
+class _HeaderGuard(asyncio.Protocol):
+    """Wraps aiohttp's protocol for one connection: a deadline on each request's headers."""
+
+    def __init__(self, inner: asyncio.Protocol, owner: HeaderDeadlines) -> None:
+        self._inner = inner
+        self._owner = owner
+        self._timer: asyncio.TimerHandle | None = None
+        self._transport: asyncio.Transport | None = None
+        self._idle = False  # between requests: the next byte starts a new deadline
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
+        self._owner.guards[transport] = self
+        self._arm()
+        self._inner.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        if self._idle:
+            self._idle = False
+            self._arm()
+        self._inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self._inner.eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        if self._transport is not None:
+            self._owner.guards.pop(self._transport, None)
+        self._inner.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._inner.resume_writing()
+
+    def headers_done(self) -> None:
+        self._disarm()
+
+    def request_done(self) -> None:
+        self._idle = True
+
+    def _arm(self) -> None:
+        self._disarm()
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(self._owner.timeout, self._expire)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _expire(self) -> None:
+        self._timer = None
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        self._owner.expired()
+        transport.write(_TIMED_OUT)
+        transport.close()
+
+
+class HeaderDeadlines:
+    """The header-read deadline of every connection of one server (slow-loris protection).
+
+    aiohttp's server bounds the size of request headers but not how long they
+    may take; this closes a connection whose headers are not complete within
+    ``timeout`` seconds, counting each one with ``expired``.
+    """
+
+    def __init__(self, timeout: float, expired: Callable[[], None]) -> None:
+        self.timeout = timeout
+        self.expired = expired
+        self.guards: dict[asyncio.BaseTransport, _HeaderGuard] = {}
+
+    def wrap(self, inner: asyncio.Protocol) -> asyncio.Protocol:
+        """The connection's protocol, guarded."""
+        return _HeaderGuard(inner, self)
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Headers are complete once aiohttp calls a handler: stop that connection's clock."""
+        guard = self.guards.get(request.transport) if request.transport is not None else None
+        if guard is not None:
+            guard.headers_done()
+        try:
+            return await handler(request)
+        finally:
+            if guard is not None:
+                guard.request_done()
+
+
+class _GuardedSite(web.BaseSite):
+    """A TCP site whose connections go through :class:`HeaderDeadlines`."""
+
+    def __init__(
+        self, runner: web.AppRunner, host: str, port: int, deadlines: HeaderDeadlines
+    ) -> None:
+        super().__init__(runner, backlog=1024)
+        self._host = host
+        self._port = port
+        self._deadlines = deadlines
+
+    @property
+    def name(self) -> str:
+        return f"http://{self._host}:{self._port}"
+
+    async def start(self) -> None:
+        await super().start()
+        server = self._runner.server
+        assert server is not None
+        wrap = self._deadlines.wrap
+        self._server = await asyncio.get_running_loop().create_server(
+            lambda: wrap(server()), self._host, self._port, backlog=self._backlog
+        )

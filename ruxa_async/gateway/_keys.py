@@ -75,14 +75,32 @@ class KeySlot:
         return self.client
 
 
-def default_client(key: UpstreamKey, *, timeout: float, max_in_flight: int) -> RuxaClient:
-    """The client behind one key: no private retries (the caller's client retries)."""
+def default_client(
+    key: UpstreamKey,
+    *,
+    timeout: float,
+    max_in_flight: int,
+    create_per_second: float | None = None,
+    query_per_second: float | None = None,
+    discover: bool = False,
+) -> RuxaClient:
+    """The client behind one key: no private retries (the caller's client retries).
+
+    Without rates and ``discover``, the rate controller only bounds requests in
+    flight and closes its gate after a 429: a relay adds no pacing of its own.
+    """
     return RuxaClient(
         api_key=key.key,
         base_url=key.base_url,
         retry=RetryPolicy(max_attempts=1, ambiguous_creates="raise"),
         timeouts=Timeouts(connect=min(10.0, timeout), read=timeout, total=timeout),
-        rate_limits=RateLimits(max_in_flight=max_in_flight, max_pause=timeout),
+        rate_limits=RateLimits(
+            max_in_flight=max_in_flight,
+            max_pause=timeout,
+            create_per_second=create_per_second,
+            query_per_second=query_per_second,
+            adaptive=discover,
+        ),
         # An upstream outage answers the gateway's caller within its timeout, not in minutes.
         outage=OutagePolicy(max_outage=timeout, first_contact=min(5.0, timeout)),
     )

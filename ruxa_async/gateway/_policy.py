@@ -7,6 +7,7 @@ what to do.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import math
 import re
@@ -66,8 +67,17 @@ def window_bounds(window: Window, now: float) -> tuple[str, float]:
 
     Days start at 00:00 UTC, weeks on Monday, months on the 1st.
     """
-    moment = datetime.fromtimestamp(now, tz=timezone.utc)
-    day = moment.replace(hour=0, minute=0, second=0, microsecond=0)
+    return _bounds(window, math.floor(now / _DAY))
+
+
+_DAY = 86_400
+
+
+@functools.lru_cache(maxsize=64)
+def _bounds(window: Window, day_number: int) -> tuple[str, float]:
+    """``window_bounds`` for the UTC day ``day_number`` (days since 1970-01-01): every
+    period boundary is a midnight, so the day decides (memoised: creates ask every time)."""
+    day = datetime.fromtimestamp(day_number * _DAY, tz=timezone.utc)
     if window == "day":
         return day.strftime("%Y-%m-%d"), (day + timedelta(days=1)).timestamp()
     if window == "week":

@@ -16,13 +16,18 @@ import binascii
 import functools
 import hashlib
 import hmac
+import ipaddress
 import json
 import logging
+import socket
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
+from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.resolver import DefaultResolver
 
 from .._errors import CallbackVerificationError
 from ._config import CallbackSettings
@@ -33,6 +38,7 @@ log = logging.getLogger("ruxa_async")
 
 _QUEUE = 10_000
 _WORKERS = 16
+_REFUSED = "refused: private address"
 
 
 def _secret_bytes(secret: str) -> bytes:
@@ -92,6 +98,45 @@ def verify_webhook(
         )
 
 
+class _PrivateAddress(OSError):
+    """A callback host that resolves to no public address (loopback, private, link-local)."""
+
+
+def _public(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address.split("%", 1)[0]).is_global
+    except ValueError:
+        return False
+
+
+class _PublicResolver(AbstractResolver):
+    """DNS for relays: only public addresses, unless private ones are allowed.
+
+    The check is on the addresses a connection is actually made to, so a
+    hostname that resolves to 127.0.0.1, 10.x or 169.254.x (written host
+    checks miss ``127.1`` or ``2130706433``, and DNS can change after the
+    create) is refused at delivery time.
+    """
+
+    def __init__(self, allow_private: Callable[[], bool]) -> None:
+        self._inner = DefaultResolver()
+        self._allow_private = allow_private
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        found = await self._inner.resolve(host, port, family)
+        if self._allow_private():
+            return found
+        public = [r for r in found if _public(r["host"])]
+        if not public:
+            raise _PrivateAddress(f"{host} resolves only to private or loopback addresses")
+        return public
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+
 class Relay:
     """Delivers signed callbacks to users' URLs; started and closed by the gateway."""
 
@@ -111,11 +156,15 @@ class Relay:
         self.delivered = 0
         self.failed = 0
         self.dropped = 0
+        self.refused = 0
 
     async def start(self) -> None:
         """Open the session and start the workers."""
         self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=_WORKERS * 2),
+            connector=aiohttp.TCPConnector(
+                limit=_WORKERS * 2,
+                resolver=_PublicResolver(lambda: self.settings.allow_private),
+            ),
             timeout=aiohttp.ClientTimeout(total=self.settings.timeout),
             raise_for_status=False,
             trust_env=False,
@@ -159,6 +208,11 @@ class Relay:
         self, url: str, task_id: str, state: str, body: bytes, secret: str | None
     ) -> None:
         msg_id = f"{task_id}.{state}"
+        if not self._allowed(url):
+            self.refused += 1
+            log.warning("gateway: callback for %s (%s) refused: private address", task_id, state)
+            self._report("relay_refused", task_id=task_id, state=state, reason="private_address")
+            return
         delay = self.settings.first_retry
         last = ""
         for attempt in range(1, self.settings.attempts + 1):
@@ -172,6 +226,17 @@ class Relay:
             if secret:
                 headers["webhook-signature"] = sign_webhook(secret, msg_id, stamp, body)
             last = await self._post(url, body, headers)
+            if last is _REFUSED:
+                self.refused += 1
+                log.warning(
+                    "gateway: callback for %s (%s) refused: its host resolves to a private address",
+                    task_id,
+                    state,
+                )
+                self._report(
+                    "relay_refused", task_id=task_id, state=state, reason="private_address"
+                )
+                return
             if not last:
                 self.delivered += 1
                 self._report("relay_delivered", task_id=task_id, state=state, attempts=attempt)
@@ -183,8 +248,19 @@ class Relay:
         log.warning("gateway: callback for %s (%s) not delivered: %s", task_id, state, last)
         self._report("relay_failed", task_id=task_id, state=state, error=last)
 
+    def _allowed(self, url: str) -> bool:
+        """False for a literal private address (those never reach the resolver)."""
+        if self.settings.allow_private:
+            return True
+        try:
+            host = urlsplit(url).hostname or ""
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            return True  # a name: the resolver checks what it resolves to
+        return address.is_global
+
     async def _post(self, url: str, body: bytes, headers: dict[str, str]) -> str:
-        """'' on a 2xx reply, else a short description of what went wrong."""
+        """'' on a 2xx reply, ``_REFUSED`` for a private address, else what went wrong."""
         assert self._session is not None
         try:
             async with self._session.post(
@@ -192,6 +268,10 @@ class Relay:
             ) as resp:
                 await resp.read()
                 return "" if 200 <= resp.status < 300 else f"HTTP {resp.status}"
+        except aiohttp.ClientConnectorError as exc:
+            if isinstance(exc.os_error, _PrivateAddress):
+                return _REFUSED
+            return type(exc).__name__
         except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
             return type(exc).__name__
 

@@ -22,7 +22,7 @@ from ._relay import relay_body, scrub_task
 from ._store import StateUnavailableError, TaskRecord
 
 if TYPE_CHECKING:
-    from ._gateway import Gateway
+    from ._view import GatewayView
 
 __all__ = ["Settler"]
 
@@ -32,9 +32,9 @@ _SWEEP_CONCURRENCY = 16
 
 
 class Settler:
-    """Settles a :class:`Gateway`'s tasks and relays their outcome."""
+    """Settles a :class:`~ruxa_async.gateway.Gateway`'s tasks and relays their outcome."""
 
-    def __init__(self, gw: Gateway) -> None:
+    def __init__(self, gw: GatewayView) -> None:
         self._gw = gw
 
     def _cost(self, record: TaskRecord, info: TaskInfo) -> float:
@@ -96,7 +96,7 @@ class Settler:
             self._gw.store.audit("callback_rejected", reason=getattr(exc, "reason", "body"))
             return Reply(status, str(exc))
         try:
-            record = await self._gw.store.lookup(info.task_id)
+            record = await self._gw.record(info.task_id)
         except StateUnavailableError as exc:
             return Reply(503, exc.message, None, exc.retry_after)  # Ruxa retries its callback
         if record is not None and info.is_terminal:

@@ -28,8 +28,7 @@ from typing import Any, Protocol
 
 import attrs
 
-from .._errors import ConfigurationError, RuxaError
-from ._config import GatewayConfig
+from .._errors import RuxaError
 from ._policy import Denial
 
 __all__ = [
@@ -39,7 +38,6 @@ __all__ = [
     "StateStore",
     "StateUnavailableError",
     "TaskRecord",
-    "store_for",
 ]
 
 log = logging.getLogger("ruxa_async")
@@ -246,18 +244,28 @@ class _Writer:
         keep_going = True
         conn.execute("BEGIN")
         try:
+            run: list[Sequence[Any]] = []  # parameters of consecutive writes of one statement
+            sql = ""
             for item in items:
+                if item is not None and isinstance(item[0], str) and item[0] == sql:
+                    run.append(item[1])
+                    continue
+                if run:
+                    conn.executemany(sql, run)
+                    run, sql = [], ""
                 if item is None:
                     keep_going = False
                     continue
                 first, second = item
                 if isinstance(first, str):
-                    conn.execute(first, second)
+                    sql, run = first, [second]
                     continue
                 try:
                     second.set_result(first(conn))
                 except Exception as exc:  # handed to the awaiting coroutine, never lost
                     second.set_exception(exc)
+            if run:
+                conn.executemany(sql, run)
             conn.execute("COMMIT")
         except sqlite3.Error:
             log.exception("gateway state: a write batch failed; it was rolled back")
@@ -545,25 +553,3 @@ class SQLiteStore:
             }
             for r in rows
         ]
-
-
-def store_for(config: GatewayConfig, *, clock: Callable[[], float] = time.time) -> StateStore:
-    """The store ``config`` names: Redis with ``[state] redis_url``, else SQLite at state_path."""
-    settings = config.state
-    if settings.redis_url:
-        try:
-            from ._redis_store import RedisStore
-        except ImportError as exc:
-            raise ConfigurationError(
-                '[state] redis_url needs redis-py: pip install "ruxa-async[gateway,redis]"'
-            ) from exc
-
-        return RedisStore(
-            settings.redis_url,
-            namespace=settings.namespace,
-            timeout=settings.timeout,
-            keep_settled=settings.keep_settled,
-            audit_maxlen=settings.audit_maxlen,
-            clock=clock,
-        )
-    return SQLiteStore(config.state_path, clock=clock)

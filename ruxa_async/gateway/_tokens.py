@@ -27,6 +27,7 @@ __all__ = ["Identity", "TokenVerifier", "mint_token", "new_user_token"]
 PREFIX = "rxs1."
 _MAX_TOKEN = 4096
 _CLOCK_SKEW = 60.0
+_CACHE_SIZE = 50_000
 
 
 def _b64(data: bytes) -> str:
@@ -122,6 +123,9 @@ class TokenVerifier:
 
     def update(self, config: GatewayConfig) -> None:
         """Take the users, defaults and signing secret of a (re)loaded config."""
+        # Scoped tokens already verified, by digest: (identity, expiry). Emptied here
+        # because a reload may change a user's policy or the signing secret.
+        self._verified: dict[str, tuple[Identity, float]] = {}
         self._by_digest = {
             u.token_sha256: Identity(user=u.name, policy=u.policy) for u in config.users.values()
         }
@@ -138,9 +142,29 @@ class TokenVerifier:
         token = token.strip()
         if scheme.lower() != "bearer" or not token:
             return None
+        digest = hash_token(token)
         if token.startswith(PREFIX):
-            return self._scoped(token)
-        return self._by_digest.get(hash_token(token))
+            return self._cached(digest, token)
+        return self._by_digest.get(digest)
+
+    def _cached(self, digest: str, token: str) -> Identity | None:
+        """A scoped token's identity, verified once per token and kept until it expires."""
+        hit = self._verified.get(digest)
+        if hit is not None:
+            if self._clock() < hit[1]:
+                return hit[0]
+            del self._verified[digest]
+            return None
+        found = self._scoped(token)
+        if found is not None:
+            if len(self._verified) >= _CACHE_SIZE:
+                now = self._clock()
+                self._verified = {d: v for d, v in self._verified.items() if v[1] > now}
+                if len(self._verified) >= _CACHE_SIZE:
+                    self._verified.clear()
+            self._verified[digest] = found
+            return found[0]
+        return None
 
     def webhook_secret(self, user: str) -> str | None:
         """The secret that signs callbacks relayed to ``user``: theirs, else the gateway's."""
@@ -162,7 +186,7 @@ class TokenVerifier:
             return None
         return claims if isinstance(claims, dict) else None
 
-    def _scoped(self, token: str) -> Identity | None:
+    def _scoped(self, token: str) -> tuple[Identity, float] | None:
         claims = self._claims(token)
         if claims is None:
             return None
@@ -182,9 +206,10 @@ class TokenVerifier:
         budget = claims.get("budget")
         if budget is not None and not (isinstance(budget, (int, float)) and budget >= 0):
             return None
-        return Identity(
+        identity = Identity(
             user=user,
             policy=policy,
             scope=f"token:{jti}",
             token_budget=float(budget) if budget is not None else None,
         )
+        return identity, float(exp)

@@ -31,7 +31,6 @@ __all__ = ["RedisCoordinator"]
 
 log = logging.getLogger("ruxa_async")
 
-_FLUSH_EVERY = 0.2  # seconds between flushes of this process's accepted-request counts
 _CLAIM_STATUSES = {"owner", "created", "in_progress", "ambiguous"}
 
 
@@ -95,6 +94,9 @@ class RedisCoordinator(Coordinator):
         self._local = LocalCoordinator(max_credits=max_credits, credit_window=credit_window)
         self._claim_events: dict[str, asyncio.Event] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self._subscribed = asyncio.Event()
+        self._outbox: list[tuple[str, TaskInfo]] = []  # callbacks waiting to be published
+        self._publishing = False
         self._counts: dict[str, int] = dict.fromkeys(
             ("claims", "attached", "ambiguous", "published", "received"), 0
         )
@@ -109,10 +111,14 @@ class RedisCoordinator(Coordinator):
     async def _open(self) -> None:
         await self._beat(probe=True)
         loop = asyncio.get_running_loop()
+        self._subscribed.clear()
         self._tasks = [
             loop.create_task(self._heartbeat_loop(), name="ruxa_async redis heartbeat"),
             loop.create_task(self._listen_loop(), name="ruxa_async redis events"),
         ]
+        if not self._store.degraded:  # hear the fleet from the start (callbacks, gates)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._subscribed.wait(), self._store.timeout)
 
     async def _close(self) -> None:
         for task in self._tasks:
@@ -120,7 +126,6 @@ class RedisCoordinator(Coordinator):
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
         await self.outage.aclose()
-        await self.rate_state.flush_admitted()
         store = self._store
         await store.call(lambda: store.redis.delete(store.key("alive", self.instance)))
         await store.call(lambda: store.redis.zrem(store.key("members"), self.instance))
@@ -144,15 +149,9 @@ class RedisCoordinator(Coordinator):
             self.rate_state.members = max(1, int(replies[-1]))
 
     async def _heartbeat_loop(self) -> None:
-        tick = min(self._heartbeat, _FLUSH_EVERY)
-        last_beat = time.monotonic()
         while True:
-            await asyncio.sleep(tick)
-            now = time.monotonic()
-            if self._store.degraded or now - last_beat >= self._heartbeat:
-                last_beat = now
-                await self._beat(probe=True)
-            await self.rate_state.flush_admitted()
+            await asyncio.sleep(self._heartbeat)
+            await self._beat(probe=True)
 
     async def _listen_loop(self) -> None:
         store = self._store
@@ -160,6 +159,7 @@ class RedisCoordinator(Coordinator):
             pubsub = store.redis.pubsub()
             try:
                 await asyncio.wait_for(pubsub.subscribe(self._channel), store.timeout)
+                self._subscribed.set()
                 while True:
                     message = await pubsub.get_message(
                         ignore_subscribe_messages=True, timeout=store.timeout
@@ -315,13 +315,33 @@ class RedisCoordinator(Coordinator):
     # -------------------------------------------------------------- callbacks
 
     async def publish_callback(self, info: TaskInfo) -> None:
-        """See :meth:`Coordinator.publish_callback`: to every process through Redis."""
-        message = "callback|" + _encode_info(info)
-        sent = await self._store.call(lambda: self._store.redis.publish(self._channel, message))
-        if sent is None:
-            self._deliver_callback(info)  # Redis is down: at least this process's clients
-        else:
-            self._counts["published"] += 1
+        """See :meth:`Coordinator.publish_callback`: to every process through Redis.
+
+        Callbacks arriving together go out in one pipeline on one connection
+        (a burst of callbacks does not open a connection each).
+        """
+        self._outbox.append(("callback|" + _encode_info(info), info))
+        if self._publishing:
+            return  # the running publisher sends it with its next batch
+        self._publishing = True
+        try:
+            while self._outbox:
+                batch, self._outbox = self._outbox, []
+                sent = await self._store.call(lambda: self._publish(batch))  # noqa: B023
+                if sent is None:  # Redis is down: at least this process's clients
+                    for _, lost in batch:
+                        self._deliver_callback(lost)
+                else:
+                    self._counts["published"] += len(batch)
+        finally:
+            self._publishing = False
+
+    async def _publish(self, batch: list[tuple[str, TaskInfo]]) -> bool:
+        async with self._store.redis.pipeline(transaction=False) as pipe:
+            for message, _ in batch:
+                pipe.publish(self._channel, message)
+            await pipe.execute()
+        return True
 
     # ------------------------------------------------------------- statistics
 
@@ -334,6 +354,7 @@ class RedisCoordinator(Coordinator):
             shared=True,
             create_rate=_rate(state, "create"),
             query_rate=_rate(state, "query"),
+            fleet_rate_limited=state.gates_closed,
             fleet_pauses=state.remote_pauses,
             leases=state.leases,
             leased_tokens=state.leased_tokens,

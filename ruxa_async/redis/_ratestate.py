@@ -3,10 +3,19 @@
 Tokens are *leased*: one atomic script call takes a small block (about
 ``lease_seconds`` of the current rate, at most ``max_lease``) from the fleet's
 shared bucket, and this process spends it from memory, so a permit is not a
-Redis round trip. Unspent tokens expire after ``lease_ttl`` and are dropped
-when a gate closes. The 429 gate is answered from a local copy that every
-process updates at once through pub/sub and through each lease reply (it errs
-toward closed: a local close is seen before Redis is told).
+Redis round trip. A block may borrow the tokens the next ``lease_seconds``
+refill (times the number of processes sharing the bucket, :meth:`share`): its
+first token is then due after a delay, so processes sharing a near-empty bucket
+take whole blocks in turn instead of one token each. Unspent
+tokens expire after ``lease_ttl`` and are dropped when a gate closes. The 429
+gate is answered from a local copy that every process updates at once through
+pub/sub and through each lease reply (it errs toward closed: a local close is
+seen before Redis is told).
+
+Each lease reply also carries the fleet's running total of granted tokens, so
+:meth:`RedisRateState.share` knows how many tokens the whole fleet took per
+token of this process: the controller scales what it measures (its sends and
+acceptances) by it, and learns the fleet's limit rather than its own part.
 
 When Redis is unreachable every method answers from a :class:`LocalRateState`
 holding this process's share (the learned rate divided by the live members).
@@ -15,6 +24,7 @@ holding this process's share (the learned rate divided by the live members).
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import math
 import time
@@ -28,10 +38,8 @@ from ._store import Store
 
 __all__ = ["RedisRateState"]
 
-_TICKS = 10  # accepted-request counters per second
-_LAG = 3  # ticks left out at the recent end (not flushed everywhere yet)
-_WINDOW = 5  # ticks summed
-_MIN_SAMPLES = 20
+_SHARE_WINDOW = 2.0  # seconds of lease history behind share()
+_MAX_SHARE = 256.0
 
 _KINDS_OF: dict[str, tuple[Kind, ...]] = {
     "create": ("create",),
@@ -45,13 +53,28 @@ _SCOPES_OF: dict[Kind, tuple[GateScope, GateScope]] = {
 
 
 class _Lease:
-    __slots__ = ("expires", "lock", "next_at", "tokens")
+    __slots__ = ("expires", "history", "lock", "mine", "next_at", "share", "tokens")
 
     def __init__(self) -> None:
         self.tokens = 0
         self.expires = 0.0
         self.next_at = 0.0  # leased tokens are spent at the rate, not in a burst
         self.lock = asyncio.Lock()
+        self.mine = 0  # tokens this process leased
+        self.history: collections.deque[tuple[float, int, int]] = collections.deque()
+        self.share = 1.0  # fleet tokens per token of ours, over the last _SHARE_WINDOW
+
+    def note(self, now: float, granted: int, total: int) -> None:
+        """A lease of ``granted`` tokens; the fleet has taken ``total`` in all."""
+        self.mine += granted
+        history = self.history
+        history.append((now, self.mine, total))
+        while len(history) > 2 and history[1][0] <= now - _SHARE_WINDOW:
+            history.popleft()
+        start, mine, fleet = history[0]
+        if len(history) >= 2 and now - start >= _SHARE_WINDOW / 4 and self.mine > mine:
+            # tokens leased since the oldest sample, the first lease excluded
+            self.share = min(_MAX_SHARE, max(1.0, (total - fleet) / (self.mine - mine)))
 
 
 class RedisRateState:
@@ -87,7 +110,7 @@ class RedisRateState:
         self.leases = 0
         self.leased_tokens = 0
         self.remote_pauses = 0
-        self._admitted: dict[Kind, int] = {"create": 0, "query": 0}
+        self.gates_closed = 0
 
     def _key(self, *parts: str) -> str:
         return self._store.key("rate", *parts)
@@ -142,6 +165,7 @@ class RedisRateState:
 
     async def close_gate(self, scope: GateScope, seconds: float) -> None:
         """See :meth:`RateState.close_gate`; the fleet hears of it through pub/sub."""
+        self.gates_closed += 1
         self._close_locally(scope, seconds)
         await self.local.close_gate(scope, seconds)
         keys = [self._key("gate", scope)] + [self._key("bucket", kind) for kind in _KINDS_OF[scope]]
@@ -186,11 +210,12 @@ class RedisRateState:
             if self._from_lease(lease, count, rate):
                 return 0.0
             block = max(count, min(self._max_lease, math.ceil(rate * self._lease_seconds)))
-            block = min(block, max(count, int(burst)))
             gate_keys = [self._key("gate", scope) for scope in _SCOPES_OF[kind]]
             keys = [self._key("bucket", kind), *gate_keys]
+            # may borrow what the next lease_seconds refill, for each process sharing the bucket
+            ahead = f"{self._lease_seconds * max(1.0, lease.share):.6f}"
             reply = await self._store.call(
-                lambda: self._take(keys=keys, args=[block, count, rate, burst, -1])
+                lambda: self._take(keys=keys, args=[block, count, rate, burst, -1, ahead])
             )
             if reply is None:
                 share = max(1, self.members)
@@ -201,8 +226,14 @@ class RedisRateState:
             self.leases += 1
             self.leased_tokens += granted
             now = self._clock()
+            if len(reply) > 2:
+                lease.note(now, granted, int(reply[2]))
+            lease.expires = now + wait + self._lease_ttl
+            if wait > 0:  # borrowed: the block's first token is due in `wait` seconds
+                lease.tokens = granted
+                lease.next_at = now + wait
+                return wait
             lease.tokens = granted - count
-            lease.expires = now + self._lease_ttl
             lease.next_at = max(now, lease.next_at) + count / rate
             return 0.0
 
@@ -217,48 +248,13 @@ class RedisRateState:
             return True
         return False
 
-    # ------------------------------------------------------ admitted counting
+    def share(self, kind: Kind) -> float:
+        """Tokens the fleet took per token this process took, lately (1.0 alone).
 
-    def note_admitted(self, kind: Kind) -> None:
-        """Count one request of ``kind`` that the service accepted (flushed in the background)."""
-        self._admitted[kind] += 1
-
-    async def flush_admitted(self) -> None:
-        """Add this process's accepted requests to the fleet's per-100 ms counters."""
-        counts = {kind: n for kind, n in self._admitted.items() if n}
-        if not counts:
-            return
-        tick = int(time.time() * _TICKS)
-
-        async def op() -> bool:
-            async with self._store.redis.pipeline(transaction=False) as pipe:
-                for kind, n in counts.items():
-                    key = self._key("ok", kind, str(tick))
-                    pipe.incrby(key, n)
-                    pipe.expire(key, 10)
-                await pipe.execute()
-            return True
-
-        await self._store.call(op)  # lost while Redis is down: only a measure
-        for kind, n in counts.items():
-            self._admitted[kind] -= n
-
-    async def admitted_rate(self, kind: Kind) -> float | None:
-        """The fleet's accepted requests per second of ``kind`` over a recent half second.
-
-        The window ends ``_LAG`` ticks ago (every process has flushed by then);
-        None when it holds fewer than ``_MIN_SAMPLES`` requests (too few to say).
+        While Redis is unreachable every live member paces its own share of the
+        fleet's rate, so the fleet sends ``members`` times what this one does.
         """
-        await self.flush_admitted()
-        tick = int(time.time() * _TICKS)
-        keys = [self._key("ok", kind, str(tick - i)) for i in range(_LAG, _LAG + _WINDOW)]
-        values = await self._store.call(lambda: self._store.redis.mget(keys))
-        if values is None:
-            return None
-        total = sum(int(v) for v in values if v is not None)
-        if total < _MIN_SAMPLES:
-            return None
-        return total * _TICKS / _WINDOW
+        return float(max(1, self.members)) if self._store.degraded else self._leases[kind].share
 
 
 def _encode(learned: LearnedLimit) -> str:

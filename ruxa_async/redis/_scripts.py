@@ -21,14 +21,19 @@ local function num(s) return string.format('%.6f', s) end
 
 # A token bucket shared by the fleet, leased in blocks.
 # KEYS: bucket hash, gate of the kind, gate of the client scope
-# ARGV: wanted block, at least this many, rate, burst, now
-# -> {granted, wait seconds}: granted > 0 (and wait 0), or 0 and the wait.
+# ARGV: wanted block, at least this many, rate, burst, now[, lookahead seconds]
+# A lease may borrow the tokens the next `lookahead` seconds refill (the bucket goes below
+# zero): the block's first token may then be spent only after the returned delay, the rest
+# at the rate, so a block is one round trip even when the fleet keeps the bucket near empty.
+# -> {granted, seconds[, tokens the fleet was granted in all]}: granted > 0, the delay until
+# its first token (0: now) and the fleet's running total; or 0 and the wait.
 TAKE = (
     _CLOCK
     + """
 local now = clock(ARGV[5])
 local wanted, least = tonumber(ARGV[1]), tonumber(ARGV[2])
 local rate, burst = tonumber(ARGV[3]), tonumber(ARGV[4])
+local ahead = tonumber(ARGV[6] or '0') or 0
 local gate = 0
 for i = 2, 3 do
   local g = tonumber(redis.call('GET', KEYS[i]) or '0')
@@ -44,16 +49,21 @@ if now > stamp then
 else
   tokens = math.min(burst, tokens)
 end
-local granted = math.min(wanted, math.floor(tokens + 1e-9))
+local reach = tokens
+if stamp <= now then reach = tokens + ahead * rate end  -- no borrowing before a reopening
+local granted = math.min(wanted, math.floor(reach + 1e-9))
 if granted < least then
   redis.call('HSET', KEYS[1], 'tokens', num(tokens), 'stamp', num(stamp))
   redis.call('PEXPIRE', KEYS[1], 3600000)
-  return {0, num((stamp - now) + (least - tokens) / rate)}
+  return {0, num((stamp - now) + (least - reach) / rate)}
 end
+local start = 0
+if tokens < 1 then start = (1 - tokens) / rate end
 tokens = tokens - granted
 redis.call('HSET', KEYS[1], 'tokens', num(tokens), 'stamp', num(stamp))
+local total = redis.call('HINCRBY', KEYS[1], 'granted', granted)
 redis.call('PEXPIRE', KEYS[1], 3600000)
-return {granted, '0'}
+return {granted, num(start), total}
 """
 )
 
@@ -86,8 +96,9 @@ return num(deadline - now)
 )
 
 # Compare-and-increment of a kind's episode counter.  KEYS: counter  ARGV: seen
+# A counter that expired (an idle fleet) starts again from what the caller saw.
 EPISODE = """
-local current = tonumber(redis.call('GET', KEYS[1]) or '0')
+local current = tonumber(redis.call('GET', KEYS[1]) or ARGV[1])
 if current ~= tonumber(ARGV[1]) then return 0 end
 redis.call('SET', KEYS[1], tostring(current + 1), 'PX', 86400000)
 return 1
