@@ -15,6 +15,7 @@ from ruxa_async._ratestate import Kind, LocalRateState
 from ruxa_async.redis import _scripts
 from ruxa_async.redis._ratestate import RedisRateState
 from ruxa_async.redis._store import Store
+from tests.services import free_port
 from tests.virtual_time import T0, VirtualTimeLoop
 
 
@@ -160,8 +161,6 @@ async def test_a_borrowed_block_is_spent_from_memory_when_due(redis_url: str) ->
 
 async def test_without_redis_a_member_paces_its_share_and_counts_the_fleet() -> None:
     """Degraded: the rate is split among the members, and share() says the fleet is that many."""
-    from tests.services import free_port
-
     clock = Clock()
     store = Store(f"redis://127.0.0.1:{free_port()}/0", namespace="gone", timeout=1.0)
     state = RedisRateState(store, channel="c", clock=clock)
@@ -330,3 +329,39 @@ def test_a_fleets_ramp_counts_every_sharers_sends(share: int | None) -> None:
             assert min(rates) > 8 * start_rate
 
     in_virtual_time(scenario)
+
+
+async def test_a_call_ending_in_a_stray_cancellation_degrades_and_spares_its_caller() -> None:
+    """A CancelledError nobody sent the caller (a torn-down connection) is an outage.
+
+    Raised on, it ended a batch's check or create as if cancelled: the job was
+    dropped and the batch waited for it forever.
+    """
+    store = Store(f"redis://127.0.0.1:{free_port()}/0", namespace="stray", timeout=1.0)
+
+    async def torn_down() -> None:
+        raise asyncio.CancelledError
+
+    assert await store.call(torn_down) is None
+    assert store.degraded
+    assert store.errors == 1
+    await store.aclose()
+
+
+async def test_cancelling_a_caller_still_cancels_its_redis_call() -> None:
+    """A real cancellation of the caller propagates and is not counted as an outage."""
+    store = Store(f"redis://127.0.0.1:{free_port()}/0", namespace="cancel", timeout=30.0)
+    started = asyncio.Event()
+
+    async def slow() -> None:
+        started.set()
+        await asyncio.Event().wait()
+
+    call = asyncio.ensure_future(store.call(slow))
+    await started.wait()
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    assert not store.degraded
+    assert store.errors == 0
+    await store.aclose()

@@ -1,6 +1,7 @@
 """One Redis connection pool with a timeout on every call and an outage tracker.
 
-Any failure (refused, reset, timed out, a script error) marks the store
+Any failure (refused, reset, timed out, a script error, a call that ended in a
+CancelledError its caller was not sent) marks the store
 *degraded*: a WARNING once, then every caller falls back to local behaviour
 without touching Redis until the background probe gets an answer again. So a
 dead or hung Redis costs one timeout, never a hang.
@@ -30,6 +31,17 @@ def _redact(url: str) -> str:
     if "@" in rest:
         rest = "***@" + rest.rsplit("@", 1)[1]
     return scheme + sep + rest
+
+
+def _being_cancelled() -> bool:
+    """True when the current task was asked to stop.
+
+    Always True before Python 3.11, which cannot tell: a CancelledError then
+    propagates as it always did.
+    """
+    task = asyncio.current_task()
+    cancelling = getattr(task, "cancelling", None)
+    return cancelling is None or bool(cancelling())
 
 
 class Store:
@@ -78,6 +90,14 @@ class Store:
         try:
             result = await asyncio.wait_for(operation(), self.timeout)
         except (RedisError, OSError, asyncio.TimeoutError) as exc:
+            self.failed(exc)
+            return None
+        except asyncio.CancelledError as exc:
+            if _being_cancelled():
+                raise
+            # A CancelledError nobody sent this task: the client library's call ended
+            # that way (a connection torn down under it). Raised on, it would end the
+            # caller as if cancelled, and a batch would wait forever for that job.
             self.failed(exc)
             return None
         self.succeeded()
