@@ -52,6 +52,9 @@ class GatewayRedis(Store):
     as an outage.
     """
 
+    while_down = "creates answer 503 until it is back"
+    log_prefix = "gateway state: "
+
     async def call(self, operation: Callable[[], Awaitable[T]], *, probe: bool = False) -> T | None:
         """Run ``operation`` within the timeout; None if Redis is away, failed or refused it."""
 
@@ -63,21 +66,6 @@ class GatewayRedis(Store):
                 return None
 
         return await super().call(guarded, probe=probe)
-
-    def failed(self, exc: BaseException) -> None:
-        """Count a failure; the first one of an outage logs a WARNING."""
-        self.errors += 1
-        if self.degraded:
-            return
-        self.degraded = True
-        self.degraded_since = self._clock()
-        self.degraded_events += 1
-        log.warning(
-            "gateway state: Redis at %s unreachable (%s: %s); creates answer 503 until it is back",
-            self.shown_url,
-            type(exc).__name__,
-            exc,
-        )
 
 
 class Layout:

@@ -47,6 +47,13 @@ def _being_cancelled() -> bool:
 class Store:
     """The coordinator's Redis: ``call()`` runs one operation or returns None when it cannot."""
 
+    #: Said in the WARNING when Redis becomes unreachable: what happens until it answers again.
+    while_down = (
+        "the fleet coordinator falls back to local-only limits and in-process idempotency "
+        "until it answers again"
+    )
+    log_prefix = ""
+
     def __init__(
         self,
         url: str,
@@ -112,11 +119,12 @@ class Store:
         self.degraded_since = self._clock()
         self.degraded_events += 1
         log.warning(
-            "Redis at %s unreachable (%s: %s); the fleet coordinator falls back to local-only "
-            "limits and in-process idempotency until it answers again",
+            "%sRedis at %s unreachable (%s: %s); %s",
+            self.log_prefix,
             self.shown_url,
             type(exc).__name__,
             exc,
+            self.while_down,
         )
 
     def succeeded(self) -> None:
