@@ -117,6 +117,17 @@ async def test_a_slow_client_times_out_while_others_are_served(sim: FakeRuxa) ->
     assert sim.stats().tasks_created == 5
 
 
+async def read_to_end(reader: asyncio.StreamReader) -> tuple[bytes, bool]:
+    """Everything the peer sent until it closed, and whether it closed with a reset."""
+    data = b""
+    try:
+        while chunk := await reader.read(65536):
+            data += chunk
+    except ConnectionResetError:
+        return data, True
+    return data, False
+
+
 async def test_a_client_trickling_its_headers_is_cut_off_while_others_are_served(
     sim: FakeRuxa,
 ) -> None:
@@ -142,15 +153,18 @@ async def test_a_client_trickling_its_headers_is_cut_off_while_others_are_served
         async with user_client(gw, TOKENS["bob"]) as bob:
             for _ in range(3):
                 await bob.create_task(NB, PROMPT)
-        reply = await reader.read()  # until the gateway closes the connection
-        silent = await silent_reader.read()
-        trickling.cancel()
-        await asyncio.gather(trickling, return_exceptions=True)
-        writer.close()
-        silent_writer.close()
+        try:
+            reply, reset = await read_to_end(reader)  # until the gateway closes the connection
+            silent, _ = await read_to_end(silent_reader)
+        finally:
+            trickling.cancel()
+            await asyncio.gather(trickling, return_exceptions=True)
+            writer.close()
+            silent_writer.close()
         stats = gw.statistics()
-    assert reply.startswith(b"HTTP/1.1 408")
-    assert b'"code":408' in reply
+    # Closing a socket whose peer is still trickling bytes in may send a reset, which can
+    # overtake the 408 on the way; the gateway's own count below says it answered 408.
+    assert reset or (reply.startswith(b"HTTP/1.1 408") and b'"code":408' in reply)
     assert silent.startswith(b"HTTP/1.1 408")
     assert 0 < sent < len(head)
     assert stats.denials["header_timeout"] == 2
