@@ -25,6 +25,22 @@ from .baselines import _wire
 WORKERS = 64
 
 
+async def back_to_back_gets(
+    session: aiohttp.ClientSession, url: str, n: int, workers: int = WORKERS
+) -> None:
+    """``n`` GETs of ``url``, bodies read, from ``workers`` coroutines sending back to back."""
+    left = n
+
+    async def worker() -> None:
+        nonlocal left
+        while left > 0:
+            left -= 1
+            async with session.get(url) as resp:
+                await resp.read()
+
+    await asyncio.gather(*(worker() for _ in range(workers)))
+
+
 def prepare(jobs: list[Job], spec: RunSpec) -> None:
     """Nothing to prepare."""
 
@@ -48,17 +64,8 @@ async def run(prepared: Any, spec: RunSpec, recorder: Recorder) -> None:
         await asyncio.gather(*(get() for _ in range(gathered)))
         gather_cpu, gather_wall = time.process_time() - cpu, time.monotonic() - wall
 
-        left = n
-
-        async def worker() -> None:
-            nonlocal left
-            while left > 0:
-                left -= 1
-                async with session.get(url) as resp:
-                    await resp.read()
-
         cpu, wall = time.process_time(), time.monotonic()
-        await asyncio.gather(*(worker() for _ in range(WORKERS)))
+        await back_to_back_gets(session, url, n)
         workers_cpu, workers_wall = time.process_time() - cpu, time.monotonic() - wall
     recorder.counters.update(
         requests=n,

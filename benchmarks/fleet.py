@@ -215,6 +215,7 @@ def calibrate(tmp: Path, requests: int = 5000) -> float:
     """c_req: client CPU per bare aiohttp keep-alive GET, 64 in flight (as ``benchmarks.run``)."""
     import aiohttp
 
+    from benchmarks._calibrate import back_to_back_gets
     from benchmarks.baselines import _wire
 
     sim = _sim(tmp, create_limit=None, query_limit=None)
@@ -225,17 +226,8 @@ def calibrate(tmp: Path, requests: int = 5000) -> float:
             async with session.post(sim.url + _wire.CREATE_PATH, json=body) as resp:
                 task_id = (await _wire.checked_json(resp))["data"]["taskId"]
             url = sim.url + _wire.QUERY_PATH + task_id
-            left = requests
-
-            async def worker() -> None:
-                nonlocal left
-                while left > 0:
-                    left -= 1
-                    async with session.get(url) as resp:
-                        await resp.read()
-
             cpu = time.process_time()
-            await asyncio.gather(*(worker() for _ in range(64)))
+            await back_to_back_gets(session, url, requests)
             return (time.process_time() - cpu) / requests * 1e6
 
     try:
