@@ -10,7 +10,9 @@ replays them after a Redis failure; each of those scripts is idempotent.
 
 Fail closed: while Redis does not answer, a create gets 503 (nothing is created
 without a reservation) and a query for a task this instance does not hold in
-memory gets 503. A background probe ends the outage as soon as Redis answers.
+memory gets 503. Request rates then fall back to each instance's own limit and
+alerts are sent without the fleet-wide claim (see ``_redis_fleet``). A
+background probe ends the outage as soon as Redis answers.
 
 Keys (``{ns}`` is the namespace): ``{ns}:task:{id}`` (hash; open tasks never
 expire, a settled one expires ``keep_settled`` seconds after settlement, then
@@ -21,7 +23,8 @@ its id answers 404 like an unknown one), ``{ns}:open`` (unsettled ids by creatio
 one left over by a gateway that died mid-create is booked as spent after
 ``hold_seconds``, like an ambiguous create) and the audit stream ``{ns}:audit``
 (capped at about ``audit_maxlen`` entries). A task hash also notes the states
-relayed to its owner (fields ``relayed:{state}``).
+relayed to its owner (fields ``relayed:{state}``). ``{ns}:rate:{user}`` is a
+user's request-rate bucket, ``{ns}:alert:{mark}`` an alert already sent.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from typing import Any
 import attrs
 
 from ._policy import Denial
+from ._redis_fleet import RedisFleet
 from ._redis_writer import GatewayRedis, Layout, WriteBehind, text
 from ._store import Reservation, Scope, StateUnavailableError, TaskRecord
 
@@ -109,6 +113,7 @@ class RedisStore:
             audit_maxlen=audit_maxlen,
         )
         self._writer = WriteBehind(self._redis)
+        self._fleet = RedisFleet(self._redis, self._layout, clock=clock)
         self.namespace = namespace
         self._clock = clock
         self._hold = hold_seconds
@@ -132,6 +137,10 @@ class RedisStore:
     async def wait_available(self) -> None:
         """Return once Redis answers again (at once when it is not away)."""
         await self._writer.wait_available()
+
+    def fleet(self) -> RedisFleet:
+        """The request rates and alert claims shared by every instance on this namespace."""
+        return self._fleet
 
     # -- lifecycle -----------------------------------------------------------------------
 

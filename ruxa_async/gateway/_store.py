@@ -32,6 +32,7 @@ from .._errors import RuxaError
 from ._policy import Denial
 
 __all__ = [
+    "Fleet",
     "Reservation",
     "SQLiteStore",
     "Scope",
@@ -112,8 +113,22 @@ class TaskRecord:
     final: dict[str, Any] | None = None
 
 
+class Fleet(Protocol):
+    """What gateways sharing one store coordinate besides state: request rates, alerts."""
+
+    async def request(self, user: str, rate: float, burst: int) -> Denial | None:
+        """Spend one request of ``user``'s rate shared by every instance; a 429 Denial if none."""
+
+    async def claim(self, mark: str, ttl: float) -> bool | None:
+        """True for the first instance to claim ``mark`` within ``ttl`` seconds, False for
+        the others, None when the shared store cannot tell (it is away)."""
+
+
 class StateStore(Protocol):
     """What the gateway needs from its state, wherever it lives."""
+
+    def fleet(self) -> Fleet | None:
+        """The coordination of several instances; None for a store of one gateway."""
 
     async def open(self) -> None:
         """Load persisted state; start background writing."""
@@ -515,6 +530,10 @@ class SQLiteStore:
         """``(spent, reserved)`` credits of one ledger."""
         entry = self._ledger.get((scope, period))
         return (entry[0], entry[1]) if entry is not None else (0.0, 0.0)
+
+    def fleet(self) -> Fleet | None:
+        """None: a SQLite store belongs to one gateway, whose own limits are the whole story."""
+        return None
 
     def in_flight(self, user: str) -> int:
         """Tasks of ``user`` created (or being created) and not yet settled."""
