@@ -413,6 +413,7 @@ def store_for(config: GatewayConfig, *, clock: Callable[[], float] = time.time) 
             timeout=settings.timeout,
             keep_settled=settings.keep_settled,
             audit_maxlen=settings.audit_maxlen,
+            rate_lease=settings.rate_lease,
             clock=clock,
         )
     return SQLiteStore(config.state_path, clock=clock)

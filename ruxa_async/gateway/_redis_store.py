@@ -42,7 +42,7 @@ from typing import Any
 import attrs
 
 from ._policy import Denial
-from ._redis_fleet import RedisFleet
+from ._redis_fleet import MAX_LEASE, RedisFleet
 from ._redis_writer import GatewayRedis, Layout, WriteBehind, text
 from ._store import Reservation, Scope, StateUnavailableError, TaskRecord
 
@@ -86,7 +86,8 @@ class RedisStore:
     reservation, ownership) are awaited; the rest is written behind. A
     settled task's record is kept ``keep_settled`` seconds; a reservation
     nobody committed or released within ``hold_seconds`` (its gateway died
-    mid-create) is booked as spent. Needs the ``redis`` extra
+    mid-create) is booked as spent. A query's permit of the user's request rate is
+    leased in blocks of at most ``rate_lease``. Needs the ``redis`` extra
     (``pip install "ruxa-async[gateway,redis]"``).
     """
 
@@ -100,6 +101,7 @@ class RedisStore:
         ledger_ttl: float = 40 * 86_400.0,
         hold_seconds: float = 3_600.0,
         audit_maxlen: int = 1_000_000,
+        rate_lease: int = MAX_LEASE,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if timeout <= 0 or keep_settled <= 0 or ledger_ttl <= 0 or hold_seconds <= 0:
@@ -113,7 +115,7 @@ class RedisStore:
             audit_maxlen=audit_maxlen,
         )
         self._writer = WriteBehind(self._redis)
-        self._fleet = RedisFleet(self._redis, self._layout, clock=clock)
+        self._fleet = RedisFleet(self._redis, self._layout, clock=clock, max_lease=rate_lease)
         self.namespace = namespace
         self._clock = clock
         self._hold = hold_seconds
