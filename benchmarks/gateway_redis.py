@@ -12,8 +12,13 @@ set-ups, measured one after the other in the same run:
 * ``redis-2 rate``: the same with a user request rate (never reached) shared by
   the instances, so every query also spends a permit leased from Redis (64 per
   lease);
-* ``redis-2 rate, lease 1``: the same with ``[state] rate_lease = 1``: every
-  query is a Redis round trip.
+* ``redis-2 rate, lease 1``: the same with ``[state] rate_lease = 1``: a lease
+  covers only the queries already waiting for one (at one in flight, every
+  query is a Redis round trip).
+
+Then, in this process, the permit path alone: two ``RedisFleet`` instances
+spend permits of one user (32 concurrent callers), with ``rate_lease`` 64 and
+1: CPU per permit and Redis calls per 1,000 permits.
 
 For each: create and query latency (p50/p99, one request in flight) and
 throughput (32 in flight), and the gateways' CPU per request. Tasks never
@@ -46,6 +51,8 @@ import aiohttp
 from benchmarks._procs import Child, Simulator, cpu_seconds, free_port
 from benchmarks.gateway import _pct, _wait_up
 from ruxa_async.gateway import hash_token
+from ruxa_async.gateway._redis_fleet import RedisFleet
+from ruxa_async.gateway._redis_writer import GatewayRedis, Layout
 
 OUT = Path(__file__).resolve().parent / "results-gateway-redis.md"
 BODY = json.dumps({"model": "google/nano-banana", "input": {"prompt": "a red fox"}}).encode()
@@ -144,6 +151,30 @@ async def _calibrate(sim: Simulator, n: int) -> float:
         return 1e6 * (time.process_time() - cpu) / n
 
 
+async def _permits(url: str, lease: int, n: int, width: int = 32) -> dict[str, float]:
+    """CPU per permit and Redis calls per 1,000 permits, two fleets on one Redis."""
+    fleets: list[tuple[GatewayRedis, RedisFleet]] = []
+    for i in range(2):
+        redis = GatewayRedis(url, namespace=f"permits-{lease}", timeout=1.0)
+        layout = Layout(redis, keep=60, ledger_ttl=60, hold=60, audit_maxlen=1000)
+        fleets.append((redis, RedisFleet(redis, layout, max_lease=lease)))
+    counter = iter(range(n))
+
+    async def worker(k: int) -> None:
+        fleet = fleets[k % 2][1]
+        for _ in counter:
+            if await fleet.request("bench", 1e6, 1_000_000) is not None:
+                raise RuntimeError("a permit was refused")
+
+    cpu = time.process_time()
+    await asyncio.gather(*(worker(k) for k in range(width)))
+    cpu = time.process_time() - cpu
+    calls = sum(f.lease_calls for _, f in fleets)
+    for redis, _ in fleets:
+        await redis.aclose()
+    return {"cpu_us": 1e6 * cpu / n, "calls_per_1000": 1000 * calls / n}
+
+
 def _config(
     path: Path, sim: Simulator, rate: tuple[float, int] | None = None, lease: int = 64
 ) -> None:
@@ -188,10 +219,17 @@ def main() -> None:
                     results[name] = asyncio.run(
                         _measure([g.url for g in gws], [g.pid for g in gws], n)
                     )
-    _write(results, c_req, n, args.smoke)
+        permits = {lease: asyncio.run(_permits(redis.url, lease, 10 * n)) for lease in (64, 1)}
+    _write(results, permits, c_req, n, args.smoke)
 
 
-def _write(results: dict[str, Any], c_req: float, n: int, smoke: bool) -> None:
+def _write(
+    results: dict[str, Any],
+    permits: dict[int, dict[str, float]],
+    c_req: float,
+    n: int,
+    smoke: bool,
+) -> None:
     lines = [
         "# Gateway state in Redis: what sharing costs",
         "",
@@ -215,14 +253,24 @@ def _write(results: dict[str, Any], c_req: float, n: int, smoke: bool) -> None:
         "",
         "`redis-2`: two gateways on one Redis, each query sent to the instance that did not "
         "create the task. `rate`: the user has a request rate (never reached) shared by the "
-        "instances, so each query spends a permit leased from Redis, 64 per lease or (`lease 1`) "
-        "one per query. Gateway CPU is summed over the gateway processes (Redis and the "
-        "simulator not included).",
+        "instances, so each query spends a permit leased from Redis: up to 64 per lease, or "
+        "(`lease 1`) only as many as queries are waiting. Gateway CPU is summed over the "
+        "gateway processes (Redis and the simulator not included).",
         "",
+        f"The permit path alone, in this process ({10 * n} permits of one user, 32 concurrent "
+        "callers over two instances on one Redis):",
+        "",
+        "| rate_lease | CPU µs per permit | Redis calls per 1,000 permits |",
+        "|---|---|---|",
     ]
+    lines += [
+        f"| {lease} | {p['cpu_us']:.1f} | {p['calls_per_1000']:.1f} |"
+        for lease, p in permits.items()
+    ]
+    lines += [""]
     OUT.write_text("\n".join(lines), encoding="utf-8")
     print("\n".join(lines))
-    print(json.dumps({"c_req_us": c_req, **results}), file=sys.stderr)
+    print(json.dumps({"c_req_us": c_req, "permits": permits, **results}), file=sys.stderr)
 
 
 if __name__ == "__main__":

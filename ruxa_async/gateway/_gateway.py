@@ -76,8 +76,8 @@ class Gateway:
         self.counters = Counters()
         self.verifier = TokenVerifier(config, clock=clock)
         self.rates = RateBuckets()
-        self.fleet = self.store.fleet()
-        self.alerter = Alerter(config.alerts, None if self.fleet is None else self.fleet.claim)
+        self._fleet = self.store.fleet()
+        self.alerter = Alerter(config.alerts, None if self._fleet is None else self._fleet.claim)
         self.spend_watch = SpendWatch(config.alerts, clock)
         self.relay = Relay(config.callbacks, self._audit_event, clock=clock)
         self._client_factory = client_factory
@@ -290,8 +290,8 @@ class Gateway:
         if isinstance(who, Reply):
             return who
         rate = who.policy.requests_per_second
-        if self.fleet is not None and rate is not None:  # the user's rate across instances
-            limited = await self.fleet.request(who.user, rate, who.policy.burst)
+        if self._fleet is not None and rate is not None:  # the user's rate across instances
+            limited = await self._fleet.request(who.user, rate, who.policy.burst)
             if limited is not None:
                 return self.deny(limited, who.user)
         try:
