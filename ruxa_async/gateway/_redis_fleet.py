@@ -54,7 +54,7 @@ class _Lease:
 
 
 class RedisFleet:
-    """The :class:`~ruxa_async.gateway._store.Fleet` of gateways sharing one Redis namespace.
+    """The :class:`~ruxa_async.gateway.GatewayFleet` of gateways sharing one Redis namespace.
 
     ``lease_seconds`` and ``max_lease`` size a lease (``max_lease=1``: every
     query is one Redis call); ``clock`` is the time passed to the scripts,

@@ -32,7 +32,7 @@ from .._errors import RuxaError
 from ._policy import Denial
 
 __all__ = [
-    "Fleet",
+    "GatewayFleet",
     "Reservation",
     "SQLiteStore",
     "Scope",
@@ -113,7 +113,7 @@ class TaskRecord:
     final: dict[str, Any] | None = None
 
 
-class Fleet(Protocol):
+class GatewayFleet(Protocol):
     """What gateways sharing one store coordinate besides state: request rates, alerts."""
 
     async def request(self, user: str, rate: float, burst: int) -> Denial | None:
@@ -127,7 +127,7 @@ class Fleet(Protocol):
 class StateStore(Protocol):
     """What the gateway needs from its state, wherever it lives."""
 
-    def fleet(self) -> Fleet | None:
+    def fleet(self) -> GatewayFleet | None:
         """The coordination of several instances; None for a store of one gateway."""
 
     async def open(self) -> None:
@@ -531,7 +531,7 @@ class SQLiteStore:
         entry = self._ledger.get((scope, period))
         return (entry[0], entry[1]) if entry is not None else (0.0, 0.0)
 
-    def fleet(self) -> Fleet | None:
+    def fleet(self) -> GatewayFleet | None:
         """None: a SQLite store belongs to one gateway, whose own limits are the whole story."""
         return None
 
