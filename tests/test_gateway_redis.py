@@ -586,3 +586,33 @@ async def test_budget_thresholds_and_a_spend_jump_alert_once_across_instances(
         assert jumps == [None, None]  # both instances saw their jump (and are cooling down)
     finally:
         await runner.cleanup()
+
+
+async def test_a_hung_redis_never_hangs_a_query_or_an_alert(
+    sim: FakeRuxa, redis_url: str, redis_service: RedisServer
+) -> None:
+    """Redis stopped (SIGSTOP): the owner's queries are answered under the local rate, and a
+    budget alert raised meanwhile is posted once its claim has timed out."""
+    assert redis_service.proc is not None
+    sim.reconfigure(default_behavior=ModelBehavior(median_seconds=30, sigma=0))
+    runner, hook, received = await alert_inbox()
+    policy = Policy(requests_per_second=0.01, burst=4)
+    config = shared(sim, redis_url, policy=policy, alerts=AlertSettings(webhook_url=hook))
+    try:
+        async with running(config) as gw, aiohttp.ClientSession() as http:
+            body = {"model": NB, "input": PROMPT}
+            url = f"{gw.url}/api/v1/tasks/create"
+            created = await raw(http, "POST", url, token=TOKENS["alice"], body=body)
+            task_id = created[1]["data"]["taskId"]
+            redis_service.proc.send_signal(signal.SIGSTOP)
+            try:
+                gw.alerter.budget("user:alice", "2026-11-30", 10.0, 10.0)
+                statuses = await queries(http, gw, task_id, 5)
+                await gw.alerter.idle()
+                assert not store(gw).available
+            finally:
+                redis_service.proc.send_signal(signal.SIGCONT)
+        assert statuses == [200] * 3 + [429] * 2  # the instance's own bucket, less the create
+        assert sorted(a["threshold"] for a in received) == [0.8, 0.95, 1.0]
+    finally:
+        await runner.cleanup()
