@@ -24,6 +24,7 @@ from typing import Any
 import aiohttp
 
 from ._config import AlertSettings
+from ._tasks import stop
 
 __all__ = ["Alerter", "SpendWatch"]
 
@@ -109,8 +110,7 @@ class Alerter:
     async def _stop_sender(self) -> None:
         task, session, self._task, self._session = self._task, self._session, None, None
         if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+            await stop([task])
         if session is not None:
             await session.close()
 
@@ -127,9 +127,7 @@ class Alerter:
     async def aclose(self) -> None:
         """Stop sending; queued alerts and claims under way are dropped."""
         self._started = False
-        for task in self._claims:
-            task.cancel()
-        await asyncio.gather(*self._claims, return_exceptions=True)
+        await stop(self._claims)
         await self._stop_sender()
 
     async def idle(self) -> None:

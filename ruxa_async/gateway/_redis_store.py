@@ -45,6 +45,7 @@ from ._policy import Denial
 from ._redis_fleet import MAX_LEASE, RedisFleet
 from ._redis_writer import GatewayRedis, Layout, WriteBehind, text
 from ._store import Reservation, Scope, StateUnavailableError, TaskRecord
+from ._tasks import stop
 
 __all__ = ["RedisStore"]
 
@@ -172,9 +173,7 @@ class RedisStore:
 
     async def aclose(self) -> None:
         """Write what is pending (within the timeout, if Redis answers) and close."""
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await stop(self._tasks)
         self._tasks = []
         if not self._redis.degraded:
             with contextlib.suppress(asyncio.TimeoutError):
