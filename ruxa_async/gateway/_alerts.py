@@ -5,10 +5,11 @@ receiver never slows a request. Every alert is also logged at WARNING and kept
 in :attr:`Alerter.sent` (the last few hundred) for inspection.
 
 With several instances sharing Redis, a budget threshold (per scope, period
-and threshold) and a user's spend jump (per cool-down hour) are first claimed
-in Redis (``SET NX``) by a background task, so exactly one instance sends
-each. The claim never delays a request; when Redis does not answer, the alert
-is sent anyway (a duplicate is better than a missed budget alert).
+and threshold) is first claimed in Redis (``SET NX``) by a background task, so
+exactly one instance sends it. The claim never delays a request; when Redis
+does not answer, the alert is sent anyway (a duplicate is better than a missed
+budget alert). Spend jumps are then judged in Redis over the fleet's spend
+(``_redis_fleet.SharedSpendWatch``).
 """
 
 from __future__ import annotations
@@ -26,12 +27,12 @@ import aiohttp
 from ._config import AlertSettings
 from ._tasks import stop
 
-__all__ = ["Alerter", "SpendWatch"]
+__all__ = ["COOLDOWN", "EPOCH", "Alerter", "SpendWatch"]
 
 log = logging.getLogger("ruxa_async")
 
-_EPOCH = 300.0  # spend is compared per 5-minute epoch
-_COOLDOWN = 3600.0
+EPOCH = 300.0  # spend is compared per 5-minute epoch
+COOLDOWN = 3600.0
 _MARK_TTL = 40 * 86_400.0  # longer than any budget window; the mark names its period
 
 Claim = Callable[[str, float], Awaitable[bool | None]]
@@ -61,17 +62,17 @@ class SpendWatch:
         now = self._clock()
         state = self._users.get(user)
         if state is None:
-            state = self._users[user] = [now, 0.0, 0.0, -_COOLDOWN]
+            state = self._users[user] = [now, 0.0, 0.0, -COOLDOWN]
         elapsed = now - state[0]
-        if elapsed >= _EPOCH:
-            epochs = int(elapsed // _EPOCH)
+        if elapsed >= EPOCH:
+            epochs = int(elapsed // EPOCH)
             baseline = 0.7 * state[2] + 0.3 * state[1]
             state[2] = baseline * (0.7 ** (epochs - 1))
-            state[0] += epochs * _EPOCH
+            state[0] += epochs * EPOCH
             state[1] = 0.0
         state[1] += credits
         threshold = max(self._factor * state[2], self._min)
-        if state[1] >= threshold and now - state[3] >= _COOLDOWN:
+        if state[1] >= threshold and now - state[3] >= COOLDOWN:
             state[3] = now
             return state[1], state[2]
         return None
@@ -171,7 +172,7 @@ class Alerter:
     def spend_jump(self, user: str, spend: float, baseline: float) -> None:
         """Alert that ``user``'s spend jumped (once per cool-down hour across instances)."""
         self.once(
-            f"spend_jump:{user}", _COOLDOWN, "spend_jump", user=user, spend=spend, baseline=baseline
+            f"spend_jump:{user}", COOLDOWN, "spend_jump", user=user, spend=spend, baseline=baseline
         )
 
     def once(self, mark: str, ttl: float, event: str, **fields: Any) -> None:

@@ -78,7 +78,11 @@ class Gateway:
         self.rates = RateBuckets()
         self._fleet = self.store.fleet()
         self.alerter = Alerter(config.alerts, None if self._fleet is None else self._fleet.claim)
-        self.spend_watch = SpendWatch(config.alerts, clock)
+        self.spend_watch = (
+            SpendWatch(config.alerts, clock)
+            if self._fleet is None
+            else self._fleet.spend_watch(config.alerts, self._spend_jumped)
+        )
         self.relay = Relay(config.callbacks, self._audit_event, clock=clock)
         self._client_factory = client_factory
         self.pool = KeyPool(self._factory_for(config), self._key_event)
@@ -248,6 +252,9 @@ class Gateway:
     def _audit_event(self, event: str, **detail: Any) -> None:
         task_id = detail.pop("task_id", None)
         self.store.audit(event, None, task_id, **detail)
+
+    def _spend_jumped(self, user: str, spend: float, baseline: float) -> None:
+        self.alerter.alert("spend_jump", user=user, spend=spend, baseline=baseline)
 
     def _key_event(self, event: str, **detail: Any) -> None:
         alert = detail.pop("alert", False)

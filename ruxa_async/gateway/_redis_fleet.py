@@ -22,20 +22,31 @@ risk.
 
 **Alerts once across the fleet.** :meth:`RedisFleet.claim` is ``SET NX`` on
 ``{ns}:alert:{mark}`` with a TTL: the first instance to claim an alert (a
-budget threshold of one period, a user's spend jump within the cool-down)
-sends it; the others stay quiet.
+budget threshold of one period) sends it; the others stay quiet.
+
+**Spend jumps over the fleet's spend.** :class:`SharedSpendWatch` sums each
+user's spend per epoch in Redis (``{ns}:spend:{user}``), written in one
+pipeline by the store's upkeep every quarter second, and the script that adds
+it decides the jump against the fleet-wide baseline, once per cool-down.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
 
+from ._alerts import COOLDOWN, EPOCH, SpendWatch
+from ._config import AlertSettings
 from ._policy import Denial
 from ._redis_writer import GatewayRedis, Layout, text
 
-__all__ = ["LEASE_SECONDS", "LEASE_TTL", "MAX_LEASE", "RedisFleet"]
+__all__ = ["LEASE_SECONDS", "LEASE_TTL", "MAX_LEASE", "RedisFleet", "SharedSpendWatch"]
+
+Jump = Callable[[str, float, float], None]
+
+log = logging.getLogger("ruxa_async")
 
 LEASE_SECONDS = 0.05  # a lease is at most this much of the rate...
 MAX_LEASE = 64  # ...and at most this many tokens
@@ -79,6 +90,7 @@ class RedisFleet:
         self._max_lease = max_lease
         self._leases: dict[str, _Lease] = {}
         self.lease_calls = 0
+        self.spending: SharedSpendWatch | None = None
 
     def lease_size(self, rate: float, burst: int) -> int:
         """How many tokens one lease asks for at ``rate`` per second and ``burst``."""
@@ -141,6 +153,52 @@ class RedisFleet:
         lease.until = self._monotonic() + LEASE_TTL
         return True
 
+    def spend_watch(self, settings: AlertSettings, jumped: Jump) -> SharedSpendWatch:
+        """The spend watch of this instance, over the fleet's spend; ``jumped(user, spend,
+        baseline)`` is called for each jump (once across the fleet)."""
+        self.spending = SharedSpendWatch(self, settings, jumped)
+        return self.spending
+
+    async def flush_spend(self) -> None:
+        """Send the spend noted since the last flush (the store's upkeep calls this)."""
+        if self.spending is not None:
+            await self.spending.flush()
+
     async def claim(self, mark: str, ttl: float) -> bool | None:
         """True for the first instance to claim ``mark`` within ``ttl`` s; None if Redis is away."""
         return await self._redis.call(self._layout.claim(mark, ttl))
+
+
+class SharedSpendWatch(SpendWatch):
+    """A :class:`SpendWatch` over every instance's spend: :meth:`add` notes the credits,
+    :meth:`flush` adds them up in Redis, where the jump is decided."""
+
+    def __init__(self, fleet: RedisFleet, settings: AlertSettings, jumped: Jump) -> None:
+        super().__init__(settings, fleet._clock)
+        self._fleet = fleet
+        self._jumped = jumped
+        self._noted: dict[str, float] = {}
+
+    def add(self, user: str, credits: float) -> tuple[float, float] | None:
+        """Note ``credits`` for ``user``; None (a jump is reported by :meth:`flush`)."""
+        self._noted[user] = self._noted.get(user, 0.0) + credits
+        return None
+
+    async def flush(self) -> None:
+        """Add the noted spend in Redis; report each user whose spend jumped."""
+        if not self._noted:
+            return
+        noted, self._noted = self._noted, {}
+        settings = (self._factor, self._min, EPOCH, COOLDOWN, 2 * COOLDOWN)
+        call = self._fleet._layout.spend(noted, self._clock(), settings)
+        replies = await self._fleet._redis.call(call)
+        if replies is None:  # written with the next flush
+            for user, credits in noted.items():
+                self._noted[user] = self._noted.get(user, 0.0) + credits
+            return
+        for user, reply in zip(noted, replies, strict=True):
+            if not isinstance(reply, list):
+                log.error("gateway state: Redis refused to add up a spend: %s", reply)
+                continue
+            if int(reply[0]):
+                self._jumped(user, float(text(reply[1])), float(text(reply[2])))

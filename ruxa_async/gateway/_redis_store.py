@@ -411,6 +411,7 @@ class RedisStore:
             if self._redis.degraded:
                 await self._redis.call(self._redis.redis.ping, probe=True)
                 continue
+            await self._fleet.flush_spend()
             if time.monotonic() - last >= _MAINTAIN_EVERY:
                 last = time.monotonic()
                 await self.maintain()

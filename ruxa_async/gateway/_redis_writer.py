@@ -84,7 +84,16 @@ class Layout:
         self.audit_maxlen = audit_maxlen
         self._scripts = {
             name: redis.script(getattr(scripts, name))
-            for name in ("RESERVE", "COMMIT", "RELEASE", "SETTLE", "REAP", "RELAYED", "LEASE")
+            for name in (
+                "RESERVE",
+                "COMMIT",
+                "RELEASE",
+                "SETTLE",
+                "REAP",
+                "RELAYED",
+                "LEASE",
+                "SPEND",
+            )
         }
 
     def key(self, *parts: str) -> str:
@@ -134,6 +143,23 @@ class Layout:
         args = [wanted, repr(float(rate)), burst, repr(now)]
         script = self._scripts["LEASE"]
         return lambda: script(keys=keys, args=args)
+
+    def spend(
+        self, credits: dict[str, float], now: float, settings: tuple[float, ...]
+    ) -> Callable[[], Awaitable[list[Any]]]:
+        """The spend script for each user's ``credits``, pipelined; ``settings`` are the
+        jump factor, minimum, epoch, cool-down and key TTL in seconds."""
+        script = self._scripts["SPEND"]
+
+        async def run() -> list[Any]:
+            async with self.redis.redis.pipeline(transaction=False) as pipe:
+                for user, amount in credits.items():
+                    args = [repr(float(amount)), repr(now), *(repr(float(x)) for x in settings)]
+                    await script(keys=[self.key("spend", user)], args=args, client=pipe)
+                replies: list[Any] = await pipe.execute(raise_on_error=False)
+                return replies
+
+        return run
 
     def claim(self, mark: str, ttl: float) -> Callable[[], Awaitable[bool]]:
         """SET NX of ``{ns}:alert:{mark}`` for ``ttl`` seconds: True for the first claimant."""

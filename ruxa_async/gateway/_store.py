@@ -29,6 +29,8 @@ from typing import Any, Protocol
 import attrs
 
 from .._errors import RuxaError
+from ._alerts import SpendWatch
+from ._config import AlertSettings
 from ._policy import Denial
 
 __all__ = [
@@ -122,6 +124,12 @@ class GatewayFleet(Protocol):
     async def claim(self, mark: str, ttl: float) -> bool | None:
         """True for the first instance to claim ``mark`` within ``ttl`` seconds, False for
         the others, None when the shared store cannot tell (it is away)."""
+
+    def spend_watch(
+        self, settings: AlertSettings, jumped: Callable[[str, float, float], None]
+    ) -> SpendWatch:
+        """A spend watch over every instance's spend; ``jumped(user, spend, baseline)`` is
+        called once per jump across the fleet."""
 
 
 class StateStore(Protocol):
