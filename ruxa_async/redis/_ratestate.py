@@ -153,13 +153,21 @@ class RedisRateState:
     # --------------------------------------------------------------- episodes
 
     async def begin_episode(self, kind: Kind, seen: int) -> bool:
-        """See :meth:`RateState.begin_episode` (atomic in Redis)."""
+        """See :meth:`RateState.begin_episode` (atomic in Redis).
+
+        While Redis is unreachable the compare is against the highest counter
+        this process knows (Redis's as last seen, or its own since), so a 429
+        still starts an episode and lowers the pace; a counter Redis lost
+        (restarted, or behind a degraded process) is caught up the same way.
+        """
+        known = max(self._episodes[kind], seen)
         result = await self._store.call(
             lambda: self._episode(keys=[self._key("episode", kind)], args=[seen])
         )
-        if result is None:
-            return await self.local.begin_episode(kind, seen)
-        return bool(int(result))
+        began = known == seen if result is None else bool(int(result))
+        if began or result is not None:  # Redis's counter is past `seen` either way
+            self._episodes[kind] = max(self._episodes[kind], seen + 1)
+        return began
 
     # ------------------------------------------------------------------ gates
 

@@ -96,11 +96,13 @@ return num(deadline - now)
 )
 
 # Compare-and-increment of a kind's episode counter.  KEYS: counter  ARGV: seen
-# A counter that expired (an idle fleet) starts again from what the caller saw.
+# A counter behind what the caller saw (it expired in an idle fleet, Redis restarted, or
+# the caller counted episodes while Redis was unreachable) catches up from it.
 EPISODE = """
+local seen = tonumber(ARGV[1])
 local current = tonumber(redis.call('GET', KEYS[1]) or ARGV[1])
-if current ~= tonumber(ARGV[1]) then return 0 end
-redis.call('SET', KEYS[1], tostring(current + 1), 'PX', 86400000)
+if current > seen then return 0 end
+redis.call('SET', KEYS[1], tostring(seen + 1), 'PX', 86400000)
 return 1
 """
 
