@@ -57,6 +57,7 @@ async def _worker(args: argparse.Namespace) -> dict[str, Any]:
     redis = RedisCoordinator(args.redis, namespace=args.namespace) if args.redis else None
     coordinator = redis if redis is not None else coordinator_from_url(None)
     received: dict[str, float] = {}
+    trace = _trace_decisions() if os.environ.get("FLEET_TRACE") else []
     callbacks = None
     if args.receiver:
         from ruxa_async.webhooks import CallbackServer
@@ -132,8 +133,27 @@ async def _worker(args: argparse.Namespace) -> dict[str, Any]:
             "leased_tokens": fleet.leased_tokens if fleet else 0,
             "resolved": resolved,
             "received": received,
+            "trace": [(t - start, text) for t, text in trace],
             "hops": hops,
         }
+
+
+def _trace_decisions() -> list[tuple[float, str]]:
+    """The rate controller's DEBUG decisions (429s, phase changes), stamped (``FLEET_TRACE=1``)."""
+    import logging
+
+    lines: list[tuple[float, str]] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            text = record.getMessage()
+            if "429 on" in text or "pace:" in text or "gate" in text:
+                lines.append((time.monotonic(), text))
+
+    logger = logging.getLogger("ruxa_async")
+    logger.setLevel(logging.DEBUG)
+    logger.addHandler(Keep())
+    return lines
 
 
 def _trace_fan_in(coordinator: Any) -> dict[str, float]:
@@ -263,6 +283,13 @@ def run_fleet(
     finally:
         sim.close()
     makespan = max(r["end"] for r in reports) - min(r["start"] for r in reports)
+    if os.environ.get("FLEET_TRACE"):
+        t0 = min(r["start"] for r in reports)
+        timeline = sorted(
+            (r["start"] - t0 + t, i, text) for i, r in enumerate(reports) for t, text in r["trace"]
+        )
+        path = Path(os.environ["FLEET_TRACE"]) / f"trace-p{procs}-{run}.txt"
+        path.write_text("".join(f"{t:8.3f} p{i} {text}\n" for t, i, text in timeline))
     cpu = sum(r["cpu"] for r in reports)
     permits = sum(r["permits"] for r in reports)
     rejected = stats["rate_limited_create"] + stats["rate_limited_query"]

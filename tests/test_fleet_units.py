@@ -185,6 +185,10 @@ async def test_a_gate_message_drops_the_lease(redis_url: str) -> None:
         assert await state.gate_remaining("client") == pytest.approx(1.5)
         assert state._leases["query"].tokens == 0
         assert state.remote_pauses == 1
+        state.origin = "me"
+        state.on_gate("client", 5.0, "me")  # this process's own gate, heard back: not remote
+        assert await state.gate_remaining("client") == pytest.approx(1.5)
+        assert state.remote_pauses == 1
     finally:
         await store.aclose()
 

@@ -106,6 +106,7 @@ class RedisRateState:
         self._learned: dict[Kind, tuple[float, LearnedLimit | None]] = {}
         self._episodes: dict[Kind, int] = {"create": 0, "query": 0}
         self.local = LocalRateState(clock)
+        self.origin = ""  # this process's name in the fleet: its own gates are not remote
         self.members = 1
         self.leases = 0
         self.leased_tokens = 0
@@ -177,14 +178,15 @@ class RedisRateState:
         self._close_locally(scope, seconds)
         await self.local.close_gate(scope, seconds)
         keys = [self._key("gate", scope)] + [self._key("bucket", kind) for kind in _KINDS_OF[scope]]
+        message = f"gate|{scope}|{self.origin}|"  # the script appends the seconds
         await self._store.call(
-            lambda: self._close(
-                keys=keys, args=[f"{seconds:.6f}", self._channel, f"gate|{scope}|", -1]
-            )
+            lambda: self._close(keys=keys, args=[f"{seconds:.6f}", self._channel, message, -1])
         )
 
-    def on_gate(self, scope: str, seconds: float) -> None:
-        """Another process closed ``scope`` for ``seconds`` (a pub/sub message)."""
+    def on_gate(self, scope: str, seconds: float, origin: str = "") -> None:
+        """A process closed ``scope`` for ``seconds`` (a pub/sub message; this one's is known)."""
+        if origin and origin == self.origin:
+            return  # closed here already
         if scope in _KINDS_OF and self._close_locally(scope, seconds):  # type: ignore[arg-type]
             self.remote_pauses += 1
 
