@@ -160,6 +160,7 @@ class RedisCoordinator(Coordinator):
             pubsub = store.redis.pubsub()
             try:
                 await asyncio.wait_for(pubsub.subscribe(self._channel), store.timeout)
+                self.rate_state.invalidate()  # what was written while not listening
                 self._subscribed.set()
                 while True:
                     message = await pubsub.get_message(
