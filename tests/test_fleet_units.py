@@ -74,6 +74,26 @@ def test_a_lease_may_borrow_what_the_lookahead_refills(conn: redis_sync.Redis) -
     assert wait == pytest.approx(0.1)
 
 
+def test_the_bucket_refills_at_the_slowest_pace_a_member_asked_for(
+    conn: redis_sync.Redis,
+) -> None:
+    """Members pacing 100/s and 20/s: 20/s for both, until the slow one asked nothing for 1 s."""
+    script = conn.register_script(_scripts.TAKE)
+
+    def lease(member: str, rate: float, now: float) -> list[float]:
+        reply = script(keys=["bp", "g1", "g2", "paces"], args=[1, 1, rate, 1, now, "0", member, 1])
+        return [float(x) for x in reply]
+
+    granted, _, _, rate = lease("a", 100.0, 10.0)
+    assert (granted, rate) == (1, 100.0)
+    assert lease("b", 20.0, 10.0) == [0, pytest.approx(0.05)]  # refills at 20/s
+    assert lease("a", 100.0, 10.02) == [0, pytest.approx(0.03)]  # 0.4 tokens, at 20/s
+    granted, _, _, rate = lease("a", 100.0, 10.06)
+    assert (granted, rate) == (1, 20.0)
+    granted, _, _, rate = lease("a", 100.0, 11.5)  # b's pace is over a second old
+    assert (granted, rate) == (1, 100.0)
+
+
 def test_bucket_never_grants_fewer_than_asked_for(conn: redis_sync.Redis) -> None:
     """A caller needing 2 tokens waits for 2, even when 1 is there."""
     take(conn, 5, 1, 10.0, 5, now=0.0)

@@ -12,6 +12,14 @@ gate is answered from a local copy that every process updates at once through
 pub/sub and through each lease reply (it errs toward closed: a local close is
 seen before Redis is told).
 
+The bucket refills at the slowest pace any member asked for within the last
+second (and never below the pace the fleet learned): every member runs its own
+rate controller over this shared state, and a fleet that sent faster than one
+member believes the limit allows would have that member's 429 underestimate
+the limit. A member spends its block at its part of that rate (the rate over
+the number of members sending), so its own sends, scaled by :meth:`share`,
+look like the fleet's.
+
 Each lease reply also carries the fleet's running total of granted tokens, so
 :meth:`RedisRateState.share` knows how many tokens the whole fleet took per
 token of this process: the controller scales what it measures (its sends and
@@ -40,6 +48,7 @@ __all__ = ["RedisRateState"]
 
 _SHARE_WINDOW = 2.0  # seconds of lease history behind share()
 _MAX_SHARE = 256.0
+_PACE_WINDOW = 1.0  # seconds a member's pace counts toward the fleet's (the slowest wins)
 
 _KINDS_OF: dict[str, tuple[Kind, ...]] = {
     "create": ("create",),
@@ -53,12 +62,23 @@ _SCOPES_OF: dict[Kind, tuple[GateScope, GateScope]] = {
 
 
 class _Lease:
-    __slots__ = ("expires", "history", "lock", "measured", "mine", "next_at", "share", "tokens")
+    __slots__ = (
+        "expires",
+        "history",
+        "lock",
+        "measured",
+        "mine",
+        "next_at",
+        "rate",
+        "share",
+        "tokens",
+    )
 
     def __init__(self) -> None:
         self.tokens = 0
         self.expires = 0.0
         self.next_at = 0.0  # leased tokens are spent at the rate, not in a burst
+        self.rate = 0.0  # the rate the fleet's bucket refilled at for the last block (0: unknown)
         self.lock = asyncio.Lock()
         self.mine = 0  # tokens this process leased
         self.history: collections.deque[tuple[float, int, int]] = collections.deque()
@@ -232,8 +252,8 @@ class RedisRateState:
         spacing = self._spacing(lease, rate)
         if spacing > 0:
             return spacing
-        # this process's part of the rate: its block is spent evenly alongside the others'
-        own = rate / self._spread(kind)
+        # this process's part of the fleet's rate: its block is spent evenly beside the others'
+        own = min(rate, lease.rate or rate) / self._spread(kind)
         if self._from_lease(lease, count, own):
             return 0.0
         if self._store.degraded:
@@ -244,13 +264,14 @@ class RedisRateState:
                 return 0.0
             block = max(count, min(self._max_lease, math.ceil(rate * self._lease_seconds)))
             gate_keys = [self._key("gate", scope) for scope in _SCOPES_OF[kind]]
-            keys = [self._key("bucket", kind), *gate_keys]
+            keys = [self._key("bucket", kind), *gate_keys, self._key("paces", kind)]
             # may borrow what the next lease_seconds refill, for each live process: every
             # member borrows as deep, so none is left behind the others' blocks
             ahead = f"{self._lease_seconds * max(1, self.members):.6f}"
-            reply = await self._store.call(
-                lambda: self._take(keys=keys, args=[block, count, rate, burst, -1, ahead])
-            )
+            args: list[object] = [block, count, rate, burst, -1, ahead]
+            if self.origin:  # the bucket refills at the slowest pace a member asked for lately
+                args += [self.origin, _PACE_WINDOW]
+            reply = await self._store.call(lambda: self._take(keys=keys, args=args))
             if reply is None:
                 share = max(1, self.members)
                 return await self.local.take(kind, count, rate / share, max(1.0, burst / share))
@@ -262,6 +283,9 @@ class RedisRateState:
             now = self._clock()
             if len(reply) > 2:
                 lease.note(now, granted, int(reply[2]))
+            if len(reply) > 3:
+                lease.rate = min(rate, float(reply[3]))
+                own = lease.rate / self._spread(kind)
             lease.expires = now + wait + self._lease_ttl + granted / own
             if wait > 0:  # borrowed: the block's first token is due in `wait` seconds
                 lease.tokens = granted
