@@ -575,7 +575,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.worker:
         args.callback_url = args.cb
-        print(json.dumps(asyncio.run(_worker(args))), flush=True)
+        profile = os.environ.get("FLEET_PROFILE")  # a directory: one cProfile dump per worker
+        if profile:
+            import cProfile
+
+            with cProfile.Profile() as profiler:
+                report = asyncio.run(_worker(args))
+            profiler.dump_stats(Path(profile) / f"worker-{args.run}-{args.first}.prof")
+        else:
+            report = asyncio.run(_worker(args))
+        print(json.dumps(report), flush=True)
         return 0
     from tests.services import redis_server
 
