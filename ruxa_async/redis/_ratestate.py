@@ -242,10 +242,11 @@ class RedisRateState:
     async def take(self, kind: Kind, count: int, rate: float, burst: float) -> float:
         """See :meth:`RateState.take`: from the local lease, else a new block from Redis.
 
-        The shared bucket refills at the fleet's pace: the caller's, but never
-        below the pace last learned for the fleet. A process whose own pace
-        is held back by its own few sends (a climb stays within twice what it
-        sent) would otherwise slow the whole fleet's bucket each time it leases.
+        The shared bucket refills at the fleet's pace: the slowest a live member
+        asked for in the last second, where each member asks for its own pace
+        but never less than the pace last learned for the fleet (a process whose
+        climb is held back by its own few sends would otherwise slow the whole
+        fleet). This process spends its block at its part of that pace.
         """
         lease = self._leases[kind]
         rate = max(rate, self._fleet_rate(kind))
