@@ -196,11 +196,13 @@ _WRITE_BEHIND = 0.005  # seconds a write may wait to share its transaction with 
 class _Writer:
     """One thread owning the SQLite connection: batched writes and queued reads.
 
-    Writes gather in the event loop and go to the thread together: at once
-    when a coroutine waits for them to be durable (:meth:`durable`, one
-    transaction for everything written up to then), else within
+    Writes gather in the event loop and go to the thread together: when a
+    coroutine waits for them to be durable (:meth:`durable`), else within
     ``_WRITE_BEHIND`` seconds. The thread commits each batch in one
-    transaction and wakes all of its waiters with one loop callback.
+    transaction and wakes all of its waiters with one loop callback. While a
+    batch with waiters is being committed, the next one gathers (group
+    commit): under load, many creates share one transaction and one thread
+    wake-up; alone, a create waits for one commit.
     """
 
     def __init__(self, path: str) -> None:
@@ -213,6 +215,7 @@ class _Writer:
         self._pending: list[tuple[str, Sequence[Any]]] = []
         self._waiters: list[asyncio.Future[None]] = []
         self._timer: asyncio.Handle | None = None
+        self._committing = False  # a batch with waiters is at the thread
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -232,6 +235,8 @@ class _Writer:
         if self._pending or self._waiters:
             batch, self._pending = self._pending, []
             waiters, self._waiters = self._waiters, []
+            if waiters:
+                self._committing = True
             self._queue.put(("batch", batch, waiters))
 
     async def durable(self) -> None:
@@ -240,11 +245,24 @@ class _Writer:
             raise RuntimeError("the gateway's state store is closed")
         waiter = self._loop.create_future()
         self._waiters.append(waiter)
-        if len(self._waiters) == 1:  # others of this loop turn join the same transaction
-            if self._timer is not None:
-                self._timer.cancel()
-            self._timer = self._loop.call_soon(self._hand_off)
+        if len(self._waiters) == 1 and not self._committing:
+            self._send_soon()  # others of this loop turn join the same transaction
         await waiter
+
+    def _send_soon(self) -> None:
+        assert self._loop is not None
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self._loop.call_soon(self._hand_off)
+
+    def _committed(self, waiters: list[asyncio.Future[None]]) -> None:
+        """In the loop: a batch with waiters is in SQLite; send the next one if any waits."""
+        self._committing = False
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        if self._waiters:
+            self._send_soon()
 
     async def call(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
         if self._stopped or not self._thread.is_alive():
@@ -322,14 +340,8 @@ class _Writer:
             conn.execute("ROLLBACK")
         if waiters and self._loop is not None:
             with contextlib.suppress(RuntimeError):  # a closed loop: nobody is waiting any more
-                self._loop.call_soon_threadsafe(_wake, waiters)
+                self._loop.call_soon_threadsafe(self._committed, waiters)
         return keep_going
-
-
-def _wake(waiters: list[asyncio.Future[None]]) -> None:
-    for waiter in waiters:
-        if not waiter.done():
-            waiter.set_result(None)
 
 
 def _row_record(row: Sequence[Any]) -> TaskRecord:
