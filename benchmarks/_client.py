@@ -23,6 +23,7 @@ import contextlib
 import gc
 import importlib
 import json
+import logging
 import math
 import os
 import socket
@@ -367,6 +368,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     spec = RunSpec.load(Path(args[0]))
     _pin(spec.cpu)
+    if os.environ.get("RUXA_BENCH_DEBUG"):  # the controller's decisions, in the kept client log
+        logging.basicConfig(format="%(created).3f %(message)s")
+        logging.getLogger("ruxa_async").setLevel(logging.DEBUG)
     module: Any = importlib.import_module(spec.module)
     contender: Contender = module
     prepared = contender.prepare(spec.jobs(), spec)

@@ -13,7 +13,7 @@ equivalent).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 SEED = 20240601
@@ -241,7 +241,19 @@ _MODES = {
         10_000, 5_000, 100_000, 15.0, 2_000, 50_000, 50_000, 2_000, (60.0, 60.0), 5, 8, 16, 90
     ),
     "quick": _Sizes(600, 400, 4_000, 2.0, 200, 2_000, 2_000, 600, (4.0, 4.0), 16, 16, 64, 30),
-    "smoke": _Sizes(300, 200, 2_000, 1.0, 100, 1_000, 1_000, 300, (2.0, 2.0), 32, 32, 64, 20),
+    "smoke": _Sizes(150, 100, 1_000, 0.5, 50, 500, 500, 150, (2.0, 2.0), 32, 32, 128, 20),
+}
+
+# The smoke run (CI) proves the harness end to end: every workload runs, every contender runs
+# on at least one of them, and ruxa_async wherever a goal reads it; not every pair.
+_SMOKE_CONTENDERS = {
+    "W1": ("ruxa_async", "B1"),
+    "W2": ("ruxa_async_unknown",),
+    "W9": ("ruxa_async_headers",),
+    "W4": ("ruxa_async",),
+    "W5": ("ruxa_async", "B0"),
+    "W6": ("ruxa_async_callbacks",),
+    "W7": ("ruxa_async", "B2"),
 }
 
 
@@ -367,4 +379,6 @@ def build(mode: str, *, real_scale_headline: bool = False, k: float | None = Non
             "requests/s per kind, so it is capped early",
         ),
     ]
+    if mode == "smoke":
+        workloads = [replace(w, contenders=_SMOKE_CONTENDERS[w.key]) for w in workloads]
     return Plan(mode, z.calibration, tuple(workloads))

@@ -1,12 +1,13 @@
 """Rate discovery drawn and tabled: send rate over time against the server's limit.
 
 For every sampled workload (W2, W9) each contender's run is kept while the
-harness goes; at the end :func:`write` draws one PNG per contender under
-``benchmarks/figures/`` (creates on top, queries below; the limit in force as
-a step line; 429s as red marks) and writes ``results-rate.md`` beside
-``RESULTS.md`` with the discovery figures (known against unknown limits, time
-paused, what the client learned) and links to the pictures. Times and rates
-are real scale (compressed seconds times ``k``, rates divided by ``k``).
+harness goes; at the end :func:`write` draws one PNG per contender into
+``figures/`` beside the results (``--out``, ``benchmarks/`` by default;
+creates on top, queries below; the limit in force as a step line; 429s as
+red marks) and writes ``results-rate.md`` beside ``RESULTS.md`` with the
+discovery figures (known against unknown limits, time paused, what the
+client learned) and links to the pictures. Times and rates are real scale
+(compressed seconds times ``k``, rates divided by ``k``).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from ._plan import CONTENDERS, Workload
 
 __all__ = ["keep", "write"]
 
-FIGURES = Path(__file__).resolve().parent / "figures"
+FIGURES = "figures"  # the folder of pictures, beside the results that link to them
 _SOURCES = ("configured", "headers", "429s", "slow start")  # as coded by benchmarks._ruxa
 _KEPT: dict[str, dict[str, dict[str, Any]]] = {}
 _SMOOTH_S = 1.0  # real-scale seconds each plotted rate averages over
@@ -217,7 +218,7 @@ def _table(key: str, runs: dict[str, dict[str, Any]]) -> list[str]:
 
 
 def write(results: dict[str, Any], out: Path) -> None:
-    """Draw the kept runs under ``benchmarks/figures/`` and write ``out/results-rate.md``."""
+    """Draw the kept runs under ``out/figures/`` and write ``out/results-rate.md`` linking them."""
     if not _KEPT:
         return
     lines = [
@@ -237,7 +238,7 @@ def write(results: dict[str, Any], out: Path) -> None:
         lines += [f"## {key}: {workload.title}", "", *_table(key, runs), ""]
         for contender, run in runs.items():
             name = f"{key}-{contender}.png"
-            _draw(key, contender, run, FIGURES / name)
-            lines.append(f"![{key} {contender}](figures/{name})")
+            _draw(key, contender, run, out / FIGURES / name)
+            lines.append(f"![{key} {contender}]({FIGURES}/{name})")
         lines.append("")
     (out / "results-rate.md").write_text("\n".join(lines), encoding="utf-8")

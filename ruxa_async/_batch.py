@@ -44,13 +44,10 @@ import contextvars
 import functools
 import logging
 import time
-from collections.abc import AsyncIterable, Awaitable, Callable, Iterable
-from typing import Literal
-
-import attrs
-from attrs import validators as v
+from collections.abc import AsyncIterable, Iterable
 
 from ._batch_intake import Intake, Slot
+from ._batch_options import BatchOptions, EventKind, ProgressEvent
 from ._batch_port import BatchPort
 from ._errors import (
     AuthenticationError,
@@ -65,36 +62,6 @@ from ._tally import Tally
 __all__ = ["AsCompleted", "BatchOptions", "BatchPort", "ProgressEvent", "collect", "report"]
 
 log = logging.getLogger("ruxa_async")
-
-EventKind = Literal["submitted", "state", "finished"]
-
-
-@attrs.frozen(kw_only=True)
-class ProgressEvent:
-    """A batch progress event: a job was submitted, its task changed state, or it finished."""
-
-    kind: EventKind
-    index: int
-    job: Job
-    task_id: str | None = None
-    state: TaskState | None = None
-    outcome: JobOutcome | None = None
-
-
-@attrs.frozen(kw_only=True)
-class BatchOptions:
-    """How one batch runs; see :meth:`RuxaClient.as_completed` for each setting.
-
-    ``validate`` None means the client's own setting.
-    """
-
-    max_pending: int = attrs.field(default=1000, validator=v.ge(1))
-    timeout: float | None = None
-    on_event: Callable[[ProgressEvent], None] | None = None
-    before_create: Callable[[Job], Awaitable[None]] | None = None
-    on_send: Callable[[Job], Awaitable[None]] | None = None
-    on_unsent: Callable[[Job], None] | None = None
-    validate: bool | None = None
 
 
 class AsCompleted:

@@ -7,7 +7,8 @@ catalogue rejects into its outcome, and sends the others' creates through the
 batch's port, at most ``BatchPort.max_under_way`` at a time (see
 ``_batch`` for why). The very first create goes alone, so a rejected key
 costs one request. The exactly-once hooks (``on_send``, ``on_unsent``) are
-called from here, around each create attempt.
+called from here, around each create attempt. The intake reports back to
+its batch through an :class:`Owner` (``_batch.AsCompleted`` is one).
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ import asyncio
 import functools
 import logging
 from collections.abc import AsyncIterable, AsyncIterator, Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
+from ._batch_options import BatchOptions, EventKind
 from ._errors import (
     APIConnectionError,
     APIStatusError,
@@ -29,14 +31,14 @@ from ._errors import (
     ServiceUnavailableError,
     TaskTimeoutError,
 )
-from ._models import Job
+from ._models import Job, TaskInfo
 from ._retry import is_ambiguous_create
+from ._tally import Tally
 
 if TYPE_CHECKING:
-    from ._batch import AsCompleted, BatchOptions
     from ._batch_port import BatchPort
 
-__all__ = ["Intake", "Slot", "proves_not_created"]
+__all__ = ["Intake", "Owner", "Slot", "proves_not_created"]
 
 log = logging.getLogger("ruxa_async")
 
@@ -68,6 +70,30 @@ class Slot:
         return self.job.key if self.job.key is not None else f"#{self.index}"
 
 
+class Owner(Protocol):
+    """The batch an intake works for: what the intake reads, and what it reports back."""
+
+    stop_reason: str | None
+    stop_error: RuxaError | None
+    tally: Tally
+
+    def _taken(self) -> None: ...
+
+    def _wake(self) -> None: ...
+
+    def _track(self, slot: Slot) -> None: ...
+
+    def _crash(self, exc: BaseException, hook: str = "before_create") -> None: ...
+
+    def _stop(self, exc: RuxaError) -> None: ...
+
+    def _emit(
+        self, slot: Slot, *, info: TaskInfo | None = None, error: BaseException | None = None
+    ) -> None: ...
+
+    def _event(self, kind: EventKind, slot: Slot) -> None: ...
+
+
 async def _iterate(jobs: Iterable[Job] | AsyncIterable[Job]) -> AsyncIterator[Job]:
     if isinstance(jobs, AsyncIterable):
         async for job in jobs:
@@ -82,7 +108,7 @@ class Intake:
 
     def __init__(
         self,
-        batch: AsCompleted,
+        batch: Owner,
         port: BatchPort,
         jobs: Iterable[Job] | AsyncIterable[Job],
         options: BatchOptions,

@@ -26,7 +26,7 @@ import attrs
 __all__ = ["Drain", "excess", "joint_fit", "rate_for_burst", "window"]
 
 _ITERATIONS = 40  # bisection steps: 2**-40 of the interval
-_DISTINCT = 2.0  # two drains' windows must differ by this factor to be fitted together
+_DISTINCT = 1.5  # two drains' windows must differ by this factor to be fitted together
 
 
 @attrs.frozen
@@ -88,7 +88,7 @@ def joint_fit(first: Drain, second: Drain, low: float, high: float) -> tuple[flo
     """The (rate, burst) in ``[low, high]`` that explains both refusals, if their curves cross.
 
     Only drains whose bucket ran dry over windows of clearly different lengths
-    (one at least twice the other, e.g. a fast climb and a slow probe) cross
+    (one at least 1.5 times the other, e.g. a fast climb and a slow probe) cross
     at a well-defined point; for like drains no fit is claimed.
     """
     if not first.times or not second.times or high <= low:

@@ -21,7 +21,8 @@ from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Mappin
 from pathlib import Path
 from typing import Any, Protocol
 
-from ._batch import AsCompleted, BatchOptions, ProgressEvent, collect
+from ._batch import AsCompleted, collect
+from ._batch_options import BatchOptions, ProgressEvent
 from ._batch_port import ClientPort
 from ._config import (
     Kind,
@@ -149,6 +150,7 @@ class RuxaClient:
             validate=validate,
             on_request=on_request,
         )
+        self._callbacks = callbacks
 
     def __repr__(self) -> str:
         return f"<RuxaClient {self._base_url} {self._core.state.value}>"
@@ -191,7 +193,8 @@ class RuxaClient:
 
         Starting an open client does nothing; a closed one raises :class:`ClientClosedError`.
         """
-        await self._core.start(self)
+        if await self._core.start() and self._callbacks is not None:
+            await self._callbacks.start(self)
 
     async def aclose(self) -> None:
         """Stop polling, fail still-pending handles with ClientClosedError, close connections."""

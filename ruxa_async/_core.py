@@ -5,7 +5,9 @@ and delegate here. :class:`ClientCore` builds the parts (fleet link, rate
 controller, transport, outage gate, retrier, the :class:`Requester` request
 path, the polling scheduler and the :class:`Creator`), starts and stops them
 in order, enforces the one lifecycle rule (nothing talks to the service
-unless the client is open) and assembles :class:`ClientStatistics`.
+unless the client is open) and assembles :class:`ClientStatistics`. A callback
+receiver is held here as a :class:`CallbackEndpoint` (its URL, its closing);
+the client attaches it to itself when it opens.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import enum
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import attrs
 
@@ -34,10 +36,20 @@ from ._transport import Transport
 from ._version import __version__
 from .catalog import get_model, validate_input
 
-if TYPE_CHECKING:
-    from ._client import CallbackReceiver, RuxaClient
+__all__ = ["CallbackEndpoint", "ClientCore", "ClientStatistics", "State"]
 
-__all__ = ["ClientCore", "ClientStatistics", "State"]
+
+class CallbackEndpoint(Protocol):
+    """The part of a callback receiver the core uses: its URL, and closing it."""
+
+    @property
+    def callback_url(self) -> str:
+        """The URL Ruxa should POST to, secret token included."""
+        ...
+
+    async def aclose(self) -> None:
+        """Stop receiving callbacks."""
+        ...
 
 
 @attrs.frozen(kw_only=True)
@@ -83,7 +95,7 @@ class ClientCore:
         poll: PollPolicy,
         outage: OutagePolicy | OutageCoordinator | None,
         max_connections: int | None,
-        callbacks: CallbackReceiver | None,
+        callbacks: CallbackEndpoint | None,
         coordinator: Coordinator | None,
         validate: bool,
         on_request: Callable[[RequestEvent], None] | None,
@@ -133,19 +145,21 @@ class ClientCore:
 
     # -------------------------------------------------------------- lifecycle
 
-    async def start(self, client: RuxaClient) -> None:
-        """Open the pool, start polling, join the fleet, start the callback receiver."""
+    async def start(self) -> bool:
+        """Open the pool, start polling, join the fleet; True when this call opened the client.
+
+        The client then starts its callback receiver (it attaches the client itself).
+        """
         if self.state is not State.NEW:
             self.require_open()
-            return
+            return False
         self.state = State.OPEN
         self.transport.open()
         self._runner = asyncio.get_running_loop().create_task(
             self.scheduler.run(), name="ruxa_async scheduler"
         )
         await self.fleet.start(self._resolve_published)
-        if self.callbacks is not None:
-            await self.callbacks.start(client)
+        return True
 
     async def aclose(self) -> None:
         """Stop everything :meth:`start` started, in reverse; the client ends closed."""

@@ -309,9 +309,10 @@ class RateController:
         if hint is not None:
             await self._apply_hint(lane, hint, now)
         await self._publish(lane)
+        followed = await self._lead(lane, now)
         _log.debug(
             "429 on %s: pace %.3g -> %.3g req/s (limit ~%s, burst ~%s, from %s), "
-            "%s gate closed for %.3f s (%s)",
+            "%s gate closed for %.3f s (%s)%s",
             kind,
             old_rate,
             pace.rate,
@@ -321,6 +322,7 @@ class RateController:
             gate.name,
             gate.deadline - now,
             "Retry-After" if retry_after is not None else "no Retry-After",
+            f"; queries follow at {followed:.3g} req/s" if followed else "",
         )
 
     @property
@@ -479,6 +481,24 @@ class RateController:
         lane.advanced_at = max(lane.advanced_at, now)
 
     # ---------------------------------------------------------- shared state
+
+    async def _lead(self, leader: _Lane, now: float) -> float | None:
+        """Offer a create 429's finding to queries while they learned nothing of their own.
+
+        Every task needs at least one query, so queries must keep up with the
+        creates: the create pace is a fair start for them (never a ceiling;
+        they probe on). Not the other way round: create limits are the tight
+        ones, and a query limit says little about them. Returns the query
+        pace when it followed.
+        """
+        if leader.kind != "create":
+            return None
+        lane = self._lanes["query"]
+        self._advance(lane, now)
+        if not lane.pace.follow(leader.pace, now):
+            return None
+        await self._publish(lane)
+        return lane.pace.rate
 
     async def _publish(self, lane: _Lane) -> None:
         learned = lane.shared = lane.pace.learned(lane.episode)

@@ -142,6 +142,7 @@ class Pace:
         self.fitted = False  # the estimate was fitted to the server's bucket
         self.burst_fitted = False  # the burst came from a fit of rate and burst together
         self.refused_pace: float | None = None  # a settled pace a 429 refused: caps the next fit
+        self.following = False  # paced from another class's finding, nothing learned of its own
 
     # ------------------------------------------------------------- progression
 
@@ -211,6 +212,7 @@ class Pace:
         self.episodes += 1
         if not self.adaptive:
             return
+        self.following = False
         drain = self._drain(granted_at)
         fitted_burst: float | None = None
         fitted = False
@@ -299,6 +301,37 @@ class Pace:
             if rate is not None and rate < estimate:
                 return rate, self.burst_fitted
         return estimate, False
+
+    def follow(self, leader: Pace, now: float) -> bool:
+        """Start from another class's settled pace: a prior, never a ceiling.
+
+        A class still ramping with no 429 of its own (queries, usually, whose
+        demand starts later) takes the pace the other class settled at after
+        its 429, and holds at least :data:`_HOLD` units before probing, so it
+        takes the other's next finding too (a fitted bucket) instead of paying
+        a ``Retry-After`` of its own to learn the same. It keeps following
+        only while that raises its pace; its own first 429 ends it. Returns
+        True if the pace changed.
+        """
+        if not self.adaptive or leader.phase != "hold" or leader.source != "429s":
+            return False
+        if not (self.phase == "ramp" and self.episodes == 0) and not self.following:
+            return False
+        # Admitted well above the other class's pace already: that is evidence of its own.
+        admitted = _RAMP_ADMITTED_SHARE * self._admitted_rate(now, self.unit)
+        base = max(leader.base, admitted, self.min_rate)
+        if self.ceiling is not None:
+            base = min(base, self.ceiling)
+        if self.following and base <= self.base:
+            return False
+        self.following = True
+        self.base = self.rate = base
+        self.phase = "hold"
+        self.t = 0.0
+        self.hold = max(leader.hold, _HOLD * self.unit)
+        if self.estimated_burst is None and self.ceiling is None:
+            self.burst = max(self.burst, _SETTLED_BURST)
+        return True
 
     def on_pause_end(self, reopens_at: float) -> None:
         """A ``Retry-After`` pause ends at ``reopens_at``: the server's bucket is full again."""

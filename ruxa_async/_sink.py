@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from ._batch import ProgressEvent
+from ._batch_options import ProgressEvent
 from ._errors import NotSubmittedError, TaskLostError, TaskTimeoutError
 from ._jobsfile import JobLine
 from ._jobstatus import JobStatus

@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ._batch import ProgressEvent
+from ._batch_options import ProgressEvent
 from ._client import CallbackReceiver, ClientStatistics, RuxaClient, _key_source
 from ._config import OutagePolicy, PollPolicy, RateLimits, RetryPolicy, Timeouts
 from ._coordinator import Coordinator

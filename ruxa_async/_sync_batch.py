@@ -27,7 +27,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import anyio.to_thread
 import attrs
 
-from ._batch import AsCompleted, BatchOptions, ProgressEvent, report
+from ._batch import AsCompleted, report
+from ._batch_options import BatchOptions, ProgressEvent
 from ._models import BatchReport, Job, JobOutcome
 
 if TYPE_CHECKING:

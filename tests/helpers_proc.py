@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import re
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -196,10 +197,14 @@ def kill_when(
     ready: Callable[[], bool],
     *,
     what: str,
+    sig: int = signal.SIGKILL,
     limit: float = 45.0,
     every: float = 0.01,
 ) -> None:
-    """SIGKILL ``proc`` as soon as ``ready()`` holds; fail if it ends or never gets there."""
+    """Signal ``proc`` (SIGKILL unless ``sig``) once ``ready()`` holds; fail if it never does.
+
+    Once signalled, ``proc`` has exited when this returns (its ``returncode`` is set).
+    """
     deadline = time.monotonic() + limit
     try:
         while time.monotonic() < deadline:
@@ -207,7 +212,7 @@ def kill_when(
                 assert proc.stderr is not None
                 raise AssertionError(f"the run ended before {what}: {proc.stderr.read()[-2000:]}")
             if ready():
-                proc.kill()
+                proc.send_signal(sig)
                 proc.wait(15)
                 return
             time.sleep(every)

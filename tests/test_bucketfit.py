@@ -60,6 +60,16 @@ def test_a_fast_climb_and_a_slow_probe_pin_down_rate_and_burst() -> None:
     assert burst == pytest.approx(BURST, abs=2.0)
 
 
+def test_drains_of_somewhat_different_lengths_fit() -> None:
+    """Windows 1.65 times apart (sends at 150/s, then 130/s) still cross at the server's bucket."""
+    fast = first_refusal(steady(150.0, 0.0, 5.0))
+    slow = first_refusal(steady(130.0, 10.0, 20.0))
+    fit = joint_fit(fast, slow, 40.0, 150.0)
+    assert fit is not None
+    assert fit[0] == pytest.approx(RATE, rel=0.02)
+    assert fit[1] == pytest.approx(BURST, abs=1.0)
+
+
 def test_parallel_drains_have_no_fit() -> None:
     """Two drains of the same shape give no crossing, so no fit is claimed."""
     a = first_refusal(steady(150.0, 0.0, 5.0))

@@ -9,7 +9,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,6 +23,7 @@ from .helpers_proc import (
     cli,
     journal_files,
     journal_jobs,
+    kill_when,
     run_cli,
     start_cli,
     started_sims,
@@ -92,24 +92,15 @@ def _signal_when(
     sig: int = signal.SIGKILL,
 ) -> list[tuple[str, str, str | None]]:
     """Send ``sig`` to ``proc`` once its journal satisfies ``ready``; return the rows after."""
-    deadline = time.monotonic() + 30
-    try:
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                assert proc.stderr is not None
-                raise AssertionError(f"the run ended too early: {proc.stderr.read()}")
-            if ready(_journal_rows(journal)):
-                proc.send_signal(sig)
-                proc.wait(15)
-                return _journal_rows(journal)
-            time.sleep(0.02)
-        raise AssertionError("the journal never reached the state to signal at")
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        if proc.stderr is not None:
-            proc.stderr.close()
+    kill_when(
+        proc,
+        lambda: ready(_journal_rows(journal)),
+        what="the journal state to signal at",
+        sig=sig,
+        limit=30,
+        every=0.02,
+    )
+    return _journal_rows(journal)
 
 
 # ------------------------------------------------------------------ the demo

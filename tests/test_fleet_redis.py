@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
 import pytest
+from redis import asyncio as aioredis
 
 from ruxa_async import (
     Job,
@@ -40,7 +41,7 @@ async def fleet(
 ) -> AsyncIterator[list[RuxaClient]]:
     """``size`` clients, each with its own RedisCoordinator (as separate processes would be)."""
     namespace = namespace or _ns()
-    coordinator_options = {k: options.pop(k) for k in ("max_credits",) if k in options}
+    coordinator_options = {k: options.pop(k) for k in ("max_credits", "timeout") if k in options}
     options.setdefault("poll", FAST_POLL)
     options.setdefault("retry", FAST_RETRY)
     async with AsyncExitStack() as stack:
@@ -114,22 +115,33 @@ async def test_same_key_twice_in_two_processes_creates_once(redis_url: str) -> N
 async def test_claim_of_a_dead_creator_follows_the_ambiguous_policy(redis_url: str) -> None:
     """A key whose creator died after sending is ambiguous: 'raise' refuses to create again."""
     namespace = _ns()
-    dead = RedisCoordinator(redis_url, namespace=namespace, heartbeat=0.05)
+    # A slow reply must not count as a Redis outage (the coordinators would then decide
+    # locally): no timeout of their own here, the test's timeout bounds every call.
+    patient = 60.0
+    dead = RedisCoordinator(redis_url, namespace=namespace, heartbeat=0.05, timeout=patient)
     await dead.start()
     assert (await dead.claim("k")).status == "owner"
     await dead.mark_sending("k")
     await dead.claim("unsent")
     await dead.aclose()  # its heartbeat key goes: the owner is gone
+    redis = aioredis.Redis.from_url(redis_url)
+    try:
+        assert [key async for key in redis.scan_iter(match=f"{namespace}*alive*")] == []
+    finally:
+        await redis.aclose()
     async with FakeRuxa(SimConfig(seed=5)) as fake:
         strict = RetryPolicy(ambiguous_creates="raise", initial_delay=0.01, max_delay=0.05)
-        async with fleet(fake, redis_url, 1, namespace=namespace, retry=strict) as (c,):
+        options = {"namespace": namespace, "timeout": patient}
+        async with fleet(fake, redis_url, 1, retry=strict, **options) as (c,):
             with pytest.raises(AmbiguousCreateError):
                 await c.submit(NB, {"prompt": "k"}, idempotency_key="k")
             handle = await c.submit(NB, {"prompt": "unsent"}, idempotency_key="unsent")
             assert (await handle).succeeded  # claimed but never sent: safe to take over
-        async with fleet(fake, redis_url, 1, namespace=namespace) as (c,):
+            assert c.statistics().coordinator.degraded_events == 0  # type: ignore[union-attr]
+        async with fleet(fake, redis_url, 1, **options) as (c,):
             handle = await c.submit(NB, {"prompt": "k"}, idempotency_key="k")  # 'retry'
             assert (await handle).succeeded
+            assert c.statistics().coordinator.degraded_events == 0  # type: ignore[union-attr]
         assert fake.stats().tasks_created == 2
 
 

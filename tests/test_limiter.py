@@ -262,6 +262,23 @@ async def test_unknown_rate_is_discovered_from_the_send_rate(loop: VirtualTimeLo
 
 
 @virtual_time
+async def test_a_create_429_gives_ramping_queries_its_pace(loop: VirtualTimeLoop) -> None:
+    """Queries with nothing learned start from the creates' settled pace, not from their ramp."""
+    h = Harness(loop)
+    sends = []
+    for i in range(30):
+        await h.until(T0 + 0.1 * i)
+        sends.append(await h.take("create"))
+    await h.until(sends[-1].granted_at + 0.05)
+    await h.ctl.on_rate_limited(sends[-1], retry_after=1.0)
+    stats = h.ctl.statistics()
+    assert stats.query_rate == stats.create_rate == pytest.approx(0.9 * 10.0 * 0.95)
+    assert (stats.classes["query"].phase, stats.classes["query"].source) == ("hold", "slow start")
+    assert stats.classes["query"].episodes == 0
+    assert h.ctl.gate_remaining("query") == 0.0  # a create 429 pauses no query
+
+
+@virtual_time
 async def test_rate_never_goes_below_min_rate(loop: VirtualTimeLoop) -> None:
     """Repeated episodes decrease the rate to min_rate and no lower."""
     h = Harness(loop, create_per_second=1.0, min_rate=0.5)

@@ -197,3 +197,32 @@ def test_late_arrivals_do_not_make_the_pace_flip_flop() -> None:
     assert serve(pace, 250.0, 10.0, 0.0, 50.0, pause=0.2, jitter=0.01) <= 8
     assert pace.estimate == pytest.approx(250.0, rel=0.05)
     assert pace.rate < 250.0
+
+
+def test_queries_follow_the_create_pace_until_a_429_of_their_own() -> None:
+    """A ramping class starts from the other's settled pace, rises with it, never sinks with it."""
+    creates, queries = unknown(), unknown()
+    last = send(creates, 0.0, 2.0, 100.0)
+    creates.on_refused(last, 200.0, last)
+    assert queries.follow(creates, last)
+    assert (queries.phase, queries.rate, queries.source) == ("hold", creates.rate, "slow start")
+    assert queries.hold >= 4.0  # long enough for the creates' next finding to arrive first
+    creates._settle_at(120.0, "429s", changed=True)  # the creates found a higher limit
+    assert queries.follow(creates, last)
+    assert queries.rate == creates.rate
+    creates._settle_at(60.0, "429s", changed=True)  # ... a lower one: not a ceiling for queries
+    assert not queries.follow(creates, last)
+    assert queries.rate == pytest.approx(0.95 * 120.0)
+    queries.on_refused(last + 1.0, queries.rate, last + 1.0)  # a 429 of its own
+    creates._settle_at(200.0, "429s", changed=True)
+    assert not queries.follow(creates, last + 2.0)
+
+
+def test_a_class_admitted_above_the_leaders_pace_keeps_its_own() -> None:
+    """Queries already admitted at 150/s do not drop to the creates' 90/s."""
+    creates, queries = unknown(), unknown()
+    send(queries, 0.0, 2.0, 150.0)
+    last = send(creates, 0.0, 2.0, 100.0)
+    creates.on_refused(last, 200.0, last)
+    assert queries.follow(creates, 2.0)
+    assert queries.rate == pytest.approx(0.9 * 150.0, rel=0.02)

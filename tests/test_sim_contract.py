@@ -16,6 +16,9 @@ from ruxa_async.testing import _rules
 from ruxa_async.testing._rules import FieldRule, InputRules, ModelRule
 
 TESTING = Path(__file__).resolve().parent.parent / "ruxa_async" / "testing"
+# Modules outside the simulator that it may import: plumbing that carries no SDK logic and
+# imports nothing from ruxa_async itself (checked below).
+SHARED = ("ruxa_async._signals",)
 
 
 def _imported(node: ast.AST) -> list[str]:
@@ -42,8 +45,20 @@ def test_the_simulator_imports_nothing_from_the_sdk() -> None:
         for name in _imported(node)
         if (name == "ruxa_async" or name.startswith(("ruxa_async.", ".")))
         and not name.startswith("ruxa_async.testing")
+        and name not in SHARED
     ]
     assert offenders == []
+
+
+def test_what_the_simulator_shares_imports_nothing_from_the_package() -> None:
+    """Each module the simulator may share with the SDK imports no ruxa_async module at all."""
+    for module in SHARED:
+        path = TESTING.parent.joinpath(*module.split(".")[1:]).with_suffix(".py")
+        names = [
+            n for node in ast.walk(ast.parse(path.read_text("utf-8"))) for n in _imported(node)
+        ]
+        assert names, module
+        assert not [n for n in names if n.startswith(("ruxa_async", "."))], module
 
 
 def _variants() -> list[InputRules]:

@@ -30,6 +30,15 @@ from . import _wire
 
 POLL_SECONDS = 5.0
 MAX_AT_ONCE = 100
+# what ends a create or a poll once stamina has given up retrying it
+_GAVE_UP = (
+    _wire.RateLimited,
+    _wire.ServerError,
+    _wire.RequestFailed,
+    aiohttp.ClientError,
+    asyncio.TimeoutError,
+    KeyError,
+)
 
 
 def prepare(jobs: list[Job], spec: RunSpec) -> list[tuple[int, dict[str, Any]]]:
@@ -106,28 +115,14 @@ async def run(
                         status = SUCCEEDED if state == "success" else FAILED
                         recorder.on_resolved(index, task_id, status)
                         return
-            except (
-                _wire.RateLimited,
-                _wire.ServerError,
-                _wire.RequestFailed,
-                aiohttp.ClientError,
-                asyncio.TimeoutError,
-                KeyError,
-            ):
+            except _GAVE_UP:
                 recorder.on_resolved(index, task_id, ERROR)
 
         async def start(item: tuple[int, dict[str, Any]]) -> None:
             index, body = item
             try:
                 task_id = await client.create(body)
-            except (
-                _wire.RateLimited,
-                _wire.ServerError,
-                _wire.RequestFailed,
-                aiohttp.ClientError,
-                asyncio.TimeoutError,
-                KeyError,
-            ):
+            except _GAVE_UP:
                 recorder.on_resolved(index, None, ERROR)
                 return
             recorder.on_created(index, task_id)

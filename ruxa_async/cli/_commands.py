@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
-import signal
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +22,7 @@ from .._run import (
     prepare_out,
     run_jobs,
 )
+from .._signals import run_until_signal
 from ..catalog import MODELS, estimate_cost
 
 if TYPE_CHECKING:
@@ -205,22 +204,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             flush=True,
         )
 
-    async def go() -> None:
-        loop = asyncio.get_running_loop()
-        stop = asyncio.Event()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, stop.set)
-        server = asyncio.create_task(serve(config, args.host, args.port, ready=ready))
-        stopper = asyncio.create_task(stop.wait())
-        await asyncio.wait({server, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        stopper.cancel()
-        server.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await server
-
     try:
-        asyncio.run(go())
+        asyncio.run(run_until_signal(serve(config, args.host, args.port, ready=ready)))
     except OSError as exc:
         raise CLIError(f"cannot serve on {args.host}:{args.port}: {exc.strerror or exc}") from None
     return EXIT_OK

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
-import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,6 +12,7 @@ from typing import Any
 
 import attrs
 
+from .._signals import run_until_signal
 from ._config import RateLimit, SimConfig, config_from_dict
 from ._server import serve
 
@@ -72,22 +71,10 @@ def build_config(args: argparse.Namespace) -> SimConfig:
 
 
 async def _run(config: SimConfig, host: str, port: int) -> None:
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
-
     def ready(url: str) -> None:
         print(f"Ruxa simulator at {url} (api key {config.api_key})", flush=True)
 
-    server = asyncio.create_task(serve(config, host, port, ready=ready))
-    stopper = asyncio.create_task(stop.wait())
-    await asyncio.wait({server, stopper}, return_when=asyncio.FIRST_COMPLETED)
-    stopper.cancel()
-    server.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await server
+    await run_until_signal(serve(config, host, port, ready=ready))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

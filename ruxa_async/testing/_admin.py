@@ -1,7 +1,8 @@
 """``/_sim``: inspection and control of a running simulator over HTTP (no auth).
 
-Built only on :class:`FakeRuxa`'s public methods, for simulators running in
-another process (benchmarks, the ``simulate`` command).
+Built only on :class:`FakeRuxa`'s public methods (the :class:`Controls` it
+offers), for simulators running in another process (benchmarks, the
+``simulate`` command).
 """
 
 from __future__ import annotations
@@ -10,17 +11,60 @@ import json
 import time
 from collections import Counter
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from aiohttp import web
 
-from ._config import config_changes, config_to_dict
+from ._config import SimConfig, config_changes, config_to_dict
+from ._outage import OutageMode
+from ._records import TaskRecord
+from ._stats import SimStats
 
-if TYPE_CHECKING:
-    from ._records import TaskRecord
-    from ._server import FakeRuxa
+__all__ = ["Controls", "admin_routes", "summarize"]
 
-__all__ = ["admin_routes", "summarize"]
+
+class Controls(Protocol):
+    """What the ``/_sim`` routes inspect and control: a simulator's public face."""
+
+    @property
+    def config(self) -> SimConfig:
+        """The configuration in force."""
+        ...
+
+    @property
+    def down(self) -> OutageMode | None:
+        """The outage mode in force, or None while serving."""
+        ...
+
+    @property
+    def outage_remaining(self) -> float | None:
+        """Seconds until a timed outage ends by itself."""
+        ...
+
+    def stats(self) -> SimStats:
+        """A frozen snapshot of the counters."""
+        ...
+
+    def tasks(self) -> list[TaskRecord]:
+        """Every task record, in creation order."""
+        ...
+
+    def reset(self) -> None:
+        """Forget every task, counter and pending callback."""
+        ...
+
+    def reconfigure(self, **changes: Any) -> None:
+        """Apply configuration changes while running."""
+        ...
+
+    async def outage(self, mode: OutageMode = "refuse", seconds: float | None = None) -> None:
+        """Take the API down."""
+        ...
+
+    async def restore(self) -> None:
+        """End an outage now."""
+        ...
+
 
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
@@ -47,7 +91,7 @@ def summarize(records: Sequence[TaskRecord], now: float) -> dict[str, Any]:
     }
 
 
-def admin_routes(fake: FakeRuxa) -> list[web.RouteDef]:
+def admin_routes(fake: Controls) -> list[web.RouteDef]:
     """The ``/_sim`` routes.
 
     ``GET /_sim/stats`` (the per-100 ms ``series`` only with ``?series=1``, so
