@@ -8,7 +8,17 @@ set-ups, measured one after the other in the same run:
 * ``redis-1``: one gateway with ``--redis``;
 * ``redis-2``: two gateways on one Redis; requests alternate between them and
   every query goes to the instance that did *not* create the task (so each one
-  reads the ownership record from Redis).
+  reads the ownership record from Redis);
+* ``redis-2 rate``: the same with a user request rate (never reached) shared by
+  the instances, so every query also spends a permit leased from Redis (64 per
+  lease);
+* ``redis-2 rate, lease 1``: the same with ``[state] rate_lease = 1``: a lease
+  covers only the queries already waiting for one (at one in flight, every
+  query is a Redis round trip).
+
+Then, in this process, the permit path alone: two ``RedisFleet`` instances
+spend permits of one user (32 concurrent callers), with ``rate_lease`` 64 and
+1: CPU per permit and Redis calls per 1,000 permits.
 
 For each: create and query latency (p50/p99, one request in flight) and
 throughput (32 in flight), and the gateways' CPU per request. Tasks never
@@ -21,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import platform
 import secrets
@@ -40,10 +51,20 @@ import aiohttp
 from benchmarks._procs import Child, Simulator, cpu_seconds, free_port
 from benchmarks.gateway import _pct, _wait_up
 from ruxa_async.gateway import hash_token
+from ruxa_async.gateway._redis_fleet import RedisFleet
+from ruxa_async.gateway._redis_writer import GatewayRedis, Layout
 
 OUT = Path(__file__).resolve().parent / "results-gateway-redis.md"
 BODY = json.dumps({"model": "google/nano-banana", "input": {"prompt": "a red fox"}}).encode()
 TOKEN = "rxu_bench-" + secrets.token_hex(8)
+# name: (gateway instances, state in Redis, the user's (requests per second, burst) or None)
+SETUPS: dict[str, tuple[int, bool, tuple[float, int] | None]] = {
+    "sqlite": (1, False, None),
+    "redis-1": (1, True, None),
+    "redis-2": (2, True, None),
+    "redis-2 rate": (2, True, (1e6, 1_000_000)),
+    "redis-2 rate, lease 1": (2, True, (1e6, 1_000_000)),
+}
 
 
 class _Gateway(Child):
@@ -130,11 +151,40 @@ async def _calibrate(sim: Simulator, n: int) -> float:
         return 1e6 * (time.process_time() - cpu) / n
 
 
-def _config(path: Path, sim: Simulator) -> None:
+async def _permits(url: str, lease: int, n: int, width: int = 32) -> dict[str, float]:
+    """CPU per permit and Redis calls per 1,000 permits, two fleets on one Redis."""
+    fleets: list[tuple[GatewayRedis, RedisFleet]] = []
+    for i in range(2):
+        redis = GatewayRedis(url, namespace=f"permits-{lease}", timeout=1.0)
+        layout = Layout(redis, keep=60, ledger_ttl=60, hold=60, audit_maxlen=1000)
+        fleets.append((redis, RedisFleet(redis, layout, max_lease=lease)))
+    counter = iter(range(n))
+
+    async def worker(k: int) -> None:
+        fleet = fleets[k % 2][1]
+        for _ in counter:
+            if await fleet.request("bench", 1e6, 1_000_000) is not None:
+                raise RuntimeError("a permit was refused")
+
+    cpu = time.process_time()
+    await asyncio.gather(*(worker(k) for k in range(width)))
+    cpu = time.process_time() - cpu
+    calls = sum(f.lease_calls for _, f in fleets)
+    for redis, _ in fleets:
+        await redis.aclose()
+    return {"cpu_us": 1e6 * cpu / n, "calls_per_1000": 1000 * calls / n}
+
+
+def _config(
+    path: Path, sim: Simulator, rate: tuple[float, int] | None = None, lease: int = 64
+) -> None:
     lines = ['signing_secret = "bench"', "sweep_interval = 3600", "[upstream]"]
     lines += [f'base_url = "{sim.url}"', "[[upstream.keys]]", 'name = "bench"']
     lines += [f'key = "{sim.api_key}"', "[users.bench]", f'token_sha256 = "{hash_token(TOKEN)}"']
     lines += ["budget = 1e12", "max_in_flight = 1000000"]
+    if rate is not None:
+        lines += [f"requests_per_second = {rate[0]:.1f}", f"burst = {rate[1]}"]
+    lines += ["[state]", f"rate_lease = {lease}"]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
@@ -142,6 +192,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=2000, help="per measurement")
     parser.add_argument("--smoke", action="store_true", help="a few seconds, for CI")
+    parser.add_argument(
+        "--only", nargs="*", choices=list(SETUPS), default=list(SETUPS), help="set-ups to run"
+    )
     args = parser.parse_args()
     n = 100 if args.smoke else args.requests
     from tests.services import redis_server
@@ -152,21 +205,31 @@ def main() -> None:
         sim_config = {"default_behavior": {"median_seconds": 36000, "sigma": 0}, "seed": 1}
         with Simulator(sim_config, work, None, "sim") as sim:
             sim.wait_ready()
-            config = work / "gateway.toml"
-            _config(config, sim)
             c_req = asyncio.run(_calibrate(sim, max(n, 1000)))
-            for name, url in (("sqlite", None), ("redis-1", redis.url)):
-                with _Gateway(config, work, name, url) as gw:
-                    results[name] = asyncio.run(_measure([gw.url], [gw.pid], n))
-            with (
-                _Gateway(config, work, "a", redis.url) as a,
-                _Gateway(config, work, "b", redis.url) as b,
-            ):
-                results["redis-2"] = asyncio.run(_measure([a.url, b.url], [a.pid, b.pid], n))
-    _write(results, c_req, n, args.smoke)
+            for name in args.only:
+                instances, shared, rate = SETUPS[name]
+                config = work / f"gateway-{len(results)}.toml"
+                _config(config, sim, rate, 1 if name.endswith("lease 1") else 64)
+                url = redis.url if shared else None
+                with contextlib.ExitStack() as stack:
+                    gws = [
+                        stack.enter_context(_Gateway(config, work, f"{name}-{i}", url))
+                        for i in range(instances)
+                    ]
+                    results[name] = asyncio.run(
+                        _measure([g.url for g in gws], [g.pid for g in gws], n)
+                    )
+        permits = {lease: asyncio.run(_permits(redis.url, lease, 10 * n)) for lease in (64, 1)}
+    _write(results, permits, c_req, n, args.smoke)
 
 
-def _write(results: dict[str, Any], c_req: float, n: int, smoke: bool) -> None:
+def _write(
+    results: dict[str, Any],
+    permits: dict[int, dict[str, float]],
+    c_req: float,
+    n: int,
+    smoke: bool,
+) -> None:
     lines = [
         "# Gateway state in Redis: what sharing costs",
         "",
@@ -189,13 +252,25 @@ def _write(results: dict[str, Any], c_req: float, n: int, smoke: bool) -> None:
     lines += [
         "",
         "`redis-2`: two gateways on one Redis, each query sent to the instance that did not "
-        "create the task. Gateway CPU is summed over the gateway processes (Redis and the "
-        "simulator not included).",
+        "create the task. `rate`: the user has a request rate (never reached) shared by the "
+        "instances, so each query spends a permit leased from Redis: up to 64 per lease, or "
+        "(`lease 1`) only as many as queries are waiting. Gateway CPU is summed over the "
+        "gateway processes (Redis and the simulator not included).",
         "",
+        f"The permit path alone, in this process ({10 * n} permits of one user, 32 concurrent "
+        "callers over two instances on one Redis):",
+        "",
+        "| rate_lease | CPU µs per permit | Redis calls per 1,000 permits |",
+        "|---|---|---|",
     ]
+    lines += [
+        f"| {lease} | {p['cpu_us']:.1f} | {p['calls_per_1000']:.1f} |"
+        for lease, p in permits.items()
+    ]
+    lines += [""]
     OUT.write_text("\n".join(lines), encoding="utf-8")
     print("\n".join(lines))
-    print(json.dumps({"c_req_us": c_req, **results}), file=sys.stderr)
+    print(json.dumps({"c_req_us": c_req, "permits": permits, **results}), file=sys.stderr)
 
 
 if __name__ == "__main__":

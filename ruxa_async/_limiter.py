@@ -11,6 +11,9 @@ The pace of each class (create, query) is a :class:`~ruxa_async._pace.Pace`:
 it ramps up while the limit is unknown, settles just under the rate the
 server admitted before a 429, holds there, and probes upward rarely; a
 server's rate-limit headers replace all of that with the published quota.
+Queries that have learned nothing of their own start from the pace the
+creates settled at after their first 429 (every task needs a query, so they
+must keep up), instead of paying a ``Retry-After`` of their own to find it.
 A 429 starts an *episode* unless its request was granted before the class's
 last decrease, so a burst of 429s lowers the pace once. Every 429 closes the
 gate for ``Retry-After`` (capped at ``max_pause``), or a doubling pause when

@@ -25,6 +25,12 @@ so its rules are tested directly. It moves through four phases:
 ``hinted``
     The server publishes its quota (rate-limit headers): pace at it, no probing.
 
+A class still ramping with no 429 of its own may *follow* another's finding
+(:meth:`Pace.follow`; the controller lets queries follow creates): it holds at
+the other's settled pace, takes its burst as a guess, rises with its later
+findings and never sinks with them; its own first 429 ends that, and the pace
+it followed counts as a limit to come back to.
+
 The estimate after a 429 comes from what the server *admitted*, by phase
 (the sends since its bucket was last full, a *drain*; see :mod:`._bucketfit`):
 
@@ -212,6 +218,8 @@ class Pace:
         self.episodes += 1
         if not self.adaptive:
             return
+        # A class that followed the other's pace held it as if it were its own estimate.
+        followed = self.base / _SETTLE if self.following else None
         self.following = False
         drain = self._drain(granted_at)
         fitted_burst: float | None = None
@@ -234,9 +242,12 @@ class Pace:
         estimate = max(self.min_rate, estimate)
         if self.ceiling is not None:
             estimate = min(estimate, self.ceiling)
-        self._learn_burst(drain, estimate, fitted_burst)
+        if fitted_burst is not None or self.phase != "hold":
+            # Not from a 429 at a held pace: that drain may have run down slowly since the
+            # start (a class that followed the other's pace), its excess is no burst.
+            self._learn_burst(drain, estimate, fitted_burst)
         self.last_drain = drain if drain.times else None
-        previous = self.estimate
+        previous = self.estimate if followed is None else followed
         changed = previous is None or abs(estimate - previous) > _CHANGED * previous
         if previous is not None and estimate < previous and held:
             # A limit that held for a while went down: it may come back, probe often.
@@ -329,8 +340,13 @@ class Pace:
         self.phase = "hold"
         self.t = 0.0
         self.hold = max(leader.hold, _HOLD * self.unit)
-        if self.estimated_burst is None and self.ceiling is None:
-            self.burst = max(self.burst, _SETTLED_BURST)
+        if self.ceiling is None:
+            # The other class's burst is the best guess for this one's, until a fit says more.
+            if leader.estimated_burst is not None:
+                self.estimated_burst = leader.estimated_burst
+                self.burst = max(1.0, leader.estimated_burst / 2.0)
+            else:
+                self.burst = max(self.burst, _SETTLED_BURST)
         return True
 
     def on_pause_end(self, reopens_at: float) -> None:

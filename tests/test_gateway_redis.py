@@ -16,6 +16,7 @@ import redis as redis_sync
 
 from ruxa_async import InsufficientCreditsError
 from ruxa_async.gateway import (
+    AlertSettings,
     Gateway,
     GatewayConfig,
     Policy,
@@ -26,6 +27,8 @@ from ruxa_async.gateway import (
 )
 from ruxa_async.gateway._gateway import store_for
 from ruxa_async.gateway._policy import Denial, window_bounds
+from ruxa_async.gateway._redis_fleet import RedisFleet
+from ruxa_async.gateway._redis_writer import GatewayRedis, Layout
 from ruxa_async.gateway._store import Reservation, Scope
 from ruxa_async.testing import CallbackDelivery, FakeRuxa, Faults, ModelBehavior, SimConfig
 from tests.helpers_gateway import (
@@ -41,6 +44,7 @@ from tests.helpers_gateway import (
 )
 from tests.helpers_proc import ROOT, child_env, cli, run_cli
 from tests.services import RedisServer, free_port
+from tests.test_gateway_keys import alert_inbox
 
 
 def shared(sim: FakeRuxa, redis_url: str, **overrides: object) -> GatewayConfig:
@@ -483,3 +487,137 @@ async def test_a_task_created_as_redis_hangs_is_recorded_when_it_answers(
         await store(one).flush()
         assert (await raw(http, "GET", two.url + query, token=TOKENS["alice"]))[0] == 200
         assert (await raw(http, "GET", two.url + query, token=TOKENS["bob"]))[0] == 404
+
+
+async def queries(http: aiohttp.ClientSession, gw: Gateway, task_id: str, n: int) -> list[int]:
+    """The statuses of ``n`` concurrent queries of ``task_id`` by alice through ``gw``."""
+    url = f"{gw.url}/api/v1/tasks/query/{task_id}"
+    replies = await asyncio.gather(
+        *(raw(http, "GET", url, token=TOKENS["alice"]) for _ in range(n))
+    )
+    return sorted(status for status, _, _ in replies)
+
+
+async def test_the_query_rate_holds_across_instances(sim: FakeRuxa, redis_url: str) -> None:
+    """A burst of 4 is shared: 10 concurrent queries on each of two instances admit 4 in all."""
+    policy = Policy(requests_per_second=0.01, burst=4)  # each instance alone would admit 4
+    async with two_gateways(shared(sim, redis_url, policy=policy)) as (one, two):
+        async with aiohttp.ClientSession() as http:
+            got = await asyncio.gather(queries(http, one, "t_1", 10), queries(http, two, "t_1", 10))
+        statuses = sorted(got[0] + got[1])
+        assert statuses == [404] * 4 + [429] * 16  # admitted (an unknown id) or refused
+        assert one.statistics().denials["rate"] + two.statistics().denials["rate"] == 16
+
+
+async def test_leased_query_permits_never_exceed_the_shared_bucket(redis_url: str) -> None:
+    """Two instances' leases: 100 queries cost 2 Redis calls; together they admit the burst."""
+    frozen = 1_000_000.0
+    async with contextlib.AsyncExitStack() as stack:
+        fleets = []
+        for _ in range(2):
+            redis = GatewayRedis(redis_url, namespace="lease-test", timeout=1.0)
+            stack.push_async_callback(redis.aclose)
+            layout = Layout(redis, keep=60, ledger_ttl=60, hold=60, audit_maxlen=1000)
+            fleets.append(RedisFleet(redis, layout, clock=lambda: frozen, monotonic=lambda: 0.0))
+        first, second = fleets
+        assert first.lease_size(1000.0, 400) == 50
+        assert [await first.request("u", 1000.0, 400) for _ in range(100)] == [None] * 100
+        assert first.lease_calls == 2
+        admitted = 0
+        while (denial := await second.request("u", 1000.0, 400)) is None:
+            admitted += 1
+        assert admitted == 300  # 400 in the bucket, 100 leased by the first instance
+        assert (denial.code, denial.reason) == (429, "rate")
+        assert await first.request("u", 1000.0, 400) is not None  # its lease is spent too
+
+
+async def test_while_redis_is_down_queries_keep_each_instances_own_rate(
+    sim: FakeRuxa, redis_url: str, redis_service: RedisServer
+) -> None:
+    """Redis killed: each instance admits its own burst of queries (no 503 for lack of a rate),
+    and a budget alert raised meanwhile is still posted without waiting for Redis."""
+    sim.reconfigure(default_behavior=ModelBehavior(median_seconds=30, sigma=0))
+    runner, hook, received = await alert_inbox()
+    policy = Policy(requests_per_second=0.01, burst=4)
+    config = shared(sim, redis_url, policy=policy, alerts=AlertSettings(webhook_url=hook))
+    try:
+        async with two_gateways(config) as (one, two), aiohttp.ClientSession() as http:
+            body = {"model": NB, "input": PROMPT}
+            url = f"{one.url}/api/v1/tasks/create"
+            created = await raw(http, "POST", url, token=TOKENS["alice"], body=body)
+            task_id = created[1]["data"]["taskId"]  # one token of each bucket spent
+            redis_service.stop()
+            try:
+                at_one = await queries(http, one, task_id, 6)
+                at_two = await queries(http, two, task_id, 6)
+                one.alerter.budget("user:alice", "2026-11-30", 9.0, 10.0)  # returns at once
+                await one.alerter.idle()
+            finally:
+                redis_service.start()
+        assert at_one == [200] * 3 + [429] * 3  # its own bucket: 4, less the create
+        assert at_two == [429] * 2 + [503] * 4  # admitted; the owner is unknown while Redis is away
+        assert [(a["event"], a["threshold"]) for a in received] == [("budget_threshold", 0.8)]
+    finally:
+        await runner.cleanup()
+
+
+async def test_budget_thresholds_and_a_spend_jump_alert_once_across_instances(
+    sim: FakeRuxa, redis_url: str
+) -> None:
+    """Creates alternate between two instances to the budget: one alert per threshold, and one
+    spend-jump alert for the fleet's spend, which neither instance's share reaches alone."""
+    sim.reconfigure(default_behavior=ModelBehavior(median_seconds=30, sigma=0))
+    runner, hook, received = await alert_inbox()
+    alerts = AlertSettings(webhook_url=hook, spend_jump_min_credits=14.0)  # 12 on one, 8 on two
+    config = shared(sim, redis_url, policy=Policy(budget=5 * 4.0), alerts=alerts)
+
+    def jumps() -> list[object]:
+        return [a["user"] for a in received if a["event"] == "spend_jump"]
+
+    try:
+        async with two_gateways(config) as (one, two), aiohttp.ClientSession() as http:
+            body = {"model": NB, "input": PROMPT}
+            statuses = []
+            for gw in (one, two, one, two, one, two):
+                url = f"{gw.url}/api/v1/tasks/create"
+                statuses.append((await raw(http, "POST", url, token=TOKENS["alice"], body=body))[0])
+            await eventually(lambda: bool(jumps()))  # the upkeep adds spend up every 0.25 s
+            for gw in (one, two):
+                await store(gw).fleet().flush_spend()
+            await asyncio.gather(one.alerter.idle(), two.alerter.idle())
+        assert statuses == [200] * 5 + [402]
+        thresholds = sorted(a["threshold"] for a in received if a["event"] == "budget_threshold")
+        assert thresholds == [0.8, 0.95, 1.0]
+        assert jumps() == ["alice"]
+    finally:
+        await runner.cleanup()
+
+
+async def test_a_hung_redis_never_hangs_a_query_or_an_alert(
+    sim: FakeRuxa, redis_url: str, redis_service: RedisServer
+) -> None:
+    """Redis stopped (SIGSTOP): the owner's queries are answered under the local rate, and a
+    budget alert raised meanwhile is posted once its claim has timed out."""
+    assert redis_service.proc is not None
+    sim.reconfigure(default_behavior=ModelBehavior(median_seconds=30, sigma=0))
+    runner, hook, received = await alert_inbox()
+    policy = Policy(requests_per_second=0.01, burst=4)
+    config = shared(sim, redis_url, policy=policy, alerts=AlertSettings(webhook_url=hook))
+    try:
+        async with running(config) as gw, aiohttp.ClientSession() as http:
+            body = {"model": NB, "input": PROMPT}
+            url = f"{gw.url}/api/v1/tasks/create"
+            created = await raw(http, "POST", url, token=TOKENS["alice"], body=body)
+            task_id = created[1]["data"]["taskId"]
+            redis_service.proc.send_signal(signal.SIGSTOP)
+            try:
+                gw.alerter.budget("user:alice", "2026-11-30", 10.0, 10.0)
+                statuses = await queries(http, gw, task_id, 5)
+                await gw.alerter.idle()
+                assert not store(gw).available
+            finally:
+                redis_service.proc.send_signal(signal.SIGCONT)
+        assert statuses == [200] * 3 + [429] * 2  # the instance's own bucket, less the create
+        assert sorted(a["threshold"] for a in received) == [0.8, 0.95, 1.0]
+    finally:
+        await runner.cleanup()

@@ -226,3 +226,19 @@ def test_a_class_admitted_above_the_leaders_pace_keeps_its_own() -> None:
     creates.on_refused(last, 200.0, last)
     assert queries.follow(creates, 2.0)
     assert queries.rate == pytest.approx(0.9 * 150.0, rel=0.02)
+
+
+def test_a_followers_first_429_remembers_the_pace_it_followed() -> None:
+    """Queries that followed the creates keep their burst guess and probe back to the old pace."""
+    creates, queries = unknown(), unknown()
+    last = send(creates, 0.0, 2.0, 100.0)
+    creates.on_refused(last, 200.0, last)
+    assert queries.follow(creates, last)
+    assert queries.estimated_burst == creates.estimated_burst
+    followed = queries.rate
+    end = send(queries, 0.0, last + 3.0, followed)  # a long drain: no burst to learn from it
+    queries.advance(3.0, end)  # held three units, not yet probing
+    queries.on_refused(end, followed, end)  # the limit dropped under the followed pace
+    assert queries.estimated_burst == creates.estimated_burst
+    assert queries.high_water == pytest.approx(followed / 0.95)
+    assert queries.hold == 4.0  # below an earlier pace: probe again soon

@@ -35,7 +35,7 @@ from ._config import (
 from ._gateway import Gateway, Reply
 from ._metrics import GatewayStatistics
 from ._relay import sign_webhook, verify_webhook
-from ._store import SQLiteStore, StateStore, StateUnavailableError
+from ._store import GatewayFleet, SQLiteStore, StateStore, StateUnavailableError
 from ._tokens import Identity, mint_token, new_user_token
 
 if TYPE_CHECKING:
@@ -46,6 +46,7 @@ __all__ = [
     "CallbackSettings",
     "Gateway",
     "GatewayConfig",
+    "GatewayFleet",
     "GatewayStatistics",
     "Identity",
     "Policy",

@@ -163,7 +163,7 @@ class Admission:
             self._gw.counters.created[who.user] += 1
             jump = self._gw.spend_watch.add(who.user, held.amount)
             if jump is not None:
-                self._gw.alerter.alert("spend_jump", user=who.user, spend=jump[0], baseline=jump[1])
+                self._gw.alerter.spend_jump(who.user, *jump)
             return Reply(200, "success", {"taskId": task_id})
         self._gw.store.release(held, charge=False)
         return self._gw.deny(

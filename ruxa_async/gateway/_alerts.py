@@ -3,6 +3,13 @@
 Alerts are queued (bounded) and posted by one coroutine, so a slow alert
 receiver never slows a request. Every alert is also logged at WARNING and kept
 in :attr:`Alerter.sent` (the last few hundred) for inspection.
+
+With several instances sharing Redis, a budget threshold (per scope, period
+and threshold) is first claimed in Redis (``SET NX``) by a background task, so
+exactly one instance sends it. The claim never delays a request; when Redis
+does not answer, the alert is sent anyway (a duplicate is better than a missed
+budget alert). Spend jumps are then judged in Redis over the fleet's spend
+(``_redis_fleet.SharedSpendWatch``).
 """
 
 from __future__ import annotations
@@ -12,19 +19,23 @@ import collections
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
 
+from .._tasks import stop
 from ._config import AlertSettings
 
-__all__ = ["Alerter", "SpendWatch"]
+__all__ = ["COOLDOWN", "EPOCH", "Alerter", "SpendWatch"]
 
 log = logging.getLogger("ruxa_async")
 
-_EPOCH = 300.0  # spend is compared per 5-minute epoch
-_COOLDOWN = 3600.0
+EPOCH = 300.0  # spend is compared per 5-minute epoch
+COOLDOWN = 3600.0
+_MARK_TTL = 40 * 86_400.0  # longer than any budget window; the mark names its period
+
+Claim = Callable[[str, float], Awaitable[bool | None]]
 
 
 class SpendWatch:
@@ -37,60 +48,95 @@ class SpendWatch:
     """
 
     def __init__(self, settings: AlertSettings, clock: Callable[[], float] = time.time) -> None:
-        self._factor = settings.spend_jump_factor
-        self._min = settings.spend_jump_min_credits
         self._clock = clock
         self._users: dict[str, list[float]] = {}  # epoch start, epoch total, baseline, last alert
+        self.update(settings)
+
+    def update(self, settings: AlertSettings) -> None:
+        """Take the jump factor and minimum of a (re)loaded config."""
+        self._factor = settings.spend_jump_factor
+        self._min = settings.spend_jump_min_credits
 
     def add(self, user: str, credits: float) -> tuple[float, float] | None:
         """Count ``credits`` for ``user``; ``(epoch spend, baseline)`` when that is a jump."""
         now = self._clock()
         state = self._users.get(user)
         if state is None:
-            state = self._users[user] = [now, 0.0, 0.0, -_COOLDOWN]
+            state = self._users[user] = [now, 0.0, 0.0, -COOLDOWN]
         elapsed = now - state[0]
-        if elapsed >= _EPOCH:
-            epochs = int(elapsed // _EPOCH)
+        if elapsed >= EPOCH:
+            epochs = int(elapsed // EPOCH)
             baseline = 0.7 * state[2] + 0.3 * state[1]
             state[2] = baseline * (0.7 ** (epochs - 1))
-            state[0] += epochs * _EPOCH
+            state[0] += epochs * EPOCH
             state[1] = 0.0
         state[1] += credits
         threshold = max(self._factor * state[2], self._min)
-        if state[1] >= threshold and now - state[3] >= _COOLDOWN:
+        if state[1] >= threshold and now - state[3] >= COOLDOWN:
             state[3] = now
             return state[1], state[2]
         return None
 
 
 class Alerter:
-    """Posts alert events as JSON to ``webhook_url`` (if set); started and closed by its owner."""
+    """Posts alert events as JSON to ``webhook_url`` (if set); started and closed by its owner.
 
-    def __init__(self, settings: AlertSettings) -> None:
+    ``claim`` (several instances sharing state) decides which instance sends an
+    alert that must go out once across all of them.
+    """
+
+    def __init__(self, settings: AlertSettings, claim: Claim | None = None) -> None:
         self.settings = settings
         self.sent: collections.deque[dict[str, Any]] = collections.deque(maxlen=500)
         self._queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(1000)
         self._task: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
         self._fired: set[tuple[str, str, float]] = set()
+        self._claim = claim
+        self._claims: set[asyncio.Task[None]] = set()
+        self._started = False
 
     async def start(self) -> None:
         """Start the sender when a webhook is configured."""
+        self._started = True
+        self._start_sender()
+
+    def _start_sender(self) -> None:
         if self.settings.webhook_url:
             self._session = aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(total=5.0), trust_env=False
             )
             self._task = asyncio.create_task(self._run(), name="ruxa gateway alerts")
 
+    async def _stop_sender(self) -> None:
+        task, session, self._task, self._session = self._task, self._session, None, None
+        if task is not None:
+            await stop([task])
+        if session is not None:
+            await session.close()
+
+    def update(self, settings: AlertSettings) -> None:
+        """Take the thresholds and webhook of a (re)loaded config (a new webhook gets new posts)."""
+        old, self.settings = self.settings.webhook_url, settings
+        if not self._started or old == settings.webhook_url:
+            return
+        stopping = asyncio.get_running_loop().create_task(self._stop_sender())
+        self._claims.add(stopping)
+        stopping.add_done_callback(self._claims.discard)
+        self._start_sender()
+
     async def aclose(self) -> None:
-        """Stop sending; queued alerts are dropped."""
+        """Stop sending; queued alerts and claims under way are dropped."""
+        self._started = False
+        await stop(self._claims)
+        await self._stop_sender()
+
+    async def idle(self) -> None:
+        """Return once every claim under way is decided and every queued alert was posted."""
+        while self._claims:
+            await asyncio.gather(*self._claims, return_exceptions=True)
         if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+            await self._queue.join()
 
     def alert(self, event: str, **fields: Any) -> None:
         """Record, log and queue one alert."""
@@ -112,7 +158,9 @@ class Alerter:
             mark = (scope, period, threshold)
             if share + 1e-9 >= threshold and mark not in self._fired:
                 self._fired.add(mark)
-                self.alert(
+                self.once(
+                    f"budget:{scope}:{period}:{threshold:g}",
+                    _MARK_TTL,
                     "budget_threshold",
                     scope=scope,
                     period=period,
@@ -121,17 +169,46 @@ class Alerter:
                     limit=limit,
                 )
 
+    def spend_jump(self, user: str, spend: float, baseline: float) -> None:
+        """Alert that ``user``'s spend jumped (once per cool-down hour across instances)."""
+        self.once(
+            f"spend_jump:{user}", COOLDOWN, "spend_jump", user=user, spend=spend, baseline=baseline
+        )
+
+    def once(self, mark: str, ttl: float, event: str, **fields: Any) -> None:
+        """:meth:`alert`, sent by one instance only when several share state (claim ``mark``
+        for ``ttl`` seconds in the background first; never waits)."""
+        if self._claim is None:
+            self.alert(event, **fields)
+            return
+        task = asyncio.get_running_loop().create_task(self._claimed(mark, ttl, event, fields))
+        self._claims.add(task)
+        task.add_done_callback(self._claims.discard)
+
+    async def _claimed(self, mark: str, ttl: float, event: str, fields: dict[str, Any]) -> None:
+        assert self._claim is not None
+        won = await self._claim(mark, ttl)
+        if won is False:
+            log.debug("gateway: alert %s sent by another instance", mark)
+            return
+        if won is None:
+            log.warning("gateway: shared state away; alert %s sent without the fleet claim", mark)
+        self.alert(event, **fields)
+
     async def _run(self) -> None:
         assert self._session is not None
         assert self.settings.webhook_url
         url = self.settings.webhook_url
         while True:
             record = await self._queue.get()
-            for attempt in range(3):
-                try:
-                    async with self._session.post(url, json=record) as resp:
-                        if resp.status < 300:
-                            break
-                except (aiohttp.ClientError, asyncio.TimeoutError):
-                    pass
-                await asyncio.sleep(0.5 * 2**attempt)
+            try:
+                for attempt in range(3):
+                    try:
+                        async with self._session.post(url, json=record) as resp:
+                            if resp.status < 300:
+                                break
+                    except (aiohttp.ClientError, asyncio.TimeoutError):
+                        pass
+                    await asyncio.sleep(0.5 * 2**attempt)
+            finally:
+                self._queue.task_done()

@@ -144,8 +144,10 @@ class StateSettings:
     a task's owner. ``timeout`` bounds every Redis call; while Redis does not
     answer, creates get 503. A settled task's record is kept ``keep_settled``
     seconds (then its id answers 404); the audit stream keeps about
-    ``audit_maxlen`` entries. ``redis_url_env`` names an environment variable
-    holding the URL (it may carry a password). Changes take effect on restart.
+    ``audit_maxlen`` entries. A query spends a permit of the user's request rate
+    leased from Redis in blocks of at most ``rate_lease`` (1: every query is a
+    Redis call). ``redis_url_env`` names an environment variable holding the URL
+    (it may carry a password). Changes take effect on restart.
     """
 
     redis_url: str | None = attrs.field(default=None, repr=False)
@@ -153,6 +155,7 @@ class StateSettings:
     timeout: float = attrs.field(default=1.0, validator=v.gt(0))
     keep_settled: float = attrs.field(default=30 * 86_400.0, validator=v.gt(0))
     audit_maxlen: int = attrs.field(default=1_000_000, validator=v.ge(1000))
+    rate_lease: int = attrs.field(default=64, validator=v.ge(1))
 
 
 @attrs.frozen(kw_only=True)

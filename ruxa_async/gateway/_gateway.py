@@ -76,20 +76,16 @@ class Gateway:
         self.counters = Counters()
         self.verifier = TokenVerifier(config, clock=clock)
         self.rates = RateBuckets()
-        self.alerter = Alerter(config.alerts)
-        self.spend_watch = SpendWatch(config.alerts, clock)
-        self.relay = Relay(config.callbacks, self._audit_event, clock=clock)
-        self._factory = client_factory or (
-            lambda key: default_client(
-                key,
-                timeout=config.upstream_timeout,
-                max_in_flight=config.upstream_max_in_flight,
-                create_per_second=config.upstream_create_per_second,
-                query_per_second=config.upstream_query_per_second,
-                discover=config.upstream_discover_rate,
-            )
+        self._fleet = self.store.fleet()
+        self.alerter = Alerter(config.alerts, None if self._fleet is None else self._fleet.claim)
+        self.spend_watch = (
+            SpendWatch(config.alerts, clock)
+            if self._fleet is None
+            else self._fleet.spend_watch(config.alerts, self._spend_jumped)
         )
-        self.pool = KeyPool(self._factory, self._key_event)
+        self.relay = Relay(config.callbacks, self._audit_event, clock=clock)
+        self._client_factory = client_factory
+        self.pool = KeyPool(self._factory_for(config), self._key_event)
         self.public_url = config.public_url.rstrip("/") if config.public_url else None
         secret = config.signing_secret
         self.callback_token = (
@@ -193,8 +189,12 @@ class Gateway:
     def reload(self, config: GatewayConfig | None = None) -> bool:
         """Apply ``config`` (default: re-read the config file); False if it was rejected.
 
-        Users, policies, tokens, prices, callback settings and keys change at once;
-        removed keys drain. The state path, public URL and alert webhook need a restart.
+        Users, policies, tokens, prices, callback and alert settings, the public URL,
+        timeouts of bodies, sweeping and settling, and keys change at once; removed keys
+        drain. Changed ``upstream_*`` settings give every key a new client (the old one
+        finishes the requests it is sending). The state (``state_path``, ``[state]``),
+        ``header_timeout``, ``demo`` and the upstream callback path (derived from the
+        signing secret at start) need a restart.
         """
         if config is None:
             if self.config.path is None:
@@ -205,13 +205,31 @@ class Gateway:
                 log.error("gateway: config reload rejected, keeping the old one: %s", exc)
                 self.store.audit("config_rejected", error=str(exc))
                 return False
-        self.config = config
+        old, self.config = self.config, config
         self.verifier.update(config)
         self.relay.settings = config.callbacks
+        self.alerter.update(config.alerts)
+        self.spend_watch.update(config.alerts)
+        if config.public_url:
+            self.public_url = config.public_url.rstrip("/")
+        if self._client_factory is None and _upstream(config) != _upstream(old):
+            self.pool.rebuild(self._factory_for(config), grace=old.upstream_timeout + 1.0)
         self.pool.update(self._fixed_keys if self._fixed_keys is not None else config.keys)
         self.store.audit("config_reloaded", users=len(config.users), keys=len(config.keys))
         log.info("gateway: configuration reloaded (%d users)", len(config.users))
         return True
+
+    def _factory_for(self, config: GatewayConfig) -> Callable[[UpstreamKey], RuxaClient]:
+        if self._client_factory is not None:
+            return self._client_factory
+        return lambda key: default_client(
+            key,
+            timeout=config.upstream_timeout,
+            max_in_flight=config.upstream_max_in_flight,
+            create_per_second=config.upstream_create_per_second,
+            query_per_second=config.upstream_query_per_second,
+            discover=config.upstream_discover_rate,
+        )
 
     async def _watch_config(self) -> None:
         path = self.config.path
@@ -234,6 +252,9 @@ class Gateway:
     def _audit_event(self, event: str, **detail: Any) -> None:
         task_id = detail.pop("task_id", None)
         self.store.audit(event, None, task_id, **detail)
+
+    def _spend_jumped(self, user: str, spend: float, baseline: float) -> None:
+        self.alerter.alert("spend_jump", user=user, spend=spend, baseline=baseline)
 
     def _key_event(self, event: str, **detail: Any) -> None:
         alert = detail.pop("alert", False)
@@ -275,6 +296,11 @@ class Gateway:
         who = self.identify(header)
         if isinstance(who, Reply):
             return who
+        rate = who.policy.requests_per_second
+        if self._fleet is not None and rate is not None:  # the user's rate across instances
+            limited = await self._fleet.request(who.user, rate, who.policy.burst)
+            if limited is not None:
+                return self.deny(limited, who.user)
         try:
             record = await self.record(task_id) if _TASK_ID.fullmatch(task_id) else None
         except StateUnavailableError as exc:
@@ -394,9 +420,21 @@ def store_for(config: GatewayConfig, *, clock: Callable[[], float] = time.time) 
             timeout=settings.timeout,
             keep_settled=settings.keep_settled,
             audit_maxlen=settings.audit_maxlen,
+            rate_lease=settings.rate_lease,
             clock=clock,
         )
     return SQLiteStore(config.state_path, clock=clock)
+
+
+def _upstream(config: GatewayConfig) -> tuple[object, ...]:
+    """The settings each key's client is built from."""
+    return (
+        config.upstream_timeout,
+        config.upstream_max_in_flight,
+        config.upstream_create_per_second,
+        config.upstream_query_per_second,
+        config.upstream_discover_rate,
+    )
 
 
 def _mtime(path: str) -> float | None:

@@ -123,6 +123,7 @@ class KeyPool:
         self._order: list[str] = []
         self._next = 0
         self._closing: set[asyncio.Task[None]] = set()
+        self._late: set[asyncio.Task[None]] = set()
 
     def update(self, keys: Sequence[UpstreamKey]) -> None:
         """Apply a (re)loaded key list: add new keys, drain removed ones, re-enable the rest."""
@@ -148,6 +149,17 @@ class KeyPool:
             self._slots[key.name] = slot
             self._notify("key_added", key=key.name)
         self._order = [k.name for k in keys]
+
+    def rebuild(self, factory: Callable[[UpstreamKey], RuxaClient], *, grace: float) -> None:
+        """Give every key a new client from ``factory`` (new pacing or timeouts) at once;
+        each old client closes ``grace`` seconds later, when its requests have ended."""
+        self._factory = factory
+        for slot in self._slots.values():
+            old, slot.client = slot.client, factory(slot.key)
+            task = asyncio.get_running_loop().create_task(_close_after(old, grace))
+            self._late.add(task)
+            task.add_done_callback(self._late.discard)
+        self._notify("keys_rebuilt", keys=len(self._slots))
 
     def _retire(self, slot: KeySlot) -> None:
         self._slots.pop(slot.name, None)
@@ -244,7 +256,16 @@ class KeyPool:
     async def aclose(self) -> None:
         """Close every key's client."""
         slots, self._slots = list(self._slots.values()), {}
+        for task in self._late:
+            task.cancel()  # closes its client now
         results: list[Any] = await asyncio.gather(
-            *(s.client.aclose() for s in slots), *self._closing, return_exceptions=True
+            *self._late, *(s.client.aclose() for s in slots), *self._closing, return_exceptions=True
         )
         del results
+
+
+async def _close_after(client: RuxaClient, grace: float) -> None:
+    try:
+        await asyncio.sleep(grace)
+    finally:
+        await client.aclose()

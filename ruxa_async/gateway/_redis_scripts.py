@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from ..redis._scripts import _CLOCK
 
-__all__ = ["COMMIT", "REAP", "RELAYED", "RELEASE", "RESERVE", "SETTLE"]
+__all__ = ["COMMIT", "LEASE", "REAP", "RELAYED", "RELEASE", "RESERVE", "SETTLE", "SPEND"]
 
 _LEDGER = """
 local function unhold(key, amount, charge, ttl)
@@ -168,3 +168,61 @@ if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 redis.call('HSET', KEYS[1], 'relayed:' .. ARGV[1], '1')
 return 1
 """
+
+# Lease up to ``wanted`` whole tokens of a user's request rate for one instance to spend
+# locally. The bucket is the one RESERVE spends a create from, so creates and queries
+# share it; a lease only takes tokens the bucket holds, so the fleet never admits more.
+# KEYS: rate bucket hash   ARGV: wanted, rate per second, burst, now
+# -> {tokens leased, seconds until a token ('0' when some were leased)}
+LEASE = (
+    _CLOCK
+    + """
+local wanted, rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local now = clock(ARGV[4])
+local h = redis.call('HMGET', KEYS[1], 'tokens', 'stamp')
+local tokens, stamp = tonumber(h[1]), tonumber(h[2])
+if not tokens then tokens, stamp = burst, now end
+if now > stamp then
+  tokens = math.min(burst, tokens + (now - stamp) * rate)
+  stamp = now
+end
+local got = math.min(wanted, math.floor(tokens + 1e-9))
+if got < 1 then return {0, num((1 - tokens) / rate)} end
+redis.call('HSET', KEYS[1], 'tokens', num(tokens - got), 'stamp', num(stamp))
+redis.call('EXPIRE', KEYS[1], math.ceil(burst / rate) + 60)
+return {got, '0'}
+"""
+)
+
+# Add credits to a user's spend in the current epoch and tell whether it jumped far above
+# the user's baseline (an exponentially weighted mean of earlier epochs, empty ones as zero);
+# a jump is flagged at most once per cool-down across every instance.
+# KEYS: spend hash   ARGV: credits, now, factor, minimum, epoch seconds, cool-down, ttl
+# -> {1 if it jumped now else 0, epoch spend, baseline}
+SPEND = (
+    _CLOCK
+    + """
+local credits, now = tonumber(ARGV[1]), clock(ARGV[2])
+local factor, least = tonumber(ARGV[3]), tonumber(ARGV[4])
+local epoch, cool = tonumber(ARGV[5]), tonumber(ARGV[6])
+local h = redis.call('HMGET', KEYS[1], 'start', 'total', 'baseline', 'alerted')
+local start, total = tonumber(h[1]) or now, tonumber(h[2]) or 0
+local baseline, alerted = tonumber(h[3]) or 0, tonumber(h[4]) or -cool
+local elapsed = now - start
+if elapsed >= epoch then
+  local epochs = math.floor(elapsed / epoch)
+  baseline = (0.7 * baseline + 0.3 * total) * (0.7 ^ (epochs - 1))
+  start = start + epochs * epoch
+  total = 0
+end
+total = total + credits
+local jumped = 0
+if total >= math.max(factor * baseline, least) and now - alerted >= cool then
+  alerted, jumped = now, 1
+end
+redis.call('HSET', KEYS[1], 'start', num(start), 'total', num(total),
+  'baseline', num(baseline), 'alerted', num(alerted))
+redis.call('EXPIRE', KEYS[1], math.ceil(tonumber(ARGV[7])))
+return {jumped, num(total), num(baseline)}
+"""
+)

@@ -10,7 +10,9 @@ replays them after a Redis failure; each of those scripts is idempotent.
 
 Fail closed: while Redis does not answer, a create gets 503 (nothing is created
 without a reservation) and a query for a task this instance does not hold in
-memory gets 503. A background probe ends the outage as soon as Redis answers.
+memory gets 503. Request rates then fall back to each instance's own limit and
+alerts are sent without the fleet-wide claim (see ``_redis_fleet``). A
+background probe ends the outage as soon as Redis answers.
 
 Keys (``{ns}`` is the namespace): ``{ns}:task:{id}`` (hash; open tasks never
 expire, a settled one expires ``keep_settled`` seconds after settlement, then
@@ -21,7 +23,8 @@ its id answers 404 like an unknown one), ``{ns}:open`` (unsettled ids by creatio
 one left over by a gateway that died mid-create is booked as spent after
 ``hold_seconds``, like an ambiguous create) and the audit stream ``{ns}:audit``
 (capped at about ``audit_maxlen`` entries). A task hash also notes the states
-relayed to its owner (fields ``relayed:{state}``).
+relayed to its owner (fields ``relayed:{state}``). ``{ns}:rate:{user}`` is a
+user's request-rate bucket, ``{ns}:alert:{mark}`` an alert already sent.
 """
 
 from __future__ import annotations
@@ -38,7 +41,9 @@ from typing import Any
 
 import attrs
 
+from .._tasks import stop
 from ._policy import Denial
+from ._redis_fleet import MAX_LEASE, RedisFleet
 from ._redis_writer import GatewayRedis, Layout, WriteBehind, text
 from ._store import Reservation, Scope, StateUnavailableError, TaskRecord
 
@@ -82,7 +87,8 @@ class RedisStore:
     reservation, ownership) are awaited; the rest is written behind. A
     settled task's record is kept ``keep_settled`` seconds; a reservation
     nobody committed or released within ``hold_seconds`` (its gateway died
-    mid-create) is booked as spent. Needs the ``redis`` extra
+    mid-create) is booked as spent. A query's permit of the user's request rate is
+    leased in blocks of at most ``rate_lease``. Needs the ``redis`` extra
     (``pip install "ruxa-async[gateway,redis]"``).
     """
 
@@ -96,6 +102,7 @@ class RedisStore:
         ledger_ttl: float = 40 * 86_400.0,
         hold_seconds: float = 3_600.0,
         audit_maxlen: int = 1_000_000,
+        rate_lease: int = MAX_LEASE,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if timeout <= 0 or keep_settled <= 0 or ledger_ttl <= 0 or hold_seconds <= 0:
@@ -109,6 +116,7 @@ class RedisStore:
             audit_maxlen=audit_maxlen,
         )
         self._writer = WriteBehind(self._redis)
+        self._fleet = RedisFleet(self._redis, self._layout, clock=clock, max_lease=rate_lease)
         self.namespace = namespace
         self._clock = clock
         self._hold = hold_seconds
@@ -132,6 +140,10 @@ class RedisStore:
     async def wait_available(self) -> None:
         """Return once Redis answers again (at once when it is not away)."""
         await self._writer.wait_available()
+
+    def fleet(self) -> RedisFleet:
+        """The request rates and alert claims shared by every instance on this namespace."""
+        return self._fleet
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -161,9 +173,7 @@ class RedisStore:
 
     async def aclose(self) -> None:
         """Write what is pending (within the timeout, if Redis answers) and close."""
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await stop(self._tasks)
         self._tasks = []
         if not self._redis.degraded:
             with contextlib.suppress(asyncio.TimeoutError):
@@ -401,6 +411,7 @@ class RedisStore:
             if self._redis.degraded:
                 await self._redis.call(self._redis.redis.ping, probe=True)
                 continue
+            await self._fleet.flush_spend()
             if time.monotonic() - last >= _MAINTAIN_EVERY:
                 last = time.monotonic()
                 await self.maintain()

@@ -52,7 +52,10 @@ class GatewayRedis(Store):
     as an outage.
     """
 
-    while_down = "creates answer 503 until it is back"
+    while_down = (
+        "creates answer 503 and request rates fall back to each instance's own limit "
+        "until it is back"
+    )
     log_prefix = "gateway state: "
 
     async def call(self, operation: Callable[[], Awaitable[T]], *, probe: bool = False) -> T | None:
@@ -81,7 +84,16 @@ class Layout:
         self.audit_maxlen = audit_maxlen
         self._scripts = {
             name: redis.script(getattr(scripts, name))
-            for name in ("RESERVE", "COMMIT", "RELEASE", "SETTLE", "REAP", "RELAYED")
+            for name in (
+                "RESERVE",
+                "COMMIT",
+                "RELEASE",
+                "SETTLE",
+                "REAP",
+                "RELAYED",
+                "LEASE",
+                "SPEND",
+            )
         }
 
     def key(self, *parts: str) -> str:
@@ -122,6 +134,41 @@ class Layout:
         args += [-1 if s.limit is None else repr(float(s.limit)) for s in scopes]
         script = self._scripts["RESERVE"]
         return lambda: script(keys=keys + ledgers, args=args)
+
+    def lease(
+        self, user: str, wanted: int, rate: float, burst: int, now: float
+    ) -> Callable[[], Awaitable[Any]]:
+        """The script leasing up to ``wanted`` tokens of ``user``'s request rate."""
+        keys = [self.key("rate", user)]
+        args = [wanted, repr(float(rate)), burst, repr(now)]
+        script = self._scripts["LEASE"]
+        return lambda: script(keys=keys, args=args)
+
+    def spend(
+        self, credits: dict[str, float], now: float, settings: tuple[float, ...]
+    ) -> Callable[[], Awaitable[list[Any]]]:
+        """The spend script for each user's ``credits``, pipelined; ``settings`` are the
+        jump factor, minimum, epoch, cool-down and key TTL in seconds."""
+        script = self._scripts["SPEND"]
+
+        async def run() -> list[Any]:
+            async with self.redis.redis.pipeline(transaction=False) as pipe:
+                for user, amount in credits.items():
+                    args = [repr(float(amount)), repr(now), *(repr(float(x)) for x in settings)]
+                    await script(keys=[self.key("spend", user)], args=args, client=pipe)
+                replies: list[Any] = await pipe.execute(raise_on_error=False)
+                return replies
+
+        return run
+
+    def claim(self, mark: str, ttl: float) -> Callable[[], Awaitable[bool]]:
+        """SET NX of ``{ns}:alert:{mark}`` for ``ttl`` seconds: True for the first claimant."""
+        key, seconds = self.key("alert", mark), max(1, int(ttl))
+
+        async def claim() -> bool:
+            return bool(await self.redis.redis.set(key, "1", nx=True, ex=seconds))
+
+        return claim
 
     def commit(self, rid: str, record: TaskRecord) -> Op:
         """Record a created task; its reservation ``rid`` stops being pending.

@@ -32,9 +32,12 @@ from typing import Any, Protocol
 import attrs
 
 from .._errors import RuxaError
+from ._alerts import SpendWatch
+from ._config import AlertSettings
 from ._policy import Denial
 
 __all__ = [
+    "GatewayFleet",
     "Reservation",
     "SQLiteStore",
     "Scope",
@@ -115,8 +118,28 @@ class TaskRecord:
     final: dict[str, Any] | None = None
 
 
+class GatewayFleet(Protocol):
+    """What gateways sharing one store coordinate besides state: request rates, alerts."""
+
+    async def request(self, user: str, rate: float, burst: int) -> Denial | None:
+        """Spend one request of ``user``'s rate shared by every instance; a 429 Denial if none."""
+
+    async def claim(self, mark: str, ttl: float) -> bool | None:
+        """True for the first instance to claim ``mark`` within ``ttl`` seconds, False for
+        the others, None when the shared store cannot tell (it is away)."""
+
+    def spend_watch(
+        self, settings: AlertSettings, jumped: Callable[[str, float, float], None]
+    ) -> SpendWatch:
+        """A spend watch over every instance's spend; ``jumped(user, spend, baseline)`` is
+        called once per jump across the fleet."""
+
+
 class StateStore(Protocol):
     """What the gateway needs from its state, wherever it lives."""
+
+    def fleet(self) -> GatewayFleet | None:
+        """The coordination of several instances; None for a store of one gateway."""
 
     async def open(self) -> None:
         """Load persisted state; start background writing."""
@@ -593,6 +616,10 @@ class SQLiteStore:
         """``(spent, reserved)`` credits of one ledger."""
         entry = self._ledger.get((scope, period))
         return (entry[0], entry[1]) if entry is not None else (0.0, 0.0)
+
+    def fleet(self) -> GatewayFleet | None:
+        """None: a SQLite store belongs to one gateway, whose own limits are the whole story."""
+        return None
 
     def in_flight(self, user: str) -> int:
         """Tasks of ``user`` created (or being created) and not yet settled."""
