@@ -24,8 +24,8 @@ from typing import Any
 
 import aiohttp
 
+from .._tasks import stop
 from ._config import AlertSettings
-from ._tasks import stop
 
 __all__ = ["COOLDOWN", "EPOCH", "Alerter", "SpendWatch"]
 

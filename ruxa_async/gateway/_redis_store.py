@@ -41,11 +41,11 @@ from typing import Any
 
 import attrs
 
+from .._tasks import stop
 from ._policy import Denial
 from ._redis_fleet import MAX_LEASE, RedisFleet
 from ._redis_writer import GatewayRedis, Layout, WriteBehind, text
 from ._store import Reservation, Scope, StateUnavailableError, TaskRecord
-from ._tasks import stop
 
 __all__ = ["RedisStore"]
 

@@ -22,6 +22,7 @@ from .._coordinator import (
     Reservation,
 )
 from .._models import TaskInfo, TaskState
+from .._tasks import stop
 from . import _scripts
 from ._outage import RedisOutage
 from ._ratestate import RedisRateState
@@ -122,9 +123,7 @@ class RedisCoordinator(Coordinator):
                 await asyncio.wait_for(self._subscribed.wait(), self._store.timeout)
 
     async def _close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await stop(self._tasks)  # cancels again a loop whose cancellation a Redis call lost
         self._tasks = []
         await self.outage.aclose()
         store = self._store

@@ -1,4 +1,4 @@
-"""Stopping the gateway's background tasks for good.
+"""Stopping the SDK's own background tasks for good.
 
 ``asyncio.wait_for`` before Python 3.12 can lose a cancellation that races
 its operation's result (it returns the result instead), and a library's own
@@ -29,4 +29,4 @@ async def stop(tasks: Iterable[asyncio.Task[None]]) -> None:
         done, pending = await asyncio.wait(pending, timeout=_RECHECK)
         for task in done:
             if not task.cancelled() and task.exception() is not None:
-                log.debug("gateway: %s ended with %r", task.get_name(), task.exception())
+                log.debug("%s ended with %r", task.get_name(), task.exception())
