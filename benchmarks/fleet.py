@@ -45,7 +45,7 @@ OUT = ROOT / "benchmarks" / "results-fleet.md"
 
 
 async def _worker(args: argparse.Namespace) -> dict[str, Any]:
-    from ruxa_async import Job, RateLimits, RuxaClient
+    from ruxa_async import Job, RateLimits, RuxaClient, TaskInfo
     from ruxa_async._fleet import coordinator_from_url
     from ruxa_async.redis import RedisCoordinator
 
@@ -54,19 +54,18 @@ async def _worker(args: argparse.Namespace) -> dict[str, Any]:
         limits = RateLimits(
             create_per_second=LIMIT, create_burst=BURST, query_per_second=LIMIT, query_burst=BURST
         )
-    coordinator = (
-        RedisCoordinator(args.redis, namespace=args.namespace)
-        if args.redis
-        else coordinator_from_url(None)
-    )
+    redis = RedisCoordinator(args.redis, namespace=args.namespace) if args.redis else None
+    coordinator = redis if redis is not None else coordinator_from_url(None)
     received: dict[str, float] = {}
+    trace = _trace_decisions() if os.environ.get("FLEET_TRACE") else []
     callbacks = None
     if args.receiver:
         from ruxa_async.webhooks import CallbackServer
 
-        callbacks = CallbackServer(
-            "127.0.0.1", 0, on_task=lambda info: received.setdefault(info.task_id, time.monotonic())
-        )
+        def on_task(info: TaskInfo) -> None:
+            received.setdefault(info.task_id, time.monotonic())
+
+        callbacks = CallbackServer("127.0.0.1", 0, on_task=on_task)
     client = RuxaClient(
         KEY, base_url=args.url, rate_limits=limits, coordinator=coordinator, callbacks=callbacks
     )
@@ -75,6 +74,8 @@ async def _worker(args: argparse.Namespace) -> dict[str, Any]:
         print(json.dumps({"ready": True, "callback_url": client.callback_url}), flush=True)
         await asyncio.to_thread(sys.stdin.readline)  # the start line
         start = time.monotonic()
+        cpu = time.process_time()
+        calls = redis._store.calls if redis is not None else 0
         first, count = args.first, args.count
         jobs = [
             Job(model=MODEL, input={"prompt": f"{args.run} {i}"}, key=f"{args.run}-{i}")
@@ -107,6 +108,8 @@ async def _worker(args: argparse.Namespace) -> dict[str, Any]:
             report = await client.run_batch(jobs)
             errors = sum(1 for o in report.outcomes if not o.ok)
         end = time.monotonic()
+        cpu = time.process_time() - cpu
+        calls = (redis._store.calls if redis is not None else 0) - calls
         stats = client.statistics()
         fleet = stats.coordinator
         return {
@@ -117,6 +120,10 @@ async def _worker(args: argparse.Namespace) -> dict[str, Any]:
             "rate_limited": stats.rate_limited,
             "paused": stats.rate.paused_seconds,
             "episodes": stats.rate.episodes,
+            "cpu": cpu,
+            "redis_calls": calls,
+            "permits": sum(stats.rate.permits.values()),
+            "fleet_pauses": fleet.fleet_pauses if fleet else 0,
             "learned": {
                 kind: [c.rate, c.estimated_limit] for kind, c in stats.rate.classes.items()
             },
@@ -126,8 +133,27 @@ async def _worker(args: argparse.Namespace) -> dict[str, Any]:
             "leased_tokens": fleet.leased_tokens if fleet else 0,
             "resolved": resolved,
             "received": received,
+            "trace": [(t - start, text) for t, text in trace],
             "hops": hops,
         }
+
+
+def _trace_decisions() -> list[tuple[float, str]]:
+    """The rate controller's DEBUG decisions (429s, phase changes), stamped (``FLEET_TRACE=1``)."""
+    import logging
+
+    lines: list[tuple[float, str]] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            text = record.getMessage()
+            if "429 on" in text or "pace:" in text or "gate" in text:
+                lines.append((time.monotonic(), text))
+
+    logger = logging.getLogger("ruxa_async")
+    logger.setLevel(logging.DEBUG)
+    logger.addHandler(Keep())
+    return lines
 
 
 def _trace_fan_in(coordinator: Any) -> dict[str, float]:
@@ -249,12 +275,23 @@ def run_fleet(
             spec += ["--namespace", namespace] + (["--redis", redis_url] if redis_url else [])
             specs.append(spec + (["--known"] if known else []))
         fleet = Fleet(sim.url, specs)
+        sim_cpu = _cpu_of(sim.proc.pid)
         fleet.go()
         reports = fleet.reports()
+        sim_cpu = _cpu_of(sim.proc.pid) - sim_cpu
         stats = sim.stats()
     finally:
         sim.close()
     makespan = max(r["end"] for r in reports) - min(r["start"] for r in reports)
+    if os.environ.get("FLEET_TRACE"):
+        t0 = min(r["start"] for r in reports)
+        timeline = sorted(
+            (r["start"] - t0 + t, i, text) for i, r in enumerate(reports) for t, text in r["trace"]
+        )
+        path = Path(os.environ["FLEET_TRACE"]) / f"trace-p{procs}-{run}.txt"
+        path.write_text("".join(f"{t:8.3f} p{i} {text}\n" for t, i, text in timeline))
+    cpu = sum(r["cpu"] for r in reports)
+    permits = sum(r["permits"] for r in reports)
     rejected = stats["rate_limited_create"] + stats["rate_limited_query"]
     return {
         "procs": procs,
@@ -273,7 +310,21 @@ def run_fleet(
         "episodes": sum(r["episodes"] for r in reports),
         "per_lease": sum(r["leased_tokens"] for r in reports)
         / max(1, sum(r["leases"] for r in reports)),
+        # CPU: the workers' (all together, per task), the busiest worker's share of one core,
+        # the simulator's; Redis round trips per permit
+        "cpu_us_per_task": 1e6 * cpu / tasks,
+        "busiest_core": max(r["cpu"] / max(1e-9, r["end"] - r["start"]) for r in reports),
+        "sim_cpu_us_per_task": 1e6 * sim_cpu / tasks,
+        "redis_per_permit": sum(r["redis_calls"] for r in reports) / max(1, permits),
+        "episodes_each": [r["episodes"] for r in reports],
+        "remote_pauses": sum(r["fleet_pauses"] for r in reports),
     }
+
+
+def _cpu_of(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (Linux ``/proc``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def run_twice(tmp: Path, redis_url: str, tasks: int) -> dict[str, Any]:
@@ -412,6 +463,28 @@ def _fleet_section(ideal: dict[str, Any], rows: list[dict[str, Any]]) -> list[st
         "*episodes*: 429 episodes begun (each lowers the pace once); *tokens per lease*: "
         "permits per Redis round trip for the shared bucket.",
         "",
+        "### Where the CPU and the pauses go",
+        "",
+        "| processes | coordinator | workers' CPU µs/task | busiest worker, share of a core "
+        "| simulator CPU µs/task | Redis round trips per permit | episodes per process "
+        "| gates copied from the fleet |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in [ideal, *rows]:
+        label = "ideal: 1, limits known" if row["known"] else str(row["procs"])
+        coordinator = "Redis" if row["coordinator"] else "none"
+        lines.append(
+            f"| {label} | {coordinator} | {row['cpu_us_per_task']:.0f} | "
+            f"{row['busiest_core']:.2f} | {row['sim_cpu_us_per_task']:.0f} | "
+            f"{row['redis_per_permit']:.2f} | {row['episodes_each']} | {row['remote_pauses']} |"
+        )
+    lines += [
+        "",
+        "*workers' CPU*: every worker process's CPU time during the run, summed, per task; "
+        "*busiest worker*: the largest CPU time / wall time of one worker (1.0 is a whole core); "
+        "*episodes per process*: 429 episodes each process began; *gates copied*: gates other "
+        "processes closed, heard through pub/sub.",
+        "",
     ]
     return lines
 
@@ -502,7 +575,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.worker:
         args.callback_url = args.cb
-        print(json.dumps(asyncio.run(_worker(args))), flush=True)
+        profile = os.environ.get("FLEET_PROFILE")  # a directory: one cProfile dump per worker
+        if profile:
+            import cProfile
+
+            with cProfile.Profile() as profiler:
+                report = asyncio.run(_worker(args))
+            profiler.dump_stats(Path(profile) / f"worker-{args.run}-{args.first}.prof")
+        else:
+            report = asyncio.run(_worker(args))
+        print(json.dumps(report), flush=True)
         return 0
     from tests.services import redis_server
 

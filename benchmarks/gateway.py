@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import itertools
 import json
 import logging
@@ -64,17 +65,35 @@ def _pct(values: list[float], q: float) -> float:
 
 
 class GatewayProcess(Child):
-    """``python -m ruxa_async gateway --config ...`` on a known loopback port."""
+    """``python -m ruxa_async gateway --config ... --loop LOOP`` on a known loopback port."""
 
-    def __init__(self, config: Path, work: Path, profile: Path | None = None) -> None:
+    def __init__(
+        self, config: Path, work: Path, profile: Path | None = None, loop: str = "auto"
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         argv = [sys.executable]
         if profile is not None:  # written when the gateway stops on SIGTERM
             argv += ["-m", "cProfile", "-o", str(profile)]
         argv += ["-m", "ruxa_async", "gateway", "--config", str(config)]
-        argv += ["--port", str(self.port)]
-        super().__init__(argv, work / "gateway.log", None)
+        argv += ["--port", str(self.port), "--loop", loop]
+        super().__init__(argv, work / f"gateway-{loop}.log", None)
+
+
+class PassthroughProcess(Child):
+    """A proxy with no logic (``benchmarks._passthrough``): a ceiling for the gateway."""
+
+    def __init__(self, kind: str, upstream: str, work: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        argv = [sys.executable, "-m", "benchmarks._passthrough", "--kind", kind]
+        argv += ["--upstream", upstream, "--port", str(self.port), "--loop", "uvloop"]
+        super().__init__(argv, work / f"passthrough-{kind}.log", None)
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        """Block until the proxy prints ``ready``."""
+        if self.line(timeout) != "ready":
+            raise RuntimeError(f"the passthrough did not start:\n{self.log_tail()}")
 
 
 async def _wait_up(session: aiohttp.ClientSession, url: str) -> None:
@@ -118,94 +137,138 @@ async def _closed_loop(
     return latencies, time.perf_counter() - started
 
 
+#: Every route the overhead part can measure: (name, what it is). ``direct`` is always run.
+ROUTES = {
+    "direct": "straight to the simulator",
+    "gateway-uvloop": "the gateway on uvloop (its default when uvloop is installed)",
+    "gateway-asyncio": "the gateway on the standard asyncio loop (`--loop asyncio`)",
+    "passthrough-aiohttp": "ceiling: aiohttp low-level server + ClientSession, no logic (uvloop)",
+    "passthrough-raw": "ceiling: raw asyncio byte pipe, no HTTP parsing at all (uvloop)",
+}
+THROUGHPUT_IN_FLIGHT = 32
+
+
+def _write_config(path: Path, sim: Simulator, user_token: str) -> None:
+    """A gateway config with its own SQLite state file beside it (as a deployment has)."""
+    state = path.with_suffix(".sqlite3")
+    path.write_text(
+        "\n".join(
+            [
+                'signing_secret = "bench"',
+                "sweep_interval = 3600",
+                f'state_path = "{state}"',
+                "[upstream]",
+                f'base_url = "{sim.url}"',
+                "[[upstream.keys]]",
+                'name = "bench"',
+                f'key = "{sim.api_key}"',
+                "[users.bench]",
+                f'token_sha256 = "{hash_token(user_token)}"',
+            ]
+        )
+        + "\n",
+        encoding="utf-8",
+    )
+
+
 async def _overhead(
-    work: Path, requests: int, rounds: int, profile: Path | None = None
+    work: Path,
+    requests: int,
+    rounds: int,
+    routes: list[str],
+    profile: Path | None = None,
 ) -> dict[str, Any]:
+    """Latency and throughput of each route in ``routes`` (plus ``direct``), interleaved."""
     sim_config = {"default_behavior": {"median_seconds": 36000, "sigma": 0}, "seed": 1}
     user_token = "rxu_bench-" + secrets.token_hex(8)
-    config = work / "gateway.toml"
-    with Simulator(sim_config, work, None, "overhead") as sim:
+    routes = ["direct"] + [r for r in routes if r != "direct"]
+    with contextlib.ExitStack() as stack:
+        sim = stack.enter_context(Simulator(sim_config, work, None, "overhead"))
         sim.wait_ready()
-        config.write_text(
-            "\n".join(
-                [
-                    'signing_secret = "bench"',
-                    "sweep_interval = 3600",
-                    "[upstream]",
-                    f'base_url = "{sim.url}"',
-                    "[[upstream.keys]]",
-                    'name = "bench"',
-                    f'key = "{sim.api_key}"',
-                    "[users.bench]",
-                    f'token_sha256 = "{hash_token(user_token)}"',
-                ]
-            )
-            + "\n",
-            encoding="utf-8",
-        )
-        with GatewayProcess(config, work, profile) as gw:
-            connector = aiohttp.TCPConnector(limit=64)
-            async with aiohttp.ClientSession(connector=connector) as session:
-                await _wait_up(session, gw.url)
-                ids = []
-                for _ in range(64):
+        procs: dict[str, Child] = {"direct": sim}
+        targets: dict[str, tuple[str, str]] = {"direct": (sim.url, sim.api_key)}
+        for route in routes[1:]:
+            kind, variant = route.split("-", 1)
+            if kind == "gateway":
+                config = work / f"{route}.toml"
+                _write_config(config, sim, user_token)
+                gw = stack.enter_context(
+                    GatewayProcess(config, work, profile if variant == "uvloop" else None, variant)
+                )
+                procs[route], targets[route] = gw, (gw.url, user_token)
+            else:
+                proxy = stack.enter_context(PassthroughProcess(variant, sim.url, work))
+                proxy.wait_ready()
+                procs[route], targets[route] = proxy, (proxy.url, sim.api_key)
+        connector = aiohttp.TCPConnector(limit=64)
+        async with aiohttp.ClientSession(connector=connector) as session:
+            ids: dict[str, list[str]] = {}
+            for route, (base, key) in targets.items():
+                if route.startswith("gateway"):
+                    await _wait_up(session, base)
+            for route, (base, key) in targets.items():
+                if not route.startswith("gateway") and ids:
+                    ids[route] = next(iter(ids.values()))
+                    continue
+                ids[route] = []
+                for _ in range(64):  # a gateway answers queries of its own users' tasks only
                     async with session.post(
-                        gw.url + "/api/v1/tasks/create",
+                        base + "/api/v1/tasks/create",
                         data=BODY,
-                        headers={"Authorization": f"Bearer {user_token}"},
+                        headers={"Authorization": f"Bearer {key}"},
                     ) as resp:
-                        ids.append((await resp.json())["data"]["taskId"])
-                routes = {
-                    "direct": (sim.url, sim.api_key),
-                    "gateway": (gw.url, user_token),
-                }
+                        ids[route].append((await resp.json())["data"]["taskId"])
 
-                def query(route: str) -> Callable[[int], Awaitable[float]]:
-                    base, key = routes[route]
-                    return lambda i: _timed(
-                        session, "GET", f"{base}/api/v1/tasks/query/{ids[i % len(ids)]}", key, None
-                    )
+            def query(route: str) -> Callable[[int], Awaitable[float]]:
+                base, key = targets[route]
+                own = ids[route]
+                return lambda i: _timed(
+                    session, "GET", f"{base}/api/v1/tasks/query/{own[i % len(own)]}", key, None
+                )
 
-                def create(route: str) -> Callable[[int], Awaitable[float]]:
-                    base, key = routes[route]
-                    return lambda i: _timed(
-                        session, "POST", f"{base}/api/v1/tasks/create", key, BODY
-                    )
+            def create(route: str) -> Callable[[int], Awaitable[float]]:
+                base, key = targets[route]
+                return lambda i: _timed(session, "POST", f"{base}/api/v1/tasks/create", key, BODY)
 
-                results: dict[str, Any] = {}
-                for kind, make in (("query", query), ("create", create)):
-                    for route in routes:  # warm-up
-                        await _closed_loop(make(route), 200, 8)
-                    lat: dict[str, list[float]] = {"direct": [], "gateway": []}
-                    for _ in range(rounds):
-                        for route in routes:
-                            got, _ = await _closed_loop(make(route), requests // rounds, 1)
-                            lat[route] += got
-                    rps: dict[str, list[float]] = {"direct": [], "gateway": []}
-                    cpu = {"sim": 0.0, "gateway": 0.0, "load_direct": 0.0}
-                    for _ in range(rounds):
-                        for route in routes:
-                            n = requests // rounds
-                            before = cpu_seconds(sim.pid), cpu_seconds(gw.pid)
-                            load_before = time.process_time()
-                            _, took = await _closed_loop(make(route), n, 32)
-                            rps[route].append(n / took)
-                            if route == "gateway":
-                                cpu["sim"] += cpu_seconds(sim.pid) - before[0]
-                                cpu["gateway"] += cpu_seconds(gw.pid) - before[1]
-                            else:  # the bare aiohttp client's cost: this run's c_req
-                                cpu["load_direct"] += time.process_time() - load_before
-                    results[kind] = {
-                        route: {
-                            "p50_ms": 1000 * _pct(lat[route], 0.5),
-                            "p99_ms": 1000 * _pct(lat[route], 0.99),
-                            "rps": statistics.median(rps[route]),
-                        }
-                        for route in routes
+            results: dict[str, Any] = {}
+            n = requests // rounds
+            for kind, make in (("query", query), ("create", create)):
+                for route in routes:  # warm-up
+                    await _closed_loop(make(route), 200, 8)
+                lat: dict[str, list[float]] = {r: [] for r in routes}
+                for _ in range(rounds):
+                    for route in routes:
+                        got, _ = await _closed_loop(make(route), n, 1)
+                        lat[route] += got
+                rps: dict[str, list[float]] = {r: [] for r in routes}
+                cpu: dict[str, dict[str, float]] = {r: {"sim": 0.0, "proxy": 0.0} for r in routes}
+                load_direct = 0.0
+                for _ in range(rounds):
+                    for route in routes:
+                        pid = procs[route].pid
+                        before = cpu_seconds(sim.pid), cpu_seconds(pid)
+                        load_before = time.process_time()
+                        _, took = await _closed_loop(make(route), n, THROUGHPUT_IN_FLIGHT)
+                        rps[route].append(n / took)
+                        cpu[route]["sim"] += cpu_seconds(sim.pid) - before[0]
+                        if route != "direct":
+                            cpu[route]["proxy"] += cpu_seconds(pid) - before[1]
+                        else:  # the bare aiohttp client's cost: this run's c_req
+                            load_direct += time.process_time() - load_before
+                sent = rounds * n
+                results[kind] = {
+                    route: {
+                        "p50_ms": 1000 * _pct(lat[route], 0.5),
+                        "p99_ms": 1000 * _pct(lat[route], 0.99),
+                        "rps": statistics.median(rps[route]),
+                        "rps_rounds": rps[route],
+                        "sim_cpu_us": 1e6 * cpu[route]["sim"] / sent,
+                        "proxy_cpu_us": 1e6 * cpu[route]["proxy"] / sent,
                     }
-                    sent = rounds * (requests // rounds)
-                    results[kind]["cpu_us"] = {k: 1e6 * v / sent for k, v in cpu.items()}
-                    _log(f"overhead {kind}: {json.dumps(results[kind])}")
+                    for route in routes
+                }
+                results[kind]["c_req_us"] = 1e6 * load_direct / sent
+                _log(f"overhead {kind}: {json.dumps(results[kind])}")
     return results
 
 
@@ -327,8 +390,94 @@ async def scale_run(
 # -- report ---------------------------------------------------------------------------------
 
 
+def _loop_names() -> tuple[str, str]:
+    """Which loop the load generator (this process) and the simulator run on."""
+    here = type(asyncio.get_running_loop()).__module__.split(".")[0]
+    return ("uvloop" if here == "uvloop" else "asyncio"), "asyncio (the standard loop)"
+
+
+def _overhead_lines(overhead: dict[str, Any], rounds: int, load_loop: str) -> list[str]:
+    lines = [
+        "## Overhead: straight to the simulator vs through the gateway",
+        "",
+        "Simulator, gateways and ceiling proxies each in their own process, all started at once; "
+        f"the load generator in this one (aiohttp on **{load_loop}**); the simulator runs on "
+        "**the standard asyncio loop** for every route. The same client session measures every "
+        "route in the same run. Latency: one request in flight, the routes' blocks alternated "
+        f"round by round ({rounds} rounds). Throughput: {THROUGHPUT_IN_FLIGHT} in flight, "
+        f"**median of {rounds} rounds**, routes alternated. Added = route - direct. CPU per "
+        "request from /proc during the throughput rounds (the other jobs on the machine disturb "
+        "it less than wall-clock time).",
+        "",
+        "Routes: "
+        + "; ".join(f"`{r}` {ROUTES[r]}" for r in next(iter(overhead.values())) if r in ROUTES)
+        + ".",
+        "",
+        "| request | route | p50 | added p50 | p99 | added p99 | rps (median) | route / direct "
+        "| route CPU / req | simulator CPU / req | CPU-bound ceiling |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for kind, row in overhead.items():
+        d = row["direct"]
+        c_req = row["c_req_us"]
+        for route, r in row.items():
+            if route not in ROUTES:
+                continue
+            own = r["proxy_cpu_us"]
+            if route == "direct":
+                added = ("", "")
+                ratio, ceiling, own_cell = "100 %", "", "-"
+            else:
+                added = (
+                    f"**{r['p50_ms'] - d['p50_ms']:+.2f} ms**",
+                    f"{r['p99_ms'] - d['p99_ms']:+.2f} ms",
+                )
+                ratio = f"**{100 * r['rps'] / d['rps']:.0f} %**"
+                # all three processes share 2 cores: the share left if CPU is the bound
+                ceiling = (
+                    f"{100 * (c_req + d['sim_cpu_us']) / (c_req + own + r['sim_cpu_us']):.0f} %"
+                )
+                own_cell = f"{own:.0f} µs"
+            lines.append(
+                f"| {kind} | {route} | {r['p50_ms']:.2f} ms | {added[0]} | {r['p99_ms']:.2f} ms "
+                f"| {added[1]} | {r['rps']:.0f} | {ratio} | {own_cell} | {r['sim_cpu_us']:.0f} µs "
+                f"| {ceiling} |"
+            )
+    lines += [
+        "",
+        "*c_req* (this run's calibration: the load generator's own CPU per request in the direct "
+        "throughput rounds, i.e. a bare aiohttp client request on this machine now): "
+        + ", ".join(f"{kind} {row['c_req_us']:.0f} µs" for kind, row in overhead.items())
+        + ". Throughput per round (rps): "
+        + "; ".join(
+            f"{kind} {route} " + "/".join(f"{x:.0f}" for x in r["rps_rounds"])
+            for kind, row in overhead.items()
+            for route, r in row.items()
+            if route in ROUTES
+        )
+        + ".",
+        "",
+        "Goals: added p50 <= 1 ms; >= 70 % of direct throughput.",
+        "",
+        "Reading these numbers: a proxied request costs the machine the load generator's "
+        "client request (c_req), the proxy's CPU and the simulator's, where a direct one costs "
+        "only the first and the last. With the load generator, the proxy and the simulator on 2 "
+        "shared cores, throughput is bound by that CPU, so a route's share of direct throughput "
+        "cannot exceed about (c_req + simulator_direct) / (c_req + route + simulator): the "
+        "*CPU-bound ceiling* column. The two `passthrough` routes have no logic at all: what they "
+        "reach bounds any gateway built like them on this machine.",
+        "",
+    ]
+    return lines
+
+
 def _report(
-    overhead: dict[str, Any], scale: dict[str, Any], mode: str, load: tuple[float, float, float]
+    overhead: dict[str, Any],
+    scale: dict[str, Any] | None,
+    mode: str,
+    load: tuple[float, float, float],
+    rounds: int,
+    load_loop: str,
 ) -> str:
     lines = [
         "# Gateway benchmark",
@@ -339,60 +488,11 @@ def _report(
         f"2 cores shared with other jobs (load average {load[0]:.1f} / {load[1]:.1f} / "
         f"{load[2]:.1f} when the run started: expect noise).",
         "",
-        "## Overhead: straight to the simulator vs through the gateway",
-        "",
-        "Simulator and gateway in separate processes, load generator in a third (aiohttp). "
-        "Latency: one request in flight, direct and gateway blocks alternated. Throughput: 32 in "
-        "flight, median of the rounds. Added = gateway - direct.",
-        "",
-        "| request | direct p50 | gateway p50 | added p50 | direct p99 | gateway p99 | added p99 "
-        "| direct rps | gateway rps | gateway / direct |",
-        "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    cpu_rows = [
-        "",
-        "CPU per proxied request (from /proc, during the gateway throughput rounds): a measure "
-        "the other jobs on the machine disturb less than wall-clock time. *c_req* is this run's "
-        "calibration: the load generator's own CPU per request in the direct rounds, i.e. what "
-        "a bare aiohttp client request costs on this machine now. The gateway is an aiohttp "
-        "server (like the simulator) plus an aiohttp client (c_req), so about simulator + c_req "
-        "is its floor without any logic of its own.",
-        "",
-        "| request | c_req (bare aiohttp client) | simulator CPU / request "
-        "| gateway CPU / request | gateway / (simulator + c_req) |",
-        "|---|---|---|---|---|",
-    ]
-    for kind, row in overhead.items():
-        d, g = row["direct"], row["gateway"]
-        c = row["cpu_us"]
-        floor = c["sim"] + c["load_direct"]
-        cpu_rows.append(
-            f"| {kind} | {c['load_direct']:.0f} µs | {c['sim']:.0f} µs "
-            f"| **{c['gateway']:.0f} µs** | {c['gateway'] / floor:.2f} |"
-        )
-        lines.append(
-            f"| {kind} | {d['p50_ms']:.2f} ms | {g['p50_ms']:.2f} ms | "
-            f"**{g['p50_ms'] - d['p50_ms']:.2f} ms** | {d['p99_ms']:.2f} ms | {g['p99_ms']:.2f} ms "
-            f"| {g['p99_ms'] - d['p99_ms']:.2f} ms | {d['rps']:.0f} | {g['rps']:.0f} | "
-            f"**{100 * g['rps'] / d['rps']:.0f} %** |"
-        )
-    lines += cpu_rows
+    lines += _overhead_lines(overhead, rounds, load_loop)
+    if scale is None:
+        return "\n".join(lines)
     lines += [
-        "",
-        "Goals: added p50 <= 1 ms; >= 70 % of direct throughput.",
-        "",
-        "Reading these numbers: a proxied request costs the machine the load generator's "
-        "client request, the gateway (a server request plus a client request) and the "
-        "simulator's server request, where a direct one costs only the first and the last. On "
-        "2 cores shared by the load generator, the gateway and the simulator, throughput is "
-        "bound by that CPU, so the gateway's share of direct throughput cannot exceed about "
-        "(c_req + simulator) / (c_req + gateway + simulator) even with no logic of its own "
-        "(about 50 % when the gateway costs simulator + c_req). A cProfile of the gateway under "
-        "this benchmark (`--only overhead --profile FILE`) puts about two thirds of the time "
-        "spent in Python functions in aiohttp (its two socket writes per request alone about a "
-        "quarter: system calls are slow in this sandboxed VM) and about a fifth in ruxa_async "
-        "code.",
-        "",
         f"## Scale: {scale['users']:,} users, "
         f"{scale['users'] * scale['per_user']:,} tasks through one gateway",
         "",
@@ -426,13 +526,24 @@ async def _main(args: argparse.Namespace) -> None:
     logging.getLogger("ruxa_async").setLevel(logging.ERROR)  # 1,000 users cross 80 %: no log
     load_before = os.getloadavg()
     requests = args.requests or (600 if smoke else 6000)
+    rounds = args.rounds or (3 if smoke else 5)
+    routes = [r.strip() for r in args.routes.split(",") if r.strip()]
+    unknown = sorted(set(routes) - set(ROUTES))
+    if unknown:
+        raise SystemExit(f"unknown routes {unknown}; known: {', '.join(ROUTES)}")
+    load_loop, _ = _loop_names()
     with tempfile.TemporaryDirectory(prefix="ruxa-gw-bench-") as tmp:
-        overhead = await _overhead(Path(tmp), requests, 3 if smoke else 5, args.profile)
-    if args.only == "overhead":  # a quick look (or a profile): no report written
+        overhead = await _overhead(Path(tmp), requests, rounds, routes, args.profile)
+    mode = "smoke" if smoke else "full"
+    if args.only == "overhead":  # a quick look (or a profile): a report only with --out
+        if args.out is not None:
+            text = _report(overhead, None, mode, load_before, rounds, load_loop)
+            args.out.write_text(text, encoding="utf-8")
+            print(text)
         return
     scale = await scale_run(50 if smoke else args.users, 4 if smoke else 10)
     _log(f"scale: {json.dumps(scale)}")
-    text = _report(overhead, scale, "smoke" if smoke else "full", load_before)
+    text = _report(overhead, scale, mode, load_before, rounds, load_loop)
     (args.out or OUT).write_text(text, encoding="utf-8")
     print(text)
 
@@ -443,12 +554,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="a few seconds of each part")
     parser.add_argument("--out", type=Path, help=f"report path (default {OUT})")
     parser.add_argument(
-        "--only", choices=("overhead",), help="run only the overhead part and write no report"
+        "--only",
+        choices=("overhead",),
+        help="run only the overhead part (its report is written only with --out)",
     )
-    parser.add_argument("--requests", type=int, help="requests per overhead measurement")
+    parser.add_argument("--requests", type=int, help="requests per route per overhead measurement")
+    parser.add_argument("--rounds", type=int, help="rounds per measurement (default 5; smoke 3)")
+    parser.add_argument(
+        "--routes",
+        default=",".join(r for r in ROUTES if r != "direct"),
+        help=f"comma-separated routes besides direct (default all: {', '.join(ROUTES)})",
+    )
     parser.add_argument("--users", type=int, default=1000, help="users in the scale part")
     parser.add_argument(
-        "--profile", type=Path, help="run the gateway under cProfile, stats to this path"
+        "--profile", type=Path, help="run the uvloop gateway under cProfile, stats to this path"
     )
     args = parser.parse_args(argv)
     try:

@@ -260,8 +260,7 @@ class ClientCore:
 
     def _resolve_published(self, info: TaskInfo) -> None:
         self.fleet.outcome(info)
-        if self.scheduler.last_state(info.task_id) is not None:
-            self.scheduler.resolve(info, source="callback")
+        self.scheduler.resolve(info, source="fleet")  # held briefly if not tracked (yet)
 
     def statistics(self) -> ClientStatistics:
         """See ``RuxaClient.statistics``."""

@@ -107,21 +107,47 @@ class EarlyCallbacks:
     """Terminal callbacks for task ids not (yet) tracked: the latest ``limit`` of them.
 
     A callback can beat the reply to its own create; the task is then resolved
-    as soon as it is tracked.
+    as soon as it is tracked. With ``max_age`` (seconds on ``clock``) a
+    callback is kept that long at most: for callbacks the fleet publishes,
+    most of which belong to other processes' tasks.
     """
 
-    __slots__ = ("_kept", "_limit")
+    __slots__ = ("_clock", "_kept", "_limit", "_max_age")
 
-    def __init__(self, limit: int = 4096) -> None:
-        self._kept: collections.OrderedDict[str, TaskInfo] = collections.OrderedDict()
+    def __init__(
+        self,
+        limit: int = 4096,
+        *,
+        max_age: float | None = None,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        self._kept: collections.OrderedDict[str, tuple[float, TaskInfo]] = collections.OrderedDict()
         self._limit = limit
+        self._max_age = max_age
+        self._clock = clock if clock is not None and max_age is not None else None
 
     def keep(self, info: TaskInfo) -> None:
-        """Keep ``info`` (the oldest kept goes past the limit)."""
-        self._kept[info.task_id] = info
-        if len(self._kept) > self._limit:
-            self._kept.popitem(last=False)
+        """Keep ``info`` (the oldest kept goes past the limit or the age)."""
+        kept = self._kept
+        now = self._clock() if self._clock is not None else 0.0
+        kept.pop(info.task_id, None)
+        kept[info.task_id] = (now, info)
+        if len(kept) > self._limit:
+            kept.popitem(last=False)
+        if self._clock is not None:
+            assert self._max_age is not None
+            while kept and next(iter(kept.values()))[0] < now - self._max_age:
+                kept.popitem(last=False)
 
     def take(self, task_id: str) -> TaskInfo | None:
         """The kept callback of ``task_id`` (no longer kept), or None."""
-        return self._kept.pop(task_id, None) if self._kept else None
+        if not self._kept:
+            return None
+        entry = self._kept.pop(task_id, None)
+        if entry is None:
+            return None
+        if self._clock is not None:
+            assert self._max_age is not None
+            if entry[0] < self._clock() - self._max_age:
+                return None
+        return entry[1]

@@ -46,6 +46,9 @@ __all__ = ["PollScheduler", "SchedulerStatistics"]
 
 log = logging.getLogger("ruxa_async")
 
+_HELD_SECONDS = 10.0  # how long a fleet's callback waits for its task to be tracked here
+_HELD_LIMIT = 2048  # ... and how many such callbacks are kept at most
+
 QueryFn = Callable[[str, Any], Awaitable[TaskInfo]]
 """``query(task_id, tally)``: check one task once; ``tally`` is its owner's, from ``track``."""
 Waiter = Callable[["asyncio.Future[None]", float], Awaitable[None]]
@@ -126,6 +129,8 @@ class PollScheduler:
         self._checks_running: set[asyncio.Task[None]] = set()
         self._closed: BaseException | None = None
         self._early = EarlyCallbacks()
+        # callbacks the fleet published, for tasks whose create reply may still be coming here
+        self._held = EarlyCallbacks(_HELD_LIMIT, max_age=_HELD_SECONDS, clock=clock)
         self.checks = 0
         self.check_errors = 0
         self.resolved_by_poll = 0
@@ -163,7 +168,7 @@ class PollScheduler:
         entry.on_state = on_state
         entry.tally = tally
         self._entries[task_id] = entry
-        early = self._early.take(task_id)
+        early = self._early.take(task_id) or self._held.take(task_id)
         if early is not None:  # its callback beat the create reply
             self.callbacks_early += 1
             self.resolved_by_callback += 1
@@ -196,10 +201,17 @@ class PollScheduler:
         Non-terminal snapshots only update the last known state; snapshots for
         task ids this scheduler does not watch change nothing, except that the
         latest few thousand terminal ones are kept, so a callback that beats its
-        own create reply still resolves the task when it is tracked.
+        own create reply still resolves the task when it is tracked. A callback
+        another process published to the fleet (``source="fleet"``) is kept
+        for ``_HELD_SECONDS`` at most and not counted as ignored: most of
+        those are for other processes' tasks.
         """
         entry = self._entries.get(info.task_id)
         if entry is None or entry.future.done():
+            if source == "fleet":
+                if entry is None and info.is_terminal:
+                    self._held.keep(info)  # its create reply may still be on the way here
+                return False
             self.callbacks_ignored += 1
             if entry is None and info.is_terminal and source == "callback":
                 self._early.keep(info)  # in case its create reply is still coming
@@ -209,7 +221,7 @@ class PollScheduler:
                 entry.state = info.state
             return False
         self._finish(entry, info)
-        if source == "callback":
+        if source in ("callback", "fleet"):
             self.resolved_by_callback += 1
             self._learn_callback(entry)
         else:

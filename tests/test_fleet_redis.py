@@ -179,6 +179,32 @@ async def test_a_burst_of_callbacks_reaches_the_awaiting_process(redis_url: str)
         assert worker.statistics().coordinator.callbacks_received == 50  # type: ignore[union-attr]
 
 
+async def test_a_callback_published_before_the_task_is_tracked_resolves_it(
+    redis_url: str,
+) -> None:
+    """A fleet callback that beats the awaiting process's create reply is held, not dropped."""
+    slow = ModelBehavior(median_seconds=600.0, sigma=0.0)
+    quiet = PollPolicy(first_check=300.0, callback_grace=300.0)
+    namespace = _ns()
+    coordinator = RedisCoordinator(redis_url, namespace=namespace)
+    heard = asyncio.Event()
+    sim = FakeRuxa(SimConfig(seed=5, default_behavior=slow))
+    async with sim as fake, fleet(fake, redis_url, 1, namespace=namespace, poll=quiet) as (web,):
+        async with RuxaClient(fake.api_key, base_url=fake.url, poll=quiet) as creator:
+            task_id = (await creator.submit(NB, {"prompt": "x"})).task_id
+        worker = RuxaClient(fake.api_key, base_url=fake.url, poll=quiet, coordinator=coordinator)
+        async with worker:
+            coordinator.add_callback_handler(lambda _: heard.set())  # after the worker's own
+            info = TaskInfo(task_id=task_id, state=TaskState.SUCCESS, result_urls=("u",))
+            assert web.feed_callback(info) is False  # tracked nowhere yet: goes to the fleet
+            await heard.wait()  # the worker heard it before it knew the task id
+            handle = worker.attach(task_id)
+            assert handle.done()  # resolved from the held callback, with no query
+            assert (await handle).result_urls == ("u",)
+            assert worker.statistics().scheduler.resolved_by_callback == 1
+            assert fake.stats().queries == 0
+
+
 async def test_credit_budget_is_shared_by_the_fleet(redis_url: str) -> None:
     """max_credits caps the fleet's spend: two clients together stop at the budget."""
     sim = FakeRuxa(SimConfig(seed=5))
@@ -265,6 +291,27 @@ async def test_redis_outage_degrades_to_local_limits(
         assert stats.degraded_seconds > 0
         assert any("unreachable" in r.getMessage() for r in caplog.records)
     redis_service.start()
+
+
+async def test_a_429_while_redis_is_down_starts_an_episode(
+    redis_service: RedisServer, redis_url: str
+) -> None:
+    """Degraded, a 429 seen after the fleet's last episode still lowers the pace, once."""
+    coordinator = RedisCoordinator(redis_url, namespace=_ns(), heartbeat=0.05)
+    async with coordinator:
+        state = coordinator.rate_state
+        assert await state.begin_episode("create", 0)  # the fleet's first episode, in Redis
+        assert not await state.begin_episode("create", 0)  # the same one, from another 429
+        redis_service.stop()
+        assert await state.begin_episode("create", 1)  # degraded: a new episode ...
+        assert not await state.begin_episode("create", 1)  # ... begun once
+        assert coordinator.statistics().degraded
+        back = asyncio.Event()
+        coordinator._store.on_recovered.append(back.set)
+        redis_service.start()  # an empty Redis: its counter is behind this process's
+        await back.wait()
+        assert await state.begin_episode("create", 2)
+        assert not await state.begin_episode("create", 2)
 
 
 async def test_coordinator_recovers_when_redis_returns(

@@ -11,7 +11,7 @@ import redis as redis_sync
 
 from ruxa_async import RateLimits
 from ruxa_async._limiter import RateController
-from ruxa_async._ratestate import Kind, LocalRateState
+from ruxa_async._ratestate import Kind, LearnedLimit, LocalRateState
 from ruxa_async.redis import _scripts
 from ruxa_async.redis._ratestate import RedisRateState
 from ruxa_async.redis._store import Store
@@ -72,6 +72,26 @@ def test_a_lease_may_borrow_what_the_lookahead_refills(conn: redis_sync.Redis) -
     granted, wait = lease(100.0)
     assert granted == 0
     assert wait == pytest.approx(0.1)
+
+
+def test_the_bucket_refills_at_the_slowest_pace_a_member_asked_for(
+    conn: redis_sync.Redis,
+) -> None:
+    """Members pacing 100/s and 20/s: 20/s for both, until the slow one asked nothing for 1 s."""
+    script = conn.register_script(_scripts.TAKE)
+
+    def lease(member: str, rate: float, now: float) -> list[float]:
+        reply = script(keys=["bp", "g1", "g2", "paces"], args=[1, 1, rate, 1, now, "0", member, 1])
+        return [float(x) for x in reply]
+
+    granted, _, _, rate = lease("a", 100.0, 10.0)
+    assert (granted, rate) == (1, 100.0)
+    assert lease("b", 20.0, 10.0) == [0, pytest.approx(0.05)]  # refills at 20/s
+    assert lease("a", 100.0, 10.02) == [0, pytest.approx(0.03)]  # 0.4 tokens, at 20/s
+    granted, _, _, rate = lease("a", 100.0, 10.06)
+    assert (granted, rate) == (1, 20.0)
+    granted, _, _, rate = lease("a", 100.0, 11.5)  # b's pace is over a second old
+    assert (granted, rate) == (1, 100.0)
 
 
 def test_bucket_never_grants_fewer_than_asked_for(conn: redis_sync.Redis) -> None:
@@ -139,6 +159,59 @@ async def test_lease_serves_permits_from_memory_until_it_expires(redis_url: str)
         await store.aclose()
 
 
+async def test_a_member_spends_its_block_at_its_part_of_the_rate(redis_url: str) -> None:
+    """One of four members spends a block at a quarter of the fleet's rate, not in a burst."""
+    clock = Clock()
+    store = Store(redis_url, namespace=f"u{uuid.uuid4().hex[:6]}", timeout=1.0)
+    state = RedisRateState(store, channel="c", lease_seconds=0.1, lease_ttl=0.5, clock=clock)
+    state.members = 4  # before its leases measure it, the member count is its share
+    try:
+        assert state.share("create") == 4.0
+        assert await state.take("create", 1, 40.0, 10.0) == 0.0
+        assert await state.take("create", 1, 40.0, 10.0) == pytest.approx(0.1)  # 40/s / 4
+        assert state.leases == 1
+    finally:
+        await store.aclose()
+
+
+async def test_the_bucket_refills_at_the_fleets_learned_pace(redis_url: str) -> None:
+    """A process whose own pace lags the fleet's learned one still spends at the fleet's."""
+    clock = Clock()
+    namespace = f"u{uuid.uuid4().hex[:6]}"
+    stores = [Store(redis_url, namespace=namespace, timeout=1.0) for _ in range(2)]
+    a, b = (RedisRateState(s, channel="c", lease_ttl=0.5, clock=clock) for s in stores)
+    try:
+        await a.write("create", LearnedLimit(rate=100.0, estimate=103.0, source="429s"))
+        assert (await b.read("create")) is not None
+        assert await b.take("create", 1, 10.0, 5.0) == 0.0
+        assert await b.take("create", 1, 10.0, 5.0) == pytest.approx(0.01)  # 100/s, not 10
+    finally:
+        for store in stores:
+            await store.aclose()
+
+
+async def test_a_learned_limit_is_read_again_when_the_fleet_announces_one(
+    redis_url: str,
+) -> None:
+    """The learned limit is cached; the fleet's message (invalidate) makes the next read fresh."""
+    clock = Clock()
+    namespace = f"u{uuid.uuid4().hex[:6]}"
+    stores = [Store(redis_url, namespace=namespace, timeout=1.0) for _ in range(2)]
+    a, b = (RedisRateState(s, channel="c", clock=clock) for s in stores)
+    try:
+        await a.write("query", LearnedLimit(rate=50.0, source="429s"))
+        assert (await b.read("query")) == LearnedLimit(rate=50.0, source="429s")
+        await a.write("query", LearnedLimit(rate=40.0, source="429s", episode=1))
+        calls = stores[1].calls
+        assert (await b.read("query")) == LearnedLimit(rate=50.0, source="429s")  # cached
+        assert stores[1].calls == calls
+        b.invalidate("query")  # the pub/sub message "learned|query"
+        assert (await b.read("query")) == LearnedLimit(rate=40.0, source="429s", episode=1)
+    finally:
+        for store in stores:
+            await store.aclose()
+
+
 async def test_a_borrowed_block_is_spent_from_memory_when_due(redis_url: str) -> None:
     """A process leasing from a bucket another just emptied gets a later block, not nothing."""
     clock = Clock()
@@ -184,6 +257,10 @@ async def test_a_gate_message_drops_the_lease(redis_url: str) -> None:
         state.on_gate("client", 1.5)
         assert await state.gate_remaining("client") == pytest.approx(1.5)
         assert state._leases["query"].tokens == 0
+        assert state.remote_pauses == 1
+        state.origin = "me"
+        state.on_gate("client", 5.0, "me")  # this process's own gate, heard back: not remote
+        assert await state.gate_remaining("client") == pytest.approx(1.5)
         assert state.remote_pauses == 1
     finally:
         await store.aclose()

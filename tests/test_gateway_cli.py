@@ -110,3 +110,15 @@ def test_mint_token_without_a_secret_says_what_is_missing(tmp_path: Path) -> Non
     done = run_cli("mint-token", "--config", str(config), "--user", "x", key=None)
     assert done.returncode == 2
     assert "signing_secret" in done.stderr
+
+
+def test_the_loop_option_picks_uvloop_or_the_standard_asyncio_loop() -> None:
+    """--loop: auto and uvloop run the gateway on uvloop (installed here), asyncio on the
+    standard loop."""
+    import uvloop
+
+    from ruxa_async.gateway._cli import _loop_factory
+
+    assert _loop_factory("auto") is uvloop.new_event_loop
+    assert _loop_factory("uvloop") is uvloop.new_event_loop
+    assert _loop_factory("asyncio") is None

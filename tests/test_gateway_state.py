@@ -147,3 +147,24 @@ async def test_the_gateway_runs_without_prometheus(monkeypatch: pytest.MonkeyPat
         status, envelope, _ = await raw(http, "GET", f"{gw.url}/metrics")
     assert status == 404
     assert "prometheus" in envelope["message"]
+
+
+async def test_a_created_task_is_in_the_state_file_before_its_id_is_returned(
+    tmp_path: Path,
+) -> None:
+    """The owner of a created task (and its audit line) is committed before the reply."""
+    path = tmp_path / "state.sqlite3"
+    slow = SimConfig(seed=23, default_behavior=ModelBehavior(median_seconds=60, sigma=0))
+    async with FakeRuxa(slow) as sim, running(config_for(sim, state_path=str(path))) as gw:
+        replies = [
+            await gw.create(f"Bearer {TOKENS[user]}", {"model": NB, "input": PROMPT})
+            for user in ("alice", "bob")
+        ]
+        with sqlite3.connect(path) as db:  # no await since the replies: nothing written behind
+            owners = dict(db.execute("SELECT task_id, user FROM tasks").fetchall())
+            audited = {
+                row[0] for row in db.execute("SELECT task_id FROM audit WHERE event = 'created'")
+            }
+    ids = [reply.data["taskId"] for reply in replies]
+    assert owners == {ids[0]: "alice", ids[1]: "bob"}
+    assert audited == set(ids)

@@ -286,6 +286,19 @@ async def test_a_callback_that_beats_the_create_reply_still_resolves() -> None:
     assert service.checks == {}
 
 
+async def test_a_fleet_callback_is_held_for_a_bounded_time() -> None:
+    """A callback from the fleet waits 10 s for its task to be tracked here, then is dropped."""
+    vt, _service, scheduler = make(NO_JITTER)
+    for task_id in ("soon", "late"):
+        info = TaskInfo(task_id=task_id, state=TaskState.SUCCESS)
+        assert scheduler.resolve(info, source="fleet") is False
+    vt.now += 9.0
+    assert scheduler.track("soon").done()
+    vt.now += 2.0
+    assert not scheduler.track("late").done()  # too old: polling resolves it
+    assert scheduler.statistics().callbacks_ignored == 0  # most are other processes' tasks
+
+
 async def test_unknown_models_are_explored_then_pending_tasks_replanned() -> None:
     """With no estimate, three explorers go early; then the rest move to the learned time."""
     policy = PollPolicy(jitter=0.0, min_interval=0.5, max_interval=30.0)

@@ -153,14 +153,14 @@ class Admission:
             except asyncio.CancelledError:
                 self._gw.store.release(held, charge=True)
                 raise
+            self._gw.store.audit(  # before the commit: one transaction holds both
+                "created", who.user, task_id, model=model, key=slot.name, reserved=held.amount
+            )
             self._gw.remember(
                 await self._gw.store.acommit(held, task_id, slot.name, model, user_url)
             )
             self._gw.pool.opened(slot.name)
             self._gw.counters.created[who.user] += 1
-            self._gw.store.audit(
-                "created", who.user, task_id, model=model, key=slot.name, reserved=held.amount
-            )
             jump = self._gw.spend_watch.add(who.user, held.amount)
             if jump is not None:
                 self._gw.alerter.spend_jump(who.user, *jump)

@@ -13,7 +13,7 @@ import logging
 import secrets
 import signal
 import sys
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 import attrs
@@ -53,6 +53,13 @@ def add_commands(sub: Any, parents: Sequence[argparse.ArgumentParser] = ()) -> N
         help="share ownership, budgets and audit with other gateways through this Redis "
         "(overrides [state] redis_url)",
     )
+    gw.add_argument(
+        "--loop",
+        choices=("auto", "uvloop", "asyncio"),
+        default="auto",
+        help="event loop: uvloop (pip install ruxa-async[gateway]), the standard asyncio loop, "
+        "or auto (uvloop when it is installed; the default)",
+    )
     gw.set_defaults(func=run)
 
     mint = sub.add_parser(
@@ -80,7 +87,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.command == "mint-token":
             return _mint(args)
-        return _run_loop(_serve(args))
+        factory = _loop_factory(getattr(args, "loop", "auto"))  # before the coroutine exists
+        return _run_loop(_serve(args), factory)
     except ConfigurationError as exc:
         print(f"ruxa-async {args.command}: error: {exc}", file=sys.stderr)
         return 2
@@ -89,16 +97,35 @@ def run(args: argparse.Namespace) -> int:
         return 3
 
 
-def _run_loop(main: Coroutine[Any, Any, int]) -> int:
-    """Run ``main`` on uvloop when it is installed (a faster loop for a server), else asyncio."""
+def _run_loop(
+    main: Coroutine[Any, Any, int], factory: Callable[[], asyncio.AbstractEventLoop] | None
+) -> int:
+    """Run ``main`` on the loop ``factory`` makes, or on the standard asyncio loop."""
+    if factory is not None and sys.version_info >= (3, 11):
+        with asyncio.Runner(loop_factory=factory) as runner:
+            return runner.run(main)
+    return asyncio.run(main)
+
+
+def _loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's loop factory for ``choice``, or None for the standard loop.
+
+    ``auto`` takes uvloop when it is installed (a faster loop for a server).
+    """
+    if choice == "asyncio" or sys.version_info < (3, 11):  # 3.10's asyncio.run takes no factory
+        if choice == "uvloop":
+            raise ConfigurationError("--loop uvloop needs Python 3.11 or newer")
+        return None
     try:
         import uvloop
     except ImportError:
-        return asyncio.run(main)
-    if sys.version_info >= (3, 11):
-        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            return runner.run(main)
-    return asyncio.run(main)  # pragma: no cover - 3.10 keeps the default loop
+        if choice == "uvloop":
+            raise ConfigurationError(
+                '--loop uvloop needs uvloop: pip install "ruxa-async[gateway]"'
+            ) from None
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
 
 
 def _mint(args: argparse.Namespace) -> int:

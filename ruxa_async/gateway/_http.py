@@ -28,7 +28,7 @@ __all__ = ["gateway_routes", "serve_gateway"]
 
 log = logging.getLogger("ruxa_async")
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 _DEMO_TTL = 600.0
@@ -52,7 +52,7 @@ class _BodyError(Exception):
         self.message = message
 
 
-async def _read_body(request: web.Request, limit: int, timeout: float) -> bytes:
+async def _read_body(request: web.BaseRequest, limit: int, timeout: float) -> bytes:
     length = request.content_length
     if length is not None and length > limit:
         raise _BodyError(413, f"the body is {length} bytes; the limit is {limit}")
@@ -79,86 +79,85 @@ async def _read_body(request: web.Request, limit: int, timeout: float) -> bytes:
         raise _BodyError(408, f"the body did not arrive within {timeout:g} s") from None
 
 
-def gateway_routes(gw: GatewayView, prefix: str = "") -> list[web.RouteDef]:
-    """The gateway's routes, under ``prefix`` (e.g. ``"/ruxa"``; empty for the root)."""
-    counters = gw.counters
+_CREATE = "/api/v1/tasks/create"
+_QUERY = "/api/v1/tasks/query/"
+_CALLBACK = "/_gateway/callback/"
 
-    def answer(route: str, reply: Reply) -> web.Response:
-        counters.requests[(route, reply.code)] += 1
+
+class _Endpoints:
+    """The gateway's request handlers, shared by the mounted routes and the standalone server."""
+
+    def __init__(self, gw: GatewayView, prefix: str) -> None:
+        self.gw = gw
+        self.prefix = prefix
+        self.counters = gw.counters
+        self.render = prometheus_exposition(
+            gw.counters,
+            gw.usage,
+            lambda: {k.name: k.state for k in gw.pool.health()},
+            lambda: (gw.relay.delivered, gw.relay.failed),
+        )
+        self.page = (
+            resources.files("ruxa_async.gateway").joinpath("demo.html").read_bytes()
+            if gw.config.demo
+            else b""
+        )
+
+    def answer(self, route: str, reply: Reply) -> web.Response:
+        self.counters.requests[(route, reply.code)] += 1
         return _envelope(reply.code, reply.message, reply.data, reply.retry_after)
 
-    def refuse(route: str, request: web.Request, exc: _BodyError) -> web.Response:
-        counters.requests[(route, exc.code)] += 1
-        counters.denials["body"] += 1
+    def refuse(self, route: str, exc: _BodyError) -> web.Response:
+        self.counters.requests[(route, exc.code)] += 1
+        self.counters.denials["body"] += 1
         response = _envelope(exc.code, exc.message)
         response.force_close()
         return response
 
-    async def create(request: web.Request) -> web.Response:
+    async def create(self, request: web.BaseRequest) -> web.Response:
+        gw = self.gw
         try:
             raw = await _read_body(request, gw.config.max_body, gw.config.body_timeout)
         except _BodyError as exc:
-            return refuse("create", request, exc)
+            return self.refuse("create", exc)
         try:
             body = json.loads(raw)
         except (ValueError, RecursionError):
             body = None
         reply = await gw.create(request.headers.get("Authorization"), body)
-        return answer("create", reply)
+        return self.answer("create", reply)
 
-    async def query(request: web.Request) -> web.Response:
-        reply = await gw.query(request.headers.get("Authorization"), request.match_info["task_id"])
-        return answer("query", reply)
+    async def query(self, request: web.BaseRequest, task_id: str) -> web.Response:
+        reply = await self.gw.query(request.headers.get("Authorization"), task_id)
+        return self.answer("query", reply)
 
-    async def callback(request: web.Request) -> web.Response:
+    async def callback(self, request: web.BaseRequest, token: str) -> web.Response:
+        gw = self.gw
         try:
             raw = await _read_body(request, gw.config.max_body, gw.config.body_timeout)
         except _BodyError as exc:
-            return refuse("callback", request, exc)
-        reply = await gw.upstream_callback(request.match_info["token"], raw, request.headers)
-        return answer("callback", reply)
+            return self.refuse("callback", exc)
+        reply = await gw.upstream_callback(token, raw, request.headers)
+        return self.answer("callback", reply)
 
-    async def unknown(request: web.Request) -> web.Response:
-        counters.requests[("other", 404)] += 1
+    async def unknown(self, request: web.BaseRequest) -> web.Response:
+        self.counters.requests[("other", 404)] += 1
         return _envelope(404, "resource not found")
 
-    render = prometheus_exposition(
-        counters,
-        gw.usage,
-        lambda: {k.name: k.state for k in gw.pool.health()},
-        lambda: (gw.relay.delivered, gw.relay.failed),
-    )
-
-    async def metrics(request: web.Request) -> web.Response:
-        if render is None or not gw.config.metrics:
+    async def metrics(self, request: web.BaseRequest) -> web.Response:
+        if self.render is None or not self.gw.config.metrics:
             return _envelope(
                 404, "metrics need the prometheus extra: pip install ruxa-async[prometheus]"
             )
-        body, content_type = render()
+        body, content_type = self.render()
         return web.Response(body=body, headers={"Content-Type": content_type})
 
-    async def health(request: web.Request) -> web.Response:
-        return _envelope(200, "ok", {"keys": {k.name: k.state for k in gw.pool.health()}})
+    async def health(self, request: web.BaseRequest) -> web.Response:
+        return _envelope(200, "ok", {"keys": {k.name: k.state for k in self.gw.pool.health()}})
 
-    routes = [
-        web.post(prefix + "/api/v1/tasks/create", create),
-        web.get(prefix + "/api/v1/tasks/query/{task_id}", query),
-        web.post(prefix + "/_gateway/callback/{token}", callback),
-        web.get(prefix + "/metrics", metrics),
-        web.get(prefix + "/healthz", health),
-    ]
-    if gw.config.demo:
-        routes += _demo_routes(gw, prefix)
-    routes.append(web.route("*", prefix + "/api/{tail:.*}", unknown))
-    return routes
-
-
-def _demo_routes(gw: GatewayView, prefix: str) -> list[web.RouteDef]:
-    page = resources.files("ruxa_async.gateway").joinpath("demo.html").read_bytes()
-
-    async def demo_page(request: web.Request) -> web.Response:
+    async def demo_page(self, request: web.BaseRequest) -> web.Response:
         return web.Response(
-            body=page,
+            body=self.page,
             content_type="text/html",
             headers={
                 "Cache-Control": "no-store",
@@ -167,8 +166,9 @@ def _demo_routes(gw: GatewayView, prefix: str) -> list[web.RouteDef]:
             },
         )
 
-    async def login(request: web.Request) -> web.Response:
+    async def login(self, request: web.BaseRequest) -> web.Response:
         """The demo's stand-in for an app's sign-in: any name gets a short-lived token."""
+        gw = self.gw
         try:
             raw = await _read_body(request, 1024, gw.config.body_timeout)
             name = json.loads(raw).get("user", "")
@@ -181,17 +181,85 @@ def _demo_routes(gw: GatewayView, prefix: str) -> list[web.RouteDef]:
         )
         return _envelope(200, "success", {"token": token, "expiresIn": _DEMO_TTL})
 
-    async def root(request: web.Request) -> web.Response:
-        raise web.HTTPFound(prefix + "/demo/")
+    async def root(self, request: web.BaseRequest) -> web.Response:
+        raise web.HTTPFound(self.prefix + "/demo/")
 
-    return [
-        web.get(prefix + "/demo/", demo_page),
-        web.post(prefix + "/demo/login", login),
-        web.get(prefix + "/", root),
+    def exact(self) -> dict[tuple[str, str], Handler]:
+        """Handlers of the fixed paths, by (method, path) under the prefix."""
+        p = self.prefix
+        table: dict[tuple[str, str], Handler] = {
+            ("POST", p + _CREATE): self.create,
+            ("GET", p + "/metrics"): self.metrics,
+            ("GET", p + "/healthz"): self.health,
+        }
+        if self.gw.config.demo:
+            table[("GET", p + "/demo/")] = self.demo_page
+            table[("POST", p + "/demo/login")] = self.login
+            table[("GET", p + "/")] = self.root
+        return table
+
+
+def gateway_routes(gw: GatewayView, prefix: str = "") -> list[web.RouteDef]:
+    """The gateway's routes, under ``prefix`` (e.g. ``"/ruxa"``; empty for the root)."""
+    ep = _Endpoints(gw, prefix)
+
+    async def query(request: web.Request) -> web.Response:
+        return await ep.query(request, request.match_info["task_id"])
+
+    async def callback(request: web.Request) -> web.Response:
+        return await ep.callback(request, request.match_info["token"])
+
+    routes = [
+        web.get(path, handler) if method == "GET" else web.route(method, path, handler)
+        for (method, path), handler in ep.exact().items()
     ]
+    routes += [
+        web.get(prefix + _QUERY + "{task_id}", query),
+        web.post(prefix + _CALLBACK + "{token}", callback),
+        web.route("*", prefix + "/api/{tail:.*}", ep.unknown),
+    ]
+    return routes
 
 
-async def serve_gateway(gw: GatewayView, host: str, port: int) -> tuple[web.AppRunner, str]:
+def _dispatcher(gw: GatewayView, guards: HeaderDeadlines) -> Handler:
+    """The standalone server's one handler: the routes of :func:`gateway_routes`, matched by
+    hand (a dict and two prefixes instead of aiohttp's router, application and middleware:
+    the hot paths skip work they do not need)."""
+    ep = _Endpoints(gw, "")
+    exact = ep.exact()
+    query, callback, unknown = ep.query, ep.callback, ep.unknown
+    at_query, at_callback = len(_QUERY), len(_CALLBACK)
+
+    async def dispatch(request: web.BaseRequest) -> web.StreamResponse:
+        transport = request.transport
+        guard = guards.guards.get(transport) if transport is not None else None
+        if guard is not None:  # the headers are complete: stop the connection's clock
+            guard.headers_done()
+        try:
+            method = request.method
+            if method == "HEAD":
+                method = "GET"
+            path = request.path
+            handler = exact.get((method, path))
+            if handler is not None:
+                return await handler(request)
+            if method == "GET" and path.startswith(_QUERY):
+                task_id = path[at_query:]
+                if task_id and "/" not in task_id:
+                    return await query(request, task_id)
+            elif method == "POST" and path.startswith(_CALLBACK):
+                token = path[at_callback:]
+                if token and "/" not in token:
+                    return await callback(request, token)
+            return await unknown(request)
+        finally:
+            if guard is not None:
+                guard.request_done()
+
+    return dispatch
+
+
+async def serve_gateway(gw: GatewayView, host: str, port: int) -> tuple[web.ServerRunner, str]:
     """Start an aiohttp server for ``gw`` alone; return its runner and base URL.
 
     Each connection must finish sending a request's headers within
@@ -205,9 +273,8 @@ async def serve_gateway(gw: GatewayView, host: str, port: int) -> tuple[web.AppR
         counters.denials["header_timeout"] += 1
 
     guards = HeaderDeadlines(gw.config.header_timeout, expired)
-    app = web.Application(client_max_size=gw.config.max_body, middlewares=[guards.middleware])
-    app.add_routes(gateway_routes(gw))
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+    server = web.Server(_dispatcher(gw, guards), access_log=None)
+    runner = web.ServerRunner(server, shutdown_timeout=1.0)
     await runner.setup()
     try:
         site = _GuardedSite(runner, host, port, guards)
@@ -307,24 +374,12 @@ class HeaderDeadlines:
         """The connection's protocol, guarded."""
         return _HeaderGuard(inner, self)
 
-    @web.middleware
-    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        """Headers are complete once aiohttp calls a handler: stop that connection's clock."""
-        guard = self.guards.get(request.transport) if request.transport is not None else None
-        if guard is not None:
-            guard.headers_done()
-        try:
-            return await handler(request)
-        finally:
-            if guard is not None:
-                guard.request_done()
-
 
 class _GuardedSite(web.BaseSite):
     """A TCP site whose connections go through :class:`HeaderDeadlines`."""
 
     def __init__(
-        self, runner: web.AppRunner, host: str, port: int, deadlines: HeaderDeadlines
+        self, runner: web.BaseRunner, host: str, port: int, deadlines: HeaderDeadlines
     ) -> None:
         super().__init__(runner, backlog=1024)
         self._host = host

@@ -4,18 +4,21 @@
 is the default implementation. Decisions are made on in-memory state inside
 the event loop, so a check and its reservation happen with no ``await`` in
 between (50 concurrent creates against room for 10 admit exactly 10). Every
-change is written behind to SQLite by one writer thread, in batched
-transactions, so no SQLite call ever blocks the event loop; reads that miss
-memory go through the same thread. Several gateways share one state through
-``RedisStore`` (``_redis_store``), whose check-and-hold is one script; the
-gateway therefore awaits :meth:`StateStore.areserve` and
-:meth:`StateStore.acommit`, which the SQLite store answers without waiting.
+change goes to SQLite through one writer thread, in batched transactions, so
+no SQLite call ever blocks the event loop; reads that miss memory go through
+the same thread. A created task's record (with the audit lines written before
+it) is committed before its id is returned, creates arriving together sharing
+one transaction; the rest is written behind within milliseconds. Several
+gateways share one state through ``RedisStore`` (``_redis_store``), whose
+check-and-hold is one script; the gateway therefore awaits
+:meth:`StateStore.areserve` and :meth:`StateStore.acommit`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import json
 import logging
 import queue
@@ -210,8 +213,20 @@ class StateStore(Protocol):
         """Every audit record, oldest first."""
 
 
+_WRITE_BEHIND = 0.005  # seconds a write may wait to share its transaction with others
+
+
 class _Writer:
-    """One thread owning the SQLite connection: batched writes and queued reads."""
+    """One thread owning the SQLite connection: batched writes and queued reads.
+
+    Writes gather in the event loop and go to the thread together: when a
+    coroutine waits for them to be durable (:meth:`durable`), else within
+    ``_WRITE_BEHIND`` seconds. The thread commits each batch in one
+    transaction and wakes all of its waiters with one loop callback. While a
+    batch with waiters is being committed, the next one gathers (group
+    commit): under load, many creates share one transaction and one thread
+    wake-up; alone, a create waits for one commit.
+    """
 
     def __init__(self, path: str) -> None:
         self._path = path
@@ -219,22 +234,71 @@ class _Writer:
         self._thread = threading.Thread(target=self._run, name="ruxa-gateway-sqlite", daemon=True)
         self._ready: concurrent.futures.Future[None] = concurrent.futures.Future()
         self._stopped = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._pending: list[tuple[str, Sequence[Any]]] = []
+        self._waiters: list[asyncio.Future[None]] = []
+        self._timer: asyncio.Handle | None = None
+        self._committing = False  # a batch with waiters is at the thread
 
     async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
         self._thread.start()
         await asyncio.wrap_future(self._ready)
 
     def write(self, sql: str, params: Sequence[Any]) -> None:
-        self._queue.put((sql, params))
+        self._pending.append((sql, params))
+        if self._timer is None and self._loop is not None and not self._stopped:
+            self._timer = self._loop.call_later(_WRITE_BEHIND, self._hand_off)
+
+    def _hand_off(self) -> None:
+        """Send everything written so far (and its waiters) to the thread as one batch."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._pending or self._waiters:
+            batch, self._pending = self._pending, []
+            waiters, self._waiters = self._waiters, []
+            if waiters:
+                self._committing = True
+            self._queue.put(("batch", batch, waiters))
+
+    async def durable(self) -> None:
+        """Return once every write made so far is committed to SQLite."""
+        if self._loop is None or self._stopped or not self._thread.is_alive():
+            raise RuntimeError("the gateway's state store is closed")
+        waiter = self._loop.create_future()
+        self._waiters.append(waiter)
+        if len(self._waiters) == 1 and not self._committing:
+            self._send_soon()  # others of this loop turn join the same transaction
+        await waiter
+
+    def _send_soon(self) -> None:
+        assert self._loop is not None
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self._loop.call_soon(self._hand_off)
+
+    def _committed(self, waiters: list[asyncio.Future[None]]) -> None:
+        """In the loop: a batch with waiters is in SQLite; send the next one if any waits."""
+        self._committing = False
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        if self._waiters:
+            self._send_soon()
 
     async def call(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
         if self._stopped or not self._thread.is_alive():
             raise RuntimeError("the gateway's state store is closed")
+        self._hand_off()  # the call sees every write made before it
         future: concurrent.futures.Future[Any] = concurrent.futures.Future()
         self._queue.put((fn, future))
         return await asyncio.wrap_future(future)
 
     async def stop(self) -> None:
+        if self._stopped:
+            return
+        self._hand_off()
         self._stopped = True
         if self._thread.is_alive():
             self._queue.put(None)
@@ -253,7 +317,7 @@ class _Writer:
         try:
             while True:
                 items = [self._queue.get()]
-                while len(items) < 2000:
+                while len(items) < 200:
                     try:
                         items.append(self._queue.get_nowait())
                     except queue.Empty:
@@ -265,34 +329,41 @@ class _Writer:
 
     def _batch(self, conn: sqlite3.Connection, items: list[Any]) -> bool:
         keep_going = True
+        waiters: list[asyncio.Future[None]] = []
         conn.execute("BEGIN")
         try:
             run: list[Sequence[Any]] = []  # parameters of consecutive writes of one statement
             sql = ""
             for item in items:
-                if item is not None and isinstance(item[0], str) and item[0] == sql:
-                    run.append(item[1])
+                if item is None:
+                    keep_going = False
+                    continue
+                if item[0] == "batch":
+                    for statement, params in item[1]:
+                        if statement != sql:
+                            if run:
+                                conn.executemany(sql, run)
+                            sql, run = statement, []
+                        run.append(params)
+                    waiters += item[2]
                     continue
                 if run:
                     conn.executemany(sql, run)
                     run, sql = [], ""
-                if item is None:
-                    keep_going = False
-                    continue
-                first, second = item
-                if isinstance(first, str):
-                    sql, run = first, [second]
-                    continue
+                fn, future = item
                 try:
-                    second.set_result(first(conn))
+                    future.set_result(fn(conn))
                 except Exception as exc:  # handed to the awaiting coroutine, never lost
-                    second.set_exception(exc)
+                    future.set_exception(exc)
             if run:
                 conn.executemany(sql, run)
             conn.execute("COMMIT")
         except sqlite3.Error:
             log.exception("gateway state: a write batch failed; it was rolled back")
             conn.execute("ROLLBACK")
+        if waiters and self._loop is not None:
+            with contextlib.suppress(RuntimeError):  # a closed loop: nobody is waiting any more
+                self._loop.call_soon_threadsafe(self._committed, waiters)
         return keep_going
 
 
@@ -325,8 +396,9 @@ class SQLiteStore:
     """The default :class:`StateStore`: decisions in memory, written behind to SQLite.
 
     ``path`` is a file, or ``":memory:"`` for state that lives as long as the
-    gateway. After a crash, the last few milliseconds of writes may be lost;
-    ownership then errs towards refusal (an unknown task answers 404).
+    gateway. A task's ownership record is committed before :meth:`acommit`
+    returns (so before its id reaches the user); after a crash, only the last
+    few milliseconds of settlements, relay claims and audit lines may be lost.
     """
 
     def __init__(self, path: str = ":memory:", *, clock: Callable[[], float] = time.time) -> None:
@@ -426,8 +498,14 @@ class SQLiteStore:
     async def acommit(
         self, res: Reservation, task_id: str, key: str, model: str, callback_url: str | None
     ) -> TaskRecord:
-        """:meth:`commit` (in memory at once, written behind)."""
-        return self.commit(res, task_id, key, model, callback_url)
+        """:meth:`commit`, in memory at once and durable in SQLite when it returns.
+
+        Creates waiting at the same time share one transaction (group commit).
+        """
+        record = self.commit(res, task_id, key, model, callback_url)
+        if self._path != ":memory:":  # in memory, nothing outlives the process to wait for
+            await self._writer.durable()
+        return record
 
     def commit(
         self, res: Reservation, task_id: str, key: str, model: str, callback_url: str | None

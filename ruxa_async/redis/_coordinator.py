@@ -83,6 +83,7 @@ class RedisCoordinator(Coordinator):
         self._store = Store(url, namespace=namespace, timeout=timeout)
         self._channel = self._store.key("events")
         self.rate_state = RedisRateState(self._store, channel=self._channel)
+        self.rate_state.origin = self.instance
         self.outage = RedisOutage(self._store, channel=self._channel)
         self._max_credits = max_credits
         self._credit_window = credit_window
@@ -158,6 +159,7 @@ class RedisCoordinator(Coordinator):
             pubsub = store.redis.pubsub()
             try:
                 await asyncio.wait_for(pubsub.subscribe(self._channel), store.timeout)
+                self.rate_state.invalidate()  # what was written while not listening
                 self._subscribed.set()
                 while True:
                     message = await pubsub.get_message(
@@ -179,8 +181,9 @@ class RedisCoordinator(Coordinator):
         kind, _, rest = text.partition("|")
         try:
             if kind == "gate":
-                scope, _, seconds = rest.partition("|")
-                self.rate_state.on_gate(scope, float(seconds))
+                scope, _, rest = rest.partition("|")
+                origin, _, seconds = rest.rpartition("|")  # "scope|origin|seconds"
+                self.rate_state.on_gate(scope, float(seconds), origin)
             elif kind == "outage":
                 self.outage.on_message(rest)
             elif kind == "learned":

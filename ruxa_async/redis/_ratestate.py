@@ -4,13 +4,21 @@ Tokens are *leased*: one atomic script call takes a small block (about
 ``lease_seconds`` of the current rate, at most ``max_lease``) from the fleet's
 shared bucket, and this process spends it from memory, so a permit is not a
 Redis round trip. A block may borrow the tokens the next ``lease_seconds``
-refill (times the number of processes sharing the bucket, :meth:`share`): its
+refill (times the number of live processes, the heartbeat's count): its
 first token is then due after a delay, so processes sharing a near-empty bucket
 take whole blocks in turn instead of one token each. Unspent
 tokens expire after ``lease_ttl`` and are dropped when a gate closes. The 429
 gate is answered from a local copy that every process updates at once through
 pub/sub and through each lease reply (it errs toward closed: a local close is
 seen before Redis is told).
+
+The bucket refills at the slowest pace any member asked for within the last
+second (and never below the pace the fleet learned): every member runs its own
+rate controller over this shared state, and a fleet that sent faster than one
+member believes the limit allows would have that member's 429 underestimate
+the limit. A member spends its block at its part of that rate (the rate over
+the number of members sending), so its own sends, scaled by :meth:`share`,
+look like the fleet's.
 
 Each lease reply also carries the fleet's running total of granted tokens, so
 :meth:`RedisRateState.share` knows how many tokens the whole fleet took per
@@ -40,6 +48,7 @@ __all__ = ["RedisRateState"]
 
 _SHARE_WINDOW = 2.0  # seconds of lease history behind share()
 _MAX_SHARE = 256.0
+_PACE_WINDOW = 1.0  # seconds a member's pace counts toward the fleet's (the slowest wins)
 
 _KINDS_OF: dict[str, tuple[Kind, ...]] = {
     "create": ("create",),
@@ -53,16 +62,28 @@ _SCOPES_OF: dict[Kind, tuple[GateScope, GateScope]] = {
 
 
 class _Lease:
-    __slots__ = ("expires", "history", "lock", "mine", "next_at", "share", "tokens")
+    __slots__ = (
+        "expires",
+        "history",
+        "lock",
+        "measured",
+        "mine",
+        "next_at",
+        "rate",
+        "share",
+        "tokens",
+    )
 
     def __init__(self) -> None:
         self.tokens = 0
         self.expires = 0.0
         self.next_at = 0.0  # leased tokens are spent at the rate, not in a burst
+        self.rate = 0.0  # the rate the fleet's bucket refilled at for the last block (0: unknown)
         self.lock = asyncio.Lock()
         self.mine = 0  # tokens this process leased
         self.history: collections.deque[tuple[float, int, int]] = collections.deque()
         self.share = 1.0  # fleet tokens per token of ours, over the last _SHARE_WINDOW
+        self.measured = False  # share was measured (until then the live members stand in)
 
     def note(self, now: float, granted: int, total: int) -> None:
         """A lease of ``granted`` tokens; the fleet has taken ``total`` in all."""
@@ -75,6 +96,7 @@ class _Lease:
         if len(history) >= 2 and now - start >= _SHARE_WINDOW / 4 and self.mine > mine:
             # tokens leased since the oldest sample, the first lease excluded
             self.share = min(_MAX_SHARE, max(1.0, (total - fleet) / (self.mine - mine)))
+            self.measured = True
 
 
 class RedisRateState:
@@ -88,7 +110,7 @@ class RedisRateState:
         lease_seconds: float = 0.05,
         max_lease: int = 16,
         lease_ttl: float = 0.5,
-        read_ttl: float = 0.25,
+        read_ttl: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._store = store
@@ -105,7 +127,9 @@ class RedisRateState:
         self._gates: dict[str, float] = {}  # scope -> local monotonic deadline
         self._learned: dict[Kind, tuple[float, LearnedLimit | None]] = {}
         self._episodes: dict[Kind, int] = {"create": 0, "query": 0}
+        self._generation = 0  # bumped by each invalidation: a read begun before is not cached
         self.local = LocalRateState(clock)
+        self.origin = ""  # this process's name in the fleet: its own gates are not remote
         self.members = 1
         self.leases = 0
         self.leased_tokens = 0
@@ -123,11 +147,13 @@ class RedisRateState:
         cached = self._learned.get(kind)
         if cached is not None and now - cached[0] < self._read_ttl:
             return cached[1]
+        generation = self._generation
         raw = await self._store.call(lambda: self._store.redis.get(self._key("learned", kind)))
         if self._store.degraded:
             return await self.local.read(kind)
         learned = _decode(raw) if raw is not None else None
-        self._learned[kind] = (now, learned)
+        if generation == self._generation:  # else a newer limit was announced meanwhile
+            self._learned[kind] = (now, learned)
         if learned is not None:
             await self.local.write(kind, learned)
         return learned
@@ -146,20 +172,37 @@ class RedisRateState:
 
         await self._store.call(op)
 
-    def invalidate(self, kind: str) -> None:
-        """Another process wrote a learned limit: read it again next time."""
-        self._learned.pop(kind, None)  # type: ignore[call-overload]
+    def invalidate(self, kind: str | None = None) -> None:
+        """Another process wrote a learned limit: read it again next time (None: every kind).
+
+        The cached limit lives ``read_ttl`` (5 s): the fleet's pub/sub message
+        is what makes a new limit known at once, and a (re)subscription drops
+        every cached one, as messages may have been missed.
+        """
+        self._generation += 1
+        if kind is None:
+            self._learned.clear()
+        else:
+            self._learned.pop(kind, None)  # type: ignore[call-overload]
 
     # --------------------------------------------------------------- episodes
 
     async def begin_episode(self, kind: Kind, seen: int) -> bool:
-        """See :meth:`RateState.begin_episode` (atomic in Redis)."""
+        """See :meth:`RateState.begin_episode` (atomic in Redis).
+
+        While Redis is unreachable the compare is against the highest counter
+        this process knows (Redis's as last seen, or its own since), so a 429
+        still starts an episode and lowers the pace; a counter Redis lost
+        (restarted, or behind a degraded process) is caught up the same way.
+        """
+        known = max(self._episodes[kind], seen)
         result = await self._store.call(
             lambda: self._episode(keys=[self._key("episode", kind)], args=[seen])
         )
-        if result is None:
-            return await self.local.begin_episode(kind, seen)
-        return bool(int(result))
+        began = known == seen if result is None else bool(int(result))
+        if began or result is not None:  # Redis's counter is past `seen` either way
+            self._episodes[kind] = max(self._episodes[kind], seen + 1)
+        return began
 
     # ------------------------------------------------------------------ gates
 
@@ -169,14 +212,15 @@ class RedisRateState:
         self._close_locally(scope, seconds)
         await self.local.close_gate(scope, seconds)
         keys = [self._key("gate", scope)] + [self._key("bucket", kind) for kind in _KINDS_OF[scope]]
+        message = f"gate|{scope}|{self.origin}|"  # the script appends the seconds
         await self._store.call(
-            lambda: self._close(
-                keys=keys, args=[f"{seconds:.6f}", self._channel, f"gate|{scope}|", -1]
-            )
+            lambda: self._close(keys=keys, args=[f"{seconds:.6f}", self._channel, message, -1])
         )
 
-    def on_gate(self, scope: str, seconds: float) -> None:
-        """Another process closed ``scope`` for ``seconds`` (a pub/sub message)."""
+    def on_gate(self, scope: str, seconds: float, origin: str = "") -> None:
+        """A process closed ``scope`` for ``seconds`` (a pub/sub message; this one's is known)."""
+        if origin and origin == self.origin:
+            return  # closed here already
         if scope in _KINDS_OF and self._close_locally(scope, seconds):  # type: ignore[arg-type]
             self.remote_pauses += 1
 
@@ -196,27 +240,39 @@ class RedisRateState:
     # ----------------------------------------------------------------- tokens
 
     async def take(self, kind: Kind, count: int, rate: float, burst: float) -> float:
-        """See :meth:`RateState.take`: from the local lease, else a new block from Redis."""
+        """See :meth:`RateState.take`: from the local lease, else a new block from Redis.
+
+        The shared bucket refills at the fleet's pace: the slowest a live member
+        asked for in the last second, where each member asks for its own pace
+        but never less than the pace last learned for the fleet (a process whose
+        climb is held back by its own few sends would otherwise slow the whole
+        fleet). This process spends its block at its part of that pace.
+        """
         lease = self._leases[kind]
+        rate = max(rate, self._fleet_rate(kind))
         spacing = self._spacing(lease, rate)
         if spacing > 0:
             return spacing
-        if self._from_lease(lease, count, rate):
+        # this process's part of the fleet's rate: its block is spent evenly beside the others'
+        own = min(rate, lease.rate or rate) / self._spread(kind)
+        if self._from_lease(lease, count, own):
             return 0.0
         if self._store.degraded:
             share = max(1, self.members)
             return await self.local.take(kind, count, rate / share, max(1.0, burst / share))
         async with lease.lock:
-            if self._from_lease(lease, count, rate):
+            if self._from_lease(lease, count, own):
                 return 0.0
             block = max(count, min(self._max_lease, math.ceil(rate * self._lease_seconds)))
             gate_keys = [self._key("gate", scope) for scope in _SCOPES_OF[kind]]
-            keys = [self._key("bucket", kind), *gate_keys]
-            # may borrow what the next lease_seconds refill, for each process sharing the bucket
-            ahead = f"{self._lease_seconds * max(1.0, lease.share):.6f}"
-            reply = await self._store.call(
-                lambda: self._take(keys=keys, args=[block, count, rate, burst, -1, ahead])
-            )
+            keys = [self._key("bucket", kind), *gate_keys, self._key("paces", kind)]
+            # may borrow what the next lease_seconds refill, for each live process: every
+            # member borrows as deep, so none is left behind the others' blocks
+            ahead = f"{self._lease_seconds * max(1, self.members):.6f}"
+            args: list[object] = [block, count, rate, burst, -1, ahead]
+            if self.origin:  # the bucket refills at the slowest pace a member asked for lately
+                args += [self.origin, _PACE_WINDOW]
+            reply = await self._store.call(lambda: self._take(keys=keys, args=args))
             if reply is None:
                 share = max(1, self.members)
                 return await self.local.take(kind, count, rate / share, max(1.0, burst / share))
@@ -228,14 +284,32 @@ class RedisRateState:
             now = self._clock()
             if len(reply) > 2:
                 lease.note(now, granted, int(reply[2]))
-            lease.expires = now + wait + self._lease_ttl
+            if len(reply) > 3:
+                lease.rate = min(rate, float(reply[3]))
+                own = lease.rate / self._spread(kind)
+            lease.expires = now + wait + self._lease_ttl + granted / own
             if wait > 0:  # borrowed: the block's first token is due in `wait` seconds
                 lease.tokens = granted
                 lease.next_at = now + wait
                 return wait
             lease.tokens = granted - count
-            lease.next_at = max(now, lease.next_at) + count / rate
+            lease.next_at = max(now, lease.next_at) + count / own
             return 0.0
+
+    def _spread(self, kind: Kind) -> float:
+        """How many processes take turns at the bucket: this one's tokens go out that sparsely.
+
+        Sent evenly, at its part of the fleet's rate, a process's own sends
+        look like the fleet's (scaled by :meth:`share`), which the rate
+        controller's estimates need; spent in bursts at the full rate, one
+        block after another's, they would look like bursts the fleet never sent.
+        """
+        return max(1.0, min(self.share(kind), float(max(1, self.members))))
+
+    def _fleet_rate(self, kind: Kind) -> float:
+        cached = self._learned.get(kind)
+        learned = cached[1] if cached is not None else None
+        return learned.rate if learned is not None and learned.source != "slow start" else 0.0
 
     def _spacing(self, lease: _Lease, rate: float) -> float:
         return max(0.0, lease.next_at - self._clock())
@@ -252,9 +326,14 @@ class RedisRateState:
         """Tokens the fleet took per token this process took, lately (1.0 alone).
 
         While Redis is unreachable every live member paces its own share of the
-        fleet's rate, so the fleet sends ``members`` times what this one does.
+        fleet's rate, so the fleet sends ``members`` times what this one does;
+        that is also the answer until the leases of the last ``_SHARE_WINDOW``
+        measured it.
         """
-        return float(max(1, self.members)) if self._store.degraded else self._leases[kind].share
+        lease = self._leases[kind]
+        if self._store.degraded or not lease.measured:  # each live member its part, as a prior
+            return float(max(1, self.members))
+        return lease.share
 
 
 def _encode(learned: LearnedLimit) -> str:

@@ -20,13 +20,19 @@ local function num(s) return string.format('%.6f', s) end
 """
 
 # A token bucket shared by the fleet, leased in blocks.
-# KEYS: bucket hash, gate of the kind, gate of the client scope
-# ARGV: wanted block, at least this many, rate, burst, now[, lookahead seconds]
+# KEYS: bucket hash, gate of the kind, gate of the client scope[, paces hash]
+# ARGV: wanted block, at least this many, rate, burst, now[, lookahead seconds[, member,
+#       window seconds]]
 # A lease may borrow the tokens the next `lookahead` seconds refill (the bucket goes below
 # zero): the block's first token may then be spent only after the returned delay, the rest
 # at the rate, so a block is one round trip even when the fleet keeps the bucket near empty.
-# -> {granted, seconds[, tokens the fleet was granted in all]}: granted > 0, the delay until
-# its first token (0: now) and the fleet's running total; or 0 and the wait.
+# With a member name the bucket refills at the slowest pace any member asked for in the last
+# `window` seconds (the paces hash keeps each member's): the fleet never sends faster than one
+# of its members believes the limit allows, so a 429 never finds a member far below the rate
+# that drew it.
+# -> {granted, seconds[, tokens the fleet was granted in all, the rate]}: granted > 0, the
+# delay until its first token (0: now), the fleet's running total and the refill rate used;
+# or 0 and the wait.
 TAKE = (
     _CLOCK
     + """
@@ -34,6 +40,22 @@ local now = clock(ARGV[5])
 local wanted, least = tonumber(ARGV[1]), tonumber(ARGV[2])
 local rate, burst = tonumber(ARGV[3]), tonumber(ARGV[4])
 local ahead = tonumber(ARGV[6] or '0') or 0
+if ARGV[7] then
+  local window = tonumber(ARGV[8])
+  redis.call('HSET', KEYS[4], ARGV[7], num(rate) .. '|' .. num(now))
+  local paces = redis.call('HGETALL', KEYS[4])
+  for i = 1, #paces, 2 do
+    local v = paces[i + 1]
+    local sep = string.find(v, '|', 1, true)
+    local r, t = tonumber(string.sub(v, 1, sep - 1)), tonumber(string.sub(v, sep + 1))
+    if t < now - window then
+      redis.call('HDEL', KEYS[4], paces[i])
+    elseif r < rate then
+      rate = r
+    end
+  end
+  redis.call('PEXPIRE', KEYS[4], 3600000)
+end
 local gate = 0
 for i = 2, 3 do
   local g = tonumber(redis.call('GET', KEYS[i]) or '0')
@@ -63,7 +85,7 @@ tokens = tokens - granted
 redis.call('HSET', KEYS[1], 'tokens', num(tokens), 'stamp', num(stamp))
 local total = redis.call('HINCRBY', KEYS[1], 'granted', granted)
 redis.call('PEXPIRE', KEYS[1], 3600000)
-return {granted, num(start), total}
+return {granted, num(start), total, num(rate)}
 """
 )
 
@@ -96,11 +118,13 @@ return num(deadline - now)
 )
 
 # Compare-and-increment of a kind's episode counter.  KEYS: counter  ARGV: seen
-# A counter that expired (an idle fleet) starts again from what the caller saw.
+# A counter behind what the caller saw (it expired in an idle fleet, Redis restarted, or
+# the caller counted episodes while Redis was unreachable) catches up from it.
 EPISODE = """
+local seen = tonumber(ARGV[1])
 local current = tonumber(redis.call('GET', KEYS[1]) or ARGV[1])
-if current ~= tonumber(ARGV[1]) then return 0 end
-redis.call('SET', KEYS[1], tostring(current + 1), 'PX', 86400000)
+if current > seen then return 0 end
+redis.call('SET', KEYS[1], tostring(seen + 1), 'PX', 86400000)
 return 1
 """
 

@@ -84,6 +84,7 @@ class Store:
         self.degraded_before = 0.0
         self.degraded_events = 0
         self.errors = 0
+        self.calls = 0  # operations sent to Redis (round trips, a pipeline counting once)
         self.on_recovered: list[Callable[[], None]] = []
 
     def key(self, *parts: str) -> str:
@@ -94,6 +95,7 @@ class Store:
         """Run ``operation`` within the timeout; None if degraded (unless ``probe``) or it fails."""
         if self.degraded and not probe:
             return None
+        self.calls += 1
         try:
             result = await asyncio.wait_for(operation(), self.timeout)
         except (RedisError, OSError, asyncio.TimeoutError) as exc:
