@@ -51,8 +51,9 @@ a client held back by its own CPU learns nothing false. The server's burst is
 learned separately: fitted with the rate, else the ramp's drain beyond the
 estimated rate. Saved tokens are spent at most half that burst at a time, so a
 late event loop cannot fire a burst the server refuses. A configured rate is a
-ceiling and a starting point: 429s lower the pace below it, probes bring it
-back, never above.
+ceiling and a starting point: the pace holds 1 % under it (exactly at it the
+server's bucket never refills, and scheduling jitter on either side adds up to a
+429), 429s lower the pace further, probes bring it back, never above.
 """
 
 from __future__ import annotations
@@ -92,6 +93,10 @@ _CHANGED = 0.2  # an estimate that moved by more than this share is a changed li
 _HISTORY_UNITS = 8.0  # seconds of send history kept, in units (longer than a probe's drain)
 _LOW_PROBES = 20  # after this many settles below an old limit, forget it
 _HINT_SHARE = 0.97  # pace at this share of a published quota
+# Pace at this share of a configured limit: exactly at it the server's bucket never refills, so
+# saved tokens the server could not save (a late wake-up) and the end of a lag on its side (its
+# arrivals bunched) add up until a 429; 1 % under it refills half a burst of 10 at 50/s in 10 s.
+_CONFIGURED_SHARE = 0.99
 
 
 class Pace:
@@ -113,6 +118,10 @@ class Pace:
         self.min_rate = min_rate
         self.unit = unit
         self.adaptive = adaptive
+        # The highest pace: just under a configured limit (adaptive), else the limit itself.
+        self.top = (
+            math.inf if ceiling is None else ceiling * (_CONFIGURED_SHARE if adaptive else 1.0)
+        )
         self.start_rate = start_rate if ceiling is None else min(start_rate, ceiling)
         self.estimate: float | None = ceiling
         self.estimated_burst: float | None = float(burst) if ceiling is not None else None
@@ -120,7 +129,7 @@ class Pace:
         self.phase: Phase
         if ceiling is not None:
             self.phase = "hold" if adaptive else "fixed"
-            self.base = ceiling
+            self.base = self.top
         elif adaptive:
             self.phase = "ramp"
             self.base = self.start_rate
@@ -166,11 +175,7 @@ class Pace:
         if self.phase == "ramp":
             rate = self.start_rate * 2.0 ** min(self.t / (_RAMP_DOUBLING * self.unit), 60.0)
             self.rate = min(rate, self._send_cap(now))
-        elif (
-            self.phase == "hold"
-            and self.t >= self.hold
-            and (self.ceiling is None or self.base < self.ceiling)
-        ):
+        elif self.phase == "hold" and self.t >= self.hold and self.base < self.top:
             self.phase, self.t = "probe", self.t - self.hold
             self.probes += 1
         if self.phase == "probe":
@@ -185,9 +190,9 @@ class Pace:
                 # Units admitted well past the estimate, no 429: the limit went up.
                 self.estimate = admitted / _RAISED
                 self.step_downs = 0
-        if self.ceiling is not None and self.rate >= self.ceiling:
-            self.rate = self.ceiling
-            if self.phase == "probe":
+        if self.rate >= self.top:
+            self.rate = self.top
+            if self.phase == "probe" and self.ceiling is not None:
                 self._settle_at(self.ceiling, "configured", changed=False)
 
     # ------------------------------------------------------------------ events
@@ -330,9 +335,7 @@ class Pace:
             return False
         # Admitted well above the other class's pace already: that is evidence of its own.
         admitted = _RAMP_ADMITTED_SHARE * self._admitted_rate(now, self.unit)
-        base = max(leader.base, admitted, self.min_rate)
-        if self.ceiling is not None:
-            base = min(base, self.ceiling)
+        base = min(max(leader.base, admitted, self.min_rate), self.top)
         if self.following and base <= self.base:
             return False
         self.following = True
@@ -472,7 +475,7 @@ class Pace:
             # late wake-up of the event loop is a send lost for good.
             self.burst = max(self.burst, _SETTLED_BURST)
         share = _SETTLE_FITTED if self.fitted else _SETTLE
-        settled = estimate if source == "configured" else estimate * share
+        settled = min(self.top, estimate if source == "configured" else estimate * share)
         self.base = self.rate = max(self.min_rate, settled)
         self.phase = "hold"
         self.t = 0.0

@@ -18,25 +18,39 @@ HIGH, LOW = 80.0, 40.0
 FAST = {"recovery_seconds": 1.0, "max_pause": 0.25, "pause_without_retry_after": 0.25}
 
 
-async def _create(client: RuxaClient, fake: FakeRuxa, accepted: int) -> tuple[int, int]:
-    """Create until the simulator accepted ``accepted`` more; return (creates sent, 429s)."""
+async def _create(client: RuxaClient, fake: FakeRuxa, accepted: int) -> tuple[int, int, float]:
+    """Create until the simulator accepted ``accepted`` more.
+
+    Returns the creates sent, the 429s, and the lowest estimate of the limit
+    seen on the way (a probe may be back at a configured limit as the phase ends).
+    """
     before = fake.stats()
     target = before.tasks_created + accepted
     counter = iter(range(10**9))
+    lowest = [float("inf")]
 
     async def worker() -> None:
         while fake.stats().tasks_created < target:
             await client.create_task(MODEL, {"prompt": f"p{next(counter)}"})
+            estimate = client.statistics().rate.classes["create"].estimated_limit
+            lowest[0] = min(lowest[0], estimate or 0.0)
 
     await asyncio.gather(*(worker() for _ in range(16)))
     after = fake.stats()
-    return after.creates - before.creates, after.rate_limited_create - before.rate_limited_create
+    sent, refused = (
+        after.creates - before.creates,
+        after.rate_limited_create - before.rate_limited_create,
+    )
+    return sent, refused, lowest[0]
 
 
-async def _phases(limits: RateLimits) -> list[tuple[int, int, float, int]]:
-    """Run HIGH, LOW, then HIGH req/s; per phase: (sent, 429s, estimated limit, episodes)."""
+async def _phases(limits: RateLimits) -> list[tuple[int, int, float, int, float]]:
+    """Run HIGH, LOW, then HIGH req/s; per phase: (sent, 429s, estimated limit, episodes, lowest).
+
+    The estimated limit is the one at the phase's end; lowest, the lowest seen in it.
+    """
     config = SimConfig(create_limit=RateLimit(per_second=HIGH, burst=10))
-    out: list[tuple[int, int, float, int]] = []
+    out: list[tuple[int, int, float, int, float]] = []
     async with (
         FakeRuxa(config) as fake,
         RuxaClient(fake.api_key, base_url=fake.url, rate_limits=limits) as client,
@@ -44,16 +58,16 @@ async def _phases(limits: RateLimits) -> list[tuple[int, int, float, int]]:
         for per_second, accepted in ((HIGH, 240), (LOW, 160), (HIGH, 400)):
             fake.reconfigure(create_limit=RateLimit(per_second=per_second, burst=10))
             episodes = client.statistics().rate.classes["create"].episodes
-            sent, refused = await _create(client, fake, accepted)
+            sent, refused, lowest = await _create(client, fake, accepted)
             learned = client.statistics().rate.classes["create"]
             estimate = learned.estimated_limit or 0.0
-            out.append((sent, refused, estimate, learned.episodes - episodes))
+            out.append((sent, refused, estimate, learned.episodes - episodes, lowest))
     return out
 
 
 async def test_unknown_limit_follows_a_drop_and_a_restore() -> None:
     """Limits unknown: the pace settles near each new limit, with few 429s per phase."""
-    (s1, r1, p1, _), (s2, r2, p2, e2), (s3, r3, p3, _) = await _phases(RateLimits(**FAST))
+    (s1, r1, p1, *_), (s2, r2, p2, e2, _), (s3, r3, p3, *_) = await _phases(RateLimits(**FAST))
     assert 0.6 * HIGH <= p1 <= 1.3 * HIGH  # found the first limit from nothing
     assert 0.6 * LOW <= p2 <= 1.3 * LOW  # came down to the halved one
     assert p3 >= 0.7 * HIGH  # and found the restored one again (the old controller never did)
@@ -65,9 +79,9 @@ async def test_unknown_limit_follows_a_drop_and_a_restore() -> None:
 async def test_configured_limit_is_a_ceiling_and_a_starting_point() -> None:
     """A configured limit: lowered by 429s while the server allows half, back at it after."""
     limits = RateLimits(create_per_second=HIGH, create_burst=10, **FAST)
-    (_, r1, p1, _), (_, _, p2, e2), (_, _, p3, _) = await _phases(limits)
+    (_, r1, p1, *_), (_, _, _, e2, low2), (_, _, p3, *_) = await _phases(limits)
     assert p1 == HIGH
     assert r1 <= 2
-    assert 0.6 * LOW <= p2 <= 1.3 * LOW
+    assert 0.6 * LOW <= low2 <= 1.3 * LOW  # (a probe may be back at the ceiling as it ends)
     assert 1 <= e2 <= 12
     assert p3 == HIGH  # back to the ceiling, never above it
