@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import uuid
 from collections.abc import Callable
 
@@ -170,6 +171,30 @@ async def test_a_member_spends_its_block_at_its_part_of_the_rate(redis_url: str)
         assert await state.take("create", 1, 40.0, 10.0) == 0.0
         assert await state.take("create", 1, 40.0, 10.0) == pytest.approx(0.1)  # 40/s / 4
         assert state.leases == 1
+    finally:
+        await store.aclose()
+
+
+async def test_a_late_caller_catches_up_on_its_lease_like_a_saved_burst(redis_url: str) -> None:
+    """Wake-ups that come late are not lost: one process keeps its pace, as in-process.
+
+    Each wait is slept 5 ms too long (an event loop's wake-up); losing that
+    every permit would send at 40/s, not 50.
+    """
+    clock = Clock()
+    store = Store(redis_url, namespace=f"u{uuid.uuid4().hex[:6]}", timeout=1.0)
+    state = RedisRateState(store, channel="c", lease_seconds=0.2, lease_ttl=0.5, clock=clock)
+    try:
+        sent: list[float] = []
+        while len(sent) < 8:
+            wait = await state.take("create", 1, 50.0, 10.0)
+            if wait > 0:
+                clock.now += wait + 0.005
+            else:
+                sent.append(clock.now)
+        assert state.leases == 1  # one block of 10, served from memory
+        assert sent[-1] - sent[0] == pytest.approx(7 * 0.02 + 0.005)  # not 7 * 0.025
+        assert all(b - a >= 0.02 - 1e-9 for a, b in itertools.pairwise(sent))  # still paced
     finally:
         await store.aclose()
 
