@@ -99,8 +99,9 @@ class RateLimits:
     discovers the limit. It ramps up from a modest pace, and after a 429
     settles just under the rate the server admitted, holds there and probes
     upward rarely (a server's rate-limit headers, when it sends any, replace
-    the guessing). A configured rate is a ceiling and a starting point: a 429
-    still lowers the pace for a while, and probes bring it back. A configured
+    the guessing). A configured rate is a ceiling and a starting point, paced
+    1 % under (so the server's bucket refills): a 429 still lowers the pace for
+    a while, and probes bring it back. A configured
     burst is the server's; the controller spends at most half of it back to
     back. ``recovery_seconds`` sets the controller's time scale: a quarter of
     it is the *unit* (1 s by default); the pace holds 4 units after a 429
