@@ -501,6 +501,9 @@ class SQLiteStore:
         """:meth:`commit`, in memory at once and durable in SQLite when it returns.
 
         Creates waiting at the same time share one transaction (group commit).
+        If that transaction fails it is logged and rolled back, and the record
+        lives in memory only: the id of a task already paid for is never
+        withheld from its owner.
         """
         record = self.commit(res, task_id, key, model, callback_url)
         if self._path != ":memory:":  # in memory, nothing outlives the process to wait for

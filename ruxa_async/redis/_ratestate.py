@@ -250,7 +250,7 @@ class RedisRateState:
         """
         lease = self._leases[kind]
         rate = max(rate, self._fleet_rate(kind))
-        spacing = self._spacing(lease, rate)
+        spacing = lease.next_at - self._clock()
         if spacing > 0:
             return spacing
         # this process's part of the fleet's rate: its block is spent evenly beside the others'
@@ -260,8 +260,7 @@ class RedisRateState:
         if self._from_lease(lease, count, own, saved):
             return 0.0
         if self._store.degraded:
-            share = max(1, self.members)
-            return await self.local.take(kind, count, rate / share, max(1.0, burst / share))
+            return await self._take_locally(kind, count, rate, burst)
         async with lease.lock:
             if self._from_lease(lease, count, own, saved):
                 return 0.0
@@ -276,8 +275,7 @@ class RedisRateState:
                 args += [self.origin, _PACE_WINDOW]
             reply = await self._store.call(lambda: self._take(keys=keys, args=args))
             if reply is None:
-                share = max(1, self.members)
-                return await self.local.take(kind, count, rate / share, max(1.0, burst / share))
+                return await self._take_locally(kind, count, rate, burst)
             granted, wait = int(reply[0]), float(reply[1])
             if granted == 0:
                 return wait
@@ -313,8 +311,10 @@ class RedisRateState:
         learned = cached[1] if cached is not None else None
         return learned.rate if learned is not None and learned.source != "slow start" else 0.0
 
-    def _spacing(self, lease: _Lease, rate: float) -> float:
-        return max(0.0, lease.next_at - self._clock())
+    async def _take_locally(self, kind: Kind, count: int, rate: float, burst: float) -> float:
+        """Redis is away: each live member paces its own share of the fleet's rate and burst."""
+        share = max(1, self.members)
+        return await self.local.take(kind, count, rate / share, max(1.0, burst / share))
 
     def _from_lease(self, lease: _Lease, count: int, rate: float, saved: float) -> bool:
         now = self._clock()
