@@ -146,10 +146,13 @@ def test_taskiq_worker_killed_mid_batch_creates_nothing_twice(
     stats = sim.stats()
     assert result["results"] == 30  # every job one outcome
     assert stats["duplicate_creates"] == 0
-    assert stats["tasks_created"] == result["distinct_tasks"]
-    # a job whose create was in flight at the kill is ambiguous and refused, never re-sent
+    # a job whose create was in flight at the kill is ambiguous and refused, never re-sent:
+    # the server may or may not have created its task (once at most), but no job has two
     failed = 30 - int(str(result["ok"]))
     assert set(result["errors"]) <= {"AmbiguousCreateError"}  # type: ignore[arg-type]
+    distinct = int(str(result["distinct_tasks"]))
+    assert distinct == int(str(result["ok"]))
+    assert distinct <= stats["tasks_created"] <= distinct + failed
     assert stats["tasks_created"] + failed >= 30
 
 
