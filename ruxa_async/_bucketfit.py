@@ -19,14 +19,18 @@ which sends a drain holds and whether a fit is believable.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
 
 import attrs
 
-__all__ = ["Drain", "excess", "joint_fit", "rate_for_burst", "window"]
+__all__ = ["Drain", "agreement", "excess", "joint_fit", "rate_for_burst", "window"]
 
 _ITERATIONS = 40  # bisection steps: 2**-40 of the interval
 _DISTINCT = 1.5  # two drains' windows must differ by this factor to be fitted together
+_TOLERANCE = 1.0  # tokens: two drains whose excesses differ by no more agree
+_GRID = 48  # rates scanned for the lowest one where two drains agree
+_PINNED = 0.1  # ... and a fit they agree on no more at this share of the rate either side
 
 
 @attrs.frozen
@@ -85,11 +89,38 @@ def rate_for_burst(drain: Drain, burst: float, low: float, high: float) -> float
 
 
 def joint_fit(first: Drain, second: Drain, low: float, high: float) -> tuple[float, float] | None:
-    """The (rate, burst) in ``[low, high]`` that explains both refusals, if their curves cross.
+    """The (rate, burst) in ``[low, high]`` that explains both refusals, if they pin it down.
 
-    Only drains whose bucket ran dry over windows of clearly different lengths
-    (one at least 1.5 times the other, e.g. a fast climb and a slow probe) cross
-    at a well-defined point; for like drains no fit is claimed.
+    The rate is :func:`agreement`'s. Only drains whose bucket ran dry over
+    windows of clearly different lengths there (one at least 1.5 times the
+    other, e.g. a fast climb and a slow probe) and that disagree again 10 %
+    either side pin the bucket down; for like drains no fit is claimed.
+    """
+    rate = agreement(first, second, low, high)
+    if rate is None:
+        return None
+    spans = sorted((window(first, rate), window(second, rate)))
+    if spans[1] < _DISTINCT * spans[0]:
+        return None
+    for near in (rate * (1.0 - _PINNED), rate * (1.0 + _PINNED)):
+        # Drains that still agree this far off did not pin the rate down (a long window
+        # of one of them may make a crossing right next to like curves).
+        if low <= near <= high and abs(excess(first, near) - excess(second, near)) <= _TOLERANCE:
+            return None
+    return rate, 0.5 * (excess(first, rate) + excess(second, rate))
+
+
+def agreement(first: Drain, second: Drain, low: float, high: float) -> float | None:
+    """The lowest rate in ``[low, high]`` where both refusals tell the same burst, if any.
+
+    Each excess is known to half a token (the refused send found less than
+    one) and sends reach the server a few milliseconds off their grant
+    times, so two drains *agree* where their excesses are within
+    :data:`_TOLERANCE` tokens, not only where the curves cross. Curves of
+    like slopes may agree over a range, or cross twice in it, and a jitter of
+    a few milliseconds decides which crossing a bisection finds; so the rate
+    comes from the lowest range of rates where the drains agree: its first
+    crossing, else the rate where they come closest.
     """
     if not first.times or not second.times or high <= low:
         return None
@@ -97,17 +128,26 @@ def joint_fit(first: Drain, second: Drain, low: float, high: float) -> tuple[flo
     def gap(rate: float) -> float:
         return excess(first, rate) - excess(second, rate)
 
-    below, above = gap(low), gap(high)
-    if below * above >= 0.0:  # no crossing inside, or the same curve: nothing to tell
-        return None
+    rates = [low + (high - low) * i / _GRID for i in range(_GRID + 1)]
+    gaps = [gap(rate) for rate in rates]
+    found: float | None = None
+    closest = math.inf
+    for i, value in enumerate(gaps):
+        if i > 0 and (value > 0.0) != (gaps[i - 1] > 0.0):  # the first crossing
+            return _root(gap, rates[i - 1], rates[i], gaps[i - 1] > 0.0)
+        if abs(value) <= _TOLERANCE:
+            if abs(value) < closest:
+                found, closest = rates[i], abs(value)
+        elif found is not None:
+            break  # the lowest range of agreement ended without a crossing
+    return found
+
+
+def _root(gap: Callable[[float], float], low: float, high: float, positive_low: bool) -> float:
     for _ in range(_ITERATIONS):
         mid = 0.5 * (low + high)
-        if (gap(mid) > 0.0) == (below > 0.0):
+        if (gap(mid) > 0.0) == positive_low:
             low = mid
         else:
             high = mid
-    rate = 0.5 * (low + high)
-    spans = sorted((window(first, rate), window(second, rate)))
-    if spans[1] < _DISTINCT * spans[0]:
-        return None
-    return rate, excess(first, rate)
+    return 0.5 * (low + high)

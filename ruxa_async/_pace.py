@@ -63,7 +63,7 @@ from collections import deque
 from collections.abc import Iterable
 from typing import Literal
 
-from ._bucketfit import Drain, excess, joint_fit, rate_for_burst
+from ._bucketfit import Drain, agreement, excess, joint_fit, rate_for_burst
 from ._ratestate import LearnedLimit, LimitSource
 
 __all__ = ["Pace", "Phase"]
@@ -158,6 +158,8 @@ class Pace:
         self.burst_fitted = False  # the burst came from a fit of rate and burst together
         self.refused_pace: float | None = None  # a settled pace a 429 refused: caps the next fit
         self.following = False  # paced from another class's finding, nothing learned of its own
+        self.guessed = False  # the estimate is the ramp's rule of thumb, no probe's finding yet
+        self.found: float | None = None  # the estimate the last probe's 429 found, until a step down
 
     # ------------------------------------------------------------- progression
 
@@ -193,7 +195,11 @@ class Pace:
         if self.rate >= self.top:
             self.rate = self.top
             if self.phase == "probe" and self.ceiling is not None:
+                # Climbed to it, not yet held there: a limit that dropped may still be down,
+                # so a 429 soon after still finds an old limit to come back to.
+                high_water = self.high_water
                 self._settle_at(self.ceiling, "configured", changed=False)
+                self.high_water = high_water
 
     # ------------------------------------------------------------------ events
 
@@ -231,7 +237,12 @@ class Pace:
         fitted = False
         ramp = self.phase == "ramp"
         # The pace held for a while (or probes past it): a limit worth coming back to.
-        held = self.phase == "probe" or (self.phase == "hold" and self.t >= _HELD * self.unit)
+        # ... or a probe found it (a drop soon after a probe's 429 still has a limit to return to).
+        held = (
+            self.phase == "probe"
+            or (self.phase == "hold" and self.t >= _HELD * self.unit)
+            or (self.found is not None and granted_rate <= self.found)
+        )
         if ramp:
             estimate = _ramp_estimate(self, granted_at, granted_rate)
         elif self.phase == "probe" and granted_rate > self.base:
@@ -253,12 +264,19 @@ class Pace:
             self._learn_burst(drain, estimate, fitted_burst)
         self.last_drain = drain if drain.times else None
         previous = self.estimate if followed is None else followed
-        changed = previous is None or abs(estimate - previous) > _CHANGED * previous
+        # The first finding after the ramp (or the first fit of the bucket) replaces a
+        # rough guess: one to hold on to (probing again soon costs another pause), not a change.
+        confident = fitted_burst is not None or (self.guessed and not ramp)
+        self.guessed = ramp
+        changed = not confident and (
+            previous is None or abs(estimate - previous) > _CHANGED * previous
+        )
         if previous is not None and estimate < previous and held:
             # A limit that held for a while went down: it may come back, probe often.
             self.high_water = max(previous, self.high_water or 0.0)
+        self.found = estimate if self.phase == "probe" and not ramp else None
         self.fitted = fitted
-        self._settle_at(estimate, "429s", changed=changed)
+        self._settle_at(estimate, "429s", changed=changed, confident=confident)
         if ramp:
             self.hold = _RAMP_HOLD * self.unit
 
@@ -272,17 +290,28 @@ class Pace:
         (the ramp's drain and the first probe's), then used as known.
         """
         last = self.last_drain
+        if last is not None and last.end < granted_at - _HISTORY_UNITS * self.unit:
+            last = None  # long ago: the limit may have changed in between
+        agreed = 0.0
         if last is not None and not self.burst_fitted:
-            fit = joint_fit(last, drain, 0.5 * self.base, granted_rate)
+            fit = joint_fit(last, drain, self.base, granted_rate)
             if fit is not None and fit[0] >= _FIT_FLOOR * self.base and self._believable(fit[1]):
                 return max(self.base, fit[0]), fit[1], True
+            # Like drains do not pin the bucket down, but where they agree is a better
+            # floor than a guessed burst (a ramp's guess errs large, so its rate low).
+            agreed = agreement(last, drain, self.base, granted_rate) or 0.0
+            if agreed and not self._believable(0.5 * (excess(last, agreed) + excess(drain, agreed))):
+                agreed = 0.0  # e.g. the limit changed between the two drains
         # The probe's pace is past the limit by the time the 429 comes: the server
         # first drained its burst (known, else guessed). The rate at which this
         # drain's excess adds up to that burst is the limit.
         burst = self.estimated_burst or _BURST_PRIOR * self.unit * granted_rate
         rate = rate_for_burst(drain, burst, self.base, granted_rate)
         if rate is not None:
-            return max(self.base, rate), None, self.burst_fitted
+            if last is not None and agreed > max(self.base, rate):
+                # The burst both drains tell at that rate is a better guess than the old one.
+                self._set_burst(0.5 * (excess(last, agreed) + excess(drain, agreed)))
+            return max(self.base, rate, agreed), None, self.burst_fitted
         admitted_rate = self._admitted_rate(granted_at, 2.0 * self.unit) or granted_rate
         return max(self.base / _SETTLE, min(granted_rate / 1.05, admitted_rate)), None, False
 
@@ -434,7 +463,10 @@ class Pace:
     def _drain(self, granted_at: float) -> Drain:
         """The sends since the server's bucket was last known full, up to ``granted_at``."""
         since = self.full_at
-        return Drain(tuple(t for t in self.history if since <= t < granted_at), granted_at)
+        times = [t for t in self.history if since <= t <= granted_at]
+        if times and times[-1] == granted_at:
+            times.pop()  # the refused send itself (sends granted in the same instant went first)
+        return Drain(tuple(times), granted_at)
 
     def _learn_burst(self, drain: Drain, estimate: float, fitted: float | None) -> None:
         """The server's burst: fitted, else what this drain admitted beyond ``estimate``."""
@@ -447,13 +479,18 @@ class Pace:
             burst = excess(drain, estimate)
         else:
             return
+        self._set_burst(burst)
+
+    def _set_burst(self, burst: float) -> None:
         if burst < 1.0:
             return
         self.estimated_burst = burst
         cap = self.configured_burst if self.ceiling is not None else math.inf
         self.burst = max(1.0, min(burst / 2.0, cap))
 
-    def _settle_at(self, estimate: float, source: LimitSource, *, changed: bool) -> None:
+    def _settle_at(
+        self, estimate: float, source: LimitSource, *, changed: bool, confident: bool = False
+    ) -> None:
         self.estimate = estimate
         self.source = source
         if self.high_water is not None and self.step_downs == 0:
@@ -465,7 +502,7 @@ class Pace:
             self.hold_doublings = 0
         elif self.high_water is None:
             # Found unchanged: probe less often, much less when the bucket was fitted.
-            step = 2 if self.fitted else 1
+            step = 2 if self.fitted or confident else 1
             self.hold_doublings = min(self.hold_doublings + step, _MAX_HOLD_DOUBLINGS)
         # While below an earlier, higher limit, keep probing often: it may come back.
         doublings = 0 if self.high_water is not None else self.hold_doublings
