@@ -92,6 +92,7 @@ _PROBE_SCALE = 4.0  # units after which a probe doubles the pace
 _CHANGED = 0.2  # an estimate that moved by more than this share is a changed limit
 _HISTORY_UNITS = 8.0  # seconds of send history kept, in units (longer than a probe's drain)
 _LOW_PROBES = 20  # after this many settles below an old limit, forget it
+_LOW_HOLD = 1.5  # ... found there twice: hold this much longer (each probe costs a pause)
 _HINT_SHARE = 0.97  # pace at this share of a published quota
 # Pace at this share of a configured limit: exactly at it the server's bucket never refills, so
 # saved tokens the server could not save (a late wake-up) and the end of a lag on its side (its
@@ -160,6 +161,7 @@ class Pace:
         self.following = False  # paced from another class's finding, nothing learned of its own
         self.guessed = False  # the estimate is the ramp's rule of thumb, no probe's finding yet
         self.found: float | None = None  # the estimate the last probe's 429 found, until a step down
+        self.returned = False  # a probe climbed back to the old limit; not yet held there
 
     # ------------------------------------------------------------- progression
 
@@ -192,14 +194,18 @@ class Pace:
                 # Units admitted well past the estimate, no 429: the limit went up.
                 self.estimate = admitted / _RAISED
                 self.step_downs = 0
+            high_water = self.high_water
+            if high_water is not None and self.rate >= min(self.top, self._share() * high_water):
+                # Back at the pace of the old limit with no 429: it is back. Settle there
+                # rather than pay a 429 to find it again.
+                self._return_to(high_water)
         if self.rate >= self.top:
             self.rate = self.top
             if self.phase == "probe" and self.ceiling is not None:
-                # Climbed to it, not yet held there: a limit that dropped may still be down,
-                # so a 429 soon after still finds an old limit to come back to.
-                high_water = self.high_water
-                self._settle_at(self.ceiling, "configured", changed=False)
-                self.high_water = high_water
+                self._return_to(self.ceiling)
+        elif self.returned and self.phase == "hold" and self.t >= _HELD * self.unit:
+            self.returned = False
+            self.high_water = None  # held there a while: the old limit is back for good
 
     # ------------------------------------------------------------------ events
 
@@ -229,6 +235,7 @@ class Pace:
         self.episodes += 1
         if not self.adaptive:
             return
+        self.returned = False
         # A class that followed the other's pace held it as if it were its own estimate.
         followed = self.base / _SETTLE if self.following else None
         self.following = False
@@ -488,6 +495,24 @@ class Pace:
         cap = self.configured_burst if self.ceiling is not None else math.inf
         self.burst = max(1.0, min(burst / 2.0, cap))
 
+    def _return_to(self, limit: float) -> None:
+        """A probe climbed back to an old limit (or the ceiling) with no 429: settle there.
+
+        Not yet held there, so the old limit still counts until the pace held a
+        while: a 429 soon after (the climb outran the server's refusal) finds a
+        limit to come back to, and probes stay frequent.
+        """
+        high_water = self.high_water
+        if self.ceiling is not None and limit >= self.ceiling:
+            self._settle_at(self.ceiling, "configured", changed=False)
+        else:
+            self._settle_at(limit, "429s", changed=False)
+        self.high_water = high_water
+        self.returned = high_water is not None
+
+    def _share(self) -> float:
+        return _SETTLE_FITTED if self.fitted else _SETTLE
+
     def _settle_at(
         self, estimate: float, source: LimitSource, *, changed: bool, confident: bool = False
     ) -> None:
@@ -505,14 +530,15 @@ class Pace:
             step = 2 if self.fitted or confident else 1
             self.hold_doublings = min(self.hold_doublings + step, _MAX_HOLD_DOUBLINGS)
         # While below an earlier, higher limit, keep probing often: it may come back.
-        doublings = 0 if self.high_water is not None else self.hold_doublings
-        self.hold = _HOLD * self.unit * 2.0**doublings
+        if self.high_water is None:
+            self.hold = _HOLD * self.unit * 2.0**self.hold_doublings
+        else:
+            self.hold = _HOLD * self.unit * (_LOW_HOLD if self.low_probes >= 2 else 1.0)
         if self.estimated_burst is None and self.ceiling is None:
             # Until the burst is learned keep a few tokens: with room for one only, every
             # late wake-up of the event loop is a send lost for good.
             self.burst = max(self.burst, _SETTLED_BURST)
-        share = _SETTLE_FITTED if self.fitted else _SETTLE
-        settled = min(self.top, estimate if source == "configured" else estimate * share)
+        settled = min(self.top, estimate if source == "configured" else estimate * self._share())
         self.base = self.rate = max(self.min_rate, settled)
         self.phase = "hold"
         self.t = 0.0
