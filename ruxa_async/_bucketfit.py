@@ -10,8 +10,10 @@ over a refill at that rate (:func:`excess`) is the burst the server must have
 had. One refusal gives a curve of (rate, burst) pairs, falling with the rate;
 two refusals whose sends had different shapes (a fast climb that drained the
 bucket in a fraction of a second, a slow probe that took seconds) cross at one
-point: the server's rate and burst (:func:`joint_fit`). With the burst known,
-one refusal gives the rate (:func:`rate_for_burst`).
+point: the server's rate and burst (:func:`joint_fit`). Each excess is known
+to about a token (jitter of a few milliseconds), so two drains *agree* near the
+crossing, and like drains agree over a range (:func:`agreement`). With the
+burst known, one refusal gives the rate (:func:`rate_for_burst`).
 
 Pure functions on sorted grant times; no clock, no state. The callers decide
 which sends a drain holds and whether a fit is believable.
@@ -30,7 +32,6 @@ _ITERATIONS = 40  # bisection steps: 2**-40 of the interval
 _DISTINCT = 1.5  # two drains' windows must differ by this factor to be fitted together
 _TOLERANCE = 1.0  # tokens: two drains whose excesses differ by no more agree
 _GRID = 48  # rates scanned for the lowest one where two drains agree
-_PINNED = 0.1  # ... and a fit they agree on no more at this share of the rate either side
 
 
 @attrs.frozen
@@ -93,8 +94,8 @@ def joint_fit(first: Drain, second: Drain, low: float, high: float) -> tuple[flo
 
     The rate is :func:`agreement`'s. Only drains whose bucket ran dry over
     windows of clearly different lengths there (one at least 1.5 times the
-    other, e.g. a fast climb and a slow probe) and that disagree again 10 %
-    either side pin the bucket down; for like drains no fit is claimed.
+    other, e.g. a fast climb and a slow probe) pin the bucket down; for like
+    drains no fit is claimed.
     """
     rate = agreement(first, second, low, high)
     if rate is None:
@@ -102,11 +103,6 @@ def joint_fit(first: Drain, second: Drain, low: float, high: float) -> tuple[flo
     spans = sorted((window(first, rate), window(second, rate)))
     if spans[1] < _DISTINCT * spans[0]:
         return None
-    for near in (rate * (1.0 - _PINNED), rate * (1.0 + _PINNED)):
-        # Drains that still agree this far off did not pin the rate down (a long window
-        # of one of them may make a crossing right next to like curves).
-        if low <= near <= high and abs(excess(first, near) - excess(second, near)) <= _TOLERANCE:
-            return None
     return rate, 0.5 * (excess(first, rate) + excess(second, rate))
 
 

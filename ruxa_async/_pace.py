@@ -58,6 +58,7 @@ server's bucket never refills, and scheduling jitter on either side adds up to a
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections import deque
 from collections.abc import Iterable
@@ -151,7 +152,7 @@ class Pace:
         self.step_downs = 0  # 429s in a row at the settled pace
         self.episodes = 0
         self.full_at = now  # the server's bucket is assumed full at this time
-        self.accepted: deque[float] = deque()  # grant times of admitted sends, recent
+        self.accepted: deque[float] = deque()  # grant times of admitted sends, recent, sorted
         self.sent: deque[float] = deque()  # grant times within the last unit
         self.history: deque[float] = deque()  # grant times, the last _HISTORY_UNITS
         self.last_drain: Drain | None = None  # the sends before the last episode's 429
@@ -160,7 +161,9 @@ class Pace:
         self.refused_pace: float | None = None  # a settled pace a 429 refused: caps the next fit
         self.following = False  # paced from another class's finding, nothing learned of its own
         self.guessed = False  # the estimate is the ramp's rule of thumb, no probe's finding yet
-        self.found: float | None = None  # the estimate the last probe's 429 found, until a step down
+        self.found: float | None = (
+            None  # the estimate the last probe's 429 found, until a step down
+        )
         self.returned = False  # a probe climbed back to the old limit; not yet held there
 
     # ------------------------------------------------------------- progression
@@ -225,7 +228,10 @@ class Pace:
     def on_accepted(self, granted_at: float, now: float) -> None:
         """The request granted at ``granted_at`` was admitted (any reply but a 429)."""
         accepted = self.accepted
-        accepted.append(granted_at)
+        if not accepted or granted_at >= accepted[-1]:
+            accepted.append(granted_at)
+        else:  # replies come back a little out of order: keep the grant times sorted
+            bisect.insort(accepted, granted_at)
         horizon = now - _HISTORY_UNITS * self.unit
         while accepted and accepted[0] < horizon:
             accepted.popleft()
@@ -307,7 +313,9 @@ class Pace:
             # Like drains do not pin the bucket down, but where they agree is a better
             # floor than a guessed burst (a ramp's guess errs large, so its rate low).
             agreed = agreement(last, drain, self.base, granted_rate) or 0.0
-            if agreed and not self._believable(0.5 * (excess(last, agreed) + excess(drain, agreed))):
+            if agreed and not self._believable(
+                0.5 * (excess(last, agreed) + excess(drain, agreed))
+            ):
                 agreed = 0.0  # e.g. the limit changed between the two drains
         # The probe's pace is past the limit by the time the 429 comes: the server
         # first drained its burst (known, else guessed). The rate at which this
@@ -452,7 +460,8 @@ class Pace:
         start = now - span
         if start < self.full_at:
             return 0.0
-        return sum(1 for t in self.accepted if t >= start) / span
+        accepted = self.accepted
+        return (len(accepted) - bisect.bisect_left(accepted, start)) / span
 
     def _send_cap(self, now: float) -> float:
         """A margin over the rate actually sent in the last unit (never below the start rate).

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ruxa_async._bucketfit import Drain, excess, joint_fit, rate_for_burst
+from ruxa_async._bucketfit import Drain, agreement, excess, joint_fit, rate_for_burst
 
 RATE, BURST = 100.0, 20.0
 
@@ -84,3 +84,12 @@ def test_a_known_burst_gives_the_rate_from_one_drain() -> None:
     assert rate == pytest.approx(50.0, rel=0.05)
     assert rate_for_burst(drain, BURST, 60.0, 90.0) is None  # the answer lies below the range
     assert rate_for_burst(Drain((), 1.0), BURST, 10.0, 90.0) is None
+
+
+def test_like_drains_agree_near_the_servers_rate_without_pinning_it() -> None:
+    """Two steady drains of like windows: no fit is claimed, but they agree near the rate."""
+    fast = first_refusal(steady(150.0, 0.0, 5.0))
+    slow = first_refusal(steady(140.0, 10.0, 20.0))
+    assert joint_fit(fast, slow, 60.0, 150.0) is None
+    rate = agreement(fast, slow, 60.0, 150.0)
+    assert rate == pytest.approx(RATE, rel=0.1)

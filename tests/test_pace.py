@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import random
 
 import pytest
 
+from ruxa_async._bucketfit import Drain
 from ruxa_async._pace import Pace
 
 
@@ -137,16 +139,27 @@ def serve(
     pause: float = 1.0,
     jitter: float = 0.0,
     seed: int = 0,
+    stall: float = 0.0,
+    stall_every: float = 1.0,
 ) -> int:
     """Send at the pace against a full token bucket over [start, until); return the 429s.
 
     Sends go evenly at the pace, always wanted (demand is unlimited); each
     reaches the server up to ``jitter`` seconds late (a seeded draw); a 429
     closes the gate for ``pause`` seconds, during which the bucket refills.
+    With ``stall``, about every ``stall_every`` seconds the client sends
+    nothing for ``stall`` seconds, then spends the tokens it saved (up to
+    its burst) back to back, as a late event loop does.
     """
     draw = random.Random(seed).random
     tokens, stamp, t, episodes = burst, start, start, 0
+    next_stall = start + 2.0 * draw() * stall_every if stall else math.inf
+    saved = 0.0
     while t < until:
+        if t >= next_stall:  # the client's loop is late: its saved tokens go back to back
+            t += stall
+            saved = min(pace.burst, stall * pace.rate)
+            next_stall = t + 2.0 * draw() * stall_every
         arrival = max(stamp, t + draw() * jitter)
         tokens = min(burst, tokens + (arrival - stamp) * server_rate)
         stamp = arrival
@@ -154,6 +167,9 @@ def serve(
         if tokens >= 1.0:
             tokens -= 1.0
             pace.on_accepted(t, t)
+            if saved >= 1.0:
+                saved -= 1.0
+                continue
             step = 1.0 / pace.rate
             t += step
             pace.advance(step, t)
@@ -243,3 +259,101 @@ def test_a_followers_first_429_remembers_the_pace_it_followed() -> None:
     assert queries.estimated_burst == creates.estimated_burst
     assert queries.high_water == pytest.approx(followed / 0.95)
     assert queries.hold == 4.0  # below an earlier pace: probe again soon
+
+
+def test_a_late_loop_in_the_ramp_still_costs_two_episodes() -> None:
+    """Loop stalls of 0.2 s make the ramp's and the probe's drains alike: still two 429s in all.
+
+    Like drains cross twice or agree over a range; the fit is taken where they
+    first agree, and the first probe's finding holds long whatever it is.
+    """
+    for seed in range(12):
+        pace = Pace(
+            ceiling=None, burst=10, start_rate=40.0, min_rate=0.2, unit=1.0, adaptive=True, now=0.0
+        )
+        assert serve(pace, 100.0, 20.0, 0.0, 24.0, stall=0.2, seed=seed) == 2, seed
+        assert 0.85 * 100.0 <= (pace.estimate or 0.0) <= 1.04 * 100.0
+
+
+def test_sends_granted_in_the_refused_sends_instant_count_in_its_drain() -> None:
+    """Saved tokens granted in one instant: those that went before the refused one count."""
+    pace = unknown()
+    for t in (0.0, 0.1, 0.2, 0.2, 0.2):
+        pace.on_sent(t)
+    assert pace._drain(0.2) == Drain((0.0, 0.1, 0.2, 0.2), 0.2)
+
+
+def test_a_first_probe_finding_far_from_the_ramps_guess_holds_long() -> None:
+    """The ramp's estimate is a rule of thumb: the first probe's finding is held long."""
+    pace = unknown()
+    last = send(pace, 0.0, 2.0, 100.0)
+    pace.on_refused(last, 240.0, last)  # the ramp's guess: 90/s
+    pace.advance(1.0, last)
+    assert pace.phase == "probe"
+    end = send(pace, last, last + 3.0, 150.0)  # admitted well past the guess
+    pace.on_refused(end, 160.0, end)
+    assert (pace.estimate or 0.0) > 1.2 * 90.0  # far from the guess ...
+    assert pace.hold == 16.0  # ... yet held as long as a fitted finding
+
+
+def test_a_drop_right_after_a_probes_429_keeps_the_found_limit() -> None:
+    """A 429 at the settled pace one unit after a probe found the limit: the limit may come back."""
+    pace = unknown()
+    last = send(pace, 0.0, 2.0, 100.0)
+    pace.on_refused(last, 240.0, last)
+    pace.advance(1.0, last)
+    end = send(pace, last, last + 3.0, 150.0)
+    pace.on_refused(end, 160.0, end)
+    found = pace.estimate
+    pace.advance(1.0, end + 1.0)  # held one unit only
+    pace.on_refused(end + 1.0, pace.rate, end + 1.0)  # the limit dropped
+    assert pace.high_water == found
+    assert pace.hold == 4.0
+
+
+def test_a_probe_back_at_the_old_limits_pace_settles_there_without_a_429() -> None:
+    """Below an old limit a probe reaching its pace stops there; the old limit counts until held."""
+    pace = unknown()
+    pace._settle_at(100.0, "429s", changed=True)
+    pace.high_water = 200.0
+    send(pace, 0.0, 10.0, 400.0)  # plenty sent: the climb is not held back
+    pace.advance(4.0, 10.0)
+    assert pace.phase == "probe"
+    for _ in range(40):
+        pace.advance(0.05, 10.0)
+        if pace.phase != "probe":
+            break
+    assert pace.phase == "hold"
+    assert pace.estimate == 200.0
+    assert pace.rate == pytest.approx(0.95 * 200.0)
+    assert pace.high_water == 200.0  # a 429 soon after would still find it
+    pace.advance(2.0, 12.0)  # held two units, no 429
+    assert pace.high_water is None
+
+
+def test_a_probe_at_a_configured_ceiling_keeps_the_old_limit_until_held() -> None:
+    """A climb that reaches the ceiling before the server refuses probes often after its 429."""
+    pace = Pace(
+        ceiling=200.0, burst=10, start_rate=10.0, min_rate=0.2, unit=1.0, adaptive=True, now=0.0
+    )
+    send(pace, 0.0, 10.0, 400.0)
+    pace.advance(3.0, 10.0)  # held at the ceiling
+    pace.on_refused(10.0, pace.rate, 10.0)  # the limit dropped
+    assert pace.high_water == 200.0
+    for _ in range(60):
+        pace.advance(0.1, 10.0)
+    assert (pace.phase, pace.source) == ("hold", "configured")  # climbed back to the ceiling
+    pace.on_refused(10.0, pace.rate, 10.0)  # ... too fast: the server refuses right after
+    assert pace.high_water == 200.0
+    assert pace.hold <= 6.0  # probe again soon
+
+
+def test_below_an_old_limit_a_limit_found_twice_holds_longer() -> None:
+    """Each probe below an old limit costs a pause: found twice, the hold is 1.5 times longer."""
+    pace = unknown()
+    pace._settle_at(100.0, "429s", changed=True)
+    pace.high_water = 200.0
+    pace._settle_at(100.0, "429s", changed=False)
+    assert pace.hold == 4.0
+    pace._settle_at(100.0, "429s", changed=False)
+    assert pace.hold == 6.0
