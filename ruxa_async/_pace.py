@@ -12,16 +12,21 @@ so its rules are tested directly. It moves through four phases:
     After a 429 (or a hint) the pace settles just under the estimated limit
     and stays there for a hold time: one unit after the ramp's 429 (the next
     episode fits the bucket, better soon), else four. The hold doubles each
-    time a probe finds the same limit again (twice when the bucket was fitted,
-    up to ``_MAX_HOLD_DOUBLINGS``) and is short again after a change, so a
-    stable limit costs rare probes and a changed one is followed within
-    seconds.
+    time a probe finds the same limit again (twice when the bucket was fitted
+    or the probe replaced the ramp's rough guess, up to
+    ``_MAX_HOLD_DOUBLINGS``) and is short again after a change, so a stable
+    limit costs rare probes and a changed one is followed within seconds.
 ``probe``
     The pace climbs from the settled pace along ``base * 2 ** ((t / 4u) ** 2)``:
-    about +5 % after one unit, +19 % after two, double after four (twice as
-    fast while below an earlier, higher limit, which may come back). A 429 ends
-    the probe (a new estimate); three units admitted 30 % past the estimate
-    without a 429 show the limit went up, and the climb goes on.
+    about +5 % after one unit, +19 % after two, double after four (four times
+    as fast while below an earlier, higher limit, which may come back). A 429
+    ends the probe (a new estimate); three units admitted 30 % past the
+    estimate without a 429 show the limit went up, and the climb goes on. A
+    probe that gets back to the pace of the earlier limit (or of a configured
+    one) while the server admits most of it settles there without paying a
+    429; that limit still counts as one to come back to until the pace held
+    it a while. Below an earlier limit the hold is one unit of four again
+    each time, one and a half once the lower limit was found twice.
 ``hinted``
     The server publishes its quota (rate-limit headers): pace at it, no probing.
 
@@ -93,6 +98,7 @@ _PROBE_SCALE = 4.0  # units after which a probe doubles the pace
 _CHANGED = 0.2  # an estimate that moved by more than this share is a changed limit
 _HISTORY_UNITS = 8.0  # seconds of send history kept, in units (longer than a probe's drain)
 _LOW_PROBES = 20  # after this many settles below an old limit, forget it
+_BACK_AT = 0.8  # a probe is back at an old limit once a unit admitted this share of its pace
 _LOW_HOLD = 1.5  # ... found there twice: hold this much longer (each probe costs a pause)
 _HINT_SHARE = 0.97  # pace at this share of a published quota
 # Pace at this share of a configured limit: exactly at it the server's bucket never refills, so
@@ -186,8 +192,8 @@ class Pace:
             self.phase, self.t = "probe", self.t - self.hold
             self.probes += 1
         if self.phase == "probe":
-            # Below an earlier, higher limit, climb twice as fast: it may be back.
-            scale = _PROBE_SCALE if self.high_water is None else 0.5 * _PROBE_SCALE
+            # Below an earlier, higher limit, climb four times as fast: it may be back.
+            scale = _PROBE_SCALE if self.high_water is None else 0.25 * _PROBE_SCALE
             x = self.t / (scale * self.unit)
             self.rate = min(self.base * 2.0 ** min(x * x, 30.0), self._send_cap(now))
             if self.rate < self.base * 2.0 ** min(x * x, 30.0):
@@ -198,13 +204,15 @@ class Pace:
                 self.estimate = admitted / _RAISED
                 self.step_downs = 0
             high_water = self.high_water
-            if high_water is not None and self.rate >= min(self.top, self._share() * high_water):
+            if high_water is not None and self._back_at(
+                min(self.top, self._share() * high_water), now
+            ):
                 # Back at the pace of the old limit with no 429: it is back. Settle there
                 # rather than pay a 429 to find it again.
                 self._return_to(high_water)
         if self.rate >= self.top:
             self.rate = self.top
-            if self.phase == "probe" and self.ceiling is not None:
+            if self.phase == "probe" and self.ceiling is not None and self._back_at(self.top, now):
                 self._return_to(self.ceiling)
         elif self.returned and self.phase == "hold" and self.t >= _HELD * self.unit:
             self.returned = False
@@ -518,6 +526,17 @@ class Pace:
             self._settle_at(limit, "429s", changed=False)
         self.high_water = high_water
         self.returned = high_water is not None
+
+    def _back_at(self, pace: float, now: float) -> bool:
+        """The pace reached ``pace`` and the server admitted most of it over the last unit.
+
+        The pace runs ahead of the sends and the server refuses only once its
+        burst is gone, so the pace alone is no proof: a limit still down admits
+        at most its rate plus its burst over the unit.
+        """
+        if self.rate < pace:
+            return False
+        return self._admitted_rate(now, self.unit) >= _BACK_AT * pace
 
     def _share(self) -> float:
         return _SETTLE_FITTED if self.fitted else _SETTLE

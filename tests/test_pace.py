@@ -357,3 +357,16 @@ def test_below_an_old_limit_a_limit_found_twice_holds_longer() -> None:
     assert pace.hold == 4.0
     pace._settle_at(100.0, "429s", changed=False)
     assert pace.hold == 6.0
+
+
+def test_a_pace_run_ahead_of_what_the_server_admits_is_not_back_at_the_old_limit() -> None:
+    """The climb reaches the old limit's pace, but only half of it was admitted: keep probing."""
+    pace = unknown()
+    pace._settle_at(100.0, "429s", changed=True)
+    pace.high_water = 200.0
+    send(pace, 0.0, 10.0, 100.0)  # the server still admits only the old pace
+    pace.advance(4.0, 10.0)
+    for _ in range(40):
+        pace.advance(0.05, 10.0)
+    assert pace.rate >= 0.95 * 200.0
+    assert (pace.phase, pace.estimate, pace.high_water) == ("probe", 100.0, 200.0)
