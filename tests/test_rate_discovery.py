@@ -18,19 +18,33 @@ HIGH, LOW = 80.0, 40.0
 FAST = {"recovery_seconds": 1.0, "max_pause": 0.25, "pause_without_retry_after": 0.25}
 
 
-async def _create(client: RuxaClient, fake: FakeRuxa, accepted: int) -> tuple[int, int, float]:
-    """Create until the simulator accepted ``accepted`` more.
+async def _create(
+    client: RuxaClient, fake: FakeRuxa, accepted: int, *, until: float = 0.0, cap: int = 0
+) -> tuple[int, int, float]:
+    """Create until the simulator accepted ``accepted`` more (and the estimate reached ``until``).
 
-    Returns the creates sent, the 429s, and the lowest estimate of the limit
-    seen on the way (a probe may be back at a configured limit as the phase ends).
+    With ``until``, creating goes on past ``accepted`` until the estimated
+    limit is at least ``until``, or ``cap`` were accepted: a count, so a
+    loaded machine (a slower climb in wall-clock terms) cannot end the phase
+    before the controller had the demand it needs. Returns the creates sent,
+    the 429s, and the lowest estimate of the limit seen on the way (a probe
+    may be back at a configured limit as the phase ends).
     """
     before = fake.stats()
     target = before.tasks_created + accepted
+    last = before.tasks_created + max(cap, accepted)
     counter = iter(range(10**9))
     lowest = [float("inf")]
 
+    def done() -> bool:
+        created = fake.stats().tasks_created
+        if created < target:
+            return False
+        estimate = client.statistics().rate.classes["create"].estimated_limit or 0.0
+        return estimate >= until or created >= last
+
     async def worker() -> None:
-        while fake.stats().tasks_created < target:
+        while not done():
             await client.create_task(MODEL, {"prompt": f"p{next(counter)}"})
             estimate = client.statistics().rate.classes["create"].estimated_limit
             lowest[0] = min(lowest[0], estimate or 0.0)
@@ -44,10 +58,12 @@ async def _create(client: RuxaClient, fake: FakeRuxa, accepted: int) -> tuple[in
     return sent, refused, lowest[0]
 
 
-async def _phases(limits: RateLimits) -> list[tuple[int, int, float, int, float]]:
+async def _phases(limits: RateLimits, back: float) -> list[tuple[int, int, float, int, float]]:
     """Run HIGH, LOW, then HIGH req/s; per phase: (sent, 429s, estimated limit, episodes, lowest).
 
-    The estimated limit is the one at the phase's end; lowest, the lowest seen in it.
+    The estimated limit is the one at the phase's end; lowest, the lowest seen
+    in it. The last phase goes on until the estimate is back at ``back`` (at
+    most 1,200 accepted: 15 s of demand at HIGH).
     """
     config = SimConfig(create_limit=RateLimit(per_second=HIGH, burst=10))
     out: list[tuple[int, int, float, int, float]] = []
@@ -55,10 +71,10 @@ async def _phases(limits: RateLimits) -> list[tuple[int, int, float, int, float]
         FakeRuxa(config) as fake,
         RuxaClient(fake.api_key, base_url=fake.url, rate_limits=limits) as client,
     ):
-        for per_second, accepted in ((HIGH, 240), (LOW, 160), (HIGH, 400)):
+        for per_second, accepted, until in ((HIGH, 240, 0.0), (LOW, 160, 0.0), (HIGH, 400, back)):
             fake.reconfigure(create_limit=RateLimit(per_second=per_second, burst=10))
             episodes = client.statistics().rate.classes["create"].episodes
-            sent, refused, lowest = await _create(client, fake, accepted)
+            sent, refused, lowest = await _create(client, fake, accepted, until=until, cap=1200)
             learned = client.statistics().rate.classes["create"]
             estimate = learned.estimated_limit or 0.0
             out.append((sent, refused, estimate, learned.episodes - episodes, lowest))
@@ -67,7 +83,8 @@ async def _phases(limits: RateLimits) -> list[tuple[int, int, float, int, float]
 
 async def test_unknown_limit_follows_a_drop_and_a_restore() -> None:
     """Limits unknown: the pace settles near each new limit, with few 429s per phase."""
-    (s1, r1, p1, *_), (s2, r2, p2, e2, _), (s3, r3, p3, *_) = await _phases(RateLimits(**FAST))
+    phases = await _phases(RateLimits(**FAST), back=0.7 * HIGH)
+    (s1, r1, p1, *_), (s2, r2, p2, e2, _), (s3, r3, p3, *_) = phases
     assert 0.6 * HIGH <= p1 <= 1.3 * HIGH  # found the first limit from nothing
     assert 0.6 * LOW <= p2 <= 1.3 * LOW  # came down to the halved one
     assert p3 >= 0.7 * HIGH  # and found the restored one again (the old controller never did)
@@ -79,7 +96,7 @@ async def test_unknown_limit_follows_a_drop_and_a_restore() -> None:
 async def test_configured_limit_is_a_ceiling_and_a_starting_point() -> None:
     """A configured limit: lowered by 429s while the server allows half, back at it after."""
     limits = RateLimits(create_per_second=HIGH, create_burst=10, **FAST)
-    (_, r1, p1, *_), (_, _, _, e2, low2), (_, _, p3, *_) = await _phases(limits)
+    (_, r1, p1, *_), (_, _, _, e2, low2), (_, _, p3, *_) = await _phases(limits, back=HIGH)
     assert p1 == HIGH
     assert r1 <= 2
     assert 0.6 * LOW <= low2 <= 1.3 * LOW  # (a probe may be back at the ceiling as it ends)
