@@ -381,22 +381,19 @@ class HttpServer:
         self._server: asyncio.Server | None = None
         self._connections: set[_Connection] = set()
         self._tasks: set[asyncio.Task[None]] = set()
-        self._tick = min(1.0, max(0.01, min(header_timeout, body_timeout) / 10))
+        shortest = min(header_timeout, body_timeout, keepalive_timeout)
+        self._tick = min(1.0, max(0.01, shortest / 10))  # how late a deadline may be noticed
         self._ticker: asyncio.TimerHandle | None = None
         self._date = (0, "")
         self._closing = False
-
-    @property
-    def port(self) -> int:
-        """The bound port."""
-        assert self._server is not None
-        return int(self._server.sockets[0].getsockname()[1])
+        self.port = 0
 
     async def listen(self, host: str, port: int, backlog: int = 1024) -> None:
-        """Bind and start accepting connections."""
+        """Bind and start accepting connections; ``port`` becomes the bound port."""
         self._server = await self.loop.create_server(
             lambda: _Connection(self), host, port, backlog=backlog
         )
+        self.port = int(self._server.sockets[0].getsockname()[1])
 
     def opened(self, conn: _Connection) -> None:
         """A connection was accepted."""
