@@ -43,11 +43,31 @@ _MAX_HEAD = 64 * 1024
 _MAX_QUEUE = 16
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _STATUS = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n" for s in HTTPStatus}
+_CLOSE = "Connection: close\r\n\r\n"
+_KEEP_ALIVE = "Connection: keep-alive\r\n\r\n"
+_BLOCKS: dict[tuple[tuple[str, str], ...], str] = {}  # header lines, by the headers they spell
+_MAX_BLOCKS = 256
 
 # What the parser is in the middle of (the connection's ``_stage``).
 _BETWEEN, _HEAD, _BODY = 0, 1, 2
 # Which clock runs (the connection's ``_clock``): none, the head's, the body's, idle keep-alive.
 _NONE, _HEAD_CLOCK, _BODY_CLOCK, _IDLE_CLOCK = 0, 1, 2, 3
+
+
+def _header_block(headers: tuple[tuple[str, str], ...]) -> str:
+    """The lines of ``headers`` (remembered: most responses share a few header sets)."""
+    block = _BLOCKS.get(headers)
+    if block is None:
+        lines = []
+        for name, value in headers:
+            if "\r" in value or "\n" in value:  # never from the gateway's own endpoints
+                log.error("gateway: dropped the header %s: its value has a line break", name)
+                continue
+            lines.append(f"{name}: {value}\r\n")
+        block = "".join(lines)
+        if len(_BLOCKS) < _MAX_BLOCKS:
+            _BLOCKS[headers] = block
+    return block
 
 
 class Application(Protocol):
@@ -279,22 +299,13 @@ class _Connection(asyncio.Protocol):
         if transport is None:
             return False
         body = response.body
-        parts = [_STATUS.get(response.status) or f"HTTP/1.1 {response.status} Unknown\r\n"]
-        parts.append(self._server.date_line())
-        for name, value in response.headers:
-            if "\r" in value or "\n" in value:  # never from the gateway's own endpoints
-                log.error("gateway: dropped the header %s: its value has a line break", name)
-                continue
-            parts.append(f"{name}: {value}\r\n")
-        parts.append(f"Content-Length: {len(body)}\r\n")
+        status = _STATUS.get(response.status) or f"HTTP/1.1 {response.status} Unknown\r\n"
         close = response.close or not keep_alive or (self._done_reading and not self._queue)
-        if close:
-            parts.append("Connection: close\r\n\r\n")
-        elif http10:
-            parts.append("Connection: keep-alive\r\n\r\n")
-        else:
-            parts.append("\r\n")
-        head_bytes = "".join(parts).encode("latin-1")
+        ending = _CLOSE if close else _KEEP_ALIVE if http10 else "\r\n"
+        head_bytes = (
+            f"{status}{self._server.date_line()}{_header_block(response.headers)}"
+            f"Content-Length: {len(body)}\r\n{ending}"
+        ).encode()
         transport.write(head_bytes if head else head_bytes + body)
         if close:
             self._finish_reading()
