@@ -136,6 +136,8 @@ class _Connection(asyncio.Protocol):
             if not self._done_reading:
                 self._refuse(None, 400, f"the request is not valid HTTP/1.1 ({exc})")
             return
+        if self._done_reading:
+            return
         stage = self._stage
         if stage == _HEAD:
             if self._head_bytes > _MAX_HEAD:
@@ -323,6 +325,7 @@ class _Connection(asyncio.Protocol):
 
     def _finish_reading(self) -> None:
         self._done_reading = True
+        self._stop_clock()  # nothing more is read, so nothing is late
         self._flow()
 
     def _flow(self) -> None:
