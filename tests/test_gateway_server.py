@@ -11,7 +11,9 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 
+from ruxa_async.gateway import Gateway
 from ruxa_async.gateway._exchange import Request, Response
 from ruxa_async.gateway._httpserver import HttpServer, start_server
 from ruxa_async.testing import FakeRuxa, SimConfig
@@ -371,3 +373,65 @@ async def test_without_httptools_the_gateway_serves_on_aiohttp(
     assert timed_out[0] == 408
     assert stats.denials["header_timeout"] == 1
     assert "ruxa_async.gateway._httpserver" not in sys.modules
+
+
+async def exchanges(http: aiohttp.ClientSession, base: str) -> list[tuple[Any, ...]]:
+    """A round of requests at a gateway: what each got (status, content type, envelope code)."""
+    alice = {"Authorization": f"Bearer {TOKENS['alice']}"}
+    good = json.dumps({"model": NB, "input": PROMPT}).encode()
+    calls: list[tuple[str, str, bytes | None, dict[str, str]]] = [
+        ("POST", "/api/v1/tasks/create", good, alice),
+        ("POST", "/api/v1/tasks/create", b"{not json", alice),
+        ("POST", "/api/v1/tasks/create", b"x" * 5000, alice),
+        ("POST", "/api/v1/tasks/create", good, {}),
+        ("GET", "/api/v1/tasks/query/task_unknown", None, alice),
+        ("GET", "/api/v1/tasks/query/..%2Fcreate", None, alice),
+        ("PUT", "/api/v1/tasks/create", good, alice),
+        ("GET", "/api/v1/elsewhere", None, alice),
+        ("GET", "/healthz", None, {}),
+        ("HEAD", "/healthz", None, {}),
+        ("POST", "/_gateway/callback/not-the-token", b"{}", {}),
+        ("GET", "/metrics", None, {}),
+    ]
+    seen = []
+    for method, path, data, headers in calls:
+        async with http.request(method, base + path, data=data, headers=headers) as resp:
+            body = await resp.read()
+            enveloped = body and resp.content_type == "application/json"
+            code = json.loads(body).get("code") if enveloped else None
+            seen.append((method, path, resp.status, resp.content_type, code, len(body) > 0))
+    return seen
+
+
+async def test_mounted_and_standalone_gateways_answer_alike(sim: FakeRuxa) -> None:
+    """The same requests at the standalone server and at routes mounted in an aiohttp app get
+    the same statuses, content types and envelopes."""
+    config = config_for(sim, max_body=1024)
+    async with aiohttp.ClientSession() as http:
+        async with running(config) as gw:
+            assert gw.url is not None
+            alone = await exchanges(http, gw.url)
+        app = web.Application()
+        Gateway(config).mount(app, prefix="/ruxa")
+        runner = web.AppRunner(app)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, "127.0.0.1", 0).start()
+            mounted = await exchanges(http, f"http://127.0.0.1:{runner.addresses[0][1]}/ruxa")
+        finally:
+            await runner.cleanup()
+    assert alone == mounted
+    assert [status for _, _, status, *_ in alone] == [
+        200,
+        400,
+        413,
+        401,
+        404,
+        404,
+        404,
+        404,
+        200,
+        200,
+        401,
+        200,
+    ]
