@@ -368,10 +368,15 @@ class _Connection(asyncio.Protocol):
             self.close()
 
     def close(self) -> None:
-        """Close the connection now."""
+        """Close the connection (after what is already written)."""
         self._stop_clock()
         if self._transport is not None:
             self._transport.close()
+
+    def abort(self) -> None:
+        """Close the connection now, dropping what is not yet sent."""
+        if self._transport is not None:
+            self._transport.abort()
 
 
 class HttpServer:
@@ -400,6 +405,7 @@ class HttpServer:
         self._ticker: asyncio.TimerHandle | None = None
         self._date = (0, "")
         self._closing = False
+        self._all_closed: asyncio.Event | None = None  # made when closing waits for it
         self.port = 0
 
     async def listen(self, host: str, port: int, backlog: int = 1024) -> None:
@@ -421,6 +427,8 @@ class HttpServer:
     def closed(self, conn: _Connection) -> None:
         """A connection is gone."""
         self._connections.discard(conn)
+        if not self._connections and self._all_closed is not None:
+            self._all_closed.set()
 
     def spawn(self, answer: Coroutine[Any, Any, None]) -> None:
         """Run a connection's answering task; closing waits for it."""
@@ -446,7 +454,8 @@ class HttpServer:
 
     async def aclose(self, grace: float = 5.0) -> None:
         """Stop listening, close idle connections, let requests in flight finish (up to
-        ``grace`` seconds; then they are cancelled), and close every connection."""
+        ``grace`` seconds; then they are cancelled), and close every connection (its last
+        reply gets another ``grace`` to reach a slow reader)."""
         if self._closing:
             return
         self._closing = True
@@ -463,6 +472,13 @@ class HttpServer:
                 await asyncio.gather(*late, return_exceptions=True)
         for conn in list(self._connections):
             conn.close()
+        if self._connections:  # replies still flushing to slow readers: a bounded wait
+            self._all_closed = asyncio.Event()
+            try:
+                await asyncio.wait_for(self._all_closed.wait(), grace)
+            except asyncio.TimeoutError:
+                for conn in list(self._connections):
+                    conn.abort()
         if self._ticker is not None:
             self._ticker.cancel()
             self._ticker = None
