@@ -49,7 +49,6 @@ _KEEPALIVE = 30.0  # seconds an idle connection is kept (servers commonly keep 6
 _RATE_NAMES = {name.encode(): name for name in RATE_HEADER_NAMES}
 _RETRY_AFTER = b"retry-after"
 _LENGTH = frozenset((b"content-length", b"transfer-encoding"))
-_IDEMPOTENT = frozenset(("GET", "HEAD", "OPTIONS"))
 
 
 def light_transport_class(base_url: str) -> type[Transport] | None:
@@ -68,9 +67,10 @@ def light_transport_class(base_url: str) -> type[Transport] | None:
 class _Dropped(Exception):
     """The server closed the connection before the reply was complete."""
 
-    def __init__(self, received: bool) -> None:
+    def __init__(self, *, received: bool, written: bool = True) -> None:
         super().__init__("the server closed the connection")
         self.received = received  # any byte of the reply had arrived
+        self.written = written  # the request had been handed to the socket
 
 
 class _ReadTimeout(Exception):
@@ -110,6 +110,10 @@ class _Connection(asyncio.Protocol):
         assert self.transport is not None
         self._reset()
         waiter = self._waiter = self._loop.create_future()
+        if not self.alive or self.transport.is_closing():  # closed before the write
+            self._waiter = None
+            waiter.set_exception(_Dropped(received=False, written=False))
+            return waiter
         self._read, self._deadline = read, deadline
         now = self._loop.time()
         self._last = now
@@ -174,7 +178,7 @@ class _Connection(asyncio.Protocol):
             self.keep_alive = False  # a reply delimited by the end of the connection
             self._finish(None)
         else:
-            self._finish(_Dropped(self._received))
+            self._finish(_Dropped(received=self._received))
 
     # -- httptools callbacks
 
@@ -282,13 +286,27 @@ class LightTransport(Transport):
         payload = self._payload(method, path, body, what)
         retried = False
         while True:
-            conn, reused = await self._acquire(loop, deadline, what)
+            try:
+                conn, reused = await self._acquire(loop, deadline, what)
+            except APIConnectionError as exc:
+                if not retried:
+                    raise
+                timeout = isinstance(exc, APITimeoutError)  # the first attempt was sent
+                reason = f"the server closed the connection; sending again failed: {exc.message}"
+                raise self._failed(what, started, reason, timeout=timeout) from exc
             self._busy.add(conn)
             try:
                 await conn.send(payload, timeouts.read, deadline)
             except _Dropped as exc:
                 self._discard(conn)
-                if reused and not exc.received and not retried and method in _IDEMPOTENT:
+                if not exc.written:
+                    if reused:
+                        continue  # found closed as it was taken: nothing was sent
+                    raise APIConnectionError(
+                        f"{what}: the server closed the connection before the request was sent",
+                        request_sent=False,
+                    ) from exc
+                if reused and not (exc.received or retried or self._closed) and method == "GET":
                     retried = True  # a kept connection the server had just closed:
                     self.reused_retries += 1  # the others are likely closed too
                     while self._idle:
@@ -305,7 +323,6 @@ class LightTransport(Transport):
                 self._discard(conn)
                 raise self._failed(what, started, f"malformed reply ({exc})") from exc
             except BaseException:  # cancelled mid-exchange: the connection is in an unknown state
-                conn.close()
                 self._discard(conn)
                 raise
             reply = Reply(conn.status, b"".join(conn.body), conn.retry_after, conn.rate)
@@ -364,13 +381,16 @@ class LightTransport(Transport):
             self._waiters.append(waiter)
             try:
                 await asyncio.wait_for(waiter, max(0.0, deadline - now))
-            except asyncio.TimeoutError:
-                raise APITimeoutError(
-                    f"{what}: timed out waiting for a free connection", request_sent=False
-                ) from None
-            finally:
-                if waiter in self._waiters:
+            except BaseException as exc:
+                if waiter.done() and not waiter.cancelled():
+                    self._wake()  # woken as it gave up: pass the turn on
+                elif waiter in self._waiters:
                     self._waiters.remove(waiter)
+                if isinstance(exc, asyncio.TimeoutError):
+                    raise APITimeoutError(
+                        f"{what}: timed out waiting for a free connection", request_sent=False
+                    ) from None
+                raise
 
     async def _connect(
         self, loop: asyncio.AbstractEventLoop, deadline: float, what: str

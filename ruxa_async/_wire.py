@@ -198,6 +198,16 @@ def _optional_text(value: object) -> str | None:
     return text or None
 
 
+def task_state(data: Any) -> TaskState:
+    """Only the state of a task object (a relay's quick look); ``parse_task`` reads it all.
+
+    Raises :class:`MalformedResponseError` when ``data`` is not an object.
+    """
+    if not isinstance(data, Mapping):
+        raise MalformedResponseError("the task reply has no data object")
+    return TaskState.parse(data.get("state", data.get("status")))
+
+
 def parse_task(data: Any, *, task_id: str | None = None) -> TaskInfo:
     """Build a :class:`TaskInfo` from a task object (query ``data`` or callback ``data``).
 

@@ -15,11 +15,17 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
-from ruxa_async import APIConnectionError, APITimeoutError, RuxaClient, Timeouts
+from ruxa_async import (
+    APIConnectionError,
+    APITimeoutError,
+    ConfigurationError,
+    RuxaClient,
+    Timeouts,
+)
 from ruxa_async._client import use_transport
 from ruxa_async._light_transport import LightTransport, light_transport_class
 from ruxa_async._transport import Transport
-from ruxa_async.gateway import UpstreamKey
+from ruxa_async.gateway import UpstreamKey, parse_config
 from ruxa_async.gateway._keys import default_client
 from ruxa_async.testing import FakeRuxa
 
@@ -122,13 +128,13 @@ class RawServer:
 
 @contextlib.asynccontextmanager
 async def light(
-    url: str, *, read: float = 10.0, max_connections: int = 8
+    url: str, *, read: float = 10.0, total: float = 30.0, max_connections: int = 8
 ) -> AsyncIterator[LightTransport]:
     """An open light transport for ``url``."""
     transport = LightTransport(
         base_url=url,
         key=lambda: "sk-test",
-        timeouts=Timeouts(connect=5.0, read=read, total=30.0),
+        timeouts=Timeouts(connect=5.0, read=read, total=total),
         max_connections=max_connections,
         user_agent="ruxa-async/test",
     )
@@ -488,6 +494,30 @@ async def test_the_pool_never_opens_more_than_its_bound() -> None:
     assert len(server.requests) == 6
 
 
+async def test_waiting_for_a_free_connection_times_out_unsent() -> None:
+    """One connection, held: the second request gives up unsent when its total time runs out."""
+    release = asyncio.Event()
+
+    async def silent(conn: Conn) -> None:
+        await conn.request()
+        await release.wait()
+
+    async with (
+        RawServer(silent) as server,
+        light(server.url, total=0.3, max_connections=1) as lt,
+    ):
+        first = asyncio.create_task(lt.request("POST", CREATE, b"{}"))
+        await server.wait_requests(1)
+        with pytest.raises(APITimeoutError) as second:
+            await lt.request("POST", CREATE, b"{}")
+        with pytest.raises(APITimeoutError) as held:
+            await first
+        release.set()
+    assert second.value.request_sent is False
+    assert held.value.request_sent is True
+    assert server.requests == ["POST " + CREATE]
+
+
 async def test_closing_the_transport_closes_its_connections() -> None:
     """aclose() hangs up every kept connection (the server sees the end of stream)."""
     async with RawServer(serve_forever) as server:
@@ -521,3 +551,11 @@ async def test_the_gateway_key_client_uses_the_light_client_unless_told_not_to()
     assert type(auto._core.transport) is LightTransport
     assert type(aio._core.transport) is Transport
     assert auto._core.requester.transport is auto._core.transport
+
+
+def test_upstream_http_is_read_from_the_config() -> None:
+    """``upstream_http`` accepts "auto" and "aiohttp" and refuses anything else."""
+    assert parse_config({}).upstream_http == "auto"
+    assert parse_config({"upstream_http": "aiohttp"}).upstream_http == "aiohttp"
+    with pytest.raises(ConfigurationError, match="upstream_http"):
+        parse_config({"upstream_http": "curl"})

@@ -321,7 +321,12 @@ class Gateway:
             return Reply(503, "the key that created this task is no longer configured")
         try:
             data = await send_once(await slot.ready(), "query", _wire.query_path(task_id))
-            info = _wire.parse_task(data, task_id=task_id)
+            # Most queries find the task still running: only a finished one is read in full.
+            info = (
+                _wire.parse_task(data, task_id=task_id)
+                if _wire.task_state(data).is_terminal
+                else None
+            )
         except NotFoundError:
             return Reply(404, _NOT_FOUND)
         except (AuthenticationError, InsufficientCreditsError, RateLimitError) as exc:
@@ -336,9 +341,9 @@ class Gateway:
             return Reply(503, "the gateway's key was refused; the operator has been alerted")
         except RuxaError:
             return Reply(502, "the service did not answer properly; retry")
-        if info.is_terminal:
+        if info is not None:
             self.settle(record, info, "query")
-        return Reply(200, "success", scrub_task(info.raw, record.callback_url))
+        return Reply(200, "success", scrub_task(data, record.callback_url))
 
     async def record(self, task_id: str) -> TaskRecord | None:
         """The task's record: from the ownership cache, else the store (then cached)."""
