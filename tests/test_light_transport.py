@@ -559,3 +559,27 @@ def test_upstream_http_is_read_from_the_config() -> None:
     assert parse_config({"upstream_http": "aiohttp"}).upstream_http == "aiohttp"
     with pytest.raises(ConfigurationError, match="upstream_http"):
         parse_config({"upstream_http": "curl"})
+
+
+UVLOOP_CASES = [
+    test_a_client_on_the_light_transport_creates_and_queries_on_the_simulator,
+    test_requests_share_one_kept_connection,
+    test_a_connection_closed_while_idle_is_not_written_to,
+    test_a_create_dropped_by_a_kept_connection_is_not_sent_again,
+    test_a_query_dropped_by_a_kept_connection_is_sent_again_on_a_new_one,
+    test_a_reply_cut_short_is_a_connection_error_after_sending,
+    test_a_reply_ended_by_closing_the_connection_is_complete,
+    test_a_chunked_body_arrives_whole_and_the_connection_is_kept,
+    test_a_reply_that_never_comes_times_out_as_sent,
+    test_a_cancelled_request_does_not_leave_its_connection_in_the_pool,
+    test_the_pool_never_opens_more_than_its_bound,
+]
+
+
+@pytest.mark.parametrize("case", UVLOOP_CASES, ids=lambda case: case.__name__[5:])
+def test_the_edges_hold_on_uvloop(case: Callable[[], Awaitable[None]]) -> None:
+    """The same edges on uvloop, the standalone gateway's loop."""
+    import uvloop
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(case())  # type: ignore[arg-type]
