@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
+import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
 import pytest
 
@@ -86,8 +89,9 @@ Handler = Callable[[Conn], Awaitable[None]]
 class RawServer:
     """An asyncio server on loopback running ``handler`` for each connection."""
 
-    def __init__(self, handler: Handler) -> None:
+    def __init__(self, handler: Handler, tls: ssl.SSLContext | None = None) -> None:
         self.handler = handler
+        self.tls = tls
         self.connections: list[Conn] = []
         self.requests: list[str] = []
         self.received = asyncio.Condition()
@@ -112,10 +116,10 @@ class RawServer:
     def url(self) -> str:
         assert self._server is not None
         port = self._server.sockets[0].getsockname()[1]
-        return f"http://127.0.0.1:{port}"
+        return f"{'https' if self.tls else 'http'}://localhost:{port}"
 
     async def __aenter__(self) -> RawServer:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=self.tls)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -390,6 +394,46 @@ async def test_a_429_carries_retry_after_and_the_rate_headers() -> None:
     assert server.requests == ["POST " + CREATE]
 
 
+def self_signed(where: Path) -> tuple[ssl.SSLContext, Path]:
+    """A server TLS context for ``localhost`` with a fresh self-signed certificate (openssl)."""
+    cert, key = where / "cert.pem", where / "key.pem"
+    subprocess.run(
+        [
+            *("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt"),
+            *("ec_paramgen_curve:prime256v1", "-nodes", "-days", "1", "-subj", "/CN=localhost"),
+            *("-keyout", str(key), "-out", str(cert), "-addext", "subjectAltName=DNS:localhost"),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_tls.load_cert_chain(cert, key)
+    return server_tls, cert
+
+
+async def test_https_with_a_verified_certificate(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An https upstream: TLS verified against the trusted CA, the connection kept."""
+    server_tls, cert = self_signed(tmp_path)
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # the client's default context trusts it
+    async with RawServer(serve_forever, server_tls) as server, light(server.url) as lt:
+        first = await lt.request("GET", QUERY)
+        second = await lt.request("POST", CREATE, b"{}")
+    assert (first.body, second.status) == (OK, 200)
+    assert len(server.connections) == 1
+
+
+async def test_https_refuses_an_untrusted_certificate(tmp_path: Path) -> None:
+    """A certificate nobody trusts: a connection error, nothing sent."""
+    server_tls, _ = self_signed(tmp_path)
+    async with RawServer(serve_forever, server_tls) as server, light(server.url) as lt:
+        with pytest.raises(APIConnectionError) as caught:
+            await lt.request("POST", CREATE, b"{}")
+    assert caught.value.request_sent is False
+    assert server.requests == []
+
+
 # -- timeouts and failures -------------------------------------------------------------------
 
 
@@ -502,19 +546,17 @@ async def test_waiting_for_a_free_connection_times_out_unsent() -> None:
         await conn.request()
         await release.wait()
 
-    async with (
-        RawServer(silent) as server,
-        light(server.url, total=0.3, max_connections=1) as lt,
-    ):
+    async with RawServer(silent) as server, light(server.url, max_connections=1) as lt:
         first = asyncio.create_task(lt.request("POST", CREATE, b"{}"))
         await server.wait_requests(1)
+        lt._timeouts = Timeouts(total=0.3)  # only the second request's time runs out
         with pytest.raises(APITimeoutError) as second:
             await lt.request("POST", CREATE, b"{}")
-        with pytest.raises(APITimeoutError) as held:
-            await first
         release.set()
+        first.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await first
     assert second.value.request_sent is False
-    assert held.value.request_sent is True
     assert server.requests == ["POST " + CREATE]
 
 
