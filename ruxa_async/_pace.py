@@ -497,8 +497,10 @@ class Pace:
         if fitted is not None:
             burst = fitted
             self.burst_fitted = True
-        elif self.estimated_burst is not None and self.source != "slow start":
-            return  # known from a fit or an earlier drain; a single refusal cannot improve it
+        elif self.estimated_burst is not None:
+            # Known from a fit, an earlier drain or the class it followed (whose drain since
+            # the start, cut to the history kept, says nothing of a burst): keep it.
+            return
         elif drain.times:
             burst = excess(drain, estimate)
         else:

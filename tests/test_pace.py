@@ -370,3 +370,19 @@ def test_a_pace_run_ahead_of_what_the_server_admits_is_not_back_at_the_old_limit
         pace.advance(0.05, 10.0)
     assert pace.rate >= 0.95 * 200.0
     assert (pace.phase, pace.estimate, pace.high_water) == ("probe", 100.0, 200.0)
+
+
+def test_a_followers_first_429_in_a_probe_keeps_the_leaders_burst() -> None:
+    """Queries that followed, then probed: their drain since the start tells no burst."""
+    creates, queries = unknown(), unknown()
+    last = send(creates, 0.0, 2.0, 100.0)
+    creates.on_refused(last, 200.0, last)
+    assert queries.follow(creates, last)
+    burst = creates.estimated_burst
+    end = send(queries, last, last + 6.0, queries.rate)
+    queries.advance(6.0, end)
+    assert queries.phase == "probe"
+    end = send(queries, end, end + 1.0, 1.3 * queries.base)
+    queries.advance(1.0, end)
+    queries.on_refused(end, queries.rate, end)
+    assert queries.estimated_burst == burst
