@@ -167,9 +167,7 @@ class Pace:
         self.refused_pace: float | None = None  # a settled pace a 429 refused: caps the next fit
         self.following = False  # paced from another class's finding, nothing learned of its own
         self.guessed = False  # the estimate is the ramp's rule of thumb, no probe's finding yet
-        self.found: float | None = (
-            None  # the estimate the last probe's 429 found, until a step down
-        )
+        self.found: float | None = None  # what the last probe's 429 found, until a step down
         self.returned = False  # a probe climbed back to the old limit; not yet held there
 
     # ------------------------------------------------------------- progression
