@@ -386,3 +386,14 @@ def test_a_followers_first_429_in_a_probe_keeps_the_leaders_burst() -> None:
     queries.advance(1.0, end)
     queries.on_refused(end, queries.rate, end)
     assert queries.estimated_burst == burst
+
+
+def test_below_an_old_limit_a_probe_doubles_in_one_unit() -> None:
+    """A probe below an earlier limit climbs fast (it may be back); elsewhere it takes four units."""
+    pace = unknown()
+    pace._settle_at(100.0, "429s", changed=True)
+    pace.high_water = 400.0
+    send(pace, 0.0, 10.0, 400.0)
+    pace.advance(4.0, 10.0)
+    pace.advance(1.0, 10.0)
+    assert pace.rate == pytest.approx(2.0 * pace.base)
