@@ -389,7 +389,7 @@ def test_a_followers_first_429_in_a_probe_keeps_the_leaders_burst() -> None:
 
 
 def test_below_an_old_limit_a_probe_doubles_in_one_unit() -> None:
-    """A probe below an earlier limit climbs fast (it may be back); elsewhere it takes four units."""
+    """Below an earlier limit a probe climbs fast (it may be back): double in one unit, not four."""
     pace = unknown()
     pace._settle_at(100.0, "429s", changed=True)
     pace.high_water = 400.0
