@@ -46,6 +46,8 @@ __all__ = ["LightTransport", "light_transport_class"]
 log = logging.getLogger("ruxa_async")
 
 _KEEPALIVE = 30.0  # seconds an idle connection is kept (servers commonly keep 60-75)
+_KEEPALIVE_MARGIN = 1.0  # retire a connection this long before the server's announced timeout
+_KEEP_ALIVE = b"keep-alive"
 _RATE_NAMES = {name.encode(): name for name in RATE_HEADER_NAMES}
 _RETRY_AFTER = b"retry-after"
 _LENGTH = frozenset((b"content-length", b"transfer-encoding"))
@@ -87,6 +89,7 @@ class _Connection(asyncio.Protocol):
         self.alive = True  # False once the server hung up, sent garbage, or we closed it
         self.idle_since = 0.0
         self.keep_alive = False
+        self.keep_for = _KEEPALIVE  # idle seconds it may be reused after (Keep-Alive: timeout)
         self._waiter: asyncio.Future[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._read = 0.0
@@ -188,10 +191,25 @@ class _Connection(asyncio.Protocol):
             self.retry_after = value.decode("latin-1")
         elif name in _LENGTH:
             self._framed = True
+        elif name == _KEEP_ALIVE:
+            self._keep_alive_header(value)
         else:
             rate = _RATE_NAMES.get(name)
             if rate is not None:
                 self.rate[rate] = value.decode("latin-1")
+
+    def _keep_alive_header(self, value: bytes) -> None:
+        """``Keep-Alive: timeout=N``: reuse the connection only while the server keeps it."""
+        for part in value.split(b","):
+            key, _, number = part.partition(b"=")
+            if key.strip().lower() == b"timeout":
+                try:
+                    announced = float(number.strip())
+                except ValueError:
+                    return
+                if announced == announced:  # not NaN
+                    self.keep_for = max(0.0, min(_KEEPALIVE, announced - _KEEPALIVE_MARGIN))
+                return
 
     def on_headers_complete(self) -> None:
         self.status = self._parser.get_status_code()
@@ -372,7 +390,7 @@ class LightTransport(Transport):
             now = loop.time()
             while self._idle:
                 conn = self._idle.pop()
-                if conn.alive and now - conn.idle_since < _KEEPALIVE:
+                if conn.alive and now - conn.idle_since < conn.keep_for:
                     return conn, True
                 self._discard(conn)
             if self._count < self._max_connections:

@@ -331,6 +331,24 @@ async def test_connection_close_retires_the_connection() -> None:
     assert len(server.requests) == 2
 
 
+async def test_a_short_announced_keep_alive_is_not_outlived() -> None:
+    """Keep-Alive: timeout=1 retires the connection before the server would (60 keeps it)."""
+
+    def announcing(timeout: str) -> Handler:
+        async def handler(conn: Conn) -> None:
+            while await conn.request() is not None:
+                await conn.send(reply(200, OK, f"Keep-Alive: timeout={timeout}"))
+
+        return handler
+
+    for timeout, connections in (("1", 2), ("60", 1), ("soon", 1)):
+        async with RawServer(announcing(timeout)) as server, light(server.url) as lt:
+            await lt.request("GET", QUERY)
+            await lt.request("POST", CREATE, b"{}")
+        assert len(server.connections) == connections, timeout
+        assert len(server.requests) == 2
+
+
 async def test_a_reply_ended_by_closing_the_connection_is_complete() -> None:
     """No Content-Length and no chunking: the body runs to the end of the connection."""
 
