@@ -28,7 +28,7 @@ from ruxa_async import (
 from ruxa_async._client import use_transport
 from ruxa_async._light_transport import LightTransport, light_transport_class
 from ruxa_async._transport import Transport
-from ruxa_async.gateway import UpstreamKey, parse_config
+from ruxa_async.gateway import Gateway, GatewayConfig, UpstreamKey, parse_config
 from ruxa_async.gateway._keys import default_client
 from ruxa_async.testing import FakeRuxa
 
@@ -643,3 +643,15 @@ def test_the_edges_hold_on_uvloop(case: Callable[[], Awaitable[None]]) -> None:
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(case())  # type: ignore[arg-type]
+
+
+async def test_the_gateway_builds_its_key_clients_as_upstream_http_says() -> None:
+    """A gateway's key clients: light by default, aiohttp's with upstream_http = "aiohttp"."""
+    key = UpstreamKey(name="k", key="sk-x", base_url="http://127.0.0.1:9")
+    kinds = []
+    for http in ("auto", "aiohttp"):
+        async with Gateway(GatewayConfig(keys=(key,), upstream_http=http)) as gw:
+            slot = gw.pool.get("k")
+            assert slot is not None
+            kinds.append(type(slot.client._core.transport))
+    assert kinds == [LightTransport, Transport]

@@ -229,6 +229,7 @@ class Gateway:
             create_per_second=config.upstream_create_per_second,
             query_per_second=config.upstream_query_per_second,
             discover=config.upstream_discover_rate,
+            http=config.upstream_http,
         )
 
     async def _watch_config(self) -> None:
@@ -435,6 +436,7 @@ def _upstream(config: GatewayConfig) -> tuple[object, ...]:
         config.upstream_create_per_second,
         config.upstream_query_per_second,
         config.upstream_discover_rate,
+        config.upstream_http,
     )
 
 
