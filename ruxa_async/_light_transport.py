@@ -75,6 +75,10 @@ class _Dropped(Exception):
         self.written = written  # the request had been handed to the socket
 
 
+class _Unsolicited(Exception):
+    """The server sent a reply nobody asked for."""
+
+
 class _ReadTimeout(Exception):
     """No reply byte for ``read`` seconds, or the request's total time ran out."""
 
@@ -184,6 +188,10 @@ class _Connection(asyncio.Protocol):
             self._finish(_Dropped(received=self._received))
 
     # -- httptools callbacks
+
+    def on_message_begin(self) -> None:
+        if self._waiter is None:  # a second reply to one request: stop reading this connection
+            raise _Unsolicited
 
     def on_header(self, name: bytes, value: bytes) -> None:
         name = name.lower()

@@ -513,6 +513,21 @@ async def test_a_malformed_reply_is_a_connection_error_after_sending() -> None:
     assert caught.value.request_sent is True
 
 
+async def test_an_extra_reply_is_not_mixed_into_the_first_and_retires_the_connection() -> None:
+    """Two replies to one request in one write: the first is returned whole, the connection
+    is not used again."""
+
+    async def twice(conn: Conn) -> None:
+        while await conn.request() is not None:
+            await conn.send(reply() + reply(500, b"extra"))
+
+    async with RawServer(twice) as server, light(server.url) as lt:
+        first = await lt.request("GET", QUERY)
+        second = await lt.request("GET", QUERY)
+    assert (first.status, first.body) == (second.status, second.body) == (200, OK)
+    assert len(server.connections) == 2
+
+
 async def test_a_cancelled_request_does_not_leave_its_connection_in_the_pool() -> None:
     """Cancelled while waiting for the reply: that connection is closed, the next is new."""
     first_read = asyncio.Event()
