@@ -71,6 +71,22 @@ def _header_block(headers: tuple[tuple[str, str], ...]) -> str:
     return block
 
 
+def _target(url: bytes) -> tuple[str, str]:
+    """The decoded path and the raw query string of a request target."""
+    if not url.startswith(b"/"):  # absolute form (a proxy's), or "*"
+        try:
+            url = httptools.parse_url(url).path or b"/"
+        except httptools.HttpParserInvalidURLError:
+            url = b"/"
+    mark = url.find(b"?")
+    query = ""
+    if mark >= 0:
+        query = url[mark + 1 :].decode("latin-1")
+        url = url[:mark]
+    path = url.decode("utf-8", "replace")
+    return (unquote(path) if "%" in path else path), query
+
+
 class Application(Protocol):
     """What the server serves: whole requests in, whole responses out."""
 
@@ -227,21 +243,7 @@ class _Connection(asyncio.Protocol):
     # -- requests and responses ------------------------------------------------------------
 
     def _request(self, body: bytes) -> Request:
-        url = self._url
-        if not url.startswith(b"/"):  # absolute form (a proxy's), or "*"
-            try:
-                url = httptools.parse_url(url).path or b"/"
-            except httptools.HttpParserInvalidURLError:
-                url = b"/"
-        mark = url.find(b"?")
-        if mark >= 0:
-            query = url[mark + 1 :].decode("latin-1")
-            url = url[:mark]
-        else:
-            query = ""
-        path = url.decode("utf-8", "replace")
-        if "%" in path:
-            path = unquote(path)
+        path, query = _target(self._url)
         method = self._parser.get_method().decode("ascii")
         return Request(method, path, query, self._headers, body, self._peer)
 
