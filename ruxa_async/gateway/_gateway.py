@@ -1,6 +1,6 @@
 """The gateway's decisions: who may create what, whose task is whose, what it cost.
 
-:class:`Gateway` knows nothing of HTTP (``_http`` turns requests into calls of
+:class:`Gateway` knows nothing of HTTP (``_endpoints`` turns requests into calls of
 :meth:`Gateway.create`, :meth:`Gateway.query` and :meth:`Gateway.upstream_callback`
 and their :class:`Reply` back into responses).
 """
