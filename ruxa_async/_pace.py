@@ -46,7 +46,9 @@ The estimate after a 429 comes from what the server *admitted*, by phase
   drain and the last episode's, settled at 0.97 of that rate; else, with the
   burst known, the rate this drain gives; else the probe's pace where its
   excess over that pace adds up to a guessed burst. Never below the pace held;
-* a 429 at the settled pace: a step down by 10 %, larger each time in a row
+* a 429 at the settled pace (or within 0.75 unit of a probe's start: the
+  server's bucket was empty already, and the last probe's drain then tells
+  the burst at the lower rate): a step down by 10 %, larger each time in a row
   (19 %, 27 % ...), from the rate admitted over a whole unit when there is
   one; lower still when the drain with the known burst says so (a limit that
   dropped is found in the second episode).
@@ -98,6 +100,9 @@ _PROBE_SCALE = 4.0  # units after which a probe doubles the pace
 _CHANGED = 0.2  # an estimate that moved by more than this share is a changed limit
 _HISTORY_UNITS = 8.0  # seconds of send history kept, in units (longer than a probe's drain)
 _LOW_PROBES = 20  # after this many settles below an old limit, forget it
+# A probe's 429 this soon (units) found the server's bucket already empty: the pace held was
+# past the limit (a burst learned too small makes a probe's estimate too high), a step down.
+_EARLY = 0.75
 _BACK_AT = 0.8  # a probe is back at an old limit once a unit admitted this share of its pace
 _LOW_HOLD = 1.5  # ... found there twice: hold this much longer (each probe costs a pause)
 _HINT_SHARE = 0.97  # pace at this share of a published quota
@@ -264,7 +269,7 @@ class Pace:
         )
         if ramp:
             estimate = _ramp_estimate(self, granted_at, granted_rate)
-        elif self.phase == "probe" and granted_rate > self.base:
+        elif self.phase == "probe" and granted_rate > self.base and self.t >= _EARLY * self.unit:
             estimate, fitted_burst, fitted = self._probe_estimate(drain, granted_at, granted_rate)
             if self.refused_pace is not None:
                 # A settled pace was refused just before: a fit (a few % off, the
@@ -274,6 +279,13 @@ class Pace:
             self.step_downs = 0
         else:
             estimate, fitted = self._step_down(drain, granted_at, granted_rate)
+            last = self.last_drain
+            if self.phase == "probe" and last is not None and last.times:
+                # The last probe's estimate was too high, so its burst too small: take the
+                # burst that drain tells at this lower rate.
+                burst = excess(last, estimate)
+                if (self.estimated_burst or 0.0) < burst and self._believable(burst):
+                    self._set_burst(burst)
         estimate = max(self.min_rate, estimate)
         if self.ceiling is not None:
             estimate = min(estimate, self.ceiling)

@@ -397,3 +397,22 @@ def test_below_an_old_limit_a_probe_doubles_in_one_unit() -> None:
     pace.advance(4.0, 10.0)
     pace.advance(1.0, 10.0)
     assert pace.rate == pytest.approx(2.0 * pace.base)
+
+
+def test_a_probes_early_429_steps_down_and_corrects_a_burst_learned_too_small() -> None:
+    """A burst fitted too small (7.8 of 10) puts the pace over the limit; early 429s correct it.
+
+    Probes then find the server's bucket already empty: such a 429 is a step
+    down, and the burst the last probe's drain tells at the lower rate
+    replaces the small one, so the pace ends under the limit (W2 run 2).
+    """
+    pace = Pace(
+        ceiling=None, burst=10, start_rate=10.0, min_rate=0.2, unit=0.25, adaptive=True, now=0.0
+    )
+    pace.fitted = True
+    pace._settle_at(110.0, "429s", changed=True)
+    pace.estimated_burst, pace.burst_fitted, pace.burst = 7.8, True, 3.9
+    pace.high_water = 200.0
+    serve(pace, 100.0, 10.0, 0.0, 8.0, pause=0.25, jitter=0.002)
+    assert (pace.estimated_burst or 0.0) > 9.0
+    assert pace.rate < 100.0
