@@ -103,7 +103,8 @@ _LOW_PROBES = 20  # after this many settles below an old limit, forget it
 # A probe's 429 this soon (units) found the server's bucket already empty: the pace held was
 # past the limit (a burst learned too small makes a probe's estimate too high), a step down.
 _EARLY = 0.75
-_BACK_AT = 0.8  # a probe is back at an old limit once a unit admitted this share of its pace
+_BACK_AT = 0.8  # a probe is back at an old limit once the server admitted this share of its pace
+_BACK_UNITS = 2.0  # ... over this many units, beyond its burst
 _LOW_HOLD = 1.5  # ... found there twice: hold this much longer (each probe costs a pause)
 _HINT_SHARE = 0.97  # pace at this share of a published quota
 # Pace at this share of a configured limit: exactly at it the server's bucket never refills, so
@@ -540,15 +541,17 @@ class Pace:
         self.returned = high_water is not None
 
     def _back_at(self, pace: float, now: float) -> bool:
-        """The pace reached ``pace`` and the server admitted most of it over the last unit.
+        """The pace reached ``pace`` and the server admitted most of it over the last two units.
 
         The pace runs ahead of the sends and the server refuses only once its
         burst is gone, so the pace alone is no proof: a limit still down admits
-        at most its rate plus its burst over the unit.
+        at most its rate plus its burst over the span, so the burst is not counted.
         """
         if self.rate < pace:
             return False
-        return self._admitted_rate(now, self.unit) >= _BACK_AT * pace
+        span = _BACK_UNITS * self.unit
+        admitted = self._admitted_rate(now, span) - (self.estimated_burst or 0.0) / span
+        return admitted >= _BACK_AT * pace
 
     def _share(self) -> float:
         return _SETTLE_FITTED if self.fitted else _SETTLE

@@ -416,3 +416,21 @@ def test_a_probes_early_429_steps_down_and_corrects_a_burst_learned_too_small() 
     serve(pace, 100.0, 10.0, 0.0, 8.0, pause=0.25, jitter=0.002)
     assert (pace.estimated_burst or 0.0) > 9.0
     assert pace.rate < 100.0
+
+
+def test_a_burst_the_server_saved_is_no_sign_the_old_limit_is_back() -> None:
+    """At k = 4 a burst of 10 is 36/s over a unit: a limit still at 100 must not look like 136."""
+    pace = unknown(unit=0.25)
+    pace._settle_at(100.0, "429s", changed=True)
+    pace.estimated_burst = 10.0
+    pace.high_water = 173.0
+    end = send(pace, 0.0, 10.0, 100.0)
+    for _ in range(9):  # the server's saved burst, admitted back to back
+        pace.on_sent(end)
+        pace.on_accepted(end, end)
+    pace.advance(1.0, end)
+    assert pace.phase == "probe"
+    for _ in range(40):
+        pace.advance(0.01, end)
+    assert pace.rate >= 0.95 * 173.0
+    assert (pace.phase, pace.estimate) == ("probe", 100.0)
