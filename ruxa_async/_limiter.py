@@ -412,8 +412,14 @@ class RateController:
         if now < gate.deadline:
             self._sent_while_gated += 1
         lane.permits += 1
-        for _ in range(self._weight(lane.kind)):
-            lane.pace.on_sent(now)
+        pace, weight = lane.pace, self._weight(lane.kind)
+        if weight == 1:
+            pace.on_sent(now)
+        else:  # the fleet's sends between this one's last and now, evenly: as the server saw them
+            last = pace.history[-1] if pace.history else now
+            spacing = min((now - last) / weight, 1.0 / pace.rate)
+            for k in range(weight - 1, -1, -1):
+                pace.on_sent(now - k * spacing)
         return Permit(lane.kind, now, lane.pace.rate, lane.episode)
 
     async def _take_slot(self) -> None:

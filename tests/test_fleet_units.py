@@ -12,6 +12,7 @@ import redis as redis_sync
 
 from ruxa_async import RateLimits
 from ruxa_async._limiter import RateController
+from ruxa_async._pace import Pace
 from ruxa_async._ratestate import Kind, LearnedLimit, LocalRateState
 from ruxa_async.redis import _scripts
 from ruxa_async.redis._ratestate import RedisRateState
@@ -467,3 +468,95 @@ async def test_cancelling_a_caller_still_cancels_its_redis_call() -> None:
     assert not store.degraded
     assert store.errors == 0
     await store.aclose()
+
+
+# ------------------------------------------------ paces of a fleet, on one server bucket
+
+
+def fleet_paces(count: int) -> list[Pace]:
+    return [
+        Pace(
+            ceiling=None, burst=10, start_rate=20.0, min_rate=0.2, unit=1.0, adaptive=True, now=0.0
+        )
+        for _ in range(count)
+    ]
+
+
+def spread_sends(pace: Pace, at: float, weight: int) -> None:
+    """As the limiter counts a fleet's sends: evenly back to this member's last one."""
+    last = pace.history[-1] if pace.history else at
+    spacing = min((at - last) / weight, 1.0 / pace.rate)
+    for k in reversed(range(weight)):
+        pace.on_sent(at - k * spacing)
+
+
+def serve_fleet(paces: list[Pace], start: float, until: float, episodes: int = 0) -> int:
+    """The fleet's sends, dealt in turn, against a 100/s bucket of 10 (1 s pauses).
+
+    As over Redis: the fleet sends at its slowest member's pace; each member
+    counts every send of its own as many (the fleet's sends per send of its);
+    the k-th episode's 429 is reported to member k (any member may get one),
+    whose finding every other member adopts after the pause.
+    """
+    tokens, stamp, t, sent = 10.0, start, start, 0
+    while t < until:
+        member = paces[sent % len(paces)]
+        sent += 1
+        tokens, stamp = min(10.0, tokens + (t - stamp) * 100.0), t
+        spread_sends(member, t, len(paces))
+        if tokens >= 1.0:
+            tokens -= 1.0
+            for _ in paces:
+                member.on_accepted(t, t)
+            step = 1.0 / min(p.rate for p in paces)
+            t += step
+            for p in paces:
+                p.advance(step, t)
+            continue
+        writer = member
+        episodes += 1
+        writer.on_refused(t, writer.rate, t)
+        learned = writer.learned(episodes)
+        t += 1.0
+        for p in paces:
+            p.on_pause_end(t)
+            if p is not writer:
+                p.adopt(learned, new_episode=True)
+    return episodes
+
+
+def test_sharers_adopting_the_ramps_episode_probe_with_its_writer() -> None:
+    """Adopters hold as long as the episode's writer (one unit after the ramp), not longer."""
+    a, b = fleet_paces(2)
+    assert serve_fleet([a, b], 0.0, 4.0) == 1
+    assert a.hold == b.hold == 1.0
+
+
+def test_a_probes_429_in_another_member_fits_the_servers_bucket() -> None:
+    """The ramp's 429 in one member, the probe's in another: the second still fits rate and burst.
+
+    Each member keeps its own sends before the adopted 429 as that episode's drain.
+    """
+    a, b = fleet_paces(2)
+    episodes = serve_fleet([a, b], 0.0, 4.0)
+    assert serve_fleet([a, b], 4.0, 12.0, episodes) == 2
+    assert b.estimated_burst == pytest.approx(10.0, abs=3.0)
+    assert b.estimate == pytest.approx(100.0, rel=0.04)
+
+
+def test_a_member_counts_the_fleets_sends_evenly_between_its_own() -> None:
+    """One of four members stamps the fleet's sends between its own evenly, not all at once.
+
+    Stamped at one instant, four sends look like a burst of four the server
+    never saw, and every burst fitted from them comes out too large.
+    """
+
+    async def scenario(loop: VirtualTimeLoop) -> None:
+        (ctl,) = controllers(loop, 1, FleetState(loop.time, 4))
+        await send(ctl, "create", T0 + 1.0, loop)
+        history = list(ctl._lanes["create"].pace.history)
+        assert len(history) > 8
+        gaps = [b - a for a, b in itertools.pairwise(history[-9:])]
+        assert min(gaps) > 0.5 * max(gaps)
+
+    in_virtual_time(scenario)
