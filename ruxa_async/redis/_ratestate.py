@@ -359,6 +359,7 @@ def _encode(learned: LearnedLimit) -> str:
 def _decode(raw: bytes | str) -> LearnedLimit | None:
     try:
         data = json.loads(raw)
-        return LearnedLimit(**data)
+        known = attrs.fields_dict(LearnedLimit)  # a newer member's extra fields are ignored
+        return LearnedLimit(**{k: v for k, v in data.items() if k in known})
     except (ValueError, TypeError):
         return None
