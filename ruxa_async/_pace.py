@@ -417,6 +417,10 @@ class Pace:
             if len(times) >= 2:  # refused about one spacing after the last send here
                 tail = times[-_TAIL:]
                 self.last_drain = Drain(times, times[-1] + (tail[-1] - tail[0]) / (len(tail) - 1))
+        elif learned.hold is not None and self.adaptive and learned.source != "headers":
+            # The writer's class followed the other's finding and holds: so does this one, else
+            # it probes alone, far past the pace the fleet's bucket keeps (the writer's).
+            self.phase, self.t, self.hold, self.following = "hold", 0.0, learned.hold, True
         self.restore(learned)
 
     def learned(self, episode: int) -> LearnedLimit:

@@ -482,6 +482,15 @@ def fleet_paces(count: int) -> list[Pace]:
     ]
 
 
+def send_evenly(pace: Pace, start: float, end: float, rate: float) -> None:
+    """Send (and have admitted) evenly at ``rate`` over [start, end)."""
+    t = start
+    while t < end:
+        pace.on_sent(t)
+        pace.on_accepted(t, t)
+        t += 1.0 / rate
+
+
 def spread_sends(pace: Pace, at: float, weight: int) -> None:
     """As the limiter counts a fleet's sends: evenly back to this member's last one."""
     last = pace.history[-1] if pace.history else at
@@ -560,3 +569,25 @@ def test_a_member_counts_the_fleets_sends_evenly_between_its_own() -> None:
         assert min(gaps) > 0.5 * max(gaps)
 
     in_virtual_time(scenario)
+
+
+def test_a_sharer_probing_alone_holds_when_the_writers_queries_follow() -> None:
+    """The writer's queries follow its creates' finding and hold: a sharer's queries hold too.
+
+    Else they probe alone, far past the pace the fleet's bucket keeps, and
+    their 429 is read as a limit of twice the real one.
+    """
+    creates, queries, sharer = fleet_paces(3)
+    send_evenly(creates, 0.0, 1.0, 150.0)
+    send_evenly(queries, 0.0, 1.0, 150.0)
+    creates.on_refused(1.0, 150.0, 1.0)
+    assert queries.follow(creates, 1.0)
+    sharer.adopt(queries.learned(0), new_episode=False)
+    send_evenly(sharer, 2.0, 8.0, 80.0)
+    sharer.advance(6.0, 8.0)
+    assert sharer.phase == "probe"
+    creates.hold = 16.0  # its next episode was found unchanged: holds long
+    creates.base = creates.rate = 140.0
+    assert queries.follow(creates, 8.0)
+    sharer.adopt(queries.learned(0), new_episode=False)
+    assert (sharer.phase, sharer.hold, sharer.rate) == ("hold", queries.hold, queries.rate)
