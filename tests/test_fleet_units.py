@@ -238,6 +238,18 @@ async def test_a_learned_limit_is_read_again_when_the_fleet_announces_one(
             await store.aclose()
 
 
+async def test_a_learned_limit_from_a_newer_member_still_decodes(redis_url: str) -> None:
+    """A learned limit with a field this version does not know is read, not dropped as garbage."""
+    store = Store(redis_url, namespace=f"u{uuid.uuid4().hex[:6]}", timeout=1.0)
+    state = RedisRateState(store, channel="c", clock=Clock())
+    try:
+        payload = '{"rate": 90.0, "source": "429s", "episode": 3, "from_the_future": 1}'
+        await store.redis.set(store.key("rate", "learned", "create"), payload)
+        assert await state.read("create") == LearnedLimit(rate=90.0, source="429s", episode=3)
+    finally:
+        await store.aclose()
+
+
 async def test_a_borrowed_block_is_spent_from_memory_when_due(redis_url: str) -> None:
     """A process leasing from a bucket another just emptied gets a later block, not nothing."""
     clock = Clock()
