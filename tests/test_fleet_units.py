@@ -330,7 +330,7 @@ async def test_share_is_the_fleets_tokens_per_token_of_this_process(redis_url: s
 class FleetState(LocalRateState):
     """One in-process state shared by several controllers, reporting ``share`` like Redis's."""
 
-    def __init__(self, clock: Callable[[], float], sharers: int | None) -> None:
+    def __init__(self, clock: Callable[[], float], sharers: float | None) -> None:
         super().__init__(clock)
         self.sharers = sharers
 
@@ -603,3 +603,18 @@ def test_a_sharer_probing_alone_holds_when_the_writers_queries_follow() -> None:
     assert queries.follow(creates, 8.0)
     sharer.adopt(queries.learned(0), new_episode=False)
     assert (sharer.phase, sharer.hold, sharer.rate) == ("hold", queries.hold, queries.rate)
+
+
+def test_a_fractional_share_counts_the_fleets_sends_exactly() -> None:
+    """A share of 2.5 counts 5 fleet sends per 2 of this member's, not 2 (rounded) or 3."""
+
+    async def scenario(loop: VirtualTimeLoop) -> None:
+        (ctl,) = controllers(loop, 1, FleetState(loop.time, 2.5))
+        for _ in range(20):
+            async with ctl.permit("create") as permit:
+                pass
+            await ctl.on_success(permit)
+        pace = ctl._lanes["create"].pace
+        assert (len(pace.history), len(pace.accepted)) == (50, 50)
+
+    in_virtual_time(scenario)
