@@ -68,7 +68,12 @@ class GatewayProcess(Child):
     """``python -m ruxa_async gateway --config ... --loop LOOP`` on a known loopback port."""
 
     def __init__(
-        self, config: Path, work: Path, profile: Path | None = None, loop: str = "auto"
+        self,
+        config: Path,
+        work: Path,
+        profile: Path | None = None,
+        loop: str = "auto",
+        name: str = "gateway",
     ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -77,7 +82,7 @@ class GatewayProcess(Child):
             argv += ["-m", "cProfile", "-o", str(profile)]
         argv += ["-m", "ruxa_async", "gateway", "--config", str(config)]
         argv += ["--port", str(self.port), "--loop", loop]
-        super().__init__(argv, work / f"gateway-{loop}.log", None)
+        super().__init__(argv, work / f"{name}.log", None)
 
 
 class PassthroughProcess(Child):
@@ -142,19 +147,22 @@ ROUTES = {
     "direct": "straight to the simulator",
     "gateway-uvloop": "the gateway on uvloop (its default when uvloop is installed)",
     "gateway-asyncio": "the gateway on the standard asyncio loop (`--loop asyncio`)",
+    "gateway-uvloop-aiohttp": "the gateway on uvloop relaying through aiohttp's client "
+    '(`upstream_http = "aiohttp"`) instead of its own light HTTP/1.1 client',
     "passthrough-aiohttp": "ceiling: aiohttp low-level server + ClientSession, no logic (uvloop)",
     "passthrough-raw": "ceiling: raw asyncio byte pipe, no HTTP parsing at all (uvloop)",
 }
 THROUGHPUT_IN_FLIGHT = 32
 
 
-def _write_config(path: Path, sim: Simulator, user_token: str) -> None:
+def _write_config(path: Path, sim: Simulator, user_token: str, http: str = "auto") -> None:
     """A gateway config with its own SQLite state file beside it (as a deployment has)."""
     state = path.with_suffix(".sqlite3")
     path.write_text(
         "\n".join(
             [
                 'signing_secret = "bench"',
+                f'upstream_http = "{http}"',
                 "sweep_interval = 3600",
                 f'state_path = "{state}"',
                 "[upstream]",
@@ -190,10 +198,13 @@ async def _overhead(
         for route in routes[1:]:
             kind, variant = route.split("-", 1)
             if kind == "gateway":
+                loop, _, http = variant.partition("-")
                 config = work / f"{route}.toml"
-                _write_config(config, sim, user_token)
+                _write_config(config, sim, user_token, http or "auto")
                 gw = stack.enter_context(
-                    GatewayProcess(config, work, profile if variant == "uvloop" else None, variant)
+                    GatewayProcess(
+                        config, work, profile if variant == "uvloop" else None, loop, route
+                    )
                 )
                 procs[route], targets[route] = gw, (gw.url, user_token)
             else:

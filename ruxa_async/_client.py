@@ -41,6 +41,7 @@ from ._fleet_outage import policy_of
 from ._handles import TaskHandle
 from ._models import BatchReport, Job, RequestEvent, TaskInfo
 from ._outage import OutageCoordinator, call_deadline
+from ._transport import Transport
 
 __all__ = ["CallbackReceiver", "ClientStatistics", "RuxaClient"]
 
@@ -415,3 +416,12 @@ async def send_once(client: RuxaClient, kind: Kind, path: str, body: bytes | Non
     no input check, no task object). ``body`` given means a POST.
     """
     return await client._core.requester.send(kind, "GET" if body is None else "POST", path, body)
+
+
+def use_transport(client: RuxaClient, cls: type[Transport]) -> None:
+    """Have a new (not yet opened) ``client`` send its API requests through ``cls``.
+
+    The seam for relays (the gateway's lighter upstream client, see
+    ``_light_transport``); ``cls`` takes :class:`Transport`'s constructor arguments.
+    """
+    client._core.use_transport(cls)

@@ -106,13 +106,14 @@ class ClientCore:
         # fleet (coordinator) hooks: see _fleet.py; a fleet's controllers share one rate state
         self.fleet = Fleet(coordinator, rate_limits, retry)
         self.limiter = RateController(rate_limits, state=self.fleet.rate_state)
-        self.transport = Transport(
-            base_url=base_url,
-            key=key,
-            timeouts=timeouts,
-            max_connections=max_connections or self.limiter.max_in_flight,
-            user_agent=f"ruxa-async/{__version__}",
-        )
+        self._transport_args: dict[str, Any] = {
+            "base_url": base_url,
+            "key": key,
+            "timeouts": timeouts,
+            "max_connections": max_connections or self.limiter.max_in_flight,
+            "user_agent": f"ruxa-async/{__version__}",
+        }
+        self.transport = Transport(**self._transport_args)
         _, self.outage = outage_gate(outage, coordinator, url=self.transport.base_url)
         self.retrier = Retrier(retry)
         self.requester = Requester(
@@ -142,6 +143,12 @@ class ClientCore:
     def callback_url(self) -> str | None:
         """The callback receiver's URL, when one is configured."""
         return self.callbacks.callback_url if self.callbacks is not None else None
+
+    def use_transport(self, cls: type[Transport]) -> None:
+        """Build the transport as ``cls`` (a relay's lighter HTTP client); before opening only."""
+        if self.state is not State.NEW:
+            raise RuntimeError("the transport can only be replaced before the client opens")
+        self.transport = self.requester.transport = cls(**self._transport_args)
 
     # -------------------------------------------------------------- lifecycle
 

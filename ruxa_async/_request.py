@@ -58,7 +58,7 @@ class Requester:
         require_open: Callable[[], None],
         on_request: Callable[[RequestEvent], None] | None,
     ) -> None:
-        self._transport = transport
+        self.transport = transport
         self._limiter = limiter
         self._outage = outage
         self._fleet = fleet
@@ -136,7 +136,7 @@ class Requester:
             if tally is not None:
                 tally.requests_sent += 1
             try:
-                reply = await self._transport.request(method, path, body)
+                reply = await self.transport.request(method, path, body)
             except RuxaError:
                 if self._on_request is not None:
                     self._observe(kind, path, permit, None)

@@ -30,6 +30,7 @@ __all__ = [
     "parse_task",
     "parse_task_id",
     "query_path",
+    "task_state",
 ]
 
 CREATE_PATH = "/api/v1/tasks/create"
@@ -196,6 +197,17 @@ def _optional_text(value: object) -> str | None:
         return None
     text = value if isinstance(value, str) else str(value)
     return text or None
+
+
+def task_state(data: Any) -> TaskState:
+    """The state of a task object, without parsing the rest (a pass-through's cheap check).
+
+    Raises :class:`MalformedResponseError` when ``data`` is not an object, as
+    :func:`parse_task` does.
+    """
+    if not isinstance(data, Mapping):
+        raise MalformedResponseError("the task reply has no data object")
+    return TaskState.parse(data.get("state", data.get("status")))
 
 
 def parse_task(data: Any, *, task_id: str | None = None) -> TaskInfo:

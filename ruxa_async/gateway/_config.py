@@ -169,6 +169,10 @@ class GatewayConfig:
     allows to pace at them, or ``upstream_discover_rate = true`` to let the client ramp
     up and learn the limit (smoother under a hidden limit, but a fresh gateway then
     holds a burst of creates back for a few seconds).
+    ``upstream_http``: ``"auto"`` (the default) relays through the gateway's own light
+    HTTP/1.1 client (``httptools``, in the ``gateway`` extra) when it can serve the key's
+    URL, else aiohttp's; ``"aiohttp"`` always uses aiohttp's (and proxies from the
+    environment).
     """
 
     keys: tuple[UpstreamKey, ...] = ()
@@ -192,6 +196,7 @@ class GatewayConfig:
         default=None, validator=v.optional(v.gt(0))
     )
     upstream_discover_rate: bool = False
+    upstream_http: str = attrs.field(default="auto", validator=v.in_(("auto", "aiohttp")))
     settle_after: float = attrs.field(default=30.0, validator=v.ge(0))
     sweep_interval: float = attrs.field(default=10.0, validator=v.gt(0))
     reload_interval: float = attrs.field(default=2.0, validator=v.gt(0))

@@ -16,7 +16,7 @@ import re
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from .. import _wire
@@ -96,7 +96,7 @@ class Gateway:
         self._background: list[asyncio.Task[None]] = []
         self._mtime: float | None = None
         self._started = False
-        self._runner: Any = None
+        self._stop_serving: Callable[[], Awaitable[None]] | None = None
         self.url: str | None = None
         self._admission = Admission(self)
         self._settler = Settler(self)
@@ -136,9 +136,9 @@ class Gateway:
 
     async def aclose(self) -> None:
         """Stop serving and background work, close the key clients, flush the state."""
-        runner, self._runner = self._runner, None
-        if runner is not None:
-            await runner.cleanup()
+        stop, self._stop_serving = self._stop_serving, None
+        if stop is not None:
+            await stop()
         if not self._started:
             return
         self._started = False
@@ -160,7 +160,7 @@ class Gateway:
         from ._http import serve_gateway
 
         await self.start()
-        self._runner, self.url = await serve_gateway(self, host, port)
+        self._stop_serving, self.url = await serve_gateway(self, host, port)
         if self.public_url is None:
             self.public_url = self.url
         return self.url
@@ -172,7 +172,7 @@ class Gateway:
         ``prefix`` puts every route under a path (``"/ruxa"``: the Ruxa base URL
         for clients becomes ``https://your.app/ruxa``).
         """
-        from ._http import gateway_routes
+        from ._aiohttp_front import gateway_routes
 
         async def on_startup(_app: Any) -> None:
             await self.start()
@@ -320,7 +320,8 @@ class Gateway:
             return Reply(503, "the key that created this task is no longer configured")
         try:
             data = await send_once(await slot.ready(), "query", _wire.query_path(task_id))
-            info = _wire.parse_task(data, task_id=task_id)
+            ended = _wire.task_state(data).is_terminal  # parsed whole only when it has ended
+            info = _wire.parse_task(data, task_id=task_id) if ended else None
         except NotFoundError:
             return Reply(404, _NOT_FOUND)
         except (AuthenticationError, InsufficientCreditsError, RateLimitError) as exc:
@@ -335,9 +336,9 @@ class Gateway:
             return Reply(503, "the gateway's key was refused; the operator has been alerted")
         except RuxaError:
             return Reply(502, "the service did not answer properly; retry")
-        if info.is_terminal:
+        if info is not None:
             self.settle(record, info, "query")
-        return Reply(200, "success", scrub_task(info.raw, record.callback_url))
+        return Reply(200, "success", scrub_task(data, record.callback_url))
 
     async def record(self, task_id: str) -> TaskRecord | None:
         """The task's record: from the ownership cache, else the store (then cached)."""

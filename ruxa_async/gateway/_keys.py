@@ -16,9 +16,10 @@ from typing import Any
 
 import attrs
 
-from .._client import RuxaClient
+from .._client import RuxaClient, use_transport
 from .._config import OutagePolicy, RateLimits, RetryPolicy, Timeouts
 from .._errors import AuthenticationError, InsufficientCreditsError, RateLimitError
+from .._light_transport import light_transport_class
 from ._config import UpstreamKey
 from ._policy import Denial
 
@@ -83,13 +84,16 @@ def default_client(
     create_per_second: float | None = None,
     query_per_second: float | None = None,
     discover: bool = False,
+    http: str = "auto",
 ) -> RuxaClient:
     """The client behind one key: no private retries (the caller's client retries).
 
     Without rates and ``discover``, the rate controller only bounds requests in
     flight and closes its gate after a 429: a relay adds no pacing of its own.
+    ``http="auto"`` sends through the lighter HTTP/1.1 client when it can serve the
+    key's URL (``httptools`` installed, no proxy), ``"aiohttp"`` through aiohttp's.
     """
-    return RuxaClient(
+    client = RuxaClient(
         api_key=key.key,
         base_url=key.base_url,
         retry=RetryPolicy(max_attempts=1, ambiguous_creates="raise"),
@@ -104,6 +108,10 @@ def default_client(
         # An upstream outage answers the gateway's caller within its timeout, not in minutes.
         outage=OutagePolicy(max_outage=timeout, first_contact=min(5.0, timeout)),
     )
+    light = light_transport_class(key.base_url) if http == "auto" else None
+    if light is not None:
+        use_transport(client, light)
+    return client
 
 
 class KeyPool:

@@ -47,6 +47,7 @@ __all__ = [
 ]
 
 log = logging.getLogger("ruxa_async")
+_audit_json = json.JSONEncoder(sort_keys=True).encode  # one encoder, not one per record
 
 _EPSILON = 1e-9
 _SETTLED_CACHE = 50_000
@@ -638,7 +639,7 @@ class SQLiteStore:
         """Append one decision to the audit log (written behind, never updated or deleted)."""
         self._writer.write(
             "INSERT INTO audit (ts, event, user, task_id, detail) VALUES (?, ?, ?, ?, ?)",
-            (self._clock(), event, user, task_id, json.dumps(detail, sort_keys=True)),
+            (self._clock(), event, user, task_id, _audit_json(detail)),
         )
 
     async def audit_records(self) -> list[dict[str, Any]]:

@@ -1,0 +1,458 @@
+"""A lighter HTTP/1.1 client for relays: keep-alive connections on asyncio Protocols + httptools.
+
+:class:`LightTransport` keeps the contract of :class:`~ruxa_async._transport.Transport`
+(``request(method, path, body) -> Reply``, the same connection errors with a
+correct ``request_sent``) at a fraction of aiohttp's CPU per request: the
+gateway relays every user's request upstream, so the client's cost is paid on
+every call. Only the API requests take this path; result-file downloads still
+go through the inherited aiohttp session.
+
+It speaks plain HTTP/1.1 to one origin (``http`` or ``https``): a bounded pool
+of keep-alive connections, each an :class:`asyncio.Protocol` whose replies are
+parsed by ``httptools`` (works on uvloop and on the standard loop). A reply with
+``Connection: close``, or a server that hangs up, retires its connection. A
+pooled connection the server closed while idle is never written to; if it
+closes right after a request was written and before any byte of the reply,
+only a GET is sent again (once, on a new connection): a create is reported as
+possibly sent, never repeated.
+
+:func:`light_transport_class` says whether it can serve a base URL:
+``httptools`` must be installed (the ``gateway`` extra) and no proxy may be
+configured for the host.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import os
+import ssl
+from collections.abc import Callable
+from urllib.parse import urlsplit
+
+from ._config import Timeouts
+from ._errors import APIConnectionError, APITimeoutError, RuxaError
+from ._ratehints import RATE_HEADER_NAMES
+from ._transport import Reply, Transport, _env_proxy
+
+try:
+    import httptools
+except ImportError:  # pragma: no cover - the gateway extra is not installed
+    httptools = None  # type: ignore[assignment]
+
+__all__ = ["LightTransport", "light_transport_class"]
+
+log = logging.getLogger("ruxa_async")
+
+_KEEPALIVE = 30.0  # seconds an idle connection is kept (servers commonly keep 60-75)
+_RATE_NAMES = {name.encode(): name for name in RATE_HEADER_NAMES}
+_RETRY_AFTER = b"retry-after"
+_LENGTH = frozenset((b"content-length", b"transfer-encoding"))
+
+
+def light_transport_class(base_url: str) -> type[Transport] | None:
+    """:class:`LightTransport` when it can serve ``base_url``, else None (use aiohttp's).
+
+    None when ``httptools`` is missing, the scheme is neither http nor https,
+    or the environment names a proxy for the host (only aiohttp speaks proxies).
+    """
+    if httptools is None:
+        return None
+    if urlsplit(base_url).scheme not in ("http", "https") or _env_proxy(base_url) is not None:
+        return None
+    return LightTransport
+
+
+class _Dropped(Exception):
+    """The server closed the connection before the reply was complete."""
+
+    def __init__(self, *, received: bool, written: bool = True) -> None:
+        super().__init__("the server closed the connection")
+        self.received = received  # any byte of the reply had arrived
+        self.written = written  # the request had been handed to the socket
+
+
+class _ReadTimeout(Exception):
+    """No reply byte for ``read`` seconds, or the request's total time ran out."""
+
+
+class _Connection(asyncio.Protocol):
+    """One keep-alive connection: writes a request, parses its reply, wakes the sender."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._parser = httptools.HttpResponseParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.alive = True  # False once the server hung up, sent garbage, or we closed it
+        self.idle_since = 0.0
+        self.keep_alive = False
+        self._waiter: asyncio.Future[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._read = 0.0
+        self._deadline = 0.0
+        self._last = 0.0
+        self._reset()
+
+    def _reset(self) -> None:
+        self.status = 0
+        self.body: list[bytes] = []
+        self.retry_after: str | None = None
+        self.rate: dict[str, str] = {}
+        self._received = False
+        self._headers_done = False
+        self._framed = False  # Content-Length or chunked: the reply does not end at EOF
+
+    # -- the sender's side
+
+    def send(self, payload: bytes, read: float, deadline: float) -> asyncio.Future[None]:
+        """Write one request; the future completes when its reply has been read."""
+        assert self.transport is not None
+        self._reset()
+        waiter = self._waiter = self._loop.create_future()
+        if not self.alive or self.transport.is_closing():  # closed before the write
+            self._waiter = None
+            waiter.set_exception(_Dropped(received=False, written=False))
+            return waiter
+        self._read, self._deadline = read, deadline
+        now = self._loop.time()
+        self._last = now
+        self._timer = self._loop.call_at(min(now + read, deadline), self._check_time)
+        self.transport.write(payload)
+        return waiter
+
+    def close(self) -> None:
+        """Close the connection (an exchange in progress fails as dropped)."""
+        self.alive = False
+        if self.transport is not None:
+            self.transport.close()
+
+    def _check_time(self) -> None:
+        self._timer = None
+        due = min(self._last + self._read, self._deadline)
+        if self._loop.time() >= due:
+            self._fail(_ReadTimeout())
+        else:
+            self._timer = self._loop.call_at(due, self._check_time)
+
+    def _finish(self, error: BaseException | None) -> None:
+        waiter, self._waiter = self._waiter, None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if waiter is not None and not waiter.done():
+            if error is None:
+                waiter.set_result(None)
+            else:
+                waiter.set_exception(error)
+
+    def _fail(self, error: BaseException) -> None:
+        self.close()
+        self._finish(error)
+
+    # -- asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        if self._waiter is None:  # bytes nobody asked for: the connection is not usable
+            self.close()
+            return
+        self._received = True
+        self._last = self._loop.time()
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._fail(exc)
+
+    def eof_received(self) -> bool | None:
+        self.alive = False
+        return None  # let the transport close itself
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.alive = False
+        if self._waiter is None:
+            return
+        if self._headers_done and not self._framed and exc is None:
+            self.keep_alive = False  # a reply delimited by the end of the connection
+            self._finish(None)
+        else:
+            self._finish(_Dropped(received=self._received))
+
+    # -- httptools callbacks
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        name = name.lower()
+        if name == _RETRY_AFTER:
+            self.retry_after = value.decode("latin-1")
+        elif name in _LENGTH:
+            self._framed = True
+        else:
+            rate = _RATE_NAMES.get(name)
+            if rate is not None:
+                self.rate[rate] = value.decode("latin-1")
+
+    def on_headers_complete(self) -> None:
+        self.status = self._parser.get_status_code()
+        self._headers_done = True
+
+    def on_body(self, body: bytes) -> None:
+        self.body.append(body)
+
+    def on_message_complete(self) -> None:
+        if self.status < 200:  # an interim reply (100 Continue): the real one follows
+            self._reset()
+            self._received = True
+            return
+        self.keep_alive = self._parser.should_keep_alive()
+        self._finish(None)
+
+
+class LightTransport(Transport):
+    """:class:`Transport` with API requests on its own keep-alive pool (see the module).
+
+    At most ``max_connections`` connections are open at once; a request that
+    finds them all busy waits for one (within the request's total timeout).
+    """
+
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        key: Callable[[], str],
+        timeouts: Timeouts,
+        max_connections: int,
+        user_agent: str,
+    ) -> None:
+        super().__init__(
+            base_url=base_url,
+            key=key,
+            timeouts=timeouts,
+            max_connections=max_connections,
+            user_agent=user_agent,
+        )
+        parts = urlsplit(self.base_url)
+        self._https = parts.scheme == "https"
+        self._host = parts.hostname or ""
+        self._port = parts.port or (443 if self._https else 80)
+        self._prefix = parts.path
+        self._head = (
+            f"Host: {parts.netloc}\r\nUser-Agent: {user_agent}\r\nAccept: application/json\r\n"
+        ).encode("latin-1")
+        self._auth = (b"", "")  # (header line, the key it was built from)
+        self._ssl: ssl.SSLContext | None = None
+        self._idle: list[_Connection] = []
+        self._count = 0  # connections open or opening
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._busy: set[_Connection] = set()
+        self._closed = False
+        self.reused_retries = 0  # GETs sent again after a reused connection dropped them
+
+    def __repr__(self) -> str:
+        return f"<LightTransport {self.base_url} open={not self._closed}>"
+
+    def open(self) -> None:
+        """Create the download session and the TLS context (for https)."""
+        super().open()
+        if self._https and self._ssl is None:
+            self._ssl = ssl.create_default_context()
+
+    async def aclose(self) -> None:
+        """Close every connection (requests in flight fail as dropped) and the session."""
+        self._closed = True
+        for conn in [*self._idle, *self._busy]:
+            conn.close()
+        self._idle.clear()
+        self._busy.clear()
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+        await super().aclose()
+
+    # -- requests
+
+    async def request(self, method: str, path: str, body: bytes | None = None) -> Reply:
+        """Send one API request; return its reply or raise a connection error."""
+        what = f"{method} {path}"
+        if self._closed or self._session is None:
+            raise RuxaError("the client is not open: use `async with RuxaClient(...)`")
+        self.requests_sent += 1
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        timeouts = self._timeouts
+        deadline = started + timeouts.total
+        payload = self._payload(method, path, body, what)
+        retried = False
+        while True:
+            try:
+                conn, reused = await self._acquire(loop, deadline, what)
+            except APIConnectionError as exc:
+                if not retried:
+                    raise
+                timeout = isinstance(exc, APITimeoutError)  # the first attempt was sent
+                reason = f"the server closed the connection; sending again failed: {exc.message}"
+                raise self._failed(what, started, reason, timeout=timeout) from exc
+            self._busy.add(conn)
+            try:
+                await conn.send(payload, timeouts.read, deadline)
+            except _Dropped as exc:
+                self._discard(conn)
+                if not exc.written:
+                    if reused:
+                        continue  # found closed as it was taken: nothing was sent
+                    raise APIConnectionError(
+                        f"{what}: the server closed the connection before the request was sent",
+                        request_sent=False,
+                    ) from exc
+                if reused and not (exc.received or retried or self._closed) and method == "GET":
+                    retried = True  # a kept connection the server had just closed:
+                    self.reused_retries += 1  # the others are likely closed too
+                    while self._idle:
+                        self._discard(self._idle.pop())
+                    log.debug("%s: kept connection closed by the server; sending again", what)
+                    continue
+                raise self._failed(what, started, "the server closed the connection") from exc
+            except _ReadTimeout as exc:
+                self._discard(conn)
+                raise self._failed(
+                    what, started, "timed out waiting for the reply", timeout=True
+                ) from exc
+            except httptools.HttpParserError as exc:
+                self._discard(conn)
+                raise self._failed(what, started, f"malformed reply ({exc})") from exc
+            except BaseException:  # cancelled mid-exchange: the connection is in an unknown state
+                self._discard(conn)
+                raise
+            reply = Reply(conn.status, b"".join(conn.body), conn.retry_after, conn.rate)
+            self._release(conn)
+            log.debug("%s -> HTTP %d in %.3f s", what, reply.status, loop.time() - started)
+            return reply
+
+    def _payload(self, method: str, path: str, body: bytes | None, what: str) -> bytes:
+        key = self._key()
+        auth, built_from = self._auth
+        if key != built_from:
+            if "\r" in key or "\n" in key:
+                raise APIConnectionError(
+                    f"{what}: the API key contains a line break", request_sent=False
+                )
+            auth = f"Authorization: Bearer {key}\r\n".encode("latin-1")
+            self._auth = (auth, key)
+        try:
+            line = f"{method} {self._prefix}{path} HTTP/1.1\r\n".encode("ascii")
+        except UnicodeEncodeError:
+            raise APIConnectionError(f"{what}: invalid URL", request_sent=False) from None
+        if " " in path or "\n" in path or "\r" in path:
+            raise APIConnectionError(f"{what}: invalid URL", request_sent=False)
+        if body is None:
+            return line + self._head + auth + b"\r\n"
+        length = f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        return line + self._head + auth + length.encode("ascii") + body
+
+    def _failed(
+        self, what: str, started: float, reason: str, *, timeout: bool = False
+    ) -> APIConnectionError:
+        cls = APITimeoutError if timeout else APIConnectionError
+        error = cls(f"{what}: {reason}", request_sent=True)
+        took = asyncio.get_running_loop().time() - started
+        log.debug("%s failed after %.3f s: %s", what, took, error)
+        return error
+
+    # -- the pool
+
+    async def _acquire(
+        self, loop: asyncio.AbstractEventLoop, deadline: float, what: str
+    ) -> tuple[_Connection, bool]:
+        """A live connection (True if it served a request before) or a new one."""
+        while True:
+            if self._closed:
+                raise APIConnectionError(f"{what}: the client is closing", request_sent=False)
+            now = loop.time()
+            while self._idle:
+                conn = self._idle.pop()
+                if conn.alive and now - conn.idle_since < _KEEPALIVE:
+                    return conn, True
+                self._discard(conn)
+            if self._count < self._max_connections:
+                return await self._connect(loop, deadline, what), False
+            waiter = loop.create_future()
+            self._waiters.append(waiter)
+            try:
+                await asyncio.wait_for(waiter, max(0.0, deadline - now))
+            except BaseException as exc:
+                if waiter.done() and not waiter.cancelled():
+                    self._wake()  # woken as it gave up: pass the turn on
+                elif waiter in self._waiters:
+                    self._waiters.remove(waiter)
+                if isinstance(exc, asyncio.TimeoutError):
+                    raise APITimeoutError(
+                        f"{what}: timed out waiting for a free connection", request_sent=False
+                    ) from None
+                raise
+
+    async def _connect(
+        self, loop: asyncio.AbstractEventLoop, deadline: float, what: str
+    ) -> _Connection:
+        self._count += 1
+        limit = max(0.0, min(self._timeouts.connect, deadline - loop.time()))
+        try:
+            _, conn = await asyncio.wait_for(
+                loop.create_connection(
+                    lambda: _Connection(loop),
+                    self._host,
+                    self._port,
+                    ssl=self._ssl,
+                    server_hostname=self._host if self._ssl is not None else None,
+                ),
+                limit,
+            )
+        except asyncio.TimeoutError:
+            self._slot_freed()
+            raise APITimeoutError(
+                f"{what}: timed out opening a connection", request_sent=False
+            ) from None
+        except OSError as exc:
+            self._slot_freed()
+            reason = os.strerror(exc.errno) if exc.errno else exc.strerror or str(exc)
+            raise APIConnectionError(
+                f"{what}: cannot connect ({reason or type(exc).__name__})", request_sent=False
+            ) from exc
+        except BaseException:
+            self._slot_freed()
+            raise
+        if self._closed:
+            conn.close()
+            self._slot_freed()
+            raise APIConnectionError(f"{what}: the client is closing", request_sent=False)
+        return conn
+
+    def _release(self, conn: _Connection) -> None:
+        self._busy.discard(conn)
+        if not (conn.keep_alive and conn.alive) or self._closed:
+            conn.close()
+            self._slot_freed()
+            return
+        conn.idle_since = asyncio.get_running_loop().time()
+        self._idle.append(conn)
+        if self._idle[0] is not conn and conn.idle_since - self._idle[0].idle_since > _KEEPALIVE:
+            self._discard(self._idle.pop(0))  # the longest idle, past its keep-alive
+        self._wake()
+
+    def _discard(self, conn: _Connection) -> None:
+        """Forget a connection that will not be used again (closing it)."""
+        self._busy.discard(conn)
+        conn.close()
+        self._slot_freed()
+
+    def _slot_freed(self) -> None:
+        self._count -= 1
+        self._wake()
+
+    def _wake(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return

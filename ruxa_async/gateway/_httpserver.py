@@ -1,0 +1,508 @@
+"""A small HTTP/1.1 server on an asyncio Protocol, parsing with ``httptools``.
+
+The standalone gateway's front door (``ruxa-async gateway``). It reads a whole
+request (headers and body) before calling the application, answers pipelined
+requests in order, keeps connections alive between requests, and bounds
+everything a client controls:
+
+- the request head (line and headers) to ``_MAX_HEAD`` bytes (431) and to
+  ``header_timeout`` seconds from the connection's start or the request's first
+  byte (408, the slow-loris guard);
+- the body to ``max_body`` bytes (413) and ``body_timeout`` seconds after the
+  headers (408);
+- an idle keep-alive connection to ``keepalive_timeout`` seconds (closed quietly);
+- requests queued behind a slow one to ``_MAX_QUEUE`` (reading pauses).
+
+A request that is not valid HTTP/1.1 gets a 400 and the connection closes.
+Closing the server stops listening, closes idle connections and lets requests
+in flight finish (up to a grace period) before closing theirs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import Awaitable, Coroutine
+from email.utils import formatdate
+from http import HTTPStatus
+from typing import Any, Protocol
+from urllib.parse import unquote
+
+import httptools
+
+from ._exchange import Request, Response
+
+__all__ = ["Application", "HttpServer", "start_server"]
+
+log = logging.getLogger("ruxa_async")
+
+_MAX_HEAD = 64 * 1024
+_MAX_QUEUE = 16
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_STATUS = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n" for s in HTTPStatus}
+_CLOSE = "Connection: close\r\n\r\n"
+_KEEP_ALIVE = "Connection: keep-alive\r\n\r\n"
+_BLOCKS: dict[tuple[tuple[str, str], ...], str] = {}  # header lines, by the headers they spell
+_MAX_BLOCKS = 256
+
+# What the parser is in the middle of (the connection's ``_stage``).
+_BETWEEN, _HEAD, _BODY = 0, 1, 2
+# Which clock runs (the connection's ``_clock``): none, the head's, the body's, idle keep-alive.
+_NONE, _HEAD_CLOCK, _BODY_CLOCK, _IDLE_CLOCK = 0, 1, 2, 3
+
+
+def _header_block(headers: tuple[tuple[str, str], ...]) -> str:
+    """The lines of ``headers`` (remembered: most responses share a few header sets)."""
+    block = _BLOCKS.get(headers)
+    if block is None:
+        lines = []
+        for name, value in headers:
+            if "\r" in value or "\n" in value:  # never from the gateway's own endpoints
+                log.error("gateway: dropped the header %s: its value has a line break", name)
+                continue
+            lines.append(f"{name}: {value}\r\n")
+        block = "".join(lines)
+        if len(_BLOCKS) < _MAX_BLOCKS:
+            _BLOCKS[headers] = block
+    return block
+
+
+class Application(Protocol):
+    """What the server serves: whole requests in, whole responses out."""
+
+    def __call__(self, request: Request) -> Awaitable[Response]:
+        """The response to ``request``."""
+
+    def refused(self, request: Request | None, status: int, message: str) -> Response:
+        """The response to a request the server refuses (400, 408, 413, 431, 500).
+
+        ``request`` is None when no request line and headers were read.
+        """
+
+
+class _Stop(Exception):
+    """Raised in a parser callback to stop parsing the connection's input."""
+
+
+class _Connection(asyncio.Protocol):
+    """One client connection: parse, queue, answer in order."""
+
+    def __init__(self, server: HttpServer) -> None:
+        self._server = server
+        self._app = server.app
+        self._parser = httptools.HttpRequestParser(self)
+        self._transport: asyncio.Transport | None = None
+        self._peer: str | None = None
+        self._stage = _BETWEEN
+        self._url = b""
+        self._headers: dict[str, str] = {}
+        self._body: list[bytes] = []
+        self._size = 0
+        self._head_bytes = 0
+        self._expect = False  # a 100 Continue is owed once this request is at the front
+        self._queue: deque[tuple[Request | Response, bool, bool, bool]] = deque()
+        self._busy = False  # a task is answering the front of the queue
+        self._done_reading = False  # no further request will be parsed
+        self._reading_paused = False
+        self._writing_paused = False
+        self.deadline = math.inf
+        self._clock = _NONE
+
+    # -- asyncio.Protocol ------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
+        peer = transport.get_extra_info("peername")
+        self._peer = str(peer[0]) if isinstance(peer, tuple) and peer else None
+        self._server.opened(self)
+        self._start_clock(_HEAD_CLOCK, self._server.header_timeout)
+
+    def data_received(self, data: bytes) -> None:
+        if self._done_reading:
+            return
+        if self._stage != _BODY:
+            self._head_bytes += len(data)
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._finish_reading()  # the request is answered; the protocol switch is not
+        except httptools.HttpParserCallbackError:
+            if not self._done_reading:
+                raise
+        except httptools.HttpParserError as exc:
+            if not self._done_reading:
+                self._refuse(None, 400, f"the request is not valid HTTP/1.1 ({exc})")
+            return
+        if self._done_reading:
+            return
+        stage = self._stage
+        if stage == _HEAD:
+            if self._head_bytes > _MAX_HEAD:
+                self._refuse(None, 431, f"the request head is larger than {_MAX_HEAD} bytes")
+            elif self._clock != _HEAD_CLOCK:
+                self._start_clock(_HEAD_CLOCK, self._server.header_timeout)
+        elif stage == _BODY:
+            if self._clock != _BODY_CLOCK:
+                self._start_clock(_BODY_CLOCK, self._server.body_timeout)
+            if self._expect and not self._busy:
+                self._send_continue()
+        elif self._clock == _HEAD_CLOCK or self._clock == _BODY_CLOCK:
+            self._stop_clock()
+
+    def eof_received(self) -> bool | None:
+        self._finish_reading()
+        return True if self._busy else None  # keep the write side open for what is owed
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._transport = None
+        self._done_reading = True
+        self._queue.clear()
+        self._server.closed(self)
+
+    def pause_writing(self) -> None:
+        self._writing_paused = True
+        self._flow()
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        self._flow()
+
+    # -- httptools callbacks ---------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._stage = _HEAD
+        self._url = b""
+        self._headers = {}
+        self._body = []
+        self._size = 0
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.setdefault(
+            name.decode("latin-1").lower(), value.decode("utf-8", "surrogateescape")
+        )
+
+    def on_headers_complete(self) -> None:
+        self._stage = _BODY
+        self._head_bytes = 0
+        length = self._headers.get("content-length")
+        limit = self._server.max_body
+        if length is not None and length.isdigit() and int(length) > limit:
+            self._refuse(
+                self._request(b""), 413, f"the body is {int(length)} bytes; the limit is {limit}"
+            )
+            raise _Stop
+        expect = self._headers.get("expect")
+        if expect is not None and expect.lower() == "100-continue":
+            self._expect = True  # sent once the body is awaited and earlier replies are out
+
+    def on_body(self, body: bytes) -> None:
+        self._size += len(body)
+        limit = self._server.max_body
+        if self._size > limit:
+            self._refuse(self._request(b""), 413, f"the body is larger than the {limit}-byte limit")
+            raise _Stop
+        self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        self._stage = _BETWEEN
+        self._head_bytes = 0
+        self._expect = False
+        body = self._body
+        request = self._request(body[0] if len(body) == 1 else b"".join(body))
+        parser = self._parser
+        keep_alive = parser.should_keep_alive()
+        self._enqueue(request, keep_alive, request.method == "HEAD", parser.get_http_version())
+        if not keep_alive:
+            self._finish_reading()
+            raise _Stop
+
+    # -- requests and responses ------------------------------------------------------------
+
+    def _request(self, body: bytes) -> Request:
+        url = self._url
+        if not url.startswith(b"/"):  # absolute form (a proxy's), or "*"
+            try:
+                url = httptools.parse_url(url).path or b"/"
+            except httptools.HttpParserInvalidURLError:
+                url = b"/"
+        mark = url.find(b"?")
+        if mark >= 0:
+            query = url[mark + 1 :].decode("latin-1")
+            url = url[:mark]
+        else:
+            query = ""
+        path = url.decode("utf-8", "replace")
+        if "%" in path:
+            path = unquote(path)
+        method = self._parser.get_method().decode("ascii")
+        return Request(method, path, query, self._headers, body, self._peer)
+
+    def _refuse(self, request: Request | None, status: int, message: str) -> None:
+        """Queue a refusal; the connection reads nothing more and closes after it."""
+        response = self._app.refused(request, status, message)
+        response.close = True
+        self._finish_reading()
+        self._enqueue(response, False, False, "1.1")
+
+    def _enqueue(
+        self, item: Request | Response, keep_alive: bool, head: bool, version: str
+    ) -> None:
+        if self._busy:
+            self._queue.append((item, keep_alive, head, version == "1.0"))
+            if len(self._queue) >= _MAX_QUEUE:
+                self._flow()
+            return
+        self._busy = True
+        self._stop_clock()
+        self._server.spawn(self._answer(item, keep_alive, head, version == "1.0"))
+
+    async def _answer(
+        self, item: Request | Response, keep_alive: bool, head: bool, http10: bool
+    ) -> None:
+        """Answer the front of the queue, then each request queued behind it, in order."""
+        app = self._app
+        try:
+            while True:
+                if isinstance(item, Response):
+                    response = item
+                else:
+                    try:
+                        response = await app(item)
+                    except Exception:
+                        log.exception("gateway: error answering %s %s", item.method, item.path)
+                        response = app.refused(item, 500, "the gateway failed; retry")
+                        response.close = True
+                if not self._write(response, keep_alive, head, http10):
+                    return
+                queue = self._queue
+                if not queue:
+                    break
+                item, keep_alive, head, http10 = queue.popleft()
+                if len(queue) == _MAX_QUEUE - 1:
+                    self._flow()
+        finally:
+            self._busy = False
+        if self._done_reading:
+            self.close()
+        elif self._expect:
+            self._send_continue()
+        elif self._stage == _BETWEEN:
+            self._start_clock(_IDLE_CLOCK, self._server.keepalive_timeout)
+
+    def _write(self, response: Response, keep_alive: bool, head: bool, http10: bool) -> bool:
+        """Send ``response``; False when the connection is (now) closed."""
+        transport = self._transport
+        if transport is None:
+            return False
+        body = response.body
+        status = _STATUS.get(response.status) or f"HTTP/1.1 {response.status} Unknown\r\n"
+        close = response.close or not keep_alive or (self._done_reading and not self._queue)
+        ending = _CLOSE if close else _KEEP_ALIVE if http10 else "\r\n"
+        head_bytes = (
+            f"{status}{self._server.date_line()}{_header_block(response.headers)}"
+            f"Content-Length: {len(body)}\r\n{ending}"
+        ).encode()
+        transport.write(head_bytes if head else head_bytes + body)
+        if close:
+            self._finish_reading()
+            self._queue.clear()
+            transport.close()
+            return False
+        return True
+
+    def _send_continue(self) -> None:
+        self._expect = False
+        if self._transport is not None and self._stage == _BODY:
+            self._transport.write(_CONTINUE)
+
+    # -- flow, deadlines, closing ----------------------------------------------------------
+
+    def _finish_reading(self) -> None:
+        self._done_reading = True
+        self._stop_clock()  # nothing more is read, so nothing is late
+        self._flow()
+
+    def _flow(self) -> None:
+        """Pause reading while the peer's requests pile up or our replies back up."""
+        transport = self._transport
+        if transport is None:
+            return
+        pause = self._done_reading or self._writing_paused or len(self._queue) >= _MAX_QUEUE
+        if pause != self._reading_paused:
+            self._reading_paused = pause
+            if pause:
+                transport.pause_reading()
+            else:
+                transport.resume_reading()
+
+    def _start_clock(self, clock: int, seconds: float) -> None:
+        self._clock = clock
+        self.deadline = self._server.loop.time() + seconds
+
+    def _stop_clock(self) -> None:
+        self._clock = _NONE
+        self.deadline = math.inf
+
+    def expire(self) -> None:
+        """The running clock ran out: refuse the late request, or close the idle connection."""
+        clock = self._clock
+        self._stop_clock()
+        if clock == _IDLE_CLOCK:
+            self.close()
+        elif clock == _HEAD_CLOCK:
+            self._refuse(None, 408, "the request headers did not arrive in time")
+        elif clock == _BODY_CLOCK:
+            timeout = self._server.body_timeout
+            self._refuse(self._request(b""), 408, f"the body did not arrive within {timeout:g} s")
+
+    def shutdown(self) -> None:
+        """The server is closing: answer what was read, then close."""
+        self._finish_reading()
+        if not self._busy:
+            self.close()
+
+    def close(self) -> None:
+        """Close the connection (after what is already written)."""
+        self._stop_clock()
+        if self._transport is not None:
+            self._transport.close()
+
+    def abort(self) -> None:
+        """Close the connection now, dropping what is not yet sent."""
+        if self._transport is not None:
+            self._transport.abort()
+
+
+class HttpServer:
+    """A listening server; close it with :meth:`aclose`."""
+
+    def __init__(
+        self,
+        app: Application,
+        *,
+        max_body: int,
+        body_timeout: float,
+        header_timeout: float,
+        keepalive_timeout: float,
+    ) -> None:
+        self.app = app
+        self.max_body = max_body
+        self.body_timeout = body_timeout
+        self.header_timeout = header_timeout
+        self.keepalive_timeout = keepalive_timeout
+        self.loop = asyncio.get_running_loop()
+        self._server: asyncio.Server | None = None
+        self._connections: set[_Connection] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        shortest = min(header_timeout, body_timeout, keepalive_timeout)
+        self._tick = min(1.0, max(0.01, shortest / 10))  # how late a deadline may be noticed
+        self._ticker: asyncio.TimerHandle | None = None
+        self._date = (0, "")
+        self._closing = False
+        self._all_closed: asyncio.Event | None = None  # made when closing waits for it
+        self.port = 0
+
+    async def listen(self, host: str, port: int, backlog: int = 1024) -> None:
+        """Bind and start accepting connections; ``port`` becomes the bound port."""
+        self._server = await self.loop.create_server(
+            lambda: _Connection(self), host, port, backlog=backlog
+        )
+        self.port = int(self._server.sockets[0].getsockname()[1])
+
+    def opened(self, conn: _Connection) -> None:
+        """A connection was accepted."""
+        if self._closing:
+            conn.close()
+            return
+        self._connections.add(conn)
+        if self._ticker is None:
+            self._ticker = self.loop.call_later(self._tick, self._sweep)
+
+    def closed(self, conn: _Connection) -> None:
+        """A connection is gone."""
+        self._connections.discard(conn)
+        if not self._connections and self._all_closed is not None:
+            self._all_closed.set()
+
+    def spawn(self, answer: Coroutine[Any, Any, None]) -> None:
+        """Run a connection's answering task; closing waits for it."""
+        task = self.loop.create_task(answer)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def date_line(self) -> str:
+        """The ``Date`` header line, made once a second."""
+        now = int(time.time())
+        second, line = self._date
+        if second != now:
+            line = f"Date: {formatdate(now, usegmt=True)}\r\n"
+            self._date = (now, line)
+        return line
+
+    def _sweep(self) -> None:
+        """Expire the connections whose clock ran out; tick while any connection is open."""
+        now = self.loop.time()
+        for conn in [c for c in self._connections if c.deadline <= now]:
+            conn.expire()
+        self._ticker = self.loop.call_later(self._tick, self._sweep) if self._connections else None
+
+    async def aclose(self, grace: float = 5.0) -> None:
+        """Stop listening, close idle connections, let requests in flight finish (up to
+        ``grace`` seconds; then they are cancelled), and close every connection (its last
+        reply gets another ``grace`` to reach a slow reader)."""
+        if self._closing:
+            return
+        self._closing = True
+        if self._server is not None:
+            self._server.close()
+        for conn in list(self._connections):
+            conn.shutdown()
+        if self._tasks:
+            _, late = await asyncio.wait(set(self._tasks), timeout=grace)
+            for task in late:
+                task.cancel()
+            if late:
+                log.warning("gateway: %d requests still in flight at shutdown", len(late))
+                await asyncio.gather(*late, return_exceptions=True)
+        for conn in list(self._connections):
+            conn.close()
+        if self._connections:  # replies still flushing to slow readers: a bounded wait
+            self._all_closed = asyncio.Event()
+            try:
+                await asyncio.wait_for(self._all_closed.wait(), grace)
+            except asyncio.TimeoutError:
+                for conn in list(self._connections):
+                    conn.abort()
+        if self._ticker is not None:
+            self._ticker.cancel()
+            self._ticker = None
+        if self._server is not None:
+            await self._server.wait_closed()
+
+
+async def start_server(
+    app: Application,
+    host: str,
+    port: int,
+    *,
+    max_body: int,
+    body_timeout: float,
+    header_timeout: float,
+    keepalive_timeout: float = 75.0,
+) -> HttpServer:
+    """Serve ``app`` on ``host:port`` (0 picks a free port)."""
+    server = HttpServer(
+        app,
+        max_body=max_body,
+        body_timeout=body_timeout,
+        header_timeout=header_timeout,
+        keepalive_timeout=keepalive_timeout,
+    )
+    await server.listen(host, port)
+    return server
