@@ -324,6 +324,32 @@ async def test_share_is_the_fleets_tokens_per_token_of_this_process(redis_url: s
             await store.aclose()
 
 
+async def test_share_is_steady_when_one_member_takes_a_few_blocks_more(redis_url: str) -> None:
+    """A member that leased three blocks in one second barely moves the other's share.
+
+    The share scales every drain the rate controller fits: measured over two
+    seconds, a few blocks at the wrong moment scaled it by a half.
+    """
+    clock = Clock()
+    namespace = f"u{uuid.uuid4().hex[:6]}"
+    stores = [Store(redis_url, namespace=namespace, timeout=1.0) for _ in range(2)]
+    a, b = (RedisRateState(s, channel="c", lease_ttl=0.5, clock=clock) for s in stores)
+    try:
+        for second in range(10):
+            for state in (a, b):
+                await state.take("create", 16, 1e6, 16.0)
+            if second == 8:
+                for _ in range(2):
+                    clock.now += 0.001
+                    await b.take("create", 16, 1e6, 16.0)
+            clock.now += 1.0
+        await a.take("create", 16, 1e6, 16.0)
+        assert a.share("create") == pytest.approx(2.0, rel=0.15)
+    finally:
+        for store in stores:
+            await store.aclose()
+
+
 # ------------------------------------------- rate controllers sharing one state
 
 
