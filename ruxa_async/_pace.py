@@ -83,7 +83,7 @@ _SETTLED_BURST = 3.0  # saved tokens allowed once settled, until the burst is le
 _SETTLE = 0.95  # the settled pace, as a share of an estimate from the rules of thumb
 _SETTLE_FITTED = 0.97  # ... of an estimate fitted to the server's token bucket
 _TAIL = 8  # sends whose spacing says when an adopted episode's 429 came after the last
-_GUESS_HIGH = 3.0  # a ramp's burst guess may be this many times the fitted burst
+_GUESS_HIGH = 2.5  # a ramp's burst guess may be this many times the fitted burst
 _FIT_FLOOR = 0.9  # a fitted rate below this share of the pace held is not believed
 _DROP_FLOOR = 0.4  # a settled pace's 429 fits a rate no lower than this share of it
 _HOLD = 4.0  # units held after an episode before the first probe
@@ -290,7 +290,7 @@ class Pace:
         return max(self.base / _SETTLE, min(granted_rate / 1.05, admitted_rate)), None, False
 
     def _believable(self, burst: float) -> bool:
-        """A fitted burst near the one the ramp's drain suggested (2 times over, 3 under).
+        """A fitted burst near the one the ramp's drain suggested (2 times over, 2.5 under).
 
         The ramp's guess runs high: it is the drain's excess over the ramp's
         estimate, which is below the limit on purpose. A fit of about half of

@@ -644,3 +644,16 @@ def test_a_fractional_share_counts_the_fleets_sends_exactly() -> None:
         assert (len(pace.history), len(pace.accepted)) == (50, 50)
 
     in_virtual_time(scenario)
+
+
+@pytest.mark.parametrize(("guess", "fit", "believed"), [(19.4, 9.6, True), (15.9, 5.63, False)])
+def test_a_fitted_burst_about_half_the_ramps_guess_is_believed(
+    guess: float, fit: float, believed: bool
+) -> None:
+    """The ramp's burst guess runs about twice the server's: a fit of half is the usual case.
+
+    A fit under 1/2.5 of it is not (a fleet's slow ramp gave 5.6 against 15.9, true 10).
+    """
+    (pace,) = fleet_paces(1)
+    pace.estimated_burst = guess
+    assert pace._believable(fit) is believed
