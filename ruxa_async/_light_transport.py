@@ -46,6 +46,8 @@ __all__ = ["LightTransport", "light_transport_class"]
 log = logging.getLogger("ruxa_async")
 
 _KEEPALIVE = 30.0  # seconds an idle connection is kept (servers commonly keep 60-75)
+_KEEPALIVE_MARGIN = 1.0  # retire a connection this long before the server's announced timeout
+_KEEP_ALIVE = b"keep-alive"
 _RATE_NAMES = {name.encode(): name for name in RATE_HEADER_NAMES}
 _RETRY_AFTER = b"retry-after"
 _LENGTH = frozenset((b"content-length", b"transfer-encoding"))
@@ -73,6 +75,10 @@ class _Dropped(Exception):
         self.written = written  # the request had been handed to the socket
 
 
+class _Unsolicited(Exception):
+    """The server sent a reply nobody asked for."""
+
+
 class _ReadTimeout(Exception):
     """No reply byte for ``read`` seconds, or the request's total time ran out."""
 
@@ -87,6 +93,7 @@ class _Connection(asyncio.Protocol):
         self.alive = True  # False once the server hung up, sent garbage, or we closed it
         self.idle_since = 0.0
         self.keep_alive = False
+        self.keep_for = _KEEPALIVE  # idle seconds it may be reused after (Keep-Alive: timeout)
         self._waiter: asyncio.Future[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._read = 0.0
@@ -182,16 +189,35 @@ class _Connection(asyncio.Protocol):
 
     # -- httptools callbacks
 
+    def on_message_begin(self) -> None:
+        if self._waiter is None:  # a second reply to one request: stop reading this connection
+            raise _Unsolicited
+
     def on_header(self, name: bytes, value: bytes) -> None:
         name = name.lower()
         if name == _RETRY_AFTER:
             self.retry_after = value.decode("latin-1")
         elif name in _LENGTH:
             self._framed = True
+        elif name == _KEEP_ALIVE:
+            self._keep_alive_header(value)
         else:
             rate = _RATE_NAMES.get(name)
             if rate is not None:
                 self.rate[rate] = value.decode("latin-1")
+
+    def _keep_alive_header(self, value: bytes) -> None:
+        """``Keep-Alive: timeout=N``: reuse the connection only while the server keeps it."""
+        for part in value.split(b","):
+            key, _, number = part.partition(b"=")
+            if key.strip().lower() == b"timeout":
+                try:
+                    announced = float(number.strip())
+                except ValueError:
+                    return
+                if announced == announced:  # not NaN
+                    self.keep_for = max(0.0, min(_KEEPALIVE, announced - _KEEPALIVE_MARGIN))
+                return
 
     def on_headers_complete(self) -> None:
         self.status = self._parser.get_status_code()
@@ -372,7 +398,7 @@ class LightTransport(Transport):
             now = loop.time()
             while self._idle:
                 conn = self._idle.pop()
-                if conn.alive and now - conn.idle_since < _KEEPALIVE:
+                if conn.alive and now - conn.idle_since < conn.keep_for:
                     return conn, True
                 self._discard(conn)
             if self._count < self._max_connections:

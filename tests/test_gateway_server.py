@@ -183,6 +183,17 @@ async def test_an_oversized_body_gets_413_and_the_connection_closes(request_byte
     assert app.seen == []
 
 
+async def test_a_client_still_uploading_an_oversized_body_reads_the_413() -> None:
+    """The server half-closes and drops the rest of an oversized upload, so the client reads
+    the 413 rather than a connection reset."""
+    async with serving(App()) as server, connection(server.port) as (reader, writer):
+        writer.write(b"POST /big HTTP/1.1\r\nHost: t\r\nContent-Length: 2000000\r\n\r\n")
+        writer.write(b"x" * 2_000_000)
+        status, headers, _ = await response(reader)
+        rest, reset = await read_to_end(reader)
+    assert (status, headers["connection"], rest, reset) == (413, "close", b"", False)
+
+
 async def test_a_body_in_chunks_and_pieces_arrives_whole() -> None:
     """A chunked body split over several writes reaches the handler whole."""
     async with serving(App()) as server, connection(server.port) as (reader, writer):

@@ -28,7 +28,7 @@ from ruxa_async import (
 from ruxa_async._client import use_transport
 from ruxa_async._light_transport import LightTransport, light_transport_class
 from ruxa_async._transport import Transport
-from ruxa_async.gateway import UpstreamKey, parse_config
+from ruxa_async.gateway import Gateway, GatewayConfig, UpstreamKey, parse_config
 from ruxa_async.gateway._keys import default_client
 from ruxa_async.testing import FakeRuxa
 
@@ -331,6 +331,24 @@ async def test_connection_close_retires_the_connection() -> None:
     assert len(server.requests) == 2
 
 
+async def test_a_short_announced_keep_alive_is_not_outlived() -> None:
+    """Keep-Alive: timeout=1 retires the connection before the server would (60 keeps it)."""
+
+    def announcing(timeout: str) -> Handler:
+        async def handler(conn: Conn) -> None:
+            while await conn.request() is not None:
+                await conn.send(reply(200, OK, f"Keep-Alive: timeout={timeout}"))
+
+        return handler
+
+    for timeout, connections in (("1", 2), ("60", 1), ("soon", 1)):
+        async with RawServer(announcing(timeout)) as server, light(server.url) as lt:
+            await lt.request("GET", QUERY)
+            await lt.request("POST", CREATE, b"{}")
+        assert len(server.connections) == connections, timeout
+        assert len(server.requests) == 2
+
+
 async def test_a_reply_ended_by_closing_the_connection_is_complete() -> None:
     """No Content-Length and no chunking: the body runs to the end of the connection."""
 
@@ -495,6 +513,21 @@ async def test_a_malformed_reply_is_a_connection_error_after_sending() -> None:
     assert caught.value.request_sent is True
 
 
+async def test_an_extra_reply_is_not_mixed_into_the_first_and_retires_the_connection() -> None:
+    """Two replies to one request in one write: the first is returned whole, the connection
+    is not used again."""
+
+    async def twice(conn: Conn) -> None:
+        while await conn.request() is not None:
+            await conn.send(reply() + reply(500, b"extra"))
+
+    async with RawServer(twice) as server, light(server.url) as lt:
+        first = await lt.request("GET", QUERY)
+        second = await lt.request("GET", QUERY)
+    assert (first.status, first.body) == (second.status, second.body) == (200, OK)
+    assert len(server.connections) == 2
+
+
 async def test_a_cancelled_request_does_not_leave_its_connection_in_the_pool() -> None:
     """Cancelled while waiting for the reply: that connection is closed, the next is new."""
     first_read = asyncio.Event()
@@ -625,3 +658,15 @@ def test_the_edges_hold_on_uvloop(case: Callable[[], Awaitable[None]]) -> None:
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(case())  # type: ignore[arg-type]
+
+
+async def test_the_gateway_builds_its_key_clients_as_upstream_http_says() -> None:
+    """A gateway's key clients: light by default, aiohttp's with upstream_http = "aiohttp"."""
+    key = UpstreamKey(name="k", key="sk-x", base_url="http://127.0.0.1:9")
+    kinds = []
+    for http in ("auto", "aiohttp"):
+        async with Gateway(GatewayConfig(keys=(key,), upstream_http=http)) as gw:
+            slot = gw.pool.get("k")
+            assert slot is not None
+            kinds.append(type(slot.client._core.transport))
+    assert kinds == [LightTransport, Transport]

@@ -19,7 +19,7 @@ from ._exchange import Request, Response
 
 if TYPE_CHECKING:
     from ._config import GatewayConfig
-    from ._http import Router
+    from ._endpoints import Router
     from ._view import GatewayView
 
 __all__ = ["HeaderDeadlines", "gateway_routes", "serve_with_aiohttp"]
@@ -78,7 +78,7 @@ def _response(response: Response) -> web.Response:
 
 def gateway_routes(gw: GatewayView, prefix: str = "") -> list[web.RouteDef]:
     """The gateway's routes, under ``prefix`` (e.g. ``"/ruxa"``; empty for the root)."""
-    from ._http import Endpoints
+    from ._endpoints import Endpoints
 
     ep = Endpoints(gw, prefix)
     config = gw.config

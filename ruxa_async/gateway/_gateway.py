@@ -1,6 +1,6 @@
 """The gateway's decisions: who may create what, whose task is whose, what it cost.
 
-:class:`Gateway` knows nothing of HTTP (``_http`` turns requests into calls of
+:class:`Gateway` knows nothing of HTTP (``_endpoints`` turns requests into calls of
 :meth:`Gateway.create`, :meth:`Gateway.query` and :meth:`Gateway.upstream_callback`
 and their :class:`Reply` back into responses).
 """
@@ -229,6 +229,7 @@ class Gateway:
             create_per_second=config.upstream_create_per_second,
             query_per_second=config.upstream_query_per_second,
             discover=config.upstream_discover_rate,
+            http=config.upstream_http,
         )
 
     async def _watch_config(self) -> None:
@@ -435,6 +436,7 @@ def _upstream(config: GatewayConfig) -> tuple[object, ...]:
         config.upstream_create_per_second,
         config.upstream_query_per_second,
         config.upstream_discover_rate,
+        config.upstream_http,
     )
 
 

@@ -51,7 +51,8 @@ _MAX_BLOCKS = 256
 # What the parser is in the middle of (the connection's ``_stage``).
 _BETWEEN, _HEAD, _BODY = 0, 1, 2
 # Which clock runs (the connection's ``_clock``): none, the head's, the body's, idle keep-alive.
-_NONE, _HEAD_CLOCK, _BODY_CLOCK, _IDLE_CLOCK = 0, 1, 2, 3
+_NONE, _HEAD_CLOCK, _BODY_CLOCK, _IDLE_CLOCK, _LINGER_CLOCK = 0, 1, 2, 3, 4
+_LINGER = 2.0
 
 
 def _header_block(headers: tuple[tuple[str, str], ...]) -> str:
@@ -68,6 +69,22 @@ def _header_block(headers: tuple[tuple[str, str], ...]) -> str:
         if len(_BLOCKS) < _MAX_BLOCKS:
             _BLOCKS[headers] = block
     return block
+
+
+def _target(url: bytes) -> tuple[str, str]:
+    """The decoded path and the raw query string of a request target."""
+    if not url.startswith(b"/"):  # absolute form (a proxy's), or "*"
+        try:
+            url = httptools.parse_url(url).path or b"/"
+        except httptools.HttpParserInvalidURLError:
+            url = b"/"
+    mark = url.find(b"?")
+    query = ""
+    if mark >= 0:
+        query = url[mark + 1 :].decode("latin-1")
+        url = url[:mark]
+    path = url.decode("utf-8", "replace")
+    return (unquote(path) if "%" in path else path), query
 
 
 class Application(Protocol):
@@ -108,6 +125,7 @@ class _Connection(asyncio.Protocol):
         self._done_reading = False  # no further request will be parsed
         self._reading_paused = False
         self._writing_paused = False
+        self._lingering = False  # refused and half closed: dropping what the peer still sends
         self.deadline = math.inf
         self._clock = _NONE
 
@@ -225,21 +243,7 @@ class _Connection(asyncio.Protocol):
     # -- requests and responses ------------------------------------------------------------
 
     def _request(self, body: bytes) -> Request:
-        url = self._url
-        if not url.startswith(b"/"):  # absolute form (a proxy's), or "*"
-            try:
-                url = httptools.parse_url(url).path or b"/"
-            except httptools.HttpParserInvalidURLError:
-                url = b"/"
-        mark = url.find(b"?")
-        if mark >= 0:
-            query = url[mark + 1 :].decode("latin-1")
-            url = url[:mark]
-        else:
-            query = ""
-        path = url.decode("utf-8", "replace")
-        if "%" in path:
-            path = unquote(path)
+        path, query = _target(self._url)
         method = self._parser.get_method().decode("ascii")
         return Request(method, path, query, self._headers, body, self._peer)
 
@@ -298,7 +302,7 @@ class _Connection(asyncio.Protocol):
     def _write(self, response: Response, keep_alive: bool, head: bool, http10: bool) -> bool:
         """Send ``response``; False when the connection is (now) closed."""
         transport = self._transport
-        if transport is None:
+        if transport is None or transport.is_closing():  # the peer left: nobody to answer
             return False
         body = response.body
         status = _STATUS.get(response.status) or f"HTTP/1.1 {response.status} Unknown\r\n"
@@ -312,9 +316,20 @@ class _Connection(asyncio.Protocol):
         if close:
             self._finish_reading()
             self._queue.clear()
-            transport.close()
+            if self._stage != _BETWEEN and transport.can_write_eof():
+                self._linger(transport)
+            else:
+                transport.close()
             return False
         return True
+
+    def _linger(self, transport: asyncio.Transport) -> None:
+        """Close after a refusal while the peer may still be sending: end our side, and read
+        (and drop) its bytes for a while, so that it reads the reply instead of a reset."""
+        transport.write_eof()
+        self._lingering = True
+        self._start_clock(_LINGER_CLOCK, _LINGER)
+        self._flow()
 
     def _send_continue(self) -> None:
         self._expect = False
@@ -333,7 +348,11 @@ class _Connection(asyncio.Protocol):
         transport = self._transport
         if transport is None:
             return
-        pause = self._done_reading or self._writing_paused or len(self._queue) >= _MAX_QUEUE
+        pause = (
+            (self._done_reading and not self._lingering)
+            or self._writing_paused
+            or len(self._queue) >= _MAX_QUEUE
+        )
         if pause != self._reading_paused:
             self._reading_paused = pause
             if pause:
@@ -353,7 +372,7 @@ class _Connection(asyncio.Protocol):
         """The running clock ran out: refuse the late request, or close the idle connection."""
         clock = self._clock
         self._stop_clock()
-        if clock == _IDLE_CLOCK:
+        if clock in (_IDLE_CLOCK, _LINGER_CLOCK):
             self.close()
         elif clock == _HEAD_CLOCK:
             self._refuse(None, 408, "the request headers did not arrive in time")
