@@ -153,6 +153,37 @@ def _trace_decisions() -> list[tuple[float, str]]:
     logger = logging.getLogger("ruxa_async")
     logger.setLevel(logging.DEBUG)
     logger.addHandler(Keep())
+
+    from ruxa_async._limiter import RateController
+
+    original = RateController.on_rate_limited
+
+    async def every_429(self: RateController, permit: Any, *args: Any, **kwargs: Any) -> None:
+        now = time.monotonic()
+        lines.append((now, f"429 ({permit.kind}, sent {now - permit.granted_at:.3f} s ago)"))
+        await original(self, permit, *args, **kwargs)
+
+    RateController.on_rate_limited = every_429  # type: ignore[method-assign]
+
+    from ruxa_async._pace import Pace
+
+    refused = Pace.on_refused
+
+    def drains(self: Pace, granted_at: float, granted_rate: float, now: float) -> None:
+        last, drain = self.last_drain, self._drain(granted_at)
+
+        def shape(d: Any) -> str:
+            return f"{len(d.times)} sends over {d.span:.2f} s" if d is not None else "none"
+
+        text = (
+            f"fit inputs: {self.phase} at base {self.base:.1f}, granted {granted_rate:.1f}; "
+            f"drain {shape(drain)}; last {shape(last)}; burst {self.estimated_burst} "
+            f"(fitted {self.burst_fitted})"
+        )
+        lines.append((time.monotonic(), text))
+        refused(self, granted_at, granted_rate, now)
+
+    Pace.on_refused = drains  # type: ignore[method-assign]
     return lines
 
 

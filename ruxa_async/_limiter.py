@@ -213,6 +213,7 @@ class RateController:
         self._rng = rng
         self._state: RateState = state if state is not None else LocalRateState(clock)
         self._shared = state is not None  # a given state may be shared: adopt what others learn
+        self._carried: dict[tuple[Kind, str], float] = {}  # a fleet's fractional sends, see _weight
         now = clock()
         unit = limits.recovery_seconds / 4.0
         configured = {
@@ -261,7 +262,7 @@ class RateController:
         now = self._clock()
         lane, gate = self._lanes[permit.kind], self._gates[permit.kind]
         self._advance(lane, now)
-        for _ in range(self._weight(permit.kind)):
+        for _ in range(self._weight(permit.kind, "accepted")):
             lane.pace.on_accepted(permit.granted_at, now)
         if gate.streak and permit.granted_at >= gate.deadline:
             gate.streak = 0
@@ -412,8 +413,14 @@ class RateController:
         if now < gate.deadline:
             self._sent_while_gated += 1
         lane.permits += 1
-        for _ in range(self._weight(lane.kind)):
-            lane.pace.on_sent(now)
+        pace, weight = lane.pace, self._weight(lane.kind, "sent")
+        if weight == 1:
+            pace.on_sent(now)
+        else:  # the fleet's sends between this one's last and now, evenly: as the server saw them
+            last = pace.history[-1] if pace.history else now
+            spacing = min((now - last) / weight, 1.0 / pace.rate)
+            for k in range(weight - 1, -1, -1):
+                pace.on_sent(now - k * spacing)
         return Permit(lane.kind, now, lane.pace.rate, lane.episode)
 
     async def _take_slot(self) -> None:
@@ -517,15 +524,23 @@ class RateController:
         lane.episode = learned.episode
         lane.pace.adopt(learned, new_episode=new_episode)
 
-    def _weight(self, kind: Kind) -> int:
+    def _weight(self, kind: Kind, counter: str) -> int:
         """Sends of every sharer per send of this controller (1 unless the state says more).
 
         A fleet's pace is measured against the fleet's sends: a state shared by
         several processes reports how many sends the whole fleet made per send
         of this one (``share(kind)``), so the ramp and the estimates scale.
+        The fraction is carried to the next send (a share of 2.5 counts 2, 3,
+        2, 3 ...): rounded, it scaled every drain by up to 25 % and the fits
+        of the server's bucket with it.
         """
         share = getattr(self._state, "share", None)
-        return 1 if share is None else max(1, round(share(kind)))
+        if share is None:
+            return 1
+        carried = self._carried.get((kind, counter), 0.0) + max(1.0, share(kind))
+        weight = int(carried)
+        self._carried[(kind, counter)] = carried - weight
+        return weight
 
     async def _apply_hint(self, lane: _Lane, hint: RateHint, now: float) -> None:
         """Use what a reply's rate-limit headers said about the class's quota."""

@@ -90,6 +90,8 @@ _STEP_DOWN = 0.9  # a 429 at the settled pace: settle this much lower
 _SETTLED_BURST = 3.0  # saved tokens allowed once settled, until the burst is learned
 _SETTLE = 0.95  # the settled pace, as a share of an estimate from the rules of thumb
 _SETTLE_FITTED = 0.97  # ... of an estimate fitted to the server's token bucket
+_TAIL = 8  # sends whose spacing says when an adopted episode's 429 came after the last
+_GUESS_HIGH = 2.5  # a ramp's burst guess may be this many times the fitted burst
 _FIT_FLOOR = 0.9  # a fitted rate below this share of the pace held is not believed
 _DROP_FLOOR = 0.4  # a settled pace's 429 fits a rate no lower than this share of it
 _HOLD = 4.0  # units held after an episode before the first probe
@@ -164,6 +166,7 @@ class Pace:
         self.step_downs = 0  # 429s in a row at the settled pace
         self.episodes = 0
         self.full_at = now  # the server's bucket is assumed full at this time
+        self.drained_from = now  # ... and was before the last pause (full_at is its end)
         self.accepted: deque[float] = deque()  # grant times of admitted sends, recent, sorted
         self.sent: deque[float] = deque()  # grant times within the last unit
         self.history: deque[float] = deque()  # grant times, the last _HISTORY_UNITS
@@ -350,11 +353,16 @@ class Pace:
         return max(self.base / _SETTLE, min(granted_rate / 1.05, admitted_rate)), None, False
 
     def _believable(self, burst: float) -> bool:
-        """A fitted burst near the one the ramp's drain suggested (within a factor of 2)."""
+        """A fitted burst near the one the ramp's drain suggested (2 times over, 2.5 under).
+
+        The ramp's guess runs high: it is the drain's excess over the ramp's
+        estimate, which is below the limit on purpose. A fit of about half of
+        it is the usual case (19.5 guessed for a true 10), not an outlier.
+        """
         if burst < 1.0:
             return False
         guess = self.estimated_burst
-        return guess is None or 0.5 * guess <= burst <= 2.0 * guess
+        return guess is None or guess / _GUESS_HIGH <= burst <= 2.0 * guess
 
     def _step_down(
         self, drain: Drain, granted_at: float, granted_rate: float
@@ -417,6 +425,8 @@ class Pace:
 
     def on_pause_end(self, reopens_at: float) -> None:
         """A ``Retry-After`` pause ends at ``reopens_at``: the server's bucket is full again."""
+        if self.history and self.history[-1] >= self.full_at:  # not an extension of the pause
+            self.drained_from = self.full_at
         self.full_at = reopens_at
 
     def on_hint(self, rate: float | None, burst: float | None) -> bool:
@@ -460,6 +470,20 @@ class Pace:
             previous = self.estimate
             changed = previous is None or abs(learned.estimate - previous) > _CHANGED * previous
             self._settle_at(learned.estimate, "429s", changed=changed)
+            if learned.hold is not None:  # probe when the writer does, not alone
+                self.hold = learned.hold
+                doublings = round(math.log2(max(1.0, learned.hold / (_HOLD * self.unit))))
+                self.hold_doublings = min(doublings, _MAX_HOLD_DOUBLINGS)
+            # This pace's own sends before the writer's 429 drained the same bucket: kept,
+            # the next 429 here fits rate and burst from both (the writer's drain stays there).
+            times = tuple(t for t in self.history if self.drained_from <= t < self.full_at)
+            if len(times) >= 2:  # refused about one spacing after the last send here
+                tail = times[-_TAIL:]
+                self.last_drain = Drain(times, times[-1] + (tail[-1] - tail[0]) / (len(tail) - 1))
+        elif learned.hold is not None and self.adaptive and learned.source != "headers":
+            # The writer's class followed the other's finding and holds: so does this one, else
+            # it probes alone, far past the pace the fleet's bucket keeps (the writer's).
+            self.phase, self.t, self.hold, self.following = "hold", 0.0, learned.hold, True
         self.restore(learned)
 
     def learned(self, episode: int) -> LearnedLimit:
@@ -471,6 +495,7 @@ class Pace:
             estimated_burst=self.estimated_burst,
             source=self.source,
             episode=episode,
+            hold=self.hold if self.phase == "hold" else None,
         )
 
     # --------------------------------------------------------------- internals

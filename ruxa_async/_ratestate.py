@@ -72,6 +72,8 @@ class LearnedLimit:
         source: where ``estimate`` came from (see :data:`LimitSource`).
         episode: how many 429 episodes this class has had; a version number
             that :meth:`RateState.begin_episode` compares and bumps.
+        hold: seconds of demand the writer holds its pace before probing
+            again; sharers adopting the episode hold as long. None: unknown.
     """
 
     rate: float
@@ -80,6 +82,7 @@ class LearnedLimit:
     estimated_burst: float | None = None
     source: LimitSource = "slow start"
     episode: int = 0
+    hold: float | None = None
 
 
 @runtime_checkable

@@ -12,6 +12,7 @@ import redis as redis_sync
 
 from ruxa_async import RateLimits
 from ruxa_async._limiter import RateController
+from ruxa_async._pace import Pace
 from ruxa_async._ratestate import Kind, LearnedLimit, LocalRateState
 from ruxa_async.redis import _scripts
 from ruxa_async.redis._ratestate import RedisRateState
@@ -237,6 +238,18 @@ async def test_a_learned_limit_is_read_again_when_the_fleet_announces_one(
             await store.aclose()
 
 
+async def test_a_learned_limit_from_a_newer_member_still_decodes(redis_url: str) -> None:
+    """A learned limit with a field this version does not know is read, not dropped as garbage."""
+    store = Store(redis_url, namespace=f"u{uuid.uuid4().hex[:6]}", timeout=1.0)
+    state = RedisRateState(store, channel="c", clock=Clock())
+    try:
+        payload = '{"rate": 90.0, "source": "429s", "episode": 3, "from_the_future": 1}'
+        await store.redis.set(store.key("rate", "learned", "create"), payload)
+        assert await state.read("create") == LearnedLimit(rate=90.0, source="429s", episode=3)
+    finally:
+        await store.aclose()
+
+
 async def test_a_borrowed_block_is_spent_from_memory_when_due(redis_url: str) -> None:
     """A process leasing from a bucket another just emptied gets a later block, not nothing."""
     clock = Clock()
@@ -311,13 +324,39 @@ async def test_share_is_the_fleets_tokens_per_token_of_this_process(redis_url: s
             await store.aclose()
 
 
+async def test_share_is_steady_when_one_member_takes_a_few_blocks_more(redis_url: str) -> None:
+    """A member that leased three blocks in one second barely moves the other's share.
+
+    The share scales every drain the rate controller fits: measured over two
+    seconds, a few blocks at the wrong moment scaled it by a half.
+    """
+    clock = Clock()
+    namespace = f"u{uuid.uuid4().hex[:6]}"
+    stores = [Store(redis_url, namespace=namespace, timeout=1.0) for _ in range(2)]
+    a, b = (RedisRateState(s, channel="c", lease_ttl=0.5, clock=clock) for s in stores)
+    try:
+        for second in range(10):
+            for state in (a, b):
+                await state.take("create", 16, 1e6, 16.0)
+            if second == 8:
+                for _ in range(2):
+                    clock.now += 0.001
+                    await b.take("create", 16, 1e6, 16.0)
+            clock.now += 1.0
+        await a.take("create", 16, 1e6, 16.0)
+        assert a.share("create") == pytest.approx(2.0, rel=0.15)
+    finally:
+        for store in stores:
+            await store.aclose()
+
+
 # ------------------------------------------- rate controllers sharing one state
 
 
 class FleetState(LocalRateState):
     """One in-process state shared by several controllers, reporting ``share`` like Redis's."""
 
-    def __init__(self, clock: Callable[[], float], sharers: int | None) -> None:
+    def __init__(self, clock: Callable[[], float], sharers: float | None) -> None:
         super().__init__(clock)
         self.sharers = sharers
 
@@ -467,3 +506,154 @@ async def test_cancelling_a_caller_still_cancels_its_redis_call() -> None:
     assert not store.degraded
     assert store.errors == 0
     await store.aclose()
+
+
+# ------------------------------------------------ paces of a fleet, on one server bucket
+
+
+def fleet_paces(count: int) -> list[Pace]:
+    return [
+        Pace(
+            ceiling=None, burst=10, start_rate=20.0, min_rate=0.2, unit=1.0, adaptive=True, now=0.0
+        )
+        for _ in range(count)
+    ]
+
+
+def send_evenly(pace: Pace, start: float, end: float, rate: float) -> None:
+    """Send (and have admitted) evenly at ``rate`` over [start, end)."""
+    t = start
+    while t < end:
+        pace.on_sent(t)
+        pace.on_accepted(t, t)
+        t += 1.0 / rate
+
+
+def spread_sends(pace: Pace, at: float, weight: int) -> None:
+    """As the limiter counts a fleet's sends: evenly back to this member's last one."""
+    last = pace.history[-1] if pace.history else at
+    spacing = min((at - last) / weight, 1.0 / pace.rate)
+    for k in reversed(range(weight)):
+        pace.on_sent(at - k * spacing)
+
+
+def serve_fleet(paces: list[Pace], start: float, until: float, episodes: int = 0) -> int:
+    """The fleet's sends, dealt in turn, against a 100/s bucket of 10 (1 s pauses).
+
+    As over Redis: the fleet sends at its slowest member's pace; each member
+    counts every send of its own as many (the fleet's sends per send of its);
+    the k-th episode's 429 is reported to member k (any member may get one),
+    whose finding every other member adopts after the pause.
+    """
+    tokens, stamp, t, sent = 10.0, start, start, 0
+    while t < until:
+        member = paces[sent % len(paces)]
+        sent += 1
+        tokens, stamp = min(10.0, tokens + (t - stamp) * 100.0), t
+        spread_sends(member, t, len(paces))
+        if tokens >= 1.0:
+            tokens -= 1.0
+            for _ in paces:
+                member.on_accepted(t, t)
+            step = 1.0 / min(p.rate for p in paces)
+            t += step
+            for p in paces:
+                p.advance(step, t)
+            continue
+        writer = member
+        episodes += 1
+        writer.on_refused(t, writer.rate, t)
+        learned = writer.learned(episodes)
+        t += 1.0
+        for p in paces:
+            p.on_pause_end(t)
+            if p is not writer:
+                p.adopt(learned, new_episode=True)
+    return episodes
+
+
+def test_sharers_adopting_the_ramps_episode_probe_with_its_writer() -> None:
+    """Adopters hold as long as the episode's writer (one unit after the ramp), not longer."""
+    a, b = fleet_paces(2)
+    assert serve_fleet([a, b], 0.0, 4.0) == 1
+    assert a.hold == b.hold == 1.0
+
+
+def test_a_probes_429_in_another_member_fits_the_servers_bucket() -> None:
+    """The ramp's 429 in one member, the probe's in another: the second still fits rate and burst.
+
+    Each member keeps its own sends before the adopted 429 as that episode's drain.
+    """
+    a, b = fleet_paces(2)
+    episodes = serve_fleet([a, b], 0.0, 4.0)
+    assert serve_fleet([a, b], 4.0, 12.0, episodes) == 2
+    assert b.estimated_burst == pytest.approx(10.0, abs=3.0)
+    assert b.estimate == pytest.approx(100.0, rel=0.04)
+
+
+def test_a_member_counts_the_fleets_sends_evenly_between_its_own() -> None:
+    """One of four members stamps the fleet's sends between its own evenly, not all at once.
+
+    Stamped at one instant, four sends look like a burst of four the server
+    never saw, and every burst fitted from them comes out too large.
+    """
+
+    async def scenario(loop: VirtualTimeLoop) -> None:
+        (ctl,) = controllers(loop, 1, FleetState(loop.time, 4))
+        await send(ctl, "create", T0 + 1.0, loop)
+        history = list(ctl._lanes["create"].pace.history)
+        assert len(history) > 8
+        gaps = [b - a for a, b in itertools.pairwise(history[-9:])]
+        assert min(gaps) > 0.5 * max(gaps)
+
+    in_virtual_time(scenario)
+
+
+def test_a_sharer_probing_alone_holds_when_the_writers_queries_follow() -> None:
+    """The writer's queries follow its creates' finding and hold: a sharer's queries hold too.
+
+    Else they probe alone, far past the pace the fleet's bucket keeps, and
+    their 429 is read as a limit of twice the real one.
+    """
+    creates, queries, sharer = fleet_paces(3)
+    send_evenly(creates, 0.0, 1.0, 150.0)
+    send_evenly(queries, 0.0, 1.0, 150.0)
+    creates.on_refused(1.0, 150.0, 1.0)
+    assert queries.follow(creates, 1.0)
+    sharer.adopt(queries.learned(0), new_episode=False)
+    send_evenly(sharer, 2.0, 8.0, 80.0)
+    sharer.advance(6.0, 8.0)
+    assert sharer.phase == "probe"
+    creates.hold = 16.0  # its next episode was found unchanged: holds long
+    creates.base = creates.rate = 140.0
+    assert queries.follow(creates, 8.0)
+    sharer.adopt(queries.learned(0), new_episode=False)
+    assert (sharer.phase, sharer.hold, sharer.rate) == ("hold", queries.hold, queries.rate)
+
+
+def test_a_fractional_share_counts_the_fleets_sends_exactly() -> None:
+    """A share of 2.5 counts 5 fleet sends per 2 of this member's, not 2 (rounded) or 3."""
+
+    async def scenario(loop: VirtualTimeLoop) -> None:
+        (ctl,) = controllers(loop, 1, FleetState(loop.time, 2.5))
+        for _ in range(20):
+            async with ctl.permit("create") as permit:
+                pass
+            await ctl.on_success(permit)
+        pace = ctl._lanes["create"].pace
+        assert (len(pace.history), len(pace.accepted)) == (50, 50)
+
+    in_virtual_time(scenario)
+
+
+@pytest.mark.parametrize(("guess", "fit", "believed"), [(19.4, 9.6, True), (15.9, 5.63, False)])
+def test_a_fitted_burst_about_half_the_ramps_guess_is_believed(
+    guess: float, fit: float, believed: bool
+) -> None:
+    """The ramp's burst guess runs about twice the server's: a fit of half is the usual case.
+
+    A fit under 1/2.5 of it is not (a fleet's slow ramp gave 5.6 against 15.9, true 10).
+    """
+    (pace,) = fleet_paces(1)
+    pace.estimated_burst = guess
+    assert pace._believable(fit) is believed
