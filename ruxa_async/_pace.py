@@ -107,6 +107,7 @@ _LOW_PROBES = 20  # after this many settles below an old limit, forget it
 _EARLY = 0.75
 _BACK_AT = 0.8  # a probe is back at an old limit once the server admitted this share of its pace
 _BACK_UNITS = 2.0  # ... over this many units, beyond its burst
+_BACK_BURST_SHARE = 10.0  # ... and over a span at least this many times burst / pace
 _LOW_HOLD = 1.5  # ... found there twice: hold this much longer (each probe costs a pause)
 _HINT_SHARE = 0.97  # pace at this share of a published quota
 # Pace at this share of a configured limit: exactly at it the server's bucket never refills, so
@@ -574,8 +575,13 @@ class Pace:
         """
         if self.rate < pace:
             return False
-        span = _BACK_UNITS * self.unit
-        admitted = self._admitted_rate(now, span) - (self.estimated_burst or 0.0) / span
+        burst = self.estimated_burst or 0.0
+        # Long enough that the burst is a small part of the span: over a short unit (a
+        # time-compressed run) burst / span alone could exceed what the margin allows, and
+        # the pace would never be found back even when the server admits all of it.
+        span = max(_BACK_UNITS * self.unit, _BACK_BURST_SHARE * burst / pace if pace > 0 else 0.0)
+        span = min(span, _HISTORY_UNITS * self.unit)
+        admitted = self._admitted_rate(now, span) - burst / span
         return admitted >= _BACK_AT * pace
 
     def _share(self) -> float:

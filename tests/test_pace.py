@@ -434,3 +434,22 @@ def test_a_burst_the_server_saved_is_no_sign_the_old_limit_is_back() -> None:
         pace.advance(0.01, end)
     assert pace.rate >= 0.95 * 173.0
     assert (pace.phase, pace.estimate) == ("probe", 100.0)
+
+
+def test_a_probe_at_a_configured_ceiling_is_found_back_over_a_short_unit() -> None:
+    """Unit 0.25 s, burst 10.75: burst / two units (21.5/s) alone was past the 20 % margin.
+
+    The probe sent at the ceiling with everything admitted, yet never settled back on
+    it: the estimate stayed at the low finding for good (a CI failure of
+    ``test_configured_limit_is_a_ceiling_and_a_starting_point``).
+    """
+    pace = Pace(
+        ceiling=80.0, burst=10, start_rate=10.0, min_rate=0.2, unit=0.25, adaptive=True, now=0.0
+    )
+    pace._settle_at(36.0, "429s", changed=True)
+    pace.estimated_burst = 10.75
+    t = 0.0
+    for _ in range(400):  # 4 s of demand, every send admitted at the pace
+        t = send(pace, t, t + 0.01, max(pace.rate, 1.0))
+        pace.advance(0.01, t)
+    assert (pace.phase, pace.source, pace.estimate) == ("hold", "configured", 80.0)
