@@ -467,6 +467,12 @@ def run_outage(tmp: Path, tasks: int) -> dict[str, Any]:
     }
 
 
+def _row_names(row: dict[str, Any]) -> tuple[str, str]:
+    """A fleet row's first two cells: its processes (or the ideal) and its coordinator."""
+    label = "ideal: 1, limits known" if row["known"] else str(row["procs"])
+    return label, "Redis" if row["coordinator"] else "none"
+
+
 def _fleet_section(ideal: dict[str, Any], rows: list[dict[str, Any]]) -> list[str]:
     lines = [
         "## Makespan and 429s, limits unknown (goal: <= 1.15x ideal, <= 10 429s per 1,000)",
@@ -477,8 +483,7 @@ def _fleet_section(ideal: dict[str, Any], rows: list[dict[str, Any]]) -> list[st
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for row in [ideal, *rows]:
-        label = "ideal: 1, limits known" if row["known"] else str(row["procs"])
-        coordinator = "Redis" if row["coordinator"] else "none"
+        label, coordinator = _row_names(row)
         per_lease = f"{row['per_lease']:.1f}" if row["coordinator"] else "-"
         lines.append(
             f"| {label} | {coordinator} | {row['makespan']:.1f} | "
@@ -502,8 +507,7 @@ def _fleet_section(ideal: dict[str, Any], rows: list[dict[str, Any]]) -> list[st
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for row in [ideal, *rows]:
-        label = "ideal: 1, limits known" if row["known"] else str(row["procs"])
-        coordinator = "Redis" if row["coordinator"] else "none"
+        label, coordinator = _row_names(row)
         lines.append(
             f"| {label} | {coordinator} | {row['cpu_us_per_task']:.0f} | "
             f"{row['busiest_core']:.2f} | {row['sim_cpu_us_per_task']:.0f} | "
