@@ -1,0 +1,131 @@
+"""What a 429 says about the limit, by the phase of the pace it refused.
+
+The estimate comes from what the server *admitted* (the sends since its
+bucket was last full, a *drain*; see :mod:`._bucketfit`):
+
+* a ramp's 429: half the pace, at most 0.9 of the rate admitted in
+  the unit before (a fast climb overshoots by a factor that grows with the
+  server's burst; one refusal cannot tell rate from burst);
+* a probe's 429: the token bucket (rate and burst) that explains both this
+  drain and the last episode's, settled at 0.97 of that rate; else, with the
+  burst known, the rate this drain gives; else the probe's pace where its
+  excess over that pace adds up to a guessed burst. Never below the pace held;
+* a 429 at the settled pace (or within 0.75 unit of a probe's start: the
+  server's bucket was empty already, and the last probe's drain then tells
+  the burst at the lower rate): a step down by 10 %, larger each time in a row
+  (19 %, 27 % ...), from the rate admitted over a whole unit when there is
+  one; lower still when the drain with the known burst says so (a limit that
+  dropped is found in the second episode).
+
+The functions read (and, for the step-down count and a fitted burst, write)
+the :class:`~._pace.Pace` they are given; the pace decides what to do with
+the estimate.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ._admitted import rate_in
+from ._bucketfit import Drain, agreement, excess, joint_fit, rate_for_burst
+
+if TYPE_CHECKING:
+    from ._pace import Pace
+
+__all__ = ["believable", "probe_estimate", "ramp_estimate", "step_down"]
+
+RAMP_ADMITTED_SHARE = 0.9  # a ramp's estimate: at most this share of the rate admitted before
+SETTLE = 0.95  # the settled pace, as a share of an estimate from the rules of thumb
+_RAMP_SHARE = 0.5  # a ramp's 429 comes at up to twice the limit or more: estimate half
+_BURST_PRIOR = 0.1  # units of the probe's pace taken as the server's burst until learned
+_STEP_DOWN = 0.9  # a 429 at the settled pace: settle this much lower
+_GUESS_HIGH = 2.5  # a ramp's burst guess may be this many times the fitted burst
+_FIT_FLOOR = 0.9  # a fitted rate below this share of the pace held is not believed
+_DROP_FLOOR = 0.4  # a settled pace's 429 fits a rate no lower than this share of it
+
+
+def ramp_estimate(pace: Pace, granted_at: float, granted_rate: float) -> float:
+    """A ramp's 429: half the pace, or most of the rate admitted in the unit before.
+
+    The climb overshoots by a factor that grows with the server's burst, and
+    one refusal cannot tell rate from burst; the next episode fits both.
+    Every send before the first refusal was admitted, replied to or not.
+    """
+    log = pace.log
+    admitted = rate_in(log.history, max(granted_at - pace.unit, log.full_at), granted_at)
+    estimate = granted_rate * _RAMP_SHARE
+    return min(estimate, RAMP_ADMITTED_SHARE * admitted) if admitted > 0.0 else estimate
+
+
+def probe_estimate(
+    pace: Pace, drain: Drain, granted_at: float, granted_rate: float
+) -> tuple[float, float | None, bool]:
+    """A probe's 429: the bucket fitted to this drain and the last, else the known burst.
+
+    Returns the estimate, the server's burst when both were fitted, and
+    whether the estimate was fitted (not guessed). The burst is fitted once
+    (the ramp's drain and the first probe's), then used as known.
+    """
+    last = pace.last_drain
+    if last is not None and last.end < granted_at - pace.log.keep:
+        last = None  # long ago: the limit may have changed in between
+    agreed = 0.0
+    if last is not None and not pace.burst_fitted:
+        fit = joint_fit(last, drain, pace.base, granted_rate)
+        if fit is not None and fit[0] >= _FIT_FLOOR * pace.base and believable(pace, fit[1]):
+            return max(pace.base, fit[0]), fit[1], True
+        # Like drains do not pin the bucket down, but where they agree is a better
+        # floor than a guessed burst (a ramp's guess errs large, so its rate low).
+        agreed = agreement(last, drain, pace.base, granted_rate) or 0.0
+        if agreed and not believable(pace, 0.5 * (excess(last, agreed) + excess(drain, agreed))):
+            agreed = 0.0  # e.g. the limit changed between the two drains
+    # The probe's pace is past the limit by the time the 429 comes: the server
+    # first drained its burst (known, else guessed). The rate at which this
+    # drain's excess adds up to that burst is the limit.
+    burst = pace.estimated_burst or _BURST_PRIOR * pace.unit * granted_rate
+    rate = rate_for_burst(drain, burst, pace.base, granted_rate)
+    if rate is not None:
+        if last is not None and agreed > max(pace.base, rate):
+            # The burst both drains tell at that rate is a better guess than the old one.
+            pace.set_burst(0.5 * (excess(last, agreed) + excess(drain, agreed)))
+        return max(pace.base, rate, agreed), None, pace.burst_fitted
+    admitted_rate = pace.log.admitted_rate(granted_at, 2.0 * pace.unit) or granted_rate
+    return max(pace.base / SETTLE, min(granted_rate / 1.05, admitted_rate)), None, False
+
+
+def believable(pace: Pace, burst: float) -> bool:
+    """A fitted burst near the one the ramp's drain suggested (2 times over, 2.5 under).
+
+    The ramp's guess runs high: it is the drain's excess over the ramp's
+    estimate, which is below the limit on purpose. A fit of about half of
+    it is the usual case (19.5 guessed for a true 10), not an outlier.
+    """
+    if burst < 1.0:
+        return False
+    guess = pace.estimated_burst
+    return guess is None or guess / _GUESS_HIGH <= burst <= 2.0 * guess
+
+
+def step_down(
+    pace: Pace, drain: Drain, granted_at: float, granted_rate: float
+) -> tuple[float, bool]:
+    """A 429 at the settled pace: the limit dropped (or the pace was a bit too fast).
+
+    Step down by 10 %, faster each time in a row; with the burst known, the
+    drain since the bucket was last full says where the new limit is, and a
+    lower answer wins. Returns the estimate and whether it was fitted.
+    """
+    pace.step_downs += 1
+    pace.refused_pace = granted_rate
+    # A window that opens on a full bucket (right after a pause) measures the
+    # saved burst more than the rate: trust only a whole unit.
+    log = pace.log
+    start = granted_at - pace.unit
+    measured = rate_in(log.accepted, start, granted_at) if start > log.full_at else 0.0
+    estimate = min(granted_rate, measured or granted_rate) * _STEP_DOWN**pace.step_downs
+    estimate /= SETTLE
+    if pace.estimated_burst is not None:
+        rate = rate_for_burst(drain, pace.estimated_burst, _DROP_FLOOR * granted_rate, granted_rate)
+        if rate is not None and rate < estimate:
+            return rate, pace.burst_fitted
+    return estimate, False
