@@ -19,7 +19,8 @@ so its rules are tested directly. It moves through four phases:
 ``probe``
     The pace climbs from the settled pace along ``base * 2 ** ((t / 4u) ** 2)``:
     about +5 % after one unit, +19 % after two, double after four (four times
-    as fast while below an earlier, higher limit, which may come back). A 429
+    as fast while below an earlier, higher limit, which may come back, and no
+    further than that limit's pace until the server admits it). A 429
     ends the probe (a new estimate); three units admitted 30 % past the
     estimate without a 429 show the limit went up, and the climb goes on. A
     probe that gets back to the pace of the earlier limit (or of a configured
@@ -177,17 +178,23 @@ class Pace:
             self.probes += 1
         if self.phase == "probe":
             # Below an earlier, higher limit, climb four times as fast: it may be back.
-            scale = _PROBE_SCALE if self.high_water is None else 0.25 * _PROBE_SCALE
+            high_water = self.high_water
+            scale = _PROBE_SCALE if high_water is None else 0.25 * _PROBE_SCALE
             x = self.t / (scale * self.unit)
-            self.rate = min(self.base * 2.0 ** min(x * x, 30.0), self._send_cap(now))
-            if self.rate < self.base * 2.0 ** min(x * x, 30.0):
+            climb = self.base * 2.0 ** min(x * x, 30.0)
+            self.rate = min(climb, self._send_cap(now))
+            if self.rate < climb:
                 self.t = max(0.0, self.t - demand_seconds)  # wait for the sends to catch up
+            if high_water is not None:
+                # ... but no further than the old limit's pace until the server is seen
+                # admitting it: a climb past it draws a 429 before that is measured, and
+                # that 429's drain (begun under the lower limit) reads the limit low.
+                self.rate = min(self.rate, max(self.base, self._share() * high_water))
             admitted = self.log.admitted_rate(now, _RAISE_UNITS * self.unit)
             if self.estimate is not None and admitted > _RAISED * self.estimate:
                 # Units admitted well past the estimate, no 429: the limit went up.
                 self.estimate = admitted / _RAISED
                 self.step_downs = 0
-            high_water = self.high_water
             if high_water is not None and self._back_at(
                 min(self.top, self._share() * high_water), now
             ):

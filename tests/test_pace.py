@@ -453,3 +453,23 @@ def test_a_probe_at_a_configured_ceiling_is_found_back_over_a_short_unit() -> No
         t = send(pace, t, t + 0.01, max(pace.rate, 1.0))
         pace.advance(0.01, t)
     assert (pace.phase, pace.source, pace.estimate) == ("hold", "configured", 80.0)
+
+
+def test_below_an_old_limit_a_probe_waits_at_its_pace_until_the_server_admits_it() -> None:
+    """k = 4: a climb past the old limit's pace drew a 429 before the server was seen admitting it.
+
+    That 429's drain began under the lower limit, so it read the limit low (a
+    restore in W2 found 25 s late). Held at the old pace, the probe settles
+    back on the old limit without a 429.
+    """
+    pace = unknown(unit=0.25)
+    pace._settle_at(100.0, "429s", changed=True)
+    pace.estimated_burst = 10.0
+    pace.high_water = 200.0
+    t, top = 0.0, 0.0
+    for _ in range(300):  # 3 s of demand, every send admitted (the server is back at 200/s)
+        t = send(pace, t, t + 0.01, max(pace.rate, 1.0))
+        pace.advance(0.01, t)
+        top = max(top, pace.rate)
+    assert top <= 0.95 * 200.0
+    assert (pace.phase, pace.estimate) == ("hold", 200.0)
