@@ -107,22 +107,27 @@ def believable(pace: Pace, burst: float) -> bool:
 
 
 def step_down(
-    pace: Pace, drain: Drain, granted_at: float, granted_rate: float
+    pace: Pace, drain: Drain, granted_at: float, granted_rate: float, *, measured: bool = True
 ) -> tuple[float, bool]:
     """A 429 at the settled pace: the limit dropped (or the pace was a bit too fast).
 
     Step down by 10 %, faster each time in a row; with the burst known, the
     drain since the bucket was last full says where the new limit is, and a
-    lower answer wins. Returns the estimate and whether it was fitted.
+    lower answer wins. Returns the estimate and whether it was fitted. Not
+    ``measured``: the sends before the 429 were held back on the client's
+    side (a stall), so what was admitted meanwhile and the drain say nothing
+    of the limit; the step down is from ``granted_rate`` alone.
     """
     pace.step_downs += 1
     pace.refused_pace = granted_rate
+    if not measured:
+        return granted_rate * _STEP_DOWN**pace.step_downs / SETTLE, False
     # A window that opens on a full bucket (right after a pause) measures the
     # saved burst more than the rate: trust only a whole unit.
     log = pace.log
     start = granted_at - pace.unit
-    measured = rate_in(log.accepted, start, granted_at) if start > log.full_at else 0.0
-    estimate = min(granted_rate, measured or granted_rate) * _STEP_DOWN**pace.step_downs
+    admitted = rate_in(log.accepted, start, granted_at) if start > log.full_at else 0.0
+    estimate = min(granted_rate, admitted or granted_rate) * _STEP_DOWN**pace.step_downs
     estimate /= SETTLE
     if pace.estimated_burst is not None:
         rate = rate_for_burst(drain, pace.estimated_burst, _DROP_FLOOR * granted_rate, granted_rate)

@@ -89,6 +89,7 @@ from ._pacetune import (
     _SEND_CAP,
     _SETTLE_FITTED,
     _SETTLED_BURST,
+    _STALLED,
 )
 from ._ratestate import LearnedLimit, LimitSource
 
@@ -250,9 +251,15 @@ class Pace:
                 self.refused_pace = None
             self.step_downs = 0
         else:
-            estimate, fitted = step_down(self, drain, granted_at, granted_rate)
+            # Granted well under the settled pace: the client's own sends were held back (a
+            # stall: replies late, the in-flight bound reached). The server had just admitted
+            # the settled pace, so read the 429 as one at that pace, from the pace alone.
+            stalled = granted_rate < _STALLED * self.base
+            estimate, fitted = step_down(
+                self, drain, granted_at, max(granted_rate, self.base), measured=not stalled
+            )
             last = self.last_drain
-            if self.phase == "probe" and last is not None and last.times:
+            if self.phase == "probe" and not stalled and last is not None and last.times:
                 # The last probe's estimate was too high, so its burst too small: take the
                 # burst that drain tells at this lower rate.
                 burst = excess(last, estimate)

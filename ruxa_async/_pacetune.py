@@ -28,6 +28,7 @@ _BACK_AT = 0.8  # a probe is back at an old limit once the server admitted this 
 _BACK_UNITS = 2.0  # ... over this many units, beyond its burst
 _BACK_BURST_SHARE = 10.0  # ... and over a span at least this many times burst / pace
 _LOW_HOLD = 1.5  # ... found there twice: hold this much longer (each probe costs a pause)
+_STALLED = 0.9  # a 429 granted under this share of the settled pace came after a stall
 _HINT_SHARE = 0.97  # pace at this share of a published quota
 # Pace at this share of a configured limit: exactly at it the server's bucket never refills, so
 # saved tokens the server could not save (a late wake-up) and the end of a lag on its side (its

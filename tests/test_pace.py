@@ -473,3 +473,26 @@ def test_below_an_old_limit_a_probe_waits_at_its_pace_until_the_server_admits_it
         top = max(top, pace.rate)
     assert top <= 0.95 * 200.0
     assert (pace.phase, pace.estimate) == ("hold", 200.0)
+
+
+def test_a_429_after_a_stall_is_read_at_the_settled_pace_not_below() -> None:
+    """Replies stop, the in-flight bound stops the sends, and the probe's pace sinks with them.
+
+    The 429 that follows was granted at that sunken pace, while the server had
+    just admitted the settled one: it steps down from the settled pace (a fleet
+    run learned a limit of 31 and a burst of 424 from such a 429).
+    """
+    pace = unknown()
+    pace._settle_at(100.0, "429s", changed=True)
+    pace.estimated_burst = 10.0
+    t = send(pace, 0.0, 4.0, pace.rate)
+    pace.advance(4.0, t)
+    assert pace.phase == "probe"
+    t += 1.5  # nothing sent for one and a half units
+    pace.advance(0.01, t)
+    assert pace.rate < 20.0  # the pace sank with the sends
+    end = send(pace, t, t + 0.3, pace.rate, accepted=False)  # no reply yet
+    pace.advance(0.3, end)
+    pace.on_refused(end, pace.rate, end)
+    assert pace.estimate == pytest.approx(0.9 * 100.0)
+    assert pace.estimated_burst == 10.0
