@@ -129,6 +129,7 @@ class ClientCore:
             poll,
             concurrency=self.limiter.max_in_flight,
             typical_seconds=_typical_seconds,
+            budget=self.limiter.query_budget,
         )
         self.creator = Creator(
             requester=self.requester,

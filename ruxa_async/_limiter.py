@@ -340,6 +340,10 @@ class RateController:
         gates = self._gates.values() if kind is None else (self._gates[kind],)
         return max(0.0, *(gate.deadline - now for gate in gates))
 
+    def query_budget(self) -> float | None:
+        """The queries per second the pace allows now; None while unknown (ramping, unpaced)."""
+        return _reported_rate(self._lanes["query"].pace)
+
     def statistics(self) -> RateStatistics:
         """Return a snapshot of paces, what was learned, counters and the gate."""
         now = self._clock()

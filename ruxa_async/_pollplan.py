@@ -26,6 +26,8 @@ _EXPLORERS = 3  # tasks of a still-unknown model that are checked early to learn
 _EXPLORE_FRACTION = 0.125  # an explorer's first check, as a fraction of the prior
 CALLBACKS_LEARNED_AFTER = 8  # callbacks seen before their timing replaces the fixed grace
 _CALLBACK_WINDOW = 128  # the most recent callback delays kept per model
+_SPARE_SHARE = 0.25  # with checks of every pending task within this share of the query budget,
+_SPARE_BACKOFF = 0.1  # ... a task's next check comes after this share of its age (not backoff)
 
 
 class _DurationModel:
@@ -149,8 +151,18 @@ class PollPlanner:
             max(self.policy.min_interval, expected * self.policy.first_check_factor)
         )
 
-    def next_delay(self, entry: Pending, now: float) -> float:
-        """Seconds from ``now`` to the next check of ``entry``, still running after a check."""
+    def next_delay(
+        self, entry: Pending, now: float, *, pending: int = 0, budget: float | None = None
+    ) -> float:
+        """Seconds from ``now`` to the next check of ``entry``, still running after a check.
+
+        With ``budget`` (the queries per second the rate controller allows) and
+        ``pending`` tasks polled: while checking every pending task at this
+        interval would use at most a quarter of the budget (the end of a batch,
+        a few long tasks), the interval grows by a tenth of the task's age
+        instead of ``backoff``, so a task's end is seen sooner with queries
+        that would go unused.
+        """
         policy = self.policy
         if entry.callbacks:
             age = now - entry.created_at
@@ -158,6 +170,9 @@ class PollPlanner:
             return self._jitter(min(policy.max_interval * 4, max(step, age / 2)))
         age = max(now - entry.created_at, policy.min_interval)
         delay = age * (policy.backoff - 1.0)
+        if budget is not None and budget > 0.0:
+            spare = max(age * _SPARE_BACKOFF, pending / (_SPARE_SHARE * budget))
+            delay = min(delay, spare)
         return self._jitter(min(policy.max_interval, max(policy.min_interval, delay)))
 
     def error_delay(self, entry: Pending) -> float:

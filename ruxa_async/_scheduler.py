@@ -103,7 +103,9 @@ class PollScheduler:
     the SDK's errors; ``concurrency`` bounds the checks under way (the client
     passes its rate controller's in-flight bound, so checks never queue behind
     it); ``typical_seconds`` gives a model's prior duration (from
-    the catalogue). ``clock`` and ``waiter`` are injectable for tests.
+    the catalogue); ``budget`` gives the queries per second the rate
+    controller allows now (None: unknown), so checks come sooner while it has
+    room to spare. ``clock`` and ``waiter`` are injectable for tests.
     """
 
     def __init__(
@@ -116,8 +118,10 @@ class PollScheduler:
         clock: Callable[[], float] = time.monotonic,
         waiter: Waiter = _loop_wait,
         rng: random.Random | None = None,
+        budget: Callable[[], float | None] | None = None,
     ) -> None:
         self._query = query
+        self._budget = budget
         self._plan = PollPlanner(policy, typical_seconds, rng or random.Random())
         self._concurrency = concurrency
         self._clock = clock
@@ -374,7 +378,11 @@ class PollScheduler:
                     entry.state = info.state
                     if entry.on_state is not None:
                         entry.on_state(info.state)
-                self._reschedule(entry, self._plan.next_delay(entry, self._clock()))
+                budget = self._budget() if self._budget is not None else None
+                delay = self._plan.next_delay(
+                    entry, self._clock(), pending=len(self._entries), budget=budget
+                )
+                self._reschedule(entry, delay)
         finally:
             entry.in_check = False
             self._slots.release()

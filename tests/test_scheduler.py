@@ -75,6 +75,7 @@ def make(
     policy: PollPolicy,
     typical: Callable[[str | None], float | None] | None = None,
     concurrency: int = 8,
+    budget: Callable[[], float | None] | None = None,
 ) -> tuple[VirtualTime, FakeService, PollScheduler]:
     vt = VirtualTime()
     service = FakeService(vt)
@@ -86,6 +87,7 @@ def make(
         clock=vt.clock,
         waiter=vt.waiter,
         rng=random.Random(1),
+        budget=budget,
     )
     return vt, service, scheduler
 
@@ -128,6 +130,29 @@ async def test_later_checks_back_off_geometrically_up_to_the_cap() -> None:
     assert max(gaps) == 30.0
     assert times[-1] >= 100.0
     assert len(times) < 1 + 100 / 5  # far fewer than a fixed 5-second loop
+
+
+async def test_with_query_budget_to_spare_later_checks_come_at_a_tenth_of_the_age() -> None:
+    """One task left and 50 queries/s allowed: the end of a long task is seen within 10 %."""
+    _vt, service, scheduler = make(NO_JITTER, budget=lambda: 50.0)
+    service.finish_at["a"] = 40.0
+    future = scheduler.track("a")
+    await run_until_done(scheduler, future)
+    times = service.checks["a"]
+    assert times[:3] == [8.0, 8.8, pytest.approx(9.68)]
+    assert 40.0 <= times[-1] <= 44.0  # backing off by half the age: seen at 40.5 only by luck
+    assert len(times) < 20
+
+
+async def test_many_pending_tasks_on_a_small_budget_back_off_as_usual() -> None:
+    """Checks of every pending task at a tenth of its age would overrun 2 queries/s: no change."""
+    _vt, service, scheduler = make(NO_JITTER, budget=lambda: 2.0)
+    futures = []
+    for i in range(10):
+        service.finish_at[f"t{i}"] = 100.0
+        futures.append(scheduler.track(f"t{i}"))
+    await run_until_done(scheduler, *futures)
+    assert service.checks["t0"][:4] == [8.0, 12.0, 18.0, 27.0]
 
 
 async def test_images_and_videos_are_polled_by_their_own_durations() -> None:
