@@ -32,7 +32,7 @@ from ._bucketfit import Drain, agreement, excess, joint_fit, rate_for_burst
 if TYPE_CHECKING:
     from ._pace import Pace
 
-__all__ = ["believable", "probe_estimate", "ramp_estimate", "step_down"]
+__all__ = ["believable", "learn_burst", "probe_estimate", "ramp_estimate", "step_down"]
 
 RAMP_ADMITTED_SHARE = 0.9  # a ramp's estimate: at most this share of the rate admitted before
 SETTLE = 0.95  # the settled pace, as a share of an estimate from the rules of thumb
@@ -134,3 +134,19 @@ def step_down(
         if rate is not None and rate < estimate:
             return rate, pace.burst_fitted
     return estimate, False
+
+
+def learn_burst(pace: Pace, drain: Drain, estimate: float, fitted: float | None) -> None:
+    """The server's burst: fitted, else what this drain admitted beyond ``estimate``."""
+    if fitted is not None:
+        burst = fitted
+        pace.burst_fitted = True
+    elif pace.estimated_burst is not None:
+        # Known from a fit, an earlier drain or the class it followed (whose drain since
+        # the start, cut to the history kept, says nothing of a burst): keep it.
+        return
+    elif drain.times:
+        burst = excess(drain, estimate)
+    else:
+        return
+    pace.set_burst(burst)

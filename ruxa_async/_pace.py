@@ -61,6 +61,7 @@ from ._bucketfit import Drain, excess
 from ._estimates import (
     SETTLE,
     believable,
+    learn_burst,
     probe_estimate,
     ramp_estimate,
     step_down,
@@ -271,7 +272,7 @@ class Pace:
         if fitted_burst is not None or self.phase != "hold":
             # Not from a 429 at a held pace: that drain may have run down slowly since the
             # start (a class that followed the other's pace), its excess is no burst.
-            self._learn_burst(drain, estimate, fitted_burst)
+            learn_burst(self, drain, estimate, fitted_burst)
         self.last_drain = drain if drain.times else None
         previous = self.estimate if followed is None else followed
         # The first finding after the ramp (or the first fit of the bucket) replaces a
@@ -349,22 +350,8 @@ class Pace:
     def _drain(self, granted_at: float) -> Drain:
         return self.log.drain(granted_at)
 
-    def _learn_burst(self, drain: Drain, estimate: float, fitted: float | None) -> None:
-        """The server's burst: fitted, else what this drain admitted beyond ``estimate``."""
-        if fitted is not None:
-            burst = fitted
-            self.burst_fitted = True
-        elif self.estimated_burst is not None:
-            # Known from a fit, an earlier drain or the class it followed (whose drain since
-            # the start, cut to the history kept, says nothing of a burst): keep it.
-            return
-        elif drain.times:
-            burst = excess(drain, estimate)
-        else:
-            return
-        self.set_burst(burst)
-
     def set_burst(self, burst: float) -> None:
+        """Take ``burst`` as the server's; spend at most half of it back to back."""
         if burst < 1.0:
             return
         self.estimated_burst = burst
