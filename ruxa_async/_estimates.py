@@ -18,21 +18,25 @@ bucket was last full, a *drain*; see :mod:`._bucketfit`):
   dropped is found in the second episode).
 
 The functions read (and, for the step-down count and a fitted burst, write)
-the :class:`~._pace.Pace` they are given; the pace decides what to do with
+the pace they are given (:class:`Estimating`); the pace decides what to do with
 the estimate.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-from ._admitted import rate_in
+from ._admitted import SendLog, rate_in
 from ._bucketfit import Drain, agreement, excess, joint_fit, rate_for_burst
 
-if TYPE_CHECKING:
-    from ._pace import Pace
-
-__all__ = ["believable", "learn_burst", "probe_estimate", "ramp_estimate", "step_down"]
+__all__ = [
+    "Estimating",
+    "believable",
+    "learn_burst",
+    "probe_estimate",
+    "ramp_estimate",
+    "step_down",
+]
 
 RAMP_ADMITTED_SHARE = 0.9  # a ramp's estimate: at most this share of the rate admitted before
 SETTLE = 0.95  # the settled pace, as a share of an estimate from the rules of thumb
@@ -44,7 +48,23 @@ _FIT_FLOOR = 0.9  # a fitted rate below this share of the pace held is not belie
 _DROP_FLOOR = 0.4  # a settled pace's 429 fits a rate no lower than this share of it
 
 
-def ramp_estimate(pace: Pace, granted_at: float, granted_rate: float) -> float:
+class Estimating(Protocol):
+    """What the rules read and write of a :class:`~._pace.Pace`."""
+
+    log: SendLog
+    unit: float
+    base: float
+    last_drain: Drain | None
+    burst_fitted: bool
+    estimated_burst: float | None
+    step_downs: int
+    refused_pace: float | None
+
+    def set_burst(self, burst: float) -> None:
+        """Take ``burst`` as the server's."""
+
+
+def ramp_estimate(pace: Estimating, granted_at: float, granted_rate: float) -> float:
     """A ramp's 429: half the pace, or most of the rate admitted in the unit before.
 
     The climb overshoots by a factor that grows with the server's burst, and
@@ -58,7 +78,7 @@ def ramp_estimate(pace: Pace, granted_at: float, granted_rate: float) -> float:
 
 
 def probe_estimate(
-    pace: Pace, drain: Drain, granted_at: float, granted_rate: float
+    pace: Estimating, drain: Drain, granted_at: float, granted_rate: float
 ) -> tuple[float, float | None, bool]:
     """A probe's 429: the bucket fitted to this drain and the last, else the known burst.
 
@@ -93,7 +113,7 @@ def probe_estimate(
     return max(pace.base / SETTLE, min(granted_rate / 1.05, admitted_rate)), None, False
 
 
-def believable(pace: Pace, burst: float) -> bool:
+def believable(pace: Estimating, burst: float) -> bool:
     """A fitted burst near the one the ramp's drain suggested (2 times over, 2.5 under).
 
     The ramp's guess runs high: it is the drain's excess over the ramp's
@@ -107,7 +127,7 @@ def believable(pace: Pace, burst: float) -> bool:
 
 
 def step_down(
-    pace: Pace, drain: Drain, granted_at: float, granted_rate: float, *, measured: bool = True
+    pace: Estimating, drain: Drain, granted_at: float, granted_rate: float, *, measured: bool = True
 ) -> tuple[float, bool]:
     """A 429 at the settled pace: the limit dropped (or the pace was a bit too fast).
 
@@ -136,7 +156,7 @@ def step_down(
     return estimate, False
 
 
-def learn_burst(pace: Pace, drain: Drain, estimate: float, fitted: float | None) -> None:
+def learn_burst(pace: Estimating, drain: Drain, estimate: float, fitted: float | None) -> None:
     """The server's burst: fitted, else what this drain admitted beyond ``estimate``."""
     if fitted is not None:
         burst = fitted

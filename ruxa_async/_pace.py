@@ -54,7 +54,6 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from typing import Literal
 
 from ._admitted import SendLog
 from ._bucketfit import Drain, excess
@@ -91,12 +90,11 @@ from ._pacetune import (
     _SETTLE_FITTED,
     _SETTLED_BURST,
     _STALLED,
+    Phase,
 )
 from ._ratestate import LearnedLimit, LimitSource
 
 __all__ = ["Pace", "Phase"]
-
-Phase = Literal["ramp", "hold", "probe", "hinted", "fixed"]
 
 
 class Pace:
@@ -287,7 +285,7 @@ class Pace:
             self.high_water = max(previous, self.high_water or 0.0)
         self.found = estimate if self.phase == "probe" and not ramp else None
         self.fitted = fitted
-        self._settle_at(estimate, "429s", changed=changed, confident=confident)
+        self.settle_at(estimate, "429s", changed=changed, confident=confident)
         if ramp:
             self.hold = _RAMP_HOLD * self.unit
 
@@ -367,9 +365,9 @@ class Pace:
         """
         high_water = self.high_water
         if self.ceiling is not None and limit >= self.ceiling:
-            self._settle_at(self.ceiling, "configured", changed=False)
+            self.settle_at(self.ceiling, "configured", changed=False)
         else:
-            self._settle_at(limit, "429s", changed=False)
+            self.settle_at(limit, "429s", changed=False)
         self.high_water = high_water
         self.returned = high_water is not None
 
@@ -394,9 +392,10 @@ class Pace:
     def _share(self) -> float:
         return _SETTLE_FITTED if self.fitted else SETTLE
 
-    def _settle_at(
+    def settle_at(
         self, estimate: float, source: LimitSource, *, changed: bool, confident: bool = False
     ) -> None:
+        """Hold just under ``estimate`` (a finding of ``source``), as long as the findings say."""
         self.estimate = estimate
         self.source = source
         if self.high_water is not None and self.step_downs == 0:

@@ -9,20 +9,47 @@ and take over each other's findings (:func:`adopt`, :func:`restore`).
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import Protocol
 
+from ._admitted import SendLog
 from ._bucketfit import Drain
 from ._estimates import RAMP_ADMITTED_SHARE
-from ._pacetune import _CHANGED, _HOLD, _MAX_HOLD_DOUBLINGS, _SETTLED_BURST, _TAIL
-from ._ratestate import LearnedLimit
+from ._pacetune import _CHANGED, _HOLD, _MAX_HOLD_DOUBLINGS, _SETTLED_BURST, _TAIL, Phase
+from ._ratestate import LearnedLimit, LimitSource
 
-if TYPE_CHECKING:
-    from ._pace import Pace
-
-__all__ = ["adopt", "follow", "learned_limit", "restore"]
+__all__ = ["Sharing", "adopt", "follow", "learned_limit", "restore"]
 
 
-def follow(pace: Pace, leader: Pace, now: float) -> bool:
+class Sharing(Protocol):
+    """What taking over a finding reads and writes of a :class:`~._pace.Pace`."""
+
+    adaptive: bool
+    ceiling: float | None
+    min_rate: float
+    top: float
+    unit: float
+    log: SendLog
+    phase: Phase
+    source: LimitSource
+    episodes: int
+    following: bool
+    t: float
+    base: float
+    rate: float
+    burst: float
+    hold: float
+    hold_doublings: int
+    estimate: float | None
+    estimated_burst: float | None
+    last_drain: Drain | None
+
+    def settle_at(
+        self, estimate: float, source: LimitSource, *, changed: bool, confident: bool = False
+    ) -> None:
+        """Settle the pace under ``estimate``."""
+
+
+def follow(pace: Sharing, leader: Sharing, now: float) -> bool:
     """Start from another class's settled pace: a prior, never a ceiling.
 
     A class still ramping with no 429 of its own (queries, usually, whose
@@ -57,7 +84,7 @@ def follow(pace: Pace, leader: Pace, now: float) -> bool:
     return True
 
 
-def restore(pace: Pace, learned: LearnedLimit) -> None:
+def restore(pace: Sharing, learned: LearnedLimit) -> None:
     """Adopt what another controller sharing the state learned."""
     if not pace.adaptive or learned.rate <= 0.0:
         return
@@ -71,7 +98,7 @@ def restore(pace: Pace, learned: LearnedLimit) -> None:
         pace.t = 0.0
 
 
-def adopt(pace: Pace, learned: LearnedLimit, *, new_episode: bool) -> None:
+def adopt(pace: Sharing, learned: LearnedLimit, *, new_episode: bool) -> None:
     """Take over a limit another controller sharing the state wrote, as the writer did.
 
     The result of a 429 episode (``new_episode``) settles this pace exactly
@@ -81,7 +108,7 @@ def adopt(pace: Pace, learned: LearnedLimit, *, new_episode: bool) -> None:
     if new_episode and pace.adaptive and learned.source == "429s" and learned.estimate:
         previous = pace.estimate
         changed = previous is None or abs(learned.estimate - previous) > _CHANGED * previous
-        pace._settle_at(learned.estimate, "429s", changed=changed)
+        pace.settle_at(learned.estimate, "429s", changed=changed)
         if learned.hold is not None:  # probe when the writer does, not alone
             pace.hold = learned.hold
             doublings = round(math.log2(max(1.0, learned.hold / (_HOLD * pace.unit))))
@@ -99,7 +126,7 @@ def adopt(pace: Pace, learned: LearnedLimit, *, new_episode: bool) -> None:
     restore(pace, learned)
 
 
-def learned_limit(pace: Pace, episode: int) -> LearnedLimit:
+def learned_limit(pace: Sharing, episode: int) -> LearnedLimit:
     """What this pace knows, to write to a :class:`RateState`."""
     return LearnedLimit(
         rate=pace.rate,

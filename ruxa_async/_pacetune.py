@@ -1,7 +1,14 @@
-"""The tunable numbers of a :class:`~._pace.Pace`, each with the reason for its value.
+"""The phases and tunable numbers of a :class:`~._pace.Pace`, each number with its reason.
 
 Units are the rate unit of the pace (1 s real-scale; shorter in time-compressed runs).
 """
+
+from __future__ import annotations
+
+from typing import Literal
+
+Phase = Literal["ramp", "hold", "probe", "hinted", "fixed"]
+
 
 _RAMP_DOUBLING = 0.5  # units of demand per doubling while ramping
 _RAMP_BURST = 4.0  # saved tokens a ramping class may spend back to back

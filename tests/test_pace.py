@@ -94,14 +94,14 @@ def test_a_drop_keeps_probes_frequent_until_the_old_limit_is_back() -> None:
     pace = Pace(
         ceiling=None, burst=10, start_rate=10.0, min_rate=0.2, unit=1.0, adaptive=True, now=0.0
     )
-    pace._settle_at(100.0, "429s", changed=True)
-    pace._settle_at(100.0, "429s", changed=False)
+    pace.settle_at(100.0, "429s", changed=True)
+    pace.settle_at(100.0, "429s", changed=False)
     assert pace.hold == 8.0  # unchanged limit: the hold doubled
     pace.advance(3.0, 1.0)  # held a while: a limit to come back to
     pace.phase = "hold"
     pace.on_refused(1.0, pace.rate, 1.0)  # a drop
     assert pace.high_water == pytest.approx(100.0)
-    pace._settle_at(pace.estimate or 0.0, "429s", changed=False)
+    pace.settle_at(pace.estimate or 0.0, "429s", changed=False)
     assert pace.hold == 4.0  # still below the old limit: probe again soon
 
 
@@ -224,14 +224,14 @@ def test_queries_follow_the_create_pace_until_a_429_of_their_own() -> None:
     assert queries.follow(creates, last)
     assert (queries.phase, queries.rate, queries.source) == ("hold", creates.rate, "slow start")
     assert queries.hold >= 4.0  # long enough for the creates' next finding to arrive first
-    creates._settle_at(120.0, "429s", changed=True)  # the creates found a higher limit
+    creates.settle_at(120.0, "429s", changed=True)  # the creates found a higher limit
     assert queries.follow(creates, last)
     assert queries.rate == creates.rate
-    creates._settle_at(60.0, "429s", changed=True)  # ... a lower one: not a ceiling for queries
+    creates.settle_at(60.0, "429s", changed=True)  # ... a lower one: not a ceiling for queries
     assert not queries.follow(creates, last)
     assert queries.rate == pytest.approx(0.95 * 120.0)
     queries.on_refused(last + 1.0, queries.rate, last + 1.0)  # a 429 of its own
-    creates._settle_at(200.0, "429s", changed=True)
+    creates.settle_at(200.0, "429s", changed=True)
     assert not queries.follow(creates, last + 2.0)
 
 
@@ -314,7 +314,7 @@ def test_a_drop_right_after_a_probes_429_keeps_the_found_limit() -> None:
 def test_a_probe_back_at_the_old_limits_pace_settles_there_without_a_429() -> None:
     """Below an old limit a probe reaching its pace stops there; the old limit counts until held."""
     pace = unknown()
-    pace._settle_at(100.0, "429s", changed=True)
+    pace.settle_at(100.0, "429s", changed=True)
     pace.high_water = 200.0
     send(pace, 0.0, 10.0, 400.0)  # plenty sent: the climb is not held back
     pace.advance(4.0, 10.0)
@@ -351,18 +351,18 @@ def test_a_probe_at_a_configured_ceiling_keeps_the_old_limit_until_held() -> Non
 def test_below_an_old_limit_a_limit_found_twice_holds_longer() -> None:
     """Each probe below an old limit costs a pause: found twice, the hold is 1.5 times longer."""
     pace = unknown()
-    pace._settle_at(100.0, "429s", changed=True)
+    pace.settle_at(100.0, "429s", changed=True)
     pace.high_water = 200.0
-    pace._settle_at(100.0, "429s", changed=False)
+    pace.settle_at(100.0, "429s", changed=False)
     assert pace.hold == 4.0
-    pace._settle_at(100.0, "429s", changed=False)
+    pace.settle_at(100.0, "429s", changed=False)
     assert pace.hold == 6.0
 
 
 def test_a_pace_run_ahead_of_what_the_server_admits_is_not_back_at_the_old_limit() -> None:
     """The climb reaches the old limit's pace, but only half of it was admitted: keep probing."""
     pace = unknown()
-    pace._settle_at(100.0, "429s", changed=True)
+    pace.settle_at(100.0, "429s", changed=True)
     pace.high_water = 200.0
     send(pace, 0.0, 10.0, 100.0)  # the server still admits only the old pace
     pace.advance(4.0, 10.0)
@@ -391,7 +391,7 @@ def test_a_followers_first_429_in_a_probe_keeps_the_leaders_burst() -> None:
 def test_below_an_old_limit_a_probe_doubles_in_one_unit() -> None:
     """Below an earlier limit a probe climbs fast (it may be back): double in one unit, not four."""
     pace = unknown()
-    pace._settle_at(100.0, "429s", changed=True)
+    pace.settle_at(100.0, "429s", changed=True)
     pace.high_water = 400.0
     send(pace, 0.0, 10.0, 400.0)
     pace.advance(4.0, 10.0)
@@ -410,7 +410,7 @@ def test_a_probes_early_429_steps_down_and_corrects_a_burst_learned_too_small() 
         ceiling=None, burst=10, start_rate=10.0, min_rate=0.2, unit=0.25, adaptive=True, now=0.0
     )
     pace.fitted = True
-    pace._settle_at(110.0, "429s", changed=True)
+    pace.settle_at(110.0, "429s", changed=True)
     pace.estimated_burst, pace.burst_fitted, pace.burst = 7.8, True, 3.9
     pace.high_water = 200.0
     serve(pace, 100.0, 10.0, 0.0, 8.0, pause=0.25, jitter=0.002)
@@ -421,7 +421,7 @@ def test_a_probes_early_429_steps_down_and_corrects_a_burst_learned_too_small() 
 def test_a_burst_the_server_saved_is_no_sign_the_old_limit_is_back() -> None:
     """At k = 4 a burst of 10 is 36/s over a unit: a limit still at 100 must not look like 136."""
     pace = unknown(unit=0.25)
-    pace._settle_at(100.0, "429s", changed=True)
+    pace.settle_at(100.0, "429s", changed=True)
     pace.estimated_burst = 10.0
     pace.high_water = 173.0
     end = send(pace, 0.0, 10.0, 100.0)
@@ -446,7 +446,7 @@ def test_a_probe_at_a_configured_ceiling_is_found_back_over_a_short_unit() -> No
     pace = Pace(
         ceiling=80.0, burst=10, start_rate=10.0, min_rate=0.2, unit=0.25, adaptive=True, now=0.0
     )
-    pace._settle_at(36.0, "429s", changed=True)
+    pace.settle_at(36.0, "429s", changed=True)
     pace.estimated_burst = 10.75
     t = 0.0
     for _ in range(400):  # 4 s of demand, every send admitted at the pace
@@ -463,7 +463,7 @@ def test_below_an_old_limit_a_probe_waits_at_its_pace_until_the_server_admits_it
     back on the old limit without a 429.
     """
     pace = unknown(unit=0.25)
-    pace._settle_at(100.0, "429s", changed=True)
+    pace.settle_at(100.0, "429s", changed=True)
     pace.estimated_burst = 10.0
     pace.high_water = 200.0
     t, top = 0.0, 0.0
@@ -483,7 +483,7 @@ def test_a_429_after_a_stall_is_read_at_the_settled_pace_not_below() -> None:
     run learned a limit of 31 and a burst of 424 from such a 429).
     """
     pace = unknown()
-    pace._settle_at(100.0, "429s", changed=True)
+    pace.settle_at(100.0, "429s", changed=True)
     pace.estimated_burst = 10.0
     t = send(pace, 0.0, 4.0, pace.rate)
     pace.advance(4.0, t)
