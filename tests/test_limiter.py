@@ -584,3 +584,11 @@ async def test_configured_pace_lets_the_server_bucket_refill(loop: VirtualTimeLo
     assert not late  # the late wake-up happened
     assert refused == 0
     assert admitted >= 0.98 * 100.0 * 10.0  # ... and the pace is still close to the limit
+
+
+@virtual_time
+async def test_the_query_budget_is_the_query_pace_once_known(loop: VirtualTimeLoop) -> None:
+    """The poll scheduler's budget: None while queries ramp, their pace once configured."""
+    assert Harness(loop).ctl.query_budget() is None
+    h = Harness(loop, query_per_second=40.0)
+    assert h.ctl.query_budget() == pytest.approx(40.0 * SHARE)
