@@ -32,10 +32,10 @@ so its rules are tested directly. It moves through four phases:
     The server publishes its quota (rate-limit headers): pace at it, no probing.
 
 A class still ramping with no 429 of its own may *follow* another's finding
-(:meth:`Pace.follow`, :mod:`._paceshare`; the controller lets queries follow creates): it holds at
-the other's settled pace, takes its burst as a guess, rises with its later
-findings and never sinks with them; its own first 429 ends that, and the pace
-it followed counts as a limit to come back to.
+(:meth:`Pace.follow`, in :mod:`._paceshare`; the controller lets queries
+follow creates): it holds at the other's settled pace, takes its burst as a
+guess, rises with its later findings and never sinks with them; its own first
+429 ends that, and the pace it followed counts as a limit to come back to.
 
 The estimate after a 429 comes from what the server *admitted* (:mod:`._admitted`
 keeps the record), by the phase it refused; :mod:`._estimates` has the rules.
