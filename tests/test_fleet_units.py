@@ -86,14 +86,34 @@ def test_the_bucket_refills_at_the_slowest_pace_a_member_asked_for(
         reply = script(keys=["bp", "g1", "g2", "paces"], args=[1, 1, rate, 1, now, "0", member, 1])
         return [float(x) for x in reply]
 
-    granted, _, _, rate = lease("a", 100.0, 10.0)
-    assert (granted, rate) == (1, 100.0)
+    granted, _, _, rate, pacers = lease("a", 100.0, 10.0)
+    assert (granted, rate, pacers) == (1, 100.0, 1)
     assert lease("b", 20.0, 10.0) == [0, pytest.approx(0.05)]  # refills at 20/s
     assert lease("a", 100.0, 10.02) == [0, pytest.approx(0.03)]  # 0.4 tokens, at 20/s
-    granted, _, _, rate = lease("a", 100.0, 10.06)
-    assert (granted, rate) == (1, 20.0)
-    granted, _, _, rate = lease("a", 100.0, 11.5)  # b's pace is over a second old
-    assert (granted, rate) == (1, 100.0)
+    granted, _, _, rate, pacers = lease("a", 100.0, 10.06)
+    assert (granted, rate, pacers) == (1, 20.0, 2)
+    granted, _, _, rate, pacers = lease("a", 100.0, 11.5)  # b's pace is over a second old
+    assert (granted, rate, pacers) == (1, 100.0, 2)  # ... b still counts as a member (2 s)
+    granted, _, _, rate, pacers = lease("a", 100.0, 12.1)
+    assert (granted, rate, pacers) == (1, 100.0, 1)
+
+
+def test_while_every_member_ramps_the_bucket_refills_at_the_fastest_pace(
+    conn: redis_sync.Redis,
+) -> None:
+    """Nothing learned: the fastest ramp's pace; once one member has learned, the slowest again."""
+    script = conn.register_script(_scripts.TAKE)
+
+    def lease(member: str, rate: float, now: float, ramp: bool) -> tuple[int, float]:
+        args = [1, 1, rate, 1, now, "0", member, 1, "ramp" if ramp else ""]
+        reply = script(keys=["br", "g1", "g2", "paces-r"], args=args)
+        return int(reply[0]), float(reply[3]) if len(reply) > 3 else float(reply[1])
+
+    assert lease("a", 40.0, 10.0, ramp=True) == (1, 40.0)
+    assert lease("b", 160.0, 10.1, ramp=True) == (1, 160.0)
+    assert lease("a", 40.0, 10.2, ramp=True) == (1, 160.0)  # the fastest ramp, not a's own
+    assert lease("a", 80.0, 10.3, ramp=False) == (1, 80.0)  # a learned 80: the slowest again
+    assert lease("b", 160.0, 10.4, ramp=True) == (1, 80.0)
 
 
 def test_bucket_never_grants_fewer_than_asked_for(conn: redis_sync.Redis) -> None:
@@ -172,6 +192,71 @@ async def test_a_member_spends_its_block_at_its_part_of_the_rate(redis_url: str)
         assert await state.take("create", 1, 40.0, 10.0) == 0.0
         assert await state.take("create", 1, 40.0, 10.0) == pytest.approx(0.1)  # 40/s / 4
         assert state.leases == 1
+    finally:
+        await store.aclose()
+
+
+async def test_a_ramping_member_spends_its_block_at_its_pace_now(redis_url: str) -> None:
+    """Nothing learned yet: a pace that doubled since the lease spends the block at the new pace.
+
+    Spent at the pace of its lease, a block lags a doubling ramp by its length
+    (a lease of the fleet's 50 ms is 400 ms of one of 8 members' sends).
+    """
+    clock = Clock()
+    store = Store(redis_url, namespace=f"u{uuid.uuid4().hex[:6]}", timeout=1.0)
+    state = RedisRateState(store, channel="c", lease_seconds=0.1, clock=clock)
+    state.origin = "me"
+    try:
+        assert await state.read("create") is None  # the fleet has learned nothing
+        assert await state.take("create", 1, 40.0, 4.0) == 0.0  # a block of 4
+        assert await state.take("create", 1, 80.0, 4.0) == pytest.approx(1 / 40)
+        clock.now += 1 / 40
+        assert await state.take("create", 1, 80.0, 4.0) == 0.0
+        assert await state.take("create", 1, 80.0, 4.0) == pytest.approx(1 / 80)  # the new pace
+        assert state.leases == 1
+        await state.write("create", LearnedLimit(rate=40.0, estimate=42.0, source="429s"))
+        clock.now += 1 / 80
+        assert await state.take("create", 1, 80.0, 4.0) == 0.0
+        # learned: the block goes out at the pace it was leased at (the fleet's slowest)
+        assert await state.take("create", 1, 80.0, 4.0) == pytest.approx(1 / 40)
+    finally:
+        await store.aclose()
+
+
+async def test_a_member_spreads_its_block_over_the_members_leasing_lately(redis_url: str) -> None:
+    """Eight live processes, the other creator done: this one spends at the whole rate at once.
+
+    The heartbeat counts every live process, and the share is measured over
+    8 s: a batch's last creates, spread over members done creating, would go
+    out at a fraction of the rate for seconds.
+    """
+    clock = Clock()
+    store = Store(redis_url, namespace=f"u{uuid.uuid4().hex[:6]}", timeout=1.0)
+    state = RedisRateState(store, channel="c", lease_seconds=0.1, lease_ttl=0.5, clock=clock)
+    state.origin, state.members = "me", 8
+    paces, bucket = (store.key("rate", part, "create") for part in ("paces", "bucket"))
+
+    async def other(seconds_ago: float, tokens: int) -> None:
+        """Member "o" took ``tokens`` (and the bucket refilled: a second passed here)."""
+        seconds, micros = await store.redis.time()
+        now = seconds + micros / 1e6
+        await store.redis.hset(paces, "o", f"{1e6:.6f}|{now - seconds_ago:.6f}")
+        await store.redis.hset(bucket, mapping={"tokens": "4", "stamp": f"{now:.6f}"})
+        await store.redis.hincrby(bucket, "granted", tokens)
+
+    try:
+        assert await state.take("create", 1, 80.0, 4.0) == 0.0
+        assert await state.take("create", 1, 80.0, 4.0) == pytest.approx(8 / 80)  # new: all 8
+        for _ in range(4):  # "o" and this one take alike: the fleet takes 2 tokens per one here
+            clock.now += 1.0
+            await other(0.0, 8)
+            assert await state.take("create", 1, 80.0, 4.0) == 0.0
+        assert await state.take("create", 1, 80.0, 4.0) == pytest.approx(2 / 80)
+        clock.now += 1.0
+        await other(2.5, 0)  # "o" is done creating
+        assert await state.take("create", 1, 80.0, 4.0) == 0.0
+        assert state.share("create") == pytest.approx(2.0, rel=0.2)  # measured over 8 s
+        assert await state.take("create", 1, 80.0, 4.0) == pytest.approx(1 / 80)
     finally:
         await store.aclose()
 

@@ -22,17 +22,20 @@ local function num(s) return string.format('%.6f', s) end
 # A token bucket shared by the fleet, leased in blocks.
 # KEYS: bucket hash, gate of the kind, gate of the client scope[, paces hash]
 # ARGV: wanted block, at least this many, rate, burst, now[, lookahead seconds[, member,
-#       window seconds]]
+#       window seconds[, "ramp"]]]
 # A lease may borrow the tokens the next `lookahead` seconds refill (the bucket goes below
 # zero): the block's first token may then be spent only after the returned delay, the rest
 # at the rate, so a block is one round trip even when the fleet keeps the bucket near empty.
 # With a member name the bucket refills at the slowest pace any member asked for in the last
-# `window` seconds (the paces hash keeps each member's): the fleet never sends faster than one
-# of its members believes the limit allows, so a 429 never finds a member far below the rate
-# that drew it.
-# -> {granted, seconds[, tokens the fleet was granted in all, the rate]}: granted > 0, the
-# delay until its first token (0: now), the fleet's running total and the refill rate used;
-# or 0 and the wait.
+# `window` seconds (the paces hash keeps each member's latest): the fleet never sends faster
+# than one of its members believes the limit allows, so a 429 never finds a member far below
+# the rate that drew it. While every one of them is still ramping ("ramp": nothing learned
+# yet, each pace a guess that doubles) it refills at the fastest: the slowest would hold the
+# fleet's climb a lease behind each member's, several times slower than one process's.
+# -> {granted, seconds[, tokens the fleet was granted in all, the rate, members pacing]}:
+# granted > 0, the delay until its first token (0: now), the fleet's running total, the refill
+# rate used and how many members asked within twice the window (a gate's pause is about one
+# window: those that leased before it still count at its end); or 0 and the wait.
 TAKE = (
     _CLOCK
     + """
@@ -40,20 +43,29 @@ local now = clock(ARGV[5])
 local wanted, least = tonumber(ARGV[1]), tonumber(ARGV[2])
 local rate, burst = tonumber(ARGV[3]), tonumber(ARGV[4])
 local ahead = tonumber(ARGV[6] or '0') or 0
+local pacers = 1
 if ARGV[7] then
   local window = tonumber(ARGV[8])
-  redis.call('HSET', KEYS[4], ARGV[7], num(rate) .. '|' .. num(now))
+  local ramping = ARGV[9] == 'ramp'
+  redis.call('HSET', KEYS[4], ARGV[7], num(rate) .. '|' .. num(now) .. (ramping and '|r' or ''))
   local paces = redis.call('HGETALL', KEYS[4])
+  local slowest, fastest = rate, rate
+  pacers = 0
   for i = 1, #paces, 2 do
-    local v = paces[i + 1]
-    local sep = string.find(v, '|', 1, true)
-    local r, t = tonumber(string.sub(v, 1, sep - 1)), tonumber(string.sub(v, sep + 1))
-    if t < now - window then
+    local r, t, mark = string.match(paces[i + 1], '^([^|]*)|([^|]*)|?(.*)$')
+    r, t = tonumber(r), tonumber(t)
+    if not (r and t) or t < now - 2 * window then
       redis.call('HDEL', KEYS[4], paces[i])
-    elseif r < rate then
-      rate = r
+    else
+      pacers = pacers + 1
+      if t >= now - window then
+        if mark ~= 'r' then ramping = false end
+        if r < slowest then slowest = r end
+        if r > fastest then fastest = r end
+      end
     end
   end
+  rate = ramping and fastest or slowest
   redis.call('PEXPIRE', KEYS[4], 3600000)
 end
 local gate = 0
@@ -85,7 +97,7 @@ tokens = tokens - granted
 redis.call('HSET', KEYS[1], 'tokens', num(tokens), 'stamp', num(stamp))
 local total = redis.call('HINCRBY', KEYS[1], 'granted', granted)
 redis.call('PEXPIRE', KEYS[1], 3600000)
-return {granted, num(start), total, num(rate)}
+return {granted, num(start), total, num(rate), pacers}
 """
 )
 
