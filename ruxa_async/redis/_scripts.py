@@ -19,6 +19,19 @@ end
 local function num(s) return string.format('%.6f', s) end
 """
 
+# A token bucket's refill (also the gateway's): a hash with fields `tokens` and `stamp`;
+# a missing one is full; a stamp ahead of now (a gate closed) refills nothing before it.
+# -> tokens, stamp as of now
+_BUCKET = """
+local function refill(key, rate, burst, now)
+  local h = redis.call('HMGET', key, 'tokens', 'stamp')
+  local tokens, stamp = tonumber(h[1]), tonumber(h[2])
+  if not tokens then return burst, now end
+  if now > stamp then return math.min(burst, tokens + (now - stamp) * rate), now end
+  return math.min(burst, tokens), stamp
+end
+"""
+
 # A token bucket shared by the fleet, leased in blocks.
 # KEYS: bucket hash, gate of the kind, gate of the client scope[, paces hash]
 # ARGV: wanted block, at least this many, rate, burst, now[, lookahead seconds[, member,
@@ -38,6 +51,7 @@ local function num(s) return string.format('%.6f', s) end
 # window: those that leased before it still count at its end); or 0 and the wait.
 TAKE = (
     _CLOCK
+    + _BUCKET
     + """
 local now = clock(ARGV[5])
 local wanted, least = tonumber(ARGV[1]), tonumber(ARGV[2])
@@ -74,15 +88,7 @@ for i = 2, 3 do
   if g > gate then gate = g end
 end
 if gate > now then return {0, num(gate - now)} end
-local h = redis.call('HMGET', KEYS[1], 'tokens', 'stamp')
-local tokens, stamp = tonumber(h[1]), tonumber(h[2])
-if not tokens then tokens, stamp = burst, now end
-if now > stamp then
-  tokens = math.min(burst, tokens + (now - stamp) * rate)
-  stamp = now
-else
-  tokens = math.min(burst, tokens)
-end
+local tokens, stamp = refill(KEYS[1], rate, burst, now)
 local reach = tokens
 if stamp <= now then reach = tokens + ahead * rate end  -- no borrowing before a reopening
 local granted = math.min(wanted, math.floor(reach + 1e-9))
