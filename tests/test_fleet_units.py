@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 import redis as redis_sync
@@ -42,6 +42,25 @@ def conn(redis_url: str) -> redis_sync.Redis:
     c = redis_sync.Redis.from_url(redis_url)
     yield c
     c.close()
+
+
+MakeState = Callable[..., RedisRateState]
+
+
+@pytest.fixture
+async def fleet_state(redis_url: str) -> AsyncIterator[MakeState]:
+    """Makes members of one fleet: rate states on one fresh namespace, each with its own store."""
+    namespace = f"u{uuid.uuid4().hex[:6]}"
+    stores: list[Store] = []
+
+    def make(clock: Clock, **options: float) -> RedisRateState:
+        store = Store(redis_url, namespace=namespace, timeout=1.0)
+        stores.append(store)
+        return RedisRateState(store, channel="c", clock=clock, **options)
+
+    yield make
+    for store in stores:
+        await store.aclose()
 
 
 def take(conn: redis_sync.Redis, wanted: int, least: int, rate: float, burst: float, now: float):
@@ -285,42 +304,30 @@ async def test_a_late_caller_catches_up_on_its_lease_like_a_saved_burst(redis_ur
         await store.aclose()
 
 
-async def test_the_bucket_refills_at_the_fleets_learned_pace(redis_url: str) -> None:
+async def test_the_bucket_refills_at_the_fleets_learned_pace(fleet_state: MakeState) -> None:
     """A process whose own pace lags the fleet's learned one still spends at the fleet's."""
     clock = Clock()
-    namespace = f"u{uuid.uuid4().hex[:6]}"
-    stores = [Store(redis_url, namespace=namespace, timeout=1.0) for _ in range(2)]
-    a, b = (RedisRateState(s, channel="c", lease_ttl=0.5, clock=clock) for s in stores)
-    try:
-        await a.write("create", LearnedLimit(rate=100.0, estimate=103.0, source="429s"))
-        assert (await b.read("create")) is not None
-        assert await b.take("create", 1, 10.0, 5.0) == 0.0
-        assert await b.take("create", 1, 10.0, 5.0) == pytest.approx(0.01)  # 100/s, not 10
-    finally:
-        for store in stores:
-            await store.aclose()
+    a, b = (fleet_state(clock, lease_ttl=0.5) for _ in range(2))
+    await a.write("create", LearnedLimit(rate=100.0, estimate=103.0, source="429s"))
+    assert (await b.read("create")) is not None
+    assert await b.take("create", 1, 10.0, 5.0) == 0.0
+    assert await b.take("create", 1, 10.0, 5.0) == pytest.approx(0.01)  # 100/s, not 10
 
 
 async def test_a_learned_limit_is_read_again_when_the_fleet_announces_one(
-    redis_url: str,
+    fleet_state: MakeState,
 ) -> None:
     """The learned limit is cached; the fleet's message (invalidate) makes the next read fresh."""
     clock = Clock()
-    namespace = f"u{uuid.uuid4().hex[:6]}"
-    stores = [Store(redis_url, namespace=namespace, timeout=1.0) for _ in range(2)]
-    a, b = (RedisRateState(s, channel="c", clock=clock) for s in stores)
-    try:
-        await a.write("query", LearnedLimit(rate=50.0, source="429s"))
-        assert (await b.read("query")) == LearnedLimit(rate=50.0, source="429s")
-        await a.write("query", LearnedLimit(rate=40.0, source="429s", episode=1))
-        calls = stores[1].calls
-        assert (await b.read("query")) == LearnedLimit(rate=50.0, source="429s")  # cached
-        assert stores[1].calls == calls
-        b.invalidate("query")  # the pub/sub message "learned|query"
-        assert (await b.read("query")) == LearnedLimit(rate=40.0, source="429s", episode=1)
-    finally:
-        for store in stores:
-            await store.aclose()
+    a, b = (fleet_state(clock) for _ in range(2))
+    await a.write("query", LearnedLimit(rate=50.0, source="429s"))
+    assert (await b.read("query")) == LearnedLimit(rate=50.0, source="429s")
+    await a.write("query", LearnedLimit(rate=40.0, source="429s", episode=1))
+    calls = b._store.calls
+    assert (await b.read("query")) == LearnedLimit(rate=50.0, source="429s")  # cached
+    assert b._store.calls == calls
+    b.invalidate("query")  # the pub/sub message "learned|query"
+    assert (await b.read("query")) == LearnedLimit(rate=40.0, source="429s", episode=1)
 
 
 async def test_a_learned_limit_from_a_newer_member_still_decodes(redis_url: str) -> None:
@@ -335,24 +342,18 @@ async def test_a_learned_limit_from_a_newer_member_still_decodes(redis_url: str)
         await store.aclose()
 
 
-async def test_a_borrowed_block_is_spent_from_memory_when_due(redis_url: str) -> None:
+async def test_a_borrowed_block_is_spent_from_memory_when_due(fleet_state: MakeState) -> None:
     """A process leasing from a bucket another just emptied gets a later block, not nothing."""
     clock = Clock()
-    namespace = f"u{uuid.uuid4().hex[:6]}"
-    stores = [Store(redis_url, namespace=namespace, timeout=1.0) for _ in range(2)]
-    a, b = (RedisRateState(s, channel="c", lease_seconds=0.5, clock=clock) for s in stores)
-    try:
-        assert await a.take("create", 1, 10.0, 2.0) == 0.0  # a block of 5: 2 saved, 3 borrowed
-        wait = await b.take("create", 1, 10.0, 2.0)
-        assert wait > 0  # b's block starts after a's
-        assert b.leases == 1
-        clock.now += wait
-        assert await b.take("create", 1, 10.0, 2.0) == 0.0
-        assert b.leases == 1  # served from the borrowed block, no second round trip
-        assert b.leased_tokens >= 1
-    finally:
-        for store in stores:
-            await store.aclose()
+    a, b = (fleet_state(clock, lease_seconds=0.5) for _ in range(2))
+    assert await a.take("create", 1, 10.0, 2.0) == 0.0  # a block of 5: 2 saved, 3 borrowed
+    wait = await b.take("create", 1, 10.0, 2.0)
+    assert wait > 0  # b's block starts after a's
+    assert b.leases == 1
+    clock.now += wait
+    assert await b.take("create", 1, 10.0, 2.0) == 0.0
+    assert b.leases == 1  # served from the borrowed block, no second round trip
+    assert b.leased_tokens >= 1
 
 
 async def test_without_redis_a_member_paces_its_share_and_counts_the_fleet() -> None:
@@ -389,50 +390,40 @@ async def test_a_gate_message_drops_the_lease(redis_url: str) -> None:
         await store.aclose()
 
 
-async def test_share_is_the_fleets_tokens_per_token_of_this_process(redis_url: str) -> None:
+async def test_share_is_the_fleets_tokens_per_token_of_this_process(fleet_state: MakeState) -> None:
     """Two processes leasing alike each learn that the fleet takes two tokens per one of theirs."""
     clock = Clock()
-    namespace = f"u{uuid.uuid4().hex[:6]}"
-    stores = [Store(redis_url, namespace=namespace, timeout=1.0) for _ in range(2)]
-    a, b = (RedisRateState(s, channel="c", lease_ttl=0.5, clock=clock) for s in stores)
-    try:
-        assert a.share("create") == 1.0
-        for _ in range(4):
-            for state in (a, b):
-                assert await state.take("create", 1, 1e6, 4.0) == 0.0  # a block of 4
-            clock.now += 1.0  # the leases expire: every take is a new lease
-        assert a.share("create") == pytest.approx(2.0)
-        assert b.share("create") == pytest.approx(2.0)
-        assert a.share("query") == 1.0
-    finally:
-        for store in stores:
-            await store.aclose()
+    a, b = (fleet_state(clock, lease_ttl=0.5) for _ in range(2))
+    assert a.share("create") == 1.0
+    for _ in range(4):
+        for state in (a, b):
+            assert await state.take("create", 1, 1e6, 4.0) == 0.0  # a block of 4
+        clock.now += 1.0  # the leases expire: every take is a new lease
+    assert a.share("create") == pytest.approx(2.0)
+    assert b.share("create") == pytest.approx(2.0)
+    assert a.share("query") == 1.0
 
 
-async def test_share_is_steady_when_one_member_takes_a_few_blocks_more(redis_url: str) -> None:
+async def test_share_is_steady_when_one_member_takes_a_few_blocks_more(
+    fleet_state: MakeState,
+) -> None:
     """A member that leased three blocks in one second barely moves the other's share.
 
     The share scales every drain the rate controller fits: measured over two
     seconds, a few blocks at the wrong moment scaled it by a half.
     """
     clock = Clock()
-    namespace = f"u{uuid.uuid4().hex[:6]}"
-    stores = [Store(redis_url, namespace=namespace, timeout=1.0) for _ in range(2)]
-    a, b = (RedisRateState(s, channel="c", lease_ttl=0.5, clock=clock) for s in stores)
-    try:
-        for second in range(10):
-            for state in (a, b):
-                await state.take("create", 16, 1e6, 16.0)
-            if second == 8:
-                for _ in range(2):
-                    clock.now += 0.001
-                    await b.take("create", 16, 1e6, 16.0)
-            clock.now += 1.0
-        await a.take("create", 16, 1e6, 16.0)
-        assert a.share("create") == pytest.approx(2.0, rel=0.15)
-    finally:
-        for store in stores:
-            await store.aclose()
+    a, b = (fleet_state(clock, lease_ttl=0.5) for _ in range(2))
+    for second in range(10):
+        for state in (a, b):
+            await state.take("create", 16, 1e6, 16.0)
+        if second == 8:
+            for _ in range(2):
+                clock.now += 0.001
+                await b.take("create", 16, 1e6, 16.0)
+        clock.now += 1.0
+    await a.take("create", 16, 1e6, 16.0)
+    assert a.share("create") == pytest.approx(2.0, rel=0.15)
 
 
 # ------------------------------------------- rate controllers sharing one state
