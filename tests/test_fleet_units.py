@@ -6,6 +6,7 @@ import asyncio
 import itertools
 import uuid
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import pytest
 import redis as redis_sync
@@ -53,7 +54,7 @@ async def fleet_state(redis_url: str) -> AsyncIterator[MakeState]:
     namespace = f"u{uuid.uuid4().hex[:6]}"
     stores: list[Store] = []
 
-    def make(clock: Clock, **options: float) -> RedisRateState:
+    def make(clock: Clock, **options: Any) -> RedisRateState:
         store = Store(redis_url, namespace=namespace, timeout=1.0)
         stores.append(store)
         return RedisRateState(store, channel="c", clock=clock, **options)
