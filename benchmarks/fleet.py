@@ -57,7 +57,9 @@ async def _worker(args: argparse.Namespace) -> dict[str, Any]:
     redis = RedisCoordinator(args.redis, namespace=args.namespace) if args.redis else None
     coordinator = redis if redis is not None else coordinator_from_url(None)
     received: dict[str, float] = {}
-    grants: dict[str, list[float]] = {"create": [], "query": []}
+    grants: dict[str, list[float]] = {
+        k: [] for k in ("create", "query", "create pace", "query pace")
+    }
     trace = _trace_decisions(grants) if os.environ.get("FLEET_TRACE") else []
     callbacks = None
     if args.receiver:
@@ -135,7 +137,10 @@ async def _worker(args: argparse.Namespace) -> dict[str, Any]:
             "resolved": resolved,
             "received": received,
             "trace": [(t - start, text) for t, text in trace],
-            "grants": {kind: [t - start for t in times] for kind, times in grants.items()},
+            "grants": {
+                kind: times if "pace" in kind else [t - start for t in times]
+                for kind, times in grants.items()
+            },
             "hops": hops,
         }
 
@@ -177,6 +182,7 @@ def _trace_decisions(grants: dict[str, list[float]]) -> list[tuple[float, str]]:
 
     def granted(self: RateController, lane: Any, gate: Any, now: float) -> Any:
         grants[lane.kind].append(time.monotonic())
+        grants[lane.kind + " pace"].append(lane.pace.rate)
         return grant(self, lane, gate, now)
 
     RateController._grant = granted  # type: ignore[method-assign]

@@ -126,7 +126,7 @@ def test_while_every_member_ramps_the_bucket_refills_at_the_fastest_pace(
 
     def lease(member: str, rate: float, now: float, ramp: bool) -> tuple[int, float]:
         args = [1, 1, rate, 1, now, "0", member, 1, "ramp" if ramp else ""]
-        reply = script(keys=["br", "g1", "g2", "paces-r"], args=args)
+        reply = script(keys=["br", "g1", "g2", "paces-r", "ramps"], args=args)
         return int(reply[0]), float(reply[3]) if len(reply) > 3 else float(reply[1])
 
     assert lease("a", 40.0, 10.0, ramp=True) == (1, 40.0)
@@ -134,6 +134,10 @@ def test_while_every_member_ramps_the_bucket_refills_at_the_fastest_pace(
     assert lease("a", 40.0, 10.2, ramp=True) == (1, 160.0)  # the fastest ramp, not a's own
     assert lease("a", 80.0, 10.3, ramp=False) == (1, 80.0)  # a learned 80: the slowest again
     assert lease("b", 160.0, 10.4, ramp=True) == (1, 80.0)
+    # a member of an older version (no ramp marks) is not known to ramp: the slowest
+    old = [1, 1, 20.0, 1, 12.0, "0", "old", 1]
+    script(keys=["br", "g1", "g2", "paces-r"], args=old)
+    assert lease("b", 160.0, 12.1, ramp=True) == (1, 20.0)
 
 
 def test_bucket_never_grants_fewer_than_asked_for(conn: redis_sync.Redis) -> None:

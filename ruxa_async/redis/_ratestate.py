@@ -279,7 +279,8 @@ class RedisRateState:
                 return 0.0
             block = max(count, min(self._max_lease, math.ceil(rate * self._lease_seconds)))
             gate_keys = [self._key("gate", scope) for scope in _SCOPES_OF[kind]]
-            keys = [self._key("bucket", kind), *gate_keys, self._key("paces", kind)]
+            keys = [self._key("bucket", kind), *gate_keys]
+            keys += [self._key("paces", kind), self._key("ramps", kind)]
             # may borrow what the next lease_seconds refill, for each live process: every
             # member borrows as deep, so none is left behind the others' blocks
             ahead = f"{self._lease_seconds * self._members(kind):.6f}"

@@ -33,18 +33,20 @@ end
 """
 
 # A token bucket shared by the fleet, leased in blocks.
-# KEYS: bucket hash, gate of the kind, gate of the client scope[, paces hash]
+# KEYS: bucket hash, gate of the kind, gate of the client scope[, paces hash[, ramps hash]]
 # ARGV: wanted block, at least this many, rate, burst, now[, lookahead seconds[, member,
 #       window seconds[, "ramp"]]]
 # A lease may borrow the tokens the next `lookahead` seconds refill (the bucket goes below
 # zero): the block's first token may then be spent only after the returned delay, the rest
 # at the rate, so a block is one round trip even when the fleet keeps the bucket near empty.
 # With a member name the bucket refills at the slowest pace any member asked for in the last
-# `window` seconds (the paces hash keeps each member's latest): the fleet never sends faster
-# than one of its members believes the limit allows, so a 429 never finds a member far below
-# the rate that drew it. While every one of them is still ramping ("ramp": nothing learned
-# yet, each pace a guess that doubles) it refills at the fastest: the slowest would hold the
-# fleet's climb a lease behind each member's, several times slower than one process's.
+# `window` seconds (the paces hash keeps each member's latest, "rate|time"): the fleet never
+# sends faster than one of its members believes the limit allows, so a 429 never finds a
+# member far below the rate that drew it. While every one of them is still ramping ("ramp":
+# nothing learned yet, each pace a guess that doubles; the ramps hash keeps who is, apart, so
+# members of an older version read the paces as before and count as not ramping) it refills
+# at the fastest: the slowest would hold the fleet's climb a lease behind each member's,
+# several times slower than one process's.
 # -> {granted, seconds[, tokens the fleet was granted in all, the rate, members pacing]}:
 # granted > 0, the delay until its first token (0: now), the fleet's running total, the refill
 # rate used and how many members asked within twice the window (a gate's pause is about one
@@ -60,26 +62,40 @@ local ahead = tonumber(ARGV[6] or '0') or 0
 local pacers = 1
 if ARGV[7] then
   local window = tonumber(ARGV[8])
-  local ramping = ARGV[9] == 'ramp'
-  redis.call('HSET', KEYS[4], ARGV[7], num(rate) .. '|' .. num(now) .. (ramping and '|r' or ''))
+  local ramping = ARGV[9] == 'ramp' and KEYS[5] ~= nil
+  redis.call('HSET', KEYS[4], ARGV[7], num(rate) .. '|' .. num(now))
+  local ramps = {}
+  if KEYS[5] then
+    if ramping then
+      redis.call('HSET', KEYS[5], ARGV[7], '1')
+    else
+      redis.call('HDEL', KEYS[5], ARGV[7])
+    end
+    local marks = redis.call('HGETALL', KEYS[5])
+    for i = 1, #marks, 2 do ramps[marks[i]] = true end
+    redis.call('PEXPIRE', KEYS[5], 3600000)
+  end
   local paces = redis.call('HGETALL', KEYS[4])
   local slowest, fastest = rate, rate
   pacers = 0
   for i = 1, #paces, 2 do
-    local r, t, mark = string.match(paces[i + 1], '^([^|]*)|([^|]*)|?(.*)$')
-    r, t = tonumber(r), tonumber(t)
+    local v = paces[i + 1]
+    local sep = string.find(v, '|', 1, true)
+    local r, t
+    if sep then r, t = tonumber(string.sub(v, 1, sep - 1)), tonumber(string.sub(v, sep + 1)) end
     if not (r and t) or t < now - 2 * window then
       redis.call('HDEL', KEYS[4], paces[i])
+      if KEYS[5] then redis.call('HDEL', KEYS[5], paces[i]) end
     else
       pacers = pacers + 1
       if t >= now - window then
-        if mark ~= 'r' then ramping = false end
+        if not ramps[paces[i]] then ramping = false end
         if r < slowest then slowest = r end
         if r > fastest then fastest = r end
       end
     end
   end
-  rate = ramping and fastest or slowest
+  if ramping then rate = fastest else rate = slowest end
   redis.call('PEXPIRE', KEYS[4], 3600000)
 end
 local gate = 0
