@@ -250,6 +250,9 @@ async def test_a_ramping_member_spends_its_block_at_its_pace_now(redis_url: str)
 async def test_a_member_spreads_its_block_over_the_members_leasing_lately(redis_url: str) -> None:
     """Eight live processes, the other creator done: this one spends at the whole rate at once.
 
+    At first it counts the heartbeat's set as each lease reads it (its own
+    beat may be older than the fleet).
+
     The heartbeat counts every live process, and the share is measured over
     8 s: a batch's last creates, spread over members done creating, would go
     out at a fraction of the rate for seconds.
@@ -257,7 +260,7 @@ async def test_a_member_spreads_its_block_over_the_members_leasing_lately(redis_
     clock = Clock()
     store = Store(redis_url, namespace=f"u{uuid.uuid4().hex[:6]}", timeout=1.0)
     state = RedisRateState(store, channel="c", lease_seconds=0.1, lease_ttl=0.5, clock=clock)
-    state.origin, state.members = "me", 8
+    state.origin = "me"
     paces, bucket = (store.key("rate", part, "create") for part in ("paces", "bucket"))
 
     async def other(seconds_ago: float, tokens: int) -> None:
@@ -268,8 +271,11 @@ async def test_a_member_spreads_its_block_over_the_members_leasing_lately(redis_
         await store.redis.hset(bucket, mapping={"tokens": "4", "stamp": f"{now:.6f}"})
         await store.redis.hincrby(bucket, "granted", tokens)
 
+    await store.redis.zadd(store.key("members"), {f"m{i}": 1.0 for i in range(8)})
+    state.members = 1  # its last beat is old: the fleet was starting
     try:
         assert await state.take("create", 1, 80.0, 4.0) == 0.0
+        assert state.members == 8  # the lease read the heartbeat's set
         assert await state.take("create", 1, 80.0, 4.0) == pytest.approx(8 / 80)  # new: all 8
         for _ in range(4):  # "o" and this one take alike: the fleet takes 2 tokens per one here
             clock.now += 1.0

@@ -280,7 +280,7 @@ class RedisRateState:
             block = max(count, min(self._max_lease, math.ceil(rate * self._lease_seconds)))
             gate_keys = [self._key("gate", scope) for scope in _SCOPES_OF[kind]]
             keys = [self._key("bucket", kind), *gate_keys]
-            keys += [self._key("paces", kind), self._key("ramps", kind)]
+            keys += [self._key("paces", kind), self._key("ramps", kind), self._store.key("members")]
             # may borrow what the next lease_seconds refill, for each live process: every
             # member borrows as deep, so none is left behind the others' blocks
             ahead = f"{self._lease_seconds * self._members(kind):.6f}"
@@ -298,6 +298,8 @@ class RedisRateState:
             now = self._clock()
             if len(reply) > 2:
                 lease.note(now, granted, int(reply[2]))
+            if len(reply) > 5 and int(reply[5]) > 0:  # fresher than this process's last beat
+                self.members = int(reply[5])
             if len(reply) > 4:
                 lease.pacers = int(reply[4])
                 if lease.pacing_since is None:
@@ -325,15 +327,14 @@ class RedisRateState:
         return max(1.0, min(self.share(kind), float(self._members(kind))))
 
     def _members(self, kind: Kind) -> int:
-        """Members taking turns at ``kind``'s bucket: those that leased within the last second.
+        """Members taking turns at ``kind``'s bucket: those that leased within two seconds.
 
-        Counted by each lease (the heartbeat's count until the first): the
-        heartbeat counts every live process, also those done with this kind
-        (a batch's last creates would go out at a fraction of the rate) and
-        is up to a beat old (a fleet starting together counts itself late).
-        The lease count covers two seconds: until this process has leased that
-        long, members that are about to lease are not in it, so the larger
-        count wins.
+        Counted by each lease: the heartbeat's set holds every live process,
+        also those done with this kind (a batch's last creates would go out
+        at a fraction of the rate). Until this process has leased for two
+        seconds, members about to lease are not in the lease count yet, so the
+        heartbeat's count (as the last lease read it: a fleet starting
+        together would count itself late by a beat) wins when larger.
         """
         lease = self._leases[kind]
         since = lease.pacing_since

@@ -33,7 +33,8 @@ end
 """
 
 # A token bucket shared by the fleet, leased in blocks.
-# KEYS: bucket hash, gate of the kind, gate of the client scope[, paces hash[, ramps hash]]
+# KEYS: bucket hash, gate of the kind, gate of the client scope[, paces hash[, ramps hash[,
+#       the heartbeat's members zset]]]
 # ARGV: wanted block, at least this many, rate, burst, now[, lookahead seconds[, member,
 #       window seconds[, "ramp"]]]
 # A lease may borrow the tokens the next `lookahead` seconds refill (the bucket goes below
@@ -47,10 +48,11 @@ end
 # members of an older version read the paces as before and count as not ramping) it refills
 # at the fastest: the slowest would hold the fleet's climb a lease behind each member's,
 # several times slower than one process's.
-# -> {granted, seconds[, tokens the fleet was granted in all, the rate, members pacing]}:
-# granted > 0, the delay until its first token (0: now), the fleet's running total, the refill
-# rate used and how many members asked within twice the window (a gate's pause is about one
-# window: those that leased before it still count at its end); or 0 and the wait.
+# -> {granted, seconds[, tokens the fleet was granted in all, the rate, members pacing[,
+# members alive]]}: granted > 0, the delay until its first token (0: now), the fleet's running
+# total, the refill rate used, how many members asked within twice the window (a gate's pause
+# is about one window: those that leased before it still count at its end) and how many the
+# heartbeat's set holds; or 0 and the wait.
 TAKE = (
     _CLOCK
     + _BUCKET
@@ -119,7 +121,9 @@ tokens = tokens - granted
 redis.call('HSET', KEYS[1], 'tokens', num(tokens), 'stamp', num(stamp))
 local total = redis.call('HINCRBY', KEYS[1], 'granted', granted)
 redis.call('PEXPIRE', KEYS[1], 3600000)
-return {granted, num(start), total, num(rate), pacers}
+local reply = {granted, num(start), total, num(rate), pacers}
+if KEYS[6] then reply[6] = redis.call('ZCARD', KEYS[6]) end
+return reply
 """
 )
 
