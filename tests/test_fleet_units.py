@@ -15,7 +15,7 @@ from ruxa_async import RateLimits
 from ruxa_async._limiter import RateController
 from ruxa_async._pace import Pace
 from ruxa_async._ratestate import Kind, LearnedLimit, LocalRateState
-from ruxa_async.redis import _scripts
+from ruxa_async.redis import _ratestate, _scripts
 from ruxa_async.redis._ratestate import RedisRateState
 from ruxa_async.redis._store import Store
 from tests.services import free_port
@@ -413,6 +413,28 @@ async def test_share_is_the_fleets_tokens_per_token_of_this_process(fleet_state:
     assert a.share("create") == pytest.approx(2.0)
     assert b.share("create") == pytest.approx(2.0)
     assert a.share("query") == 1.0
+
+
+async def test_a_starting_members_share_is_measured_after_a_few_leases(
+    fleet_state: MakeState,
+) -> None:
+    """Within its first second, a member taking a quarter of the tokens counts the fleet as 4.
+
+    Weighed by the member count (2), its sends would count half the fleet's.
+    """
+    clock = Clock()
+    a, b = (fleet_state(clock, lease_ttl=0.5) for _ in range(2))
+    a.members = b.members = 2
+    for _ in range(_ratestate._FIRST_LEASES):
+        await a.take("create", 16, 1e6, 16.0)  # a block of 16 each
+        for _ in range(3):
+            clock.now += 0.02
+            await b.take("create", 16, 1e6, 16.0)
+        clock.now += 0.02
+    await a.take("create", 16, 1e6, 16.0)
+    assert clock.now - 1000.0 < 1.0
+    assert a.share("create") == pytest.approx(4.0)
+    assert b.share("create") == pytest.approx(4 / 3, rel=0.2)
 
 
 async def test_share_is_steady_when_one_member_takes_a_few_blocks_more(

@@ -54,6 +54,12 @@ __all__ = ["RedisRateState"]
 # member's tokens come in blocks, so over 2 s (5 blocks at 8 members) share() erred by 20 %.
 _SHARE_WINDOW = 8.0
 _MAX_SHARE = 256.0
+# Leases after which share() is measured, before the window holds _SHARE_WINDOW / 4 of them:
+# while a fleet starts, the first leases go to whoever asks first and a member's part may be
+# half or twice its 1 / members; weighed by the member count, a member taking twice its part
+# counts the fleet's sends twice, climbs faster, takes more (the fastest ramp refills the
+# bucket), and its ramp's 429 reads a limit 1.5 times the server's.
+_FIRST_LEASES = 3
 _PACE_WINDOW = 1.0  # seconds a member's pace counts toward the fleet's (the slowest wins)
 
 _KINDS_OF: dict[str, tuple[Kind, ...]] = {
@@ -103,7 +109,8 @@ class _Lease:
         while len(history) > 2 and history[1][0] <= now - _SHARE_WINDOW:
             history.popleft()
         start, mine, fleet = history[0]
-        if len(history) >= 2 and now - start >= _SHARE_WINDOW / 4 and self.mine > mine:
+        early = len(history) > _FIRST_LEASES  # a fleet starting: its members' parts are uneven
+        if len(history) >= 2 and (early or now - start >= _SHARE_WINDOW / 4) and self.mine > mine:
             # tokens leased since the oldest sample, the first lease excluded
             self.share = min(_MAX_SHARE, max(1.0, (total - fleet) / (self.mine - mine)))
             self.measured = True
