@@ -375,6 +375,8 @@ def run_fleet(
         "redis_per_permit": sum(r["redis_calls"] for r in reports) / max(1, permits),
         "episodes_each": [r["episodes"] for r in reports],
         "remote_pauses": sum(r["fleet_pauses"] for r in reports),
+        "degraded_events": sum(r["degraded_events"] for r in reports),
+        "degraded_s": round(sum(r["degraded_seconds"] for r in reports), 2),
     }
 
 
