@@ -157,7 +157,7 @@ def _trace_decisions(grants: dict[str, list[float]]) -> list[tuple[float, str]]:
     class Keep(logging.Handler):
         def emit(self, record: logging.LogRecord) -> None:
             text = record.getMessage()
-            if "429 on" in text or "pace:" in text or "gate" in text:
+            if "429 on" in text or "pace:" in text or "gate" in text or "Redis" in text:
                 lines.append((time.monotonic(), text))
 
     logger = logging.getLogger("ruxa_async")
