@@ -43,6 +43,7 @@ if __package__ in (None, ""):  # ``python benchmarks/gateway.py``
 
 import aiohttp
 
+from benchmarks._loadgen import LightLoad
 from benchmarks._procs import Child, Simulator, cpu_seconds, free_port
 from ruxa_async.gateway import Gateway, GatewayConfig, Policy, UpstreamKey, UserEntry, hash_token
 from ruxa_async.testing import FakeRuxa, ModelBehavior, SimConfig
@@ -185,6 +186,7 @@ async def _overhead(
     rounds: int,
     routes: list[str],
     profile: Path | None = None,
+    load_client: str = "light",
 ) -> dict[str, Any]:
     """Latency and throughput of each route in ``routes`` (plus ``direct``), interleaved."""
     sim_config = {"default_behavior": {"median_seconds": 36000, "sigma": 0}, "seed": 1}
@@ -230,15 +232,29 @@ async def _overhead(
                     ) as resp:
                         ids[route].append((await resp.json())["data"]["taskId"])
 
+            loads = {route: LightLoad(base) for route, (base, _) in targets.items()}
+            stack.callback(lambda: [load.close() for load in loads.values()])
+
             def query(route: str) -> Callable[[int], Awaitable[float]]:
                 base, key = targets[route]
                 own = ids[route]
+                if load_client == "light":
+                    load = loads[route]
+                    sends = [
+                        load.payload("GET", f"/api/v1/tasks/query/{task}", key, None)
+                        for task in own
+                    ]
+                    return lambda i: load.timed(sends[i % len(sends)])
                 return lambda i: _timed(
                     session, "GET", f"{base}/api/v1/tasks/query/{own[i % len(own)]}", key, None
                 )
 
             def create(route: str) -> Callable[[int], Awaitable[float]]:
                 base, key = targets[route]
+                if load_client == "light":
+                    load = loads[route]
+                    send = load.payload("POST", "/api/v1/tasks/create", key, BODY)
+                    return lambda i: load.timed(send)
                 return lambda i: _timed(session, "POST", f"{base}/api/v1/tasks/create", key, BODY)
 
             results: dict[str, Any] = {}
@@ -264,7 +280,7 @@ async def _overhead(
                         cpu[route]["sim"] += cpu_seconds(sim.pid) - before[0]
                         if route != "direct":
                             cpu[route]["proxy"] += cpu_seconds(pid) - before[1]
-                        else:  # the bare aiohttp client's cost: this run's c_req
+                        else:  # the load client's own cost: this run's c_req
                             load_direct += time.process_time() - load_before
                 sent = rounds * n
                 results[kind] = {
@@ -412,7 +428,7 @@ def _overhead_lines(overhead: dict[str, Any], rounds: int, load_loop: str) -> li
         "## Overhead: straight to the simulator vs through the gateway",
         "",
         "Simulator, gateways and ceiling proxies each in their own process, all started at once; "
-        f"the load generator in this one (aiohttp on **{load_loop}**); the simulator runs on "
+        f"the load generator in this one ({load_loop}); the simulator runs on "
         "**the standard asyncio loop** for every route. The same client session measures every "
         "route in the same run. Latency: one request in flight, the routes' blocks alternated "
         f"round by round ({rounds} rounds). Throughput: {THROUGHPUT_IN_FLIGHT} in flight, "
@@ -457,7 +473,7 @@ def _overhead_lines(overhead: dict[str, Any], rounds: int, load_loop: str) -> li
     lines += [
         "",
         "*c_req* (this run's calibration: the load generator's own CPU per request in the direct "
-        "throughput rounds, i.e. a bare aiohttp client request on this machine now): "
+        "throughput rounds, i.e. one request of its client on this machine now): "
         + ", ".join(f"{kind} {row['c_req_us']:.0f} µs" for kind, row in overhead.items())
         + ". Throughput per round (rps): "
         + "; ".join(
@@ -542,9 +558,13 @@ async def _main(args: argparse.Namespace) -> None:
     unknown = sorted(set(routes) - set(ROUTES))
     if unknown:
         raise SystemExit(f"unknown routes {unknown}; known: {', '.join(ROUTES)}")
-    load_loop, _ = _loop_names()
+    loop_name, _ = _loop_names()
+    client = "light client, benchmarks/_loadgen.py" if args.load_client == "light" else "aiohttp"
+    load_loop = f"{client} on **{loop_name}**, the same for every route"
     with tempfile.TemporaryDirectory(prefix="ruxa-gw-bench-") as tmp:
-        overhead = await _overhead(Path(tmp), requests, rounds, routes, args.profile)
+        overhead = await _overhead(
+            Path(tmp), requests, rounds, routes, args.profile, args.load_client
+        )
     mode = "smoke" if smoke else "full"
     if args.only == "overhead":  # a quick look (or a profile): a report only with --out
         if args.out is not None:
@@ -577,6 +597,13 @@ def main(argv: list[str] | None = None) -> int:
         help=f"comma-separated routes besides direct (default all: {', '.join(ROUTES)})",
     )
     parser.add_argument("--users", type=int, default=1000, help="users in the scale part")
+    parser.add_argument(
+        "--load-client",
+        choices=("light", "aiohttp"),
+        default="light",
+        help="the load generator's HTTP client, the same for every route (default light: "
+        "benchmarks/_loadgen.py, the least CPU per request; aiohttp: a ClientSession)",
+    )
     parser.add_argument(
         "--profile", type=Path, help="run the uvloop gateway under cProfile, stats to this path"
     )

@@ -487,6 +487,46 @@ async def test_slow_headers_time_out_between_bytes() -> None:
     assert len(server.requests) == 1
 
 
+async def test_requests_in_flight_time_out_one_after_another() -> None:
+    """Two unanswered requests, the second sent later: each times out (one timer serves both)."""
+    release = asyncio.Event()
+
+    async def silent(conn: Conn) -> None:
+        await conn.request()
+        await release.wait()
+
+    async with RawServer(silent) as server, light(server.url, read=0.2) as lt:
+        first = asyncio.create_task(lt.request("GET", QUERY))
+        await server.wait_requests(1)
+        lt._timeouts = Timeouts(read=0.5, total=5.0)  # still waiting when the first times out
+        second = asyncio.create_task(lt.request("POST", CREATE, b"{}"))
+        results = await asyncio.gather(first, second, return_exceptions=True)
+        release.set()
+    assert [type(r) for r in results] == [APITimeoutError, APITimeoutError]
+    assert len(server.requests) == 2
+
+
+async def test_a_shorter_timeout_is_not_held_up_by_a_longer_one_in_flight() -> None:
+    """A request with a short read timeout times out while one with a long one still waits."""
+    release = asyncio.Event()
+
+    async def silent(conn: Conn) -> None:
+        await conn.request()
+        await release.wait()
+
+    async with RawServer(silent) as server, light(server.url, read=120.0, total=120.0) as lt:
+        patient = asyncio.create_task(lt.request("GET", QUERY))
+        await server.wait_requests(1)
+        lt._timeouts = Timeouts(read=0.2, total=5.0)  # the next request's timeouts
+        with pytest.raises(APITimeoutError):
+            await lt.request("GET", QUERY)
+        assert not patient.done()
+        release.set()
+        patient.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await patient
+
+
 async def test_a_refused_connection_was_not_sent() -> None:
     """Nothing listening: APIConnectionError with request_sent False."""
     async with RawServer(serve_forever) as server:
@@ -646,6 +686,7 @@ UVLOOP_CASES = [
     test_a_reply_ended_by_closing_the_connection_is_complete,
     test_a_chunked_body_arrives_whole_and_the_connection_is_kept,
     test_a_reply_that_never_comes_times_out_as_sent,
+    test_a_shorter_timeout_is_not_held_up_by_a_longer_one_in_flight,
     test_a_cancelled_request_does_not_leave_its_connection_in_the_pool,
     test_the_pool_never_opens_more_than_its_bound,
 ]
