@@ -52,6 +52,49 @@ _KEEP_ALIVE = b"keep-alive"
 _RATE_NAMES = {name.encode(): name for name in RATE_HEADER_NAMES}
 _RETRY_AFTER = b"retry-after"
 _LENGTH = frozenset((b"content-length", b"transfer-encoding"))
+_HEAD_END = b"\r\n\r\n"
+_CONTENT_LENGTH = b"\r\ncontent-length:"
+_QUICK_RATE = tuple(
+    (b"\r\n" + name + b":", text) for name, text in _RATE_NAMES.items() if name != _RETRY_AFTER
+)
+
+
+def _whole_reply(data: bytes) -> tuple[int, bytes, bytes, bytes] | None:
+    """``(status, head, lower-cased head, body)`` if ``data`` is exactly one plain reply.
+
+    Plain: HTTP/1.1, a final status, one ``Content-Length`` and no
+    ``Transfer-Encoding``, all of it and nothing more in ``data``. Anything
+    else (None) goes to ``httptools``, which then sees the reply from its start.
+    """
+    if not data.startswith(b"HTTP/1.1 ") or not data[9:12].isdigit():
+        return None
+    if data[12:13] not in (b" ", b"\r") or data[9:10] == b"1":  # 1xx: an interim reply
+        return None
+    end = data.find(_HEAD_END)
+    if end < 0:
+        return None
+    head = data[: end + 2]  # every header line ends with CRLF
+    lower = head.lower()
+    start = lower.find(_CONTENT_LENGTH)
+    if (
+        start < 0
+        or lower.find(_CONTENT_LENGTH, start + 1) >= 0
+        or b"\r\ntransfer-encoding:" in lower
+    ):
+        return None
+    length = lower[start + len(_CONTENT_LENGTH) : lower.index(b"\r\n", start + 2)].strip()
+    if not length.isdigit() or len(data) - end - 4 != int(length):
+        return None
+    return int(data[9:12]), head, lower, data[end + 4 :]
+
+
+def _header(head: bytes, lower: bytes, marker: bytes) -> bytes | None:
+    """The last value of the header line ``marker`` (CRLF, lower-case name, colon), or None."""
+    at = lower.rfind(marker)
+    if at < 0:
+        return None
+    start = at + len(marker)
+    return head[start : lower.index(b"\r\n", start)].strip()
 
 
 def light_transport_class(base_url: str) -> type[Transport] | None:
@@ -171,12 +214,37 @@ class _Connection(asyncio.Protocol):
         if self._waiter is None:  # bytes nobody asked for: the connection is not usable
             self.close()
             return
-        self._received = True
         self._last = self._loop.time()
+        if not self._received:  # the first bytes of the reply: most often all of it
+            self._received = True
+            whole = _whole_reply(data)
+            if whole is not None:
+                self._take(*whole)
+                return
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError as exc:
             self._fail(exc)
+
+    def _take(self, status: int, head: bytes, lower: bytes, body: bytes) -> None:
+        """A whole plain reply in one piece, read without httptools' callbacks (same result)."""
+        self.status = status
+        self.body = [body]
+        self._headers_done = self._framed = True
+        value = _header(head, lower, b"\r\nretry-after:")
+        if value is not None:
+            self.retry_after = value.decode("latin-1")
+        value = _header(head, lower, b"\r\nkeep-alive:")
+        if value is not None:
+            self._keep_alive_header(value)
+        if b"ratelimit" in lower:
+            for marker, name in _QUICK_RATE:
+                value = _header(head, lower, marker)
+                if value is not None:
+                    self.rate[name] = value.decode("latin-1")
+        value = _header(head, lower, b"\r\nconnection:")
+        self.keep_alive = value is None or b"close" not in value.lower()
+        self._finish(None)
 
     def eof_received(self) -> bool | None:
         self.alive = False
@@ -201,7 +269,7 @@ class _Connection(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         name = name.lower()
         if name == _RETRY_AFTER:
-            self.retry_after = value.decode("latin-1")
+            self.retry_after = value.strip().decode("latin-1")
         elif name in _LENGTH:
             self._framed = True
         elif name == _KEEP_ALIVE:
@@ -209,7 +277,7 @@ class _Connection(asyncio.Protocol):
         else:
             rate = _RATE_NAMES.get(name)
             if rate is not None:
-                self.rate[rate] = value.decode("latin-1")
+                self.rate[rate] = value.strip().decode("latin-1")
 
     def _keep_alive_header(self, value: bytes) -> None:
         """``Keep-Alive: timeout=N``: reuse the connection only while the server keeps it."""

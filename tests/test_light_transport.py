@@ -412,6 +412,39 @@ async def test_a_429_carries_retry_after_and_the_rate_headers() -> None:
     assert server.requests == ["POST " + CREATE]
 
 
+RICH = reply(
+    503,
+    b'{"code":503,"msg":"busy"}',
+    "retry-after:   7 ",
+    "X-RATELIMIT-REMAINING: 0",
+    "X-Ratelimit-Remaining: 1",
+    "Keep-Alive: timeout=30",
+    "Connection: Close",
+)
+
+
+@pytest.mark.parametrize("pieces", [1, 2], ids=["whole", "split"])
+async def test_a_reply_in_one_piece_reads_as_one_in_two(pieces: int) -> None:
+    """A whole reply (read without httptools' callbacks) and a split one give the same Reply."""
+
+    async def answer(conn: Conn) -> None:
+        await conn.request()
+        if pieces == 1:
+            await conn.send(RICH)
+            return
+        await conn.send(RICH[:40])
+        while not any(c._received for c in lt._busy):  # noqa: ASYNC110 - no event to await
+            await asyncio.sleep(0)
+        await conn.send(RICH[40:])
+
+    async with RawServer(answer) as server, light(server.url) as lt:
+        got = await lt.request("GET", QUERY)
+        kept = len(lt._idle)
+    assert (got.status, got.body, got.retry_after) == (503, b'{"code":503,"msg":"busy"}', "7")
+    assert dict(got.rate_headers) == {"x-ratelimit-remaining": "1"}  # the last one counts
+    assert kept == 0  # Connection: close
+
+
 def self_signed(where: Path) -> tuple[ssl.SSLContext, Path]:
     """A server TLS context for ``localhost`` with a fresh self-signed certificate (openssl)."""
     cert, key = where / "cert.pem", where / "key.pem"
