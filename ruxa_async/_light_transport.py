@@ -34,7 +34,7 @@ from urllib.parse import urlsplit
 
 from ._config import Timeouts
 from ._errors import APIConnectionError, APITimeoutError, RuxaError
-from ._ratehints import RATE_HEADER_NAMES
+from ._light_conn import KEEPALIVE, Connection, Dropped, ReadTimeout
 from ._transport import Reply, Transport, _env_proxy
 
 try:
@@ -45,56 +45,6 @@ except ImportError:  # pragma: no cover - the gateway extra is not installed
 __all__ = ["LightTransport", "light_transport_class"]
 
 log = logging.getLogger("ruxa_async")
-
-_KEEPALIVE = 30.0  # seconds an idle connection is kept (servers commonly keep 60-75)
-_KEEPALIVE_MARGIN = 1.0  # retire a connection this long before the server's announced timeout
-_KEEP_ALIVE = b"keep-alive"
-_RATE_NAMES = {name.encode(): name for name in RATE_HEADER_NAMES}
-_RETRY_AFTER = b"retry-after"
-_LENGTH = frozenset((b"content-length", b"transfer-encoding"))
-_HEAD_END = b"\r\n\r\n"
-_CONTENT_LENGTH = b"\r\ncontent-length:"
-_QUICK_RATE = tuple(
-    (b"\r\n" + name + b":", text) for name, text in _RATE_NAMES.items() if name != _RETRY_AFTER
-)
-
-
-def _whole_reply(data: bytes) -> tuple[int, bytes, bytes, bytes] | None:
-    """``(status, head, lower-cased head, body)`` if ``data`` is exactly one plain reply.
-
-    Plain: HTTP/1.1, a final status, one ``Content-Length`` and no
-    ``Transfer-Encoding``, all of it and nothing more in ``data``. Anything
-    else (None) goes to ``httptools``, which then sees the reply from its start.
-    """
-    if not data.startswith(b"HTTP/1.1 ") or not data[9:12].isdigit():
-        return None
-    if data[12:13] not in (b" ", b"\r") or data[9:10] == b"1":  # 1xx: an interim reply
-        return None
-    end = data.find(_HEAD_END)
-    if end < 0:
-        return None
-    head = data[: end + 2]  # every header line ends with CRLF
-    lower = head.lower()
-    start = lower.find(_CONTENT_LENGTH)
-    if (
-        start < 0
-        or lower.find(_CONTENT_LENGTH, start + 1) >= 0
-        or b"\r\ntransfer-encoding:" in lower
-    ):
-        return None
-    length = lower[start + len(_CONTENT_LENGTH) : lower.index(b"\r\n", start + 2)].strip()
-    if not length.isdigit() or len(data) - end - 4 != int(length):
-        return None
-    return int(data[9:12]), head, lower, data[end + 4 :]
-
-
-def _header(head: bytes, lower: bytes, marker: bytes) -> bytes | None:
-    """The last value of the header line ``marker`` (CRLF, lower-case name, colon), or None."""
-    at = lower.rfind(marker)
-    if at < 0:
-        return None
-    start = at + len(marker)
-    return head[start : lower.index(b"\r\n", start)].strip()
 
 
 def light_transport_class(base_url: str) -> type[Transport] | None:
@@ -108,204 +58,6 @@ def light_transport_class(base_url: str) -> type[Transport] | None:
     if urlsplit(base_url).scheme not in ("http", "https") or _env_proxy(base_url) is not None:
         return None
     return LightTransport
-
-
-class _Dropped(Exception):
-    """The server closed the connection before the reply was complete."""
-
-    def __init__(self, *, received: bool, written: bool = True) -> None:
-        super().__init__("the server closed the connection")
-        self.received = received  # any byte of the reply had arrived
-        self.written = written  # the request had been handed to the socket
-
-
-class _Unsolicited(Exception):
-    """The server sent a reply nobody asked for."""
-
-
-class _ReadTimeout(Exception):
-    """No reply byte for ``read`` seconds, or the request's total time ran out."""
-
-
-class _Connection(asyncio.Protocol):
-    """One keep-alive connection: writes a request, parses its reply, wakes the sender."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        self._parser = httptools.HttpResponseParser(self)
-        self.transport: asyncio.Transport | None = None
-        self.alive = True  # False once the server hung up, sent garbage, or we closed it
-        self.idle_since = 0.0
-        self.keep_alive = False
-        self.keep_for = _KEEPALIVE  # idle seconds it may be reused after (Keep-Alive: timeout)
-        self._waiter: asyncio.Future[None] | None = None
-        self._read = 0.0
-        self._deadline = 0.0
-        self._last = 0.0  # when the request was written or the last reply byte arrived
-        self._reset()
-
-    def _reset(self) -> None:
-        self.status = 0
-        self.body: list[bytes] = []
-        self.retry_after: str | None = None
-        self.rate: dict[str, str] = {}
-        self._received = False
-        self._headers_done = False
-        self._framed = False  # Content-Length or chunked: the reply does not end at EOF
-
-    # -- the sender's side
-
-    def send(
-        self, payload: bytes, now: float, read: float, deadline: float
-    ) -> asyncio.Future[None]:
-        """Write one request; the future completes when its reply has been read.
-
-        Nothing here times out on its own: the pool's watchdog (see
-        :meth:`LightTransport._watch`) fails the exchange once :meth:`due` passes.
-        """
-        assert self.transport is not None
-        self._reset()
-        waiter = self._waiter = self._loop.create_future()
-        if not self.alive or self.transport.is_closing():  # closed before the write
-            self._waiter = None
-            waiter.set_exception(_Dropped(received=False, written=False))
-            return waiter
-        self._read, self._deadline, self._last = read, deadline, now
-        self.transport.write(payload)
-        return waiter
-
-    @property
-    def waiting(self) -> bool:
-        """An exchange is in progress (its reply not yet complete)."""
-        return self._waiter is not None
-
-    def due(self) -> float:
-        """When the exchange times out: ``read`` after its last byte, or at the deadline."""
-        return min(self._last + self._read, self._deadline)
-
-    def time_out(self) -> None:
-        """Fail the exchange in progress as timed out (and close the connection)."""
-        self._fail(_ReadTimeout())
-
-    def close(self) -> None:
-        """Close the connection (an exchange in progress fails as dropped)."""
-        self.alive = False
-        if self.transport is not None:
-            self.transport.close()
-
-    def _finish(self, error: BaseException | None) -> None:
-        waiter, self._waiter = self._waiter, None
-        if waiter is not None and not waiter.done():
-            if error is None:
-                waiter.set_result(None)
-            else:
-                waiter.set_exception(error)
-
-    def _fail(self, error: BaseException) -> None:
-        self.close()
-        self._finish(error)
-
-    # -- asyncio.Protocol
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def data_received(self, data: bytes) -> None:
-        if self._waiter is None:  # bytes nobody asked for: the connection is not usable
-            self.close()
-            return
-        self._last = self._loop.time()
-        if not self._received:  # the first bytes of the reply: most often all of it
-            self._received = True
-            whole = _whole_reply(data)
-            if whole is not None:
-                self._take(*whole)
-                return
-        try:
-            self._parser.feed_data(data)
-        except httptools.HttpParserError as exc:
-            self._fail(exc)
-
-    def _take(self, status: int, head: bytes, lower: bytes, body: bytes) -> None:
-        """A whole plain reply in one piece, read without httptools' callbacks (same result)."""
-        self.status = status
-        self.body = [body]
-        self._headers_done = self._framed = True
-        value = _header(head, lower, b"\r\nretry-after:")
-        if value is not None:
-            self.retry_after = value.decode("latin-1")
-        value = _header(head, lower, b"\r\nkeep-alive:")
-        if value is not None:
-            self._keep_alive_header(value)
-        if b"ratelimit" in lower:
-            for marker, name in _QUICK_RATE:
-                value = _header(head, lower, marker)
-                if value is not None:
-                    self.rate[name] = value.decode("latin-1")
-        value = _header(head, lower, b"\r\nconnection:")
-        self.keep_alive = value is None or b"close" not in value.lower()
-        self._finish(None)
-
-    def eof_received(self) -> bool | None:
-        self.alive = False
-        return None  # let the transport close itself
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.alive = False
-        if self._waiter is None:
-            return
-        if self._headers_done and not self._framed and exc is None:
-            self.keep_alive = False  # a reply delimited by the end of the connection
-            self._finish(None)
-        else:
-            self._finish(_Dropped(received=self._received))
-
-    # -- httptools callbacks
-
-    def on_message_begin(self) -> None:
-        if self._waiter is None:  # a second reply to one request: stop reading this connection
-            raise _Unsolicited
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        name = name.lower()
-        if name == _RETRY_AFTER:
-            self.retry_after = value.strip().decode("latin-1")
-        elif name in _LENGTH:
-            self._framed = True
-        elif name == _KEEP_ALIVE:
-            self._keep_alive_header(value)
-        else:
-            rate = _RATE_NAMES.get(name)
-            if rate is not None:
-                self.rate[rate] = value.strip().decode("latin-1")
-
-    def _keep_alive_header(self, value: bytes) -> None:
-        """``Keep-Alive: timeout=N``: reuse the connection only while the server keeps it."""
-        for part in value.split(b","):
-            key, _, number = part.partition(b"=")
-            if key.strip().lower() == b"timeout":
-                try:
-                    announced = float(number.strip())
-                except ValueError:
-                    return
-                if announced == announced:  # not NaN
-                    self.keep_for = max(0.0, min(_KEEPALIVE, announced - _KEEPALIVE_MARGIN))
-                return
-
-    def on_headers_complete(self) -> None:
-        self.status = self._parser.get_status_code()
-        self._headers_done = True
-
-    def on_body(self, body: bytes) -> None:
-        self.body.append(body)
-
-    def on_message_complete(self) -> None:
-        if self.status < 200:  # an interim reply (100 Continue): the real one follows
-            self._reset()
-            self._received = True
-            return
-        self.keep_alive = self._parser.should_keep_alive()
-        self._finish(None)
 
 
 class LightTransport(Transport):
@@ -341,10 +93,10 @@ class LightTransport(Transport):
         ).encode("latin-1")
         self._auth = (b"", "")  # (header line, the key it was built from)
         self._ssl: ssl.SSLContext | None = None
-        self._idle: list[_Connection] = []
+        self._idle: list[Connection] = []
         self._count = 0  # connections open or opening
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
-        self._busy: set[_Connection] = set()
+        self._busy: set[Connection] = set()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_due = 0.0
         self._closed = False
@@ -391,7 +143,7 @@ class LightTransport(Transport):
         idle = self._idle
         while True:
             now = loop.time()
-            conn: _Connection | None = None
+            conn: Connection | None = None
             while idle:  # the common case, without a coroutine: a kept connection is free
                 kept = idle.pop()
                 if kept.alive and now - kept.idle_since < kept.keep_for:
@@ -417,7 +169,7 @@ class LightTransport(Transport):
                 if conn.waiting:
                     self._watch(loop, conn.due())
                 await waiter
-            except _Dropped as exc:
+            except Dropped as exc:
                 self._discard(conn)
                 if not exc.written:
                     if reused:
@@ -439,7 +191,7 @@ class LightTransport(Transport):
                 raise self._failed(
                     method, path, started, "the server closed the connection"
                 ) from exc
-            except _ReadTimeout as exc:
+            except ReadTimeout as exc:
                 self._discard(conn)
                 raise self._failed(
                     method, path, started, "timed out waiting for the reply", timeout=True
@@ -497,7 +249,7 @@ class LightTransport(Transport):
 
     async def _acquire(
         self, loop: asyncio.AbstractEventLoop, deadline: float, method: str, path: str
-    ) -> tuple[_Connection, bool]:
+    ) -> tuple[Connection, bool]:
         """A live connection (True if it served a request before) or a new one."""
         what = f"{method} {path}"
         while True:
@@ -528,13 +280,13 @@ class LightTransport(Transport):
 
     async def _connect(
         self, loop: asyncio.AbstractEventLoop, deadline: float, what: str
-    ) -> _Connection:
+    ) -> Connection:
         self._count += 1
         limit = max(0.0, min(self._timeouts.connect, deadline - loop.time()))
         try:
             _, conn = await asyncio.wait_for(
                 loop.create_connection(
-                    lambda: _Connection(loop),
+                    lambda: Connection(loop),
                     self._host,
                     self._port,
                     ssl=self._ssl,
@@ -562,7 +314,7 @@ class LightTransport(Transport):
             raise APIConnectionError(f"{what}: the client is closing", request_sent=False)
         return conn
 
-    def _release(self, conn: _Connection, loop: asyncio.AbstractEventLoop) -> None:
+    def _release(self, conn: Connection, loop: asyncio.AbstractEventLoop) -> None:
         self._busy.discard(conn)
         if not (conn.keep_alive and conn.alive) or self._closed:
             conn.close()
@@ -570,7 +322,7 @@ class LightTransport(Transport):
             return
         conn.idle_since = loop.time()
         self._idle.append(conn)
-        if self._idle[0] is not conn and conn.idle_since - self._idle[0].idle_since > _KEEPALIVE:
+        if self._idle[0] is not conn and conn.idle_since - self._idle[0].idle_since > KEEPALIVE:
             self._discard(self._idle.pop(0))  # the longest idle, past its keep-alive
         if self._waiters:
             self._wake()
@@ -607,7 +359,7 @@ class LightTransport(Transport):
         if soonest != math.inf and not self._closed:
             self._watch(loop, soonest)
 
-    def _discard(self, conn: _Connection) -> None:
+    def _discard(self, conn: Connection) -> None:
         """Forget a connection that will not be used again (closing it)."""
         self._busy.discard(conn)
         conn.close()
