@@ -57,16 +57,6 @@ def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def _kernel_seconds(pid: int) -> float:
-    """System (kernel) CPU seconds of ``pid`` so far: its share of :func:`cpu_seconds`."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return int(fields[12]) / os.sysconf("SC_CLK_TCK")
-
-
 def _pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -286,14 +276,18 @@ async def _overhead(
                 for _ in range(rounds):
                     for route in routes:
                         pid = procs[route].pid
-                        before = cpu_seconds(sim.pid), cpu_seconds(pid), _kernel_seconds(pid)
+                        before = (
+                            cpu_seconds(sim.pid),
+                            cpu_seconds(pid),
+                            cpu_seconds(pid, kernel_only=True),
+                        )
                         load_before = time.process_time()
                         _, took = await _closed_loop(make(route), n, THROUGHPUT_IN_FLIGHT)
                         rps[route].append(n / took)
                         cpu[route]["sim"] += cpu_seconds(sim.pid) - before[0]
                         if route != "direct":
                             cpu[route]["proxy"] += cpu_seconds(pid) - before[1]
-                            cpu[route]["kernel"] += _kernel_seconds(pid) - before[2]
+                            cpu[route]["kernel"] += cpu_seconds(pid, kernel_only=True) - before[2]
                         else:  # the load client's own cost: this run's c_req
                             load_direct += time.process_time() - load_before
                 sent = rounds * n

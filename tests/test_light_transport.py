@@ -158,6 +158,16 @@ async def until_closed(lt: LightTransport) -> None:
         await asyncio.sleep(0)
 
 
+def silent_until(release: asyncio.Event) -> Handler:
+    """A handler that reads one request and answers nothing until ``release`` is set."""
+
+    async def silent(conn: Conn) -> None:
+        await conn.request()
+        await release.wait()
+
+    return silent
+
+
 async def serve_forever(conn: Conn) -> None:
     """Answer every request on the connection with 200, keeping it alive."""
     while await conn.request() is not None:
@@ -491,10 +501,7 @@ async def test_https_refuses_an_untrusted_certificate(tmp_path: Path) -> None:
 async def test_a_reply_that_never_comes_times_out_as_sent() -> None:
     """The server reads the request and says nothing: APITimeoutError, request_sent."""
     release = asyncio.Event()
-
-    async def silent(conn: Conn) -> None:
-        await conn.request()
-        await release.wait()
+    silent = silent_until(release)
 
     async with RawServer(silent) as server, light(server.url, read=0.2) as lt:
         with pytest.raises(APITimeoutError) as caught:
@@ -523,10 +530,7 @@ async def test_slow_headers_time_out_between_bytes() -> None:
 async def test_requests_in_flight_time_out_one_after_another() -> None:
     """Two unanswered requests, the second sent later: each times out (one timer serves both)."""
     release = asyncio.Event()
-
-    async def silent(conn: Conn) -> None:
-        await conn.request()
-        await release.wait()
+    silent = silent_until(release)
 
     async with RawServer(silent) as server, light(server.url, read=0.2) as lt:
         first = asyncio.create_task(lt.request("GET", QUERY))
@@ -542,10 +546,7 @@ async def test_requests_in_flight_time_out_one_after_another() -> None:
 async def test_a_shorter_timeout_is_not_held_up_by_a_longer_one_in_flight() -> None:
     """A request with a short read timeout times out while one with a long one still waits."""
     release = asyncio.Event()
-
-    async def silent(conn: Conn) -> None:
-        await conn.request()
-        await release.wait()
+    silent = silent_until(release)
 
     async with RawServer(silent) as server, light(server.url, read=120.0, total=120.0) as lt:
         patient = asyncio.create_task(lt.request("GET", QUERY))
@@ -647,10 +648,7 @@ async def test_the_pool_never_opens_more_than_its_bound() -> None:
 async def test_waiting_for_a_free_connection_times_out_unsent() -> None:
     """One connection, held: the second request gives up unsent when its total time runs out."""
     release = asyncio.Event()
-
-    async def silent(conn: Conn) -> None:
-        await conn.request()
-        await release.wait()
+    silent = silent_until(release)
 
     async with RawServer(silent) as server, light(server.url, max_connections=1) as lt:
         first = asyncio.create_task(lt.request("POST", CREATE, b"{}"))
