@@ -510,8 +510,8 @@ def _overhead_lines(overhead: dict[str, Any], rounds: int, load_loop: str) -> li
         "2: direct runs at most 1 / max(c_req, simulator) requests a second, a route at most "
         "min(1 / max(c_req, route, simulator), 2 / (c_req + route + simulator)); their ratio is "
         "the *CPU-bound ceiling* column. The route's CPU counts the kernel's work for it "
-        "(system time, in brackets): its socket reads and writes, most of what a relay does on "
-        "this virtual machine. The two `passthrough` routes have no logic at all: what they "
+        "(system time, in brackets): its socket reads and writes and the wake-ups they cause. "
+        "The two `passthrough` routes have no logic at all: what they "
         "reach bounds any gateway built like them on this machine.",
         "",
     ]
