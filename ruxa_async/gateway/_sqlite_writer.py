@@ -17,7 +17,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
-__all__ = ["SqliteWriter"]
+__all__ = ["AUDIT_INSERT", "SqliteWriter"]
 
 log = logging.getLogger("ruxa_async")
 
@@ -43,6 +43,8 @@ CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
 """
 
 
+#: The one statement that appends to the audit log (the writer batches its lines together).
+AUDIT_INSERT = "INSERT INTO audit (ts, event, user, task_id, detail) VALUES (?, ?, ?, ?, ?)"
 _WRITE_BEHIND = 0.005  # seconds a write may wait to share its transaction with others
 
 
@@ -164,12 +166,19 @@ class SqliteWriter:
         try:
             run: list[Sequence[Any]] = []  # parameters of consecutive writes of one statement
             sql = ""
+            # Audit lines touch no other table: they are appended together, in their order,
+            # before any read and at the end of the transaction (a create writes one between
+            # its ledger and task writes, which would cut those runs short).
+            audit: list[Sequence[Any]] = []
             for item in items:
                 if item is None:
                     keep_going = False
                     continue
                 if item[0] == "batch":
                     for statement, params in item[1]:
+                        if statement is AUDIT_INSERT:
+                            audit.append(params)
+                            continue
                         if statement != sql:
                             if run:
                                 conn.executemany(sql, run)
@@ -180,6 +189,9 @@ class SqliteWriter:
                 if run:
                     conn.executemany(sql, run)
                     run, sql = [], ""
+                if audit:
+                    conn.executemany(AUDIT_INSERT, audit)
+                    audit = []
                 fn, future = item
                 try:
                     future.set_result(fn(conn))
@@ -187,6 +199,8 @@ class SqliteWriter:
                     future.set_exception(exc)
             if run:
                 conn.executemany(sql, run)
+            if audit:
+                conn.executemany(AUDIT_INSERT, audit)
             conn.execute("COMMIT")
         except sqlite3.Error:
             log.exception("gateway state: a write batch failed; it was rolled back")

@@ -30,7 +30,7 @@ from .._errors import RuxaError
 from ._alerts import SpendWatch
 from ._config import AlertSettings
 from ._policy import Denial
-from ._sqlite_writer import SqliteWriter
+from ._sqlite_writer import AUDIT_INSERT, SqliteWriter
 
 __all__ = [
     "GatewayFleet",
@@ -459,10 +459,7 @@ class SQLiteStore:
         self, event: str, user: str | None = None, task_id: str | None = None, **detail: Any
     ) -> None:
         """Append one decision to the audit log (written behind, never updated or deleted)."""
-        self._writer.write(
-            "INSERT INTO audit (ts, event, user, task_id, detail) VALUES (?, ?, ?, ?, ?)",
-            (self._clock(), event, user, task_id, _audit_json(detail)),
-        )
+        self._writer.write(AUDIT_INSERT, (self._clock(), event, user, task_id, _audit_json(detail)))
 
     async def audit_records(self) -> list[dict[str, Any]]:
         """Every audit record, oldest first, as dicts."""
