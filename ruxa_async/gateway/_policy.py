@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-import json
 import math
 import re
 import time
@@ -23,6 +22,7 @@ import attrs
 from .. import catalog
 from .._errors import InvalidInputError
 from ._config import Policy, Window
+from ._json import json_encoder
 
 __all__ = [
     "Denial",
@@ -35,7 +35,7 @@ __all__ = [
 ]
 
 _MAX_URL = 2048
-_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+_dumps = json_encoder(ensure_ascii=False, separators=(",", ":"))
 _URL_CHARS = re.compile(r"[\x21-\x7e]+")  # printable ASCII, no space, no control characters
 
 

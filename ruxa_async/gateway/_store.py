@@ -16,6 +16,7 @@ check-and-hold is one script; the gateway therefore awaits
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import sqlite3
@@ -29,6 +30,7 @@ import attrs
 from .._errors import RuxaError
 from ._alerts import SpendWatch
 from ._config import AlertSettings
+from ._json import json_encoder
 from ._policy import Denial
 from ._sqlite_writer import AUDIT_INSERT, SqliteWriter
 
@@ -43,7 +45,8 @@ __all__ = [
 ]
 
 log = logging.getLogger("ruxa_async")
-_audit_json = json.JSONEncoder(sort_keys=True).encode  # one encoder, not one per record
+_audit_json = json_encoder(sort_keys=True)
+_json = json_encoder()
 
 _EPSILON = 1e-9
 _SETTLED_CACHE = 50_000
@@ -188,6 +191,12 @@ class StateStore(Protocol):
 
     async def audit_records(self) -> list[dict[str, Any]]:
         """Every audit record, oldest first."""
+
+
+@functools.lru_cache(maxsize=1024)
+def _scopes_text(scopes: tuple[tuple[str, str], ...]) -> str:
+    """A task's ledgers as stored (a few per user and period: remembered)."""
+    return _json(scopes)
 
 
 def _row_record(row: Sequence[Any]) -> TaskRecord:
@@ -358,7 +367,7 @@ class SQLiteStore:
                 model,
                 record.created,
                 record.reserved,
-                json.dumps(record.scopes),
+                _scopes_text(record.scopes),
                 callback_url,
             ),
         )
@@ -399,7 +408,7 @@ class SQLiteStore:
         self._remember(record)
         self._writer.write(
             "UPDATE tasks SET settled = 1, cost = ?, state = ?, final = ? WHERE task_id = ?",
-            (cost, state, json.dumps(final) if final is not None else None, task_id),
+            (cost, state, _json(final) if final is not None else None, task_id),
         )
         return record
 
