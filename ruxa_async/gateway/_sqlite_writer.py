@@ -66,6 +66,7 @@ class SqliteWriter:
         self._thread = threading.Thread(target=self._run, name="ruxa-gateway-sqlite", daemon=True)
         self._ready: concurrent.futures.Future[None] = concurrent.futures.Future()
         self._stopped = False
+        self._alive = False  # the thread holds an open connection (read without a lock)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pending: list[tuple[str, Sequence[Any]]] = []
         self._waiters: list[asyncio.Future[None]] = []
@@ -96,7 +97,7 @@ class SqliteWriter:
 
     async def durable(self) -> None:
         """Return once every write made so far is committed to SQLite."""
-        if self._loop is None or self._stopped or not self._thread.is_alive():
+        if self._loop is None or self._stopped or not self._alive:
             raise RuntimeError("the gateway's state store is closed")
         waiter = self._loop.create_future()
         self._waiters.append(waiter)
@@ -120,7 +121,7 @@ class SqliteWriter:
             self._send_soon()
 
     async def call(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
-        if self._stopped or not self._thread.is_alive():
+        if self._stopped or not self._alive:
             raise RuntimeError("the gateway's state store is closed")
         self._hand_off()  # the call sees every write made before it
         future: concurrent.futures.Future[Any] = concurrent.futures.Future()
@@ -145,6 +146,7 @@ class SqliteWriter:
         except sqlite3.Error as exc:
             self._ready.set_exception(exc)
             return
+        self._alive = True
         self._ready.set_result(None)
         try:
             while True:
@@ -157,6 +159,7 @@ class SqliteWriter:
                 if not self._batch(conn, items):
                     return
         finally:
+            self._alive = False
             conn.close()
 
     def _batch(self, conn: sqlite3.Connection, items: list[Any]) -> bool:

@@ -223,6 +223,10 @@ _COLUMNS = (
     "relayed, final"
 )
 
+_INSERT_TASK = (
+    f"INSERT OR REPLACE INTO tasks ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,0,NULL,NULL,'',NULL)"
+)
+
 
 class SQLiteStore:
     """The default :class:`StateStore`: decisions in memory, written behind to SQLite.
@@ -353,13 +357,12 @@ class SQLiteStore:
             model=model,
             created=self._clock(),
             reserved=res.amount,
-            scopes=tuple((s.name, s.period) for s in res.scopes),
+            scopes=tuple([(s.name, s.period) for s in res.scopes]),
             callback_url=callback_url,
         )
         self._open[task_id] = record
         self._writer.write(
-            f"INSERT OR REPLACE INTO tasks ({_COLUMNS}) "
-            "VALUES (?,?,?,?,?,?,?,?,0,NULL,NULL,'',NULL)",
+            _INSERT_TASK,
             (
                 task_id,
                 record.user,
