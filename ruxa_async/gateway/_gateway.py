@@ -48,7 +48,7 @@ log = logging.getLogger("ruxa_async")
 _TASK_ID = re.compile(r"[A-Za-z0-9_.:-]{1,200}")
 _NOT_FOUND = "task not found"
 _OWNER_CACHE = 50_000
-_SHOWN_CACHE = 8192
+_SHOWN_CACHE = 4096
 
 
 class _Shown:
