@@ -35,31 +35,18 @@ if TYPE_CHECKING:
 
 __all__ = ["Admission"]
 
-_DAY = 86_400
-_LEDGERS_KEPT = 10_000
-
 
 class Admission:
     """Creates tasks for a :class:`~ruxa_async.gateway.Gateway`'s callers."""
 
     def __init__(self, gw: GatewayView) -> None:
         self._gw = gw
-        # The ledgers of a caller's creates, by id of its (long-lived, cached) Identity:
-        # (identity, UTC day, scopes). Budget periods change only at midnight UTC.
-        self._ledgers: dict[int, tuple[Identity, int, tuple[Scope, ...]]] = {}
 
     def _scopes(self, who: Identity, now: float) -> tuple[Scope, ...]:
-        day = int(now // _DAY)
-        hit = self._ledgers.get(id(who))
-        if hit is not None and hit[0] is who and hit[1] == day:
-            return hit[2]
         period, _ = window_bounds(who.policy.window, now)
         scopes = [Scope(f"user:{who.user}", period, who.policy.budget)]
         if who.scope is not None:
             scopes.append(Scope(who.scope, "life", who.token_budget))
-        if len(self._ledgers) >= _LEDGERS_KEPT:
-            self._ledgers.clear()
-        self._ledgers[id(who)] = (who, day, tuple(scopes))
         return tuple(scopes)
 
     async def create(self, header: str | None, body: object) -> Reply:
