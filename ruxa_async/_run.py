@@ -15,10 +15,9 @@ import asyncio
 import contextlib
 import logging
 import os
-import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anyio.to_thread
@@ -39,6 +38,7 @@ from ._plan import Planner, Step, Survey, survey
 from ._progress import BatchCounters, Display, make_display
 from ._report import Report, credits_text, print_report, write_report
 from ._run_options import RunEnd, RunError, RunOptions, RunUsageError
+from ._signals import STOP_SIGNALS, signal_handlers
 from ._sink import JournalSink
 from .catalog import estimate_cost
 
@@ -180,7 +180,7 @@ class _BatchRun:
                 await self._check_endpoint()
                 await self._survey()
                 self._count_plan()
-                with self._signals():
+                with signal_handlers(dict.fromkeys(STOP_SIGNALS, self._on_signal)):
                     await self._run()
                 return await self._finish()
         except JournalError as exc:
@@ -234,19 +234,6 @@ class _BatchRun:
         c.todo = s.todo
         if s.jobs.total == 0:
             _say(self.options, f"{self.options.jobs} has no jobs")
-
-    @contextlib.contextmanager
-    def _signals(self) -> Iterator[None]:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, self._on_signal)
-        try:
-            yield
-        finally:
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                with contextlib.suppress(NotImplementedError, RuntimeError):
-                    loop.remove_signal_handler(sig)
 
     def _on_signal(self) -> None:
         if self.interrupted:

@@ -1,8 +1,10 @@
-"""Run one coroutine in the foreground until it ends or SIGINT or SIGTERM arrives.
+"""Signal handlers on the running loop, and the serve-until-stopped loop built on them.
 
-The serve-until-stopped loop of the command lines (``ruxa-async simulate`` and
-``python -m ruxa_async.testing``). It knows nothing of the SDK or of the
-simulator, and imports nothing from either, so the simulator may use it and
+:func:`signal_handlers` installs handlers for a block (``ruxa-async run``,
+``ruxa-async gateway``); :func:`run_until_signal` runs one coroutine in the
+foreground until it ends or SIGINT or SIGTERM arrives (``ruxa-async simulate``
+and ``python -m ruxa_async.testing``). The module knows nothing of the SDK or of
+the simulator, and imports nothing from either, so the simulator may use it and
 still owe the SDK nothing.
 """
 
@@ -11,12 +13,32 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping
 from typing import Any
 
-__all__ = ["run_until_signal"]
+__all__ = ["run_until_signal", "signal_handlers"]
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def signal_handlers(handlers: Mapping[signal.Signals, Callable[[], object]]) -> Iterator[None]:
+    """Call ``handlers[sig]()`` on the running loop whenever ``sig`` arrives, within the block.
+
+    A signal the loop cannot take a handler for (Windows, a thread other than
+    the main one) is left as it was. The handlers are removed on the way out.
+    """
+    loop = asyncio.get_running_loop()
+    installed: list[signal.Signals] = []
+    for sig, handler in handlers.items():
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, handler)
+            installed.append(sig)
+    try:
+        yield
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
 
 
 async def run_until_signal(
@@ -31,20 +53,14 @@ async def run_until_signal(
     """
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    installed: list[signal.Signals] = []
-    for sig in signals:
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
-            installed.append(sig)
     task = loop.create_task(work)
     stopper = loop.create_task(stop.wait())
     try:
-        await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        with signal_handlers(dict.fromkeys(signals, stop.set)):
+            await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
     finally:
         stopper.cancel()
         task.cancel()
-        for sig in installed:
-            loop.remove_signal_handler(sig)
         await asyncio.wait({task, stopper})
     if not task.cancelled():
         task.result()

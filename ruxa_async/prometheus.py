@@ -111,6 +111,13 @@ class PrometheusExporter(Collector):
         def gauge(name: str, doc: str, value: float) -> Metric:
             return GaugeMetricFamily(f"{p}_{name}", doc, value=value)
 
+        def per_kind(name: str, doc: str, create: float | None, query: float | None) -> Metric:
+            family = GaugeMetricFamily(f"{p}_{name}", doc, labels=["kind"])
+            for kind, value in (("create", create), ("query", query)):
+                if value is not None:
+                    family.add_metric([kind], value)
+            return family
+
         yield counter("requests", "Requests sent", stats.requests_sent)
         yield counter("creates", "Create requests sent", stats.creates)
         yield counter("queries", "Status queries sent", stats.queries)
@@ -125,23 +132,18 @@ class PrometheusExporter(Collector):
         rate = stats.rate
         yield gauge("in_flight", "Requests in flight", rate.in_flight)
         yield counter("paused_seconds", "Seconds a 429 gate was closed", rate.paused_seconds)
-        rates = GaugeMetricFamily(
-            f"{p}_rate_per_second", "The local pace per endpoint class", labels=["kind"]
+        yield per_kind(
+            "rate_per_second",
+            "The local pace per endpoint class",
+            rate.create_rate,
+            rate.query_rate,
         )
-        for kind, value in (("create", rate.create_rate), ("query", rate.query_rate)):
-            if value is not None:
-                rates.add_metric([kind], value)
-        yield rates
         fleet = stats.coordinator
         if fleet is None:
             return
-        shared = GaugeMetricFamily(
-            f"{p}_fleet_rate_per_second", "The fleet's shared pace", labels=["kind"]
+        yield per_kind(
+            "fleet_rate_per_second", "The fleet's shared pace", fleet.create_rate, fleet.query_rate
         )
-        for kind, value in (("create", fleet.create_rate), ("query", fleet.query_rate)):
-            if value is not None:
-                shared.add_metric([kind], value)
-        yield shared
         yield gauge("fleet_members", "Live processes in the fleet", fleet.members)
         yield counter(
             "fleet_pauses", "Gate closings heard from other processes", fleet.fleet_pauses

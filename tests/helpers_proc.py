@@ -66,6 +66,20 @@ def start_cli(*args: str, key: str | None) -> subprocess.Popen[str]:
     )
 
 
+@contextlib.contextmanager
+def reaped(proc: subprocess.Popen[str]) -> Iterator[subprocess.Popen[str]]:
+    """``proc`` for the block; on the way out it is killed if still running and its pipes closed."""
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for pipe in (proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()
+
+
 S = TypeVar("S", bound="SimProcess")
 
 
@@ -206,7 +220,7 @@ def kill_when(
     Once signalled, ``proc`` has exited when this returns (its ``returncode`` is set).
     """
     deadline = time.monotonic() + limit
-    try:
+    with reaped(proc):
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 assert proc.stderr is not None
@@ -217,9 +231,3 @@ def kill_when(
                 return
             time.sleep(every)
         raise AssertionError(f"the run never reached the point to kill at: {what}")
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        if proc.stderr is not None:
-            proc.stderr.close()

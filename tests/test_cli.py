@@ -24,6 +24,7 @@ from .helpers_proc import (
     journal_files,
     journal_jobs,
     kill_when,
+    reaped,
     run_cli,
     start_cli,
     started_sims,
@@ -515,7 +516,7 @@ def test_simulate_serves_until_terminated() -> None:
     proc = subprocess.Popen(
         cli("simulate", "--port", "0"), stdout=subprocess.PIPE, text=True, env=child_env(None)
     )
-    try:
+    with reaped(proc):
         assert proc.stdout is not None
         match = re.search(r"Ruxa simulator at (http://\S+)", proc.stdout.readline())
         assert match
@@ -523,12 +524,6 @@ def test_simulate_serves_until_terminated() -> None:
             assert json.loads(reply.read())["creates"] == 0
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(10) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        if proc.stdout is not None:
-            proc.stdout.close()
 
 
 def test_help_documents_the_exit_codes() -> None:

@@ -14,7 +14,7 @@ from ruxa_async import AuthenticationError, RuxaClient
 from ruxa_async.gateway import hash_token
 from tests.conftest import FAST_POLL
 from tests.helpers_gateway import NB, PROMPT, TOKENS
-from tests.helpers_proc import ROOT, child_env, cli, run_cli
+from tests.helpers_proc import ROOT, child_env, cli, reaped, run_cli
 
 SIGNING = "cli-test-signing-secret-9876543210"
 
@@ -43,8 +43,7 @@ async def test_the_standalone_gateway_serves_mints_and_reloads_on_sighup(tmp_pat
     """--simulate serves the API and demo; mint-token tokens work; SIGHUP adds a user."""
     config = tmp_path / "gateway.toml"
     write_config(config, ["alice"])
-    proc = start_gateway(config)
-    try:
+    with reaped(start_gateway(config)) as proc:
         assert proc.stderr is not None
         first = await asyncio.to_thread(proc.stderr.readline)
         assert first.startswith("ruxa-async gateway on "), first
@@ -82,12 +81,6 @@ async def test_the_standalone_gateway_serves_mints_and_reloads_on_sighup(tmp_pat
         proc.send_signal(signal.SIGTERM)
         code = await asyncio.to_thread(proc.wait, 30)
         rest = proc.stderr.read()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        if proc.stderr is not None:
-            proc.stderr.close()
     assert code == 0
     for secret in (SIGNING, token, *TOKENS.values()):
         assert secret not in first + rest

@@ -18,6 +18,7 @@ import asyncio
 import collections
 import json
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -25,7 +26,8 @@ from typing import Any
 import aiohttp
 
 from .._tasks import stop
-from ._config import AlertSettings
+from ._config import AlertSettings, Window
+from ._policy import window_bounds
 
 __all__ = ["COOLDOWN", "EPOCH", "Alerter", "SpendWatch"]
 
@@ -36,6 +38,10 @@ COOLDOWN = 3600.0
 _MARK_TTL = 40 * 86_400.0  # longer than any budget window; the mark names its period
 
 Claim = Callable[[str, float], Awaitable[bool | None]]
+
+_DAY = 86_400.0  # every budget window starts and ends at a UTC midnight
+_WINDOWS: tuple[Window, ...] = ("day", "week", "month")
+_LIFE = "life"  # the period of a scoped token's budget: it has no window
 
 
 class SpendWatch:
@@ -82,16 +88,27 @@ class Alerter:
     """Posts alert events as JSON to ``webhook_url`` (if set); started and closed by its owner.
 
     ``claim`` (several instances sharing state) decides which instance sends an
-    alert that must go out once across all of them.
+    alert that must go out once across all of them. ``clock`` (Unix seconds)
+    tells when a budget window rolls over: the thresholds already alerted in
+    windows that have ended are forgotten then, and so are those of a scoped
+    token's life budget that saw no create since the previous rollover.
     """
 
-    def __init__(self, settings: AlertSettings, claim: Claim | None = None) -> None:
+    def __init__(
+        self,
+        settings: AlertSettings,
+        claim: Claim | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.settings = settings
         self.sent: collections.deque[dict[str, Any]] = collections.deque(maxlen=500)
         self._queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(1000)
         self._task: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
-        self._fired: set[tuple[str, str, float]] = set()
+        self._clock = clock
+        self._day = math.floor(clock() / _DAY)  # the UTC day of the last rollover seen
+        # (scope, period) -> the thresholds alerted, and the day of its latest budget check
+        self._fired: dict[tuple[str, str], tuple[set[float], int]] = {}
         self._claim = claim
         self._claims: set[asyncio.Task[None]] = set()
         self._started = False
@@ -153,11 +170,16 @@ class Alerter:
         """Alert once per threshold crossed by ``used`` of ``limit`` in this period."""
         if not limit:
             return
+        now = self._clock()
+        day = math.floor(now / _DAY)
+        if day != self._day:
+            self._roll_over(now, day)
+        marks = self._fired.get((scope, period))
+        fired = set() if marks is None else marks[0]
         share = used / limit
         for threshold in self.settings.thresholds:
-            mark = (scope, period, threshold)
-            if share + 1e-9 >= threshold and mark not in self._fired:
-                self._fired.add(mark)
+            if share + 1e-9 >= threshold and threshold not in fired:
+                fired.add(threshold)
                 self.once(
                     f"budget:{scope}:{period}:{threshold:g}",
                     _MARK_TTL,
@@ -168,6 +190,23 @@ class Alerter:
                     used=round(used, 6),
                     limit=limit,
                 )
+        if fired:
+            self._fired[(scope, period)] = (fired, day)
+
+    @property
+    def marked_budgets(self) -> int:
+        """How many budgets (scope and period) hold thresholds already alerted."""
+        return len(self._fired)
+
+    def _roll_over(self, now: float, day: int) -> None:
+        """Forget the marks of ended windows, and of life budgets unchecked since the last one."""
+        current = {window_bounds(window, now)[0] for window in _WINDOWS}
+        self._fired = {
+            key: (fired, seen)
+            for key, (fired, seen) in self._fired.items()
+            if key[1] in current or (key[1] == _LIFE and seen >= self._day)
+        }
+        self._day = day
 
     def spend_jump(self, user: str, spend: float, baseline: float) -> None:
         """Alert that ``user``'s spend jumped (once per cool-down hour across instances)."""

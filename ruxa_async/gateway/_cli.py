@@ -14,14 +14,18 @@ import secrets
 import signal
 import sys
 from collections.abc import Callable, Coroutine, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
 from .._errors import ConfigurationError
+from .._signals import signal_handlers
 from ._config import GatewayConfig, Policy, UpstreamKey, load_config
 from ._store import StateUnavailableError
 from ._tokens import mint_token, new_user_token
+
+if TYPE_CHECKING:
+    from ._gateway import Gateway
 
 __all__ = ["add_commands", "run"]
 
@@ -163,43 +167,52 @@ def _demo_config() -> GatewayConfig:
 
 
 async def _serve(args: argparse.Namespace) -> int:
-    from ._gateway import Gateway
-
     config = load_config(args.config) if args.config else None
     if config is None and not args.simulate:
         raise ConfigurationError("gateway needs --config TOML (or --simulate for the demo)")
-    async with contextlib.AsyncExitStack() as stack:
-        keys = None
-        if args.simulate:
-            from ..testing import FakeRuxa, ModelBehavior, SimConfig
-
-            fake = await stack.enter_async_context(
-                FakeRuxa(SimConfig(default_behavior=ModelBehavior(median_seconds=1.5, sigma=0.3)))
-            )
-            keys = [UpstreamKey(name="simulator", key=fake.api_key, base_url=fake.url)]
-            config = config or _demo_config()
-            if not config.signing_secret:
-                config = attrs.evolve(config, signing_secret=secrets.token_urlsafe(32))
-            config = attrs.evolve(
-                config, demo=True, callbacks=attrs.evolve(config.callbacks, allow_private=True)
-            )
-        assert config is not None
-        if args.public_url:
-            config = attrs.evolve(config, public_url=args.public_url)
-        if args.redis:
-            config = attrs.evolve(config, state=attrs.evolve(config.state, redis_url=args.redis))
-        if not keys and not config.keys:
-            raise ConfigurationError("the config names no upstream keys ([[upstream.keys]])")
-        gateway = await stack.enter_async_context(Gateway(config, upstream_keys=keys))
-        url = await gateway.listen(args.host, args.port)
-        print(f"ruxa-async gateway on {url}", file=sys.stderr, flush=True)
-        if config.demo:
-            print(f"demo page: {url}/demo/", file=sys.stderr, flush=True)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        with contextlib.suppress(NotImplementedError, AttributeError):
-            loop.add_signal_handler(signal.SIGHUP, gateway.reload)
-            loop.add_signal_handler(signal.SIGTERM, stop.set)
-            loop.add_signal_handler(signal.SIGINT, stop.set)
-        await stop.wait()
+    stop = asyncio.Event()
+    with contextlib.ExitStack() as handlers:  # entered last, left after the gateway has closed
+        async with contextlib.AsyncExitStack() as stack:
+            gateway = await _start(stack, args, config)
+            on: dict[signal.Signals, Callable[[], object]] = {}
+            if hasattr(signal, "SIGHUP"):  # not on Windows
+                on[signal.SIGHUP] = gateway.reload
+            on[signal.SIGTERM] = on[signal.SIGINT] = stop.set
+            handlers.enter_context(signal_handlers(on))
+            await stop.wait()
     return 0
+
+
+async def _start(
+    stack: contextlib.AsyncExitStack, args: argparse.Namespace, config: GatewayConfig | None
+) -> Gateway:
+    """Open the gateway (and with --simulate the simulator) on ``stack``; listen; say where."""
+    from ._gateway import Gateway
+
+    keys = None
+    if args.simulate:
+        from ..testing import FakeRuxa, ModelBehavior, SimConfig
+
+        fake = await stack.enter_async_context(
+            FakeRuxa(SimConfig(default_behavior=ModelBehavior(median_seconds=1.5, sigma=0.3)))
+        )
+        keys = [UpstreamKey(name="simulator", key=fake.api_key, base_url=fake.url)]
+        config = config or _demo_config()
+        if not config.signing_secret:
+            config = attrs.evolve(config, signing_secret=secrets.token_urlsafe(32))
+        config = attrs.evolve(
+            config, demo=True, callbacks=attrs.evolve(config.callbacks, allow_private=True)
+        )
+    assert config is not None
+    if args.public_url:
+        config = attrs.evolve(config, public_url=args.public_url)
+    if args.redis:
+        config = attrs.evolve(config, state=attrs.evolve(config.state, redis_url=args.redis))
+    if not keys and not config.keys:
+        raise ConfigurationError("the config names no upstream keys ([[upstream.keys]])")
+    gateway = await stack.enter_async_context(Gateway(config, upstream_keys=keys))
+    url = await gateway.listen(args.host, args.port)
+    print(f"ruxa-async gateway on {url}", file=sys.stderr, flush=True)
+    if config.demo:
+        print(f"demo page: {url}/demo/", file=sys.stderr, flush=True)
+    return gateway

@@ -90,7 +90,8 @@ class Gateway:
         self.verifier = TokenVerifier(config, clock=clock)
         self.rates = RateBuckets()
         self._fleet = self.store.fleet()
-        self.alerter = Alerter(config.alerts, None if self._fleet is None else self._fleet.claim)
+        claim = None if self._fleet is None else self._fleet.claim
+        self.alerter = Alerter(config.alerts, claim, clock)
         self.spend_watch = (
             SpendWatch(config.alerts, clock)
             if self._fleet is None
