@@ -43,6 +43,41 @@ CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
 """
 
 
+_ROWS_PER_STATEMENT = 64  # at most 64 x 13 parameters: far below SQLite's oldest limit (999)
+_forms: dict[str, tuple[str, str] | None] = {}
+_statements: dict[tuple[str, int], str] = {}
+
+
+def _rows_form(sql: str) -> tuple[str, str] | None:
+    """``(head, row)`` of a plain one-row ``INSERT ... VALUES (row)``, else None (an upsert, say,
+    must not meet one key twice in one statement, so it stays one statement per row)."""
+    form = _forms.get(sql)
+    if form is None and sql not in _forms:
+        head, values, row = sql.partition(" VALUES ")
+        plain = head.lstrip().upper().startswith("INSERT") and values
+        if plain and row.startswith("(") and row.endswith(")") and ")" not in row[:-1]:
+            form = (head + values, row)
+        _forms[sql] = form
+    return form
+
+
+def _write_rows(conn: sqlite3.Connection, sql: str, rows: list[Sequence[Any]]) -> None:
+    """Run ``sql`` once per row: a plain INSERT as one statement of many rows (one step of
+    SQLite and one release of the GIL for up to 64 rows, not one per row)."""
+    form = _rows_form(sql) if len(rows) > 1 else None
+    if form is None:
+        conn.executemany(sql, rows)
+        return
+    head, row = form
+    for start in range(0, len(rows), _ROWS_PER_STATEMENT):
+        chunk = rows[start : start + _ROWS_PER_STATEMENT]
+        key = (sql, len(chunk))
+        statement = _statements.get(key)
+        if statement is None:
+            statement = _statements[key] = head + ",".join([row] * len(chunk))
+        conn.execute(statement, [value for params in chunk for value in params])
+
+
 #: The one statement that appends to the audit log (the writer batches its lines together).
 AUDIT_INSERT = "INSERT INTO audit (ts, event, user, task_id, detail) VALUES (?, ?, ?, ?, ?)"
 _WRITE_BEHIND = 0.005  # seconds a write may wait to share its transaction with others
@@ -178,22 +213,22 @@ class SqliteWriter:
                     keep_going = False
                     continue
                 if item[0] == "batch":
+                    waiters += item[2]  # woken even if this transaction fails
                     for statement, params in item[1]:
                         if statement is AUDIT_INSERT:
                             audit.append(params)
                             continue
                         if statement != sql:
                             if run:
-                                conn.executemany(sql, run)
+                                _write_rows(conn, sql, run)
                             sql, run = statement, []
                         run.append(params)
-                    waiters += item[2]
                     continue
                 if run:
-                    conn.executemany(sql, run)
+                    _write_rows(conn, sql, run)
                     run, sql = [], ""
                 if audit:
-                    conn.executemany(AUDIT_INSERT, audit)
+                    _write_rows(conn, AUDIT_INSERT, audit)
                     audit = []
                 fn, future = item
                 try:
@@ -201,9 +236,9 @@ class SqliteWriter:
                 except Exception as exc:  # handed to the awaiting coroutine, never lost
                     future.set_exception(exc)
             if run:
-                conn.executemany(sql, run)
+                _write_rows(conn, sql, run)
             if audit:
-                conn.executemany(AUDIT_INSERT, audit)
+                _write_rows(conn, AUDIT_INSERT, audit)
             conn.execute("COMMIT")
         except sqlite3.Error:
             log.exception("gateway state: a write batch failed; it was rolled back")
