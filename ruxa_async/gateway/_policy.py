@@ -54,7 +54,8 @@ class Reply:
     """What to answer: the Ruxa ``code``, ``message``, ``data`` and an optional Retry-After.
 
     A reply given again (a task that did not change since its owner last asked) is
-    encoded once: :meth:`body` keeps its bytes.
+    encoded once: :meth:`body` keeps its bytes. ``data`` may then be shared between
+    answers: read it, do not change it.
     """
 
     code: int
