@@ -43,20 +43,22 @@ CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
 """
 
 
-_ROWS_PER_STATEMENT = 64  # at most 64 x 13 parameters: far below SQLite's oldest limit (999)
-_forms: dict[str, tuple[str, str] | None] = {}
+_ROWS_PER_STATEMENT = 64
+_MAX_PARAMETERS = 999  # the oldest SQLite's limit of parameters per statement
+_forms: dict[str, tuple[str, str, int] | None] = {}
 _statements: dict[tuple[str, int], str] = {}
 
 
-def _rows_form(sql: str) -> tuple[str, str] | None:
-    """``(head, row)`` of a plain one-row ``INSERT ... VALUES (row)``, else None (an upsert, say,
-    must not meet one key twice in one statement, so it stays one statement per row)."""
+def _rows_form(sql: str) -> tuple[str, str, int] | None:
+    """``(head, row, rows per statement)`` of a plain one-row ``INSERT ... VALUES (row)``, else
+    None (an upsert, say, must not meet one key twice in one statement: one row each)."""
     form = _forms.get(sql)
     if form is None and sql not in _forms:
         head, values, row = sql.partition(" VALUES ")
         plain = head.lstrip().upper().startswith("INSERT") and values
         if plain and row.startswith("(") and row.endswith(")") and ")" not in row[:-1]:
-            form = (head + values, row)
+            per = min(_ROWS_PER_STATEMENT, _MAX_PARAMETERS // max(1, row.count("?")))
+            form = (head + values, row, per)
         _forms[sql] = form
     return form
 
@@ -68,9 +70,9 @@ def _write_rows(conn: sqlite3.Connection, sql: str, rows: list[Sequence[Any]]) -
     if form is None:
         conn.executemany(sql, rows)
         return
-    head, row = form
-    for start in range(0, len(rows), _ROWS_PER_STATEMENT):
-        chunk = rows[start : start + _ROWS_PER_STATEMENT]
+    head, row, per = form
+    for start in range(0, len(rows), per):
+        chunk = rows[start : start + per]
         key = (sql, len(chunk))
         statement = _statements.get(key)
         if statement is None:
