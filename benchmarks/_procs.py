@@ -48,14 +48,16 @@ def pin(pid: int, cpu: int | None) -> None:
             os.sched_setaffinity(pid, {cpu})
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of ``pid`` so far (0.0 when unreadable)."""
+def cpu_seconds(pid: int, *, kernel_only: bool = False) -> float:
+    """User + system CPU seconds of ``pid`` so far (0.0 when unreadable); system alone with
+    ``kernel_only``."""
     try:
         with open(f"/proc/{pid}/stat", encoding="ascii") as f:
             fields = f.read().rsplit(")", 1)[1].split()
     except OSError:
         return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    ticks = int(fields[12]) if kernel_only else int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def read_line(stream: IO[bytes], timeout: float) -> str:

@@ -57,7 +57,10 @@ async def _worker(args: argparse.Namespace) -> dict[str, Any]:
     redis = RedisCoordinator(args.redis, namespace=args.namespace) if args.redis else None
     coordinator = redis if redis is not None else coordinator_from_url(None)
     received: dict[str, float] = {}
-    trace = _trace_decisions() if os.environ.get("FLEET_TRACE") else []
+    grants: dict[str, list[float]] = {
+        k: [] for k in ("create", "query", "create pace", "query pace")
+    }
+    trace = _trace_decisions(grants) if os.environ.get("FLEET_TRACE") else []
     callbacks = None
     if args.receiver:
         from ruxa_async.webhooks import CallbackServer
@@ -134,12 +137,19 @@ async def _worker(args: argparse.Namespace) -> dict[str, Any]:
             "resolved": resolved,
             "received": received,
             "trace": [(t - start, text) for t, text in trace],
+            "grants": {
+                kind: times if "pace" in kind else [t - start for t in times]
+                for kind, times in grants.items()
+            },
             "hops": hops,
         }
 
 
-def _trace_decisions() -> list[tuple[float, str]]:
-    """The rate controller's DEBUG decisions (429s, phase changes), stamped (``FLEET_TRACE=1``)."""
+def _trace_decisions(grants: dict[str, list[float]]) -> list[tuple[float, str]]:
+    """The rate controller's DEBUG decisions (429s, phase changes), stamped (``FLEET_TRACE``).
+
+    ``grants`` receives every permit's grant time per kind: the fleet's sends, merged.
+    """
     import logging
 
     lines: list[tuple[float, str]] = []
@@ -147,7 +157,7 @@ def _trace_decisions() -> list[tuple[float, str]]:
     class Keep(logging.Handler):
         def emit(self, record: logging.LogRecord) -> None:
             text = record.getMessage()
-            if "429 on" in text or "pace:" in text or "gate" in text:
+            if "429 on" in text or "pace:" in text or "gate" in text or "Redis" in text:
                 lines.append((time.monotonic(), text))
 
     logger = logging.getLogger("ruxa_async")
@@ -160,10 +170,22 @@ def _trace_decisions() -> list[tuple[float, str]]:
 
     async def every_429(self: RateController, permit: Any, *args: Any, **kwargs: Any) -> None:
         now = time.monotonic()
-        lines.append((now, f"429 ({permit.kind}, sent {now - permit.granted_at:.3f} s ago)"))
+        share = getattr(self._state, "share", None)
+        shared = f", share {share(permit.kind):.2f}" if share is not None else ""
+        lines.append(
+            (now, f"429 ({permit.kind}, sent {now - permit.granted_at:.3f} s ago{shared})")
+        )
         await original(self, permit, *args, **kwargs)
 
     RateController.on_rate_limited = every_429  # type: ignore[method-assign]
+    grant = RateController._grant
+
+    def granted(self: RateController, lane: Any, gate: Any, now: float) -> Any:
+        grants[lane.kind].append(time.monotonic())
+        grants[lane.kind + " pace"].append(lane.pace.rate)
+        return grant(self, lane, gate, now)
+
+    RateController._grant = granted  # type: ignore[method-assign]
 
     from ruxa_async._pace import Pace
 
@@ -321,6 +343,10 @@ def run_fleet(
         )
         path = Path(os.environ["FLEET_TRACE"]) / f"trace-p{procs}-{run}.txt"
         path.write_text("".join(f"{t:8.3f} p{i} {text}\n" for t, i, text in timeline))
+        spans = [
+            {"start": r["start"] - t0, "end": r["end"] - t0, "grants": r["grants"]} for r in reports
+        ]
+        path.with_suffix(".json").write_text(json.dumps(spans))
     cpu = sum(r["cpu"] for r in reports)
     permits = sum(r["permits"] for r in reports)
     rejected = stats["rate_limited_create"] + stats["rate_limited_query"]
@@ -349,6 +375,8 @@ def run_fleet(
         "redis_per_permit": sum(r["redis_calls"] for r in reports) / max(1, permits),
         "episodes_each": [r["episodes"] for r in reports],
         "remote_pauses": sum(r["fleet_pauses"] for r in reports),
+        "degraded_events": sum(r["degraded_events"] for r in reports),
+        "degraded_s": round(sum(r["degraded_seconds"] for r in reports), 2),
     }
 
 

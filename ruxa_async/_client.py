@@ -413,9 +413,23 @@ async def send_once(client: RuxaClient, kind: Kind, path: str, body: bytes | Non
 
     The seam for relays (the gateway): returns the reply envelope's ``data``
     or raises the matching error, and builds nothing else (no retry wrapper,
-    no input check, no task object). ``body`` given means a POST.
+    no input check, no task object). ``body`` given means a POST. After
+    :func:`send_directly`, the short path of ``_direct`` instead.
     """
-    return await client._core.requester.send(kind, "GET" if body is None else "POST", path, body)
+    core = client._core
+    if core.direct is not None:
+        return await core.direct.send(kind, path, body)
+    return await core.requester.send(kind, "GET" if body is None else "POST", path, body)
+
+
+def send_directly(client: RuxaClient, *, max_pause: float) -> None:
+    """Have :func:`send_once` on ``client`` skip its rate controller and outage gate.
+
+    The seam for relays that pace nothing and keep their own rules per key (see
+    ``_direct``): a 429 pauses that class of requests for its ``Retry-After``
+    (at most ``max_pause``), and sends during the pause fail at once.
+    """
+    client._core.send_directly(max_pause)
 
 
 def use_transport(client: RuxaClient, cls: type[Transport]) -> None:

@@ -22,6 +22,7 @@ import attrs
 from ._config import OutagePolicy, PollPolicy, RateLimits, RetryPolicy, Timeouts
 from ._coordinator import Coordinator, CoordinatorStatistics
 from ._creator import Creator
+from ._direct import DirectSender
 from ._errors import ClientClosedError, ClientNotStartedError, TaskTimeoutError
 from ._fleet import Fleet
 from ._fleet_outage import outage_gate
@@ -139,6 +140,7 @@ class ClientCore:
             safety_net_seconds=self.scheduler.safety_net_seconds,
         )
         self._runner: asyncio.Task[None] | None = None
+        self.direct: DirectSender | None = None  # a relay's short path: see send_directly()
 
     @property
     def callback_url(self) -> str | None:
@@ -150,6 +152,15 @@ class ClientCore:
         if self.state is not State.NEW:
             raise RuntimeError("the transport can only be replaced before the client opens")
         self.transport = self.requester.transport = cls(**self._transport_args)
+
+    def send_directly(self, max_pause: float) -> None:
+        """Send a relay's requests by :class:`DirectSender` (no rate controller, no outage gate)."""
+        self.direct = DirectSender(
+            lambda: self.transport,
+            require_open=self.require_open,
+            counts=self.requester.counts,
+            max_pause=max_pause,
+        )
 
     # -------------------------------------------------------------- lifecycle
 

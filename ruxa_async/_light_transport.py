@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import math
 import os
 import ssl
 from collections.abc import Callable
@@ -33,7 +34,7 @@ from urllib.parse import urlsplit
 
 from ._config import Timeouts
 from ._errors import APIConnectionError, APITimeoutError, RuxaError
-from ._ratehints import RATE_HEADER_NAMES
+from ._light_conn import KEEPALIVE, Connection, Dropped, ReadTimeout
 from ._transport import Reply, Transport, _env_proxy
 
 try:
@@ -44,13 +45,6 @@ except ImportError:  # pragma: no cover - the gateway extra is not installed
 __all__ = ["LightTransport", "light_transport_class"]
 
 log = logging.getLogger("ruxa_async")
-
-_KEEPALIVE = 30.0  # seconds an idle connection is kept (servers commonly keep 60-75)
-_KEEPALIVE_MARGIN = 1.0  # retire a connection this long before the server's announced timeout
-_KEEP_ALIVE = b"keep-alive"
-_RATE_NAMES = {name.encode(): name for name in RATE_HEADER_NAMES}
-_RETRY_AFTER = b"retry-after"
-_LENGTH = frozenset((b"content-length", b"transfer-encoding"))
 
 
 def light_transport_class(base_url: str) -> type[Transport] | None:
@@ -64,175 +58,6 @@ def light_transport_class(base_url: str) -> type[Transport] | None:
     if urlsplit(base_url).scheme not in ("http", "https") or _env_proxy(base_url) is not None:
         return None
     return LightTransport
-
-
-class _Dropped(Exception):
-    """The server closed the connection before the reply was complete."""
-
-    def __init__(self, *, received: bool, written: bool = True) -> None:
-        super().__init__("the server closed the connection")
-        self.received = received  # any byte of the reply had arrived
-        self.written = written  # the request had been handed to the socket
-
-
-class _Unsolicited(Exception):
-    """The server sent a reply nobody asked for."""
-
-
-class _ReadTimeout(Exception):
-    """No reply byte for ``read`` seconds, or the request's total time ran out."""
-
-
-class _Connection(asyncio.Protocol):
-    """One keep-alive connection: writes a request, parses its reply, wakes the sender."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        self._parser = httptools.HttpResponseParser(self)
-        self.transport: asyncio.Transport | None = None
-        self.alive = True  # False once the server hung up, sent garbage, or we closed it
-        self.idle_since = 0.0
-        self.keep_alive = False
-        self.keep_for = _KEEPALIVE  # idle seconds it may be reused after (Keep-Alive: timeout)
-        self._waiter: asyncio.Future[None] | None = None
-        self._timer: asyncio.TimerHandle | None = None
-        self._read = 0.0
-        self._deadline = 0.0
-        self._last = 0.0
-        self._reset()
-
-    def _reset(self) -> None:
-        self.status = 0
-        self.body: list[bytes] = []
-        self.retry_after: str | None = None
-        self.rate: dict[str, str] = {}
-        self._received = False
-        self._headers_done = False
-        self._framed = False  # Content-Length or chunked: the reply does not end at EOF
-
-    # -- the sender's side
-
-    def send(self, payload: bytes, read: float, deadline: float) -> asyncio.Future[None]:
-        """Write one request; the future completes when its reply has been read."""
-        assert self.transport is not None
-        self._reset()
-        waiter = self._waiter = self._loop.create_future()
-        if not self.alive or self.transport.is_closing():  # closed before the write
-            self._waiter = None
-            waiter.set_exception(_Dropped(received=False, written=False))
-            return waiter
-        self._read, self._deadline = read, deadline
-        now = self._loop.time()
-        self._last = now
-        self._timer = self._loop.call_at(min(now + read, deadline), self._check_time)
-        self.transport.write(payload)
-        return waiter
-
-    def close(self) -> None:
-        """Close the connection (an exchange in progress fails as dropped)."""
-        self.alive = False
-        if self.transport is not None:
-            self.transport.close()
-
-    def _check_time(self) -> None:
-        self._timer = None
-        due = min(self._last + self._read, self._deadline)
-        if self._loop.time() >= due:
-            self._fail(_ReadTimeout())
-        else:
-            self._timer = self._loop.call_at(due, self._check_time)
-
-    def _finish(self, error: BaseException | None) -> None:
-        waiter, self._waiter = self._waiter, None
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if waiter is not None and not waiter.done():
-            if error is None:
-                waiter.set_result(None)
-            else:
-                waiter.set_exception(error)
-
-    def _fail(self, error: BaseException) -> None:
-        self.close()
-        self._finish(error)
-
-    # -- asyncio.Protocol
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def data_received(self, data: bytes) -> None:
-        if self._waiter is None:  # bytes nobody asked for: the connection is not usable
-            self.close()
-            return
-        self._received = True
-        self._last = self._loop.time()
-        try:
-            self._parser.feed_data(data)
-        except httptools.HttpParserError as exc:
-            self._fail(exc)
-
-    def eof_received(self) -> bool | None:
-        self.alive = False
-        return None  # let the transport close itself
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.alive = False
-        if self._waiter is None:
-            return
-        if self._headers_done and not self._framed and exc is None:
-            self.keep_alive = False  # a reply delimited by the end of the connection
-            self._finish(None)
-        else:
-            self._finish(_Dropped(received=self._received))
-
-    # -- httptools callbacks
-
-    def on_message_begin(self) -> None:
-        if self._waiter is None:  # a second reply to one request: stop reading this connection
-            raise _Unsolicited
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        name = name.lower()
-        if name == _RETRY_AFTER:
-            self.retry_after = value.decode("latin-1")
-        elif name in _LENGTH:
-            self._framed = True
-        elif name == _KEEP_ALIVE:
-            self._keep_alive_header(value)
-        else:
-            rate = _RATE_NAMES.get(name)
-            if rate is not None:
-                self.rate[rate] = value.decode("latin-1")
-
-    def _keep_alive_header(self, value: bytes) -> None:
-        """``Keep-Alive: timeout=N``: reuse the connection only while the server keeps it."""
-        for part in value.split(b","):
-            key, _, number = part.partition(b"=")
-            if key.strip().lower() == b"timeout":
-                try:
-                    announced = float(number.strip())
-                except ValueError:
-                    return
-                if announced == announced:  # not NaN
-                    self.keep_for = max(0.0, min(_KEEPALIVE, announced - _KEEPALIVE_MARGIN))
-                return
-
-    def on_headers_complete(self) -> None:
-        self.status = self._parser.get_status_code()
-        self._headers_done = True
-
-    def on_body(self, body: bytes) -> None:
-        self.body.append(body)
-
-    def on_message_complete(self) -> None:
-        if self.status < 200:  # an interim reply (100 Continue): the real one follows
-            self._reset()
-            self._received = True
-            return
-        self.keep_alive = self._parser.should_keep_alive()
-        self._finish(None)
 
 
 class LightTransport(Transport):
@@ -268,10 +93,12 @@ class LightTransport(Transport):
         ).encode("latin-1")
         self._auth = (b"", "")  # (header line, the key it was built from)
         self._ssl: ssl.SSLContext | None = None
-        self._idle: list[_Connection] = []
+        self._idle: list[Connection] = []
         self._count = 0  # connections open or opening
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
-        self._busy: set[_Connection] = set()
+        self._busy: set[Connection] = set()
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_due = 0.0
         self._closed = False
         self.reused_retries = 0  # GETs sent again after a reused connection dropped them
 
@@ -287,6 +114,9 @@ class LightTransport(Transport):
     async def aclose(self) -> None:
         """Close every connection (requests in flight fail as dropped) and the session."""
         self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         for conn in [*self._idle, *self._busy]:
             conn.close()
         self._idle.clear()
@@ -301,7 +131,6 @@ class LightTransport(Transport):
 
     async def request(self, method: str, path: str, body: bytes | None = None) -> Reply:
         """Send one API request; return its reply or raise a connection error."""
-        what = f"{method} {path}"
         if self._closed or self._session is None:
             raise RuxaError("the client is not open: use `async with RuxaClient(...)`")
         self.requests_sent += 1
@@ -309,89 +138,120 @@ class LightTransport(Transport):
         started = loop.time()
         timeouts = self._timeouts
         deadline = started + timeouts.total
-        payload = self._payload(method, path, body, what)
+        payload = self._payload(method, path, body)
         retried = False
+        idle = self._idle
         while True:
-            try:
-                conn, reused = await self._acquire(loop, deadline, what)
-            except APIConnectionError as exc:
-                if not retried:
-                    raise
-                timeout = isinstance(exc, APITimeoutError)  # the first attempt was sent
-                reason = f"the server closed the connection; sending again failed: {exc.message}"
-                raise self._failed(what, started, reason, timeout=timeout) from exc
+            now = loop.time()
+            conn: Connection | None = None
+            while idle:  # the common case, without a coroutine: a kept connection is free
+                kept = idle.pop()
+                if kept.alive and now - kept.idle_since < kept.keep_for:
+                    conn = kept
+                    break
+                self._discard(kept)
+            reused = conn is not None
+            if conn is None:
+                try:
+                    conn, reused = await self._acquire(loop, deadline, method, path)
+                except APIConnectionError as exc:
+                    if not retried:
+                        raise
+                    timeout = isinstance(exc, APITimeoutError)  # the first attempt was sent
+                    reason = (
+                        f"the server closed the connection; sending again failed: {exc.message}"
+                    )
+                    raise self._failed(method, path, started, reason, timeout=timeout) from exc
+                now = loop.time()
             self._busy.add(conn)
             try:
-                await conn.send(payload, timeouts.read, deadline)
-            except _Dropped as exc:
+                waiter = conn.send(payload, now, timeouts.read, deadline)
+                if conn.waiting:
+                    self._watch(loop, conn.due())
+                await waiter
+            except Dropped as exc:
                 self._discard(conn)
                 if not exc.written:
                     if reused:
                         continue  # found closed as it was taken: nothing was sent
                     raise APIConnectionError(
-                        f"{what}: the server closed the connection before the request was sent",
+                        f"{method} {path}: the server closed the connection before the request "
+                        "was sent",
                         request_sent=False,
                     ) from exc
                 if reused and not (exc.received or retried or self._closed) and method == "GET":
                     retried = True  # a kept connection the server had just closed:
                     self.reused_retries += 1  # the others are likely closed too
-                    while self._idle:
-                        self._discard(self._idle.pop())
-                    log.debug("%s: kept connection closed by the server; sending again", what)
+                    while idle:
+                        self._discard(idle.pop())
+                    log.debug(
+                        "%s %s: kept connection closed by the server; sending again", method, path
+                    )
                     continue
-                raise self._failed(what, started, "the server closed the connection") from exc
-            except _ReadTimeout as exc:
+                raise self._failed(
+                    method, path, started, "the server closed the connection"
+                ) from exc
+            except ReadTimeout as exc:
                 self._discard(conn)
                 raise self._failed(
-                    what, started, "timed out waiting for the reply", timeout=True
+                    method, path, started, "timed out waiting for the reply", timeout=True
                 ) from exc
             except httptools.HttpParserError as exc:
                 self._discard(conn)
-                raise self._failed(what, started, f"malformed reply ({exc})") from exc
+                raise self._failed(method, path, started, f"malformed reply ({exc})") from exc
             except BaseException:  # cancelled mid-exchange: the connection is in an unknown state
                 self._discard(conn)
                 raise
-            reply = Reply(conn.status, b"".join(conn.body), conn.retry_after, conn.rate)
-            self._release(conn)
-            log.debug("%s -> HTTP %d in %.3f s", what, reply.status, loop.time() - started)
+            body_parts = conn.body
+            reply = Reply(
+                conn.status,
+                body_parts[0] if len(body_parts) == 1 else b"".join(body_parts),
+                conn.retry_after,
+                conn.rate,
+            )
+            self._release(conn, loop)
+            if log.isEnabledFor(logging.DEBUG):
+                took = loop.time() - started
+                log.debug("%s %s -> HTTP %d in %.3f s", method, path, reply.status, took)
             return reply
 
-    def _payload(self, method: str, path: str, body: bytes | None, what: str) -> bytes:
+    def _payload(self, method: str, path: str, body: bytes | None) -> bytes:
         key = self._key()
         auth, built_from = self._auth
         if key != built_from:
             if "\r" in key or "\n" in key:
                 raise APIConnectionError(
-                    f"{what}: the API key contains a line break", request_sent=False
+                    f"{method} {path}: the API key contains a line break", request_sent=False
                 )
             auth = f"Authorization: Bearer {key}\r\n".encode("latin-1")
             self._auth = (auth, key)
         try:
             line = f"{method} {self._prefix}{path} HTTP/1.1\r\n".encode("ascii")
         except UnicodeEncodeError:
-            raise APIConnectionError(f"{what}: invalid URL", request_sent=False) from None
+            raise APIConnectionError(f"{method} {path}: invalid URL", request_sent=False) from None
         if " " in path or "\n" in path or "\r" in path:
-            raise APIConnectionError(f"{what}: invalid URL", request_sent=False)
+            raise APIConnectionError(f"{method} {path!r}: invalid URL", request_sent=False)
         if body is None:
             return line + self._head + auth + b"\r\n"
         length = f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
         return line + self._head + auth + length.encode("ascii") + body
 
     def _failed(
-        self, what: str, started: float, reason: str, *, timeout: bool = False
+        self, method: str, path: str, started: float, reason: str, *, timeout: bool = False
     ) -> APIConnectionError:
         cls = APITimeoutError if timeout else APIConnectionError
-        error = cls(f"{what}: {reason}", request_sent=True)
+        error = cls(f"{method} {path}: {reason}", request_sent=True)
         took = asyncio.get_running_loop().time() - started
-        log.debug("%s failed after %.3f s: %s", what, took, error)
+        log.debug("%s %s failed after %.3f s: %s", method, path, took, error)
         return error
 
     # -- the pool
 
     async def _acquire(
-        self, loop: asyncio.AbstractEventLoop, deadline: float, what: str
-    ) -> tuple[_Connection, bool]:
+        self, loop: asyncio.AbstractEventLoop, deadline: float, method: str, path: str
+    ) -> tuple[Connection, bool]:
         """A live connection (True if it served a request before) or a new one."""
+        what = f"{method} {path}"
         while True:
             if self._closed:
                 raise APIConnectionError(f"{what}: the client is closing", request_sent=False)
@@ -420,13 +280,13 @@ class LightTransport(Transport):
 
     async def _connect(
         self, loop: asyncio.AbstractEventLoop, deadline: float, what: str
-    ) -> _Connection:
+    ) -> Connection:
         self._count += 1
         limit = max(0.0, min(self._timeouts.connect, deadline - loop.time()))
         try:
             _, conn = await asyncio.wait_for(
                 loop.create_connection(
-                    lambda: _Connection(loop),
+                    lambda: Connection(loop),
                     self._host,
                     self._port,
                     ssl=self._ssl,
@@ -454,19 +314,52 @@ class LightTransport(Transport):
             raise APIConnectionError(f"{what}: the client is closing", request_sent=False)
         return conn
 
-    def _release(self, conn: _Connection) -> None:
+    def _release(self, conn: Connection, loop: asyncio.AbstractEventLoop) -> None:
         self._busy.discard(conn)
         if not (conn.keep_alive and conn.alive) or self._closed:
             conn.close()
             self._slot_freed()
             return
-        conn.idle_since = asyncio.get_running_loop().time()
+        conn.idle_since = loop.time()
         self._idle.append(conn)
-        if self._idle[0] is not conn and conn.idle_since - self._idle[0].idle_since > _KEEPALIVE:
+        if self._idle[0] is not conn and conn.idle_since - self._idle[0].idle_since > KEEPALIVE:
             self._discard(self._idle.pop(0))  # the longest idle, past its keep-alive
-        self._wake()
+        if self._waiters:
+            self._wake()
 
-    def _discard(self, conn: _Connection) -> None:
+    # -- the watchdog: one timer for every exchange in progress
+
+    def _watch(self, loop: asyncio.AbstractEventLoop, due: float) -> None:
+        """Make sure the watchdog runs by ``due`` (one timer in all, not one per request).
+
+        Requests start later than the ones already watched and share their read
+        timeout, so the timer already set is nearly always early enough.
+        """
+        timer = self._timer
+        if timer is not None:
+            if self._timer_due <= due:
+                return
+            timer.cancel()
+        self._timer_due = due
+        self._timer = loop.call_at(due, self._tick, loop)
+
+    def _tick(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Fail every exchange past its time; run again when the next one is due."""
+        self._timer = None
+        now = loop.time()
+        soonest = math.inf
+        for conn in list(self._busy):
+            if not conn.waiting:
+                continue
+            due = conn.due()
+            if due <= now:
+                conn.time_out()
+            elif due < soonest:
+                soonest = due
+        if soonest != math.inf and not self._closed:
+            self._watch(loop, soonest)
+
+    def _discard(self, conn: Connection) -> None:
         """Forget a connection that will not be used again (closing it)."""
         self._busy.discard(conn)
         conn.close()

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import pytest
 import redis as redis_sync
@@ -14,7 +15,7 @@ from ruxa_async import RateLimits
 from ruxa_async._limiter import RateController
 from ruxa_async._pace import Pace
 from ruxa_async._ratestate import Kind, LearnedLimit, LocalRateState
-from ruxa_async.redis import _scripts
+from ruxa_async.redis import _ratestate, _scripts
 from ruxa_async.redis._ratestate import RedisRateState
 from ruxa_async.redis._store import Store
 from tests.services import free_port
@@ -42,6 +43,25 @@ def conn(redis_url: str) -> redis_sync.Redis:
     c = redis_sync.Redis.from_url(redis_url)
     yield c
     c.close()
+
+
+MakeState = Callable[..., RedisRateState]
+
+
+@pytest.fixture
+async def fleet_state(redis_url: str) -> AsyncIterator[MakeState]:
+    """Makes members of one fleet: rate states on one fresh namespace, each with its own store."""
+    namespace = f"u{uuid.uuid4().hex[:6]}"
+    stores: list[Store] = []
+
+    def make(clock: Clock, **options: Any) -> RedisRateState:
+        store = Store(redis_url, namespace=namespace, timeout=1.0)
+        stores.append(store)
+        return RedisRateState(store, channel="c", clock=clock, **options)
+
+    yield make
+    for store in stores:
+        await store.aclose()
 
 
 def take(conn: redis_sync.Redis, wanted: int, least: int, rate: float, burst: float, now: float):
@@ -86,14 +106,38 @@ def test_the_bucket_refills_at_the_slowest_pace_a_member_asked_for(
         reply = script(keys=["bp", "g1", "g2", "paces"], args=[1, 1, rate, 1, now, "0", member, 1])
         return [float(x) for x in reply]
 
-    granted, _, _, rate = lease("a", 100.0, 10.0)
-    assert (granted, rate) == (1, 100.0)
+    granted, _, _, rate, pacers = lease("a", 100.0, 10.0)
+    assert (granted, rate, pacers) == (1, 100.0, 1)
     assert lease("b", 20.0, 10.0) == [0, pytest.approx(0.05)]  # refills at 20/s
     assert lease("a", 100.0, 10.02) == [0, pytest.approx(0.03)]  # 0.4 tokens, at 20/s
-    granted, _, _, rate = lease("a", 100.0, 10.06)
-    assert (granted, rate) == (1, 20.0)
-    granted, _, _, rate = lease("a", 100.0, 11.5)  # b's pace is over a second old
-    assert (granted, rate) == (1, 100.0)
+    granted, _, _, rate, pacers = lease("a", 100.0, 10.06)
+    assert (granted, rate, pacers) == (1, 20.0, 2)
+    granted, _, _, rate, pacers = lease("a", 100.0, 11.5)  # b's pace is over a second old
+    assert (granted, rate, pacers) == (1, 100.0, 2)  # ... b still counts as a member (2 s)
+    granted, _, _, rate, pacers = lease("a", 100.0, 12.1)
+    assert (granted, rate, pacers) == (1, 100.0, 1)
+
+
+def test_while_every_member_ramps_the_bucket_refills_at_the_fastest_pace(
+    conn: redis_sync.Redis,
+) -> None:
+    """Nothing learned: the fastest ramp's pace; once one member has learned, the slowest again."""
+    script = conn.register_script(_scripts.TAKE)
+
+    def lease(member: str, rate: float, now: float, ramp: bool) -> tuple[int, float]:
+        args = [1, 1, rate, 1, now, "0", member, 1, "ramp" if ramp else ""]
+        reply = script(keys=["br", "g1", "g2", "paces-r", "ramps"], args=args)
+        return int(reply[0]), float(reply[3]) if len(reply) > 3 else float(reply[1])
+
+    assert lease("a", 40.0, 10.0, ramp=True) == (1, 40.0)
+    assert lease("b", 160.0, 10.1, ramp=True) == (1, 160.0)
+    assert lease("a", 40.0, 10.2, ramp=True) == (1, 160.0)  # the fastest ramp, not a's own
+    assert lease("a", 80.0, 10.3, ramp=False) == (1, 80.0)  # a learned 80: the slowest again
+    assert lease("b", 160.0, 10.4, ramp=True) == (1, 80.0)
+    # a member of an older version (no ramp marks) is not known to ramp: the slowest
+    old = [1, 1, 20.0, 1, 12.0, "0", "old", 1]
+    script(keys=["br", "g1", "g2", "paces-r"], args=old)
+    assert lease("b", 160.0, 12.1, ramp=True) == (1, 20.0)
 
 
 def test_bucket_never_grants_fewer_than_asked_for(conn: redis_sync.Redis) -> None:
@@ -176,6 +220,77 @@ async def test_a_member_spends_its_block_at_its_part_of_the_rate(redis_url: str)
         await store.aclose()
 
 
+async def test_a_ramping_member_spends_its_block_at_its_pace_now(redis_url: str) -> None:
+    """Nothing learned yet: a pace that doubled since the lease spends the block at the new pace.
+
+    Spent at the pace of its lease, a block lags a doubling ramp by its length
+    (a lease of the fleet's 50 ms is 400 ms of one of 8 members' sends).
+    """
+    clock = Clock()
+    store = Store(redis_url, namespace=f"u{uuid.uuid4().hex[:6]}", timeout=1.0)
+    state = RedisRateState(store, channel="c", lease_seconds=0.1, clock=clock)
+    state.origin = "me"
+    try:
+        assert await state.read("create") is None  # the fleet has learned nothing
+        assert await state.take("create", 1, 40.0, 4.0) == 0.0  # a block of 4
+        assert await state.take("create", 1, 80.0, 4.0) == pytest.approx(1 / 40)
+        clock.now += 1 / 40
+        assert await state.take("create", 1, 80.0, 4.0) == 0.0
+        assert await state.take("create", 1, 80.0, 4.0) == pytest.approx(1 / 80)  # the new pace
+        assert state.leases == 1
+        await state.write("create", LearnedLimit(rate=40.0, estimate=42.0, source="429s"))
+        clock.now += 1 / 80
+        assert await state.take("create", 1, 80.0, 4.0) == 0.0
+        # learned: the block goes out at the pace it was leased at (the fleet's slowest)
+        assert await state.take("create", 1, 80.0, 4.0) == pytest.approx(1 / 40)
+    finally:
+        await store.aclose()
+
+
+async def test_a_member_spreads_its_block_over_the_members_leasing_lately(redis_url: str) -> None:
+    """Eight live processes, the other creator done: this one spends at the whole rate at once.
+
+    At first it counts the heartbeat's set as each lease reads it (its own
+    beat may be older than the fleet).
+
+    The heartbeat counts every live process, and the share is measured over
+    8 s: a batch's last creates, spread over members done creating, would go
+    out at a fraction of the rate for seconds.
+    """
+    clock = Clock()
+    store = Store(redis_url, namespace=f"u{uuid.uuid4().hex[:6]}", timeout=1.0)
+    state = RedisRateState(store, channel="c", lease_seconds=0.1, lease_ttl=0.5, clock=clock)
+    state.origin = "me"
+    paces, bucket = (store.key("rate", part, "create") for part in ("paces", "bucket"))
+
+    async def other(seconds_ago: float, tokens: int) -> None:
+        """Member "o" took ``tokens`` (and the bucket refilled: a second passed here)."""
+        seconds, micros = await store.redis.time()
+        now = seconds + micros / 1e6
+        await store.redis.hset(paces, "o", f"{1e6:.6f}|{now - seconds_ago:.6f}")
+        await store.redis.hset(bucket, mapping={"tokens": "4", "stamp": f"{now:.6f}"})
+        await store.redis.hincrby(bucket, "granted", tokens)
+
+    await store.redis.zadd(store.key("members"), {f"m{i}": 1.0 for i in range(8)})
+    state.members = 1  # its last beat is old: the fleet was starting
+    try:
+        assert await state.take("create", 1, 80.0, 4.0) == 0.0
+        assert state.members == 8  # the lease read the heartbeat's set
+        assert await state.take("create", 1, 80.0, 4.0) == pytest.approx(8 / 80)  # new: all 8
+        for _ in range(4):  # "o" and this one take alike: the fleet takes 2 tokens per one here
+            clock.now += 1.0
+            await other(0.0, 8)
+            assert await state.take("create", 1, 80.0, 4.0) == 0.0
+        assert await state.take("create", 1, 80.0, 4.0) == pytest.approx(2 / 80)
+        clock.now += 1.0
+        await other(2.5, 0)  # "o" is done creating
+        assert await state.take("create", 1, 80.0, 4.0) == 0.0
+        assert state.share("create") == pytest.approx(2.0, rel=0.2)  # measured over 8 s
+        assert await state.take("create", 1, 80.0, 4.0) == pytest.approx(1 / 80)
+    finally:
+        await store.aclose()
+
+
 async def test_a_late_caller_catches_up_on_its_lease_like_a_saved_burst(redis_url: str) -> None:
     """Wake-ups that come late are not lost: one process keeps its pace, as in-process.
 
@@ -200,42 +315,30 @@ async def test_a_late_caller_catches_up_on_its_lease_like_a_saved_burst(redis_ur
         await store.aclose()
 
 
-async def test_the_bucket_refills_at_the_fleets_learned_pace(redis_url: str) -> None:
+async def test_the_bucket_refills_at_the_fleets_learned_pace(fleet_state: MakeState) -> None:
     """A process whose own pace lags the fleet's learned one still spends at the fleet's."""
     clock = Clock()
-    namespace = f"u{uuid.uuid4().hex[:6]}"
-    stores = [Store(redis_url, namespace=namespace, timeout=1.0) for _ in range(2)]
-    a, b = (RedisRateState(s, channel="c", lease_ttl=0.5, clock=clock) for s in stores)
-    try:
-        await a.write("create", LearnedLimit(rate=100.0, estimate=103.0, source="429s"))
-        assert (await b.read("create")) is not None
-        assert await b.take("create", 1, 10.0, 5.0) == 0.0
-        assert await b.take("create", 1, 10.0, 5.0) == pytest.approx(0.01)  # 100/s, not 10
-    finally:
-        for store in stores:
-            await store.aclose()
+    a, b = (fleet_state(clock, lease_ttl=0.5) for _ in range(2))
+    await a.write("create", LearnedLimit(rate=100.0, estimate=103.0, source="429s"))
+    assert (await b.read("create")) is not None
+    assert await b.take("create", 1, 10.0, 5.0) == 0.0
+    assert await b.take("create", 1, 10.0, 5.0) == pytest.approx(0.01)  # 100/s, not 10
 
 
 async def test_a_learned_limit_is_read_again_when_the_fleet_announces_one(
-    redis_url: str,
+    fleet_state: MakeState,
 ) -> None:
     """The learned limit is cached; the fleet's message (invalidate) makes the next read fresh."""
     clock = Clock()
-    namespace = f"u{uuid.uuid4().hex[:6]}"
-    stores = [Store(redis_url, namespace=namespace, timeout=1.0) for _ in range(2)]
-    a, b = (RedisRateState(s, channel="c", clock=clock) for s in stores)
-    try:
-        await a.write("query", LearnedLimit(rate=50.0, source="429s"))
-        assert (await b.read("query")) == LearnedLimit(rate=50.0, source="429s")
-        await a.write("query", LearnedLimit(rate=40.0, source="429s", episode=1))
-        calls = stores[1].calls
-        assert (await b.read("query")) == LearnedLimit(rate=50.0, source="429s")  # cached
-        assert stores[1].calls == calls
-        b.invalidate("query")  # the pub/sub message "learned|query"
-        assert (await b.read("query")) == LearnedLimit(rate=40.0, source="429s", episode=1)
-    finally:
-        for store in stores:
-            await store.aclose()
+    a, b = (fleet_state(clock) for _ in range(2))
+    await a.write("query", LearnedLimit(rate=50.0, source="429s"))
+    assert (await b.read("query")) == LearnedLimit(rate=50.0, source="429s")
+    await a.write("query", LearnedLimit(rate=40.0, source="429s", episode=1))
+    calls = b._store.calls
+    assert (await b.read("query")) == LearnedLimit(rate=50.0, source="429s")  # cached
+    assert b._store.calls == calls
+    b.invalidate("query")  # the pub/sub message "learned|query"
+    assert (await b.read("query")) == LearnedLimit(rate=40.0, source="429s", episode=1)
 
 
 async def test_a_learned_limit_from_a_newer_member_still_decodes(redis_url: str) -> None:
@@ -250,24 +353,18 @@ async def test_a_learned_limit_from_a_newer_member_still_decodes(redis_url: str)
         await store.aclose()
 
 
-async def test_a_borrowed_block_is_spent_from_memory_when_due(redis_url: str) -> None:
+async def test_a_borrowed_block_is_spent_from_memory_when_due(fleet_state: MakeState) -> None:
     """A process leasing from a bucket another just emptied gets a later block, not nothing."""
     clock = Clock()
-    namespace = f"u{uuid.uuid4().hex[:6]}"
-    stores = [Store(redis_url, namespace=namespace, timeout=1.0) for _ in range(2)]
-    a, b = (RedisRateState(s, channel="c", lease_seconds=0.5, clock=clock) for s in stores)
-    try:
-        assert await a.take("create", 1, 10.0, 2.0) == 0.0  # a block of 5: 2 saved, 3 borrowed
-        wait = await b.take("create", 1, 10.0, 2.0)
-        assert wait > 0  # b's block starts after a's
-        assert b.leases == 1
-        clock.now += wait
-        assert await b.take("create", 1, 10.0, 2.0) == 0.0
-        assert b.leases == 1  # served from the borrowed block, no second round trip
-        assert b.leased_tokens >= 1
-    finally:
-        for store in stores:
-            await store.aclose()
+    a, b = (fleet_state(clock, lease_seconds=0.5) for _ in range(2))
+    assert await a.take("create", 1, 10.0, 2.0) == 0.0  # a block of 5: 2 saved, 3 borrowed
+    wait = await b.take("create", 1, 10.0, 2.0)
+    assert wait > 0  # b's block starts after a's
+    assert b.leases == 1
+    clock.now += wait
+    assert await b.take("create", 1, 10.0, 2.0) == 0.0
+    assert b.leases == 1  # served from the borrowed block, no second round trip
+    assert b.leased_tokens >= 1
 
 
 async def test_without_redis_a_member_paces_its_share_and_counts_the_fleet() -> None:
@@ -304,50 +401,62 @@ async def test_a_gate_message_drops_the_lease(redis_url: str) -> None:
         await store.aclose()
 
 
-async def test_share_is_the_fleets_tokens_per_token_of_this_process(redis_url: str) -> None:
+async def test_share_is_the_fleets_tokens_per_token_of_this_process(fleet_state: MakeState) -> None:
     """Two processes leasing alike each learn that the fleet takes two tokens per one of theirs."""
     clock = Clock()
-    namespace = f"u{uuid.uuid4().hex[:6]}"
-    stores = [Store(redis_url, namespace=namespace, timeout=1.0) for _ in range(2)]
-    a, b = (RedisRateState(s, channel="c", lease_ttl=0.5, clock=clock) for s in stores)
-    try:
-        assert a.share("create") == 1.0
-        for _ in range(4):
-            for state in (a, b):
-                assert await state.take("create", 1, 1e6, 4.0) == 0.0  # a block of 4
-            clock.now += 1.0  # the leases expire: every take is a new lease
-        assert a.share("create") == pytest.approx(2.0)
-        assert b.share("create") == pytest.approx(2.0)
-        assert a.share("query") == 1.0
-    finally:
-        for store in stores:
-            await store.aclose()
+    a, b = (fleet_state(clock, lease_ttl=0.5) for _ in range(2))
+    assert a.share("create") == 1.0
+    for _ in range(4):
+        for state in (a, b):
+            assert await state.take("create", 1, 1e6, 4.0) == 0.0  # a block of 4
+        clock.now += 1.0  # the leases expire: every take is a new lease
+    assert a.share("create") == pytest.approx(2.0)
+    assert b.share("create") == pytest.approx(2.0)
+    assert a.share("query") == 1.0
 
 
-async def test_share_is_steady_when_one_member_takes_a_few_blocks_more(redis_url: str) -> None:
+async def test_a_starting_members_share_is_measured_after_a_few_leases(
+    fleet_state: MakeState,
+) -> None:
+    """Within its first second, a member taking a quarter of the tokens counts the fleet as 4.
+
+    Weighed by the member count (2), its sends would count half the fleet's.
+    """
+    clock = Clock()
+    a, b = (fleet_state(clock, lease_ttl=0.5) for _ in range(2))
+    a.members = b.members = 2
+    for _ in range(_ratestate._FIRST_LEASES):
+        await a.take("create", 16, 1e6, 16.0)  # a block of 16 each
+        for _ in range(3):
+            clock.now += 0.02
+            await b.take("create", 16, 1e6, 16.0)
+        clock.now += 0.02
+    await a.take("create", 16, 1e6, 16.0)
+    assert clock.now - 1000.0 < 1.0
+    assert a.share("create") == pytest.approx(4.0)
+    assert b.share("create") == pytest.approx(4 / 3, rel=0.2)
+
+
+async def test_share_is_steady_when_one_member_takes_a_few_blocks_more(
+    fleet_state: MakeState,
+) -> None:
     """A member that leased three blocks in one second barely moves the other's share.
 
     The share scales every drain the rate controller fits: measured over two
     seconds, a few blocks at the wrong moment scaled it by a half.
     """
     clock = Clock()
-    namespace = f"u{uuid.uuid4().hex[:6]}"
-    stores = [Store(redis_url, namespace=namespace, timeout=1.0) for _ in range(2)]
-    a, b = (RedisRateState(s, channel="c", lease_ttl=0.5, clock=clock) for s in stores)
-    try:
-        for second in range(10):
-            for state in (a, b):
-                await state.take("create", 16, 1e6, 16.0)
-            if second == 8:
-                for _ in range(2):
-                    clock.now += 0.001
-                    await b.take("create", 16, 1e6, 16.0)
-            clock.now += 1.0
-        await a.take("create", 16, 1e6, 16.0)
-        assert a.share("create") == pytest.approx(2.0, rel=0.15)
-    finally:
-        for store in stores:
-            await store.aclose()
+    a, b = (fleet_state(clock, lease_ttl=0.5) for _ in range(2))
+    for second in range(10):
+        for state in (a, b):
+            await state.take("create", 16, 1e6, 16.0)
+        if second == 8:
+            for _ in range(2):
+                clock.now += 0.001
+                await b.take("create", 16, 1e6, 16.0)
+        clock.now += 1.0
+    await a.take("create", 16, 1e6, 16.0)
+    assert a.share("create") == pytest.approx(2.0, rel=0.15)
 
 
 # ------------------------------------------- rate controllers sharing one state

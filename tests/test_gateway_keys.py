@@ -5,14 +5,26 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import aiohttp
 import attrs
 import pytest
 from aiohttp import web
 
-from ruxa_async import RateLimitError
-from ruxa_async.gateway import AlertSettings, Gateway, load_config
+from ruxa_async import NotFoundError, RateLimitError, _wire
+from ruxa_async._client import send_once
+from ruxa_async.gateway import AlertSettings, Gateway, UpstreamKey, load_config
+from ruxa_async.gateway._keys import default_client
 from ruxa_async.testing import FakeRuxa, ModelBehavior, RateLimit, SimConfig
-from tests.helpers_gateway import NB, PROMPT, TOKENS, config_for, eventually, running, user_client
+from tests.helpers_gateway import (
+    NB,
+    PROMPT,
+    TOKENS,
+    config_for,
+    eventually,
+    raw,
+    running,
+    user_client,
+)
 
 QUICK = ModelBehavior(median_seconds=0.2, sigma=0)
 
@@ -119,6 +131,58 @@ async def test_with_every_key_cooling_users_get_429_with_retry_after(
         assert first.value.retry_after is not None
         assert first.value.retry_after >= 1
     assert gw.store.in_flight("alice") == 1  # the refused create's reservation was released
+
+
+async def test_a_rate_limited_key_pauses_its_tasks_queries_without_asking_again(
+    sims: list[FakeRuxa],
+) -> None:
+    """After a 429 on a query, that key's queries answer 429 + Retry-After at once, unsent."""
+    sims[0].reconfigure(
+        query_limit=RateLimit(per_second=0.01, burst=1),
+        default_behavior=ModelBehavior(median_seconds=3600, sigma=0),
+    )
+    async with running(config_for(sims[:1])) as gw, aiohttp.ClientSession() as http:
+        assert gw.url is not None
+        body = {"model": NB, "input": PROMPT}
+        create = gw.url + "/api/v1/tasks/create"
+        _, made, _ = await raw(http, "POST", create, token=TOKENS["alice"], body=body)
+        query = f"{gw.url}/api/v1/tasks/query/{made['data']['taskId']}"
+        statuses = []
+        for _ in range(4):  # the bucket's one query, the service's 429, then the pause's
+            status, envelope, headers = await raw(http, "GET", query, token=TOKENS["alice"])
+            statuses.append(status)
+            if status == 429:
+                assert envelope["code"] == 429
+                assert float(headers["Retry-After"]) >= 1
+    assert statuses == [200, 429, 429, 429]
+    assert sims[0].stats().rate_limited_query == 1  # asked once; the pause answered the rest
+
+
+async def test_a_keys_pause_after_a_429_ends_with_its_retry_after(sims: list[FakeRuxa]) -> None:
+    """The short path's pause lasts Retry-After (capped at the timeout), then it asks again."""
+    sim = sims[0]
+    sim.reconfigure(query_limit=RateLimit(per_second=0.01, burst=1))
+    key = UpstreamKey(name="k", key=sim.api_key, base_url=sim.url)
+    now = [0.0]
+    path = _wire.query_path("task-nobody-made")
+    async with default_client(key, timeout=5.0, max_in_flight=4) as client:
+        assert client._core.direct is not None
+        client._core.direct._clock = lambda: now[0]
+        with pytest.raises(NotFoundError):
+            await send_once(client, "query", path)
+        for _ in range(2):  # the service's 429, then the pause's own
+            with pytest.raises(RateLimitError):
+                await send_once(client, "query", path)
+        assert sim.stats().rate_limited_query == 1
+        now[0] += 4.9
+        with pytest.raises(RateLimitError) as paused:
+            await send_once(client, "query", path)
+        assert paused.value.retry_after == pytest.approx(0.1)
+        now[0] += 0.2  # past the pause (the sim's Retry-After of ~100 s, capped at 5)
+        with pytest.raises(RateLimitError):
+            await send_once(client, "query", path)
+        assert sim.stats().rate_limited_query == 2
+        await send_once(client, "create", _wire.CREATE_PATH, _wire.build_create_body(NB, PROMPT))
 
 
 async def test_the_config_file_is_reloaded_when_it_changes(

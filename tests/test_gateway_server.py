@@ -16,7 +16,8 @@ from aiohttp import web
 from ruxa_async.gateway import Gateway
 from ruxa_async.gateway._exchange import Request, Response
 from ruxa_async.gateway._httpserver import HttpServer, start_server
-from ruxa_async.testing import FakeRuxa, SimConfig
+from ruxa_async.gateway._json import json_encoder
+from ruxa_async.testing import FakeRuxa, ModelBehavior, SimConfig
 from tests.helpers_gateway import NB, PROMPT, TOKENS, config_for, raw, running, user_client
 from tests.test_gateway_hostile import read_to_end
 
@@ -446,3 +447,42 @@ async def test_mounted_and_standalone_gateways_answer_alike(sim: FakeRuxa) -> No
         401,
         200,
     ]
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"sort_keys": True}, {"ensure_ascii": False, "separators": (",", ":")}],
+)
+def test_the_gateways_json_encoders_write_what_jsonencoder_writes(options: dict[str, Any]) -> None:
+    """The encoders built once (envelopes, audit lines) match json.JSONEncoder byte for byte."""
+    encode = json_encoder(**options)
+    plain = json.JSONEncoder(**options).encode
+    for value in [
+        {"code": 200, "message": "success", "data": {"taskId": "t1", "é": "ü\n\u2028"}},
+        {"z": [1, 2.5, -0.0, 1e300, None, True, False], "a": {"b": (("user:x", "2026"),)}},
+        "a string",
+        [],
+        float("nan"),
+    ]:
+        assert encode(value) == plain(value)
+    with pytest.raises(TypeError):
+        encode({"x": object()})
+
+
+async def test_each_query_asks_the_service_and_an_unchanged_task_reads_the_same() -> None:
+    """A task polled again is asked of the service each time; unchanged, its owner reads the
+    same envelope, and the gateway's callback address never shows."""
+    slow = SimConfig(seed=5, default_behavior=ModelBehavior(median_seconds=3600, sigma=0))
+    async with FakeRuxa(slow) as sim, aiohttp.ClientSession() as http:
+        async with running(config_for(sim)) as gw, user_client(gw, TOKENS["alice"]) as alice:
+            task_id = await alice.create_task(NB, PROMPT)
+            url = f"{gw.url}/api/v1/tasks/query/{task_id}"
+            before = sim.stats().queries
+            answers = [await raw(http, "GET", url, token=TOKENS["alice"]) for _ in range(3)]
+            theirs = await raw(http, "GET", url, token=TOKENS["bob"])
+        assert sim.stats().queries - before == 3
+    assert [status for status, _, _ in answers] == [200, 200, 200]
+    assert answers[0][1] == answers[1][1] == answers[2][1]
+    assert answers[0][1]["data"]["taskId"] == task_id
+    assert gw.callback_token not in json.dumps(answers[0][1])
+    assert theirs[0] == 404

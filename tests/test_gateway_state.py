@@ -13,7 +13,7 @@ from aiohttp import web
 from ruxa_async import InsufficientCreditsError, NotFoundError, RuxaClient
 from ruxa_async.gateway import AlertSettings, Gateway, Policy
 from ruxa_async.gateway._alerts import SpendWatch
-from ruxa_async.gateway._store import SQLiteStore, TaskRecord
+from ruxa_async.gateway._store import Reservation, Scope, SQLiteStore, TaskRecord
 from ruxa_async.testing import FakeRuxa, ModelBehavior, SimConfig
 from tests.conftest import FAST_POLL
 from tests.helpers_gateway import NB, PROMPT, TOKENS, config_for, raw, running, user_client
@@ -168,3 +168,66 @@ async def test_a_created_task_is_in_the_state_file_before_its_id_is_returned(
     ids = [reply.data["taskId"] for reply in replies]
     assert owners == {ids[0]: "alice", ids[1]: "bob"}
     assert audited == set(ids)
+
+
+async def test_writes_sharing_one_transaction_all_land_in_order(tmp_path: Path) -> None:
+    """150 creates, settlements and charges gathered into one batch: every task row, every audit
+    line in the order written, and back-to-back upserts of one ledger all reach the state file."""
+    path = tmp_path / "state.sqlite3"
+    store = SQLiteStore(str(path))
+    await store.open()
+    try:
+        scopes = (Scope("user:alice", "2026-11-30", None),)
+        records = []
+        for n in range(150):
+            held = store.reserve("alice", 1.0, scopes, None)
+            assert isinstance(held, Reservation)
+            store.audit("created", "alice", f"t{n:03d}", n=n)
+            records.append(store.commit(held, f"t{n:03d}", "k1", NB, None))
+        for record in records[:3]:
+            store.settle(record.task_id, 2.0, "success")
+        for _ in range(2):  # charged twice in a row: two upserts of one ledger, back to back
+            ambiguous = store.reserve("alice", 1.0, scopes, None)
+            assert isinstance(ambiguous, Reservation)
+            store.release(ambiguous, charge=True)
+        last = store.reserve("alice", 1.0, scopes, None)
+        assert isinstance(last, Reservation)
+        await store.acommit(last, "last", "k1", NB, None)
+    finally:
+        await store.aclose()
+    with sqlite3.connect(path) as db:
+        tasks = db.execute("SELECT task_id, user, settled FROM tasks ORDER BY task_id").fetchall()
+        lines = [row[0] for row in db.execute("SELECT task_id FROM audit ORDER BY id")]
+        spent = db.execute("SELECT spent FROM ledger").fetchall()
+    assert len(tasks) == 151
+    assert all(user == "alice" for _, user, _ in tasks)
+    assert [task_id for task_id, _, settled in tasks if settled] == ["t000", "t001", "t002"]
+    assert lines == [f"t{n:03d}" for n in range(150)]
+    assert spent == [(8.0,)]
+
+
+async def test_a_create_whose_transaction_fails_is_still_answered(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A batch that SQLite refuses is logged and rolled back; the create waiting for it returns
+    (its record lives in memory) instead of waiting forever."""
+    path = tmp_path / "state.sqlite3"
+    store = SQLiteStore(str(path))
+    await store.open()
+    try:
+        with sqlite3.connect(path) as db:
+            db.execute(
+                "CREATE TRIGGER refuse BEFORE INSERT ON tasks BEGIN SELECT RAISE(ABORT, 'no'); END"
+            )
+        scopes = (Scope("user:alice", "2026-11-30", None),)
+        one, two = (store.reserve("alice", 1.0, scopes, None) for _ in range(2))
+        assert isinstance(one, Reservation)
+        assert isinstance(two, Reservation)
+        first = store.commit(one, "t1", "k1", NB, None)
+        store.claim_relay(first, "generating")  # another statement between the two inserts
+        second = await store.acommit(two, "t2", "k1", NB, None)
+        assert second.user == "alice"
+        assert await store.lookup("t2") is second
+    finally:
+        await store.aclose()
+    assert "a write batch failed" in caplog.text

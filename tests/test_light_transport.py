@@ -158,6 +158,16 @@ async def until_closed(lt: LightTransport) -> None:
         await asyncio.sleep(0)
 
 
+def silent_until(release: asyncio.Event) -> Handler:
+    """A handler that reads one request and answers nothing until ``release`` is set."""
+
+    async def silent(conn: Conn) -> None:
+        await conn.request()
+        await release.wait()
+
+    return silent
+
+
 async def serve_forever(conn: Conn) -> None:
     """Answer every request on the connection with 200, keeping it alive."""
     while await conn.request() is not None:
@@ -412,6 +422,39 @@ async def test_a_429_carries_retry_after_and_the_rate_headers() -> None:
     assert server.requests == ["POST " + CREATE]
 
 
+RICH = reply(
+    503,
+    b'{"code":503,"msg":"busy"}',
+    "retry-after:   7 ",
+    "X-RATELIMIT-REMAINING: 0",
+    "X-Ratelimit-Remaining: 1",
+    "Keep-Alive: timeout=30",
+    "Connection: Close",
+)
+
+
+@pytest.mark.parametrize("pieces", [1, 2], ids=["whole", "split"])
+async def test_a_reply_in_one_piece_reads_as_one_in_two(pieces: int) -> None:
+    """A whole reply (read without httptools' callbacks) and a split one give the same Reply."""
+
+    async def answer(conn: Conn) -> None:
+        await conn.request()
+        if pieces == 1:
+            await conn.send(RICH)
+            return
+        await conn.send(RICH[:40])
+        while not any(c._received for c in lt._busy):  # noqa: ASYNC110 - no event to await
+            await asyncio.sleep(0)
+        await conn.send(RICH[40:])
+
+    async with RawServer(answer) as server, light(server.url) as lt:
+        got = await lt.request("GET", QUERY)
+        kept = len(lt._idle)
+    assert (got.status, got.body, got.retry_after) == (503, b'{"code":503,"msg":"busy"}', "7")
+    assert dict(got.rate_headers) == {"x-ratelimit-remaining": "1"}  # the last one counts
+    assert kept == 0  # Connection: close
+
+
 def self_signed(where: Path) -> tuple[ssl.SSLContext, Path]:
     """A server TLS context for ``localhost`` with a fresh self-signed certificate (openssl)."""
     cert, key = where / "cert.pem", where / "key.pem"
@@ -458,10 +501,7 @@ async def test_https_refuses_an_untrusted_certificate(tmp_path: Path) -> None:
 async def test_a_reply_that_never_comes_times_out_as_sent() -> None:
     """The server reads the request and says nothing: APITimeoutError, request_sent."""
     release = asyncio.Event()
-
-    async def silent(conn: Conn) -> None:
-        await conn.request()
-        await release.wait()
+    silent = silent_until(release)
 
     async with RawServer(silent) as server, light(server.url, read=0.2) as lt:
         with pytest.raises(APITimeoutError) as caught:
@@ -485,6 +525,40 @@ async def test_slow_headers_time_out_between_bytes() -> None:
             await lt.request("GET", QUERY)
         release.set()
     assert len(server.requests) == 1
+
+
+async def test_requests_in_flight_time_out_one_after_another() -> None:
+    """Two unanswered requests, the second sent later: each times out (one timer serves both)."""
+    release = asyncio.Event()
+    silent = silent_until(release)
+
+    async with RawServer(silent) as server, light(server.url, read=0.2) as lt:
+        first = asyncio.create_task(lt.request("GET", QUERY))
+        await server.wait_requests(1)
+        lt._timeouts = Timeouts(read=0.5, total=5.0)  # still waiting when the first times out
+        second = asyncio.create_task(lt.request("POST", CREATE, b"{}"))
+        results = await asyncio.gather(first, second, return_exceptions=True)
+        release.set()
+    assert [type(r) for r in results] == [APITimeoutError, APITimeoutError]
+    assert len(server.requests) == 2
+
+
+async def test_a_shorter_timeout_is_not_held_up_by_a_longer_one_in_flight() -> None:
+    """A request with a short read timeout times out while one with a long one still waits."""
+    release = asyncio.Event()
+    silent = silent_until(release)
+
+    async with RawServer(silent) as server, light(server.url, read=120.0, total=120.0) as lt:
+        patient = asyncio.create_task(lt.request("GET", QUERY))
+        await server.wait_requests(1)
+        lt._timeouts = Timeouts(read=0.2, total=5.0)  # the next request's timeouts
+        with pytest.raises(APITimeoutError):
+            await lt.request("GET", QUERY)
+        assert not patient.done()
+        release.set()
+        patient.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await patient
 
 
 async def test_a_refused_connection_was_not_sent() -> None:
@@ -574,10 +648,7 @@ async def test_the_pool_never_opens_more_than_its_bound() -> None:
 async def test_waiting_for_a_free_connection_times_out_unsent() -> None:
     """One connection, held: the second request gives up unsent when its total time runs out."""
     release = asyncio.Event()
-
-    async def silent(conn: Conn) -> None:
-        await conn.request()
-        await release.wait()
+    silent = silent_until(release)
 
     async with RawServer(silent) as server, light(server.url, max_connections=1) as lt:
         first = asyncio.create_task(lt.request("POST", CREATE, b"{}"))
@@ -646,6 +717,7 @@ UVLOOP_CASES = [
     test_a_reply_ended_by_closing_the_connection_is_complete,
     test_a_chunked_body_arrives_whole_and_the_connection_is_kept,
     test_a_reply_that_never_comes_times_out_as_sent,
+    test_a_shorter_timeout_is_not_held_up_by_a_longer_one_in_flight,
     test_a_cancelled_request_does_not_leave_its_connection_in_the_pool,
     test_the_pool_never_opens_more_than_its_bound,
 ]

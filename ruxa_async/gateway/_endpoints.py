@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._exchange import Request, Response
 from ._metrics import prometheus_exposition
-from ._policy import retry_after_header
+from ._policy import envelope_bytes, retry_after_header
 
 if TYPE_CHECKING:
     from ._policy import Reply
@@ -25,7 +25,6 @@ __all__ = ["Endpoints", "Router", "envelope"]
 
 Handler = Callable[[Request], Awaitable[Response]]
 
-_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 _DEMO_TTL = 600.0
 _DEMO_MODELS = ("google/nano-banana",)
 _LOGIN_MAX = 1024
@@ -45,11 +44,13 @@ def envelope(
     code: int, message: str, data: Any = None, retry_after: float | None = None
 ) -> Response:
     """A Ruxa envelope ``{code, message, data}`` answered with HTTP status ``code``."""
-    headers: tuple[tuple[str, str], ...] = _JSON
-    if retry_after is not None:
-        headers = (*_JSON, ("Retry-After", retry_after_header(retry_after)))
-    body = _dumps({"code": code, "message": message, "data": data}).encode()
-    return Response(code, headers, body)
+    return Response(code, _headers(retry_after), envelope_bytes(code, message, data))
+
+
+def _headers(retry_after: float | None) -> tuple[tuple[str, str], ...]:
+    if retry_after is None:
+        return _JSON
+    return (*_JSON, ("Retry-After", retry_after_header(retry_after)))
 
 
 _CREATE = "/api/v1/tasks/create"
@@ -78,7 +79,7 @@ class Endpoints:
 
     def answer(self, route: str, reply: Reply) -> Response:
         self.counters.requests[(route, reply.code)] += 1
-        return envelope(reply.code, reply.message, reply.data, reply.retry_after)
+        return Response(reply.code, _headers(reply.retry_after), reply.body())
 
     def refuse_body(self, route: str, code: int, message: str) -> Response:
         """A body too large (413) or too slow (408): counted, and the connection closes."""

@@ -48,6 +48,19 @@ log = logging.getLogger("ruxa_async")
 _TASK_ID = re.compile(r"[A-Za-z0-9_.:-]{1,200}")
 _NOT_FOUND = "task not found"
 _OWNER_CACHE = 50_000
+_SHOWN_CACHE = 4096
+
+
+class _Shown:
+    """What a task's owner was last shown: the service's task object and the reply made of it
+    (an unchanged task is answered with the same reply, encoded once)."""
+
+    __slots__ = ("data", "path", "reply")
+
+    def __init__(self, path: str, data: object, reply: Reply) -> None:
+        self.path = path
+        self.data = data
+        self.reply = reply
 
 
 class Gateway:
@@ -104,6 +117,8 @@ class Gateway:
         # Who owns a task and which key made it never change once written: the query path
         # reads them here, in front of the store (which may be a network away).
         self._records: OrderedDict[str, TaskRecord] = OrderedDict()
+        # The last answer to each task's owner, by task id (for tasks being polled).
+        self._shown: dict[str, _Shown] = {}
 
     def __repr__(self) -> str:
         return f"<Gateway users={len(self.config.users)} keys={len(self.pool.health())}>"
@@ -315,13 +330,21 @@ class Gateway:
                 self.store.audit("unknown_task", who.user, None, task=task_id[:200])
             self.counters.denials["not_found"] += 1
             return Reply(404, _NOT_FOUND)
+        shown = self._shown.get(task_id)
         if record.final is not None:
-            return Reply(200, "success", record.final)
+            if shown is not None and shown.data is record.final:
+                return shown.reply
+            reply = Reply(200, "success", record.final)
+            self._show(task_id, _wire.query_path(task_id), record.final, reply)
+            return reply
         slot = self.pool.get(record.key)
         if slot is None:
             return Reply(503, "the key that created this task is no longer configured")
+        path = shown.path if shown is not None else _wire.query_path(task_id)
         try:
-            data = await send_once(await slot.ready(), "query", _wire.query_path(task_id))
+            data = await send_once(await slot.ready(), "query", path)
+            if shown is not None and data == shown.data:  # unchanged: it has not ended either
+                return shown.reply
             ended = _wire.task_state(data).is_terminal  # parsed whole only when it has ended
             info = _wire.parse_task(data, task_id=task_id) if ended else None
         except NotFoundError:
@@ -340,7 +363,17 @@ class Gateway:
             return Reply(502, "the service did not answer properly; retry")
         if info is not None:
             self.settle(record, info, "query")
-        return Reply(200, "success", scrub_task(data, record.callback_url))
+            return Reply(200, "success", scrub_task(data, record.callback_url))
+        reply = Reply(200, "success", scrub_task(data, record.callback_url))
+        self._show(task_id, path, data, reply)
+        return reply
+
+    def _show(self, task_id: str, path: str, data: object, reply: Reply) -> None:
+        shown = self._shown
+        shown.pop(task_id, None)
+        shown[task_id] = _Shown(path, data, reply)
+        if len(shown) > _SHOWN_CACHE:
+            del shown[next(iter(shown))]  # the least recently changed
 
     async def record(self, task_id: str) -> TaskRecord | None:
         """The task's record: from the ownership cache, else the store (then cached)."""

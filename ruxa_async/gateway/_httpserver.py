@@ -45,8 +45,11 @@ _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _STATUS = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n" for s in HTTPStatus}
 _CLOSE = "Connection: close\r\n\r\n"
 _KEEP_ALIVE = "Connection: keep-alive\r\n\r\n"
-_BLOCKS: dict[tuple[tuple[str, str], ...], str] = {}  # header lines, by the headers they spell
+_BLOCKS: dict[tuple[int, tuple[tuple[str, str], ...]], str] = {}  # status and header lines
 _MAX_BLOCKS = 256
+_NAMES: dict[bytes, str] = {}  # request header names in lower case, by their spelling
+_MAX_NAMES = 512
+_METHODS: dict[bytes, str] = {m.encode(): m for m in ("GET", "POST", "HEAD", "PUT", "DELETE")}
 
 # What the parser is in the middle of (the connection's ``_stage``).
 _BETWEEN, _HEAD, _BODY = 0, 1, 2
@@ -55,11 +58,12 @@ _NONE, _HEAD_CLOCK, _BODY_CLOCK, _IDLE_CLOCK, _LINGER_CLOCK = 0, 1, 2, 3, 4
 _LINGER = 2.0
 
 
-def _header_block(headers: tuple[tuple[str, str], ...]) -> str:
-    """The lines of ``headers`` (remembered: most responses share a few header sets)."""
-    block = _BLOCKS.get(headers)
+def _header_block(status: int, headers: tuple[tuple[str, str], ...]) -> str:
+    """The status line and the lines of ``headers`` (remembered: most responses share a few
+    statuses and header sets)."""
+    block = _BLOCKS.get((status, headers))
     if block is None:
-        lines = []
+        lines = [_STATUS.get(status) or f"HTTP/1.1 {status} Unknown\r\n"]
         for name, value in headers:
             if "\r" in value or "\n" in value:  # never from the gateway's own endpoints
                 log.error("gateway: dropped the header %s: its value has a line break", name)
@@ -67,7 +71,7 @@ def _header_block(headers: tuple[tuple[str, str], ...]) -> str:
             lines.append(f"{name}: {value}\r\n")
         block = "".join(lines)
         if len(_BLOCKS) < _MAX_BLOCKS:
-            _BLOCKS[headers] = block
+            _BLOCKS[(status, headers)] = block
     return block
 
 
@@ -126,6 +130,7 @@ class _Connection(asyncio.Protocol):
         self._reading_paused = False
         self._writing_paused = False
         self._lingering = False  # refused and half closed: dropping what the peer still sends
+        self._task: asyncio.Task[None] | None = None  # the answering task (while busy)
         self.deadline = math.inf
         self._clock = _NONE
 
@@ -201,9 +206,12 @@ class _Connection(asyncio.Protocol):
         self._url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.setdefault(
-            name.decode("latin-1").lower(), value.decode("utf-8", "surrogateescape")
-        )
+        key = _NAMES.get(name)
+        if key is None:
+            key = name.decode("latin-1").lower()
+            if len(_NAMES) < _MAX_NAMES:
+                _NAMES[name] = key
+        self._headers.setdefault(key, value.decode("utf-8", "surrogateescape"))
 
     def on_headers_complete(self) -> None:
         self._stage = _BODY
@@ -244,7 +252,8 @@ class _Connection(asyncio.Protocol):
 
     def _request(self, body: bytes) -> Request:
         path, query = _target(self._url)
-        method = self._parser.get_method().decode("ascii")
+        raw = self._parser.get_method()
+        method = _METHODS.get(raw) or raw.decode("ascii")
         return Request(method, path, query, self._headers, body, self._peer)
 
     def _refuse(self, request: Request | None, status: int, message: str) -> None:
@@ -264,7 +273,7 @@ class _Connection(asyncio.Protocol):
             return
         self._busy = True
         self._stop_clock()
-        self._server.spawn(self._answer(item, keep_alive, head, version == "1.0"))
+        self._task = self._server.spawn(self._answer(item, keep_alive, head, version == "1.0"))
 
     async def _answer(
         self, item: Request | Response, keep_alive: bool, head: bool, http10: bool
@@ -292,6 +301,7 @@ class _Connection(asyncio.Protocol):
                     self._flow()
         finally:
             self._busy = False
+            self._server.finished(self._task)
         if self._done_reading:
             self.close()
         elif self._expect:
@@ -305,11 +315,10 @@ class _Connection(asyncio.Protocol):
         if transport is None or transport.is_closing():  # the peer left: nobody to answer
             return False
         body = response.body
-        status = _STATUS.get(response.status) or f"HTTP/1.1 {response.status} Unknown\r\n"
         close = response.close or not keep_alive or (self._done_reading and not self._queue)
         ending = _CLOSE if close else _KEEP_ALIVE if http10 else "\r\n"
         head_bytes = (
-            f"{status}{self._server.date_line()}{_header_block(response.headers)}"
+            f"{_header_block(response.status, response.headers)}{self._server.date_line()}"
             f"Content-Length: {len(body)}\r\n{ending}"
         ).encode()
         transport.write(head_bytes if head else head_bytes + body)
@@ -449,11 +458,16 @@ class HttpServer:
         if not self._connections and self._all_closed is not None:
             self._all_closed.set()
 
-    def spawn(self, answer: Coroutine[Any, Any, None]) -> None:
-        """Run a connection's answering task; closing waits for it."""
+    def spawn(self, answer: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """Run a connection's answering task; closing waits for it until :meth:`finished`."""
         task = self.loop.create_task(answer)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def finished(self, task: asyncio.Task[None] | None) -> None:
+        """A connection's answering task has answered all it will (it ends now)."""
+        if task is not None:
+            self._tasks.discard(task)
 
     def date_line(self) -> str:
         """The ``Date`` header line, made once a second."""

@@ -16,7 +16,7 @@ from typing import Any
 
 import attrs
 
-from .._client import RuxaClient, use_transport
+from .._client import RuxaClient, send_directly, use_transport
 from .._config import OutagePolicy, RateLimits, RetryPolicy, Timeouts
 from .._errors import AuthenticationError, InsufficientCreditsError, RateLimitError
 from .._light_transport import light_transport_class
@@ -88,8 +88,10 @@ def default_client(
 ) -> RuxaClient:
     """The client behind one key: no private retries (the caller's client retries).
 
-    Without rates and ``discover``, the rate controller only bounds requests in
-    flight and closes its gate after a 429: a relay adds no pacing of its own.
+    Without rates and ``discover`` a relay paces nothing: its requests skip the
+    rate controller and the outage gate (``_direct``: the connection pool bounds
+    what is in flight, a 429 pauses that class of requests for its Retry-After,
+    and a failure reaches the caller at once); with them they take the full path.
     ``http="auto"`` sends through the lighter HTTP/1.1 client when it can serve the
     key's URL (``httptools`` installed, no proxy), ``"aiohttp"`` through aiohttp's.
     """
@@ -111,6 +113,8 @@ def default_client(
     light = light_transport_class(key.base_url) if http == "auto" else None
     if light is not None:
         use_transport(client, light)
+    if create_per_second is None and query_per_second is None and not discover:
+        send_directly(client, max_pause=timeout)  # nothing to pace: the short path
     return client
 
 

@@ -22,6 +22,7 @@ import attrs
 from .. import catalog
 from .._errors import InvalidInputError
 from ._config import Policy, Window
+from ._json import json_encoder
 
 __all__ = [
     "Denial",
@@ -34,6 +35,7 @@ __all__ = [
 ]
 
 _MAX_URL = 2048
+_dumps = json_encoder(ensure_ascii=False, separators=(",", ":"))
 _URL_CHARS = re.compile(r"[\x21-\x7e]+")  # printable ASCII, no space, no control characters
 
 
@@ -49,17 +51,36 @@ class Denial:
 
 @attrs.frozen
 class Reply:
-    """What to answer: the Ruxa ``code``, ``message``, ``data`` and an optional Retry-After."""
+    """What to answer: the Ruxa ``code``, ``message``, ``data`` and an optional Retry-After.
+
+    A reply given again (a task that did not change since its owner last asked) is
+    encoded once: :meth:`body` keeps its bytes. ``data`` may then be shared between
+    answers: read it, do not change it.
+    """
 
     code: int
     message: str
     data: Any = None
     retry_after: float | None = None
+    _body: bytes | None = attrs.field(default=None, init=False, eq=False, repr=False)
 
     @classmethod
     def of(cls, denial: Denial) -> Reply:
         """The answer to a refusal."""
         return cls(denial.code, denial.message, None, denial.retry_after)
+
+    def body(self) -> bytes:
+        """The Ruxa envelope ``{code, message, data}`` as JSON (encoded once per reply)."""
+        body = self._body
+        if body is None:
+            body = envelope_bytes(self.code, self.message, self.data)
+            object.__setattr__(self, "_body", body)  # a cache of the frozen fields' encoding
+        return body
+
+
+def envelope_bytes(code: int, message: str, data: Any = None) -> bytes:
+    """The Ruxa envelope ``{code, message, data}`` as compact UTF-8 JSON."""
+    return _dumps({"code": code, "message": message, "data": data}).encode()
 
 
 def window_bounds(window: Window, now: float) -> tuple[str, float]:

@@ -8,7 +8,7 @@ write-behind queue may replay a batch after a connection failure.
 
 from __future__ import annotations
 
-from ..redis._scripts import _CLOCK
+from ..redis._scripts import _BUCKET, _CLOCK
 
 __all__ = ["COMMIT", "LEASE", "REAP", "RELAYED", "RELEASE", "RESERVE", "SETTLE", "SPEND"]
 
@@ -36,6 +36,7 @@ end
 #    | {'rate', seconds until a token}
 RESERVE = (
     _CLOCK
+    + _BUCKET
     + """
 local amount, cap = tonumber(ARGV[2]), tonumber(ARGV[3])
 local now, rate, burst = clock(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
@@ -54,13 +55,7 @@ for i = 1, n do
 end
 local tokens, stamp = 0, now
 if rate > 0 then
-  local h = redis.call('HMGET', KEYS[4], 'tokens', 'stamp')
-  tokens, stamp = tonumber(h[1]), tonumber(h[2])
-  if not tokens then tokens, stamp = burst, now end
-  if now > stamp then
-    tokens = math.min(burst, tokens + (now - stamp) * rate)
-    stamp = now
-  end
+  tokens, stamp = refill(KEYS[4], rate, burst, now)
   if tokens < 1 then return {'rate', num((1 - tokens) / rate)} end
   redis.call('HSET', KEYS[4], 'tokens', num(tokens - 1), 'stamp', num(stamp))
   redis.call('EXPIRE', KEYS[4], math.ceil(burst / rate) + 60)
@@ -176,16 +171,11 @@ return 1
 # -> {tokens leased, seconds until a token ('0' when some were leased)}
 LEASE = (
     _CLOCK
+    + _BUCKET
     + """
 local wanted, rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local now = clock(ARGV[4])
-local h = redis.call('HMGET', KEYS[1], 'tokens', 'stamp')
-local tokens, stamp = tonumber(h[1]), tonumber(h[2])
-if not tokens then tokens, stamp = burst, now end
-if now > stamp then
-  tokens = math.min(burst, tokens + (now - stamp) * rate)
-  stamp = now
-end
+local tokens, stamp = refill(KEYS[1], rate, burst, now)
 local got = math.min(wanted, math.floor(tokens + 1e-9))
 if got < 1 then return {0, num((1 - tokens) / rate)} end
 redis.call('HSET', KEYS[1], 'tokens', num(tokens - got), 'stamp', num(stamp))

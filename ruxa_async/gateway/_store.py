@@ -16,14 +16,10 @@ check-and-hold is one script; the gateway therefore awaits
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
-import contextlib
+import functools
 import json
 import logging
-import queue
 import sqlite3
-import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -34,7 +30,9 @@ import attrs
 from .._errors import RuxaError
 from ._alerts import SpendWatch
 from ._config import AlertSettings
+from ._json import json_encoder
 from ._policy import Denial
+from ._sqlite_writer import AUDIT_INSERT, SqliteWriter
 
 __all__ = [
     "GatewayFleet",
@@ -47,30 +45,11 @@ __all__ = [
 ]
 
 log = logging.getLogger("ruxa_async")
-_audit_json = json.JSONEncoder(sort_keys=True).encode  # one encoder, not one per record
+_audit_json = json_encoder(sort_keys=True)
+_json = json_encoder()
 
 _EPSILON = 1e-9
 _SETTLED_CACHE = 50_000
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS tasks (
-    task_id TEXT PRIMARY KEY, user TEXT NOT NULL, key TEXT NOT NULL, model TEXT NOT NULL,
-    created REAL NOT NULL, reserved REAL NOT NULL, scopes TEXT NOT NULL, callback_url TEXT,
-    settled INTEGER NOT NULL DEFAULT 0, cost REAL, state TEXT, relayed TEXT NOT NULL DEFAULT '',
-    final TEXT
-);
-CREATE INDEX IF NOT EXISTS tasks_open ON tasks (settled) WHERE settled = 0;
-CREATE TABLE IF NOT EXISTS ledger (
-    scope TEXT NOT NULL, period TEXT NOT NULL, spent REAL NOT NULL, PRIMARY KEY (scope, period)
-);
-CREATE TABLE IF NOT EXISTS audit (
-    id INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL NOT NULL, event TEXT NOT NULL,
-    user TEXT, task_id TEXT, detail TEXT NOT NULL
-);
-CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit
-    BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
-CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
-    BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
-"""
 
 
 class StateUnavailableError(RuxaError):
@@ -214,158 +193,10 @@ class StateStore(Protocol):
         """Every audit record, oldest first."""
 
 
-_WRITE_BEHIND = 0.005  # seconds a write may wait to share its transaction with others
-
-
-class _Writer:
-    """One thread owning the SQLite connection: batched writes and queued reads.
-
-    Writes gather in the event loop and go to the thread together: when a
-    coroutine waits for them to be durable (:meth:`durable`), else within
-    ``_WRITE_BEHIND`` seconds. The thread commits each batch in one
-    transaction and wakes all of its waiters with one loop callback. While a
-    batch with waiters is being committed, the next one gathers (group
-    commit): under load, many creates share one transaction and one thread
-    wake-up; alone, a create waits for one commit.
-    """
-
-    def __init__(self, path: str) -> None:
-        self._path = path
-        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name="ruxa-gateway-sqlite", daemon=True)
-        self._ready: concurrent.futures.Future[None] = concurrent.futures.Future()
-        self._stopped = False
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._pending: list[tuple[str, Sequence[Any]]] = []
-        self._waiters: list[asyncio.Future[None]] = []
-        self._timer: asyncio.Handle | None = None
-        self._committing = False  # a batch with waiters is at the thread
-
-    async def start(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._thread.start()
-        await asyncio.wrap_future(self._ready)
-
-    def write(self, sql: str, params: Sequence[Any]) -> None:
-        self._pending.append((sql, params))
-        if self._timer is None and self._loop is not None and not self._stopped:
-            self._timer = self._loop.call_later(_WRITE_BEHIND, self._hand_off)
-
-    def _hand_off(self) -> None:
-        """Send everything written so far (and its waiters) to the thread as one batch."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if self._pending or self._waiters:
-            batch, self._pending = self._pending, []
-            waiters, self._waiters = self._waiters, []
-            if waiters:
-                self._committing = True
-            self._queue.put(("batch", batch, waiters))
-
-    async def durable(self) -> None:
-        """Return once every write made so far is committed to SQLite."""
-        if self._loop is None or self._stopped or not self._thread.is_alive():
-            raise RuntimeError("the gateway's state store is closed")
-        waiter = self._loop.create_future()
-        self._waiters.append(waiter)
-        if len(self._waiters) == 1 and not self._committing:
-            self._send_soon()  # others of this loop turn join the same transaction
-        await waiter
-
-    def _send_soon(self) -> None:
-        assert self._loop is not None
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer = self._loop.call_soon(self._hand_off)
-
-    def _committed(self, waiters: list[asyncio.Future[None]]) -> None:
-        """In the loop: a batch with waiters is in SQLite; send the next one if any waits."""
-        self._committing = False
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(None)
-        if self._waiters:
-            self._send_soon()
-
-    async def call(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
-        if self._stopped or not self._thread.is_alive():
-            raise RuntimeError("the gateway's state store is closed")
-        self._hand_off()  # the call sees every write made before it
-        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
-        self._queue.put((fn, future))
-        return await asyncio.wrap_future(future)
-
-    async def stop(self) -> None:
-        if self._stopped:
-            return
-        self._hand_off()
-        self._stopped = True
-        if self._thread.is_alive():
-            self._queue.put(None)
-            await asyncio.to_thread(self._thread.join)
-
-    def _run(self) -> None:
-        try:
-            conn = sqlite3.connect(self._path, isolation_level=None)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.executescript(_SCHEMA)
-        except sqlite3.Error as exc:
-            self._ready.set_exception(exc)
-            return
-        self._ready.set_result(None)
-        try:
-            while True:
-                items = [self._queue.get()]
-                while len(items) < 200:
-                    try:
-                        items.append(self._queue.get_nowait())
-                    except queue.Empty:
-                        break
-                if not self._batch(conn, items):
-                    return
-        finally:
-            conn.close()
-
-    def _batch(self, conn: sqlite3.Connection, items: list[Any]) -> bool:
-        keep_going = True
-        waiters: list[asyncio.Future[None]] = []
-        conn.execute("BEGIN")
-        try:
-            run: list[Sequence[Any]] = []  # parameters of consecutive writes of one statement
-            sql = ""
-            for item in items:
-                if item is None:
-                    keep_going = False
-                    continue
-                if item[0] == "batch":
-                    for statement, params in item[1]:
-                        if statement != sql:
-                            if run:
-                                conn.executemany(sql, run)
-                            sql, run = statement, []
-                        run.append(params)
-                    waiters += item[2]
-                    continue
-                if run:
-                    conn.executemany(sql, run)
-                    run, sql = [], ""
-                fn, future = item
-                try:
-                    future.set_result(fn(conn))
-                except Exception as exc:  # handed to the awaiting coroutine, never lost
-                    future.set_exception(exc)
-            if run:
-                conn.executemany(sql, run)
-            conn.execute("COMMIT")
-        except sqlite3.Error:
-            log.exception("gateway state: a write batch failed; it was rolled back")
-            conn.execute("ROLLBACK")
-        if waiters and self._loop is not None:
-            with contextlib.suppress(RuntimeError):  # a closed loop: nobody is waiting any more
-                self._loop.call_soon_threadsafe(self._committed, waiters)
-        return keep_going
+@functools.lru_cache(maxsize=1024)
+def _scopes_text(scopes: tuple[tuple[str, str], ...]) -> str:
+    """A task's ledgers as stored (a few per user and period: remembered)."""
+    return _json(scopes)
 
 
 def _row_record(row: Sequence[Any]) -> TaskRecord:
@@ -392,6 +223,10 @@ _COLUMNS = (
     "relayed, final"
 )
 
+_INSERT_TASK = (
+    f"INSERT OR REPLACE INTO tasks ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,0,NULL,NULL,'',NULL)"
+)
+
 
 class SQLiteStore:
     """The default :class:`StateStore`: decisions in memory, written behind to SQLite.
@@ -405,7 +240,7 @@ class SQLiteStore:
     def __init__(self, path: str = ":memory:", *, clock: Callable[[], float] = time.time) -> None:
         self._path = path
         self._clock = clock
-        self._writer = _Writer(path)
+        self._writer = SqliteWriter(path)
         self._ledger: dict[tuple[str, str], list[float]] = {}
         self._open: dict[str, TaskRecord] = {}
         self._settled: OrderedDict[str, TaskRecord] = OrderedDict()
@@ -522,13 +357,12 @@ class SQLiteStore:
             model=model,
             created=self._clock(),
             reserved=res.amount,
-            scopes=tuple((s.name, s.period) for s in res.scopes),
+            scopes=tuple([(s.name, s.period) for s in res.scopes]),
             callback_url=callback_url,
         )
         self._open[task_id] = record
         self._writer.write(
-            f"INSERT OR REPLACE INTO tasks ({_COLUMNS}) "
-            "VALUES (?,?,?,?,?,?,?,?,0,NULL,NULL,'',NULL)",
+            _INSERT_TASK,
             (
                 task_id,
                 record.user,
@@ -536,7 +370,7 @@ class SQLiteStore:
                 model,
                 record.created,
                 record.reserved,
-                json.dumps(record.scopes),
+                _scopes_text(record.scopes),
                 callback_url,
             ),
         )
@@ -577,7 +411,7 @@ class SQLiteStore:
         self._remember(record)
         self._writer.write(
             "UPDATE tasks SET settled = 1, cost = ?, state = ?, final = ? WHERE task_id = ?",
-            (cost, state, json.dumps(final) if final is not None else None, task_id),
+            (cost, state, _json(final) if final is not None else None, task_id),
         )
         return record
 
@@ -637,10 +471,7 @@ class SQLiteStore:
         self, event: str, user: str | None = None, task_id: str | None = None, **detail: Any
     ) -> None:
         """Append one decision to the audit log (written behind, never updated or deleted)."""
-        self._writer.write(
-            "INSERT INTO audit (ts, event, user, task_id, detail) VALUES (?, ?, ?, ?, ?)",
-            (self._clock(), event, user, task_id, _audit_json(detail)),
-        )
+        self._writer.write(AUDIT_INSERT, (self._clock(), event, user, task_id, _audit_json(detail)))
 
     async def audit_records(self) -> list[dict[str, Any]]:
         """Every audit record, oldest first, as dicts."""

@@ -16,9 +16,13 @@ The bucket refills at the slowest pace any member asked for within the last
 second (and never below the pace the fleet learned): every member runs its own
 rate controller over this shared state, and a fleet that sent faster than one
 member believes the limit allows would have that member's 429 underestimate
-the limit. A member spends its block at its part of that rate (the rate over
-the number of members sending), so its own sends, scaled by :meth:`share`,
-look like the fleet's.
+the limit. Until the fleet has learned anything (every member still ramping,
+its pace a guess that doubles) it refills at the fastest member's pace instead,
+so an unknown fleet finds the limit about as soon as one process does (and a
+member then spends its block at its pace of the moment, not of its lease). A
+member spends its block at its part of that rate (the rate over the number of
+members that leased lately), so its own sends, scaled by :meth:`share`, look
+like the fleet's.
 
 Each lease reply also carries the fleet's running total of granted tokens, so
 :meth:`RedisRateState.share` knows how many tokens the whole fleet took per
@@ -50,6 +54,12 @@ __all__ = ["RedisRateState"]
 # member's tokens come in blocks, so over 2 s (5 blocks at 8 members) share() erred by 20 %.
 _SHARE_WINDOW = 8.0
 _MAX_SHARE = 256.0
+# Leases after which share() is measured, before the window holds _SHARE_WINDOW / 4 of them:
+# while a fleet starts, the first leases go to whoever asks first and a member's part may be
+# half or twice its 1 / members; weighed by the member count, a member taking twice its part
+# counts the fleet's sends twice, climbs faster, takes more (the fastest ramp refills the
+# bucket), and its ramp's 429 reads a limit 1.5 times the server's.
+_FIRST_LEASES = 3
 _PACE_WINDOW = 1.0  # seconds a member's pace counts toward the fleet's (the slowest wins)
 
 _KINDS_OF: dict[str, tuple[Kind, ...]] = {
@@ -71,6 +81,8 @@ class _Lease:
         "measured",
         "mine",
         "next_at",
+        "pacers",
+        "pacing_since",
         "rate",
         "share",
         "tokens",
@@ -81,6 +93,8 @@ class _Lease:
         self.expires = 0.0
         self.next_at = 0.0  # leased tokens are spent at the rate, not in a burst
         self.rate = 0.0  # the rate the fleet's bucket refilled at for the last block (0: unknown)
+        self.pacers = 0  # members that leased within two pace windows, as of the last block
+        self.pacing_since: float | None = None  # this process's first lease with a count
         self.lock = asyncio.Lock()
         self.mine = 0  # tokens this process leased
         self.history: collections.deque[tuple[float, int, int]] = collections.deque()
@@ -95,7 +109,8 @@ class _Lease:
         while len(history) > 2 and history[1][0] <= now - _SHARE_WINDOW:
             history.popleft()
         start, mine, fleet = history[0]
-        if len(history) >= 2 and now - start >= _SHARE_WINDOW / 4 and self.mine > mine:
+        early = len(history) > _FIRST_LEASES  # a fleet starting: its members' parts are uneven
+        if len(history) >= 2 and (early or now - start >= _SHARE_WINDOW / 4) and self.mine > mine:
             # tokens leased since the oldest sample, the first lease excluded
             self.share = min(_MAX_SHARE, max(1.0, (total - fleet) / (self.mine - mine)))
             self.measured = True
@@ -248,7 +263,8 @@ class RedisRateState:
         asked for in the last second, where each member asks for its own pace
         but never less than the pace last learned for the fleet (a process whose
         climb is held back by its own few sends would otherwise slow the whole
-        fleet). This process spends its block at its part of that pace.
+        fleet); the fastest while nothing is learned yet. This process spends
+        its block at its part of that pace.
         """
         lease = self._leases[kind]
         rate = max(rate, self._fleet_rate(kind))
@@ -257,7 +273,9 @@ class RedisRateState:
             return spacing
         # this process's part of the fleet's rate: its block is spent evenly beside the others'
         spread = self._spread(kind)
-        own = min(rate, lease.rate or rate) / spread
+        ramping = self._ramping(kind)
+        # ramping, at its pace now: a block spent at the pace of its lease lags a doubling pace
+        own = (rate if ramping else min(rate, lease.rate or rate)) / spread
         saved = max(0.0, burst / spread - 1.0)  # its part of the burst a late caller may catch up
         if self._from_lease(lease, count, own, saved):
             return 0.0
@@ -268,13 +286,14 @@ class RedisRateState:
                 return 0.0
             block = max(count, min(self._max_lease, math.ceil(rate * self._lease_seconds)))
             gate_keys = [self._key("gate", scope) for scope in _SCOPES_OF[kind]]
-            keys = [self._key("bucket", kind), *gate_keys, self._key("paces", kind)]
+            keys = [self._key("bucket", kind), *gate_keys]
+            keys += [self._key("paces", kind), self._key("ramps", kind), self._store.key("members")]
             # may borrow what the next lease_seconds refill, for each live process: every
             # member borrows as deep, so none is left behind the others' blocks
-            ahead = f"{self._lease_seconds * max(1, self.members):.6f}"
+            ahead = f"{self._lease_seconds * self._members(kind):.6f}"
             args: list[object] = [block, count, rate, burst, -1, ahead]
             if self.origin:  # the bucket refills at the slowest pace a member asked for lately
-                args += [self.origin, _PACE_WINDOW]
+                args += [self.origin, _PACE_WINDOW, "ramp" if ramping else ""]
             reply = await self._store.call(lambda: self._take(keys=keys, args=args))
             if reply is None:
                 return await self._take_locally(kind, count, rate, burst)
@@ -286,9 +305,15 @@ class RedisRateState:
             now = self._clock()
             if len(reply) > 2:
                 lease.note(now, granted, int(reply[2]))
+            if len(reply) > 5 and int(reply[5]) > 0:  # fresher than this process's last beat
+                self.members = int(reply[5])
+            if len(reply) > 4:
+                lease.pacers = int(reply[4])
+                if lease.pacing_since is None:
+                    lease.pacing_since = now
             if len(reply) > 3:
                 lease.rate = min(rate, float(reply[3]))
-                own = lease.rate / self._spread(kind)
+                own = (rate if ramping else lease.rate) / self._spread(kind)
             lease.expires = now + wait + self._lease_ttl + granted / own
             if wait > 0:  # borrowed: the block's first token is due in `wait` seconds
                 lease.tokens = granted
@@ -306,7 +331,28 @@ class RedisRateState:
         controller's estimates need; spent in bursts at the full rate, one
         block after another's, they would look like bursts the fleet never sent.
         """
-        return max(1.0, min(self.share(kind), float(max(1, self.members))))
+        return max(1.0, min(self.share(kind), float(self._members(kind))))
+
+    def _members(self, kind: Kind) -> int:
+        """Members taking turns at ``kind``'s bucket: those that leased within two seconds.
+
+        Counted by each lease: the heartbeat's set holds every live process,
+        also those done with this kind (a batch's last creates would go out
+        at a fraction of the rate). Until this process has leased for two
+        seconds, members about to lease are not in the lease count yet, so the
+        heartbeat's count (as the last lease read it: a fleet starting
+        together would count itself late by a beat) wins when larger.
+        """
+        lease = self._leases[kind]
+        since = lease.pacing_since
+        if since is None or self._clock() - since < 2 * _PACE_WINDOW:
+            return max(1, self.members, lease.pacers)
+        return max(1, lease.pacers)
+
+    def _ramping(self, kind: Kind) -> bool:
+        """Nothing is learned for ``kind`` in the fleet yet (as last read): every pace is a ramp."""
+        cached = self._learned.get(kind)
+        return cached is not None and cached[1] is None
 
     def _fleet_rate(self, kind: Kind) -> float:
         cached = self._learned.get(kind)
@@ -335,8 +381,10 @@ class RedisRateState:
         measured it.
         """
         lease = self._leases[kind]
-        if self._store.degraded or not lease.measured:  # each live member its part, as a prior
+        if self._store.degraded:  # each live member paces its part
             return float(max(1, self.members))
+        if not lease.measured:  # each member its part, as a prior
+            return float(self._members(kind))
         return lease.share
 
 

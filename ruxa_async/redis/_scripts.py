@@ -19,41 +19,85 @@ end
 local function num(s) return string.format('%.6f', s) end
 """
 
+# A token bucket's refill (also the gateway's): a hash with fields `tokens` and `stamp`;
+# a missing one is full; a stamp ahead of now (a gate closed) refills nothing before it.
+# -> tokens, stamp as of now
+_BUCKET = """
+local function refill(key, rate, burst, now)
+  local h = redis.call('HMGET', key, 'tokens', 'stamp')
+  local tokens, stamp = tonumber(h[1]), tonumber(h[2])
+  if not tokens then return burst, now end
+  if now > stamp then return math.min(burst, tokens + (now - stamp) * rate), now end
+  return math.min(burst, tokens), stamp
+end
+"""
+
 # A token bucket shared by the fleet, leased in blocks.
-# KEYS: bucket hash, gate of the kind, gate of the client scope[, paces hash]
+# KEYS: bucket hash, gate of the kind, gate of the client scope[, paces hash[, ramps hash[,
+#       the heartbeat's members zset]]]
 # ARGV: wanted block, at least this many, rate, burst, now[, lookahead seconds[, member,
-#       window seconds]]
+#       window seconds[, "ramp"]]]
 # A lease may borrow the tokens the next `lookahead` seconds refill (the bucket goes below
 # zero): the block's first token may then be spent only after the returned delay, the rest
 # at the rate, so a block is one round trip even when the fleet keeps the bucket near empty.
 # With a member name the bucket refills at the slowest pace any member asked for in the last
-# `window` seconds (the paces hash keeps each member's): the fleet never sends faster than one
-# of its members believes the limit allows, so a 429 never finds a member far below the rate
-# that drew it.
-# -> {granted, seconds[, tokens the fleet was granted in all, the rate]}: granted > 0, the
-# delay until its first token (0: now), the fleet's running total and the refill rate used;
-# or 0 and the wait.
+# `window` seconds (the paces hash keeps each member's latest, "rate|time"): the fleet never
+# sends faster than one of its members believes the limit allows, so a 429 never finds a
+# member far below the rate that drew it. While every one of them is still ramping ("ramp":
+# nothing learned yet, each pace a guess that doubles; the ramps hash keeps who is, apart, so
+# members of an older version read the paces as before and count as not ramping) it refills
+# at the fastest: the slowest would hold the fleet's climb a lease behind each member's,
+# several times slower than one process's.
+# -> {granted, seconds[, tokens the fleet was granted in all, the rate, members pacing[,
+# members alive]]}: granted > 0, the delay until its first token (0: now), the fleet's running
+# total, the refill rate used, how many members asked within twice the window (a gate's pause
+# is about one window: those that leased before it still count at its end) and how many the
+# heartbeat's set holds; or 0 and the wait.
 TAKE = (
     _CLOCK
+    + _BUCKET
     + """
 local now = clock(ARGV[5])
 local wanted, least = tonumber(ARGV[1]), tonumber(ARGV[2])
 local rate, burst = tonumber(ARGV[3]), tonumber(ARGV[4])
 local ahead = tonumber(ARGV[6] or '0') or 0
+local pacers = 1
 if ARGV[7] then
   local window = tonumber(ARGV[8])
+  local ramping = ARGV[9] == 'ramp' and KEYS[5] ~= nil
   redis.call('HSET', KEYS[4], ARGV[7], num(rate) .. '|' .. num(now))
+  local ramps = {}
+  if KEYS[5] then
+    if ramping then
+      redis.call('HSET', KEYS[5], ARGV[7], '1')
+    else
+      redis.call('HDEL', KEYS[5], ARGV[7])
+    end
+    local marks = redis.call('HGETALL', KEYS[5])
+    for i = 1, #marks, 2 do ramps[marks[i]] = true end
+    redis.call('PEXPIRE', KEYS[5], 3600000)
+  end
   local paces = redis.call('HGETALL', KEYS[4])
+  local slowest, fastest = rate, rate
+  pacers = 0
   for i = 1, #paces, 2 do
     local v = paces[i + 1]
     local sep = string.find(v, '|', 1, true)
-    local r, t = tonumber(string.sub(v, 1, sep - 1)), tonumber(string.sub(v, sep + 1))
-    if t < now - window then
+    local r, t
+    if sep then r, t = tonumber(string.sub(v, 1, sep - 1)), tonumber(string.sub(v, sep + 1)) end
+    if not (r and t) or t < now - 2 * window then
       redis.call('HDEL', KEYS[4], paces[i])
-    elseif r < rate then
-      rate = r
+      if KEYS[5] then redis.call('HDEL', KEYS[5], paces[i]) end
+    else
+      pacers = pacers + 1
+      if t >= now - window then
+        if not ramps[paces[i]] then ramping = false end
+        if r < slowest then slowest = r end
+        if r > fastest then fastest = r end
+      end
     end
   end
+  if ramping then rate = fastest else rate = slowest end
   redis.call('PEXPIRE', KEYS[4], 3600000)
 end
 local gate = 0
@@ -62,15 +106,7 @@ for i = 2, 3 do
   if g > gate then gate = g end
 end
 if gate > now then return {0, num(gate - now)} end
-local h = redis.call('HMGET', KEYS[1], 'tokens', 'stamp')
-local tokens, stamp = tonumber(h[1]), tonumber(h[2])
-if not tokens then tokens, stamp = burst, now end
-if now > stamp then
-  tokens = math.min(burst, tokens + (now - stamp) * rate)
-  stamp = now
-else
-  tokens = math.min(burst, tokens)
-end
+local tokens, stamp = refill(KEYS[1], rate, burst, now)
 local reach = tokens
 if stamp <= now then reach = tokens + ahead * rate end  -- no borrowing before a reopening
 local granted = math.min(wanted, math.floor(reach + 1e-9))
@@ -85,7 +121,9 @@ tokens = tokens - granted
 redis.call('HSET', KEYS[1], 'tokens', num(tokens), 'stamp', num(stamp))
 local total = redis.call('HINCRBY', KEYS[1], 'granted', granted)
 redis.call('PEXPIRE', KEYS[1], 3600000)
-return {granted, num(start), total, num(rate)}
+local reply = {granted, num(start), total, num(rate), pacers}
+if KEYS[6] then reply[6] = redis.call('ZCARD', KEYS[6]) end
+return reply
 """
 )
 

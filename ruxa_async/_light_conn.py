@@ -1,0 +1,271 @@
+"""One keep-alive HTTP/1.1 client connection of the light transport: write, read, wake.
+
+:class:`Connection` is an :class:`asyncio.Protocol` that writes one request at
+a time and reads its reply: a whole plain reply that arrives in one read
+(HTTP/1.1, one ``Content-Length``, nothing more) is taken as it is; anything
+else is parsed by ``httptools``. It notes what the pool needs to keep the
+connection or retire it (``Connection: close``, ``Keep-Alive: timeout=N``, the
+server hanging up) and fails the exchange with :class:`Dropped` saying whether
+any reply byte had arrived. The pool (``_light_transport``) times exchanges out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from ._ratehints import RATE_HEADER_NAMES
+
+try:
+    import httptools
+except ImportError:  # pragma: no cover - the gateway extra is not installed
+    httptools = None  # type: ignore[assignment]
+
+__all__ = ["KEEPALIVE", "Connection", "Dropped", "ReadTimeout"]
+
+KEEPALIVE = 30.0  # seconds an idle connection is kept (servers commonly keep 60-75)
+_KEEPALIVE_MARGIN = 1.0  # retire a connection this long before the server's announced timeout
+_KEEP_ALIVE = b"keep-alive"
+_RATE_NAMES = {name.encode(): name for name in RATE_HEADER_NAMES}
+_RETRY_AFTER = b"retry-after"
+_LENGTH = frozenset((b"content-length", b"transfer-encoding"))
+_HEAD_END = b"\r\n\r\n"
+_CONTENT_LENGTH = b"\r\ncontent-length:"
+_QUICK_RATE = tuple(
+    (b"\r\n" + name + b":", text) for name, text in _RATE_NAMES.items() if name != _RETRY_AFTER
+)
+
+
+def _whole_reply(data: bytes) -> tuple[int, bytes, bytes, bytes] | None:
+    """``(status, head, lower-cased head, body)`` if ``data`` is exactly one plain reply.
+
+    Plain: HTTP/1.1, a final status, one ``Content-Length`` and no
+    ``Transfer-Encoding``, all of it and nothing more in ``data``. Anything
+    else (None) goes to ``httptools``, which then sees the reply from its start.
+    """
+    if not data.startswith(b"HTTP/1.1 ") or not data[9:12].isdigit():
+        return None
+    if data[12:13] not in (b" ", b"\r") or data[9:10] == b"1":  # 1xx: an interim reply
+        return None
+    end = data.find(_HEAD_END)
+    if end < 0:
+        return None
+    head = data[: end + 2]  # every header line ends with CRLF
+    lower = head.lower()
+    start = lower.find(_CONTENT_LENGTH)
+    if (
+        start < 0
+        or lower.find(_CONTENT_LENGTH, start + 1) >= 0
+        or b"\r\ntransfer-encoding:" in lower
+    ):
+        return None
+    length = lower[start + len(_CONTENT_LENGTH) : lower.index(b"\r\n", start + 2)].strip()
+    if not length.isdigit() or len(data) - end - 4 != int(length):
+        return None
+    return int(data[9:12]), head, lower, data[end + 4 :]
+
+
+def _header(head: bytes, lower: bytes, marker: bytes) -> bytes | None:
+    """The last value of the header line ``marker`` (CRLF, lower-case name, colon), or None."""
+    at = lower.rfind(marker)
+    if at < 0:
+        return None
+    start = at + len(marker)
+    return head[start : lower.index(b"\r\n", start)].strip()
+
+
+class Dropped(Exception):
+    """The server closed the connection before the reply was complete."""
+
+    def __init__(self, *, received: bool, written: bool = True) -> None:
+        super().__init__("the server closed the connection")
+        self.received = received  # any byte of the reply had arrived
+        self.written = written  # the request had been handed to the socket
+
+
+class _Unsolicited(Exception):
+    """The server sent a reply nobody asked for."""
+
+
+class ReadTimeout(Exception):
+    """No reply byte for ``read`` seconds, or the request's total time ran out."""
+
+
+class Connection(asyncio.Protocol):
+    """One keep-alive connection: writes a request, parses its reply, wakes the sender."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._parser = httptools.HttpResponseParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.alive = True  # False once the server hung up, sent garbage, or we closed it
+        self.idle_since = 0.0
+        self.keep_alive = False
+        self.keep_for = KEEPALIVE  # idle seconds it may be reused after (Keep-Alive: timeout)
+        self._waiter: asyncio.Future[None] | None = None
+        self._read = 0.0
+        self._deadline = 0.0
+        self._last = 0.0  # when the request was written or the last reply byte arrived
+        self._reset()
+
+    def _reset(self) -> None:
+        self.status = 0
+        self.body: list[bytes] = []
+        self.retry_after: str | None = None
+        self.rate: dict[str, str] = {}
+        self._received = False
+        self._headers_done = False
+        self._framed = False  # Content-Length or chunked: the reply does not end at EOF
+
+    # -- the sender's side
+
+    def send(
+        self, payload: bytes, now: float, read: float, deadline: float
+    ) -> asyncio.Future[None]:
+        """Write one request; the future completes when its reply has been read.
+
+        Nothing here times out on its own: the pool's watchdog (see
+        :meth:`LightTransport._watch`) fails the exchange once :meth:`due` passes.
+        """
+        assert self.transport is not None
+        self._reset()
+        waiter = self._waiter = self._loop.create_future()
+        if not self.alive or self.transport.is_closing():  # closed before the write
+            self._waiter = None
+            waiter.set_exception(Dropped(received=False, written=False))
+            return waiter
+        self._read, self._deadline, self._last = read, deadline, now
+        self.transport.write(payload)
+        return waiter
+
+    @property
+    def waiting(self) -> bool:
+        """An exchange is in progress (its reply not yet complete)."""
+        return self._waiter is not None
+
+    def due(self) -> float:
+        """When the exchange times out: ``read`` after its last byte, or at the deadline."""
+        return min(self._last + self._read, self._deadline)
+
+    def time_out(self) -> None:
+        """Fail the exchange in progress as timed out (and close the connection)."""
+        self._fail(ReadTimeout())
+
+    def close(self) -> None:
+        """Close the connection (an exchange in progress fails as dropped)."""
+        self.alive = False
+        if self.transport is not None:
+            self.transport.close()
+
+    def _finish(self, error: BaseException | None) -> None:
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            if error is None:
+                waiter.set_result(None)
+            else:
+                waiter.set_exception(error)
+
+    def _fail(self, error: BaseException) -> None:
+        self.close()
+        self._finish(error)
+
+    # -- asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        if self._waiter is None:  # bytes nobody asked for: the connection is not usable
+            self.close()
+            return
+        self._last = self._loop.time()
+        if not self._received:  # the first bytes of the reply: most often all of it
+            self._received = True
+            whole = _whole_reply(data)
+            if whole is not None:
+                self._take(*whole)
+                return
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._fail(exc)
+
+    def _take(self, status: int, head: bytes, lower: bytes, body: bytes) -> None:
+        """A whole plain reply in one piece, read without httptools' callbacks (same result)."""
+        self.status = status
+        self.body = [body]
+        self._headers_done = self._framed = True
+        value = _header(head, lower, b"\r\nretry-after:")
+        if value is not None:
+            self.retry_after = value.decode("latin-1")
+        value = _header(head, lower, b"\r\nkeep-alive:")
+        if value is not None:
+            self._keep_alive_header(value)
+        if b"ratelimit" in lower:
+            for marker, name in _QUICK_RATE:
+                value = _header(head, lower, marker)
+                if value is not None:
+                    self.rate[name] = value.decode("latin-1")
+        value = _header(head, lower, b"\r\nconnection:")
+        self.keep_alive = value is None or b"close" not in value.lower()
+        self._finish(None)
+
+    def eof_received(self) -> bool | None:
+        self.alive = False
+        return None  # let the transport close itself
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.alive = False
+        if self._waiter is None:
+            return
+        if self._headers_done and not self._framed and exc is None:
+            self.keep_alive = False  # a reply delimited by the end of the connection
+            self._finish(None)
+        else:
+            self._finish(Dropped(received=self._received))
+
+    # -- httptools callbacks
+
+    def on_message_begin(self) -> None:
+        if self._waiter is None:  # a second reply to one request: stop reading this connection
+            raise _Unsolicited
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        name = name.lower()
+        if name == _RETRY_AFTER:
+            self.retry_after = value.strip().decode("latin-1")
+        elif name in _LENGTH:
+            self._framed = True
+        elif name == _KEEP_ALIVE:
+            self._keep_alive_header(value)
+        else:
+            rate = _RATE_NAMES.get(name)
+            if rate is not None:
+                self.rate[rate] = value.strip().decode("latin-1")
+
+    def _keep_alive_header(self, value: bytes) -> None:
+        """``Keep-Alive: timeout=N``: reuse the connection only while the server keeps it."""
+        for part in value.split(b","):
+            key, _, number = part.partition(b"=")
+            if key.strip().lower() == b"timeout":
+                try:
+                    announced = float(number.strip())
+                except ValueError:
+                    return
+                if announced == announced:  # not NaN
+                    self.keep_for = max(0.0, min(KEEPALIVE, announced - _KEEPALIVE_MARGIN))
+                return
+
+    def on_headers_complete(self) -> None:
+        self.status = self._parser.get_status_code()
+        self._headers_done = True
+
+    def on_body(self, body: bytes) -> None:
+        self.body.append(body)
+
+    def on_message_complete(self) -> None:
+        if self.status < 200:  # an interim reply (100 Continue): the real one follows
+            self._reset()
+            self._received = True
+            return
+        self.keep_alive = self._parser.should_keep_alive()
+        self._finish(None)
