@@ -14,8 +14,9 @@ bucket was last full, a *drain*; see :mod:`._bucketfit`):
   server's bucket was empty already, and the last probe's drain then tells
   the burst at the lower rate): a step down by 10 %, larger each time in a row
   (19 %, 27 % ...), from the rate admitted over a whole unit when there is
-  one; lower still when the drain with the known burst says so (a limit that
-  dropped is found in the second episode).
+  one (the rate sent, when most of that unit's replies are still out); lower
+  still when the drain with the known burst says so (a limit that dropped is
+  found in the second episode).
 
 The functions read (and, for the step-down count and a fitted burst, write)
 the pace they are given (:class:`Estimating`); the pace decides what to do with
@@ -46,6 +47,7 @@ _STEP_DOWN = 0.9  # a 429 at the settled pace: settle this much lower
 _GUESS_HIGH = 2.5  # a ramp's burst guess may be this many times the fitted burst
 _FIT_FLOOR = 0.9  # a fitted rate below this share of the pace held is not believed
 _DROP_FLOOR = 0.4  # a settled pace's 429 fits a rate no lower than this share of it
+_REPLIED = 0.8  # fewer replies in than this share of the unit's sends: read what was sent
 
 
 class Estimating(Protocol):
@@ -147,6 +149,11 @@ def step_down(
     log = pace.log
     start = granted_at - pace.unit
     admitted = rate_in(log.accepted, start, granted_at) if start > log.full_at else 0.0
+    sent = rate_in(log.history, start, granted_at) if admitted else 0.0
+    if admitted < _REPLIED * sent:
+        # Most of the unit's replies are still out (a server stall): every send granted
+        # before the refused one was admitted, replied to or not; read the rate sent.
+        admitted = sent
     estimate = min(granted_rate, admitted or granted_rate) * _STEP_DOWN**pace.step_downs
     estimate /= SETTLE
     if pace.estimated_burst is not None:

@@ -496,3 +496,21 @@ def test_a_429_after_a_stall_is_read_at_the_settled_pace_not_below() -> None:
     pace.on_refused(end, pace.rate, end)
     assert pace.estimate == pytest.approx(0.9 * 100.0)
     assert pace.estimated_burst == 10.0
+
+
+def test_a_429_with_the_units_replies_still_out_steps_down_from_what_was_sent() -> None:
+    """A server stall: the last unit's replies are mostly still out when a 429 comes.
+
+    Every send granted before the refused one was admitted, replied to or not:
+    the step down reads the rate sent, not the few replies in so far (a fleet
+    run settled at 51/s of 100 from such a 429, 57/s of replies against 97/s sent).
+    """
+    pace = unknown()
+    pace.settle_at(100.0, "429s", changed=True)
+    pace.estimated_burst = 10.0
+    held = pace.rate
+    t = send(pace, 0.0, 2.0, held)  # the server admitted the settled pace for two units
+    end = send(pace, t, t + 0.6, held, accepted=False)  # then its replies stall
+    pace.on_refused(end, held, end)
+    assert pace.estimate == pytest.approx(0.9 * held / 0.95, rel=0.02)
+    assert pace.rate >= 0.85 * held
