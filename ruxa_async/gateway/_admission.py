@@ -125,9 +125,7 @@ class Admission:
         except InvalidInputError as exc:
             self._gw.store.release(held, charge=False)
             return self._gw.deny(Denial(422, "input", str(exc)), who.user, model=model)
-        tries = 0  # each key once, then pick() says why not (keys are counted after a miss)
-        while tries == 0 or tries <= len(self._gw.pool.health()):
-            tries += 1
+        for _ in range(len(self._gw.pool) + 1):  # each key once, then pick() says why not
             slot = self._gw.pool.pick()
             if isinstance(slot, Denial):
                 self._gw.store.release(held, charge=False)

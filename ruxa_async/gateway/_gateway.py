@@ -121,7 +121,7 @@ class Gateway:
         self._shown: dict[str, _Shown] = {}
 
     def __repr__(self) -> str:
-        return f"<Gateway users={len(self.config.users)} keys={len(self.pool.health())}>"
+        return f"<Gateway users={len(self.config.users)} keys={len(self.pool)}>"
 
     # -- lifecycle ---------------------------------------------------------------------
 

@@ -250,6 +250,10 @@ class KeyPool:
                 slot.state = COOLING
                 self._notify("key_cooled", key=slot.name, seconds=wait)
 
+    def __len__(self) -> int:
+        """How many keys the pool holds (configured and draining)."""
+        return len(self._slots)
+
     def health(self) -> list[KeyHealth]:
         """Every key's state, in config order then draining ones."""
         now = self._clock()
