@@ -21,6 +21,7 @@ import json
 import re
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -75,8 +76,14 @@ async def _run(args: argparse.Namespace, work: Path) -> dict[str, float]:
         config = work / "gateway.toml"
         _write_config(config, sim, token, args.http)
         port = free_port()
-        argv = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}.%p"]
-        argv += ["--separate-threads=no", sys.executable, "-m", "ruxa_async", "gateway"]
+        if args.profile:  # natively under cProfile instead (stats written at SIGTERM)
+            argv = [sys.executable, "-m", "cProfile", "-o", args.profile]
+        elif args.strace:  # natively, its system calls counted
+            argv = [sys.executable]
+        else:
+            argv = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}.%p"]
+            argv += ["--separate-threads=no", sys.executable]
+        argv += ["-m", "ruxa_async", "gateway"]
         argv += ["--config", str(config), "--port", str(port), "--loop", args.loop]
         gw = stack.enter_context(Child(argv, work / "gateway.log", None))
         load = LightLoad(f"http://127.0.0.1:{port}")
@@ -99,6 +106,18 @@ async def _run(args: argparse.Namespace, work: Path) -> dict[str, float]:
         for kind in args.kinds.split(","):
             payloads = queries if kind == "query" else [create]
             await _drive(load, payloads, args.warmup)
+            if args.profile:
+                await _drive(load, payloads, args.requests)
+                continue
+            if args.strace:
+                strace = subprocess.Popen(
+                    ["strace", "-c", "-f", "-o", f"{args.strace}.{kind}", "-p", str(gw.pid)]
+                )
+                await asyncio.sleep(1.0)  # attached
+                await _drive(load, payloads, args.requests)
+                strace.send_signal(signal.SIGINT)
+                strace.wait(30)
+                continue
             _control(gw.pid, "-z")
             await _drive(load, payloads, args.requests)
             base = Path(f"{out}.{gw.pid}")
@@ -136,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=300)
     parser.add_argument("--kinds", default="query,create")
     parser.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
+    parser.add_argument("--profile", help="no valgrind: run the gateway under cProfile to here")
+    parser.add_argument("--strace", help="no valgrind: count system calls (strace -c) to here")
     parser.add_argument("--keep", help="copy each dump to KEEP.query / KEEP.create")
     parser.add_argument("--http", default="auto", help="upstream_http of the gateway's config")
     args = parser.parse_args(argv)
