@@ -169,7 +169,9 @@ class LightTransport(Transport):
             try:
                 waiter = conn.send(payload, now, timeouts.read, deadline)
                 if conn.waiting:
-                    self._watch(loop, conn.due())
+                    due = conn.due()
+                    if self._timer is None or due < self._timer_due:  # else: already watched
+                        self._watch(loop, due)
                 await waiter
             except Dropped as exc:
                 self._discard(conn)

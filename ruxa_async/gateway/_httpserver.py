@@ -25,10 +25,10 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Awaitable, Coroutine
+from collections.abc import Awaitable
 from email.utils import formatdate
 from http import HTTPStatus
-from typing import Any, Protocol
+from typing import Protocol
 from urllib.parse import unquote
 
 import httptools
@@ -272,8 +272,13 @@ class _Connection(asyncio.Protocol):
                 self._flow()
             return
         self._busy = True
-        self._stop_clock()
-        self._task = self._server.spawn(self._answer(item, keep_alive, head, version == "1.0"))
+        self._clock = _NONE
+        self.deadline = math.inf
+        server = self._server
+        self._task = task = server.loop.create_task(
+            self._answer(item, keep_alive, head, version == "1.0")
+        )
+        server.tasks.add(task)  # closing waits for it until it ends
 
     async def _answer(
         self, item: Request | Response, keep_alive: bool, head: bool, http10: bool
@@ -301,7 +306,8 @@ class _Connection(asyncio.Protocol):
                     self._flow()
         finally:
             self._busy = False
-            self._server.finished(self._task)
+            if self._task is not None:
+                self._server.tasks.discard(self._task)
         if self._done_reading:
             self.close()
         elif self._expect:
@@ -427,7 +433,7 @@ class HttpServer:
         self.loop = asyncio.get_running_loop()
         self._server: asyncio.Server | None = None
         self._connections: set[_Connection] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self.tasks: set[asyncio.Task[None]] = set()  # answering tasks (closing waits for them)
         shortest = min(header_timeout, body_timeout, keepalive_timeout)
         self._tick = min(1.0, max(0.01, shortest / 10))  # how late a deadline may be noticed
         self._ticker: asyncio.TimerHandle | None = None
@@ -458,17 +464,6 @@ class HttpServer:
         if not self._connections and self._all_closed is not None:
             self._all_closed.set()
 
-    def spawn(self, answer: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
-        """Run a connection's answering task; closing waits for it until :meth:`finished`."""
-        task = self.loop.create_task(answer)
-        self._tasks.add(task)
-        return task
-
-    def finished(self, task: asyncio.Task[None] | None) -> None:
-        """A connection's answering task has answered all it will (it ends now)."""
-        if task is not None:
-            self._tasks.discard(task)
-
     def date_line(self) -> str:
         """The ``Date`` header line, made once a second."""
         now = int(time.time())
@@ -496,8 +491,8 @@ class HttpServer:
             self._server.close()
         for conn in list(self._connections):
             conn.shutdown()
-        if self._tasks:
-            _, late = await asyncio.wait(set(self._tasks), timeout=grace)
+        if self.tasks:
+            _, late = await asyncio.wait(set(self.tasks), timeout=grace)
             for task in late:
                 task.cancel()
             if late:

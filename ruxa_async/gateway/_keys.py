@@ -54,6 +54,7 @@ class KeySlot:
         "key",
         "name",
         "open_tasks",
+        "started",
         "state",
     )
 
@@ -66,13 +67,16 @@ class KeySlot:
         self.open_tasks = 0
         self.failures = 0
         self.draining = False
+        self.started = False  # the client was opened (a closed one fails at its next send)
 
     def __repr__(self) -> str:
         return f"<KeySlot {self.name} {self.state}>"
 
     async def ready(self) -> RuxaClient:
         """The key's client, opened on first use (a client never opens itself)."""
-        await self.client.start()
+        if not self.started:  # after that, no coroutines of the client's own per request
+            await self.client.start()
+            self.started = True
         return self.client
 
 
