@@ -1,4 +1,5 @@
-"""The relay's short path (``_direct``): an unchanged query reply is not decoded again.
+"""The relay's short path (``_direct``, ``_wire``): an unchanged query reply is not decoded
+again, replies in any JSON encoding still are, a key's client is opened once.
 
 A raw loopback server answers each request with the next of a list of bodies;
 the client is the gateway's kind (light transport, ``send_directly``).
@@ -12,10 +13,13 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from ruxa_async import NotFoundError, RuxaClient
+from ruxa_async import ClientClosedError, MalformedResponseError, NotFoundError, RuxaClient
 from ruxa_async import _direct as direct_module
 from ruxa_async._client import send_directly, send_once, use_transport
 from ruxa_async._light_transport import LightTransport
+from ruxa_async._wire import parse_reply
+from ruxa_async.gateway._config import UpstreamKey
+from ruxa_async.gateway._keys import KeySlot
 
 from .test_light_transport import Conn, RawServer, reply
 
@@ -38,10 +42,7 @@ def answering(*replies: bytes) -> RawServer:
 
 @contextlib.asynccontextmanager
 async def relay_client(url: str) -> AsyncIterator[RuxaClient]:
-    client = RuxaClient(api_key="sk-test", base_url=url)
-    use_transport(client, LightTransport)
-    send_directly(client, max_pause=5.0)
-    async with client:
+    async with _light(url) as client:
         yield client
 
 
@@ -111,3 +112,40 @@ async def test_creates_are_never_answered_from_the_memo() -> None:
         two = await send_once(client, "create", "/api/v1/tasks/create", body)
     assert one == two == {"taskId": "t9"}
     assert one is not two
+
+
+async def test_a_key_client_opened_once_still_refuses_after_closing() -> None:
+    """The key slot opens its client once; a closed client still fails its next send."""
+    waiting = task("waiting")
+    server = answering(reply(body=waiting))
+    async with server:
+        slot = KeySlot(
+            UpstreamKey(name="k", key="sk-test", base_url=server.url), _light(server.url)
+        )
+        client = await slot.ready()
+        assert await slot.ready() is client
+        assert (await send_once(client, "query", "/api/v1/tasks/query/t1"))["state"] == "waiting"
+        await client.aclose()
+        with pytest.raises(ClientClosedError):
+            await send_once(await slot.ready(), "query", "/api/v1/tasks/query/t1")
+    assert len(server.requests) == 1
+
+
+def _light(url: str) -> RuxaClient:
+    client = RuxaClient(api_key="sk-test", base_url=url)
+    use_transport(client, LightTransport)
+    send_directly(client, max_pause=5.0)
+    return client
+
+
+@pytest.mark.parametrize("encoding", ["utf-8", "utf-8-sig", "utf-16", "utf-32-be"])
+def test_replies_in_every_json_encoding_are_read(encoding: str) -> None:
+    """UTF-8 takes the short way; the other encodings JSON allows still decode."""
+    body = json.dumps({"code": 200, "msg": "success", "data": {"state": "é"}}).encode(encoding)
+    assert parse_reply(200, body) == {"state": "é"}
+
+
+def test_a_reply_that_is_not_json_is_malformed() -> None:
+    for body in (b"{not json", b"\xff\xfe\x00", b"[" * 100_000):
+        with pytest.raises(MalformedResponseError):
+            parse_reply(200, body)
