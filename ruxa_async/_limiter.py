@@ -558,6 +558,8 @@ class RateController:
         last = None
         if previous is not None and log.drained_from <= previous <= log.full_at:
             last = _cut(times, log.drained_from, previous)
+            if not last.times:  # older than the ledger keeps
+                last = None
         return _cut(times, log.full_at, granted_at), last
 
     def _weight(self, kind: Kind, counter: str) -> int:

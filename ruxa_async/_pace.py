@@ -252,7 +252,8 @@ class Pace:
             or (self.found is not None and granted_rate <= self.found)
         )
         if ramp:
-            estimate = ramp_estimate(self, granted_at, granted_rate)
+            sent = drain.times if fleet is not None else None
+            estimate = ramp_estimate(self, granted_at, granted_rate, sent)
         elif self.phase == "probe" and granted_rate > self.base and self.t >= _EARLY * self.unit:
             estimate, fitted_burst, fitted = probe_estimate(self, drain, granted_at, granted_rate)
             if self.refused_pace is not None:

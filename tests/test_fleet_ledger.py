@@ -15,7 +15,9 @@ from typing import Any
 import pytest
 
 from ruxa_async import RateLimits
+from ruxa_async._bucketfit import Drain
 from ruxa_async._limiter import RateController
+from ruxa_async._pace import Pace
 from ruxa_async.redis._ratestate import RedisRateState
 from ruxa_async.redis._store import Store
 
@@ -32,7 +34,7 @@ class Clock:
         return self.now
 
 
-class Later(Exception):  # noqa: N818
+class Later(Exception):
     """A member would sleep this long: the driver runs it again then."""
 
     def __init__(self, seconds: float) -> None:
@@ -173,3 +175,20 @@ async def test_the_ledger_holds_every_send_of_the_fleet(members: MakeMember) -> 
     assert again is not None
     assert again[1] == pytest.approx(refused, abs=1e-5)  # the refusal recorded before
     assert [t for t in again[0] if t < clock.now] == pytest.approx(sent, abs=1e-5)
+
+
+def test_a_ramps_429_reads_the_rate_the_fleet_sent_from_the_ledger() -> None:
+    """The ramp's estimate (0.9 of the rate admitted in the unit before) counts the fleet's sends.
+
+    Counted from the member's own sends weighed by a share that lags (78/s
+    for the fleet's 86 in a traced run), the fleet held 67/s for 6 s.
+    """
+    pace = Pace(
+        ceiling=None, burst=10, start_rate=20.0, min_rate=0.2, unit=1.0, adaptive=True, now=0.0
+    )
+    for i in range(40):  # its own sends, a quarter of the fleet's
+        pace.on_sent(1.0 + i / 40)
+    fleet = Drain(tuple(1.0 + i / 160 for i in range(160)), 2.0)
+    pace.on_refused(2.0, 300.0, 2.0, fleet=(fleet, None))
+    assert pace.estimate == pytest.approx(0.9 * 160.0)
+    assert pace.last_drain == fleet

@@ -60,6 +60,7 @@ _MAX_SHARE = 256.0
 # counts the fleet's sends twice, climbs faster, takes more (the fastest ramp refills the
 # bucket), and its ramp's 429 reads a limit 1.5 times the server's.
 _FIRST_LEASES = 3
+_MIN_WAIT = 1e-6  # seconds: the script's times have six decimals
 _PACE_WINDOW = 1.0  # seconds a member's pace counts toward the fleet's (the slowest wins)
 
 _KINDS_OF: dict[str, tuple[Kind, ...]] = {
@@ -309,8 +310,8 @@ class RedisRateState:
                 return await self._take_locally(kind, count, rate, burst)
             lease.spent.clear()  # reported
             granted, wait = int(reply[0]), float(reply[1])
-            if granted == 0:
-                return wait
+            if granted == 0:  # refused: a wait the reply rounded to 0 is still one
+                return max(wait, _MIN_WAIT)
             self.leases += 1
             self.leased_tokens += granted
             now = self._clock()
@@ -348,17 +349,22 @@ class RedisRateState:
         Called at a 429 that begins an episode, ``age`` seconds after the
         refused send: records that send's time as the fleet's last refusal
         and returns the one recorded before it (None: none). Every member
-        reports when it spent each block it leased (with its next lease),
-        and the blocks being spent now are there as they are being spent
-        (evenly, at the member's part of the rate), so the times are every
-        send of the fleet, not this member's sends weighed by its share. On
-        this process's clock; None while Redis is unreachable.
+        reports when it spent each block it leased (with its next lease, and
+        this one now), and the blocks others are spending now are there as
+        they are being spent (evenly, at the member's part of the rate), so
+        the times are every send of the fleet, not this member's sends
+        weighed by its share. On this process's clock; None while Redis is
+        unreachable.
         """
         keys = [self._key(part, kind) for part in ("ledger", "pending", "refused")]
-        args = [f"{max(0.0, age):.6f}", f"{keep:.6f}", self._now()]
+        spent = self._leases[kind].spent
+        report = ",".join(f"{t - self._offset:.6f}" for t in spent)
+        args = [f"{max(0.0, age):.6f}", f"{keep:.6f}", self._now(), self.origin, report]
         reply = await self._store.call(lambda: self._ledger(keys=keys, args=args))
         if reply is None:
             return None
+        if self.origin:
+            spent.clear()  # reported; the rest of the block is reported with the next lease
         shift = self._clock() - float(reply[0])  # Redis time -> this process's clock
         previous = _text(reply[1])
         times = sorted(float(t) + shift for entry in reply[2:] for t in _text(entry).split(","))

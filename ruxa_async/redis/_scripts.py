@@ -180,14 +180,19 @@ return num(deadline - now)
 
 # The fleet's ledger, read at a 429 that begins an episode (see TAKE).
 # KEYS: ledger list, pending hash, the kind's last refusal
-# ARGV: seconds since the refused send, keep, now
-# Records the refused send's Redis time and returns the one recorded before it.
+# ARGV: seconds since the refused send, keep, now, member, its block as spent so far
+# Records the refused send's Redis time and returns the one recorded before it; the member's
+# block as spent replaces the plan (the refused send is the member's own: exact).
 # -> {now, the last refusal before this one (or ''), each block ("t1,t2,...") spent or
 #     pending whose first token was granted within `keep` seconds}
 LEDGER = (
     _CLOCK
     + """
 local now = clock(ARGV[3])
+if ARGV[4] and ARGV[4] ~= '' then
+  redis.call('HDEL', KEYS[2], ARGV[4])
+  if ARGV[5] ~= '' then redis.call('RPUSH', KEYS[1], ARGV[5]) end
+end
 local previous = redis.call('GET', KEYS[3]) or ''
 redis.call('SET', KEYS[3], num(now - tonumber(ARGV[1])), 'PX', 3600000)
 local horizon = now - tonumber(ARGV[2])
