@@ -56,6 +56,7 @@ _START_RATE = 40.0  # requests/s per class while ramping, before scaling by the 
 _EPSILON = 1e-9
 _FLEET_SHARE = 1.5  # fleet sends per own send from which a 429 is fitted on the fleet's ledger
 _SAME_SEND = 0.002  # seconds a ledger's send may sit after the grant it stands for
+_LEDGER_SHORT = 0.8  # a ledger with fewer sends than this share of the member's count misses some
 
 
 @attrs.frozen(kw_only=True)
@@ -543,7 +544,9 @@ class RateController:
         members), while two drains must agree within a send. A state that
         keeps the fleet's ledger (Redis) knows every block granted and how
         it was spent, so the drains come from there. None alone (a share of
-        1), while unreachable, or without a ledger: the pace uses its own.
+        1), while unreachable, without a ledger, or when the ledger holds
+        clearly fewer sends than this member counted (a member of an older
+        version keeps none): the pace uses its own.
         """
         sends = getattr(self._state, "fleet_sends", None)
         pace = lane.pace
@@ -555,12 +558,19 @@ class RateController:
         if got is None or share is None or share(lane.kind) < _FLEET_SHARE:
             return None  # alone, its own sends are exact (the refusal is recorded all the same)
         times, previous = got
+        drain = _cut(times, log.full_at, granted_at)
+        own = log.drain(granted_at).times
+        since = max(drain.times[0], own[0]) if drain.times and own else granted_at
+        counted = sum(1 for t in drain.times if t >= since)
+        if counted < _LEDGER_SHORT * sum(1 for t in own if t >= since):
+            # Members that keep no ledger (an older version) or took while Redis was away.
+            return None
         last = None
         if previous is not None and log.drained_from <= previous <= log.full_at:
             last = _cut(times, log.drained_from, previous)
             if not last.times:  # older than the ledger keeps
                 last = None
-        return _cut(times, log.full_at, granted_at), last
+        return drain, last
 
     def _weight(self, kind: Kind, counter: str) -> int:
         """Sends of every sharer per send of this controller (1 unless the state says more).

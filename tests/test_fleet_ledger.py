@@ -8,6 +8,7 @@ sleep hands the clock back to the driver.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -18,8 +19,10 @@ from ruxa_async import RateLimits
 from ruxa_async._bucketfit import Drain
 from ruxa_async._limiter import RateController
 from ruxa_async._pace import Pace
+from ruxa_async._ratestate import LocalRateState
 from ruxa_async.redis._ratestate import RedisRateState
 from ruxa_async.redis._store import Store
+from tests.virtual_time import T0, VirtualTimeLoop
 
 LIMIT, BURST = 100.0, 10.0
 
@@ -192,3 +195,57 @@ def test_a_ramps_429_reads_the_rate_the_fleet_sent_from_the_ledger() -> None:
     pace.on_refused(2.0, 300.0, 2.0, fleet=(fleet, None))
     assert pace.estimate == pytest.approx(0.9 * 160.0)
     assert pace.last_drain == fleet
+
+
+class LedgerState(LocalRateState):
+    """An in-process state that reports a share of 4 and a ledger of ``fraction`` of its sends."""
+
+    def __init__(self, clock: Callable[[], float], fraction: float) -> None:
+        super().__init__(clock)
+        self.fraction = fraction
+        self.sent: list[float] = []
+
+    def share(self, kind: str) -> float:
+        return 4.0
+
+    async def fleet_sends(
+        self, kind: str, age: float, keep: float
+    ) -> tuple[list[float], float | None]:
+        step = round(1 / self.fraction)
+        return [t for i, t in enumerate(self.sent) if i % step == 0], None
+
+
+@pytest.mark.parametrize(("fraction", "from_ledger"), [(1.0, True), (0.5, False)])
+def test_a_ledger_missing_sends_is_not_fitted_on(fraction: float, from_ledger: bool) -> None:
+    """A ledger holding half the sends the member counts (members of an older version keep
+    none, or took while Redis was away) is not fitted on: the member's own count is."""
+    loop = VirtualTimeLoop()
+
+    async def scenario() -> None:
+        state = LedgerState(loop.time, fraction)
+
+        async def sleep(delay: float) -> None:
+            await asyncio.sleep(delay)
+
+        ctl = RateController(
+            RateLimits(), clock=loop.time, sleep=sleep, rng=lambda: 0.0, state=state
+        )
+        while loop.time() < T0 + 1.0:
+            async with ctl.permit("create") as permit:
+                pass
+            for k in range(3, -1, -1):  # the fleet's sends, as the member counts them
+                state.sent.append(permit.granted_at - k * 1e-4)
+            await ctl.on_success(permit)
+        async with ctl.permit("create") as refused:
+            pass
+        await ctl.on_rate_limited(refused, retry_after=1.0)
+        drain = ctl._lanes["create"].pace.last_drain
+        assert drain is not None
+        assert len(drain.times) > 50
+        ledger, _ = await state.fleet_sends("create", 0.0, 16.0)
+        assert (set(drain.times) <= set(ledger)) is from_ledger
+
+    try:
+        loop.run_until_complete(scenario())
+    finally:
+        loop.close()
