@@ -16,6 +16,9 @@ are shared by the account, with a real ``redis-server``:
 Writes ``benchmarks/results-fleet.md``. Workers are this module run with
 ``--worker``; they wait at a start line so all begin together, and time
 themselves on CLOCK_MONOTONIC (comparable across processes on Linux).
+``FLEET_TRACE=dir`` writes each row's rate decisions (``trace-*.txt``, with
+each 429's drain: the member's own sends weighed by its share, and the fleet
+ledger's) and every grant time per process (``trace-*.json``).
 """
 
 from __future__ import annotations
