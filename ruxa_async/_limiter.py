@@ -308,7 +308,13 @@ class RateController:
             lane.episode = permit.episode + 1
             self._episodes += 1
             fleet = await self._fleet_drains(lane, permit.granted_at, now)
-            pace.on_refused(permit.granted_at, permit.rate or old_rate, now, fleet=fleet)
+            granted_rate = permit.rate or old_rate
+            refill = getattr(self._state, "refill_rate", None)
+            if fleet is not None and refill is not None:
+                # The fleet sent at its bucket's rate: while it ramps, its fastest member's
+                # pace (a ramp's 429 read against this member's slower one read half the limit).
+                granted_rate = max(granted_rate, refill(kind))
+            pace.on_refused(permit.granted_at, granted_rate, now, fleet=fleet)
         else:
             lane.episode = max(lane.episode, permit.episode + 1)
         self._close(gate, now, now + pause)

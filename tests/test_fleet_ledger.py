@@ -204,6 +204,10 @@ class LedgerState(LocalRateState):
         super().__init__(clock)
         self.fraction = fraction
         self.sent: list[float] = []
+        self.refill = 0.0
+
+    def refill_rate(self, kind: str) -> float:
+        return self.refill
 
     def share(self, kind: str) -> float:
         return 4.0
@@ -244,6 +248,43 @@ def test_a_ledger_missing_sends_is_not_fitted_on(fraction: float, from_ledger: b
         assert len(drain.times) > 50
         ledger, _ = await state.fleet_sends("create", 0.0, 16.0)
         assert (set(drain.times) <= set(ledger)) is from_ledger
+
+    try:
+        loop.run_until_complete(scenario())
+    finally:
+        loop.close()
+
+
+def test_a_ramps_429_in_a_fleet_is_read_against_the_fleets_pace() -> None:
+    """While a fleet ramps its bucket refills at the fastest member's pace: the ramp's 429 is
+    read against that, not against the refused member's slower pace (half of which read 48/s
+    for a limit of 100 in a fleet of 8, held for 8 s)."""
+    loop = VirtualTimeLoop()
+
+    async def scenario() -> None:
+        state = LedgerState(loop.time, 1.0)
+        state.refill = 400.0
+
+        async def sleep(delay: float) -> None:
+            await asyncio.sleep(delay)
+
+        ctl = RateController(
+            RateLimits(), clock=loop.time, sleep=sleep, rng=lambda: 0.0, state=state
+        )
+        while loop.time() < T0 + 0.5:
+            async with ctl.permit("create") as permit:
+                pass
+            for k in range(3, -1, -1):
+                state.sent.append(permit.granted_at - k * 1e-4)
+            await ctl.on_success(permit)
+        async with ctl.permit("create") as refused:
+            pass
+        assert refused.rate < 100.0  # this member's pace
+        await ctl.on_rate_limited(refused, retry_after=1.0)
+        pace = ctl._lanes["create"].pace
+        sent = [t for t in state.sent if T0 <= t < refused.granted_at]
+        admitted = len(sent) / (refused.granted_at - T0)
+        assert pace.estimate == pytest.approx(min(200.0, 0.9 * admitted), rel=0.02)
 
     try:
         loop.run_until_complete(scenario())

@@ -85,6 +85,7 @@ class _Lease:
         "pacers",
         "pacing_since",
         "rate",
+        "refill",
         "share",
         "spent",
         "tokens",
@@ -95,6 +96,7 @@ class _Lease:
         self.expires = 0.0
         self.next_at = 0.0  # leased tokens are spent at the rate, not in a burst
         self.rate = 0.0  # the rate the fleet's bucket refilled at for the last block (0: unknown)
+        self.refill = 0.0  # ... as the script said (while ramping, the fastest member's pace)
         self.pacers = 0  # members that leased within two pace windows, as of the last block
         self.pacing_since: float | None = None  # this process's first lease with a count
         self.lock = asyncio.Lock()
@@ -326,7 +328,8 @@ class RedisRateState:
                 if lease.pacing_since is None:
                     lease.pacing_since = now
             if len(reply) > 3:
-                lease.rate = min(rate, float(reply[3]))
+                lease.refill = float(reply[3])
+                lease.rate = min(rate, lease.refill)
                 own = (rate if ramping else lease.rate) / self._spread(kind)
             lease.expires = now + wait + self._lease_ttl + granted / own
             if wait > 0:  # borrowed: the block's first token is due in `wait` seconds
@@ -337,6 +340,14 @@ class RedisRateState:
             lease.spent.extend([now] * count)
             lease.next_at = _due(lease.next_at, now, count, own, saved)
             return 0.0
+
+    def refill_rate(self, kind: Kind) -> float:
+        """The rate the fleet's bucket refilled at for this process's last block (0: unknown).
+
+        While every member ramps that is the fastest member's pace: the rate
+        the fleet sent at, which a ramp's 429 is read against.
+        """
+        return self._leases[kind].refill
 
     def _now(self) -> str:
         return "-1" if self._script_clock is None else f"{self._script_clock():.6f}"
