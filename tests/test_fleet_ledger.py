@@ -290,3 +290,18 @@ def test_a_ramps_429_in_a_fleet_is_read_against_the_fleets_pace() -> None:
         loop.run_until_complete(scenario())
     finally:
         loop.close()
+
+
+async def test_a_429_reads_the_fleets_ramp_rate_as_of_now(members: MakeMember) -> None:
+    """The bucket's rate as a member's last lease saw it lags a ramp (another member's pace
+    doubled since): reading the ledger also reads the rate the bucket refills at now."""
+    clock = Clock()
+    (_, a), (_, b) = members(clock, "a"), members(clock, "b")
+    for state in (a, b):
+        assert await state.read("create") is None  # nothing learned: every member ramps
+    assert await b.take("create", 1, 50.0, 4.0) == 0.0
+    clock.now += 0.2
+    assert await a.take("create", 1, 200.0, 4.0) == 0.0  # a's pace doubled twice
+    assert b.refill_rate("create") == pytest.approx(50.0)  # as of b's lease
+    assert await b.fleet_sends("create", 0.0, 10.0) is not None
+    assert b.refill_rate("create") == pytest.approx(200.0)  # the fastest member's, now

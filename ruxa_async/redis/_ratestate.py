@@ -342,7 +342,7 @@ class RedisRateState:
             return 0.0
 
     def refill_rate(self, kind: Kind) -> float:
-        """The rate the fleet's bucket refilled at for this process's last block (0: unknown).
+        """The rate the fleet's bucket refills at, as of the last lease or ledger read (0: unknown).
 
         While every member ramps that is the fastest member's pace: the rate
         the fleet sent at, which a ramp's 429 is read against.
@@ -367,18 +367,23 @@ class RedisRateState:
         weighed by its share. On this process's clock; None while Redis is
         unreachable.
         """
-        keys = [self._key(part, kind) for part in ("ledger", "pending", "refused")]
-        spent = self._leases[kind].spent
+        parts = ("ledger", "pending", "refused", "paces", "ramps")
+        keys = [self._key(part, kind) for part in parts]
+        lease = self._leases[kind]
+        spent = lease.spent
         report = ",".join(f"{t - self._offset:.6f}" for t in spent)
         args = [f"{max(0.0, age):.6f}", f"{keep:.6f}", self._now(), self.origin, report]
+        args.append(f"{_PACE_WINDOW:.6f}")
         reply = await self._store.call(lambda: self._ledger(keys=keys, args=args))
         if reply is None:
             return None
         if self.origin:
             spent.clear()  # reported; the rest of the block is reported with the next lease
         shift = self._clock() - float(reply[0])  # Redis time -> this process's clock
-        previous = _text(reply[1])
-        times = sorted(float(t) + shift for entry in reply[2:] for t in _text(entry).split(","))
+        previous, pace = _text(reply[1]), _text(reply[2])
+        if pace:  # the bucket's rate now, fresher than the last lease's (a ramp doubles)
+            lease.refill = float(pace)
+        times = sorted(float(t) + shift for entry in reply[3:] for t in _text(entry).split(","))
         return times, (float(previous) + shift if previous else None)
 
     def _spread(self, kind: Kind) -> float:

@@ -179,12 +179,13 @@ return num(deadline - now)
 )
 
 # The fleet's ledger, read at a 429 that begins an episode (see TAKE).
-# KEYS: ledger list, pending hash, the kind's last refusal
-# ARGV: seconds since the refused send, keep, now, member, its block as spent so far
+# KEYS: ledger list, pending hash, the kind's last refusal[, paces hash, ramps hash]
+# ARGV: seconds since the refused send, keep, now, member, its block as spent so far[, window]
 # Records the refused send's Redis time and returns the one recorded before it; the member's
 # block as spent replaces the plan (the refused send is the member's own: exact).
-# -> {now, the last refusal before this one (or ''), each block ("t1,t2,...") spent or
-#     pending whose first token was granted within `keep` seconds}
+# -> {now, the last refusal before this one (or ''), the rate the bucket refills at now as TAKE
+#     reckons it (or ''), each block ("t1,t2,...") spent or pending whose first token was
+#     granted within `keep` seconds}
 LEDGER = (
     _CLOCK
     + """
@@ -196,7 +197,26 @@ end
 local previous = redis.call('GET', KEYS[3]) or ''
 redis.call('SET', KEYS[3], num(now - tonumber(ARGV[1])), 'PX', 3600000)
 local horizon = now - tonumber(ARGV[2])
-local reply = {num(now), previous}
+local pace = ''
+if KEYS[5] then
+  local ramps, slowest, fastest, ramping = {}, nil, nil, true
+  local marks = redis.call('HGETALL', KEYS[5])
+  for i = 1, #marks, 2 do ramps[marks[i]] = true end
+  local paces = redis.call('HGETALL', KEYS[4])
+  for i = 1, #paces, 2 do
+    local r, t = string.match(paces[i + 1], '^([^|]+)|(.+)$')
+    r, t = tonumber(r), tonumber(t)
+    if r and t and t >= now - tonumber(ARGV[6]) then
+      if not ramps[paces[i]] then ramping = false end
+      if not slowest or r < slowest then slowest = r end
+      if not fastest or r > fastest then fastest = r end
+    end
+  end
+  if fastest then
+    if ramping then pace = num(fastest) else pace = num(slowest) end
+  end
+end
+local reply = {num(now), previous, pace}
 local function keep(entry)
   local first = tonumber(string.match(entry, '^[^,]+'))
   if first and first >= horizon then reply[#reply + 1] = entry end
