@@ -305,3 +305,29 @@ async def test_a_429_reads_the_fleets_ramp_rate_as_of_now(members: MakeMember) -
     assert b.refill_rate("create") == pytest.approx(50.0)  # as of b's lease
     assert await b.fleet_sends("create", 0.0, 10.0) is not None
     assert b.refill_rate("create") == pytest.approx(200.0)  # the fastest member's, now
+
+
+async def test_a_block_whose_lease_ran_out_leaves_the_ledger(members: MakeMember) -> None:
+    """A member done with its creates leases no more: the plan of its last block (sends it
+    never made) leaves the fleet's record once the lease ran out, what it spent stays; a
+    member closing retires its live block at once."""
+    clock = Clock()
+    (_, a), (_, b) = members(clock, "a"), members(clock, "b")
+    assert await a.take("create", 1, 200.0, 10.0) == 0.0  # a block; one token sent
+    assert a.leased_tokens > 1
+    sent = clock.now
+    got = await b.fleet_sends("create", 0.0, 10.0)
+    assert got is not None
+    assert len(got[0]) == a.leased_tokens  # the block, as planned
+    assert await a.retire() == 0  # its lease is live: the plan stands
+    clock.now += 2.0  # a sends no more; the lease runs out
+    assert await a.retire() == 1
+    assert await a.retire() == 0  # once
+    got = await b.fleet_sends("create", 0.0, 10.0)
+    assert got is not None
+    assert got[0] == pytest.approx([sent], abs=1e-5)  # the one send a made
+    assert await a.take("create", 1, 200.0, 10.0) == 0.0
+    assert await a.retire(every=True) == 1  # closing: the live block too
+    got = await b.fleet_sends("create", 0.0, 10.0)
+    assert got is not None
+    assert got[0] == pytest.approx([sent, clock.now], abs=1e-5)

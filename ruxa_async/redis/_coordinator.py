@@ -126,6 +126,7 @@ class RedisCoordinator(Coordinator):
         await stop(self._tasks)  # cancels again a loop whose cancellation a Redis call lost
         self._tasks = []
         await self.outage.aclose()
+        await self.rate_state.retire(every=True)  # no plan of this process outlives it
         store = self._store
         await store.call(lambda: store.redis.delete(store.key("alive", self.instance)))
         await store.call(lambda: store.redis.zrem(store.key("members"), self.instance))
@@ -152,6 +153,7 @@ class RedisCoordinator(Coordinator):
         while True:
             await asyncio.sleep(self._heartbeat)
             await self._beat(probe=True)
+            await self.rate_state.retire()  # blocks whose lease ran out unspent
 
     async def _listen_loop(self) -> None:
         store = self._store

@@ -84,6 +84,7 @@ class _Lease:
         "next_at",
         "pacers",
         "pacing_since",
+        "planned",
         "rate",
         "refill",
         "share",
@@ -105,6 +106,7 @@ class _Lease:
         self.share = 1.0  # fleet tokens per token of ours, over the last _SHARE_WINDOW
         self.measured = False  # share was measured (until then the live members stand in)
         self.spent: list[float] = []  # when this block's tokens went out: the ledger's
+        self.planned = False  # this block's plan is in the fleet's pending hash
 
     def note(self, now: float, granted: int, total: int) -> None:
         """A lease of ``granted`` tokens; the fleet has taken ``total`` in all."""
@@ -148,6 +150,7 @@ class RedisRateState:
         self._close = store.script(_scripts.CLOSE_GATE)
         self._episode = store.script(_scripts.EPISODE)
         self._ledger = store.script(_scripts.LEDGER)
+        self._retire = store.script(_scripts.RETIRE)
         self._leases: dict[Kind, _Lease] = {"create": _Lease(), "query": _Lease()}
         self._gates: dict[str, float] = {}  # scope -> local monotonic deadline
         self._learned: dict[Kind, tuple[float, LearnedLimit | None]] = {}
@@ -311,6 +314,7 @@ class RedisRateState:
             if reply is None:
                 return await self._take_locally(kind, count, rate, burst)
             lease.spent.clear()  # reported
+            lease.planned = False
             granted, wait = int(reply[0]), float(reply[1])
             if granted == 0:  # refused: a wait the reply rounded to 0 is still one
                 return max(wait, _MIN_WAIT)
@@ -321,6 +325,7 @@ class RedisRateState:
                 lease.note(now, granted, int(reply[2]))
             if len(reply) > 6:
                 self._offset = now - float(reply[6])
+                lease.planned = True  # until the next lease, the block is counted as planned
             if len(reply) > 5 and int(reply[5]) > 0:  # fresher than this process's last beat
                 self.members = int(reply[5])
             if len(reply) > 4:
@@ -379,12 +384,46 @@ class RedisRateState:
             return None
         if self.origin:
             spent.clear()  # reported; the rest of the block is reported with the next lease
+            lease.planned = False
         shift = self._clock() - float(reply[0])  # Redis time -> this process's clock
         previous, pace = _text(reply[1]), _text(reply[2])
         if pace:  # the bucket's rate now, fresher than the last lease's (a ramp doubles)
             lease.refill = float(pace)
         times = sorted(float(t) + shift for entry in reply[3:] for t in _text(entry).split(","))
         return times, (float(previous) + shift if previous else None)
+
+    async def retire(self, *, every: bool = False) -> int:
+        """Report the blocks whose lease ran out unspent (``every``: all of them, closing).
+
+        A block's plan stays in the fleet's pending hash until this member's
+        next lease reports what it spent; a member done with a kind (its
+        creates all sent) or whose lease expired unspent leases no more, and
+        its plan would count sends it never made in every member's 429 fit
+        (a record too long, read as a higher limit). The coordinator's
+        heartbeat calls this; it returns how many blocks it retired.
+        """
+        if not self.origin or self._store.degraded:
+            return 0
+        retired = 0
+        for kind, lease in self._leases.items():
+            if not (lease.planned or lease.spent) or lease.lock.locked():
+                continue  # nothing to report, or a lease under way reports it
+            if not every and self._clock() < lease.expires:
+                continue
+            async with lease.lock:
+                retired += await self._retire_block(kind, lease)
+        return retired
+
+    async def _retire_block(self, kind: Kind, lease: _Lease) -> int:
+        report = ",".join(f"{t - self._offset:.6f}" for t in lease.spent)
+        keys = [self._key("ledger", kind), self._key("pending", kind)]
+        args = [self.origin, report]
+        if await self._store.call(lambda: self._retire(keys=keys, args=args)) is None:
+            return 0
+        lease.spent.clear()
+        lease.planned = False
+        lease.tokens = 0  # the rest of the block is not spent any more
+        return 1
 
     def _spread(self, kind: Kind) -> float:
         """How many processes take turns at the bucket: this one's tokens go out that sparsely.

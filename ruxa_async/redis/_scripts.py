@@ -7,7 +7,7 @@ Times cross the wire as decimal strings: Redis truncates Lua numbers to integers
 
 from __future__ import annotations
 
-__all__ = ["CLAIM", "CLOSE_GATE", "EPISODE", "LEDGER", "RESERVE", "TAKE", "TAKE_OVER"]
+__all__ = ["CLAIM", "CLOSE_GATE", "EPISODE", "LEDGER", "RESERVE", "RETIRE", "TAKE", "TAKE_OVER"]
 
 _CLOCK = """
 local function clock(arg)
@@ -226,6 +226,18 @@ for _, entry in ipairs(redis.call('HVALS', KEYS[2])) do keep(entry) end
 return reply
 """
 )
+
+# A member's block whose lease ran out (or that closes): what it spent goes in the ledger
+# and its plan leaves the pending hash, so no 429 counts the tokens it never sent.
+# KEYS: ledger list, pending hash   ARGV: member, its block as spent ("t1,t2,...", '' for none)
+RETIRE = """
+if ARGV[2] ~= '' then
+  redis.call('RPUSH', KEYS[1], ARGV[2])
+  redis.call('LTRIM', KEYS[1], -1024, -1)
+  redis.call('PEXPIRE', KEYS[1], 3600000)
+end
+return redis.call('HDEL', KEYS[2], ARGV[1])
+"""
 
 # Compare-and-increment of a kind's episode counter.  KEYS: counter  ARGV: seen
 # A counter behind what the caller saw (it expired in an idle fleet, Redis restarted, or
