@@ -44,6 +44,15 @@ class Admission:
     def __init__(self, gw: GatewayView) -> None:
         self._gw = gw
         self._ledgers: dict[tuple[object, ...], tuple[Scope, ...]] = {}
+        self._callback: tuple[str | None, str | None] = (None, None)  # (public URL, its inbox)
+
+    def _callback_url(self) -> str | None:
+        """Where Ruxa sends this gateway its callbacks (None without a public URL)."""
+        public = self._gw.public_url
+        if public != self._callback[0]:
+            inbox = f"{public}/_gateway/callback/{self._gw.callback_token}" if public else None
+            self._callback = (public, inbox)
+        return self._callback[1]
 
     def _scopes(self, who: Identity, now: float) -> tuple[Scope, ...]:
         """The ledgers a create of ``who`` is booked on (the same few, made once each)."""
@@ -125,11 +134,7 @@ class Admission:
         input: dict[str, Any],
         user_url: str | None,
     ) -> Reply:
-        upstream_url = (
-            f"{self._gw.public_url}/_gateway/callback/{self._gw.callback_token}"
-            if self._gw.public_url
-            else None
-        )
+        upstream_url = self._callback_url()
         try:
             body = _wire.build_create_body(model, input, upstream_url)
         except InvalidInputError as exc:
