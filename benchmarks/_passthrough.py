@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
 import sys
 from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp import web
+
+from ruxa_async._signals import STOP_SIGNALS, signal_handlers
 
 
 async def _aiohttp_proxy(upstream: str, port: int) -> None:
@@ -122,11 +123,9 @@ async def _raw_proxy(upstream: str, port: int) -> None:
 
 async def _serve_until_term() -> None:
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_signal_handler(signal.SIGINT, stop.set)
-    print("ready", flush=True)
-    await stop.wait()
+    with signal_handlers(dict.fromkeys(STOP_SIGNALS, stop.set)):
+        print("ready", flush=True)
+        await stop.wait()
 
 
 def main(argv: list[str] | None = None) -> int:
