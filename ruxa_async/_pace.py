@@ -258,6 +258,12 @@ class Pace:
                 estimate = min(estimate, self.refused_pace)
                 self.refused_pace = None
             self.step_downs = 0
+        elif self.confirmed and self.phase == "hold" and self.estimate is not None:
+            # Settled closer than usual to a limit found twice, and refused there: back to
+            # the fitted share of the same limit first (the pace was just too close, or a late
+            # loop bunched its sends); a 429 there too steps down.
+            estimate, fitted = self.estimate, self.fitted
+            self.refused_pace = granted_rate
         else:
             # Granted well under the settled pace: the client's own sends were held back (a
             # stall: replies late, the in-flight bound reached). The server had just admitted

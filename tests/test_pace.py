@@ -543,3 +543,23 @@ def test_a_follower_that_finds_the_followed_limit_holds_as_long_as_its_leader() 
     assert queries.estimate == pytest.approx(100.0, rel=0.02)
     assert queries.rate == pytest.approx(0.985 * queries.estimate)  # type: ignore[operator]
     assert queries.hold == 64.0  # the creates held 16 s before their own second probe
+
+
+def test_a_429_at_a_pace_settled_close_to_a_confirmed_limit_backs_off_to_the_fitted_share() -> None:
+    """Refused at 0.985 of a limit found twice: back to 0.97 of it, no 10 % step down."""
+    pace = Pace(
+        ceiling=None, burst=10, start_rate=20.0, min_rate=0.2, unit=1.0, adaptive=True, now=0.0
+    )
+    serve(pace, 100.0, 20.0, 0.0, 40.0)
+    assert pace.confirmed
+    limit = pace.estimate
+    end = send(pace, 40.0, 43.0, pace.rate)
+    pace.advance(3.0, end)
+    pace.on_refused(end, pace.rate, end)  # e.g. a late loop bunched the sends
+    assert pace.estimate == limit
+    assert pace.rate == pytest.approx(0.97 * limit)  # type: ignore[operator]
+    assert pace.refused_pace == pytest.approx(0.985 * limit)  # type: ignore[operator]
+    end = send(pace, end, end + 3.0, pace.rate)
+    pace.advance(3.0, end)
+    pace.on_refused(end, pace.rate, end)  # refused there too: now a step down
+    assert pace.rate < 0.9 * limit  # type: ignore[operator]
