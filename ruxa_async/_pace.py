@@ -239,7 +239,7 @@ class Pace:
         fitted_burst: float | None = None
         fitted = False
         ramp = self.phase == "ramp"
-        probed = False
+        probed = backed_off = False
         # The pace held for a while (or probes past it): a limit worth coming back to.
         # ... or a probe found it (a drop soon after a probe's 429 still has a limit to return to).
         held = (
@@ -264,6 +264,7 @@ class Pace:
             # loop bunched its sends); a 429 there too steps down.
             estimate, fitted = self.estimate, self.fitted
             self.refused_pace = granted_rate
+            backed_off = True
         else:
             # Granted well under the settled pace: the client's own sends were held back (a
             # stall: replies late, the in-flight bound reached). The server had just admitted
@@ -306,7 +307,9 @@ class Pace:
         if previous is not None and estimate < previous and held:
             # A limit that held for a while went down: it may come back, probe often.
             self.high_water = max(previous, self.high_water or 0.0)
-        self.found = estimate if self.phase == "probe" and not ramp else None
+        # What a probe found (or a limit found twice, just backed off from): a 429 at a pace
+        # under it soon after is a drop from a limit worth coming back to.
+        self.found = estimate if (self.phase == "probe" and not ramp) or backed_off else None
         self.fitted = fitted
         self.confirmed = confirmed
         self.settle_at(estimate, "429s", changed=changed, confident=confident)

@@ -563,3 +563,17 @@ def test_a_429_at_a_pace_settled_close_to_a_confirmed_limit_backs_off_to_the_fit
     pace.advance(3.0, end)
     pace.on_refused(end, pace.rate, end)  # refused there too: now a step down
     assert pace.rate < 0.9 * limit  # type: ignore[operator]
+
+
+def test_a_drop_under_a_confirmed_limit_is_a_limit_to_come_back_to() -> None:
+    """The limit halves under a pace close to a confirmed limit: probe back to it often."""
+    pace = Pace(
+        ceiling=None, burst=10, start_rate=20.0, min_rate=0.2, unit=1.0, adaptive=True, now=0.0
+    )
+    serve(pace, 100.0, 20.0, 0.0, 40.0)
+    assert pace.confirmed
+    limit = pace.estimate
+    serve(pace, 50.0, 20.0, 40.0, 50.0)  # backs off, then steps down to the new limit
+    assert pace.estimate == pytest.approx(50.0, rel=0.1)
+    assert pace.high_water == limit
+    assert pace.hold == 4.0
