@@ -16,6 +16,9 @@ are shared by the account, with a real ``redis-server``:
 Writes ``benchmarks/results-fleet.md``. Workers are this module run with
 ``--worker``; they wait at a start line so all begin together, and time
 themselves on CLOCK_MONOTONIC (comparable across processes on Linux).
+``FLEET_TRACE=dir`` writes each row's rate decisions (``trace-*.txt``, with
+each 429's drain: the member's own sends weighed by its share, and the fleet
+ledger's) and every grant time per process (``trace-*.json``).
 """
 
 from __future__ import annotations
@@ -191,8 +194,13 @@ def _trace_decisions(grants: dict[str, list[float]]) -> list[tuple[float, str]]:
 
     refused = Pace.on_refused
 
-    def drains(self: Pace, granted_at: float, granted_rate: float, now: float) -> None:
+    def drains(
+        self: Pace, granted_at: float, granted_rate: float, now: float, fleet: Any = None
+    ) -> None:
         last, drain = self.last_drain, self._drain(granted_at)
+        own = drain  # the member's sends, weighed by its share
+        if fleet is not None:  # fitted on the fleet's ledger: show that
+            drain, last = fleet[0], fleet[1] or last
 
         def shape(d: Any) -> str:
             return f"{len(d.times)} sends over {d.span:.2f} s" if d is not None else "none"
@@ -200,10 +208,14 @@ def _trace_decisions(grants: dict[str, list[float]]) -> list[tuple[float, str]]:
         text = (
             f"fit inputs: {self.phase} at base {self.base:.1f}, granted {granted_rate:.1f}; "
             f"drain {shape(drain)}; last {shape(last)}; burst {self.estimated_burst} "
-            f"(fitted {self.burst_fitted})"
+            f"(fitted {self.burst_fitted}){' from the ledger' if fleet is not None else ''}"
         )
         lines.append((time.monotonic(), text))
-        refused(self, granted_at, granted_rate, now)
+        # the drains themselves (its own; the ledger's), to compare with the merged grants
+        stamp = time.monotonic()
+        ledger = list(fleet[0].times) if fleet is not None else None
+        lines.append((stamp, "drain " + json.dumps([stamp, granted_at, list(own.times), ledger])))
+        refused(self, granted_at, granted_rate, now, fleet)
 
     Pace.on_refused = drains  # type: ignore[method-assign]
     return lines

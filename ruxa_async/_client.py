@@ -408,18 +408,21 @@ class RuxaClient:
         return self._core.statistics()
 
 
-async def send_once(client: RuxaClient, kind: Kind, path: str, body: bytes | None = None) -> Any:
+def send_once(
+    client: RuxaClient, kind: Kind, path: str, body: bytes | None = None
+) -> Awaitable[Any]:
     """One request on ``client``, through its outage gate and rate controller, never retried.
 
     The seam for relays (the gateway): returns the reply envelope's ``data``
     or raises the matching error, and builds nothing else (no retry wrapper,
     no input check, no task object). ``body`` given means a POST. After
-    :func:`send_directly`, the short path of ``_direct`` instead.
+    :func:`send_directly`, the short path of ``_direct`` instead. (Not a coroutine
+    itself: it hands back the one that sends, one frame less per request.)
     """
     core = client._core
     if core.direct is not None:
-        return await core.direct.send(kind, path, body)
-    return await core.requester.send(kind, "GET" if body is None else "POST", path, body)
+        return core.direct.send(kind, path, body)
+    return core.requester.send(kind, "GET" if body is None else "POST", path, body)
 
 
 def send_directly(client: RuxaClient, *, max_pause: float) -> None:

@@ -13,7 +13,12 @@ hear about at once. :class:`DirectSender` is what is left of that path:
   (1 s without one, at most ``max_pause``): until then a send of that class
   fails at once with :class:`RateLimitError` and the time left, without
   reaching the service;
-* every other reply and error is the one the full path gives.
+* every other reply and error is the one the full path gives;
+* a query whose reply is byte for byte the one its path got last time is not
+  decoded again: the same ``data`` object is returned (for the last
+  ``_MEMO`` paths). A relay polls unchanged tasks over and over, and the
+  JSON decode was the largest part of a relayed query after the HTTP; callers
+  must treat ``data`` as read-only (the relay compares it with what it showed).
 """
 
 from __future__ import annotations
@@ -30,12 +35,21 @@ from ._transport import Transport
 __all__ = ["DirectSender"]
 
 _DEFAULT_PAUSE = 1.0
+_MEMO = 4096  # query paths whose last successful reply (raw and decoded) is remembered
 
 
 class DirectSender:
     """Sends a relay's requests without the rate controller or the outage gate (see module)."""
 
-    __slots__ = ("_clock", "_counts", "_max_pause", "_require_open", "_transport", "_until")
+    __slots__ = (
+        "_clock",
+        "_counts",
+        "_max_pause",
+        "_memo",
+        "_require_open",
+        "_transport",
+        "_until",
+    )
 
     def __init__(
         self,
@@ -52,6 +66,7 @@ class DirectSender:
         self._max_pause = max_pause
         self._clock = clock
         self._until: dict[str, float] = {"create": 0.0, "query": 0.0}
+        self._memo: dict[str, tuple[bytes, Any]] = {}  # query path: (raw body, its data)
 
     def paused_for(self, kind: Kind) -> float:
         """Seconds until requests of ``kind`` may be sent again (0 when they may now)."""
@@ -72,9 +87,28 @@ class DirectSender:
                 )
             self._until[kind] = 0.0
         self._counts[kind] += 1
-        reply = await self._transport().request("GET" if body is None else "POST", path, body)
+        if body is not None:
+            reply = await self._transport().request("POST", path, body)
+            return self._parse(kind, reply.status, reply.body, reply.retry_after)
+        reply = await self._transport().request("GET", path, None)
+        raw = reply.body
+        memo = self._memo
+        if reply.status == 200 and kind == "query":
+            last = memo.get(path)
+            if last is not None and last[0] == raw:
+                return last[1]  # the same bytes as last time: the same data
+        data = self._parse(kind, reply.status, raw, reply.retry_after)
+        if reply.status == 200 and kind == "query":
+            memo.pop(path, None)
+            memo[path] = (raw, data)
+            if len(memo) > _MEMO:
+                del memo[next(iter(memo))]  # the path that changed least recently
+        return data
+
+    def _parse(self, kind: Kind, status: int, raw: bytes, retry_after: str | None) -> Any:
+        """The reply envelope's ``data``; a 429 pauses ``kind`` before it is raised."""
         try:
-            return _wire.parse_reply(reply.status, reply.body, reply.retry_after)
+            return _wire.parse_reply(status, raw, retry_after)
         except RateLimitError as exc:
             wait = exc.retry_after if exc.retry_after is not None else _DEFAULT_PAUSE
             pause = min(max(wait, 0.0), self._max_pause)

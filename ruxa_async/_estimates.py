@@ -25,6 +25,7 @@ the estimate.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
 
 from ._admitted import SendLog, rate_in
@@ -66,15 +67,19 @@ class Estimating(Protocol):
         """Take ``burst`` as the server's."""
 
 
-def ramp_estimate(pace: Estimating, granted_at: float, granted_rate: float) -> float:
+def ramp_estimate(
+    pace: Estimating, granted_at: float, granted_rate: float, sent: Sequence[float] | None = None
+) -> float:
     """A ramp's 429: half the pace, or most of the rate admitted in the unit before.
 
     The climb overshoots by a factor that grows with the server's burst, and
     one refusal cannot tell rate from burst; the next episode fits both.
     Every send before the first refusal was admitted, replied to or not.
+    ``sent``: the sends to count, when not the pace's own (a fleet's ledger).
     """
     log = pace.log
-    admitted = rate_in(log.history, max(granted_at - pace.unit, log.full_at), granted_at)
+    times = log.history if sent is None else sent
+    admitted = rate_in(times, max(granted_at - pace.unit, log.full_at), granted_at)
     estimate = granted_rate * _RAMP_SHARE
     return min(estimate, RAMP_ADMITTED_SHARE * admitted) if admitted > 0.0 else estimate
 

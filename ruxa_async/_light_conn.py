@@ -194,18 +194,21 @@ class Connection(asyncio.Protocol):
         self.status = status
         self.body = [body]
         self._headers_done = self._framed = True
-        value = _header(head, lower, b"\r\nretry-after:")
-        if value is not None:
-            self.retry_after = value.decode("latin-1")
-        value = _header(head, lower, b"\r\nkeep-alive:")
-        if value is not None:
-            self._keep_alive_header(value)
+        # Most replies carry none of these: the ``in`` tests spare a call each.
+        if b"\r\nretry-after:" in lower:
+            value = _header(head, lower, b"\r\nretry-after:")
+            if value is not None:
+                self.retry_after = value.decode("latin-1")
+        if b"\r\nkeep-alive:" in lower:
+            value = _header(head, lower, b"\r\nkeep-alive:")
+            if value is not None:
+                self._keep_alive_header(value)
         if b"ratelimit" in lower:
             for marker, name in _QUICK_RATE:
                 value = _header(head, lower, marker)
                 if value is not None:
                     self.rate[name] = value.decode("latin-1")
-        value = _header(head, lower, b"\r\nconnection:")
+        value = _header(head, lower, b"\r\nconnection:") if b"\r\nconnection:" in lower else None
         self.keep_alive = value is None or b"close" not in value.lower()
         self._finish(None)
 

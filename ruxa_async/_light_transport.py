@@ -91,7 +91,7 @@ class LightTransport(Transport):
         self._head = (
             f"Host: {parts.netloc}\r\nUser-Agent: {user_agent}\r\nAccept: application/json\r\n"
         ).encode("latin-1")
-        self._auth = (b"", "")  # (header line, the key it was built from)
+        self._auth = (b"", "")  # (the fixed header lines with the key's, the key)
         self._ssl: ssl.SSLContext | None = None
         self._idle: list[Connection] = []
         self._count = 0  # connections open or opening
@@ -100,6 +100,7 @@ class LightTransport(Transport):
         self._timer: asyncio.TimerHandle | None = None
         self._timer_due = 0.0
         self._closed = False
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop it was opened in
         self.reused_retries = 0  # GETs sent again after a reused connection dropped them
 
     def __repr__(self) -> str:
@@ -108,6 +109,7 @@ class LightTransport(Transport):
     def open(self) -> None:
         """Create the download session and the TLS context (for https)."""
         super().open()
+        self._loop = asyncio.get_running_loop()
         if self._https and self._ssl is None:
             self._ssl = ssl.create_default_context()
 
@@ -131,10 +133,10 @@ class LightTransport(Transport):
 
     async def request(self, method: str, path: str, body: bytes | None = None) -> Reply:
         """Send one API request; return its reply or raise a connection error."""
-        if self._closed or self._session is None:
+        loop = self._loop  # asyncio.get_running_loop() costs a getpid() system call
+        if self._closed or self._session is None or loop is None:
             raise RuxaError("the client is not open: use `async with RuxaClient(...)`")
         self.requests_sent += 1
-        loop = asyncio.get_running_loop()
         started = loop.time()
         timeouts = self._timeouts
         deadline = started + timeouts.total
@@ -167,7 +169,9 @@ class LightTransport(Transport):
             try:
                 waiter = conn.send(payload, now, timeouts.read, deadline)
                 if conn.waiting:
-                    self._watch(loop, conn.due())
+                    due = conn.due()
+                    if self._timer is None or due < self._timer_due:  # else: already watched
+                        self._watch(loop, due)
                 await waiter
             except Dropped as exc:
                 self._discard(conn)
@@ -217,13 +221,12 @@ class LightTransport(Transport):
 
     def _payload(self, method: str, path: str, body: bytes | None) -> bytes:
         key = self._key()
-        auth, built_from = self._auth
-        if key != built_from:
+        if key != self._auth[1]:
             if "\r" in key or "\n" in key:
                 raise APIConnectionError(
                     f"{method} {path}: the API key contains a line break", request_sent=False
                 )
-            auth = f"Authorization: Bearer {key}\r\n".encode("latin-1")
+            auth = self._head + f"Authorization: Bearer {key}\r\n".encode("latin-1")
             self._auth = (auth, key)
         try:
             line = f"{method} {self._prefix}{path} HTTP/1.1\r\n".encode("ascii")
@@ -232,9 +235,9 @@ class LightTransport(Transport):
         if " " in path or "\n" in path or "\r" in path:
             raise APIConnectionError(f"{method} {path!r}: invalid URL", request_sent=False)
         if body is None:
-            return line + self._head + auth + b"\r\n"
+            return b"".join((line, self._auth[0], b"\r\n"))
         length = f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
-        return line + self._head + auth + length.encode("ascii") + body
+        return b"".join((line, self._auth[0], length.encode("ascii"), body))
 
     def _failed(
         self, method: str, path: str, started: float, reason: str, *, timeout: bool = False

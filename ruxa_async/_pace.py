@@ -225,8 +225,18 @@ class Pace:
         """The request granted at ``granted_at`` was admitted (any reply but a 429)."""
         self.log.on_accepted(granted_at, now)
 
-    def on_refused(self, granted_at: float, granted_rate: float, now: float) -> None:
-        """A 429 that starts an episode: estimate the limit from what was admitted, settle."""
+    def on_refused(
+        self,
+        granted_at: float,
+        granted_rate: float,
+        now: float,
+        fleet: tuple[Drain, Drain | None] | None = None,
+    ) -> None:
+        """A 429 that starts an episode: estimate the limit from what was admitted, settle.
+
+        ``fleet``: this drain and the last episode's from a fleet's own record
+        of its sends, in place of this pace's (its sends weighed by its share).
+        """
         self.episodes += 1
         if not self.adaptive:
             return
@@ -236,6 +246,8 @@ class Pace:
         known = self.followed_limit if self.following else self.estimate
         self.following = False
         drain = self._drain(granted_at)
+        if fleet is not None:
+            drain, self.last_drain = fleet[0], fleet[1] or self.last_drain
         fitted_burst: float | None = None
         fitted = False
         ramp = self.phase == "ramp"
@@ -248,7 +260,8 @@ class Pace:
             or (self.found is not None and granted_rate <= self.found)
         )
         if ramp:
-            estimate = ramp_estimate(self, granted_at, granted_rate)
+            sent = drain.times if fleet is not None else None
+            estimate = ramp_estimate(self, granted_at, granted_rate, sent)
         elif self.phase == "probe" and granted_rate > self.base and self.t >= _EARLY * self.unit:
             estimate, fitted_burst, fitted = probe_estimate(self, drain, granted_at, granted_rate)
             probed = True

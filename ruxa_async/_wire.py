@@ -65,8 +65,16 @@ def build_create_body(
         ) from None
 
 
+_DECODE = json.JSONDecoder().decode
+
+
 def _decode_json(body: bytes | str) -> Any:
     try:
+        if isinstance(body, bytes):
+            try:  # UTF-8 nearly always: half the cost of json.loads(bytes)
+                return _DECODE(body.decode())
+            except ValueError:  # also UnicodeDecodeError: UTF-16 or 32, a BOM, or no JSON
+                pass
         return json.loads(body)
     except (ValueError, UnicodeDecodeError, RecursionError):
         return None

@@ -315,6 +315,19 @@ async def test_a_late_caller_catches_up_on_its_lease_like_a_saved_burst(redis_ur
         await store.aclose()
 
 
+async def test_a_refusal_whose_wait_rounds_to_nothing_is_no_grant(fleet_state: MakeState) -> None:
+    """A gate reopening within a microsecond: the script's six decimals read 0.000000.
+
+    Taken as a grant, every caller at that instant sent at once (11 creates
+    at a gate's reopening, in the ledger's tests).
+    """
+    clock = Clock()
+    state = fleet_state(clock, script_clock=clock)
+    await state._store.redis.set(state._key("gate", "create"), f"{clock.now + 4e-7:.7f}")
+    assert await state.take("create", 1, 50.0, 10.0) > 0.0
+    assert state.leases == 0
+
+
 async def test_the_bucket_refills_at_the_fleets_learned_pace(fleet_state: MakeState) -> None:
     """A process whose own pace lags the fleet's learned one still spends at the fleet's."""
     clock = Clock()

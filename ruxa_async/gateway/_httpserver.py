@@ -13,7 +13,9 @@ everything a client controls:
 - an idle keep-alive connection to ``keepalive_timeout`` seconds (closed quietly);
 - requests queued behind a slow one to ``_MAX_QUEUE`` (reading pauses).
 
-A request that is not valid HTTP/1.1 gets a 400 and the connection closes.
+One task per connection answers its requests (it waits for the next one in
+between, and ends with the connection). A request that is not valid HTTP/1.1
+gets a 400 and the connection closes.
 Closing the server stops listening, closes idle connections and lets requests
 in flight finish (up to a grace period) before closing theirs.
 """
@@ -25,10 +27,10 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Awaitable, Coroutine
+from collections.abc import Awaitable
 from email.utils import formatdate
 from http import HTTPStatus
-from typing import Any, Protocol
+from typing import Protocol
 from urllib.parse import unquote
 
 import httptools
@@ -104,6 +106,9 @@ class Application(Protocol):
         """
 
 
+_Job = tuple["Request | Response", bool, bool, bool]  # item, keep-alive, HEAD, HTTP/1.0
+
+
 class _Stop(Exception):
     """Raised in a parser callback to stop parsing the connection's input."""
 
@@ -130,7 +135,8 @@ class _Connection(asyncio.Protocol):
         self._reading_paused = False
         self._writing_paused = False
         self._lingering = False  # refused and half closed: dropping what the peer still sends
-        self._task: asyncio.Task[None] | None = None  # the answering task (while busy)
+        self._task: asyncio.Task[None] | None = None  # the connection's answering task
+        self._wake: asyncio.Future[_Job | None] | None = None  # set: the task awaits a request
         self.deadline = math.inf
         self._clock = _NONE
 
@@ -183,6 +189,9 @@ class _Connection(asyncio.Protocol):
         self._transport = None
         self._done_reading = True
         self._queue.clear()
+        wake, self._wake = self._wake, None
+        if wake is not None and not wake.done():
+            wake.set_result(None)  # the waiting answering task ends
         self._server.closed(self)
 
     def pause_writing(self) -> None:
@@ -272,42 +281,61 @@ class _Connection(asyncio.Protocol):
                 self._flow()
             return
         self._busy = True
-        self._stop_clock()
-        self._task = self._server.spawn(self._answer(item, keep_alive, head, version == "1.0"))
+        self._clock = _NONE
+        self.deadline = math.inf
+        job = (item, keep_alive, head, version == "1.0")
+        wake, self._wake = self._wake, None
+        server = self._server
+        if wake is not None and not wake.done():  # the connection's task waits for this
+            wake.set_result(job)
+            task = self._task
+        else:
+            self._task = task = server.loop.create_task(self._answer(job))
+        if task is not None:
+            server.tasks.add(task)  # closing waits for it while it answers
 
-    async def _answer(
-        self, item: Request | Response, keep_alive: bool, head: bool, http10: bool
-    ) -> None:
-        """Answer the front of the queue, then each request queued behind it, in order."""
+    async def _answer(self, job: _Job | None) -> None:
+        """The connection's answering task: answer the front of the queue, then each request
+        queued behind it, in order; then wait for the connection's next request (one task per
+        connection, not per request: a task costs more than a wake-up)."""
         app = self._app
-        try:
-            while True:
-                if isinstance(item, Response):
-                    response = item
-                else:
-                    try:
-                        response = await app(item)
-                    except Exception:
-                        log.exception("gateway: error answering %s %s", item.method, item.path)
-                        response = app.refused(item, 500, "the gateway failed; retry")
-                        response.close = True
-                if not self._write(response, keep_alive, head, http10):
-                    return
-                queue = self._queue
-                if not queue:
-                    break
-                item, keep_alive, head, http10 = queue.popleft()
-                if len(queue) == _MAX_QUEUE - 1:
-                    self._flow()
-        finally:
-            self._busy = False
-            self._server.finished(self._task)
-        if self._done_reading:
-            self.close()
-        elif self._expect:
-            self._send_continue()
-        elif self._stage == _BETWEEN:
-            self._start_clock(_IDLE_CLOCK, self._server.keepalive_timeout)
+        server = self._server
+        while job is not None:
+            item, keep_alive, head, http10 = job
+            try:
+                while True:
+                    if isinstance(item, Response):
+                        response = item
+                    else:
+                        try:
+                            response = await app(item)
+                        except Exception:
+                            log.exception("gateway: error answering %s %s", item.method, item.path)
+                            response = app.refused(item, 500, "the gateway failed; retry")
+                            response.close = True
+                    if not self._write(response, keep_alive, head, http10):
+                        return
+                    queue = self._queue
+                    if not queue:
+                        break
+                    item, keep_alive, head, http10 = queue.popleft()
+                    if len(queue) == _MAX_QUEUE - 1:
+                        self._flow()
+            finally:
+                self._busy = False
+                if self._task is not None:
+                    server.tasks.discard(self._task)
+            if self._done_reading:
+                self.close()
+                return
+            if self._expect:
+                self._send_continue()
+            elif self._stage == _BETWEEN:
+                self._start_clock(_IDLE_CLOCK, server.keepalive_timeout)
+            if self._transport is None:
+                return
+            self._wake = wake = server.loop.create_future()
+            job = await wake  # None: the connection is gone
 
     def _write(self, response: Response, keep_alive: bool, head: bool, http10: bool) -> bool:
         """Send ``response``; False when the connection is (now) closed."""
@@ -427,7 +455,7 @@ class HttpServer:
         self.loop = asyncio.get_running_loop()
         self._server: asyncio.Server | None = None
         self._connections: set[_Connection] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self.tasks: set[asyncio.Task[None]] = set()  # answering tasks (closing waits for them)
         shortest = min(header_timeout, body_timeout, keepalive_timeout)
         self._tick = min(1.0, max(0.01, shortest / 10))  # how late a deadline may be noticed
         self._ticker: asyncio.TimerHandle | None = None
@@ -458,17 +486,6 @@ class HttpServer:
         if not self._connections and self._all_closed is not None:
             self._all_closed.set()
 
-    def spawn(self, answer: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
-        """Run a connection's answering task; closing waits for it until :meth:`finished`."""
-        task = self.loop.create_task(answer)
-        self._tasks.add(task)
-        return task
-
-    def finished(self, task: asyncio.Task[None] | None) -> None:
-        """A connection's answering task has answered all it will (it ends now)."""
-        if task is not None:
-            self._tasks.discard(task)
-
     def date_line(self) -> str:
         """The ``Date`` header line, made once a second."""
         now = int(time.time())
@@ -496,8 +513,8 @@ class HttpServer:
             self._server.close()
         for conn in list(self._connections):
             conn.shutdown()
-        if self._tasks:
-            _, late = await asyncio.wait(set(self._tasks), timeout=grace)
+        if self.tasks:
+            _, late = await asyncio.wait(set(self.tasks), timeout=grace)
             for task in late:
                 task.cancel()
             if late:

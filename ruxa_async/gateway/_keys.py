@@ -54,6 +54,7 @@ class KeySlot:
         "key",
         "name",
         "open_tasks",
+        "opened",
         "state",
     )
 
@@ -66,14 +67,20 @@ class KeySlot:
         self.open_tasks = 0
         self.failures = 0
         self.draining = False
+        # The client this slot opened (a closed one fails at its next send; a rebuilt slot's
+        # new client is opened at its first use).
+        self.opened: RuxaClient | None = None
 
     def __repr__(self) -> str:
         return f"<KeySlot {self.name} {self.state}>"
 
     async def ready(self) -> RuxaClient:
         """The key's client, opened on first use (a client never opens itself)."""
-        await self.client.start()
-        return self.client
+        client = self.client
+        if self.opened is not client:  # after that, no coroutines of the client's own per request
+            await client.start()
+            self.opened = client
+        return client
 
 
 def default_client(

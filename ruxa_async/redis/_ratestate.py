@@ -60,6 +60,7 @@ _MAX_SHARE = 256.0
 # counts the fleet's sends twice, climbs faster, takes more (the fastest ramp refills the
 # bucket), and its ramp's 429 reads a limit 1.5 times the server's.
 _FIRST_LEASES = 3
+_MIN_WAIT = 1e-6  # seconds: the script's times have six decimals
 _PACE_WINDOW = 1.0  # seconds a member's pace counts toward the fleet's (the slowest wins)
 
 _KINDS_OF: dict[str, tuple[Kind, ...]] = {
@@ -84,7 +85,9 @@ class _Lease:
         "pacers",
         "pacing_since",
         "rate",
+        "refill",
         "share",
+        "spent",
         "tokens",
     )
 
@@ -93,6 +96,7 @@ class _Lease:
         self.expires = 0.0
         self.next_at = 0.0  # leased tokens are spent at the rate, not in a burst
         self.rate = 0.0  # the rate the fleet's bucket refilled at for the last block (0: unknown)
+        self.refill = 0.0  # ... as the script said (while ramping, the fastest member's pace)
         self.pacers = 0  # members that leased within two pace windows, as of the last block
         self.pacing_since: float | None = None  # this process's first lease with a count
         self.lock = asyncio.Lock()
@@ -100,6 +104,7 @@ class _Lease:
         self.history: collections.deque[tuple[float, int, int]] = collections.deque()
         self.share = 1.0  # fleet tokens per token of ours, over the last _SHARE_WINDOW
         self.measured = False  # share was measured (until then the live members stand in)
+        self.spent: list[float] = []  # when this block's tokens went out: the ledger's
 
     def note(self, now: float, granted: int, total: int) -> None:
         """A lease of ``granted`` tokens; the fleet has taken ``total`` in all."""
@@ -129,8 +134,10 @@ class RedisRateState:
         lease_ttl: float = 0.5,
         read_ttl: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
+        script_clock: Callable[[], float] | None = None,
     ) -> None:
         self._store = store
+        self._script_clock = script_clock  # tests: the scripts' time (else Redis's own)
         self._channel = channel
         self._lease_seconds = lease_seconds
         self._max_lease = max_lease
@@ -140,11 +147,13 @@ class RedisRateState:
         self._take = store.script(_scripts.TAKE)
         self._close = store.script(_scripts.CLOSE_GATE)
         self._episode = store.script(_scripts.EPISODE)
+        self._ledger = store.script(_scripts.LEDGER)
         self._leases: dict[Kind, _Lease] = {"create": _Lease(), "query": _Lease()}
         self._gates: dict[str, float] = {}  # scope -> local monotonic deadline
         self._learned: dict[Kind, tuple[float, LearnedLimit | None]] = {}
         self._episodes: dict[Kind, int] = {"create": 0, "query": 0}
         self._generation = 0  # bumped by each invalidation: a read begun before is not cached
+        self._offset = 0.0  # this process's clock minus Redis's, as of the last lease
         self.local = LocalRateState(clock)
         self.origin = ""  # this process's name in the fleet: its own gates are not remote
         self.members = 1
@@ -231,7 +240,9 @@ class RedisRateState:
         keys = [self._key("gate", scope)] + [self._key("bucket", kind) for kind in _KINDS_OF[scope]]
         message = f"gate|{scope}|{self.origin}|"  # the script appends the seconds
         await self._store.call(
-            lambda: self._close(keys=keys, args=[f"{seconds:.6f}", self._channel, message, -1])
+            lambda: self._close(
+                keys=keys, args=[f"{seconds:.6f}", self._channel, message, self._now()]
+            )
         )
 
     def on_gate(self, scope: str, seconds: float, origin: str = "") -> None:
@@ -288,23 +299,28 @@ class RedisRateState:
             gate_keys = [self._key("gate", scope) for scope in _SCOPES_OF[kind]]
             keys = [self._key("bucket", kind), *gate_keys]
             keys += [self._key("paces", kind), self._key("ramps", kind), self._store.key("members")]
+            keys += [self._key("ledger", kind), self._key("pending", kind)]
             # may borrow what the next lease_seconds refill, for each live process: every
             # member borrows as deep, so none is left behind the others' blocks
             ahead = f"{self._lease_seconds * self._members(kind):.6f}"
-            args: list[object] = [block, count, rate, burst, -1, ahead]
+            args: list[object] = [block, count, rate, burst, self._now(), ahead]
             if self.origin:  # the bucket refills at the slowest pace a member asked for lately
-                args += [self.origin, _PACE_WINDOW, "ramp" if ramping else ""]
+                args += [self.origin, _PACE_WINDOW, "ramp" if ramping else "", f"{spread:.6f}"]
+                args.append(",".join(f"{t - self._offset:.6f}" for t in lease.spent))
             reply = await self._store.call(lambda: self._take(keys=keys, args=args))
             if reply is None:
                 return await self._take_locally(kind, count, rate, burst)
+            lease.spent.clear()  # reported
             granted, wait = int(reply[0]), float(reply[1])
-            if granted == 0:
-                return wait
+            if granted == 0:  # refused: a wait the reply rounded to 0 is still one
+                return max(wait, _MIN_WAIT)
             self.leases += 1
             self.leased_tokens += granted
             now = self._clock()
             if len(reply) > 2:
                 lease.note(now, granted, int(reply[2]))
+            if len(reply) > 6:
+                self._offset = now - float(reply[6])
             if len(reply) > 5 and int(reply[5]) > 0:  # fresher than this process's last beat
                 self.members = int(reply[5])
             if len(reply) > 4:
@@ -312,7 +328,8 @@ class RedisRateState:
                 if lease.pacing_since is None:
                     lease.pacing_since = now
             if len(reply) > 3:
-                lease.rate = min(rate, float(reply[3]))
+                lease.refill = float(reply[3])
+                lease.rate = min(rate, lease.refill)
                 own = (rate if ramping else lease.rate) / self._spread(kind)
             lease.expires = now + wait + self._lease_ttl + granted / own
             if wait > 0:  # borrowed: the block's first token is due in `wait` seconds
@@ -320,8 +337,54 @@ class RedisRateState:
                 lease.next_at = now + wait
                 return wait
             lease.tokens = granted - count
+            lease.spent.extend([now] * count)
             lease.next_at = _due(lease.next_at, now, count, own, saved)
             return 0.0
+
+    def refill_rate(self, kind: Kind) -> float:
+        """The rate the fleet's bucket refills at, as of the last lease or ledger read (0: unknown).
+
+        While every member ramps that is the fastest member's pace: the rate
+        the fleet sent at, which a ramp's 429 is read against.
+        """
+        return self._leases[kind].refill
+
+    def _now(self) -> str:
+        return "-1" if self._script_clock is None else f"{self._script_clock():.6f}"
+
+    async def fleet_sends(
+        self, kind: Kind, age: float, keep: float
+    ) -> tuple[list[float], float | None] | None:
+        """The fleet's sends of ``kind`` over the last ``keep`` seconds, from its ledger.
+
+        Called at a 429 that begins an episode, ``age`` seconds after the
+        refused send: records that send's time as the fleet's last refusal
+        and returns the one recorded before it (None: none). Every member
+        reports when it spent each block it leased (with its next lease, and
+        this one now), and the blocks others are spending now are there as
+        they are being spent (evenly, at the member's part of the rate), so
+        the times are every send of the fleet, not this member's sends
+        weighed by its share. On this process's clock; None while Redis is
+        unreachable.
+        """
+        parts = ("ledger", "pending", "refused", "paces", "ramps")
+        keys = [self._key(part, kind) for part in parts]
+        lease = self._leases[kind]
+        spent = lease.spent
+        report = ",".join(f"{t - self._offset:.6f}" for t in spent)
+        args = [f"{max(0.0, age):.6f}", f"{keep:.6f}", self._now(), self.origin, report]
+        args.append(f"{_PACE_WINDOW:.6f}")
+        reply = await self._store.call(lambda: self._ledger(keys=keys, args=args))
+        if reply is None:
+            return None
+        if self.origin:
+            spent.clear()  # reported; the rest of the block is reported with the next lease
+        shift = self._clock() - float(reply[0])  # Redis time -> this process's clock
+        previous, pace = _text(reply[1]), _text(reply[2])
+        if pace:  # the bucket's rate now, fresher than the last lease's (a ramp doubles)
+            lease.refill = float(pace)
+        times = sorted(float(t) + shift for entry in reply[3:] for t in _text(entry).split(","))
+        return times, (float(previous) + shift if previous else None)
 
     def _spread(self, kind: Kind) -> float:
         """How many processes take turns at the bucket: this one's tokens go out that sparsely.
@@ -368,6 +431,7 @@ class RedisRateState:
         now = self._clock()
         if lease.tokens >= count and now < lease.expires:
             lease.tokens -= count
+            lease.spent.extend([now] * count)
             lease.next_at = _due(lease.next_at, now, count, rate, saved)
             return True
         return False
@@ -400,6 +464,10 @@ def _due(next_at: float, now: float, count: int, rate: float, saved: float) -> f
     late = now - next_at
     start = next_at if 0.0 < late <= saved / rate else max(now, next_at)
     return start + count / rate
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def _encode(learned: LearnedLimit) -> str:

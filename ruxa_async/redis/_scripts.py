@@ -7,7 +7,7 @@ Times cross the wire as decimal strings: Redis truncates Lua numbers to integers
 
 from __future__ import annotations
 
-__all__ = ["CLAIM", "CLOSE_GATE", "EPISODE", "RESERVE", "TAKE", "TAKE_OVER"]
+__all__ = ["CLAIM", "CLOSE_GATE", "EPISODE", "LEDGER", "RESERVE", "TAKE", "TAKE_OVER"]
 
 _CLOCK = """
 local function clock(arg)
@@ -34,9 +34,10 @@ end
 
 # A token bucket shared by the fleet, leased in blocks.
 # KEYS: bucket hash, gate of the kind, gate of the client scope[, paces hash[, ramps hash[,
-#       the heartbeat's members zset]]]
+#       the heartbeat's members zset[, the ledger list, the ledger's pending hash]]]]
 # ARGV: wanted block, at least this many, rate, burst, now[, lookahead seconds[, member,
-#       window seconds[, "ramp"]]]
+#       window seconds[, "ramp"[, the members the block is spread over, the member's last
+#       block as it was spent]]]]
 # A lease may borrow the tokens the next `lookahead` seconds refill (the bucket goes below
 # zero): the block's first token may then be spent only after the returned delay, the rest
 # at the rate, so a block is one round trip even when the fleet keeps the bucket near empty.
@@ -53,11 +54,23 @@ end
 # total, the refill rate used, how many members asked within twice the window (a gate's pause
 # is about one window: those that leased before it still count at its end) and how many the
 # heartbeat's set holds; or 0 and the wait.
+# With a ledger, the fleet's own record of its sends (a member's 429 is fitted on it, LEDGER):
+# each member reports the Redis times at which it spent its last block ("t1,t2,...", '' for
+# none), appended to the list; the block granted now is kept in the pending hash under the
+# member, as it will be spent (from its first token on at the member's part of the rate),
+# until the member's next lease reports it. The reply then also carries Redis's time.
 TAKE = (
     _CLOCK
     + _BUCKET
     + """
 local now = clock(ARGV[5])
+local ledger = KEYS[8] and ARGV[11]
+if ledger then
+  if ARGV[11] ~= '' then redis.call('RPUSH', KEYS[7], ARGV[11]) end
+  redis.call('LTRIM', KEYS[7], -1024, -1)  -- ~40 blocks a second at most: over 20 s
+  redis.call('HDEL', KEYS[8], ARGV[7])
+  redis.call('PEXPIRE', KEYS[7], 3600000)
+end
 local wanted, least = tonumber(ARGV[1]), tonumber(ARGV[2])
 local rate, burst = tonumber(ARGV[3]), tonumber(ARGV[4])
 local ahead = tonumber(ARGV[6] or '0') or 0
@@ -123,6 +136,16 @@ local total = redis.call('HINCRBY', KEYS[1], 'granted', granted)
 redis.call('PEXPIRE', KEYS[1], 3600000)
 local reply = {granted, num(start), total, num(rate), pacers}
 if KEYS[6] then reply[6] = redis.call('ZCARD', KEYS[6]) end
+if ledger then
+  local mine = tonumber(ARGV[3])
+  if ARGV[9] ~= 'ramp' then mine = math.min(mine, rate) end
+  local spacing = tonumber(ARGV[10]) / mine
+  local times = {}
+  for i = 0, granted - 1 do times[#times + 1] = num(now + start + i * spacing) end
+  redis.call('HSET', KEYS[8], ARGV[7], table.concat(times, ','))
+  redis.call('PEXPIRE', KEYS[8], 3600000)
+  reply[7] = num(now)
+end
 return reply
 """
 )
@@ -152,6 +175,55 @@ for i = 2, #KEYS do
 end
 redis.call('PUBLISH', ARGV[2], ARGV[3] .. num(deadline - now))
 return num(deadline - now)
+"""
+)
+
+# The fleet's ledger, read at a 429 that begins an episode (see TAKE).
+# KEYS: ledger list, pending hash, the kind's last refusal[, paces hash, ramps hash]
+# ARGV: seconds since the refused send, keep, now, member, its block as spent so far[, window]
+# Records the refused send's Redis time and returns the one recorded before it; the member's
+# block as spent replaces the plan (the refused send is the member's own: exact).
+# -> {now, the last refusal before this one (or ''), the rate the bucket refills at now as TAKE
+#     reckons it (or ''), each block ("t1,t2,...") spent or pending whose first token was
+#     granted within `keep` seconds}
+LEDGER = (
+    _CLOCK
+    + """
+local now = clock(ARGV[3])
+if ARGV[4] and ARGV[4] ~= '' then
+  redis.call('HDEL', KEYS[2], ARGV[4])
+  if ARGV[5] ~= '' then redis.call('RPUSH', KEYS[1], ARGV[5]) end
+end
+local previous = redis.call('GET', KEYS[3]) or ''
+redis.call('SET', KEYS[3], num(now - tonumber(ARGV[1])), 'PX', 3600000)
+local horizon = now - tonumber(ARGV[2])
+local pace = ''
+if KEYS[5] then
+  local ramps, slowest, fastest, ramping = {}, nil, nil, true
+  local marks = redis.call('HGETALL', KEYS[5])
+  for i = 1, #marks, 2 do ramps[marks[i]] = true end
+  local paces = redis.call('HGETALL', KEYS[4])
+  for i = 1, #paces, 2 do
+    local r, t = string.match(paces[i + 1], '^([^|]+)|(.+)$')
+    r, t = tonumber(r), tonumber(t)
+    if r and t and t >= now - tonumber(ARGV[6]) then
+      if not ramps[paces[i]] then ramping = false end
+      if not slowest or r < slowest then slowest = r end
+      if not fastest or r > fastest then fastest = r end
+    end
+  end
+  if fastest then
+    if ramping then pace = num(fastest) else pace = num(slowest) end
+  end
+end
+local reply = {num(now), previous, pace}
+local function keep(entry)
+  local first = tonumber(string.match(entry, '^[^,]+'))
+  if first and first >= horizon then reply[#reply + 1] = entry end
+end
+for _, entry in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do keep(entry) end
+for _, entry in ipairs(redis.call('HVALS', KEYS[2])) do keep(entry) end
+return reply
 """
 )
 
