@@ -12,10 +12,12 @@ so its rules are tested directly. It moves through four phases:
     After a 429 (or a hint) the pace settles just under the estimated limit
     and stays there for a hold time: one unit after the ramp's 429 (the next
     episode fits the bucket, better soon), else four. The hold doubles each
-    time a probe finds the same limit again (twice when the bucket was fitted
-    or the probe replaced the ramp's rough guess, up to
-    ``_MAX_HOLD_DOUBLINGS``) and is short again after a change, so a stable
-    limit costs rare probes and a changed one is followed within seconds.
+    time a probe finds the same limit again (twice when the bucket was fitted,
+    the probe replaced the ramp's rough guess or found the limit it probed
+    from within 3 %, up to ``_MAX_HOLD_DOUBLINGS``) and is short again after
+    a change, so a stable limit costs rare probes and a changed one is
+    followed within seconds. The pace settles at 0.95 of a rule of thumb's
+    estimate, 0.97 of a fitted one, 0.985 of one a probe found again.
 ``probe``
     The pace climbs from the settled pace along ``base * 2 ** ((t / 4u) ** 2)``:
     about +5 % after one unit, +19 % after two, double after four (four times
@@ -72,6 +74,7 @@ from ._pacetune import (
     _BACK_UNITS,
     _CHANGED,
     _CONFIGURED_SHARE,
+    _CONFIRMED,
     _EARLY,
     _HELD,
     _HINT_SHARE,
@@ -87,6 +90,7 @@ from ._pacetune import (
     _RAMP_DOUBLING,
     _RAMP_HOLD,
     _SEND_CAP,
+    _SETTLE_CONFIRMED,
     _SETTLE_FITTED,
     _SETTLED_BURST,
     _STALLED,
@@ -150,6 +154,8 @@ class Pace:
         self.log = SendLog(unit=unit, keep=_HISTORY_UNITS * unit, now=now)
         self.last_drain: Drain | None = None  # the sends before the last episode's 429
         self.fitted = False  # the estimate was fitted to the server's bucket
+        self.confirmed = False  # a probe found the estimate again: settle closer to it
+        self.followed_limit: float | None = None  # the estimate of the class followed
         self.burst_fitted = False  # the burst came from a fit of rate and burst together
         self.refused_pace: float | None = None  # a settled pace a 429 refused: caps the next fit
         self.following = False  # paced from another class's finding, nothing learned of its own
@@ -237,6 +243,7 @@ class Pace:
         self.returned = False
         # A class that followed the other's pace held it as if it were its own estimate.
         followed = self.base / SETTLE if self.following else None
+        known = self.followed_limit if self.following else self.estimate
         self.following = False
         drain = self._drain(granted_at)
         if fleet is not None:
@@ -244,6 +251,7 @@ class Pace:
         fitted_burst: float | None = None
         fitted = False
         ramp = self.phase == "ramp"
+        probed = backed_off = False
         # The pace held for a while (or probes past it): a limit worth coming back to.
         # ... or a probe found it (a drop soon after a probe's 429 still has a limit to return to).
         held = (
@@ -256,12 +264,20 @@ class Pace:
             estimate = ramp_estimate(self, granted_at, granted_rate, sent)
         elif self.phase == "probe" and granted_rate > self.base and self.t >= _EARLY * self.unit:
             estimate, fitted_burst, fitted = probe_estimate(self, drain, granted_at, granted_rate)
+            probed = True
             if self.refused_pace is not None:
                 # A settled pace was refused just before: a fit (a few % off, the
                 # burst a little short) must not put the pace back above it.
                 estimate = min(estimate, self.refused_pace)
                 self.refused_pace = None
             self.step_downs = 0
+        elif self.confirmed and self.phase == "hold" and self.estimate is not None:
+            # Settled closer than usual to a limit found twice, and refused there: back to
+            # the fitted share of the same limit first (the pace was just too close, or a late
+            # loop bunched its sends); a 429 there too steps down.
+            estimate, fitted = self.estimate, self.fitted
+            self.refused_pace = granted_rate
+            backed_off = True
         else:
             # Granted well under the settled pace: the client's own sends were held back (a
             # stall: replies late, the in-flight bound reached). The server had just admitted
@@ -286,9 +302,17 @@ class Pace:
             learn_burst(self, drain, estimate, fitted_burst)
         self.last_drain = drain if drain.times else None
         previous = self.estimate if followed is None else followed
+        # A probe that found the limit it probed from (its own, or the one it followed) again.
+        confirmed = (
+            probed
+            and not self.guessed
+            and known is not None
+            and abs(estimate - known) <= _CONFIRMED * known
+        )
         # The first finding after the ramp (or the first fit of the bucket) replaces a
         # rough guess: one to hold on to (probing again soon costs another pause), not a change.
-        confident = fitted_burst is not None or (self.guessed and not ramp)
+        # So does a limit found again.
+        confident = fitted_burst is not None or (self.guessed and not ramp) or confirmed
         self.guessed = ramp
         changed = not confident and (
             previous is None or abs(estimate - previous) > _CHANGED * previous
@@ -296,15 +320,26 @@ class Pace:
         if previous is not None and estimate < previous and held:
             # A limit that held for a while went down: it may come back, probe often.
             self.high_water = max(previous, self.high_water or 0.0)
-        self.found = estimate if self.phase == "probe" and not ramp else None
+        # What a probe found (or a limit found twice, just backed off from): a 429 at a pace
+        # under it soon after is a drop from a limit worth coming back to.
+        self.found = estimate if (self.phase == "probe" and not ramp) or backed_off else None
         self.fitted = fitted
+        self.confirmed = confirmed
         self.settle_at(estimate, "429s", changed=changed, confident=confident)
         if ramp:
             self.hold = _RAMP_HOLD * self.unit
 
     def follow(self, leader: Pace, now: float) -> bool:
-        """Start from another class's settled pace; see :func:`._paceshare.follow`."""
-        return follow(self, leader, now)
+        """Start from another class's settled pace; see :func:`._paceshare.follow`.
+
+        The other's findings count as this class's own for how long to hold: a
+        probe of its own that finds the same limit holds as long as the other does.
+        """
+        if not follow(self, leader, now):
+            return False
+        self.hold_doublings = max(self.hold_doublings, leader.hold_doublings)
+        self.followed_limit = leader.estimate
+        return True
 
     def on_pause_end(self, reopens_at: float) -> None:
         """A ``Retry-After`` pause ends at ``reopens_at``: the server's bucket is full again."""
@@ -403,6 +438,8 @@ class Pace:
         return admitted >= _BACK_AT * pace
 
     def _share(self) -> float:
+        if self.confirmed:
+            return _SETTLE_CONFIRMED
         return _SETTLE_FITTED if self.fitted else SETTLE
 
     def settle_at(

@@ -19,6 +19,11 @@ _SETTLED_BURST = 3.0  # saved tokens allowed once settled, until the burst is le
 # The settled pace, as a share of an estimate fitted to the server's token bucket
 # (0.95 of one from the rules of thumb: see ._estimates).
 _SETTLE_FITTED = 0.97
+# ... and of one a probe found again (within _CONFIRMED of the limit it probed from): two
+# findings that agree put the limit within a few tokens a second; 0.95 of a limit that is
+# there to stay costs 5 % of every second the class is what holds the batch back.
+_SETTLE_CONFIRMED = 0.985
+_CONFIRMED = 0.03
 _TAIL = 8  # sends whose spacing says when an adopted episode's 429 came after the last
 _HOLD = 4.0  # units held after an episode before the first probe
 _RAMP_HOLD = 1.0  # ... after the ramp's episode: the next one fits the bucket, best soon

@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import quote
 
 from ._errors import InvalidInputError, MalformedResponseError, status_error
+from ._jsoncodec import json_encoder
 from ._models import TaskInfo, TaskState
 from ._ratehints import parse_retry_after
 
@@ -37,7 +38,7 @@ CREATE_PATH = "/api/v1/tasks/create"
 QUERY_PATH = "/api/v1/tasks/query/"
 
 _SUCCESS_CODE = 200
-_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+_dumps = json_encoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
 
 def query_path(task_id: str) -> str:
@@ -56,7 +57,7 @@ def build_create_body(
     body: dict[str, Any] = {"model": model}
     if callback_url is not None:
         body["callBackUrl"] = callback_url
-    body["input"] = dict(input)
+    body["input"] = input if type(input) is dict else dict(input)
     try:
         return _dumps(body).encode()
     except (TypeError, ValueError, RecursionError) as exc:

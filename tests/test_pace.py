@@ -514,3 +514,66 @@ def test_a_429_with_the_units_replies_still_out_steps_down_from_what_was_sent() 
     pace.on_refused(end, held, end)
     assert pace.estimate == pytest.approx(0.9 * held / 0.95, rel=0.02)
     assert pace.rate >= 0.85 * held
+
+
+def test_a_limit_a_probe_finds_again_is_settled_closer_and_held_longest() -> None:
+    """A second probe finds the fitted limit again (within 3 %): pace at 0.985 of it, no 429s."""
+    pace = Pace(
+        ceiling=None, burst=10, start_rate=20.0, min_rate=0.2, unit=1.0, adaptive=True, now=0.0
+    )
+    assert serve(pace, 100.0, 20.0, 0.0, 12.0) == 2
+    assert pace.rate == pytest.approx(0.97 * pace.estimate)  # type: ignore[operator]
+    assert serve(pace, 100.0, 20.0, 12.0, 40.0) == 1  # the next probe finds it again
+    assert pace.estimate == pytest.approx(100.0, rel=0.02)
+    assert pace.rate == pytest.approx(0.985 * pace.estimate)  # type: ignore[operator]
+    assert pace.hold == 64.0
+    # Sends reaching the server up to 10 ms late: the closer pace still draws no 429.
+    assert serve(pace, 100.0, 20.0, 40.0, 85.0, jitter=0.01, seed=3) == 0
+
+
+def test_a_follower_that_finds_the_followed_limit_holds_as_long_as_its_leader() -> None:
+    """Queries' own first probe finds the creates' fitted limit: settled close, probed rarely."""
+    creates = Pace(
+        ceiling=None, burst=10, start_rate=20.0, min_rate=0.2, unit=1.0, adaptive=True, now=0.0
+    )
+    assert serve(creates, 100.0, 20.0, 0.0, 12.0) == 2
+    queries = unknown()
+    assert queries.follow(creates, 12.0)
+    assert serve(queries, 100.0, 20.0, 12.0, 40.0) == 1  # its own probe's 429
+    assert queries.estimate == pytest.approx(100.0, rel=0.02)
+    assert queries.rate == pytest.approx(0.985 * queries.estimate)  # type: ignore[operator]
+    assert queries.hold == 64.0  # the creates held 16 s before their own second probe
+
+
+def test_a_429_at_a_pace_settled_close_to_a_confirmed_limit_backs_off_to_the_fitted_share() -> None:
+    """Refused at 0.985 of a limit found twice: back to 0.97 of it, no 10 % step down."""
+    pace = Pace(
+        ceiling=None, burst=10, start_rate=20.0, min_rate=0.2, unit=1.0, adaptive=True, now=0.0
+    )
+    serve(pace, 100.0, 20.0, 0.0, 40.0)
+    assert pace.confirmed
+    limit = pace.estimate
+    end = send(pace, 40.0, 43.0, pace.rate)
+    pace.advance(3.0, end)
+    pace.on_refused(end, pace.rate, end)  # e.g. a late loop bunched the sends
+    assert pace.estimate == limit
+    assert pace.rate == pytest.approx(0.97 * limit)  # type: ignore[operator]
+    assert pace.refused_pace == pytest.approx(0.985 * limit)  # type: ignore[operator]
+    end = send(pace, end, end + 3.0, pace.rate)
+    pace.advance(3.0, end)
+    pace.on_refused(end, pace.rate, end)  # refused there too: now a step down
+    assert pace.rate < 0.9 * limit  # type: ignore[operator]
+
+
+def test_a_drop_under_a_confirmed_limit_is_a_limit_to_come_back_to() -> None:
+    """The limit halves under a pace close to a confirmed limit: probe back to it often."""
+    pace = Pace(
+        ceiling=None, burst=10, start_rate=20.0, min_rate=0.2, unit=1.0, adaptive=True, now=0.0
+    )
+    serve(pace, 100.0, 20.0, 0.0, 40.0)
+    assert pace.confirmed
+    limit = pace.estimate
+    serve(pace, 50.0, 20.0, 40.0, 50.0)  # backs off, then steps down to the new limit
+    assert pace.estimate == pytest.approx(50.0, rel=0.1)
+    assert pace.high_water == limit
+    assert pace.hold == 4.0

@@ -35,19 +35,38 @@ if TYPE_CHECKING:
 
 __all__ = ["Admission"]
 
+_LEDGERS_KEPT = 4096  # callers' ledger tuples remembered (all forgotten when full)
+
 
 class Admission:
     """Creates tasks for a :class:`~ruxa_async.gateway.Gateway`'s callers."""
 
     def __init__(self, gw: GatewayView) -> None:
         self._gw = gw
+        self._ledgers: dict[tuple[object, ...], tuple[Scope, ...]] = {}
+        self._callback: tuple[str | None, str | None] = (None, None)  # (public URL, its inbox)
+
+    def _callback_url(self) -> str | None:
+        """Where Ruxa sends this gateway its callbacks (None without a public URL)."""
+        public = self._gw.public_url
+        if public != self._callback[0]:
+            inbox = f"{public}/_gateway/callback/{self._gw.callback_token}" if public else None
+            self._callback = (public, inbox)
+        return self._callback[1]
 
     def _scopes(self, who: Identity, now: float) -> tuple[Scope, ...]:
+        """The ledgers a create of ``who`` is booked on (the same few, made once each)."""
         period, _ = window_bounds(who.policy.window, now)
-        scopes = [Scope(f"user:{who.user}", period, who.policy.budget)]
-        if who.scope is not None:
-            scopes.append(Scope(who.scope, "life", who.token_budget))
-        return tuple(scopes)
+        key = (who.user, period, who.policy.budget, who.scope, who.token_budget)
+        scopes = self._ledgers.get(key)
+        if scopes is None:
+            made = [Scope(f"user:{who.user}", period, who.policy.budget)]
+            if who.scope is not None:
+                made.append(Scope(who.scope, "life", who.token_budget))
+            if len(self._ledgers) >= _LEDGERS_KEPT:
+                self._ledgers.clear()
+            scopes = self._ledgers[key] = tuple(made)
+        return scopes
 
     async def create(self, header: str | None, body: object) -> Reply:
         """Create a task for the caller, if their policy and budget allow it.
@@ -115,11 +134,7 @@ class Admission:
         input: dict[str, Any],
         user_url: str | None,
     ) -> Reply:
-        upstream_url = (
-            f"{self._gw.public_url}/_gateway/callback/{self._gw.callback_token}"
-            if self._gw.public_url
-            else None
-        )
+        upstream_url = self._callback_url()
         try:
             body = _wire.build_create_body(model, input, upstream_url)
         except InvalidInputError as exc:
@@ -164,7 +179,7 @@ class Admission:
             jump = self._gw.spend_watch.add(who.user, held.amount)
             if jump is not None:
                 self._gw.alerter.spend_jump(who.user, *jump)
-            return Reply(200, "success", {"taskId": task_id})
+            return Reply.created(task_id)
         self._gw.store.release(held, charge=False)
         return self._gw.deny(
             Denial(503, "no_key", "no upstream key accepted the task; retry later"), who.user

@@ -14,6 +14,7 @@ from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 from ._exchange import Request, Response
+from ._json import json_loads
 from ._metrics import prometheus_exposition
 from ._policy import envelope_bytes, retry_after_header
 
@@ -102,7 +103,7 @@ class Endpoints:
 
     async def create(self, request: Request) -> Response:
         try:
-            body = json.loads(request.body)
+            body = json_loads(request.body)
         except (ValueError, RecursionError):
             body = None
         reply = await self.gw.create(request.headers.get("authorization"), body)

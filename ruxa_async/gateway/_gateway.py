@@ -16,7 +16,7 @@ import re
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from typing import Any
 
 from .. import _wire
@@ -299,12 +299,12 @@ class Gateway:
             return self.deny(limited, who.user)
         return who
 
-    async def create(self, header: str | None, body: object) -> Reply:
-        """Create a task for the caller, if their policy and budget allow it.
+    def create(self, header: str | None, body: object) -> Coroutine[Any, Any, Reply]:
+        """Create a task for the caller, if their policy and budget allow it (await it).
 
         ``body`` is the decoded JSON request body (None when it was not JSON).
         """
-        return await self._admission.create(header, body)
+        return self._admission.create(header, body)
 
     # -- query ---------------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ import re
 import time
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta, timezone
+from json.encoder import encode_basestring
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -36,6 +37,8 @@ __all__ = [
 
 _MAX_URL = 2048
 _dumps = json_encoder(ensure_ascii=False, separators=(",", ":"))
+_string = encode_basestring  # a str as _dumps writes it (ensure_ascii=False)
+_CREATED = b'{"code":200,"message":"success","data":{"taskId":'
 _URL_CHARS = re.compile(r"[\x21-\x7e]+")  # printable ASCII, no space, no control characters
 
 
@@ -68,6 +71,14 @@ class Reply:
     def of(cls, denial: Denial) -> Reply:
         """The answer to a refusal."""
         return cls(denial.code, denial.message, None, denial.retry_after)
+
+    @classmethod
+    def created(cls, task_id: str) -> Reply:
+        """The answer to a create: ``data`` is ``{"taskId": task_id}`` (its bytes put together
+        around the id, the same as :meth:`body` would encode them)."""
+        reply = cls(200, "success", {"taskId": task_id})
+        object.__setattr__(reply, "_body", b"%s%s}}" % (_CREATED, _string(task_id).encode()))
+        return reply
 
     def body(self) -> bytes:
         """The Ruxa envelope ``{code, message, data}`` as JSON (encoded once per reply)."""

@@ -1,15 +1,19 @@
-"""The gateway's SQLite file and the one thread that owns its connection.
+"""The gateway's SQLite file: writes committed in the event loop, reads on one thread.
 
-:class:`SqliteWriter` takes the gateway's writes in the event loop and commits
-them in batched transactions on its thread, so no SQLite call blocks the loop;
-reads go through the same thread (see :class:`~._store.SQLiteStore`).
+:class:`SqliteWriter` gathers the gateway's writes and commits them in the
+event loop, in one transaction per loop turn for the creates that wait on it
+(others within milliseconds). With the WAL journal and ``synchronous=NORMAL``
+a commit is a few buffered writes to the WAL file, with no fsync: quicker than
+handing each create to a thread and waking the loop back. What can take long
+stays off the loop, on the writer's one thread: reads (each with its own
+connection's snapshot of everything committed before it was asked) and
+checkpoints, which copy the WAL into the database file and sync both.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
 import logging
 import queue
 import sqlite3
@@ -83,84 +87,163 @@ def _write_rows(conn: sqlite3.Connection, sql: str, rows: list[Sequence[Any]]) -
 #: The one statement that appends to the audit log (the writer batches its lines together).
 AUDIT_INSERT = "INSERT INTO audit (ts, event, user, task_id, detail) VALUES (?, ?, ?, ?, ?)"
 _WRITE_BEHIND = 0.005  # seconds a write may wait to share its transaction with others
+_GROUP_WAIT = 0.002  # seconds a waiting create may wait for others on their way to share it
+_BUSY_TIMEOUT = 1.0  # seconds the loop waits for a write lock held by another process
+# The loop's connection never checkpoints (it could fsync): the thread does, passively,
+# after this many commits or rows (about SQLite's own 1,000 pages of WAL).
+_CHECKPOINT_COMMITS = 200
+_CHECKPOINT_ROWS = 1000
 
 
 class SqliteWriter:
-    """One thread owning the SQLite connection: batched writes and queued reads.
+    """The SQLite file: writes committed in the event loop, reads and checkpoints on a thread.
 
-    Writes gather in the event loop and go to the thread together: when a
-    coroutine waits for them to be durable (:meth:`durable`), else within
-    ``_WRITE_BEHIND`` seconds. The thread commits each batch in one
-    transaction and wakes all of its waiters with one loop callback. While a
-    batch with waiters is being committed, the next one gathers (group
-    commit): under load, many creates share one transaction and one thread
-    wake-up; alone, a create waits for one commit.
+    Writes gather in the event loop and are committed together, within
+    ``_WRITE_BEHIND`` seconds, or sooner when a coroutine waits for them to be
+    durable (:meth:`durable`). A commit costs far more than a row, so a create
+    that waits shares its transaction with the others on their way (group
+    commit): those announced with :meth:`expect` and not yet arrived
+    (:meth:`arrived`, :meth:`dropped`). It is committed at the end of the loop
+    turn in which the last of them arrives, or ``_GROUP_WAIT`` seconds after
+    the first waiter; a create with none on their way commits at once. Reads
+    (:meth:`call`) first commit what is pending, then run on the thread with a
+    connection of their own. ``":memory:"`` has one connection, in the loop,
+    and no thread.
     """
 
     def __init__(self, path: str) -> None:
         self._path = path
+        self._memory = path == ":memory:"
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="ruxa-gateway-sqlite", daemon=True)
-        self._ready: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._ready: concurrent.futures.Future[sqlite3.Connection] = concurrent.futures.Future()
         self._stopped = False
         self._alive = False  # the thread holds an open connection (read without a lock)
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._conn: sqlite3.Connection | None = None  # the loop's: every write goes through it
         self._pending: list[tuple[str, Sequence[Any]]] = []
-        self._waiters: list[asyncio.Future[None]] = []
-        self._timer: asyncio.Handle | None = None
-        self._committing = False  # a batch with waiters is at the thread
+        self._waiters: list[asyncio.Future[None]] = []  # woken by the next commit
+        self._coming = 0  # creates expected to wait for a commit soon
+        self._timer: asyncio.Handle | None = None  # the next commit, due at ``_due``
+        self._due = 0.0
+        self._since_checkpoint = [0, 0]  # commits, rows
+        self._checkpointing = False  # a checkpoint is queued or running on the thread
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
+        if self._memory:
+            conn = sqlite3.connect(self._path, isolation_level=None)
+            conn.executescript(_SCHEMA)
+            self._conn = conn
+            return
         self._thread.start()
-        await asyncio.wrap_future(self._ready)
+        self._conn = await asyncio.wrap_future(self._ready)
 
     def write(self, sql: str, params: Sequence[Any]) -> None:
         self._pending.append((sql, params))
-        if self._timer is None and self._loop is not None and not self._stopped:
-            self._timer = self._loop.call_later(_WRITE_BEHIND, self._hand_off)
+        if self._timer is None:
+            self._commit_within(_WRITE_BEHIND)
 
-    def _hand_off(self) -> None:
-        """Send everything written so far (and its waiters) to the thread as one batch."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if self._pending or self._waiters:
-            batch, self._pending = self._pending, []
-            waiters, self._waiters = self._waiters, []
-            if waiters:
-                self._committing = True
-            self._queue.put(("batch", batch, waiters))
+    def expect(self) -> None:
+        """A create is on its way: a commit waited for may wait a moment to include it."""
+        self._coming += 1
+
+    def arrived(self) -> None:
+        """An expected create has written its record (it waits with :meth:`durable` next)."""
+        self._coming = max(0, self._coming - 1)
+
+    def dropped(self) -> None:
+        """An expected create will write nothing: commit now if nobody else is coming."""
+        self._coming = max(0, self._coming - 1)
+        if self._coming == 0 and self._waiters:
+            self._commit_within(0.0)
 
     async def durable(self) -> None:
         """Return once every write made so far is committed to SQLite."""
-        if self._loop is None or self._stopped or not self._alive:
+        loop = self._loop
+        if loop is None or self._stopped or self._conn is None:
             raise RuntimeError("the gateway's state store is closed")
-        waiter = self._loop.create_future()
+        if not self._coming and not self._waiters:  # alone: commit now, nobody to wait for
+            self._flush()
+            return
+        waiter = loop.create_future()  # one each: a cancelled create cancels only its own
         self._waiters.append(waiter)
-        if len(self._waiters) == 1 and not self._committing:
-            self._send_soon()  # others of this loop turn join the same transaction
+        self._commit_within(_GROUP_WAIT if self._coming else 0.0)
         await waiter
 
-    def _send_soon(self) -> None:
-        assert self._loop is not None
+    def _commit_within(self, delay: float) -> None:
+        """Have everything written so far committed within ``delay`` seconds (0: at the end
+        of this loop turn, with whatever else this turn writes)."""
+        loop = self._loop
+        if loop is None or self._stopped:
+            return
+        due = loop.time() + delay
+        if self._timer is not None:
+            if self._due <= due:
+                return
+            self._timer.cancel()
+        self._due = due
+        self._timer = loop.call_later(delay, self._flush) if delay else loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        """Commit everything written so far in one transaction; wake who waits for it."""
         if self._timer is not None:
             self._timer.cancel()
-        self._timer = self._loop.call_soon(self._hand_off)
-
-    def _committed(self, waiters: list[asyncio.Future[None]]) -> None:
-        """In the loop: a batch with waiters is in SQLite; send the next one if any waits."""
-        self._committing = False
-        for waiter in waiters:
+            self._timer = None
+        batch, self._pending = self._pending, []
+        waiters, self._waiters = self._waiters, []
+        if batch and self._conn is not None:
+            self._commit(self._conn, batch)
+        for waiter in waiters:  # even after a failed transaction: its record is in memory
             if not waiter.done():
                 waiter.set_result(None)
-        if self._waiters:
-            self._send_soon()
+
+    def _commit(self, conn: sqlite3.Connection, batch: list[tuple[str, Sequence[Any]]]) -> None:
+        # Audit lines touch no other table: they are appended together, in their order, at
+        # the end of the transaction (a create writes one between its ledger and task writes,
+        # which would cut those runs short).
+        audit: list[Sequence[Any]] = []
+        run: list[Sequence[Any]] = []  # parameters of consecutive writes of one statement
+        sql = ""
+        try:
+            conn.execute("BEGIN")
+            for statement, params in batch:
+                if statement is AUDIT_INSERT:
+                    audit.append(params)
+                    continue
+                if statement != sql:
+                    if run:
+                        _write_rows(conn, sql, run)
+                    sql, run = statement, []
+                run.append(params)
+            if run:
+                _write_rows(conn, sql, run)
+            if audit:
+                _write_rows(conn, AUDIT_INSERT, audit)
+            conn.execute("COMMIT")
+        except sqlite3.Error:
+            log.exception("gateway state: a write batch failed; it was rolled back")
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            return
+        counts = self._since_checkpoint
+        counts[0] += 1
+        counts[1] += len(batch)
+        if (
+            (counts[0] >= _CHECKPOINT_COMMITS or counts[1] >= _CHECKPOINT_ROWS)
+            and not self._checkpointing
+            and not self._memory
+        ):
+            self._since_checkpoint = [0, 0]
+            self._checkpointing = True
+            self._queue.put(_checkpoint)
 
     async def call(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
-        if self._stopped or not self._alive:
+        if self._stopped or self._conn is None or not (self._alive or self._memory):
             raise RuntimeError("the gateway's state store is closed")
-        self._hand_off()  # the call sees every write made before it
+        self._flush()  # the call sees every write made before it
+        if self._memory:
+            return fn(self._conn)  # no file: nothing here waits for a disk
         future: concurrent.futures.Future[Any] = concurrent.futures.Future()
         self._queue.put((fn, future))
         return await asyncio.wrap_future(future)
@@ -168,8 +251,11 @@ class SqliteWriter:
     async def stop(self) -> None:
         if self._stopped:
             return
-        self._hand_off()
+        self._flush()
         self._stopped = True
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()  # not the file's last connection: the thread's, closing, checkpoints
         if self._thread.is_alive():
             self._queue.put(None)
             await asyncio.to_thread(self._thread.join)
@@ -180,72 +266,38 @@ class SqliteWriter:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.executescript(_SCHEMA)
+            writer = sqlite3.connect(
+                self._path, isolation_level=None, check_same_thread=False, timeout=_BUSY_TIMEOUT
+            )
+            writer.execute("PRAGMA synchronous=NORMAL")  # WAL: no fsync at commit
+            writer.execute("PRAGMA wal_autocheckpoint=0")  # checkpoints (and fsyncs) run here
         except sqlite3.Error as exc:
             self._ready.set_exception(exc)
             return
         self._alive = True
-        self._ready.set_result(None)
+        self._ready.set_result(writer)
         try:
             while True:
-                items = [self._queue.get()]
-                while len(items) < 200:
-                    try:
-                        items.append(self._queue.get_nowait())
-                    except queue.Empty:
-                        break
-                if not self._batch(conn, items):
-                    return
-        finally:
-            self._alive = False
-            conn.close()
-
-    def _batch(self, conn: sqlite3.Connection, items: list[Any]) -> bool:
-        keep_going = True
-        waiters: list[asyncio.Future[None]] = []
-        conn.execute("BEGIN")
-        try:
-            run: list[Sequence[Any]] = []  # parameters of consecutive writes of one statement
-            sql = ""
-            # Audit lines touch no other table: they are appended together, in their order,
-            # before any read and at the end of the transaction (a create writes one between
-            # its ledger and task writes, which would cut those runs short).
-            audit: list[Sequence[Any]] = []
-            for item in items:
+                item = self._queue.get()
                 if item is None:
-                    keep_going = False
+                    return
+                if item is _checkpoint:
+                    try:
+                        conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                    except sqlite3.Error:
+                        log.exception("gateway state: a checkpoint failed; the next one retries")
+                    finally:
+                        self._checkpointing = False
                     continue
-                if item[0] == "batch":
-                    waiters += item[2]  # woken even if this transaction fails
-                    for statement, params in item[1]:
-                        if statement is AUDIT_INSERT:
-                            audit.append(params)
-                            continue
-                        if statement != sql:
-                            if run:
-                                _write_rows(conn, sql, run)
-                            sql, run = statement, []
-                        run.append(params)
-                    continue
-                if run:
-                    _write_rows(conn, sql, run)
-                    run, sql = [], ""
-                if audit:
-                    _write_rows(conn, AUDIT_INSERT, audit)
-                    audit = []
                 fn, future = item
                 try:
                     future.set_result(fn(conn))
                 except Exception as exc:  # handed to the awaiting coroutine, never lost
                     future.set_exception(exc)
-            if run:
-                _write_rows(conn, sql, run)
-            if audit:
-                _write_rows(conn, AUDIT_INSERT, audit)
-            conn.execute("COMMIT")
-        except sqlite3.Error:
-            log.exception("gateway state: a write batch failed; it was rolled back")
-            conn.execute("ROLLBACK")
-        if waiters and self._loop is not None:
-            with contextlib.suppress(RuntimeError):  # a closed loop: nobody is waiting any more
-                self._loop.call_soon_threadsafe(self._committed, waiters)
-        return keep_going
+        finally:
+            self._alive = False
+            conn.close()
+
+
+def _checkpoint() -> None:
+    """A marker in the thread's queue: checkpoint the WAL now."""

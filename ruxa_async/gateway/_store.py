@@ -316,6 +316,7 @@ class SQLiteStore:
         for scope in scopes:
             self._entry((scope.name, scope.period))[1] += amount
         self._inflight[user] = running + 1
+        self._writer.expect()  # its record will wait for a commit: others may share it
         return Reservation(user=user, amount=amount, scopes=tuple(scopes))
 
     async def areserve(
@@ -361,6 +362,7 @@ class SQLiteStore:
             callback_url=callback_url,
         )
         self._open[task_id] = record
+        self._writer.arrived()
         self._writer.write(
             _INSERT_TASK,
             (
@@ -395,6 +397,7 @@ class SQLiteStore:
         """Drop a reservation whose create failed; ``charge`` books it as spent (ambiguous)."""
         keys = [(s.name, s.period) for s in res.scopes]
         self._unhold(res.user, res.amount, keys, res.amount if charge else 0.0)
+        self._writer.dropped()
 
     def settle(
         self, task_id: str, cost: float, state: str, final: dict[str, Any] | None = None

@@ -7,7 +7,7 @@ imports run one way: the gateway imports its rooms, never the reverse.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, Protocol
 
 from ._alerts import Alerter, SpendWatch
@@ -49,8 +49,8 @@ class GatewayView(Protocol):
     def deny(self, denial: Denial, user: str | None, **detail: Any) -> Reply:
         """Count, audit and answer one refusal."""
 
-    async def create(self, header: str | None, body: object) -> Reply:
-        """Create a task for the caller."""
+    def create(self, header: str | None, body: object) -> Coroutine[Any, Any, Reply]:
+        """Create a task for the caller (await it)."""
 
     async def query(self, header: str | None, task_id: str) -> Reply:
         """The caller's own task."""
