@@ -37,8 +37,8 @@ from types import TracebackType
 
 import attrs
 
-from ._bucketfit import Drain
 from ._config import RateLimits
+from ._fleetdrains import fleet_drains
 from ._pace import Pace
 from ._ratehints import RateHint
 from ._ratestate import GateScope, Kind, LearnedLimit, LimitSource, LocalRateState, RateState
@@ -54,9 +54,6 @@ _JITTER_CAP = 0.05  # ... and never more than this many seconds
 _MAX_DOUBLINGS = 30
 _START_RATE = 40.0  # requests/s per class while ramping, before scaling by the unit
 _EPSILON = 1e-9
-_FLEET_SHARE = 1.5  # fleet sends per own send from which a 429 is fitted on the fleet's ledger
-_SAME_SEND = 0.002  # seconds a ledger's send may sit after the grant it stands for
-_LEDGER_SHORT = 0.8  # a ledger with fewer sends than this share of the member's count misses some
 
 
 @attrs.frozen(kw_only=True)
@@ -307,7 +304,7 @@ class RateController:
         if new_episode:
             lane.episode = permit.episode + 1
             self._episodes += 1
-            fleet = await self._fleet_drains(lane, permit.granted_at, now)
+            fleet = await fleet_drains(self._state, lane.kind, pace, permit.granted_at, now)
             granted_rate = permit.rate or old_rate
             refill = getattr(self._state, "refill_rate", None)
             if fleet is not None and refill is not None:
@@ -539,45 +536,6 @@ class RateController:
         lane.episode = learned.episode
         lane.pace.adopt(learned, new_episode=new_episode)
 
-    async def _fleet_drains(
-        self, lane: _Lane, granted_at: float, now: float
-    ) -> tuple[Drain, Drain | None] | None:
-        """The fleet's drains before this 429 and before the last one, from its own ledger.
-
-        A member's own record holds its sends, each counted ``share`` times
-        and spread back to its previous send: over the short windows a fit
-        turns on, that is known to about one share (4-8 sends at 4-8
-        members), while two drains must agree within a send. A state that
-        keeps the fleet's ledger (Redis) knows every block granted and how
-        it was spent, so the drains come from there. None alone (a share of
-        1), while unreachable, without a ledger, or when the ledger holds
-        clearly fewer sends than this member counted (a member of an older
-        version keeps none): the pace uses its own.
-        """
-        sends = getattr(self._state, "fleet_sends", None)
-        pace = lane.pace
-        if sends is None or not pace.adaptive:
-            return None
-        log = pace.log
-        got = await sends(lane.kind, now - granted_at, 2.0 * log.keep)
-        share = getattr(self._state, "share", None)
-        if got is None or share is None or share(lane.kind) < _FLEET_SHARE:
-            return None  # alone, its own sends are exact (the refusal is recorded all the same)
-        times, previous = got
-        drain = _cut(times, log.full_at, granted_at)
-        own = log.drain(granted_at).times
-        since = max(drain.times[0], own[0]) if drain.times and own else granted_at
-        counted = sum(1 for t in drain.times if t >= since)
-        if counted < _LEDGER_SHORT * sum(1 for t in own if t >= since):
-            # Members that keep no ledger (an older version) or took while Redis was away.
-            return None
-        last = None
-        if previous is not None and log.drained_from <= previous <= log.full_at:
-            last = _cut(times, log.drained_from, previous)
-            if not last.times:  # older than the ledger keeps
-                last = None
-        return drain, last
-
     def _weight(self, kind: Kind, counter: str) -> int:
         """Sends of every sharer per send of this controller (1 unless the state says more).
 
@@ -622,18 +580,6 @@ class RateController:
             # The quota is spent: wait for one token (or the reset when the pace is unknown).
             wait = 1.0 / pace.rate if pace.phase == "hinted" else (hint.reset or 0.0)
             lane.not_before = max(lane.not_before, now + min(wait, self._limits.max_pause))
-
-
-def _cut(times: list[float], start: float, end: float) -> Drain:
-    """The sends in ``[start, end)`` as a drain ending at a refusal at ``end``.
-
-    The refused send is in the ledger too (where its block planned it, at
-    or a little before its grant): the one nearest ``end`` is left out.
-    """
-    inside = [t for t in times if start <= t <= end + _SAME_SEND]
-    if inside:
-        del inside[min(range(len(inside)), key=lambda i: abs(inside[i] - end))]
-    return Drain(tuple(t for t in inside if t < end), end)
 
 
 def _reported_rate(pace: Pace) -> float | None:
