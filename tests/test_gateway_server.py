@@ -13,10 +13,10 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from ruxa_async._jsoncodec import json_encoder
 from ruxa_async.gateway import Gateway
 from ruxa_async.gateway._exchange import Request, Response
 from ruxa_async.gateway._httpserver import HttpServer, start_server
-from ruxa_async.gateway._json import json_encoder
 from ruxa_async.testing import FakeRuxa, ModelBehavior, SimConfig
 from tests.helpers_gateway import NB, PROMPT, TOKENS, config_for, raw, running, user_client
 from tests.test_gateway_hostile import read_to_end

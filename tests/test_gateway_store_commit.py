@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from ruxa_async import InvalidInputError
+from ruxa_async._jsoncodec import json_loads
 from ruxa_async._wire import build_create_body
-from ruxa_async.gateway._json import json_loads
 from ruxa_async.gateway._policy import Reply, envelope_bytes
 from ruxa_async.gateway._sqlite_writer import SqliteWriter
 from ruxa_async.gateway._store import Reservation, Scope, SQLiteStore

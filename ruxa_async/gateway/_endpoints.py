@@ -13,8 +13,8 @@ from collections.abc import Awaitable, Callable
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
+from .._jsoncodec import json_loads
 from ._exchange import Request, Response
-from ._json import json_loads
 from ._metrics import prometheus_exposition
 from ._policy import envelope_bytes, retry_after_header
 

@@ -22,8 +22,8 @@ import attrs
 
 from .. import catalog
 from .._errors import InvalidInputError
+from .._jsoncodec import json_encoder
 from ._config import Policy, Window
-from ._json import json_encoder
 
 __all__ = [
     "Denial",

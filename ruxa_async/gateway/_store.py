@@ -28,9 +28,9 @@ from typing import Any, Protocol
 import attrs
 
 from .._errors import RuxaError
+from .._jsoncodec import json_encoder
 from ._alerts import SpendWatch
 from ._config import AlertSettings
-from ._json import json_encoder
 from ._policy import Denial
 from ._sqlite_writer import AUDIT_INSERT, SqliteWriter
 
