@@ -343,7 +343,8 @@ class Gateway:
         path = shown.path if shown is not None else _wire.query_path(task_id)
         try:
             data = await send_once(await slot.ready(), "query", path)
-            if shown is not None and data == shown.data:  # unchanged: it has not ended either
+            # Unchanged (the same object when the reply's bytes were): it has not ended either.
+            if shown is not None and (data is shown.data or data == shown.data):
                 return shown.reply
             ended = _wire.task_state(data).is_terminal  # parsed whole only when it has ended
             info = _wire.parse_task(data, task_id=task_id) if ended else None
