@@ -7,7 +7,7 @@ The simulator runs natively; the gateway (``python -m ruxa_async gateway``,
 state in a SQLite file, its own light upstream client) runs under valgrind's
 ``callgrind`` (all threads, user space only: syscalls are not counted). The
 load is this benchmark's light load generator (``_loadgen``), 32 requests in
-flight. After a warm-up, the counters are zeroed (``callgrind_control -z``),
+flight (``--in-flight``). After a warm-up, the counters are zeroed (``callgrind_control -z``),
 ``N`` requests of one kind are sent, and the counters are dumped
 (``callgrind_control -d``): instructions / N is the figure. Unlike times on a
 shared machine, it does not move with the load (about ±1 % run to run for
@@ -60,14 +60,16 @@ def _control(pid: int, flag: str) -> None:
     subprocess.run(["callgrind_control", flag, str(pid)], check=True, capture_output=True)
 
 
-async def _drive(load: LightLoad, payloads: list[bytes], total: int) -> None:
+async def _drive(
+    load: LightLoad, payloads: list[bytes], total: int, in_flight: int = IN_FLIGHT
+) -> None:
     counter = iter(range(total))
 
     async def worker() -> None:
         for i in counter:
             await load.timed(payloads[i % len(payloads)])
 
-    await asyncio.gather(*(worker() for _ in range(IN_FLIGHT)))
+    await asyncio.gather(*(worker() for _ in range(in_flight)))
 
 
 async def _run(args: argparse.Namespace, work: Path) -> dict[str, float]:
@@ -109,19 +111,19 @@ async def _run(args: argparse.Namespace, work: Path) -> dict[str, float]:
             payloads = queries if kind == "query" else [create]
             await _drive(load, payloads, args.warmup)
             if args.profile:
-                await _drive(load, payloads, args.requests)
+                await _drive(load, payloads, args.requests, args.in_flight)
                 continue
             if args.strace:
                 strace = await asyncio.create_subprocess_exec(
                     "strace", "-c", "-f", "-o", f"{args.strace}.{kind}", "-p", str(gw.pid)
                 )
                 await asyncio.sleep(1.0)  # attached
-                await _drive(load, payloads, args.requests)
+                await _drive(load, payloads, args.requests, args.in_flight)
                 strace.send_signal(signal.SIGINT)
                 await asyncio.wait_for(strace.wait(), 30)
                 continue
             _control(gw.pid, "-z")
-            await _drive(load, payloads, args.requests)
+            await _drive(load, payloads, args.requests, args.in_flight)
             base = Path(f"{out}.{gw.pid}")
             before = set(base.parent.glob(base.name + ".*"))
             _control(gw.pid, "-d")
@@ -151,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--warmup", type=int, default=300)
     parser.add_argument("--kinds", default="query,create")
+    parser.add_argument("--in-flight", type=int, default=IN_FLIGHT, help="requests in flight")
     parser.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
     parser.add_argument("--profile", help="no valgrind: run the gateway under cProfile to here")
     parser.add_argument("--strace", help="no valgrind: count system calls (strace -c) to here")

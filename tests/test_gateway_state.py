@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import sqlite3
 import sys
 from pathlib import Path
@@ -152,19 +153,27 @@ async def test_the_gateway_runs_without_prometheus(monkeypatch: pytest.MonkeyPat
 async def test_a_created_task_is_in_the_state_file_before_its_id_is_returned(
     tmp_path: Path,
 ) -> None:
-    """The owner of a created task (and its audit line) is committed before the reply."""
+    """The owner of a created task (and its audit line) is durable before the reply: a copy of
+    the state's files (database, WAL, journal) taken then holds them."""
     path = tmp_path / "state.sqlite3"
+    copy = tmp_path / "copy"
+    copy.mkdir()
     slow = SimConfig(seed=23, default_behavior=ModelBehavior(median_seconds=60, sigma=0))
     async with FakeRuxa(slow) as sim, running(config_for(sim, state_path=str(path))) as gw:
         replies = [
             await gw.create(f"Bearer {TOKENS[user]}", {"model": NB, "input": PROMPT})
             for user in ("alice", "bob")
         ]
-        with sqlite3.connect(path) as db:  # no await since the replies: nothing written behind
-            owners = dict(db.execute("SELECT task_id, user FROM tasks").fetchall())
-            audited = {
-                row[0] for row in db.execute("SELECT task_id FROM audit WHERE event = 'created'")
-            }
+        for suffix in ("", "-wal", ".journal"):  # no await since the replies
+            if Path(f"{path}{suffix}").exists():
+                shutil.copyfile(f"{path}{suffix}", copy / f"state.sqlite3{suffix}")
+    store = SQLiteStore(str(copy / "state.sqlite3"))  # what a restart there would find
+    await store.open()
+    try:
+        owners = {r.task_id: r.user for r in store.open_tasks()}
+        audited = {r["task_id"] for r in await store.audit_records() if r["event"] == "created"}
+    finally:
+        await store.aclose()
     ids = [reply.data["taskId"] for reply in replies]
     assert owners == {ids[0]: "alice", ids[1]: "bob"}
     assert audited == set(ids)

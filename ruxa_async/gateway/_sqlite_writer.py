@@ -1,13 +1,12 @@
-"""The gateway's SQLite file: writes committed in the event loop, reads on one thread.
+"""The gateway's SQLite file: writes gathered in the event loop, committed on one thread.
 
-:class:`SqliteWriter` gathers the gateway's writes and commits them in the
-event loop, in one transaction per loop turn for the creates that wait on it
-(others within milliseconds). With the WAL journal and ``synchronous=NORMAL``
-a commit is a few buffered writes to the WAL file, with no fsync: quicker than
-handing each create to a thread and waking the loop back. What can take long
-stays off the loop, on the writer's one thread: reads (each with its own
-connection's snapshot of everything committed before it was asked) and
-checkpoints, which copy the WAL into the database file and sync both.
+:class:`SqliteWriter` gathers the gateway's writes in the event loop and hands
+them in batches to its thread, which commits them (and runs the reads, and
+SQLite's checkpoints, which sync the file). A create that must be durable
+before its reply does not wait for that thread: its writes are appended to
+the state's journal (``_state_journal``) in one ``write``, which survives a
+crash of the process as a WAL commit with ``synchronous=NORMAL`` does, and the
+thread commits them behind. The event loop never waits for SQLite.
 """
 
 from __future__ import annotations
@@ -20,6 +19,8 @@ import sqlite3
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
+
+from ._state_journal import Journal, Write
 
 __all__ = ["AUDIT_INSERT", "SqliteWriter"]
 
@@ -87,28 +88,18 @@ def _write_rows(conn: sqlite3.Connection, sql: str, rows: list[Sequence[Any]]) -
 #: The one statement that appends to the audit log (the writer batches its lines together).
 AUDIT_INSERT = "INSERT INTO audit (ts, event, user, task_id, detail) VALUES (?, ?, ?, ?, ?)"
 _WRITE_BEHIND = 0.005  # seconds a write may wait to share its transaction with others
-_GROUP_WAIT = 0.002  # seconds a waiting create may wait for others on their way to share it
-_BUSY_TIMEOUT = 1.0  # seconds the loop waits for a write lock held by another process
-# The loop's connection never checkpoints (it could fsync): the thread does, passively,
-# after this many commits or rows (about SQLite's own 1,000 pages of WAL).
-_CHECKPOINT_COMMITS = 200
-_CHECKPOINT_ROWS = 1000
+_MAX_BATCHES = 256  # batches the thread commits in one transaction at most
 
 
 class SqliteWriter:
-    """The SQLite file: writes committed in the event loop, reads and checkpoints on a thread.
+    """The SQLite file: writes gathered in the event loop, committed and read on a thread.
 
-    Writes gather in the event loop and are committed together, within
-    ``_WRITE_BEHIND`` seconds, or sooner when a coroutine waits for them to be
-    durable (:meth:`durable`). A commit costs far more than a row, so a create
-    that waits shares its transaction with the others on their way (group
-    commit): those announced with :meth:`expect` and not yet arrived
-    (:meth:`arrived`, :meth:`dropped`). It is committed at the end of the loop
-    turn in which the last of them arrives, or ``_GROUP_WAIT`` seconds after
-    the first waiter; a create with none on their way commits at once. Reads
-    (:meth:`call`) first commit what is pending, then run on the thread with a
-    connection of their own. ``":memory:"`` has one connection, in the loop,
-    and no thread.
+    Writes gather in the event loop and go to the thread within
+    ``_WRITE_BEHIND`` seconds, which commits every batch waiting for it in one
+    transaction. :meth:`durable` makes the writes so far survive a crash at
+    once, by appending them to the journal; :meth:`call` runs a read on the
+    thread after every write made before it. ``":memory:"`` has one
+    connection, in the loop, no journal and no thread.
     """
 
     def __init__(self, path: str) -> None:
@@ -116,18 +107,14 @@ class SqliteWriter:
         self._memory = path == ":memory:"
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="ruxa-gateway-sqlite", daemon=True)
-        self._ready: concurrent.futures.Future[sqlite3.Connection] = concurrent.futures.Future()
+        self._ready: concurrent.futures.Future[Journal] = concurrent.futures.Future()
         self._stopped = False
         self._alive = False  # the thread holds an open connection (read without a lock)
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._conn: sqlite3.Connection | None = None  # the loop's: every write goes through it
-        self._pending: list[tuple[str, Sequence[Any]]] = []
-        self._waiters: list[asyncio.Future[None]] = []  # woken by the next commit
-        self._coming = 0  # creates expected to wait for a commit soon
-        self._timer: asyncio.Handle | None = None  # the next commit, due at ``_due``
-        self._due = 0.0
-        self._since_checkpoint = [0, 0]  # commits, rows
-        self._checkpointing = False  # a checkpoint is queued or running on the thread
+        self._conn: sqlite3.Connection | None = None  # in memory only: the loop's connection
+        self._journal: Journal | None = None
+        self._pending: list[Write] = []
+        self._timer: asyncio.TimerHandle | None = None
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -137,112 +124,44 @@ class SqliteWriter:
             self._conn = conn
             return
         self._thread.start()
-        self._conn = await asyncio.wrap_future(self._ready)
+        self._journal = await asyncio.wrap_future(self._ready)
 
     def write(self, sql: str, params: Sequence[Any]) -> None:
         self._pending.append((sql, params))
-        if self._timer is None:
-            self._commit_within(_WRITE_BEHIND)
+        if self._timer is None and self._loop is not None and not self._stopped:
+            self._timer = self._loop.call_later(_WRITE_BEHIND, self._hand_over)
 
-    def expect(self) -> None:
-        """A create is on its way: a commit waited for may wait a moment to include it."""
-        self._coming += 1
-
-    def arrived(self) -> None:
-        """An expected create has written its record (it waits with :meth:`durable` next)."""
-        self._coming = max(0, self._coming - 1)
-
-    def dropped(self) -> None:
-        """An expected create will write nothing: commit now if nobody else is coming."""
-        self._coming = max(0, self._coming - 1)
-        if self._coming == 0 and self._waiters:
-            self._commit_within(0.0)
-
-    async def durable(self) -> None:
-        """Return once every write made so far is committed to SQLite."""
-        loop = self._loop
-        if loop is None or self._stopped or self._conn is None:
+    def durable(self) -> None:
+        """Make every write so far survive a crash of this process before returning: one
+        append to the journal (SQLite gets them behind, from the thread)."""
+        if self._stopped or self._loop is None:
             raise RuntimeError("the gateway's state store is closed")
-        if not self._coming and not self._waiters:  # alone: commit now, nobody to wait for
-            self._flush()
-            return
-        waiter = loop.create_future()  # one each: a cancelled create cancels only its own
-        self._waiters.append(waiter)
-        self._commit_within(_GROUP_WAIT if self._coming else 0.0)
-        await waiter
+        self._hand_over(journal=True)
 
-    def _commit_within(self, delay: float) -> None:
-        """Have everything written so far committed within ``delay`` seconds (0: at the end
-        of this loop turn, with whatever else this turn writes)."""
-        loop = self._loop
-        if loop is None or self._stopped:
-            return
-        due = loop.time() + delay
-        if self._timer is not None:
-            if self._due <= due:
-                return
-            self._timer.cancel()
-        self._due = due
-        self._timer = loop.call_later(delay, self._flush) if delay else loop.call_soon(self._flush)
-
-    def _flush(self) -> None:
-        """Commit everything written so far in one transaction; wake who waits for it."""
+    def _hand_over(self, *, journal: bool = False) -> None:
+        """Send the writes so far to be committed (journalled first when ``journal``)."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
         batch, self._pending = self._pending, []
-        waiters, self._waiters = self._waiters, []
-        if batch and self._conn is not None:
-            self._commit(self._conn, batch)
-        for waiter in waiters:  # even after a failed transaction: its record is in memory
-            if not waiter.done():
-                waiter.set_result(None)
-
-    def _commit(self, conn: sqlite3.Connection, batch: list[tuple[str, Sequence[Any]]]) -> None:
-        # Audit lines touch no other table: they are appended together, in their order, at
-        # the end of the transaction (a create writes one between its ledger and task writes,
-        # which would cut those runs short).
-        audit: list[Sequence[Any]] = []
-        run: list[Sequence[Any]] = []  # parameters of consecutive writes of one statement
-        sql = ""
-        try:
-            conn.execute("BEGIN")
-            for statement, params in batch:
-                if statement is AUDIT_INSERT:
-                    audit.append(params)
-                    continue
-                if statement != sql:
-                    if run:
-                        _write_rows(conn, sql, run)
-                    sql, run = statement, []
-                run.append(params)
-            if run:
-                _write_rows(conn, sql, run)
-            if audit:
-                _write_rows(conn, AUDIT_INSERT, audit)
-            conn.execute("COMMIT")
-        except sqlite3.Error:
-            log.exception("gateway state: a write batch failed; it was rolled back")
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
+        if not batch:
             return
-        counts = self._since_checkpoint
-        counts[0] += 1
-        counts[1] += len(batch)
-        if (
-            (counts[0] >= _CHECKPOINT_COMMITS or counts[1] >= _CHECKPOINT_ROWS)
-            and not self._checkpointing
-            and not self._memory
-        ):
-            self._since_checkpoint = [0, 0]
-            self._checkpointing = True
-            self._queue.put(_checkpoint)
+        if self._conn is not None:  # in memory: commit here, nothing waits for a disk
+            _commit(self._conn, batch)
+            return
+        seq = 0
+        if journal and self._journal is not None:
+            try:
+                seq = self._journal.append(batch)
+            except OSError:  # the record stays in memory; SQLite still gets it behind
+                log.exception("gateway state: the journal could not be written")
+        self._queue.put((batch, seq))
 
     async def call(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
-        if self._stopped or self._conn is None or not (self._alive or self._memory):
+        if self._stopped or not (self._alive or self._conn is not None):
             raise RuntimeError("the gateway's state store is closed")
-        self._flush()  # the call sees every write made before it
-        if self._memory:
+        self._hand_over()  # the call sees every write made before it
+        if self._conn is not None:
             return fn(self._conn)  # no file: nothing here waits for a disk
         future: concurrent.futures.Future[Any] = concurrent.futures.Future()
         self._queue.put((fn, future))
@@ -251,53 +170,97 @@ class SqliteWriter:
     async def stop(self) -> None:
         if self._stopped:
             return
-        self._flush()
+        self._hand_over()
         self._stopped = True
         conn, self._conn = self._conn, None
         if conn is not None:
-            conn.close()  # not the file's last connection: the thread's, closing, checkpoints
+            conn.close()
         if self._thread.is_alive():
             self._queue.put(None)
             await asyncio.to_thread(self._thread.join)
 
     def _run(self) -> None:
+        journal: Journal | None = None
         try:
             conn = sqlite3.connect(self._path, isolation_level=None)
             conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA synchronous=NORMAL")  # WAL: no fsync at commit, at checkpoints
             conn.executescript(_SCHEMA)
-            writer = sqlite3.connect(
-                self._path, isolation_level=None, check_same_thread=False, timeout=_BUSY_TIMEOUT
-            )
-            writer.execute("PRAGMA synchronous=NORMAL")  # WAL: no fsync at commit
-            writer.execute("PRAGMA wal_autocheckpoint=0")  # checkpoints (and fsyncs) run here
-        except sqlite3.Error as exc:
+            journal = Journal(self._path + ".journal")
+            journal.replay(conn)
+        except Exception as exc:
+            if journal is not None:
+                journal.close()
             self._ready.set_exception(exc)
             return
         self._alive = True
-        self._ready.set_result(writer)
+        self._ready.set_result(journal)
         try:
-            while True:
-                item = self._queue.get()
-                if item is None:
-                    return
-                if item is _checkpoint:
-                    try:
-                        conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-                    except sqlite3.Error:
-                        log.exception("gateway state: a checkpoint failed; the next one retries")
-                    finally:
-                        self._checkpointing = False
-                    continue
-                fn, future = item
-                try:
-                    future.set_result(fn(conn))
-                except Exception as exc:  # handed to the awaiting coroutine, never lost
-                    future.set_exception(exc)
+            self._serve(conn, journal)
         finally:
             self._alive = False
             conn.close()
+            journal.close()
+
+    def _serve(self, conn: sqlite3.Connection, journal: Journal) -> None:
+        """Commit batches (each run of them in one transaction) and answer reads, in order."""
+        held: list[Any] = []  # an item taken from the queue while gathering batches
+        while True:
+            item = held.pop() if held else self._queue.get()
+            if item is None:
+                return
+            first, second = item
+            if callable(first):
+                try:
+                    second.set_result(first(conn))
+                except Exception as exc:  # handed to the awaiting coroutine, never lost
+                    second.set_exception(exc)
+                continue
+            writes, seq = list(first), second
+            for _ in range(_MAX_BATCHES):  # every batch already waiting joins this transaction
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None or callable(more[0]):
+                    held.append(more)
+                    break
+                writes.extend(more[0])
+                seq = max(seq, more[1])
+            if _commit(conn, writes, seq) and seq:
+                journal.applied = seq
 
 
-def _checkpoint() -> None:
-    """A marker in the thread's queue: checkpoint the WAL now."""
+def _commit(conn: sqlite3.Connection, batch: list[Write], seq: int = 0) -> bool:
+    """Commit ``batch`` in one transaction (with the journal line ``seq`` marked applied);
+    False (logged, rolled back) if SQLite refused it."""
+    # Audit lines touch no other table: they are appended together, in their order, at
+    # the end of the transaction (a create writes one between its ledger and task writes,
+    # which would cut those runs short).
+    audit: list[Sequence[Any]] = []
+    run: list[Sequence[Any]] = []  # parameters of consecutive writes of one statement
+    sql = ""
+    try:
+        conn.execute("BEGIN")
+        for statement, params in batch:
+            if statement is AUDIT_INSERT:
+                audit.append(params)
+                continue
+            if statement != sql:
+                if run:
+                    _write_rows(conn, sql, run)
+                sql, run = statement, []
+            run.append(params)
+        if run:
+            _write_rows(conn, sql, run)
+        if audit:
+            _write_rows(conn, AUDIT_INSERT, audit)
+        if seq:
+            Journal.mark_applied(conn, seq)
+        conn.execute("COMMIT")
+    except sqlite3.Error:
+        log.exception("gateway state: a write batch failed; it was rolled back")
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        return False
+    return True

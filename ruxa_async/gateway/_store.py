@@ -7,8 +7,9 @@ between (50 concurrent creates against room for 10 admit exactly 10). Every
 change goes to SQLite through one writer thread, in batched transactions, so
 no SQLite call ever blocks the event loop; reads that miss memory go through
 the same thread. A created task's record (with the audit lines written before
-it) is committed before its id is returned, creates arriving together sharing
-one transaction; the rest is written behind within milliseconds. Several
+it) is durable before its id is returned: appended to the state's journal,
+which the thread commits to SQLite behind and a restart replays. The rest is
+written behind within milliseconds. Several
 gateways share one state through ``RedisStore`` (``_redis_store``), whose
 check-and-hold is one script; the gateway therefore awaits
 :meth:`StateStore.areserve` and :meth:`StateStore.acommit`.
@@ -232,9 +233,11 @@ class SQLiteStore:
     """The default :class:`StateStore`: decisions in memory, written behind to SQLite.
 
     ``path`` is a file, or ``":memory:"`` for state that lives as long as the
-    gateway. A task's ownership record is committed before :meth:`acommit`
-    returns (so before its id reaches the user); after a crash, only the last
-    few milliseconds of settlements, relay claims and audit lines may be lost.
+    gateway. A task's ownership record is durable before :meth:`acommit`
+    returns (so before its id reaches the user): in SQLite, or in the journal
+    beside it (``<path>.journal``, one process at a time) that the next start
+    replays into SQLite. After a crash, only the last few milliseconds of
+    settlements, relay claims and audit lines may be lost.
     """
 
     def __init__(self, path: str = ":memory:", *, clock: Callable[[], float] = time.time) -> None:
@@ -316,7 +319,6 @@ class SQLiteStore:
         for scope in scopes:
             self._entry((scope.name, scope.period))[1] += amount
         self._inflight[user] = running + 1
-        self._writer.expect()  # its record will wait for a commit: others may share it
         return Reservation(user=user, amount=amount, scopes=tuple(scopes))
 
     async def areserve(
@@ -335,16 +337,17 @@ class SQLiteStore:
     async def acommit(
         self, res: Reservation, task_id: str, key: str, model: str, callback_url: str | None
     ) -> TaskRecord:
-        """:meth:`commit`, in memory at once and durable in SQLite when it returns.
+        """:meth:`commit`, in memory at once and durable when it returns.
 
-        Creates waiting at the same time share one transaction (group commit).
-        If that transaction fails it is logged and rolled back, and the record
-        lives in memory only: the id of a task already paid for is never
-        withheld from its owner.
+        Durable means in the state's journal (one append, with every write made
+        before it), which survives a crash of the process; the writer's thread
+        commits it to SQLite behind, and a restart replays what it had not. If
+        the journal cannot be written, that is logged and the record still goes
+        to SQLite behind: the id of a task already paid for is never withheld
+        from its owner.
         """
         record = self.commit(res, task_id, key, model, callback_url)
-        if self._path != ":memory:":  # in memory, nothing outlives the process to wait for
-            await self._writer.durable()
+        self._writer.durable()
         return record
 
     def commit(
@@ -362,7 +365,6 @@ class SQLiteStore:
             callback_url=callback_url,
         )
         self._open[task_id] = record
-        self._writer.arrived()
         self._writer.write(
             _INSERT_TASK,
             (
@@ -397,7 +399,6 @@ class SQLiteStore:
         """Drop a reservation whose create failed; ``charge`` books it as spent (ambiguous)."""
         keys = [(s.name, s.period) for s in res.scopes]
         self._unhold(res.user, res.amount, keys, res.amount if charge else 0.0)
-        self._writer.dropped()
 
     def settle(
         self, task_id: str, cost: float, state: str, final: dict[str, Any] | None = None

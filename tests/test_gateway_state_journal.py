@@ -1,0 +1,181 @@
+"""The SQLite store's journal: a create is durable after one append, replayed after a crash."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ruxa_async import ConfigurationError
+from ruxa_async.gateway._state_journal import Journal
+from ruxa_async.gateway._store import Reservation, Scope, SQLiteStore
+from tests.helpers_proc import ROOT, child_env
+
+NB = "google/nano-banana"
+SCOPES = (Scope("user:alice", "2026-12-01", 100.0),)
+
+# A gateway state that creates N tasks while another connection holds SQLite's write lock
+# (so its thread can commit none of them), says so, and waits to be killed.
+CHILD = """
+import asyncio, sqlite3, sys
+from ruxa_async.gateway._store import Scope, SQLiteStore
+
+async def main(path: str, n: int) -> None:
+    store = SQLiteStore(path)
+    await store.open()
+    blocker = sqlite3.connect(path, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")  # SQLite's write lock: the store's commits must wait
+    for i in range(n):
+        held = store.reserve("alice", 2.0, (Scope("user:alice", "2026-12-01", 100.0),), None)
+        store.audit("created", "alice", f"t{i}", model="m")
+        await store.acommit(held, f"t{i}", "k1", "m", None)
+    print("created", flush=True)
+    await asyncio.sleep(3600)
+
+asyncio.run(main(sys.argv[1], int(sys.argv[2])))
+"""
+
+
+def hold(store: SQLiteStore, amount: float = 2.0) -> Reservation:
+    held = store.reserve("alice", amount, SCOPES, None)
+    assert isinstance(held, Reservation)
+    return held
+
+
+async def created_lines(store: SQLiteStore) -> list[str]:
+    return [r["task_id"] for r in await store.audit_records() if r["event"] == "created"]
+
+
+async def test_creates_acknowledged_before_a_sigkill_are_replayed_on_restart(
+    tmp_path: Path,
+) -> None:
+    """A process killed with SIGKILL after its creates returned, before SQLite had any of them:
+    the next start finds every owner, hold and audit line, once, and again after a restart."""
+    path = str(tmp_path / "state.sqlite3")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        CHILD,
+        path,
+        "5",
+        env=child_env(),
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None
+        assert await asyncio.wait_for(proc.stdout.readline(), 30) == b"created\n"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        await proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    for _ in range(2):  # a second start replays nothing twice
+        store = SQLiteStore(path)
+        await store.open()
+        try:
+            for i in range(5):
+                record = await store.lookup(f"t{i}")
+                assert record is not None and record.user == "alice" and not record.settled
+            assert store.in_flight("alice") == 5
+            assert store.usage("user:alice", "2026-12-01") == (0.0, 10.0)
+            assert await created_lines(store) == [f"t{i}" for i in range(5)]
+        finally:
+            await store.aclose()
+
+
+async def test_a_create_is_in_a_copy_of_the_state_taken_when_acommit_returns(
+    tmp_path: Path,
+) -> None:
+    """The files as they are the moment acommit returns (the database, its WAL, the journal)
+    hold the create: a store opened on a copy of them finds it."""
+    path = tmp_path / "state.sqlite3"
+    store = SQLiteStore(str(path))
+    await store.open()
+    try:
+        store.audit("created", "alice", "t0")
+        await store.acommit(hold(store), "t0", "k1", NB, None)
+        copy = tmp_path / "copy"
+        copy.mkdir()
+        for suffix in ("", "-wal", ".journal"):
+            if (tmp_path / f"state.sqlite3{suffix}").exists():
+                shutil.copyfile(tmp_path / f"state.sqlite3{suffix}", copy / f"c.sqlite3{suffix}")
+    finally:
+        await store.aclose()
+    again = SQLiteStore(str(copy / "c.sqlite3"))
+    await again.open()
+    try:
+        record = await again.lookup("t0")
+        assert record is not None and record.user == "alice"
+        assert await created_lines(again) == ["t0"]
+    finally:
+        await again.aclose()
+
+
+async def test_the_thread_commits_journalled_creates_and_a_clean_close_empties_the_journal(
+    tmp_path: Path,
+) -> None:
+    """Journalled writes reach SQLite behind (a read sees them), marked applied, and closing
+    leaves an empty journal."""
+    path = tmp_path / "state.sqlite3"
+    store = SQLiteStore(str(path))
+    await store.open()
+    try:
+        for n in range(3):
+            await store.acommit(hold(store), f"t{n}", "k1", NB, None)
+        rows = await store._writer.call(
+            lambda conn: (
+                conn.execute("SELECT task_id FROM tasks ORDER BY task_id").fetchall(),
+                conn.execute("SELECT seq FROM journal_applied").fetchall(),
+            )
+        )
+        assert rows == ([("t0",), ("t1",), ("t2",)], [(3,)])
+    finally:
+        await store.aclose()
+    assert (tmp_path / "state.sqlite3.journal").stat().st_size == 0
+
+
+async def test_a_line_cut_short_by_a_crash_ends_the_replay(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A whole line is replayed; a damaged last line (its create was never answered) is not."""
+    path = tmp_path / "state.sqlite3"
+    store = SQLiteStore(str(path))
+    await store.open()
+    await store.aclose()  # the schema, and an empty journal
+    journal = Journal(f"{path}.journal")
+    journal.append([("INSERT INTO ledger VALUES (?, ?, ?)", ("user:alice", "2026-12-01", 3.0))])
+    journal.append([("INSERT INTO ledger VALUES (?, ?, ?)", ("user:bob", "2026-12-01", 4.0))])
+    journal.close()
+    data = (tmp_path / "state.sqlite3.journal").read_bytes()
+    (tmp_path / "state.sqlite3.journal").write_bytes(data[:-5])  # the second line, torn
+    caplog.set_level(logging.WARNING, "ruxa_async")
+    again = SQLiteStore(str(path))
+    await again.open()
+    try:
+        assert again.usage("user:alice", "2026-12-01") == (3.0, 0.0)
+        assert again.usage("user:bob", "2026-12-01") == (0.0, 0.0)
+    finally:
+        await again.aclose()
+    assert "damaged line" in caplog.text
+
+
+async def test_a_second_process_cannot_open_a_state_in_use(tmp_path: Path) -> None:
+    """One journal, one writer: a second store on the same file while the first runs is refused
+    with a message that says what to do."""
+    path = str(tmp_path / "state.sqlite3")
+    store = SQLiteStore(path)
+    await store.open()
+    try:
+        with pytest.raises(ConfigurationError, match="in use by another gateway"):
+            await SQLiteStore(path).open()
+    finally:
+        await store.aclose()
+    again = SQLiteStore(path)  # free again once the first has closed
+    await again.open()
+    await again.aclose()
