@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import sqlite3
 import sys
 from pathlib import Path
@@ -18,6 +17,7 @@ from ruxa_async.gateway._store import Reservation, Scope, SQLiteStore, TaskRecor
 from ruxa_async.testing import FakeRuxa, ModelBehavior, SimConfig
 from tests.conftest import FAST_POLL
 from tests.helpers_gateway import NB, PROMPT, TOKENS, config_for, raw, running, user_client
+from tests.test_gateway_state_journal import copy_state
 
 
 async def test_ownership_and_spend_survive_a_restart(tmp_path: Path) -> None:
@@ -164,10 +164,8 @@ async def test_a_created_task_is_in_the_state_file_before_its_id_is_returned(
             await gw.create(f"Bearer {TOKENS[user]}", {"model": NB, "input": PROMPT})
             for user in ("alice", "bob")
         ]
-        for suffix in ("", "-wal", ".journal"):  # no await since the replies
-            if Path(f"{path}{suffix}").exists():
-                shutil.copyfile(f"{path}{suffix}", copy / f"state.sqlite3{suffix}")
-    store = SQLiteStore(str(copy / "state.sqlite3"))  # what a restart there would find
+        snapshot = copy_state(path, copy)  # no await since the replies
+    store = SQLiteStore(str(snapshot))  # what a restart there would find
     await store.open()
     try:
         owners = {r.task_id: r.user for r in store.open_tasks()}

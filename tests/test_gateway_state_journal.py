@@ -42,6 +42,16 @@ asyncio.run(main(sys.argv[1], int(sys.argv[2])))
 """
 
 
+def copy_state(path: Path, dest: Path) -> Path:
+    """Copy a state's files as they are now (database, WAL, journal) to ``dest``; the copy's
+    database path (what a gateway restarted there would open)."""
+    for suffix in ("", "-wal", ".journal"):
+        source = Path(f"{path}{suffix}")
+        if source.exists():
+            shutil.copyfile(source, dest / f"{path.name}{suffix}")
+    return dest / path.name
+
+
 def hold(store: SQLiteStore, amount: float = 2.0) -> Reservation:
     held = store.reserve("alice", amount, SCOPES, None)
     assert isinstance(held, Reservation)
@@ -81,7 +91,8 @@ async def test_creates_acknowledged_before_a_sigkill_are_replayed_on_restart(
         try:
             for i in range(5):
                 record = await store.lookup(f"t{i}")
-                assert record is not None and record.user == "alice" and not record.settled
+                assert record is not None
+                assert (record.user, record.settled) == ("alice", False)
             assert store.in_flight("alice") == 5
             assert store.usage("user:alice", "2026-12-01") == (0.0, 10.0)
             assert await created_lines(store) == [f"t{i}" for i in range(5)]
@@ -100,18 +111,16 @@ async def test_a_create_is_in_a_copy_of_the_state_taken_when_acommit_returns(
     try:
         store.audit("created", "alice", "t0")
         await store.acommit(hold(store), "t0", "k1", NB, None)
-        copy = tmp_path / "copy"
-        copy.mkdir()
-        for suffix in ("", "-wal", ".journal"):
-            if (tmp_path / f"state.sqlite3{suffix}").exists():
-                shutil.copyfile(tmp_path / f"state.sqlite3{suffix}", copy / f"c.sqlite3{suffix}")
+        (tmp_path / "copy").mkdir()
+        copy = copy_state(path, tmp_path / "copy")
     finally:
         await store.aclose()
-    again = SQLiteStore(str(copy / "c.sqlite3"))
+    again = SQLiteStore(str(copy))
     await again.open()
     try:
         record = await again.lookup("t0")
-        assert record is not None and record.user == "alice"
+        assert record is not None
+        assert record.user == "alice"
         assert await created_lines(again) == ["t0"]
     finally:
         await again.aclose()
