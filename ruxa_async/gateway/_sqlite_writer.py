@@ -97,8 +97,8 @@ class SqliteWriter:
     Writes gather in the event loop and go to the thread within
     ``_WRITE_BEHIND`` seconds, which commits every batch waiting for it in one
     transaction. :meth:`durable` makes the writes so far survive a crash at
-    once, by appending them to the journal; :meth:`call` runs a read on the
-    thread after every write made before it. ``":memory:"`` has one
+    once, by appending them to the journal (without waking the thread);
+    :meth:`call` runs a read on the thread after every write made before it. ``":memory:"`` has one
     connection, in the loop, no journal and no thread.
     """
 
@@ -113,7 +113,9 @@ class SqliteWriter:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._conn: sqlite3.Connection | None = None  # in memory only: the loop's connection
         self._journal: Journal | None = None
-        self._pending: list[Write] = []
+        self._pending: list[Write] = []  # not yet handed to the thread
+        self._journalled = 0  # how many of them are in the journal, up to its line ``_seq``
+        self._seq = 0
         self._timer: asyncio.TimerHandle | None = None
 
     async def start(self) -> None:
@@ -133,29 +135,33 @@ class SqliteWriter:
 
     def durable(self) -> None:
         """Make every write so far survive a crash of this process before returning: one
-        append to the journal (SQLite gets them behind, from the thread)."""
+        append to the journal. They still go to the thread with the next batch, within
+        ``_WRITE_BEHIND`` seconds, so SQLite commits many creates per transaction."""
         if self._stopped or self._loop is None:
             raise RuntimeError("the gateway's state store is closed")
-        self._hand_over(journal=True)
+        if self._conn is not None:  # in memory: nothing outlives the process to wait for
+            return
+        fresh = self._pending[self._journalled :]
+        if fresh and self._journal is not None:
+            try:
+                self._seq = self._journal.append(fresh)
+            except OSError:  # the record stays in memory; SQLite still gets it behind
+                log.exception("gateway state: the journal could not be written")
+            self._journalled = len(self._pending)
 
-    def _hand_over(self, *, journal: bool = False) -> None:
-        """Send the writes so far to be committed (journalled first when ``journal``)."""
+    def _hand_over(self) -> None:
+        """Send the writes so far to the thread, to be committed in one transaction."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
         batch, self._pending = self._pending, []
+        seq, self._seq, self._journalled = self._seq, 0, 0
         if not batch:
             return
         if self._conn is not None:  # in memory: commit here, nothing waits for a disk
             _commit(self._conn, batch)
-            return
-        seq = 0
-        if journal and self._journal is not None:
-            try:
-                seq = self._journal.append(batch)
-            except OSError:  # the record stays in memory; SQLite still gets it behind
-                log.exception("gateway state: the journal could not be written")
-        self._queue.put((batch, seq))
+        else:
+            self._queue.put((batch, seq))
 
     async def call(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
         if self._stopped or not (self._alive or self._conn is not None):
