@@ -1,12 +1,15 @@
-"""The gateway's SQLite file: writes gathered in the event loop, committed on one thread.
+"""The gateway's SQLite file: writes committed behind in the event loop, reads on one thread.
 
-:class:`SqliteWriter` gathers the gateway's writes in the event loop and hands
-them in batches to its thread, which commits them (and runs the reads, and
-SQLite's checkpoints, which sync the file). A create that must be durable
-before its reply does not wait for that thread: its writes are appended to
-the state's journal (``_state_journal``) in one ``write``, which survives a
-crash of the process as a WAL commit with ``synchronous=NORMAL`` does, and the
-thread commits them behind. The event loop never waits for SQLite.
+:class:`SqliteWriter` gathers the gateway's writes and commits them in the
+event loop, one transaction every few milliseconds. With the WAL journal and
+``synchronous=NORMAL`` a commit is a few buffered writes to the WAL file, with
+no fsync. A create that must be durable before its reply does not wait for
+that commit: its writes are appended to the state's journal
+(``_state_journal``) in one ``write``, which survives a crash of the process
+as such a commit does, and are committed with the next batch. What can take
+long stays off the loop, on the writer's one thread: reads (each with its own
+connection's snapshot of everything committed before it was asked) and
+checkpoints, which copy the WAL into the database file and sync both.
 """
 
 from __future__ import annotations
@@ -88,18 +91,23 @@ def _write_rows(conn: sqlite3.Connection, sql: str, rows: list[Sequence[Any]]) -
 #: The one statement that appends to the audit log (the writer batches its lines together).
 AUDIT_INSERT = "INSERT INTO audit (ts, event, user, task_id, detail) VALUES (?, ?, ?, ?, ?)"
 _WRITE_BEHIND = 0.005  # seconds a write may wait to share its transaction with others
-_MAX_BATCHES = 256  # batches the thread commits in one transaction at most
+_BUSY_TIMEOUT = 1.0  # seconds the loop waits for a write lock held by another process
+# The loop's connection never checkpoints (it could fsync): the thread does, passively,
+# after this many commits or rows (about SQLite's own 1,000 pages of WAL).
+_CHECKPOINT_COMMITS = 200
+_CHECKPOINT_ROWS = 1000
 
 
 class SqliteWriter:
-    """The SQLite file: writes gathered in the event loop, committed and read on a thread.
+    """The SQLite file: writes committed behind in the event loop, reads on a thread.
 
-    Writes gather in the event loop and go to the thread within
-    ``_WRITE_BEHIND`` seconds, which commits every batch waiting for it in one
-    transaction. :meth:`durable` makes the writes so far survive a crash at
-    once, by appending them to the journal (without waking the thread);
-    :meth:`call` runs a read on the thread after every write made before it. ``":memory:"`` has one
-    connection, in the loop, no journal and no thread.
+    Writes gather in the event loop and are committed together, in one
+    transaction every ``_WRITE_BEHIND`` seconds. :meth:`durable` makes the
+    writes so far survive a crash at once, by appending them to the journal
+    (one ``write``; they are committed with the others). :meth:`call` commits
+    what is pending, then runs a read on the thread with a connection of its
+    own, which also checkpoints the WAL. ``":memory:"`` has one connection, in
+    the loop, no journal and no thread.
     """
 
     def __init__(self, path: str) -> None:
@@ -107,16 +115,20 @@ class SqliteWriter:
         self._memory = path == ":memory:"
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="ruxa-gateway-sqlite", daemon=True)
-        self._ready: concurrent.futures.Future[Journal] = concurrent.futures.Future()
+        self._ready: concurrent.futures.Future[tuple[sqlite3.Connection, Journal]] = (
+            concurrent.futures.Future()
+        )
         self._stopped = False
         self._alive = False  # the thread holds an open connection (read without a lock)
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._conn: sqlite3.Connection | None = None  # in memory only: the loop's connection
+        self._conn: sqlite3.Connection | None = None  # the loop's: every write goes through it
         self._journal: Journal | None = None
-        self._pending: list[Write] = []  # not yet handed to the thread
+        self._pending: list[Write] = []  # not yet committed
         self._journalled = 0  # how many of them are in the journal, up to its line ``_seq``
         self._seq = 0
         self._timer: asyncio.TimerHandle | None = None
+        self._since_checkpoint = [0, 0]  # commits, rows
+        self._checkpointing = False  # a checkpoint is queued or running on the thread
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -126,21 +138,18 @@ class SqliteWriter:
             self._conn = conn
             return
         self._thread.start()
-        self._journal = await asyncio.wrap_future(self._ready)
+        self._conn, self._journal = await asyncio.wrap_future(self._ready)
 
     def write(self, sql: str, params: Sequence[Any]) -> None:
         self._pending.append((sql, params))
         if self._timer is None and self._loop is not None and not self._stopped:
-            self._timer = self._loop.call_later(_WRITE_BEHIND, self._hand_over)
+            self._timer = self._loop.call_later(_WRITE_BEHIND, self._flush)
 
     def durable(self) -> None:
         """Make every write so far survive a crash of this process before returning: one
-        append to the journal. They still go to the thread with the next batch, within
-        ``_WRITE_BEHIND`` seconds, so SQLite commits many creates per transaction."""
-        if self._stopped or self._loop is None:
+        append to the journal (SQLite commits them with the next batch)."""
+        if self._stopped or self._conn is None:
             raise RuntimeError("the gateway's state store is closed")
-        if self._conn is not None:  # in memory: nothing outlives the process to wait for
-            return
         fresh = self._pending[self._journalled :]
         if fresh and self._journal is not None:
             try:
@@ -149,25 +158,34 @@ class SqliteWriter:
                 log.exception("gateway state: the journal could not be written")
             self._journalled = len(self._pending)
 
-    def _hand_over(self) -> None:
-        """Send the writes so far to the thread, to be committed in one transaction."""
+    def _flush(self) -> None:
+        """Commit everything written so far in one transaction."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
         batch, self._pending = self._pending, []
         seq, self._seq, self._journalled = self._seq, 0, 0
-        if not batch:
+        if not batch or self._conn is None:
             return
-        if self._conn is not None:  # in memory: commit here, nothing waits for a disk
-            _commit(self._conn, batch)
-        else:
-            self._queue.put((batch, seq))
+        if _commit(self._conn, batch, seq) and seq and self._journal is not None:
+            self._journal.applied = seq
+        counts = self._since_checkpoint
+        counts[0] += 1
+        counts[1] += len(batch)
+        if (
+            (counts[0] >= _CHECKPOINT_COMMITS or counts[1] >= _CHECKPOINT_ROWS)
+            and not self._checkpointing
+            and not self._memory
+        ):
+            self._since_checkpoint = [0, 0]
+            self._checkpointing = True
+            self._queue.put(_checkpoint)
 
     async def call(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
-        if self._stopped or not (self._alive or self._conn is not None):
+        if self._stopped or self._conn is None or not (self._alive or self._memory):
             raise RuntimeError("the gateway's state store is closed")
-        self._hand_over()  # the call sees every write made before it
-        if self._conn is not None:
+        self._flush()  # the call sees every write made before it
+        if self._memory:
             return fn(self._conn)  # no file: nothing here waits for a disk
         future: concurrent.futures.Future[Any] = concurrent.futures.Future()
         self._queue.put((fn, future))
@@ -176,11 +194,11 @@ class SqliteWriter:
     async def stop(self) -> None:
         if self._stopped:
             return
-        self._hand_over()
+        self._flush()
         self._stopped = True
         conn, self._conn = self._conn, None
         if conn is not None:
-            conn.close()
+            conn.close()  # not the file's last connection: the thread's, closing, checkpoints
         if self._thread.is_alive():
             self._queue.put(None)
             await asyncio.to_thread(self._thread.join)
@@ -190,51 +208,48 @@ class SqliteWriter:
         try:
             conn = sqlite3.connect(self._path, isolation_level=None)
             conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")  # WAL: no fsync at commit, at checkpoints
+            conn.execute("PRAGMA synchronous=NORMAL")
             conn.executescript(_SCHEMA)
             journal = Journal(self._path + ".journal")
             journal.replay(conn)
+            writer = sqlite3.connect(
+                self._path, isolation_level=None, check_same_thread=False, timeout=_BUSY_TIMEOUT
+            )
+            writer.execute("PRAGMA synchronous=NORMAL")  # WAL: no fsync at commit
+            writer.execute("PRAGMA wal_autocheckpoint=0")  # checkpoints (and fsyncs) run here
         except Exception as exc:
             if journal is not None:
                 journal.close()
             self._ready.set_exception(exc)
             return
         self._alive = True
-        self._ready.set_result(journal)
+        self._ready.set_result((writer, journal))
         try:
-            self._serve(conn, journal)
+            while True:
+                item = self._queue.get()
+                if item is None:
+                    return
+                if item is _checkpoint:
+                    try:
+                        conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                    except sqlite3.Error:
+                        log.exception("gateway state: a checkpoint failed; the next one retries")
+                    finally:
+                        self._checkpointing = False
+                    continue
+                fn, future = item
+                try:
+                    future.set_result(fn(conn))
+                except Exception as exc:  # handed to the awaiting coroutine, never lost
+                    future.set_exception(exc)
         finally:
             self._alive = False
             conn.close()
-            journal.close()
+            journal.close()  # after the loop's last commit (stop joins this thread)
 
-    def _serve(self, conn: sqlite3.Connection, journal: Journal) -> None:
-        """Commit batches (each run of them in one transaction) and answer reads, in order."""
-        held: list[Any] = []  # an item taken from the queue while gathering batches
-        while True:
-            item = held.pop() if held else self._queue.get()
-            if item is None:
-                return
-            first, second = item
-            if callable(first):
-                try:
-                    second.set_result(first(conn))
-                except Exception as exc:  # handed to the awaiting coroutine, never lost
-                    second.set_exception(exc)
-                continue
-            writes, seq = list(first), second
-            for _ in range(_MAX_BATCHES):  # every batch already waiting joins this transaction
-                try:
-                    more = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if more is None or callable(more[0]):
-                    held.append(more)
-                    break
-                writes.extend(more[0])
-                seq = max(seq, more[1])
-            if _commit(conn, writes, seq) and seq:
-                journal.applied = seq
+
+def _checkpoint() -> None:
+    """A marker in the thread's queue: checkpoint the WAL now."""
 
 
 def _commit(conn: sqlite3.Connection, batch: list[Write], seq: int = 0) -> bool:
