@@ -17,6 +17,7 @@ its timeout, the scrape still answers: with the last figures read, flagged by
 
 from __future__ import annotations
 
+import math
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
@@ -244,12 +245,12 @@ def _spend_families(snap: SpendSnapshot, gauge: Any, counter: Any) -> Iterator[A
     )
     if not snap.shared:
         return
-    if snap.age is not None:
-        yield gauge(
-            "ruxa_gateway_spend_age_seconds",
-            "Seconds since the spend figures were read from the shared state (about 0 when fresh)",
-            value=snap.age,
-        )
+    yield gauge(
+        "ruxa_gateway_spend_age_seconds",
+        "Seconds since the spend figures were read from the shared state (about 0 when fresh, "
+        "+Inf before a first read)",
+        value=math.inf if snap.age is None else snap.age,
+    )
     if snap.indexed is not None:
         yield gauge(
             "ruxa_gateway_users_indexed",

@@ -392,15 +392,17 @@ class RedisStore:
         """``(spent, reserved)`` of a ledger as of this instance's last look (at most ~10 s old)."""
         return self._usage.get((scope, period), (0.0, 0.0))
 
-    async def fleet_ledgers(self, periods: dict[str, str], default_period: str) -> FleetLedgers:
+    async def fleet_ledgers(
+        self, periods: dict[str, str], default_period: str, limit: int = _LISTED
+    ) -> FleetLedgers:
         """Every instance's spend as Redis has it now, in one script call bounded by the
         Redis timeout: the user ledger of each user of ``periods`` (in its period), and of
-        at most 10,000 of the most recently active other users (in ``default_period``).
+        at most ``limit`` of the most recently active other users (in ``default_period``).
 
         While Redis does not answer: the last figures read, updated by this instance's
         own reservations since, marked not ``fresh``.
         """
-        read = await self._layout.ledgers(periods, default_period, _LISTED)
+        read = await self._layout.ledgers(periods, default_period, limit)
         if read is None:
             ledgers = dict(self._listed.ledgers)
             for user, period in periods.items():
