@@ -184,38 +184,57 @@ async def test_a_hung_redis_gets_a_prompt_scrape_of_the_last_figures_flagged_deg
     assert of(back, "ruxa_gateway_state_degraded") == 0.0
 
 
-async def test_a_scrape_reads_the_fleet_in_one_bounded_call(redis_url: str) -> None:
-    """The given users plus at most ``limit`` of the most recently active others, in one call;
-    users without a ledger in the period are left out, and the index counts everyone."""
+async def test_a_scrape_reads_the_fleet_in_one_round_trip_and_a_bounded_listing(
+    redis_url: str,
+) -> None:
+    """The given users plus at most ``limit`` of the most recently active others, in one Redis
+    call; users without a ledger in the period are left out, and the index counts everyone."""
     now = [1_000_000.0]
+
     async with RedisStore(redis_url, clock=lambda: now[0]) as shared_store:
-        for user in ("u1", "u2", "u3"):
+
+        async def reserve(user: str, period: str = "p") -> None:
             now[0] += 1
-            held = await shared_store.areserve(user, 2.0, [Scope(f"user:{user}", "p", None)], None)
+            held = await shared_store.areserve(
+                user, 2.0, [Scope(f"user:{user}", period, None)], None
+            )
             assert not isinstance(held, Denial)
-        now[0] += 1
-        await shared_store.areserve("old", 1.0, [Scope("user:old", "before", None)], None)
-        calls = shared_store._redis.calls
-        read = await shared_store.fleet_ledgers({"u1": "p", "nobody": "p"}, "p", limit=2)
-        assert shared_store._redis.calls == calls + 1
-    assert read.fresh
-    assert read.indexed == 4
-    assert read.ledgers == {
-        "u1": ("p", 0.0, 2.0),
-        "nobody": ("p", 0.0, 0.0),
-        "u3": ("p", 0.0, 2.0),  # the two most recent are "old" (no ledger in "p") and u3
-    }
+
+        async def read() -> tuple[dict[str, tuple[str, float, float]], int]:
+            calls = shared_store._redis.calls
+            got = await shared_store.fleet_ledgers({"u1": "p", "nobody": "p"}, "p", limit=2)
+            assert got.fresh
+            assert got.indexed == indexed
+            return got.ledgers, shared_store._redis.calls - calls
+
+        for user in ("u1", "u2", "u3"):
+            await reserve(user)
+        await reserve("old", "before")
+        indexed = 4
+        first, again = await read(), await read()
+        await reserve("u4")
+        await reserve("u5")
+        indexed = 6
+        later = await read()
+    known = {"u1": ("p", 0.0, 2.0), "nobody": ("p", 0.0, 0.0)}
+    # the two most recent were "old" (no ledger in "p") and u3; then u5 and u4
+    assert first == again == ({**known, "u3": ("p", 0.0, 2.0)}, 1)
+    assert later == ({**known, "u4": ("p", 0.0, 2.0), "u5": ("p", 0.0, 2.0)}, 1)
 
 
 async def test_a_single_gateway_reports_its_own_spend_as_before() -> None:
-    """With the SQLite state: spend per user and period, never degraded, no instance counters."""
+    """With the SQLite state: spend per user and period (any user name, escaped), never
+    degraded, no instance counters."""
+    odd = 'a "quoted"\\ user\nname'
     async with (
         slow_sim() as sim,
         running(config_for(sim, policy=Policy(budget=BUDGET))) as gw,
         user_client(gw, TOKENS["alice"]) as alice,
+        user_client(gw, gw.mint_token(odd)) as oddly,
         aiohttp.ClientSession() as http,
     ):
         await alice.create_task(NB, PROMPT)
+        await oddly.create_task(NB, PROMPT)
         samples, text = await scrape(http, base(gw))
     period = today()
     assert of(samples, "ruxa_gateway_spend_credits", user="alice", period=period) == PRICE
@@ -223,5 +242,6 @@ async def test_a_single_gateway_reports_its_own_spend_as_before() -> None:
     assert of(samples, "ruxa_gateway_budget_remaining_credits", user="alice", period=period) == (
         BUDGET - PRICE
     )
+    assert of(samples, "ruxa_gateway_spend_credits", user=odd, period=period) == PRICE
     assert of(samples, "ruxa_gateway_state_degraded") == 0.0
     assert "ruxa_gateway_instance_" not in text

@@ -164,8 +164,6 @@ def prometheus_exposition(gw: GatewayView) -> Callable[[], Awaitable[tuple[bytes
     counters = gw.counters
 
     class _Collector:
-        snapshot = SpendSnapshot(users={})
-
         def collect(self) -> Iterator[Any]:
             req = CounterMetricFamily(
                 "ruxa_gateway_requests", "Requests answered", labels=["route", "code"]
@@ -185,7 +183,6 @@ def prometheus_exposition(gw: GatewayView) -> Callable[[], Awaitable[tuple[bytes
             for user, n in sorted(counters.created.items()):
                 created.add_metric([user], n)
             yield created
-            yield from _spend_families(self.snapshot, GaugeMetricFamily, CounterMetricFamily)
             up = GaugeMetricFamily(
                 "ruxa_gateway_key_up",
                 "1 when an upstream key takes creates",
@@ -202,14 +199,12 @@ def prometheus_exposition(gw: GatewayView) -> Callable[[], Awaitable[tuple[bytes
             relay.add_metric(["failed"], gw.relay.failed)
             yield relay
 
-    collector = _Collector()
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(collector)
+    registry.register(_Collector())
 
     async def render() -> tuple[bytes, str]:
         snapshot = await spend_snapshot(gw)
-        collector.snapshot = snapshot  # no await from here to the rendering
-        return generate_latest(registry), CONTENT_TYPE_LATEST
+        return generate_latest(registry) + spend_text(snapshot), CONTENT_TYPE_LATEST
 
     return render
 
@@ -220,59 +215,90 @@ _FLEET = (
 )
 
 
-def _spend_families(snap: SpendSnapshot, gauge: Any, counter: Any) -> Iterator[Any]:
-    spent = gauge(
-        "ruxa_gateway_spend_credits",
-        "Credits spent and held in the user's current budget period" + _FLEET,
-        labels=["user", "period"],
-    )
-    left = gauge(
-        "ruxa_gateway_budget_remaining_credits",
-        "Credits left in the user's current budget period" + _FLEET,
-        labels=["user", "period"],
-    )
-    for user, (period, used, remaining) in sorted(snap.users.items()):
-        spent.add_metric([user, period], used)
-        if remaining is not None:
-            left.add_metric([user, period], remaining)
-    yield spent
-    yield left
-    yield gauge(
-        "ruxa_gateway_state_degraded",
-        "1 when the shared state did not answer this scrape: the spend figures are the last "
-        "known ones (see ruxa_gateway_spend_age_seconds)",
-        value=1.0 if snap.degraded else 0.0,
-    )
-    if not snap.shared:
-        return
-    yield gauge(
-        "ruxa_gateway_spend_age_seconds",
-        "Seconds since the spend figures were read from the shared state (about 0 when fresh, "
-        "+Inf before a first read)",
-        value=math.inf if snap.age is None else snap.age,
-    )
-    if snap.indexed is not None:
-        yield gauge(
-            "ruxa_gateway_users_indexed",
-            "Users with a reservation in the shared state's index; the spend gauges list the "
-            "configured users and at most 10,000 of the most recently active others",
-            value=snap.indexed,
+def spend_text(snap: SpendSnapshot) -> bytes:
+    """The spend families of ``snap`` in Prometheus' text format, written directly (one line
+    per user and family: several times quicker than ``prometheus_client`` for many users)."""
+    out: list[str] = []
+    help_ = "Credits spent and held in the user's current budget period" + _FLEET
+    out += [f"# HELP ruxa_gateway_spend_credits {help_}", "# TYPE ruxa_gateway_spend_credits gauge"]
+    users = sorted((_label(u), _label(p), used, left) for u, (p, used, left) in snap.users.items())
+    out += [
+        f'ruxa_gateway_spend_credits{{period="{p}",user="{u}"}} {_number(used)}'
+        for u, p, used, _ in users
+    ]
+    help_ = "Credits left in the user's current budget period" + _FLEET
+    name = "ruxa_gateway_budget_remaining_credits"
+    out += [f"# HELP {name} {help_}", f"# TYPE {name} gauge"]
+    out += [
+        f'{name}{{period="{p}",user="{u}"}} {_number(left)}'
+        for u, p, _, left in users
+        if left is not None
+    ]
+    gauges = [
+        (
+            "ruxa_gateway_state_degraded",
+            "1 when the shared state did not answer this scrape: the spend figures are the last "
+            "known ones (see ruxa_gateway_spend_age_seconds)",
+            1.0 if snap.degraded else 0.0,
         )
-    reserved = counter(
-        "ruxa_gateway_instance_reserved_credits",
-        "Credits reserved by creates through this instance; sum() across instances adds up",
-        labels=["user"],
-    )
-    for user, credits in sorted(snap.reserved_here.items()):
-        reserved.add_metric([user], credits)
-    yield reserved
-    booked = counter(
-        "ruxa_gateway_instance_spend_credits",
-        "Credits this instance booked as spent in the shared ledgers (settlements, charged "
-        "failed creates, expired holds); each credit is booked by one instance, so sum() "
-        "across instances is the fleet's spend",
-        labels=["user"],
-    )
-    for user, credits in sorted(snap.spent_here.items()):
-        booked.add_metric([user], credits)
-    yield booked
+    ]
+    if snap.shared:
+        gauges.append(
+            (
+                "ruxa_gateway_spend_age_seconds",
+                "Seconds since the spend figures were read from the shared state (about 0 when "
+                "fresh, +Inf before a first read)",
+                math.inf if snap.age is None else snap.age,
+            )
+        )
+        if snap.indexed is not None:
+            gauges.append(
+                (
+                    "ruxa_gateway_users_indexed",
+                    "Users with a reservation in the shared state's index; the spend gauges list "
+                    "the configured users and at most 10,000 of the most recently active others",
+                    float(snap.indexed),
+                )
+            )
+    for name, text, value in gauges:
+        out += [f"# HELP {name} {text}", f"# TYPE {name} gauge", f"{name} {_number(value)}"]
+    if snap.shared:
+        counters = [
+            (
+                "ruxa_gateway_instance_reserved_credits_total",
+                "Credits reserved by creates through this instance; sum() across instances adds up",
+                snap.reserved_here,
+            ),
+            (
+                "ruxa_gateway_instance_spend_credits_total",
+                "Credits this instance booked as spent in the shared ledgers (settlements, "
+                "charged failed creates, expired holds); each credit is booked by one instance, "
+                "so sum() across instances is the fleet's spend",
+                snap.spent_here,
+            ),
+        ]
+        for name, text, values in counters:
+            out += [f"# HELP {name} {text}", f"# TYPE {name} counter"]
+            out += [
+                f'{name}{{user="{u}"}} {_number(v)}'
+                for u, v in sorted((_label(u), v) for u, v in values.items())
+            ]
+    out.append("")
+    return "\n".join(out).encode()
+
+
+def _label(value: str) -> str:
+    """A label value escaped for the text format."""
+    if "\\" in value or '"' in value or "\n" in value:
+        return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return value
+
+
+def _number(value: float) -> str:
+    if value == math.inf:
+        return "+Inf"
+    if value == -math.inf:
+        return "-Inf"
+    if value != value:
+        return "NaN"
+    return repr(float(value))

@@ -239,7 +239,7 @@ return {jumped, num(total), num(baseline)}
 # KEYS: users index zset
 # ARGV: key prefix, at most this many users of the index, the default period,
 #       then user, period pairs
-# -> {users in the index, {user, spent, held, ...}}
+# -> {users in the index, JSON [user, spent, held, ...] (one string: quick to decode)}
 LEDGERS = """
 local prefix, limit, default = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local out, seen = {}, {}
@@ -265,5 +265,5 @@ if limit > 0 then
     end
   end
 end
-return {redis.call('ZCARD', KEYS[1]), out}
+return {redis.call('ZCARD', KEYS[1]), cjson.encode(out)}
 """

@@ -411,11 +411,12 @@ class RedisStore:
                     ledgers[user] = (period, *self.usage(f"user:{user}", period))
             return attrs.evolve(self._listed, ledgers=ledgers, fresh=False)
         indexed, found = read
-        ledgers = {}
-        for user, figures in found.items():
-            period = periods.get(user, default_period)
-            self._note((f"user:{user}", period), *figures)
-            ledgers[user] = (period, *figures)
+        ledgers = {u: (default_period, *figures) for u, figures in found.items()}
+        for user, period in periods.items():  # what statistics() and alerts see, refreshed
+            figures = found.get(user)
+            if figures is not None:
+                self._note((f"user:{user}", period), *figures)
+                ledgers[user] = (period, *figures)
         self._listed = FleetLedgers(
             ledgers=ledgers, indexed=indexed, read_at=time.monotonic(), fresh=True
         )

@@ -269,11 +269,10 @@ class Layout:
         reply = await self.redis.call(lambda: script(keys=keys, args=args))
         if reply is None:
             return None
-        flat = reply[1]
-        out = {
-            text(flat[i]): (float(text(flat[i + 1])), float(text(flat[i + 2])))
-            for i in range(0, len(flat), 3)
-        }
+        flat = json.loads(reply[1])
+        if not isinstance(flat, list):  # an empty Lua table is encoded as {}
+            flat = []
+        out = {flat[i]: (float(flat[i + 1]), float(flat[i + 2])) for i in range(0, len(flat), 3)}
         return int(reply[0]), out
 
     async def forget_users(self, before: float) -> int | None:
