@@ -44,7 +44,7 @@ from typing import Any
 import attrs
 
 from .._tasks import stop
-from ._metrics import FleetLedgers
+from ._metrics import LISTED_USERS, FleetLedgers
 from ._policy import Denial
 from ._redis_fleet import MAX_LEASE, RedisFleet
 from ._redis_writer import GatewayRedis, Layout, WriteBehind, text
@@ -58,7 +58,6 @@ _CACHE = 50_000
 _PROBE_EVERY = 0.25
 _MAINTAIN_EVERY = 10.0
 _RETRY_AFTER = 2.0
-_LISTED = 10_000  # users of the index (besides the configured ones) a scrape lists
 _UNAVAILABLE = (
     "the gateway's shared state (Redis) did not answer properly, so no budget could be checked; "
     "nothing was created; retry shortly"
@@ -393,7 +392,7 @@ class RedisStore:
         return self._usage.get((scope, period), (0.0, 0.0))
 
     async def fleet_ledgers(
-        self, periods: dict[str, str], default_period: str, limit: int = _LISTED
+        self, periods: dict[str, str], default_period: str, limit: int = LISTED_USERS
     ) -> FleetLedgers:
         """Every instance's spend as Redis has it now, in one script call bounded by the
         Redis timeout: the user ledger of each user of ``periods`` (in its period), and of
