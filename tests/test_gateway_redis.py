@@ -202,7 +202,7 @@ async def test_a_task_settles_once_whichever_instance_sees_it_end(
         ledger = ("user:alice", window_bounds("day", time.time())[0])
         assert store(one).usage(*ledger) == (0.0, 4.0)  # as of its own reservation
         await store(one).maintain()
-        assert store(one).usage(*ledger) == (4.0, 0.0)  # what metrics show, refreshed
+        assert store(one).usage(*ledger) == (4.0, 0.0)  # what statistics() show, refreshed
         await via_two.create_task(NB, PROMPT)  # 4 spent + 4 held = the whole budget
         with pytest.raises(InsufficientCreditsError, match="4 spent, 4 held"):
             await via_one.create_task(NB, PROMPT)

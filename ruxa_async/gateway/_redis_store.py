@@ -470,8 +470,9 @@ class RedisStore:
                 await self.maintain()
 
     async def maintain(self) -> None:
-        """Book expired holds as spent, refresh the usage this instance shows (metrics), forget
-        tasks settled elsewhere, adopt tasks whose gateway is gone."""
+        """Book expired holds as spent, refresh the usage this instance remembers
+        (:meth:`usage`; metrics read theirs fresh), trim the users index, forget tasks settled
+        elsewhere, adopt tasks whose gateway is gone."""
         reaped = await self._layout.reap(self._clock())
         if reaped:
             log.warning("gateway state: %s stale reservations booked as spent", len(reaped))
