@@ -222,6 +222,20 @@ async def test_a_scrape_reads_the_fleet_in_one_round_trip_and_a_bounded_listing(
     assert later == ({**known, "u4": ("p", 0.0, 2.0), "u5": ("p", 0.0, 2.0)}, 1)
 
 
+async def test_a_charged_release_is_counted_once(redis_url: str) -> None:
+    """A failed create charged to the budget counts in this instance's spend once, even when
+    its release is written twice."""
+    async with RedisStore(redis_url) as shared_store:
+        held = await shared_store.areserve("u", 3.0, [Scope("user:u", "p", None)], None)
+        assert not isinstance(held, Denial)
+        shared_store.release(held, charge=True)
+        shared_store.release(held, charge=True)
+        await shared_store.flush()
+        read = await shared_store.fleet_ledgers({}, "p")
+    assert dict(shared_store.spent_here) == dict(shared_store.reserved_here) == {"u": 3.0}
+    assert read.ledgers == {"u": ("p", 3.0, 0.0)}
+
+
 async def test_a_single_gateway_reports_its_own_spend_as_before() -> None:
     """With the SQLite state: spend per user and period (any user name, escaped), never
     degraded, no instance counters."""

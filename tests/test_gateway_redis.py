@@ -279,6 +279,8 @@ async def test_a_reservation_left_by_a_dead_gateway_is_booked_as_spent(redis_url
         assert isinstance(over, Denial)
         assert over.code == 402
         assert "4 spent, 4 held" in over.message
+        # the instance that reaped booked the spend; the one that reserved it, nothing
+        assert (dict(alive.spent_here), dict(dead.spent_here)) == ({"u": 4.0}, {})
 
 
 async def test_a_task_record_reads_back_whole_on_another_instance(redis_url: str) -> None:
