@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import math
 import time
-from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -37,7 +36,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "LISTED_USERS",
-    "Counters",
     "FleetLedgers",
     "GatewayStatistics",
     "SharedSpend",
@@ -61,17 +59,6 @@ class GatewayStatistics:
     spend: dict[str, float]
     remaining: dict[str, float]
     keys: dict[str, str]
-
-
-class Counters:
-    """Plain counters bumped on the request path."""
-
-    def __init__(self) -> None:
-        self.requests: Counter[tuple[str, int]] = Counter()
-        self.denials: Counter[str] = Counter()
-        self.created: Counter[str] = Counter()
-        self.settled = 0
-        self.ownership_refusals = 0
 
 
 @attrs.frozen(kw_only=True)
