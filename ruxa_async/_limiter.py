@@ -31,17 +31,16 @@ import logging
 import math
 import random
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from types import TracebackType
-
-import attrs
 
 from ._config import RateLimits
 from ._fleetdrains import fleet_drains
 from ._pace import Pace
 from ._ratehints import RateHint
-from ._ratestate import GateScope, Kind, LearnedLimit, LimitSource, LocalRateState, RateState
+from ._ratestate import GateScope, Kind, LearnedLimit, LocalRateState, RateState
+from ._ratestats import ClassStatistics, RateStatistics, class_statistics, reported_rate
 
 __all__ = ["ClassStatistics", "Kind", "Permit", "RateController", "RateStatistics"]
 
@@ -54,56 +53,6 @@ _JITTER_CAP = 0.05  # ... and never more than this many seconds
 _MAX_DOUBLINGS = 30
 _START_RATE = 40.0  # requests/s per class while ramping, before scaling by the unit
 _EPSILON = 1e-9
-
-
-@attrs.frozen(kw_only=True)
-class ClassStatistics:
-    """What the controller learned about one endpoint class (create or query).
-
-    ``rate`` is the pace it sends at now and ``burst`` the saved tokens it may
-    spend back to back; ``estimated_limit`` and ``estimated_burst`` are its
-    estimate of the server's limit (None: not learned); ``source`` says where
-    the estimate came from (``"configured"``, ``"headers"``, ``"429s"`` or
-    ``"slow start"``); ``phase`` is ``ramp``, ``hold``, ``probe``, ``hinted``
-    or ``fixed``; ``probes`` counts upward probes, ``episodes`` the 429
-    episodes of this class; ``paused_seconds`` is the time its gate was closed.
-    """
-
-    rate: float
-    burst: float
-    estimated_limit: float | None
-    estimated_burst: float | None
-    source: LimitSource
-    phase: str
-    probes: int
-    episodes: int
-    paused_seconds: float = 0.0
-
-
-@attrs.frozen(kw_only=True)
-class RateStatistics:
-    """A snapshot of the rate controller, from :meth:`RateController.statistics`.
-
-    ``create_rate`` and ``query_rate`` are the current paces in requests per
-    second (None while a class still ramps up with nothing learned);
-    ``classes`` has the details per class. ``paused_seconds`` is the time any
-    gate was closed (the union of the closed intervals, up to now);
-    ``sent_while_gated`` is a self-check that stays 0 unless the controller
-    has a bug.
-    """
-
-    create_rate: float | None
-    query_rate: float | None
-    in_flight: int
-    max_in_flight: int
-    waiting: int
-    rate_limited: int
-    episodes: int
-    paused_seconds: float
-    gate_remaining: float
-    sent_while_gated: int
-    permits: Mapping[str, int]
-    classes: Mapping[str, ClassStatistics] = attrs.field(factory=dict)
 
 
 class Permit:
@@ -350,7 +299,7 @@ class RateController:
 
     def query_budget(self) -> float | None:
         """The queries per second the pace allows now; None while unknown (ramping, unpaced)."""
-        return _reported_rate(self._lanes["query"].pace)
+        return reported_rate(self._lanes["query"].pace)
 
     def statistics(self) -> RateStatistics:
         """Return a snapshot of paces, what was learned, counters and the gate."""
@@ -359,12 +308,12 @@ class RateController:
             self._advance(lane, now)
         lanes = self._lanes
         classes: dict[str, ClassStatistics] = {
-            kind: _class_statistics(lane.pace, self._gates[kind].paused_until(now))
+            kind: class_statistics(lane.pace, self._gates[kind].paused_until(now))
             for kind, lane in lanes.items()
         }
         return RateStatistics(
-            create_rate=_reported_rate(lanes["create"].pace),
-            query_rate=_reported_rate(lanes["query"].pace),
+            create_rate=reported_rate(lanes["create"].pace),
+            query_rate=reported_rate(lanes["query"].pace),
             in_flight=self._in_flight,
             max_in_flight=self._limits.max_in_flight,
             waiting=self._waiting,
@@ -580,24 +529,6 @@ class RateController:
             # The quota is spent: wait for one token (or the reset when the pace is unknown).
             wait = 1.0 / pace.rate if pace.phase == "hinted" else (hint.reset or 0.0)
             lane.not_before = max(lane.not_before, now + min(wait, self._limits.max_pause))
-
-
-def _reported_rate(pace: Pace) -> float | None:
-    return None if pace.phase == "ramp" or pace.rate == math.inf else pace.rate
-
-
-def _class_statistics(pace: Pace, paused: float) -> ClassStatistics:
-    return ClassStatistics(
-        rate=pace.rate,
-        burst=pace.burst,
-        estimated_limit=pace.estimate,
-        estimated_burst=pace.estimated_burst,
-        source=pace.source,
-        phase=pace.phase,
-        probes=pace.probes,
-        episodes=pace.episodes,
-        paused_seconds=paused,
-    )
 
 
 def _fmt(value: float | None) -> str:
