@@ -37,9 +37,10 @@ from types import TracebackType
 
 from ._config import RateLimits
 from ._fleetdrains import fleet_drains
+from ._gate import ClosedTime, Gate
 from ._pace import Pace
 from ._ratehints import RateHint
-from ._ratestate import GateScope, Kind, LearnedLimit, LocalRateState, RateState
+from ._ratestate import Kind, LearnedLimit, LocalRateState, RateState
 from ._ratestats import ClassStatistics, RateStatistics, class_statistics, reported_rate
 
 __all__ = ["ClassStatistics", "Kind", "Permit", "RateController", "RateStatistics"]
@@ -48,9 +49,6 @@ _KINDS: tuple[Kind, ...] = ("create", "query")
 _log = logging.getLogger("ruxa_async")
 
 _DEMAND_GRACE = 1.0  # a wait for a token counts as demand until this long after it ends
-_JITTER_FRACTION = 0.03  # gate jitter: up to this share of the pause ...
-_JITTER_CAP = 0.05  # ... and never more than this many seconds
-_MAX_DOUBLINGS = 30
 _START_RATE = 40.0  # requests/s per class while ramping, before scaling by the unit
 _EPSILON = 1e-9
 
@@ -68,24 +66,6 @@ class Permit:
 
     def __repr__(self) -> str:
         return f"Permit(kind={self.kind!r}, granted_at={self.granted_at!r})"
-
-
-class _Gate:
-    __slots__ = ("closed", "closed_at", "deadline", "name", "paused", "streak")
-
-    def __init__(self, name: GateScope, now: float) -> None:
-        self.name: GateScope = name
-        self.deadline = now  # nothing may be sent before this clock reading
-        self.closed_at = float("-inf")  # when the current (or last) pause began
-        self.closed = False  # set when closed, cleared (and logged) once seen open
-        self.streak = 0  # pauses in a row with no success in between
-        self.paused = 0.0  # closed time of the finished pauses
-
-    def paused_until(self, now: float) -> float:
-        """Seconds this gate was closed, up to ``now``."""
-        if self.closed_at == float("-inf"):
-            return 0.0
-        return self.paused + max(0.0, min(now, self.deadline) - self.closed_at)
 
 
 class _Lane:
@@ -184,19 +164,17 @@ class RateController:
             )
             self._lanes[kind] = _Lane(kind, pace, now)
         if limits.gate_scope == "client":
-            shared = _Gate("client", now)
-            self._gates: dict[Kind, _Gate] = {"create": shared, "query": shared}
+            shared = Gate("client", now)
+            self._gates: dict[Kind, Gate] = {"create": shared, "query": shared}
         else:
-            self._gates = {kind: _Gate(kind, now) for kind in _KINDS}
+            self._gates = {kind: Gate(kind, now) for kind in _KINDS}
         self._in_flight = 0
         self._slot_waiters: list[asyncio.Future[None]] = []
         self._waiting = 0
         self._rate_limited = 0
         self._episodes = 0
         self._sent_while_gated = 0
-        self._paused_before = 0.0  # closed time of finished pause intervals
-        self._pause_start = now  # current (or last) merged pause interval
-        self._pause_end = now
+        self._closed_time = ClosedTime(now)
 
     @property
     def state(self) -> RateState:
@@ -214,8 +192,7 @@ class RateController:
         self._advance(lane, now)
         for _ in range(self._weight(permit.kind, "accepted")):
             lane.pace.on_accepted(permit.granted_at, now)
-        if gate.streak and permit.granted_at >= gate.deadline:
-            gate.streak = 0
+        gate.on_admitted(permit.granted_at)
         if hint is not None:
             await self._apply_hint(lane, hint, now)
 
@@ -235,18 +212,10 @@ class RateController:
         now = self._clock()
         kind = permit.kind
         lane, gate = self._lanes[kind], self._gates[kind]
-        limits = self._limits
         self._rate_limited += 1
         for behind in self._lanes_behind(gate):
             self._advance(behind, now)
-        if permit.granted_at > gate.closed_at:  # sent after the last pause began
-            gate.streak += 1
-        if retry_after is not None:
-            pause = min(max(retry_after, 0.0), limits.max_pause)
-        else:
-            doublings = min(max(gate.streak, 1) - 1, _MAX_DOUBLINGS)
-            pause = min(limits.pause_without_retry_after * 2.0**doublings, limits.max_pause)
-        pause += self._rng() * min(_JITTER_CAP, _JITTER_FRACTION * pause)
+        pause = gate.pause(permit.granted_at, retry_after, self._limits, self._rng)
         new_episode = await self._state.begin_episode(kind, permit.episode)
         pace = lane.pace
         old_rate = pace.rate
@@ -319,8 +288,7 @@ class RateController:
             waiting=self._waiting,
             rate_limited=self._rate_limited,
             episodes=self._episodes,
-            paused_seconds=self._paused_before
-            + max(0.0, min(now, self._pause_end) - self._pause_start),
+            paused_seconds=self._closed_time.seconds(now),
             gate_remaining=self.gate_remaining(),
             sent_while_gated=self._sent_while_gated,
             permits={kind: lane.permits for kind, lane in lanes.items()},
@@ -337,7 +305,7 @@ class RateController:
             async with lane.lock:
                 while True:
                     now = self._clock()
-                    wait = max(self._gate_wait(gate, now), lane.not_before - now)
+                    wait = max(gate.wait(now), lane.not_before - now)
                     if wait <= 0:
                         wait = await state.gate_remaining(gate.name)
                         if wait > 0:  # another sharer of the state closed it: mirror it here
@@ -363,14 +331,14 @@ class RateController:
                         lane.demand_until = max(lane.demand_until, now + wait + _DEMAND_GRACE)
                         await self._sleep(wait)
                         continue
-                    if self._gate_wait(gate, now) > 0:  # a 429 closed it while we queued
+                    if gate.wait(now) > 0:  # a 429 closed it while we queued
                         self._release_slot()
                         continue
                     return self._grant(lane, gate, now)
         finally:
             self._waiting -= 1
 
-    def _grant(self, lane: _Lane, gate: _Gate, now: float) -> Permit:
+    def _grant(self, lane: _Lane, gate: Gate, now: float) -> Permit:
         if now < gate.deadline:
             self._sent_while_gated += 1
         lane.permits += 1
@@ -403,33 +371,14 @@ class RateController:
 
     # ------------------------------------------------------------------- gate
 
-    def _gate_wait(self, gate: _Gate, now: float) -> float:
-        remaining = gate.deadline - now
-        if remaining > 0:
-            return remaining
-        if gate.closed:
-            gate.closed = False
-            _log.debug("%s gate reopened after %.3f s", gate.name, gate.deadline - gate.closed_at)
-        return 0.0
-
-    def _close(self, gate: _Gate, now: float, deadline: float) -> None:
-        if deadline <= max(now, gate.deadline):
+    def _close(self, gate: Gate, now: float, deadline: float) -> None:
+        if not gate.close(now, deadline):
             return
-        if gate.deadline <= now:
-            if gate.closed_at != float("-inf"):
-                gate.paused += gate.deadline - gate.closed_at
-            gate.closed_at = now
-        gate.deadline = deadline
-        gate.closed = True
         for lane in self._lanes_behind(gate):
             lane.pace.on_pause_end(deadline)
-        if now <= self._pause_end:
-            self._pause_end = max(self._pause_end, deadline)
-        else:
-            self._paused_before += self._pause_end - self._pause_start
-            self._pause_start, self._pause_end = now, deadline
+        self._closed_time.add(now, deadline)
 
-    def _lanes_behind(self, gate: _Gate) -> list[_Lane]:
+    def _lanes_behind(self, gate: Gate) -> list[_Lane]:
         return [self._lanes[kind] for kind in _KINDS if self._gates[kind] is gate]
 
     # ------------------------------------------------------------------ pace
