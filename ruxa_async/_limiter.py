@@ -22,6 +22,11 @@ with ``gate_scope="client"``. The learned state and the gate live behind a
 :class:`~ruxa_async._ratestate.RateState` (in-process by default), so a fleet
 of clients can share them. Time is read lazily from the injected clock: there
 is no background task and no timer.
+
+This module keeps the waiting and the order of events; each class's pace,
+hints and sharing are a :class:`~ruxa_async._lane.Lane`, the gate's
+arithmetic is :mod:`~ruxa_async._gate`, and the snapshot's records are in
+:mod:`~ruxa_async._ratestats`.
 """
 
 from __future__ import annotations
@@ -36,11 +41,11 @@ from contextlib import AbstractAsyncContextManager
 from types import TracebackType
 
 from ._config import RateLimits
-from ._fleetdrains import fleet_drains
 from ._gate import ClosedTime, Gate
+from ._lane import Lane, fmt_number
 from ._pace import Pace
 from ._ratehints import RateHint
-from ._ratestate import Kind, LearnedLimit, LocalRateState, RateState
+from ._ratestate import Kind, LocalRateState, RateState
 from ._ratestats import ClassStatistics, RateStatistics, class_statistics, reported_rate
 
 __all__ = ["ClassStatistics", "Kind", "Permit", "RateController", "RateStatistics"]
@@ -66,35 +71,6 @@ class Permit:
 
     def __repr__(self) -> str:
         return f"Permit(kind={self.kind!r}, granted_at={self.granted_at!r})"
-
-
-class _Lane:
-    __slots__ = (
-        "advanced_at",
-        "demand_until",
-        "episode",
-        "kind",
-        "lock",
-        "max_remaining",
-        "max_reset",
-        "not_before",
-        "pace",
-        "permits",
-        "shared",
-    )
-
-    def __init__(self, kind: Kind, pace: Pace, now: float) -> None:
-        self.kind: Kind = kind
-        self.pace = pace
-        self.advanced_at = now
-        self.demand_until = float("-inf")
-        self.episode = 0  # the last episode counter seen in the state
-        self.not_before = now  # a server hint said the quota is spent until then
-        self.max_remaining = 0.0
-        self.max_reset = 0.0
-        self.permits = 0
-        self.lock = asyncio.Lock()
-        self.shared: LearnedLimit | None = None  # last read from (or written to) a given state
 
 
 class _PermitContext(AbstractAsyncContextManager[Permit]):
@@ -143,14 +119,18 @@ class RateController:
         self._rng = rng
         self._state: RateState = state if state is not None else LocalRateState(clock)
         self._shared = state is not None  # a given state may be shared: adopt what others learn
-        self._carried: dict[tuple[Kind, str], float] = {}  # a fleet's fractional sends, see _weight
         now = clock()
         unit = limits.recovery_seconds / 4.0
         configured = {
             "create": (limits.create_per_second, limits.create_burst),
             "query": (limits.query_per_second, limits.query_burst),
         }
-        self._lanes: dict[Kind, _Lane] = {}
+        if limits.gate_scope == "client":
+            shared = Gate("client", now)
+            self._gates: dict[Kind, Gate] = {"create": shared, "query": shared}
+        else:
+            self._gates = {kind: Gate(kind, now) for kind in _KINDS}
+        self._lanes: dict[Kind, Lane] = {}
         for kind in _KINDS:
             ceiling, burst = configured[kind]
             pace = Pace(
@@ -162,12 +142,7 @@ class RateController:
                 adaptive=limits.adaptive,
                 now=now,
             )
-            self._lanes[kind] = _Lane(kind, pace, now)
-        if limits.gate_scope == "client":
-            shared = Gate("client", now)
-            self._gates: dict[Kind, Gate] = {"create": shared, "query": shared}
-        else:
-            self._gates = {kind: Gate(kind, now) for kind in _KINDS}
+            self._lanes[kind] = Lane(kind, pace, self._gates[kind], self._state, now)
         self._in_flight = 0
         self._slot_waiters: list[asyncio.Future[None]] = []
         self._waiting = 0
@@ -189,22 +164,20 @@ class RateController:
         """Record a reply that was not a 429, with the rate-limit hint its headers carried."""
         now = self._clock()
         lane, gate = self._lanes[permit.kind], self._gates[permit.kind]
-        self._advance(lane, now)
-        for _ in range(self._weight(permit.kind, "accepted")):
-            lane.pace.on_accepted(permit.granted_at, now)
+        lane.advance(now)
+        lane.on_accepted(permit.granted_at, now)
         gate.on_admitted(permit.granted_at)
         if hint is not None:
-            await self._apply_hint(lane, hint, now)
+            await lane.apply_hint(hint, now, self._limits.max_pause)
 
     async def on_rate_limited(
         self, permit: Permit, retry_after: float | None, hint: RateHint | None = None
     ) -> None:
         """Record a 429: close the gate and, once per episode, settle the class's pace lower.
 
-        The pause is ``Retry-After`` (capped at ``max_pause``), else
-        ``pause_without_retry_after`` doubled for each consecutive 429 whose
-        request was sent after the gate's previous pause, plus a jitter of at
-        most 3 % of the pause and 50 ms. A 429 for a request granted before
+        The pause is ``Retry-After`` (capped at ``max_pause``), else a
+        doubling one, plus a small jitter (:meth:`Gate.pause
+        <ruxa_async._gate.Gate.pause>`). A 429 for a request granted before
         the class's last decrease belongs to that episode and only extends
         the gate. With ``adaptive=False`` the episodes are still counted but
         no pace changes.
@@ -214,7 +187,7 @@ class RateController:
         lane, gate = self._lanes[kind], self._gates[kind]
         self._rate_limited += 1
         for behind in self._lanes_behind(gate):
-            self._advance(behind, now)
+            behind.advance(now)
         pause = gate.pause(permit.granted_at, retry_after, self._limits, self._rng)
         new_episode = await self._state.begin_episode(kind, permit.episode)
         pace = lane.pace
@@ -222,14 +195,7 @@ class RateController:
         if new_episode:
             lane.episode = permit.episode + 1
             self._episodes += 1
-            fleet = await fleet_drains(self._state, lane.kind, pace, permit.granted_at, now)
-            granted_rate = permit.rate or old_rate
-            refill = getattr(self._state, "refill_rate", None)
-            if fleet is not None and refill is not None:
-                # The fleet sent at its bucket's rate: while it ramps, its fastest member's
-                # pace (a ramp's 429 read against this member's slower one read half the limit).
-                granted_rate = max(granted_rate, refill(kind))
-            pace.on_refused(permit.granted_at, granted_rate, now, fleet=fleet)
+            await lane.on_refused(permit.granted_at, permit.rate or old_rate, now)
         else:
             lane.episode = max(lane.episode, permit.episode + 1)
         self._close(gate, now, now + pause)
@@ -237,8 +203,8 @@ class RateController:
         if not new_episode:
             return
         if hint is not None:
-            await self._apply_hint(lane, hint, now)
-        await self._publish(lane)
+            await lane.apply_hint(hint, now, self._limits.max_pause)
+        await lane.publish()
         followed = await self._lead(lane, now)
         _log.debug(
             "429 on %s: pace %.3g -> %.3g req/s (limit ~%s, burst ~%s, from %s), "
@@ -246,8 +212,8 @@ class RateController:
             kind,
             old_rate,
             pace.rate,
-            _fmt(pace.estimate),
-            _fmt(pace.estimated_burst),
+            fmt_number(pace.estimate),
+            fmt_number(pace.estimated_burst),
             pace.source,
             gate.name,
             gate.deadline - now,
@@ -274,7 +240,7 @@ class RateController:
         """Return a snapshot of paces, what was learned, counters and the gate."""
         now = self._clock()
         for lane in self._lanes.values():
-            self._advance(lane, now)
+            lane.advance(now)
         lanes = self._lanes
         classes: dict[str, ClassStatistics] = {
             kind: class_statistics(lane.pace, self._gates[kind].paused_until(now))
@@ -311,14 +277,14 @@ class RateController:
                         if wait > 0:  # another sharer of the state closed it: mirror it here
                             self._close(gate, now, now + wait)
                         elif self._shared:
-                            await self._adopt(lane)
+                            await lane.adopt()
                     if wait > 0:
                         await self._sleep(wait)
                         continue
                     await self._take_slot()
                     try:
                         now = self._clock()
-                        self._advance(lane, now)
+                        lane.advance(now)
                         pace = lane.pace
                         wait = 0.0
                         if pace.rate != math.inf:
@@ -338,18 +304,10 @@ class RateController:
         finally:
             self._waiting -= 1
 
-    def _grant(self, lane: _Lane, gate: Gate, now: float) -> Permit:
+    def _grant(self, lane: Lane, gate: Gate, now: float) -> Permit:
         if now < gate.deadline:
             self._sent_while_gated += 1
-        lane.permits += 1
-        pace, weight = lane.pace, self._weight(lane.kind, "sent")
-        if weight == 1:
-            pace.on_sent(now)
-        else:  # the fleet's sends between this one's last and now, evenly: as the server saw them
-            last = pace.history[-1] if pace.history else now
-            spacing = min((now - last) / weight, 1.0 / pace.rate)
-            for k in range(weight - 1, -1, -1):
-                pace.on_sent(now - k * spacing)
+        lane.on_sent(now)
         return Permit(lane.kind, now, lane.pace.rate, lane.episode)
 
     async def _take_slot(self) -> None:
@@ -378,31 +336,12 @@ class RateController:
             lane.pace.on_pause_end(deadline)
         self._closed_time.add(now, deadline)
 
-    def _lanes_behind(self, gate: Gate) -> list[_Lane]:
+    def _lanes_behind(self, gate: Gate) -> list[Lane]:
         return [self._lanes[kind] for kind in _KINDS if self._gates[kind] is gate]
-
-    # ------------------------------------------------------------------ pace
-
-    def _advance(self, lane: _Lane, now: float) -> None:
-        """Move the class's pace on by the demand seen since the last call, gate open only."""
-        start = max(lane.advanced_at, self._gates[lane.kind].deadline)
-        end = min(now, lane.demand_until)
-        if end > start:
-            before = lane.pace.phase
-            lane.pace.advance(end - start, now)
-            if lane.pace.phase != before:
-                _log.debug(
-                    "%s pace: %s -> %s at %.3g req/s",
-                    lane.kind,
-                    before,
-                    lane.pace.phase,
-                    lane.pace.rate,
-                )
-        lane.advanced_at = max(lane.advanced_at, now)
 
     # ---------------------------------------------------------- shared state
 
-    async def _lead(self, leader: _Lane, now: float) -> float | None:
+    async def _lead(self, leader: Lane, now: float) -> float | None:
         """Offer a create 429's finding to queries while they learned nothing of their own.
 
         Every task needs at least one query, so queries must keep up with the
@@ -414,71 +353,8 @@ class RateController:
         if leader.kind != "create":
             return None
         lane = self._lanes["query"]
-        self._advance(lane, now)
+        lane.advance(now)
         if not lane.pace.follow(leader.pace, now):
             return None
-        await self._publish(lane)
+        await lane.publish()
         return lane.pace.rate
-
-    async def _publish(self, lane: _Lane) -> None:
-        learned = lane.shared = lane.pace.learned(lane.episode)
-        await self._state.write(lane.kind, learned)
-
-    async def _adopt(self, lane: _Lane) -> None:
-        """Take over a pace another controller sharing the state wrote (its 429 episode)."""
-        learned = await self._state.read(lane.kind)
-        if learned is None or learned == lane.shared or learned.episode < lane.episode:
-            return
-        new_episode = lane.shared is None or learned.episode > lane.shared.episode
-        lane.shared = learned
-        lane.episode = learned.episode
-        lane.pace.adopt(learned, new_episode=new_episode)
-
-    def _weight(self, kind: Kind, counter: str) -> int:
-        """Sends of every sharer per send of this controller (1 unless the state says more).
-
-        A fleet's pace is measured against the fleet's sends: a state shared by
-        several processes reports how many sends the whole fleet made per send
-        of this one (``share(kind)``), so the ramp and the estimates scale.
-        The fraction is carried to the next send (a share of 2.5 counts 2, 3,
-        2, 3 ...): rounded, it scaled every drain by up to 25 % and the fits
-        of the server's bucket with it.
-        """
-        share = getattr(self._state, "share", None)
-        if share is None:
-            return 1
-        carried = self._carried.get((kind, counter), 0.0) + max(1.0, share(kind))
-        weight = int(carried)
-        self._carried[(kind, counter)] = carried - weight
-        return weight
-
-    async def _apply_hint(self, lane: _Lane, hint: RateHint, now: float) -> None:
-        """Use what a reply's rate-limit headers said about the class's quota."""
-        pace = lane.pace
-        if hint.remaining is not None:
-            lane.max_remaining = max(lane.max_remaining, hint.remaining)
-        if hint.reset is not None:
-            lane.max_reset = max(lane.max_reset, hint.reset)
-        rate = hint.rate
-        if rate is None and hint.limit is not None and hint.family == "x-ratelimit":
-            # No window is published: the longest reset seen bounds it from below.
-            rate = hint.limit / max(1.0, lane.max_reset)
-        burst = lane.max_remaining + 1.0 if lane.max_remaining > 0 else None
-        if pace.on_hint(rate, burst):
-            await self._publish(lane)
-            _log.debug(
-                "%s quota from %s headers: %.3g req/s, burst ~%s; pacing at %.3g req/s",
-                lane.kind,
-                hint.family,
-                pace.estimate or 0.0,
-                _fmt(pace.estimated_burst),
-                pace.rate,
-            )
-        if hint.remaining is not None and hint.remaining < 1.0:
-            # The quota is spent: wait for one token (or the reset when the pace is unknown).
-            wait = 1.0 / pace.rate if pace.phase == "hinted" else (hint.reset or 0.0)
-            lane.not_before = max(lane.not_before, now + min(wait, self._limits.max_pause))
-
-
-def _fmt(value: float | None) -> str:
-    return "unknown" if value is None else f"{value:.3g}"
