@@ -58,15 +58,8 @@ import math
 from collections import deque
 
 from ._admitted import SendLog
-from ._bucketfit import Drain, excess
-from ._estimates import (
-    SETTLE,
-    believable,
-    learn_burst,
-    probe_estimate,
-    ramp_estimate,
-    step_down,
-)
+from ._bucketfit import Drain
+from ._estimates import SETTLE, believable, learn_burst, read_refusal
 from ._paceshare import adopt, follow, learned_limit, restore
 from ._pacetune import (
     _BACK_AT,
@@ -75,7 +68,6 @@ from ._pacetune import (
     _CHANGED,
     _CONFIGURED_SHARE,
     _CONFIRMED,
-    _EARLY,
     _HELD,
     _HINT_SHARE,
     _HISTORY_UNITS,
@@ -93,7 +85,6 @@ from ._pacetune import (
     _SETTLE_CONFIRMED,
     _SETTLE_FITTED,
     _SETTLED_BURST,
-    _STALLED,
     Phase,
 )
 from ._ratestate import LearnedLimit, LimitSource
@@ -232,7 +223,7 @@ class Pace:
         now: float,
         fleet: tuple[Drain, Drain | None] | None = None,
     ) -> None:
-        """A 429 that starts an episode: estimate the limit from what was admitted, settle.
+        """A 429 that starts an episode: read it (:func:`._estimates.read_refusal`), settle.
 
         ``fleet``: this drain and the last episode's from a fleet's own record
         of its sends, in place of this pace's (its sends weighed by its share).
@@ -248,10 +239,7 @@ class Pace:
         drain = self._drain(granted_at)
         if fleet is not None:
             drain, self.last_drain = fleet[0], fleet[1] or self.last_drain
-        fitted_burst: float | None = None
-        fitted = False
         ramp = self.phase == "ramp"
-        probed = backed_off = False
         # The pace held for a while (or probes past it): a limit worth coming back to.
         # ... or a probe found it (a drop soon after a probe's 429 still has a limit to return to).
         held = (
@@ -259,40 +247,10 @@ class Pace:
             or (self.phase == "hold" and self.t >= _HELD * self.unit)
             or (self.found is not None and granted_rate <= self.found)
         )
-        if ramp:
-            sent = drain.times if fleet is not None else None
-            estimate = ramp_estimate(self, granted_at, granted_rate, sent)
-        elif self.phase == "probe" and granted_rate > self.base and self.t >= _EARLY * self.unit:
-            estimate, fitted_burst, fitted = probe_estimate(self, drain, granted_at, granted_rate)
-            probed = True
-            if self.refused_pace is not None:
-                # A settled pace was refused just before: a fit (a few % off, the
-                # burst a little short) must not put the pace back above it.
-                estimate = min(estimate, self.refused_pace)
-                self.refused_pace = None
-            self.step_downs = 0
-        elif self.confirmed and self.phase == "hold" and self.estimate is not None:
-            # Settled closer than usual to a limit found twice, and refused there: back to
-            # the fitted share of the same limit first (the pace was just too close, or a late
-            # loop bunched its sends); a 429 there too steps down.
-            estimate, fitted = self.estimate, self.fitted
-            self.refused_pace = granted_rate
-            backed_off = True
-        else:
-            # Granted well under the settled pace: the client's own sends were held back (a
-            # stall: replies late, the in-flight bound reached). The server had just admitted
-            # the settled pace, so read the 429 as one at that pace, from the pace alone.
-            stalled = granted_rate < _STALLED * self.base
-            estimate, fitted = step_down(
-                self, drain, granted_at, max(granted_rate, self.base), measured=not stalled
-            )
-            last = self.last_drain
-            if self.phase == "probe" and not stalled and last is not None and last.times:
-                # The last probe's estimate was too high, so its burst too small: take the
-                # burst that drain tells at this lower rate.
-                burst = excess(last, estimate)
-                if (self.estimated_burst or 0.0) < burst and believable(self, burst):
-                    self.set_burst(burst)
+        sent = drain.times if fleet is not None else None
+        estimate, fitted, fitted_burst, probed, backed_off = read_refusal(
+            self, drain, granted_at, granted_rate, sent
+        )
         estimate = max(self.min_rate, estimate)
         if self.ceiling is not None:
             estimate = min(estimate, self.ceiling)
