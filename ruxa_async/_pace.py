@@ -41,6 +41,9 @@ guess, rises with its later findings and never sinks with them; its own first
 
 The estimate after a 429 comes from what the server *admitted* (:mod:`._admitted`
 keeps the record), by the phase it refused; :mod:`._estimates` has the rules.
+How the pace moves with demand (the ramp, a hold's end, a probe's climb and
+its return to an old limit) is :mod:`._climb`; where it settles and for how
+long stays here (:meth:`Pace.settle_at`).
 
 A climbing pace stays within twice what was actually sent in the last unit, so
 a client held back by its own CPU learns nothing false. The server's burst is
@@ -59,12 +62,10 @@ from collections import deque
 
 from ._admitted import SendLog
 from ._bucketfit import Drain
+from ._climb import advance
 from ._estimates import SETTLE, believable, learn_burst, read_refusal
 from ._paceshare import adopt, follow, learned_limit, restore
 from ._pacetune import (
-    _BACK_AT,
-    _BACK_BURST_SHARE,
-    _BACK_UNITS,
     _CHANGED,
     _CONFIGURED_SHARE,
     _CONFIRMED,
@@ -75,13 +76,8 @@ from ._pacetune import (
     _LOW_HOLD,
     _LOW_PROBES,
     _MAX_HOLD_DOUBLINGS,
-    _PROBE_SCALE,
-    _RAISE_UNITS,
-    _RAISED,
     _RAMP_BURST,
-    _RAMP_DOUBLING,
     _RAMP_HOLD,
-    _SEND_CAP,
     _SETTLE_CONFIRMED,
     _SETTLE_FITTED,
     _SETTLED_BURST,
@@ -157,54 +153,8 @@ class Pace:
     # ------------------------------------------------------------- progression
 
     def advance(self, demand_seconds: float, now: float) -> None:
-        """Move the phase clock by ``demand_seconds`` of demand and recompute the pace.
-
-        A climbing pace never runs more than twice ahead of what was actually
-        sent in the last unit (as botocore's adaptive mode caps its bucket):
-        a client held back by its own CPU or connections learns nothing by
-        raising a pace it cannot use.
-        """
-        if demand_seconds <= 0.0 or self.phase in ("fixed", "hinted"):
-            return
-        self.t += demand_seconds
-        if self.phase == "ramp":
-            rate = self.start_rate * 2.0 ** min(self.t / (_RAMP_DOUBLING * self.unit), 60.0)
-            self.rate = min(rate, self._send_cap(now))
-        elif self.phase == "hold" and self.t >= self.hold and self.base < self.top:
-            self.phase, self.t = "probe", self.t - self.hold
-            self.probes += 1
-        if self.phase == "probe":
-            # Below an earlier, higher limit, climb four times as fast: it may be back.
-            high_water = self.high_water
-            scale = _PROBE_SCALE if high_water is None else 0.25 * _PROBE_SCALE
-            x = self.t / (scale * self.unit)
-            climb = self.base * 2.0 ** min(x * x, 30.0)
-            self.rate = min(climb, self._send_cap(now))
-            if self.rate < climb:
-                self.t = max(0.0, self.t - demand_seconds)  # wait for the sends to catch up
-            if high_water is not None:
-                # ... but no further than the old limit's pace until the server is seen
-                # admitting it: a climb past it draws a 429 before that is measured, and
-                # that 429's drain (begun under the lower limit) reads the limit low.
-                self.rate = min(self.rate, max(self.base, self._share() * high_water))
-            admitted = self.log.admitted_rate(now, _RAISE_UNITS * self.unit)
-            if self.estimate is not None and admitted > _RAISED * self.estimate:
-                # Units admitted well past the estimate, no 429: the limit went up.
-                self.estimate = admitted / _RAISED
-                self.step_downs = 0
-            if high_water is not None and self._back_at(
-                min(self.top, self._share() * high_water), now
-            ):
-                # Back at the pace of the old limit with no 429: it is back. Settle there
-                # rather than pay a 429 to find it again.
-                self._return_to(high_water)
-        if self.rate >= self.top:
-            self.rate = self.top
-            if self.phase == "probe" and self.ceiling is not None and self._back_at(self.top, now):
-                self._return_to(self.ceiling)
-        elif self.returned and self.phase == "hold" and self.t >= _HELD * self.unit:
-            self.returned = False
-            self.high_water = None  # held there a while: the old limit is back for good
+        """Move the phase clock by ``demand_seconds`` of demand; see :func:`._climb.advance`."""
+        advance(self, demand_seconds, now)
 
     # ------------------------------------------------------------------ events
 
@@ -344,10 +294,6 @@ class Pace:
         """Grant times of the recent admitted sends, sorted."""
         return self.log.accepted
 
-    def _send_cap(self, now: float) -> float:
-        """A margin over the rate actually sent (never below the start rate)."""
-        return max(self.start_rate, _SEND_CAP * self.log.sent_rate(now))
-
     def _believable(self, burst: float) -> bool:
         return believable(self, burst)
 
@@ -362,40 +308,8 @@ class Pace:
         cap = self.configured_burst if self.ceiling is not None else math.inf
         self.burst = max(1.0, min(burst / 2.0, cap))
 
-    def _return_to(self, limit: float) -> None:
-        """A probe climbed back to an old limit (or the ceiling) with no 429: settle there.
-
-        Not yet held there, so the old limit still counts until the pace held a
-        while: a 429 soon after (the climb outran the server's refusal) finds a
-        limit to come back to, and probes stay frequent.
-        """
-        high_water = self.high_water
-        if self.ceiling is not None and limit >= self.ceiling:
-            self.settle_at(self.ceiling, "configured", changed=False)
-        else:
-            self.settle_at(limit, "429s", changed=False)
-        self.high_water = high_water
-        self.returned = high_water is not None
-
-    def _back_at(self, pace: float, now: float) -> bool:
-        """The pace reached ``pace`` and the server admitted most of it over the last two units.
-
-        The pace runs ahead of the sends and the server refuses only once its
-        burst is gone, so the pace alone is no proof: a limit still down admits
-        at most its rate plus its burst over the span, so the burst is not counted.
-        """
-        if self.rate < pace:
-            return False
-        burst = self.estimated_burst or 0.0
-        # Long enough that the burst is a small part of the span: over a short unit (a
-        # time-compressed run) burst / span alone could exceed what the margin allows, and
-        # the pace would never be found back even when the server admits all of it.
-        span = max(_BACK_UNITS * self.unit, _BACK_BURST_SHARE * burst / pace if pace > 0 else 0.0)
-        span = min(span, _HISTORY_UNITS * self.unit)
-        admitted = self.log.admitted_rate(now, span) - burst / span
-        return admitted >= _BACK_AT * pace
-
-    def _share(self) -> float:
+    def settle_share(self) -> float:
+        """The share of an estimate the pace settles at: closer the better the estimate."""
         if self.confirmed:
             return _SETTLE_CONFIRMED
         return _SETTLE_FITTED if self.fitted else SETTLE
@@ -426,7 +340,9 @@ class Pace:
             # Until the burst is learned keep a few tokens: with room for one only, every
             # late wake-up of the event loop is a send lost for good.
             self.burst = max(self.burst, _SETTLED_BURST)
-        settled = min(self.top, estimate if source == "configured" else estimate * self._share())
+        settled = min(
+            self.top, estimate if source == "configured" else estimate * self.settle_share()
+        )
         self.base = self.rate = max(self.min_rate, settled)
         self.phase = "hold"
         self.t = 0.0
