@@ -337,7 +337,7 @@ class RateController:
         self._closed_time.add(now, deadline)
 
     def _lanes_behind(self, gate: Gate) -> list[Lane]:
-        return [self._lanes[kind] for kind in _KINDS if self._gates[kind] is gate]
+        return [lane for lane in self._lanes.values() if lane.gate is gate]
 
     # ---------------------------------------------------------- shared state
 
