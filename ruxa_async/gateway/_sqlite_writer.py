@@ -138,7 +138,8 @@ class SqliteWriter:
             self._conn = conn
             return
         self._thread.start()
-        self._conn, self._journal = await asyncio.wrap_future(self._ready)
+        conn, journal = await asyncio.wrap_future(self._ready)
+        self._conn, self._journal = conn, journal
 
     def write(self, sql: str, params: Sequence[Any]) -> None:
         self._pending.append((sql, params))
