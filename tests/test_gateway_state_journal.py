@@ -6,6 +6,7 @@ import asyncio
 import logging
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from ruxa_async import ConfigurationError
+from ruxa_async.gateway import _state_journal
 from ruxa_async.gateway._state_journal import Journal
 from ruxa_async.gateway._store import Reservation, Scope, SQLiteStore
 from tests.helpers_proc import ROOT, child_env
@@ -188,3 +190,42 @@ async def test_a_second_process_cannot_open_a_state_in_use(tmp_path: Path) -> No
     again = SQLiteStore(path)  # free again once the first has closed
     await again.open()
     await again.aclose()
+
+
+async def test_a_replay_that_fails_keeps_the_journal(tmp_path: Path) -> None:
+    """A journal SQLite refuses to take stops the start with the error and stays as it was,
+    so nothing acknowledged is thrown away."""
+    path = tmp_path / "state.sqlite3"
+    journal = Journal(f"{path}.journal")
+    journal.append([("INSERT INTO no_such_table VALUES (?)", (1,))])
+    journal.close()
+    before = (tmp_path / "state.sqlite3.journal").read_bytes()
+    with pytest.raises(sqlite3.OperationalError):
+        await SQLiteStore(str(path)).open()
+    assert (tmp_path / "state.sqlite3.journal").read_bytes() == before
+
+
+async def test_the_journal_is_emptied_as_it_grows_once_sqlite_has_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past its size limit, the journal starts again empty at an append when every line before
+    is committed; what it then holds is only what SQLite may not have."""
+    monkeypatch.setattr(_state_journal, "_EMPTY_AFTER", 2_000)
+    path = tmp_path / "state.sqlite3"
+    store = SQLiteStore(str(path))
+    await store.open()
+    try:
+        for n in range(40):
+            await store.acommit(hold(store, 0.0), f"t{n}", "k1", NB, None)
+            if n % 10 == 9:
+                await store.flush()  # committed: the next append past the limit empties it
+        size = (tmp_path / "state.sqlite3.journal").stat().st_size
+        assert 0 < size < 6_000  # 40 lines, never emptied: about 12 kB
+    finally:
+        await store.aclose()
+    again = SQLiteStore(str(path))
+    await again.open()
+    try:
+        assert again.in_flight("alice") == 40
+    finally:
+        await again.aclose()

@@ -64,7 +64,8 @@ class Journal:
             ) from None
         self._size = os.fstat(self._fd).st_size
         self.last = 0  # the number of the last line appended (or replayed)
-        self.applied = 0  # the number of the last line committed to SQLite (set by the thread)
+        self.applied = 0  # the number of the last line committed to SQLite
+        self._replayed = False  # until then, nothing in the file is known to be in SQLite
 
     def replay(self, conn: sqlite3.Connection) -> int:
         """Commit to SQLite every whole line not yet applied; empty the file. Returns the
@@ -103,12 +104,13 @@ class Journal:
                 raise
             log.info("gateway state: %d journal entries replayed into SQLite", replayed)
         self.last = self.applied = last
+        self._replayed = True
         self._empty()
         return replayed
 
     def append(self, writes: list[Write]) -> int:
         """Append ``writes`` as one line (one ``write``); its number, for :meth:`mark_applied`."""
-        if self._size > _EMPTY_AFTER and self.applied >= self.last:
+        if self._size > _EMPTY_AFTER and self._replayed and self.applied >= self.last:
             self._empty()
         seq = self.last + 1
         text = _encode([seq, writes]).encode("ascii")
@@ -126,8 +128,8 @@ class Journal:
         conn.execute(_SET_APPLIED, (seq,))
 
     def close(self) -> None:
-        """Empty the file if everything in it is applied, then release it."""
-        if self.applied >= self.last:
+        """Empty the file if everything in it is known to be applied, then release it."""
+        if self._replayed and self.applied >= self.last:
             self._empty()
         os.close(self._fd)  # releases the lock
 
