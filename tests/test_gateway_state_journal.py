@@ -151,10 +151,10 @@ async def test_the_thread_commits_journalled_creates_and_a_clean_close_empties_t
     assert (tmp_path / "state.sqlite3.journal").stat().st_size == 0
 
 
-async def test_a_line_cut_short_by_a_crash_ends_the_replay(
+async def test_a_record_cut_short_by_a_crash_ends_the_replay(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A whole line is replayed; a damaged last line (its create was never answered) is not."""
+    """A whole record is replayed; a damaged last one (its create was never answered) is not."""
     path = tmp_path / "state.sqlite3"
     store = SQLiteStore(str(path))
     await store.open()
@@ -164,7 +164,7 @@ async def test_a_line_cut_short_by_a_crash_ends_the_replay(
     journal.append([("INSERT INTO ledger VALUES (?, ?, ?)", ("user:bob", "2026-12-01", 4.0))])
     journal.close()
     data = (tmp_path / "state.sqlite3.journal").read_bytes()
-    (tmp_path / "state.sqlite3.journal").write_bytes(data[:-5])  # the second line, torn
+    (tmp_path / "state.sqlite3.journal").write_bytes(data[:-5])  # the second record, torn
     caplog.set_level(logging.WARNING, "ruxa_async")
     again = SQLiteStore(str(path))
     await again.open()
@@ -173,7 +173,7 @@ async def test_a_line_cut_short_by_a_crash_ends_the_replay(
         assert again.usage("user:bob", "2026-12-01") == (0.0, 0.0)
     finally:
         await again.aclose()
-    assert "damaged line" in caplog.text
+    assert "damaged record" in caplog.text
 
 
 async def test_a_second_process_cannot_open_a_state_in_use(tmp_path: Path) -> None:
@@ -208,7 +208,7 @@ async def test_a_replay_that_fails_keeps_the_journal(tmp_path: Path) -> None:
 async def test_the_journal_is_emptied_as_it_grows_once_sqlite_has_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Past its size limit, the journal starts again empty at an append when every line before
+    """Past its size limit, the journal starts again empty at an append when every record before
     is committed; what it then holds is only what SQLite may not have."""
     monkeypatch.setattr(_state_journal, "_EMPTY_AFTER", 2_000)
     path = tmp_path / "state.sqlite3"
@@ -220,7 +220,7 @@ async def test_the_journal_is_emptied_as_it_grows_once_sqlite_has_it(
             if n % 10 == 9:
                 await store.flush()  # committed: the next append past the limit empties it
         size = (tmp_path / "state.sqlite3.journal").stat().st_size
-        assert 0 < size < 6_000  # 40 lines, never emptied: about 12 kB
+        assert 0 < size < 6_000  # 40 records, never emptied: about 10 kB
     finally:
         await store.aclose()
     again = SQLiteStore(str(path))

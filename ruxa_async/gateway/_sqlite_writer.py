@@ -155,7 +155,7 @@ class SqliteWriter:
         if fresh and self._journal is not None:
             try:
                 self._seq = self._journal.append(fresh)
-            except OSError:  # the record stays in memory; SQLite still gets it behind
+            except (OSError, ValueError):  # in memory still, and SQLite gets it behind
                 log.exception("gateway state: the journal could not be written")
             self._journalled = len(self._pending)
 
