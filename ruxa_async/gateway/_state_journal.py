@@ -114,13 +114,14 @@ class Journal:
         if self._size > _EMPTY_AFTER and self._replayed and self.applied >= self.last:
             self._empty()
         seq = self.last + 1
-        payload = marshal.dumps((seq, tuple(writes)), _MARSHAL_VERSION)
-        record = _HEAD.pack(len(payload), zlib.crc32(payload)) + payload
-        view = memoryview(record)
+        record: Any = (seq, tuple(writes))  # strings, numbers and None (marshal's types)
+        payload = marshal.dumps(record, _MARSHAL_VERSION)
+        framed = _HEAD.pack(len(payload), zlib.crc32(payload)) + payload
+        view = memoryview(framed)
         while view:
             view = view[os.write(self._fd, view) :]
         self.last = seq
-        self._size += len(record)
+        self._size += len(framed)
         return seq
 
     @staticmethod
