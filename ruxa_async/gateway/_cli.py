@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import secrets
 import signal
 import sys
@@ -171,6 +172,11 @@ async def _serve(args: argparse.Namespace) -> int:
     if config is None and not args.simulate:
         raise ConfigurationError("gateway needs --config TOML (or --simulate for the demo)")
     stop = asyncio.Event()
+    tracing = bool(os.environ.get("RUXA_GATEWAY_TRACE"))
+    if tracing:  # RUXA_GATEWAY_TRACE=FILE: phase stamps of every request (``_trace``)
+        from ._trace import install
+
+        install()
     with contextlib.ExitStack() as handlers:  # entered last, left after the gateway has closed
         async with contextlib.AsyncExitStack() as stack:
             gateway = await _start(stack, args, config)
@@ -180,6 +186,10 @@ async def _serve(args: argparse.Namespace) -> int:
             on[signal.SIGTERM] = on[signal.SIGINT] = stop.set
             handlers.enter_context(signal_handlers(on))
             await stop.wait()
+    if tracing:
+        from ._trace import dump
+
+        dump()
     return 0
 
 
