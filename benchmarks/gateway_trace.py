@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import bisect
 import contextlib
 import json
 import os
@@ -46,22 +47,33 @@ from benchmarks.gateway_count import _create
 PHASES = (
     ("read>parsed", 0, 1),
     ("parsed>start", 1, 2),
-    ("start>up_written", 2, 3),
+    ("start>up_writing", 2, 8),
+    ("up_writing>up_written", 8, 3),
     ("up_written>up_read", 3, 4),
     ("up_read>up_resumed", 4, 5),
     ("up_resumed>end", 5, 6),
-    ("end>written", 6, 7),
+    ("end>writing", 6, 9),
+    ("writing>written", 9, 7),
     ("read>written", 0, 7),
 )
 
 
-async def _drive(load: LightLoad, payloads: list[bytes], total: int, in_flight: int) -> list[float]:
+async def _drive(
+    load: LightLoad,
+    payloads: list[bytes],
+    total: int,
+    in_flight: int,
+    sent: list[tuple[float, float]] | None = None,
+) -> list[float]:
     counter = iter(range(total))
     took: list[float] = []
 
     async def worker() -> None:
         for i in counter:
+            started = time.perf_counter()
             took.append(await load.timed(payloads[i % len(payloads)]))
+            if sent is not None:
+                sent.append((started, time.perf_counter()))
 
     await asyncio.gather(*(worker() for _ in range(in_flight)))
     return took
@@ -142,10 +154,11 @@ async def _run(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
                         await asyncio.sleep(1.0)
                     lat: list[float] = []
                     dlat: list[float] = []
+                    sent: list[tuple[float, float]] = []
                     t0 = time.perf_counter()
                     for _ in range(args.rounds):  # alternated with direct, drift hits both
                         got = await _drive(
-                            load, payloads[kind], args.requests // args.rounds, in_flight
+                            load, payloads[kind], args.requests // args.rounds, in_flight, sent
                         )
                         lat += got
                         if strace is None:
@@ -167,6 +180,7 @@ async def _run(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
                             "direct": dlat,
                             "calls": calls,
                             "n": len(lat),
+                            "sent": sent,
                         }
                     )
         finally:
@@ -174,6 +188,10 @@ async def _run(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
                 hog.kill()
                 hog.wait()
         gw.stop()
+    if args.keep is not None:
+        windows_file = args.keep.with_suffix(".windows.json")
+        windows_file.write_text(json.dumps([{k: w[k] for k in ("kind", "in_flight", "window")} for w in windows]))
+        args.keep.write_bytes(trace.read_bytes())
     for line in trace.read_text().splitlines():
         item = json.loads(line)
         for w in windows:
@@ -181,6 +199,9 @@ async def _run(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
             if "commit" in item:
                 if t0 <= item["commit"][0] <= t1:
                     w.setdefault("commits", []).append(item)
+            elif "gc" in item:
+                if t0 <= item["gc"][0] <= t1:
+                    w.setdefault("gc", []).append(item)
             elif item["kind"] == w["kind"] and item["t"][0] is not None and t0 <= item["t"][0] <= t1:
                 w.setdefault("stamps", []).append(item["t"])
     return windows
@@ -207,6 +228,19 @@ def _report(windows: list[dict[str, Any]]) -> str:
                 lines.append(
                     f"  {name:20s} p50 {1e6 * _q(d, 0.5):8.1f} us   p90 {1e6 * _q(d, 0.9):8.1f} us"
                 )
+        if w["in_flight"] == 1 and stamps:  # requests one at a time: match them by time
+            inbound, outbound = [], []
+            ordered = sorted(stamps, key=lambda s: s[0])
+            starts = [s[0] for s in ordered]
+            for begun, ended in w["sent"]:
+                i = bisect.bisect_left(starts, begun)
+                if i < len(ordered) and ordered[i][7] is not None and ordered[i][7] <= ended:
+                    inbound.append(ordered[i][0] - begun)
+                    outbound.append(ended - ordered[i][7])
+            for name, d in (("client>read", inbound), ("written>client", outbound)):
+                lines.append(
+                    f"  {name:20s} p50 {1e6 * _q(d, 0.5):8.1f} us   p90 {1e6 * _q(d, 0.9):8.1f} us"
+                )
         commits = w.get("commits", [])
         if commits:
             took = [c["commit"][1] - c["commit"][0] for c in commits]
@@ -215,6 +249,15 @@ def _report(windows: list[dict[str, Any]]) -> str:
                 f"{1e6 * _q(took, 0.5):.1f} us, p90 {1e6 * _q(took, 0.9):.1f} us, rows "
                 f"{statistics.mean(c['rows'] for c in commits):.1f}, waiters "
                 f"{statistics.mean(c['waiters'] for c in commits):.1f}"
+            )
+        runs = w.get("gc", [])
+        if runs:
+            spent = sum(r["gc"][1] - r["gc"][0] for r in runs)
+            by_gen = {g: sum(1 for r in runs if r["generation"] == g) for g in (0, 1, 2)}
+            lines.append(
+                f"  cyclic GC {1e6 * spent / max(1, n):.1f} us/request in {len(runs)} runs "
+                f"(gen 0/1/2: {by_gen[0]}/{by_gen[1]}/{by_gen[2]}; longest "
+                f"{1e3 * max(r['gc'][1] - r['gc'][0] for r in runs):.2f} ms)"
             )
         if w["calls"]:
             per = {k: v / n for k, v in sorted(w["calls"].items(), key=lambda kv: -kv[1])[:8]}
@@ -232,6 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--in-flight", default="1,32")
     parser.add_argument("--strace", action="store_true", help="count system calls per request")
     parser.add_argument("--hog", type=int, default=0, help="busy loops at nice 19 meanwhile")
+    parser.add_argument("--keep", type=Path, help="copy the raw trace (JSON lines) here")
     args = parser.parse_args(argv)
     try:
         import uvloop

@@ -6,11 +6,12 @@ of the server's connection and of the light upstream client's connection
 the gateway stops, ``FILE`` gets one JSON line per request::
 
     {"kind": "create", "t": [read, parsed, start, up_written, up_read, up_resumed,
-                             end, written]}
+                             end, written, up_writing, writing]}
 
 (``time.perf_counter()`` seconds; a query has the same stamps; a request with no
-upstream exchange has nulls there) and one line per commit:
-``{"commit": [start, end], "waiters": N, "rows": M}``.
+upstream exchange has nulls there), one line per commit:
+``{"commit": [start, end], "waiters": N, "rows": M}``, and one per run of the
+cyclic garbage collector: ``{"gc": [start, end], "generation": G}``.
 
 - *read*: the first bytes of the request arrived (``data_received``);
 - *parsed*: the whole request was parsed;
@@ -19,7 +20,9 @@ upstream exchange has nulls there) and one line per commit:
 - *up_read*: the upstream reply was read whole;
 - *up_resumed*: the handler resumed after it (*up_read* to here: a wake-up);
 - *end*: the handler returned its response (after the commit, for a create);
-- *written*: the response was handed to the socket.
+- *written*: the response was handed to the socket;
+- *up_writing*, *writing*: just before those two writes (the write itself can wait
+  while the peer it wakes takes the CPU).
 
 Off (the variable unset), nothing here is imported by the serving path and
 nothing is stamped: the hooks hold the plain classes.
@@ -28,6 +31,7 @@ nothing is stamped: the hooks hold the plain classes.
 from __future__ import annotations
 
 import contextvars
+import gc
 import json
 import os
 import time
@@ -49,7 +53,11 @@ _current: contextvars.ContextVar[list[Any] | None] = contextvars.ContextVar(
 )
 _records: list[tuple[str, list[Any]]] = []
 _commits: list[tuple[float, float, int, int]] = []
-_READ, _PARSED, _START, _UP_WRITTEN, _UP_READ, _UP_RESUMED, _END, _WRITTEN = range(8)
+_collections: list[tuple[float, float, int]] = []  # the cyclic GC's runs: start, end, generation
+_gc_started = [0.0]
+(_READ, _PARSED, _START, _UP_WRITTEN, _UP_READ, _UP_RESUMED, _END, _WRITTEN, _UP_WRITING,
+ _WRITING) = range(10)
+_N = 10
 
 
 def enabled() -> bool:
@@ -85,8 +93,11 @@ class _TracedUpstream(UpstreamConnection):
     _stamps: list[Any] | None = None
 
     def send(self, payload: bytes, now: float, read: float, deadline: float) -> Any:
+        stamps = _current.get()
+        if stamps is not None:
+            stamps[_UP_WRITING] = _now()
         waiter = super().send(payload, now, read, deadline)
-        stamps = self._stamps = _current.get()
+        self._stamps = stamps
         if stamps is None:
             return waiter
         stamps[_UP_WRITTEN] = _now()
@@ -104,13 +115,13 @@ class _TracedConnection(_Connection):
 
     def __init__(self, server: HttpServer) -> None:
         super().__init__(server)
-        self._stamps: list[Any] = [None] * 8
+        self._stamps: list[Any] = [None] * _N
         self._job_stamps: dict[int, list[Any]] = {}
         self._written_next: tuple[str, list[Any]] | None = None
         app = self._app
 
         async def traced(request: Request) -> Response:
-            stamps = self._job_stamps.pop(id(request), None) or [None] * 8
+            stamps = self._job_stamps.pop(id(request), None) or [None] * _N
             stamps[_START] = _now()
             token = _current.set(stamps)
             try:
@@ -132,12 +143,14 @@ class _TracedConnection(_Connection):
         if isinstance(item, Request):
             self._stamps[_PARSED] = _now()
             self._job_stamps[id(item)] = self._stamps
-            self._stamps = [None] * 8
+            self._stamps = [None] * _N
         super()._enqueue(item, keep_alive, head, version)
 
     def _write(self, response: Response, keep_alive: bool, head: bool, http10: bool) -> bool:
-        done = super()._write(response, keep_alive, head, http10)
         pending, self._written_next = self._written_next, None
+        if pending is not None:
+            pending[1][_WRITING] = _now()
+        done = super()._write(response, keep_alive, head, http10)
         if pending is not None:
             pending[1][_WRITTEN] = _now()
             _records.append(pending)
@@ -171,6 +184,14 @@ def install() -> None:
             _commits.append((started, _now(), waiters, rows))
 
     _sqlite_writer.SqliteWriter._flush = traced_flush  # type: ignore[method-assign]
+    gc.callbacks.append(_gc_callback)
+
+
+def _gc_callback(phase: str, info: dict[str, int]) -> None:
+    if phase == "start":
+        _gc_started[0] = _now()
+    else:
+        _collections.append((_gc_started[0], _now(), info["generation"]))
 
 
 def dump() -> None:
@@ -184,6 +205,9 @@ def dump() -> None:
         for started, ended, waiters, rows in _commits:
             out.write(json.dumps({"commit": [started, ended], "waiters": waiters, "rows": rows}))
             out.write("\n")
+        for started, ended, generation in _collections:
+            out.write(json.dumps({"gc": [started, ended], "generation": generation}) + "\n")
     _records.clear()
     _commits.clear()
+    _collections.clear()
 
