@@ -136,10 +136,8 @@ async def _run(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
                 for t in ids  # unknown to the simulator's key? no: the gateway made them
             ],
         }
-        hogs = [
-            subprocess.Popen(["nice", "-n", "19", sys.executable, "-c", "while True: pass"])
-            for _ in range(args.hog)
-        ]
+        hog = ["nice", "-n", "19", sys.executable, "-c", "while True: pass"]
+        hogs = [subprocess.Popen(hog) for _ in range(args.hog)]  # noqa: ASYNC220 - before measuring
         try:
             for kind in args.kinds.split(","):
                 for in_flight in (int(x) for x in args.in_flight.split(",")):
@@ -163,7 +161,10 @@ async def _run(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
                         lat += got
                         if strace is None:
                             dlat += await _drive(
-                                direct, direct_payloads[kind], args.requests // args.rounds, in_flight
+                                direct,
+                                direct_payloads[kind],
+                                args.requests // args.rounds,
+                                in_flight,
                             )
                     t1 = time.perf_counter()
                     calls: dict[str, int] = {}
@@ -190,7 +191,9 @@ async def _run(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
         gw.stop()
     if args.keep is not None:
         windows_file = args.keep.with_suffix(".windows.json")
-        windows_file.write_text(json.dumps([{k: w[k] for k in ("kind", "in_flight", "window")} for w in windows]))
+        windows_file.write_text(
+            json.dumps([{k: w[k] for k in ("kind", "in_flight", "window")} for w in windows])
+        )
         args.keep.write_bytes(trace.read_bytes())
     for line in trace.read_text().splitlines():
         item = json.loads(line)
@@ -202,7 +205,9 @@ async def _run(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
             elif "gc" in item:
                 if t0 <= item["gc"][0] <= t1:
                     w.setdefault("gc", []).append(item)
-            elif item["kind"] == w["kind"] and item["t"][0] is not None and t0 <= item["t"][0] <= t1:
+            elif (
+                item["kind"] == w["kind"] and item["t"][0] is not None and t0 <= item["t"][0] <= t1
+            ):
                 w.setdefault("stamps", []).append(item["t"])
     return windows
 
@@ -218,7 +223,8 @@ def _report(windows: list[dict[str, Any]]) -> str:
         if dlat:
             lines.append(
                 f"  client p50 {1e3 * _q(client, 0.5):.3f} ms, direct p50 "
-                f"{1e3 * _q(dlat, 0.5):.3f} ms, added {1e3 * (_q(client, 0.5) - _q(dlat, 0.5)):+.3f}"
+                f"{1e3 * _q(dlat, 0.5):.3f} ms, "
+                f"added {1e3 * (_q(client, 0.5) - _q(dlat, 0.5)):+.3f}"
             )
         else:
             lines.append(f"  client p50 {1e3 * _q(client, 0.5):.3f} ms (under strace)")

@@ -55,8 +55,18 @@ _records: list[tuple[str, list[Any]]] = []
 _commits: list[tuple[float, float, int, int]] = []
 _collections: list[tuple[float, float, int]] = []  # the cyclic GC's runs: start, end, generation
 _gc_started = [0.0]
-(_READ, _PARSED, _START, _UP_WRITTEN, _UP_READ, _UP_RESUMED, _END, _WRITTEN, _UP_WRITING,
- _WRITING) = range(10)
+(
+    _READ,
+    _PARSED,
+    _START,
+    _UP_WRITTEN,
+    _UP_READ,
+    _UP_RESUMED,
+    _END,
+    _WRITTEN,
+    _UP_WRITING,
+    _WRITING,
+) = range(10)
 _N = 10
 
 
@@ -139,7 +149,9 @@ class _TracedConnection(_Connection):
             self._stamps[_READ] = _now()
         super().data_received(data)
 
-    def _enqueue(self, item: Request | Response, keep_alive: bool, head: bool, version: str) -> None:
+    def _enqueue(
+        self, item: Request | Response, keep_alive: bool, head: bool, version: str
+    ) -> None:
         if isinstance(item, Request):
             self._stamps[_PARSED] = _now()
             self._job_stamps[id(item)] = self._stamps
@@ -210,4 +222,3 @@ def dump() -> None:
     _records.clear()
     _commits.clear()
     _collections.clear()
-
