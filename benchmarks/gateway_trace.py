@@ -154,11 +154,17 @@ async def _run(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
                     dlat: list[float] = []
                     sent: list[tuple[float, float]] = []
                     t0 = time.perf_counter()
+                    rounds: list[float] = []  # each round's requests per second
+                    spent = [0.0, 0.0]  # seconds driving the gateway, and straight to the simulator
                     for _ in range(args.rounds):  # alternated with direct, drift hits both
+                        began = time.perf_counter()
                         got = await _drive(
                             load, payloads[kind], args.requests // args.rounds, in_flight, sent
                         )
                         lat += got
+                        spent[0] += time.perf_counter() - began
+                        rounds.append(len(got) / (time.perf_counter() - began))
+                        began = time.perf_counter()
                         if strace is None:
                             dlat += await _drive(
                                 direct,
@@ -166,6 +172,7 @@ async def _run(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
                                 args.requests // args.rounds,
                                 in_flight,
                             )
+                        spent[1] += time.perf_counter() - began
                     t1 = time.perf_counter()
                     calls: dict[str, int] = {}
                     if strace is not None:
@@ -182,6 +189,8 @@ async def _run(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
                             "calls": calls,
                             "n": len(lat),
                             "sent": sent,
+                            "spent": spent,
+                            "rounds": rounds,
                         }
                     )
         finally:
@@ -221,6 +230,12 @@ def _report(windows: list[dict[str, Any]]) -> str:
         lines.append(head)
         client, dlat = w["client"], w["direct"]
         if dlat:
+            rps = len(client) / w["spent"][0], len(dlat) / w["spent"][1]
+            lines.append(
+                f"  throughput {rps[0]:.0f}/s, direct {rps[1]:.0f}/s: "
+                f"{100 * rps[0] / rps[1]:.0f} % "
+                f"(rounds {'/'.join(f'{x:.0f}' for x in w['rounds'])})"
+            )
             lines.append(
                 f"  client p50 {1e3 * _q(client, 0.5):.3f} ms, direct p50 "
                 f"{1e3 * _q(dlat, 0.5):.3f} ms, "
@@ -256,6 +271,13 @@ def _report(windows: list[dict[str, Any]]) -> str:
                 f"{statistics.mean(c['rows'] for c in commits):.1f}, waiters "
                 f"{statistics.mean(c['waiters'] for c in commits):.1f}"
             )
+            during = [c["commit"][1] - c["commit"][0] for c in commits if c.get("checkpointing")]
+            if during:
+                lines.append(
+                    f"  commits while a checkpoint ran: {len(during)}, p50 "
+                    f"{1e6 * _q(during, 0.5):.1f} us, p90 {1e6 * _q(during, 0.9):.1f} us, "
+                    f"max {1e6 * max(during):.0f} us (all commits: max {1e6 * max(took):.0f} us)"
+                )
         runs = w.get("gc", [])
         if runs:
             spent = sum(r["gc"][1] - r["gc"][0] for r in runs)

@@ -10,7 +10,8 @@ the gateway stops, ``FILE`` gets one JSON line per request::
 
 (``time.perf_counter()`` seconds; a query has the same stamps; a request with no
 upstream exchange has nulls there), one line per commit:
-``{"commit": [start, end], "waiters": N, "rows": M}``, and one per run of the
+``{"commit": [start, end], "waiters": N, "rows": M, "checkpointing": B}`` (B: a
+WAL checkpoint was queued or running on the writer's thread), and one per run of the
 cyclic garbage collector: ``{"gc": [start, end], "generation": G}``.
 
 - *read*: the first bytes of the request arrived (``data_received``);
@@ -52,7 +53,7 @@ _current: contextvars.ContextVar[list[Any] | None] = contextvars.ContextVar(
     "ruxa_gateway_trace", default=None
 )
 _records: list[tuple[str, list[Any]]] = []
-_commits: list[tuple[float, float, int, int]] = []
+_commits: list[tuple[float, float, int, int, bool]] = []
 _collections: list[tuple[float, float, int]] = []  # the cyclic GC's runs: start, end, generation
 _gc_started = [0.0]
 (
@@ -190,10 +191,11 @@ def install() -> None:
 
     def traced_flush(self: Any) -> None:
         waiters, rows = len(self._waiters), len(self._pending)
+        checkpointing = self._checkpointing  # a checkpoint queued or running on the thread
         started = _now()
         flush(self)
         if rows:
-            _commits.append((started, _now(), waiters, rows))
+            _commits.append((started, _now(), waiters, rows, checkpointing))
 
     _sqlite_writer.SqliteWriter._flush = traced_flush  # type: ignore[method-assign]
     gc.callbacks.append(_gc_callback)
@@ -214,8 +216,9 @@ def dump() -> None:
     with open(path, "w", encoding="utf-8") as out:
         for kind, stamps in _records:
             out.write(json.dumps({"kind": kind, "t": stamps}) + "\n")
-        for started, ended, waiters, rows in _commits:
-            out.write(json.dumps({"commit": [started, ended], "waiters": waiters, "rows": rows}))
+        for started, ended, waiters, rows, checkpointing in _commits:
+            line = {"commit": [started, ended], "waiters": waiters, "rows": rows}
+            out.write(json.dumps({**line, "checkpointing": checkpointing}))
             out.write("\n")
         for started, ended, generation in _collections:
             out.write(json.dumps({"gc": [started, ended], "generation": generation}) + "\n")
