@@ -18,25 +18,29 @@ bucket was last full, a *drain*; see :mod:`._bucketfit`):
   still when the drain with the known burst says so (a limit that dropped is
   found in the second episode).
 
-The functions read (and, for the step-down count and a fitted burst, write)
-the pace they are given (:class:`Estimating`); the pace decides what to do with
-the estimate.
+:func:`read_refusal` picks the rule by the phase and returns a
+:class:`Reading`. The functions read (and, for the step-down count, a refused
+pace and a fitted burst, write) the pace they are given (:class:`Estimating`);
+the pace decides what to do with the estimate.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from ._admitted import SendLog, rate_in
 from ._bucketfit import Drain, agreement, excess, joint_fit, rate_for_burst
+from ._pacetune import _EARLY, _STALLED, Phase
 
 __all__ = [
     "Estimating",
+    "Reading",
     "believable",
     "learn_burst",
     "probe_estimate",
     "ramp_estimate",
+    "read_refusal",
     "step_down",
 ]
 
@@ -56,7 +60,12 @@ class Estimating(Protocol):
 
     log: SendLog
     unit: float
+    phase: Phase
+    t: float
     base: float
+    estimate: float | None
+    fitted: bool
+    confirmed: bool
     last_drain: Drain | None
     burst_fitted: bool
     estimated_burst: float | None
@@ -65,6 +74,62 @@ class Estimating(Protocol):
 
     def set_burst(self, burst: float) -> None:
         """Take ``burst`` as the server's."""
+
+
+class Reading(NamedTuple):
+    """What a 429 that starts an episode says: the estimate, and how it was found."""
+
+    estimate: float
+    fitted: bool = False  # fitted to the server's bucket (not a rule of thumb)
+    fitted_burst: float | None = None  # the server's burst, when fitted with the rate
+    probed: bool = False  # read as a probe's 429
+    backed_off: bool = False  # refused close to a limit found twice: back to its fitted share
+
+
+def read_refusal(
+    pace: Estimating,
+    drain: Drain,
+    granted_at: float,
+    granted_rate: float,
+    sent: Sequence[float] | None = None,
+) -> Reading:
+    """Read a 429 granted at ``granted_at`` (at ``granted_rate``) by the phase it refused.
+
+    A ramp's; a probe's (past its start and above the settled pace); one
+    at a pace settled close to a limit found twice (back to the fitted
+    share of the same limit first: the pace was just too close, or a late
+    loop bunched its sends; a 429 there too steps down); else a step down.
+    ``sent``: a ramp's sends to count, when not the pace's own (a fleet's ledger).
+    """
+    if pace.phase == "ramp":
+        return Reading(ramp_estimate(pace, granted_at, granted_rate, sent))
+    if pace.phase == "probe" and granted_rate > pace.base and pace.t >= _EARLY * pace.unit:
+        estimate, fitted_burst, fitted = probe_estimate(pace, drain, granted_at, granted_rate)
+        if pace.refused_pace is not None:
+            # A settled pace was refused just before: a fit (a few % off, the
+            # burst a little short) must not put the pace back above it.
+            estimate = min(estimate, pace.refused_pace)
+            pace.refused_pace = None
+        pace.step_downs = 0
+        return Reading(estimate, fitted, fitted_burst, probed=True)
+    if pace.confirmed and pace.phase == "hold" and pace.estimate is not None:
+        pace.refused_pace = granted_rate
+        return Reading(pace.estimate, pace.fitted, backed_off=True)
+    # Granted well under the settled pace: the client's own sends were held back (a
+    # stall: replies late, the in-flight bound reached). The server had just admitted
+    # the settled pace, so read the 429 as one at that pace, from the pace alone.
+    stalled = granted_rate < _STALLED * pace.base
+    estimate, fitted = step_down(
+        pace, drain, granted_at, max(granted_rate, pace.base), measured=not stalled
+    )
+    last = pace.last_drain
+    if pace.phase == "probe" and not stalled and last is not None and last.times:
+        # The last probe's estimate was too high, so its burst too small: take the
+        # burst that drain tells at this lower rate.
+        burst = excess(last, estimate)
+        if (pace.estimated_burst or 0.0) < burst and believable(pace, burst):
+            pace.set_burst(burst)
+    return Reading(estimate, fitted)
 
 
 def ramp_estimate(

@@ -22,6 +22,11 @@ with ``gate_scope="client"``. The learned state and the gate live behind a
 :class:`~ruxa_async._ratestate.RateState` (in-process by default), so a fleet
 of clients can share them. Time is read lazily from the injected clock: there
 is no background task and no timer.
+
+This module keeps the waiting and the order of events; each class's pace,
+hints and sharing are a :class:`~ruxa_async._lane.Lane`, the gate's
+arithmetic is :mod:`~ruxa_async._gate`, and the snapshot's records are in
+:mod:`~ruxa_async._ratestats`.
 """
 
 from __future__ import annotations
@@ -31,17 +36,17 @@ import logging
 import math
 import random
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from types import TracebackType
 
-import attrs
-
 from ._config import RateLimits
-from ._fleetdrains import fleet_drains
+from ._gate import ClosedTime, Gate
+from ._lane import Lane, fmt_number
 from ._pace import Pace
 from ._ratehints import RateHint
-from ._ratestate import GateScope, Kind, LearnedLimit, LimitSource, LocalRateState, RateState
+from ._ratestate import Kind, LocalRateState, RateState
+from ._ratestats import ClassStatistics, RateStatistics, class_statistics, reported_rate
 
 __all__ = ["ClassStatistics", "Kind", "Permit", "RateController", "RateStatistics"]
 
@@ -49,61 +54,8 @@ _KINDS: tuple[Kind, ...] = ("create", "query")
 _log = logging.getLogger("ruxa_async")
 
 _DEMAND_GRACE = 1.0  # a wait for a token counts as demand until this long after it ends
-_JITTER_FRACTION = 0.03  # gate jitter: up to this share of the pause ...
-_JITTER_CAP = 0.05  # ... and never more than this many seconds
-_MAX_DOUBLINGS = 30
 _START_RATE = 40.0  # requests/s per class while ramping, before scaling by the unit
 _EPSILON = 1e-9
-
-
-@attrs.frozen(kw_only=True)
-class ClassStatistics:
-    """What the controller learned about one endpoint class (create or query).
-
-    ``rate`` is the pace it sends at now and ``burst`` the saved tokens it may
-    spend back to back; ``estimated_limit`` and ``estimated_burst`` are its
-    estimate of the server's limit (None: not learned); ``source`` says where
-    the estimate came from (``"configured"``, ``"headers"``, ``"429s"`` or
-    ``"slow start"``); ``phase`` is ``ramp``, ``hold``, ``probe``, ``hinted``
-    or ``fixed``; ``probes`` counts upward probes, ``episodes`` the 429
-    episodes of this class; ``paused_seconds`` is the time its gate was closed.
-    """
-
-    rate: float
-    burst: float
-    estimated_limit: float | None
-    estimated_burst: float | None
-    source: LimitSource
-    phase: str
-    probes: int
-    episodes: int
-    paused_seconds: float = 0.0
-
-
-@attrs.frozen(kw_only=True)
-class RateStatistics:
-    """A snapshot of the rate controller, from :meth:`RateController.statistics`.
-
-    ``create_rate`` and ``query_rate`` are the current paces in requests per
-    second (None while a class still ramps up with nothing learned);
-    ``classes`` has the details per class. ``paused_seconds`` is the time any
-    gate was closed (the union of the closed intervals, up to now);
-    ``sent_while_gated`` is a self-check that stays 0 unless the controller
-    has a bug.
-    """
-
-    create_rate: float | None
-    query_rate: float | None
-    in_flight: int
-    max_in_flight: int
-    waiting: int
-    rate_limited: int
-    episodes: int
-    paused_seconds: float
-    gate_remaining: float
-    sent_while_gated: int
-    permits: Mapping[str, int]
-    classes: Mapping[str, ClassStatistics] = attrs.field(factory=dict)
 
 
 class Permit:
@@ -119,53 +71,6 @@ class Permit:
 
     def __repr__(self) -> str:
         return f"Permit(kind={self.kind!r}, granted_at={self.granted_at!r})"
-
-
-class _Gate:
-    __slots__ = ("closed", "closed_at", "deadline", "name", "paused", "streak")
-
-    def __init__(self, name: GateScope, now: float) -> None:
-        self.name: GateScope = name
-        self.deadline = now  # nothing may be sent before this clock reading
-        self.closed_at = float("-inf")  # when the current (or last) pause began
-        self.closed = False  # set when closed, cleared (and logged) once seen open
-        self.streak = 0  # pauses in a row with no success in between
-        self.paused = 0.0  # closed time of the finished pauses
-
-    def paused_until(self, now: float) -> float:
-        """Seconds this gate was closed, up to ``now``."""
-        if self.closed_at == float("-inf"):
-            return 0.0
-        return self.paused + max(0.0, min(now, self.deadline) - self.closed_at)
-
-
-class _Lane:
-    __slots__ = (
-        "advanced_at",
-        "demand_until",
-        "episode",
-        "kind",
-        "lock",
-        "max_remaining",
-        "max_reset",
-        "not_before",
-        "pace",
-        "permits",
-        "shared",
-    )
-
-    def __init__(self, kind: Kind, pace: Pace, now: float) -> None:
-        self.kind: Kind = kind
-        self.pace = pace
-        self.advanced_at = now
-        self.demand_until = float("-inf")
-        self.episode = 0  # the last episode counter seen in the state
-        self.not_before = now  # a server hint said the quota is spent until then
-        self.max_remaining = 0.0
-        self.max_reset = 0.0
-        self.permits = 0
-        self.lock = asyncio.Lock()
-        self.shared: LearnedLimit | None = None  # last read from (or written to) a given state
 
 
 class _PermitContext(AbstractAsyncContextManager[Permit]):
@@ -214,14 +119,18 @@ class RateController:
         self._rng = rng
         self._state: RateState = state if state is not None else LocalRateState(clock)
         self._shared = state is not None  # a given state may be shared: adopt what others learn
-        self._carried: dict[tuple[Kind, str], float] = {}  # a fleet's fractional sends, see _weight
         now = clock()
         unit = limits.recovery_seconds / 4.0
         configured = {
             "create": (limits.create_per_second, limits.create_burst),
             "query": (limits.query_per_second, limits.query_burst),
         }
-        self._lanes: dict[Kind, _Lane] = {}
+        if limits.gate_scope == "client":
+            shared = Gate("client", now)
+            self._gates: dict[Kind, Gate] = {"create": shared, "query": shared}
+        else:
+            self._gates = {kind: Gate(kind, now) for kind in _KINDS}
+        self._lanes: dict[Kind, Lane] = {}
         for kind in _KINDS:
             ceiling, burst = configured[kind]
             pace = Pace(
@@ -233,21 +142,14 @@ class RateController:
                 adaptive=limits.adaptive,
                 now=now,
             )
-            self._lanes[kind] = _Lane(kind, pace, now)
-        if limits.gate_scope == "client":
-            shared = _Gate("client", now)
-            self._gates: dict[Kind, _Gate] = {"create": shared, "query": shared}
-        else:
-            self._gates = {kind: _Gate(kind, now) for kind in _KINDS}
+            self._lanes[kind] = Lane(kind, pace, self._gates[kind], self._state, now)
         self._in_flight = 0
         self._slot_waiters: list[asyncio.Future[None]] = []
         self._waiting = 0
         self._rate_limited = 0
         self._episodes = 0
         self._sent_while_gated = 0
-        self._paused_before = 0.0  # closed time of finished pause intervals
-        self._pause_start = now  # current (or last) merged pause interval
-        self._pause_end = now
+        self._closed_time = ClosedTime(now)
 
     @property
     def state(self) -> RateState:
@@ -262,23 +164,20 @@ class RateController:
         """Record a reply that was not a 429, with the rate-limit hint its headers carried."""
         now = self._clock()
         lane, gate = self._lanes[permit.kind], self._gates[permit.kind]
-        self._advance(lane, now)
-        for _ in range(self._weight(permit.kind, "accepted")):
-            lane.pace.on_accepted(permit.granted_at, now)
-        if gate.streak and permit.granted_at >= gate.deadline:
-            gate.streak = 0
+        lane.advance(now)
+        lane.on_accepted(permit.granted_at, now)
+        gate.on_admitted(permit.granted_at)
         if hint is not None:
-            await self._apply_hint(lane, hint, now)
+            await lane.apply_hint(hint, now, self._limits.max_pause)
 
     async def on_rate_limited(
         self, permit: Permit, retry_after: float | None, hint: RateHint | None = None
     ) -> None:
         """Record a 429: close the gate and, once per episode, settle the class's pace lower.
 
-        The pause is ``Retry-After`` (capped at ``max_pause``), else
-        ``pause_without_retry_after`` doubled for each consecutive 429 whose
-        request was sent after the gate's previous pause, plus a jitter of at
-        most 3 % of the pause and 50 ms. A 429 for a request granted before
+        The pause is ``Retry-After`` (capped at ``max_pause``), else a
+        doubling one, plus a small jitter (:meth:`Gate.pause
+        <ruxa_async._gate.Gate.pause>`). A 429 for a request granted before
         the class's last decrease belongs to that episode and only extends
         the gate. With ``adaptive=False`` the episodes are still counted but
         no pace changes.
@@ -286,32 +185,17 @@ class RateController:
         now = self._clock()
         kind = permit.kind
         lane, gate = self._lanes[kind], self._gates[kind]
-        limits = self._limits
         self._rate_limited += 1
         for behind in self._lanes_behind(gate):
-            self._advance(behind, now)
-        if permit.granted_at > gate.closed_at:  # sent after the last pause began
-            gate.streak += 1
-        if retry_after is not None:
-            pause = min(max(retry_after, 0.0), limits.max_pause)
-        else:
-            doublings = min(max(gate.streak, 1) - 1, _MAX_DOUBLINGS)
-            pause = min(limits.pause_without_retry_after * 2.0**doublings, limits.max_pause)
-        pause += self._rng() * min(_JITTER_CAP, _JITTER_FRACTION * pause)
+            behind.advance(now)
+        pause = gate.pause(permit.granted_at, retry_after, self._limits, self._rng)
         new_episode = await self._state.begin_episode(kind, permit.episode)
         pace = lane.pace
         old_rate = pace.rate
         if new_episode:
             lane.episode = permit.episode + 1
             self._episodes += 1
-            fleet = await fleet_drains(self._state, lane.kind, pace, permit.granted_at, now)
-            granted_rate = permit.rate or old_rate
-            refill = getattr(self._state, "refill_rate", None)
-            if fleet is not None and refill is not None:
-                # The fleet sent at its bucket's rate: while it ramps, its fastest member's
-                # pace (a ramp's 429 read against this member's slower one read half the limit).
-                granted_rate = max(granted_rate, refill(kind))
-            pace.on_refused(permit.granted_at, granted_rate, now, fleet=fleet)
+            await lane.on_refused(permit.granted_at, permit.rate or old_rate, now)
         else:
             lane.episode = max(lane.episode, permit.episode + 1)
         self._close(gate, now, now + pause)
@@ -319,8 +203,8 @@ class RateController:
         if not new_episode:
             return
         if hint is not None:
-            await self._apply_hint(lane, hint, now)
-        await self._publish(lane)
+            await lane.apply_hint(hint, now, self._limits.max_pause)
+        await lane.publish()
         followed = await self._lead(lane, now)
         _log.debug(
             "429 on %s: pace %.3g -> %.3g req/s (limit ~%s, burst ~%s, from %s), "
@@ -328,8 +212,8 @@ class RateController:
             kind,
             old_rate,
             pace.rate,
-            _fmt(pace.estimate),
-            _fmt(pace.estimated_burst),
+            fmt_number(pace.estimate),
+            fmt_number(pace.estimated_burst),
             pace.source,
             gate.name,
             gate.deadline - now,
@@ -350,28 +234,27 @@ class RateController:
 
     def query_budget(self) -> float | None:
         """The queries per second the pace allows now; None while unknown (ramping, unpaced)."""
-        return _reported_rate(self._lanes["query"].pace)
+        return reported_rate(self._lanes["query"].pace)
 
     def statistics(self) -> RateStatistics:
         """Return a snapshot of paces, what was learned, counters and the gate."""
         now = self._clock()
         for lane in self._lanes.values():
-            self._advance(lane, now)
+            lane.advance(now)
         lanes = self._lanes
         classes: dict[str, ClassStatistics] = {
-            kind: _class_statistics(lane.pace, self._gates[kind].paused_until(now))
+            kind: class_statistics(lane.pace, self._gates[kind].paused_until(now))
             for kind, lane in lanes.items()
         }
         return RateStatistics(
-            create_rate=_reported_rate(lanes["create"].pace),
-            query_rate=_reported_rate(lanes["query"].pace),
+            create_rate=reported_rate(lanes["create"].pace),
+            query_rate=reported_rate(lanes["query"].pace),
             in_flight=self._in_flight,
             max_in_flight=self._limits.max_in_flight,
             waiting=self._waiting,
             rate_limited=self._rate_limited,
             episodes=self._episodes,
-            paused_seconds=self._paused_before
-            + max(0.0, min(now, self._pause_end) - self._pause_start),
+            paused_seconds=self._closed_time.seconds(now),
             gate_remaining=self.gate_remaining(),
             sent_while_gated=self._sent_while_gated,
             permits={kind: lane.permits for kind, lane in lanes.items()},
@@ -388,20 +271,20 @@ class RateController:
             async with lane.lock:
                 while True:
                     now = self._clock()
-                    wait = max(self._gate_wait(gate, now), lane.not_before - now)
+                    wait = max(gate.wait(now), lane.not_before - now)
                     if wait <= 0:
                         wait = await state.gate_remaining(gate.name)
                         if wait > 0:  # another sharer of the state closed it: mirror it here
                             self._close(gate, now, now + wait)
                         elif self._shared:
-                            await self._adopt(lane)
+                            await lane.adopt()
                     if wait > 0:
                         await self._sleep(wait)
                         continue
                     await self._take_slot()
                     try:
                         now = self._clock()
-                        self._advance(lane, now)
+                        lane.advance(now)
                         pace = lane.pace
                         wait = 0.0
                         if pace.rate != math.inf:
@@ -414,25 +297,17 @@ class RateController:
                         lane.demand_until = max(lane.demand_until, now + wait + _DEMAND_GRACE)
                         await self._sleep(wait)
                         continue
-                    if self._gate_wait(gate, now) > 0:  # a 429 closed it while we queued
+                    if gate.wait(now) > 0:  # a 429 closed it while we queued
                         self._release_slot()
                         continue
                     return self._grant(lane, gate, now)
         finally:
             self._waiting -= 1
 
-    def _grant(self, lane: _Lane, gate: _Gate, now: float) -> Permit:
+    def _grant(self, lane: Lane, gate: Gate, now: float) -> Permit:
         if now < gate.deadline:
             self._sent_while_gated += 1
-        lane.permits += 1
-        pace, weight = lane.pace, self._weight(lane.kind, "sent")
-        if weight == 1:
-            pace.on_sent(now)
-        else:  # the fleet's sends between this one's last and now, evenly: as the server saw them
-            last = pace.history[-1] if pace.history else now
-            spacing = min((now - last) / weight, 1.0 / pace.rate)
-            for k in range(weight - 1, -1, -1):
-                pace.on_sent(now - k * spacing)
+        lane.on_sent(now)
         return Permit(lane.kind, now, lane.pace.rate, lane.episode)
 
     async def _take_slot(self) -> None:
@@ -454,57 +329,19 @@ class RateController:
 
     # ------------------------------------------------------------------- gate
 
-    def _gate_wait(self, gate: _Gate, now: float) -> float:
-        remaining = gate.deadline - now
-        if remaining > 0:
-            return remaining
-        if gate.closed:
-            gate.closed = False
-            _log.debug("%s gate reopened after %.3f s", gate.name, gate.deadline - gate.closed_at)
-        return 0.0
-
-    def _close(self, gate: _Gate, now: float, deadline: float) -> None:
-        if deadline <= max(now, gate.deadline):
+    def _close(self, gate: Gate, now: float, deadline: float) -> None:
+        if not gate.close(now, deadline):
             return
-        if gate.deadline <= now:
-            if gate.closed_at != float("-inf"):
-                gate.paused += gate.deadline - gate.closed_at
-            gate.closed_at = now
-        gate.deadline = deadline
-        gate.closed = True
         for lane in self._lanes_behind(gate):
             lane.pace.on_pause_end(deadline)
-        if now <= self._pause_end:
-            self._pause_end = max(self._pause_end, deadline)
-        else:
-            self._paused_before += self._pause_end - self._pause_start
-            self._pause_start, self._pause_end = now, deadline
+        self._closed_time.add(now, deadline)
 
-    def _lanes_behind(self, gate: _Gate) -> list[_Lane]:
-        return [self._lanes[kind] for kind in _KINDS if self._gates[kind] is gate]
-
-    # ------------------------------------------------------------------ pace
-
-    def _advance(self, lane: _Lane, now: float) -> None:
-        """Move the class's pace on by the demand seen since the last call, gate open only."""
-        start = max(lane.advanced_at, self._gates[lane.kind].deadline)
-        end = min(now, lane.demand_until)
-        if end > start:
-            before = lane.pace.phase
-            lane.pace.advance(end - start, now)
-            if lane.pace.phase != before:
-                _log.debug(
-                    "%s pace: %s -> %s at %.3g req/s",
-                    lane.kind,
-                    before,
-                    lane.pace.phase,
-                    lane.pace.rate,
-                )
-        lane.advanced_at = max(lane.advanced_at, now)
+    def _lanes_behind(self, gate: Gate) -> list[Lane]:
+        return [lane for lane in self._lanes.values() if lane.gate is gate]
 
     # ---------------------------------------------------------- shared state
 
-    async def _lead(self, leader: _Lane, now: float) -> float | None:
+    async def _lead(self, leader: Lane, now: float) -> float | None:
         """Offer a create 429's finding to queries while they learned nothing of their own.
 
         Every task needs at least one query, so queries must keep up with the
@@ -516,89 +353,8 @@ class RateController:
         if leader.kind != "create":
             return None
         lane = self._lanes["query"]
-        self._advance(lane, now)
+        lane.advance(now)
         if not lane.pace.follow(leader.pace, now):
             return None
-        await self._publish(lane)
+        await lane.publish()
         return lane.pace.rate
-
-    async def _publish(self, lane: _Lane) -> None:
-        learned = lane.shared = lane.pace.learned(lane.episode)
-        await self._state.write(lane.kind, learned)
-
-    async def _adopt(self, lane: _Lane) -> None:
-        """Take over a pace another controller sharing the state wrote (its 429 episode)."""
-        learned = await self._state.read(lane.kind)
-        if learned is None or learned == lane.shared or learned.episode < lane.episode:
-            return
-        new_episode = lane.shared is None or learned.episode > lane.shared.episode
-        lane.shared = learned
-        lane.episode = learned.episode
-        lane.pace.adopt(learned, new_episode=new_episode)
-
-    def _weight(self, kind: Kind, counter: str) -> int:
-        """Sends of every sharer per send of this controller (1 unless the state says more).
-
-        A fleet's pace is measured against the fleet's sends: a state shared by
-        several processes reports how many sends the whole fleet made per send
-        of this one (``share(kind)``), so the ramp and the estimates scale.
-        The fraction is carried to the next send (a share of 2.5 counts 2, 3,
-        2, 3 ...): rounded, it scaled every drain by up to 25 % and the fits
-        of the server's bucket with it.
-        """
-        share = getattr(self._state, "share", None)
-        if share is None:
-            return 1
-        carried = self._carried.get((kind, counter), 0.0) + max(1.0, share(kind))
-        weight = int(carried)
-        self._carried[(kind, counter)] = carried - weight
-        return weight
-
-    async def _apply_hint(self, lane: _Lane, hint: RateHint, now: float) -> None:
-        """Use what a reply's rate-limit headers said about the class's quota."""
-        pace = lane.pace
-        if hint.remaining is not None:
-            lane.max_remaining = max(lane.max_remaining, hint.remaining)
-        if hint.reset is not None:
-            lane.max_reset = max(lane.max_reset, hint.reset)
-        rate = hint.rate
-        if rate is None and hint.limit is not None and hint.family == "x-ratelimit":
-            # No window is published: the longest reset seen bounds it from below.
-            rate = hint.limit / max(1.0, lane.max_reset)
-        burst = lane.max_remaining + 1.0 if lane.max_remaining > 0 else None
-        if pace.on_hint(rate, burst):
-            await self._publish(lane)
-            _log.debug(
-                "%s quota from %s headers: %.3g req/s, burst ~%s; pacing at %.3g req/s",
-                lane.kind,
-                hint.family,
-                pace.estimate or 0.0,
-                _fmt(pace.estimated_burst),
-                pace.rate,
-            )
-        if hint.remaining is not None and hint.remaining < 1.0:
-            # The quota is spent: wait for one token (or the reset when the pace is unknown).
-            wait = 1.0 / pace.rate if pace.phase == "hinted" else (hint.reset or 0.0)
-            lane.not_before = max(lane.not_before, now + min(wait, self._limits.max_pause))
-
-
-def _reported_rate(pace: Pace) -> float | None:
-    return None if pace.phase == "ramp" or pace.rate == math.inf else pace.rate
-
-
-def _class_statistics(pace: Pace, paused: float) -> ClassStatistics:
-    return ClassStatistics(
-        rate=pace.rate,
-        burst=pace.burst,
-        estimated_limit=pace.estimate,
-        estimated_burst=pace.estimated_burst,
-        source=pace.source,
-        phase=pace.phase,
-        probes=pace.probes,
-        episodes=pace.episodes,
-        paused_seconds=paused,
-    )
-
-
-def _fmt(value: float | None) -> str:
-    return "unknown" if value is None else f"{value:.3g}"

@@ -41,6 +41,9 @@ guess, rises with its later findings and never sinks with them; its own first
 
 The estimate after a 429 comes from what the server *admitted* (:mod:`._admitted`
 keeps the record), by the phase it refused; :mod:`._estimates` has the rules.
+How the pace moves with demand (the ramp, a hold's end, a probe's climb and
+its return to an old limit) is :mod:`._climb`; where it settles and for how
+long stays here (:meth:`Pace.settle_at`).
 
 A climbing pace stays within twice what was actually sent in the last unit, so
 a client held back by its own CPU learns nothing false. The server's burst is
@@ -58,24 +61,14 @@ import math
 from collections import deque
 
 from ._admitted import SendLog
-from ._bucketfit import Drain, excess
-from ._estimates import (
-    SETTLE,
-    believable,
-    learn_burst,
-    probe_estimate,
-    ramp_estimate,
-    step_down,
-)
+from ._bucketfit import Drain
+from ._climb import advance
+from ._estimates import SETTLE, believable, learn_burst, read_refusal
 from ._paceshare import adopt, follow, learned_limit, restore
 from ._pacetune import (
-    _BACK_AT,
-    _BACK_BURST_SHARE,
-    _BACK_UNITS,
     _CHANGED,
     _CONFIGURED_SHARE,
     _CONFIRMED,
-    _EARLY,
     _HELD,
     _HINT_SHARE,
     _HISTORY_UNITS,
@@ -83,17 +76,11 @@ from ._pacetune import (
     _LOW_HOLD,
     _LOW_PROBES,
     _MAX_HOLD_DOUBLINGS,
-    _PROBE_SCALE,
-    _RAISE_UNITS,
-    _RAISED,
     _RAMP_BURST,
-    _RAMP_DOUBLING,
     _RAMP_HOLD,
-    _SEND_CAP,
     _SETTLE_CONFIRMED,
     _SETTLE_FITTED,
     _SETTLED_BURST,
-    _STALLED,
     Phase,
 )
 from ._ratestate import LearnedLimit, LimitSource
@@ -166,54 +153,8 @@ class Pace:
     # ------------------------------------------------------------- progression
 
     def advance(self, demand_seconds: float, now: float) -> None:
-        """Move the phase clock by ``demand_seconds`` of demand and recompute the pace.
-
-        A climbing pace never runs more than twice ahead of what was actually
-        sent in the last unit (as botocore's adaptive mode caps its bucket):
-        a client held back by its own CPU or connections learns nothing by
-        raising a pace it cannot use.
-        """
-        if demand_seconds <= 0.0 or self.phase in ("fixed", "hinted"):
-            return
-        self.t += demand_seconds
-        if self.phase == "ramp":
-            rate = self.start_rate * 2.0 ** min(self.t / (_RAMP_DOUBLING * self.unit), 60.0)
-            self.rate = min(rate, self._send_cap(now))
-        elif self.phase == "hold" and self.t >= self.hold and self.base < self.top:
-            self.phase, self.t = "probe", self.t - self.hold
-            self.probes += 1
-        if self.phase == "probe":
-            # Below an earlier, higher limit, climb four times as fast: it may be back.
-            high_water = self.high_water
-            scale = _PROBE_SCALE if high_water is None else 0.25 * _PROBE_SCALE
-            x = self.t / (scale * self.unit)
-            climb = self.base * 2.0 ** min(x * x, 30.0)
-            self.rate = min(climb, self._send_cap(now))
-            if self.rate < climb:
-                self.t = max(0.0, self.t - demand_seconds)  # wait for the sends to catch up
-            if high_water is not None:
-                # ... but no further than the old limit's pace until the server is seen
-                # admitting it: a climb past it draws a 429 before that is measured, and
-                # that 429's drain (begun under the lower limit) reads the limit low.
-                self.rate = min(self.rate, max(self.base, self._share() * high_water))
-            admitted = self.log.admitted_rate(now, _RAISE_UNITS * self.unit)
-            if self.estimate is not None and admitted > _RAISED * self.estimate:
-                # Units admitted well past the estimate, no 429: the limit went up.
-                self.estimate = admitted / _RAISED
-                self.step_downs = 0
-            if high_water is not None and self._back_at(
-                min(self.top, self._share() * high_water), now
-            ):
-                # Back at the pace of the old limit with no 429: it is back. Settle there
-                # rather than pay a 429 to find it again.
-                self._return_to(high_water)
-        if self.rate >= self.top:
-            self.rate = self.top
-            if self.phase == "probe" and self.ceiling is not None and self._back_at(self.top, now):
-                self._return_to(self.ceiling)
-        elif self.returned and self.phase == "hold" and self.t >= _HELD * self.unit:
-            self.returned = False
-            self.high_water = None  # held there a while: the old limit is back for good
+        """Move the phase clock by ``demand_seconds`` of demand; see :func:`._climb.advance`."""
+        advance(self, demand_seconds, now)
 
     # ------------------------------------------------------------------ events
 
@@ -232,7 +173,7 @@ class Pace:
         now: float,
         fleet: tuple[Drain, Drain | None] | None = None,
     ) -> None:
-        """A 429 that starts an episode: estimate the limit from what was admitted, settle.
+        """A 429 that starts an episode: read it (:func:`._estimates.read_refusal`), settle.
 
         ``fleet``: this drain and the last episode's from a fleet's own record
         of its sends, in place of this pace's (its sends weighed by its share).
@@ -248,10 +189,7 @@ class Pace:
         drain = self._drain(granted_at)
         if fleet is not None:
             drain, self.last_drain = fleet[0], fleet[1] or self.last_drain
-        fitted_burst: float | None = None
-        fitted = False
         ramp = self.phase == "ramp"
-        probed = backed_off = False
         # The pace held for a while (or probes past it): a limit worth coming back to.
         # ... or a probe found it (a drop soon after a probe's 429 still has a limit to return to).
         held = (
@@ -259,40 +197,10 @@ class Pace:
             or (self.phase == "hold" and self.t >= _HELD * self.unit)
             or (self.found is not None and granted_rate <= self.found)
         )
-        if ramp:
-            sent = drain.times if fleet is not None else None
-            estimate = ramp_estimate(self, granted_at, granted_rate, sent)
-        elif self.phase == "probe" and granted_rate > self.base and self.t >= _EARLY * self.unit:
-            estimate, fitted_burst, fitted = probe_estimate(self, drain, granted_at, granted_rate)
-            probed = True
-            if self.refused_pace is not None:
-                # A settled pace was refused just before: a fit (a few % off, the
-                # burst a little short) must not put the pace back above it.
-                estimate = min(estimate, self.refused_pace)
-                self.refused_pace = None
-            self.step_downs = 0
-        elif self.confirmed and self.phase == "hold" and self.estimate is not None:
-            # Settled closer than usual to a limit found twice, and refused there: back to
-            # the fitted share of the same limit first (the pace was just too close, or a late
-            # loop bunched its sends); a 429 there too steps down.
-            estimate, fitted = self.estimate, self.fitted
-            self.refused_pace = granted_rate
-            backed_off = True
-        else:
-            # Granted well under the settled pace: the client's own sends were held back (a
-            # stall: replies late, the in-flight bound reached). The server had just admitted
-            # the settled pace, so read the 429 as one at that pace, from the pace alone.
-            stalled = granted_rate < _STALLED * self.base
-            estimate, fitted = step_down(
-                self, drain, granted_at, max(granted_rate, self.base), measured=not stalled
-            )
-            last = self.last_drain
-            if self.phase == "probe" and not stalled and last is not None and last.times:
-                # The last probe's estimate was too high, so its burst too small: take the
-                # burst that drain tells at this lower rate.
-                burst = excess(last, estimate)
-                if (self.estimated_burst or 0.0) < burst and believable(self, burst):
-                    self.set_burst(burst)
+        sent = drain.times if fleet is not None else None
+        estimate, fitted, fitted_burst, probed, backed_off = read_refusal(
+            self, drain, granted_at, granted_rate, sent
+        )
         estimate = max(self.min_rate, estimate)
         if self.ceiling is not None:
             estimate = min(estimate, self.ceiling)
@@ -386,10 +294,6 @@ class Pace:
         """Grant times of the recent admitted sends, sorted."""
         return self.log.accepted
 
-    def _send_cap(self, now: float) -> float:
-        """A margin over the rate actually sent (never below the start rate)."""
-        return max(self.start_rate, _SEND_CAP * self.log.sent_rate(now))
-
     def _believable(self, burst: float) -> bool:
         return believable(self, burst)
 
@@ -404,40 +308,8 @@ class Pace:
         cap = self.configured_burst if self.ceiling is not None else math.inf
         self.burst = max(1.0, min(burst / 2.0, cap))
 
-    def _return_to(self, limit: float) -> None:
-        """A probe climbed back to an old limit (or the ceiling) with no 429: settle there.
-
-        Not yet held there, so the old limit still counts until the pace held a
-        while: a 429 soon after (the climb outran the server's refusal) finds a
-        limit to come back to, and probes stay frequent.
-        """
-        high_water = self.high_water
-        if self.ceiling is not None and limit >= self.ceiling:
-            self.settle_at(self.ceiling, "configured", changed=False)
-        else:
-            self.settle_at(limit, "429s", changed=False)
-        self.high_water = high_water
-        self.returned = high_water is not None
-
-    def _back_at(self, pace: float, now: float) -> bool:
-        """The pace reached ``pace`` and the server admitted most of it over the last two units.
-
-        The pace runs ahead of the sends and the server refuses only once its
-        burst is gone, so the pace alone is no proof: a limit still down admits
-        at most its rate plus its burst over the span, so the burst is not counted.
-        """
-        if self.rate < pace:
-            return False
-        burst = self.estimated_burst or 0.0
-        # Long enough that the burst is a small part of the span: over a short unit (a
-        # time-compressed run) burst / span alone could exceed what the margin allows, and
-        # the pace would never be found back even when the server admits all of it.
-        span = max(_BACK_UNITS * self.unit, _BACK_BURST_SHARE * burst / pace if pace > 0 else 0.0)
-        span = min(span, _HISTORY_UNITS * self.unit)
-        admitted = self.log.admitted_rate(now, span) - burst / span
-        return admitted >= _BACK_AT * pace
-
-    def _share(self) -> float:
+    def settle_share(self) -> float:
+        """The share of an estimate the pace settles at: closer the better the estimate."""
         if self.confirmed:
             return _SETTLE_CONFIRMED
         return _SETTLE_FITTED if self.fitted else SETTLE
@@ -468,7 +340,9 @@ class Pace:
             # Until the burst is learned keep a few tokens: with room for one only, every
             # late wake-up of the event loop is a send lost for good.
             self.burst = max(self.burst, _SETTLED_BURST)
-        settled = min(self.top, estimate if source == "configured" else estimate * self._share())
+        settled = min(
+            self.top, estimate if source == "configured" else estimate * self.settle_share()
+        )
         self.base = self.rate = max(self.min_rate, settled)
         self.phase = "hold"
         self.t = 0.0

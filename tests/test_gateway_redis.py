@@ -202,7 +202,7 @@ async def test_a_task_settles_once_whichever_instance_sees_it_end(
         ledger = ("user:alice", window_bounds("day", time.time())[0])
         assert store(one).usage(*ledger) == (0.0, 4.0)  # as of its own reservation
         await store(one).maintain()
-        assert store(one).usage(*ledger) == (4.0, 0.0)  # what metrics show, refreshed
+        assert store(one).usage(*ledger) == (4.0, 0.0)  # what statistics() show, refreshed
         await via_two.create_task(NB, PROMPT)  # 4 spent + 4 held = the whole budget
         with pytest.raises(InsufficientCreditsError, match="4 spent, 4 held"):
             await via_one.create_task(NB, PROMPT)
@@ -279,6 +279,8 @@ async def test_a_reservation_left_by_a_dead_gateway_is_booked_as_spent(redis_url
         assert isinstance(over, Denial)
         assert over.code == 402
         assert "4 spent, 4 held" in over.message
+        # the instance that reaped booked the spend; the one that reserved it, nothing
+        assert (dict(alive.spent_here), dict(dead.spent_here)) == ({"u": 4.0}, {})
 
 
 async def test_a_task_record_reads_back_whole_on_another_instance(redis_url: str) -> None:

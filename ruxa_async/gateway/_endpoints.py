@@ -66,12 +66,7 @@ class Endpoints:
         self.gw = gw
         self.prefix = prefix
         self.counters = gw.counters
-        self.render = prometheus_exposition(
-            gw.counters,
-            gw.usage,
-            lambda: {k.name: k.state for k in gw.pool.health()},
-            lambda: (gw.relay.delivered, gw.relay.failed),
-        )
+        self.render = prometheus_exposition(gw)
         self.page = (
             resources.files("ruxa_async.gateway").joinpath("demo.html").read_bytes()
             if gw.config.demo
@@ -126,7 +121,7 @@ class Endpoints:
             return envelope(
                 404, "metrics need the prometheus extra: pip install ruxa-async[prometheus]"
             )
-        body, content_type = self.render()
+        body, content_type = await self.render()
         return Response(200, (("Content-Type", content_type),), body)
 
     async def health(self, request: Request) -> Response:

@@ -33,8 +33,9 @@ from .._models import TaskInfo
 from ._admission import Admission
 from ._alerts import Alerter, SpendWatch
 from ._config import GatewayConfig, UpstreamKey, load_config
+from ._counters import Counters
 from ._keys import KeyPool, default_client
-from ._metrics import Counters, GatewayStatistics
+from ._metrics import GatewayStatistics
 from ._policy import Denial, RateBuckets, Reply, window_bounds
 from ._relay import Relay, scrub_task
 from ._settle import Settler

@@ -10,7 +10,17 @@ from __future__ import annotations
 
 from ..redis._scripts import _BUCKET, _CLOCK
 
-__all__ = ["COMMIT", "LEASE", "REAP", "RELAYED", "RELEASE", "RESERVE", "SETTLE", "SPEND"]
+__all__ = [
+    "COMMIT",
+    "LEASE",
+    "LEDGERS",
+    "REAP",
+    "RELAYED",
+    "RELEASE",
+    "RESERVE",
+    "SETTLE",
+    "SPEND",
+]
 
 _LEDGER = """
 local function unhold(key, amount, charge, ttl)
@@ -27,10 +37,12 @@ end
 """
 
 # Check the in-flight cap, every budget and the user's shared create rate, then hold
-# the amount, count the task and spend one token of the rate.
-# KEYS: in-flight counter, pending hash, pending zset, rate bucket hash, ledger hashes...
+# the amount, count the task, spend one token of the rate and note the user as active
+# (the index of users the metrics list).
+# KEYS: in-flight counter, pending hash, pending zset, rate bucket hash, users index zset,
+#       ledger hashes...
 # ARGV: reservation id, amount, max in flight (-1: none), hold seconds, payload,
-#       ledger ttl seconds, now, rate per second (-1: none), burst,
+#       ledger ttl seconds, now, rate per second (-1: none), burst, user,
 #       then one limit per ledger (-1: none)
 # -> {'ok', in flight, spent1, held1, ...} | {'in_flight', running} | {'budget', i, spent, held}
 #    | {'rate', seconds until a token}
@@ -42,11 +54,11 @@ local amount, cap = tonumber(ARGV[2]), tonumber(ARGV[3])
 local now, rate, burst = clock(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
 local running = tonumber(redis.call('GET', KEYS[1]) or '0')
 if cap >= 0 and running >= cap then return {'in_flight', tostring(running)} end
-local n = #KEYS - 4
+local n = #KEYS - 5
 for i = 1, n do
-  local limit = tonumber(ARGV[9 + i])
+  local limit = tonumber(ARGV[10 + i])
   if limit >= 0 then
-    local h = redis.call('HMGET', KEYS[4 + i], 'spent', 'held')
+    local h = redis.call('HMGET', KEYS[5 + i], 'spent', 'held')
     local spent, held = tonumber(h[1] or '0'), tonumber(h[2] or '0')
     if spent + held + amount > limit + 1e-9 then
       return {'budget', tostring(i), num(spent), num(held)}
@@ -62,14 +74,15 @@ if rate > 0 then
 end
 local out = {'ok', tostring(redis.call('INCR', KEYS[1]))}
 for i = 1, n do
-  redis.call('HINCRBYFLOAT', KEYS[4 + i], 'held', ARGV[2])
-  redis.call('EXPIRE', KEYS[4 + i], ARGV[6])
-  local h = redis.call('HMGET', KEYS[4 + i], 'spent', 'held')
+  redis.call('HINCRBYFLOAT', KEYS[5 + i], 'held', ARGV[2])
+  redis.call('EXPIRE', KEYS[5 + i], ARGV[6])
+  local h = redis.call('HMGET', KEYS[5 + i], 'spent', 'held')
   out[#out + 1] = h[1] or '0'
   out[#out + 1] = h[2] or '0'
 end
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[5])
 redis.call('ZADD', KEYS[3], num(now + tonumber(ARGV[4])), ARGV[1])
+redis.call('ZADD', KEYS[5], num(now), ARGV[10])
 return out
 """
 )
@@ -111,7 +124,7 @@ return 1
 # Book a finished task's cost once.
 # KEYS: task hash, open zset, in-flight counter, ledger hashes...
 # ARGV: task id, cost, state, final JSON ('' for none), keep seconds, ledger ttl
-# -> 1 settled now, 0 settled before, -1 unknown
+# -> {1, credits booked as spent} settled now, 0 settled before, -1 unknown
 SETTLE = (
     _CLOCK
     + _LEDGER
@@ -128,20 +141,21 @@ leave(KEYS[3])
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('HSET', KEYS[1], 'settled', '1', 'cost', ARGV[2], 'state', ARGV[3], 'final', ARGV[4])
 redis.call('EXPIRE', KEYS[1], ARGV[5])
-return 1
+return {1, num(cost)}
 """
 )
 
 # Book reservations nobody committed or released in time (their gateway died
 # mid-create) as spent, like an ambiguous create.
 # KEYS: pending hash, pending zset   ARGV: key prefix, ledger ttl, at most this many, now
-# -> how many were reaped
+# -> {user, credits booked as spent, ...} of each reaped hold still pending
 REAP = (
     _CLOCK
     + _LEDGER
     + """
 local now = clock(ARGV[4])
 local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', num(now), 'LIMIT', 0, ARGV[3])
+local booked = {}
 for _, rid in ipairs(due) do
   local payload = redis.call('HGET', KEYS[1], rid)
   redis.call('HDEL', KEYS[1], rid)
@@ -150,9 +164,11 @@ for _, rid in ipairs(due) do
     local p = cjson.decode(payload)
     for _, ledger in ipairs(p['ledgers']) do unhold(ledger, p['amount'], p['amount'], ARGV[2]) end
     leave(ARGV[1] .. 'inflight:' .. p['user'])
+    booked[#booked + 1] = p['user']
+    booked[#booked + 1] = num(p['amount'])
   end
 end
-return #due
+return booked
 """
 )
 
@@ -216,3 +232,38 @@ redis.call('EXPIRE', KEYS[1], math.ceil(tonumber(ARGV[7])))
 return {jumped, num(total), num(baseline)}
 """
 )
+
+# Read the budget ledgers the metrics show, in one call: the given users' ledgers, then
+# those of the most recently active users of the index (in the default period) that have
+# a ledger in it. Read only; the cost is bounded by the users given plus the limit.
+# KEYS: users index zset
+# ARGV: key prefix, at most this many users of the index, the default period,
+#       then user, period pairs
+# -> {users in the index, JSON [user, spent, held, ...] (one string: quick to decode)}
+LEDGERS = """
+local prefix, limit, default = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+local out, seen = {}, {}
+for i = 4, #ARGV, 2 do
+  local user = ARGV[i]
+  seen[user] = true
+  local h = redis.call('HMGET', prefix .. 'ledger:user:' .. user .. ':' .. ARGV[i + 1],
+    'spent', 'held')
+  out[#out + 1] = user
+  out[#out + 1] = h[1] or '0'
+  out[#out + 1] = h[2] or '0'
+end
+if limit > 0 then
+  for _, user in ipairs(redis.call('ZREVRANGE', KEYS[1], 0, limit - 1)) do
+    if not seen[user] then
+      local h = redis.call('HMGET', prefix .. 'ledger:user:' .. user .. ':' .. default,
+        'spent', 'held')
+      if h[1] or h[2] then
+        out[#out + 1] = user
+        out[#out + 1] = h[1] or '0'
+        out[#out + 1] = h[2] or '0'
+      end
+    end
+  end
+end
+return {redis.call('ZCARD', KEYS[1]), cjson.encode(out)}
+"""

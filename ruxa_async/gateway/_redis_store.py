@@ -18,7 +18,9 @@ Keys (``{ns}`` is the namespace): ``{ns}:task:{id}`` (hash; open tasks never
 expire, a settled one expires ``keep_settled`` seconds after settlement, then
 its id answers 404 like an unknown one), ``{ns}:open`` (unsettled ids by creation time),
 ``{ns}:ledger:{scope}:{period}`` (hash ``spent``/``held``; expires
-``ledger_ttl`` seconds after its last change), ``{ns}:inflight:{user}``,
+``ledger_ttl`` seconds after its last change), ``{ns}:users`` (every user by
+the time of its last reservation, for the metrics; trimmed after ``ledger_ttl``),
+``{ns}:inflight:{user}``,
 ``{ns}:pending`` + ``{ns}:pending:z`` (reservations whose create is under way;
 one left over by a gateway that died mid-create is booked as spent after
 ``hold_seconds``, like an ambiguous create) and the audit stream ``{ns}:audit``
@@ -35,13 +37,14 @@ import json
 import logging
 import time
 import uuid
-from collections import OrderedDict
+from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import attrs
 
 from .._tasks import stop
+from ._metrics import LISTED_USERS, FleetLedgers
 from ._policy import Denial
 from ._redis_fleet import MAX_LEASE, RedisFleet
 from ._redis_writer import GatewayRedis, Layout, WriteBehind, text
@@ -128,6 +131,13 @@ class RedisStore:
         self._usage: dict[tuple[str, str], tuple[float, float]] = {}
         self._inflight: dict[str, int] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self._ledger_ttl = ledger_ttl
+        self._listed = FleetLedgers(ledgers={}, indexed=0, read_at=None, fresh=False)
+        #: Credits reserved by creates through this instance, by user.
+        self.reserved_here: defaultdict[str, float] = defaultdict(float)
+        #: Credits this instance booked as spent in the shared ledgers, by user: each credit
+        #: is booked by exactly one instance (the scripts say which), so these add up.
+        self.spent_here: defaultdict[str, float] = defaultdict(float)
 
     def __repr__(self) -> str:
         return f"<RedisStore {self._redis.shown_url} namespace={self.namespace!r}>"
@@ -247,6 +257,7 @@ class RedisStore:
                 f"{spent:g} spent, {held:g} held for tasks in flight, this task needs {amount:g}",
             )
         self._inflight[user] = int(verdict[1])
+        self.reserved_here[user] += amount
         for i, scope in enumerate(scopes):
             spent, held = float(verdict[2 + 2 * i]), float(verdict[3 + 2 * i])
             self._note((scope.name, scope.period), spent, held)
@@ -313,8 +324,14 @@ class RedisStore:
         """Drop a reservation whose create failed; ``charge`` books it as spent (written behind)."""
         self._left(res.user)
         if isinstance(res, _Held):
+            user, amount = res.user, res.amount
+
+            def booked(reply: Any) -> None:
+                if charge and reply == 1:
+                    self.spent_here[user] += amount
+
             self._writer.queue(
-                self._layout.release(res.rid, res.user, res.amount, res.scopes, charge)
+                self._layout.release(res.rid, res.user, res.amount, res.scopes, charge), booked
             )
 
     def settle(
@@ -330,7 +347,13 @@ class RedisStore:
         record.final = final
         _lru_put(self._settled, record)
         self._left(record.user)
-        self._writer.queue(self._layout.settle(record, cost, state, final))
+        user = record.user
+
+        def booked(reply: Any) -> None:
+            if isinstance(reply, list):  # settled now, by this instance
+                self.spent_here[user] += float(text(reply[1]))
+
+        self._writer.queue(self._layout.settle(record, cost, state, final), booked)
         return record
 
     def claim_relay(self, record: TaskRecord, state: str) -> bool:
@@ -367,6 +390,36 @@ class RedisStore:
     def usage(self, scope: str, period: str) -> tuple[float, float]:
         """``(spent, reserved)`` of a ledger as of this instance's last look (at most ~10 s old)."""
         return self._usage.get((scope, period), (0.0, 0.0))
+
+    async def fleet_ledgers(
+        self, periods: dict[str, str], default_period: str, limit: int = LISTED_USERS
+    ) -> FleetLedgers:
+        """Every instance's spend as Redis has it now, in one script call bounded by the
+        Redis timeout: the user ledger of each user of ``periods`` (in its period), and of
+        at most ``limit`` of the most recently active other users (in ``default_period``).
+
+        While Redis does not answer: the last figures read, updated by this instance's
+        own reservations since, marked not ``fresh``.
+        """
+        read = await self._layout.ledgers(periods, default_period, limit)
+        if read is None:
+            ledgers = dict(self._listed.ledgers)
+            for user, period in periods.items():
+                known = ledgers.get(user)
+                if known is None or known[0] == period:
+                    ledgers[user] = (period, *self.usage(f"user:{user}", period))
+            return attrs.evolve(self._listed, ledgers=ledgers, fresh=False)
+        indexed, found = read
+        ledgers = {u: (default_period, *figures) for u, figures in found.items()}
+        for user, period in periods.items():  # what statistics() and alerts see, refreshed
+            figures = found.get(user)
+            if figures is not None:
+                self._note((f"user:{user}", period), *figures)
+                ledgers[user] = (period, *figures)
+        self._listed = FleetLedgers(
+            ledgers=ledgers, indexed=indexed, read_at=time.monotonic(), fresh=True
+        )
+        return self._listed
 
     def in_flight(self, user: str) -> int:
         """Tasks of ``user`` in flight across all instances, as of this instance's last look."""
@@ -417,11 +470,15 @@ class RedisStore:
                 await self.maintain()
 
     async def maintain(self) -> None:
-        """Book expired holds as spent, refresh the usage this instance shows (metrics), forget
-        tasks settled elsewhere, adopt tasks whose gateway is gone."""
+        """Book expired holds as spent, refresh the usage this instance remembers
+        (:meth:`usage`; metrics read theirs fresh), trim the users index, forget tasks settled
+        elsewhere, adopt tasks whose gateway is gone."""
         reaped = await self._layout.reap(self._clock())
         if reaped:
-            log.warning("gateway state: %s stale reservations booked as spent", reaped)
+            log.warning("gateway state: %s stale reservations booked as spent", len(reaped))
+            for user, credits in reaped:
+                self.spent_here[user] += credits
+        await self._layout.forget_users(self._clock() - self._ledger_ttl)
         ledgers, users = list(self._usage), list(self._inflight)
         counters = await self._layout.counters(ledgers, users)
         if counters is not None:

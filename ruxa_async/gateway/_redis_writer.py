@@ -33,6 +33,7 @@ __all__ = ["GatewayRedis", "Layout", "Op", "WriteBehind", "decode_audit", "decod
 log = logging.getLogger("ruxa_async")
 
 Op = Callable[[Any], Awaitable[Any]]  # given a pipeline, or the client to run at once
+OnReply = Callable[[Any], None]
 
 T = TypeVar("T")
 _BATCH = 500
@@ -93,6 +94,7 @@ class Layout:
                 "RELAYED",
                 "LEASE",
                 "SPEND",
+                "LEDGERS",
             )
         }
 
@@ -118,7 +120,7 @@ class Layout:
         ledgers = [self.ledger(s.name, s.period) for s in scopes]
         payload = json.dumps({"user": user, "amount": amount, "ledgers": ledgers})
         keys = [self.key("inflight", user), self.key("pending"), self.key("pending", "z")]
-        keys.append(self.key("rate", user))
+        keys += [self.key("rate", user), self.key("users")]
         per_second, burst = rate if rate is not None else (-1.0, 1)
         args: list[Any] = [
             rid,
@@ -130,6 +132,7 @@ class Layout:
             repr(now),
             repr(float(per_second)),
             burst,
+            user,
         ]
         args += [-1 if s.limit is None else repr(float(s.limit)) for s in scopes]
         script = self._scripts["RESERVE"]
@@ -241,13 +244,44 @@ class Layout:
 
         return op
 
-    async def reap(self, now: float) -> int | None:
-        """Book holds past their deadline as spent; how many (None if Redis failed)."""
+    async def reap(self, now: float) -> list[tuple[str, float]] | None:
+        """Book holds past their deadline as spent: ``(user, credits)`` of each (None if
+        Redis failed)."""
         script = self._scripts["REAP"]
         keys = [self.key("pending"), self.key("pending", "z")]
         args = [self.key(""), self.ledger_ttl, 1000, repr(now)]
-        reaped: int | None = await self.redis.call(lambda: script(keys=keys, args=args))
-        return reaped
+        reply = await self.redis.call(lambda: script(keys=keys, args=args))
+        if reply is None:
+            return None
+        return [(text(reply[i]), float(text(reply[i + 1]))) for i in range(0, len(reply), 2)]
+
+    async def ledgers(
+        self, periods: dict[str, str], default_period: str, limit: int
+    ) -> tuple[int, dict[str, tuple[float, float]]] | None:
+        """``(spent, held)`` of the user ledger of each user of ``periods`` (in its period) and
+        of at most ``limit`` of the most recently active other users (in ``default_period``),
+        in one script call; with the number of users in the index. None if Redis failed."""
+        script = self._scripts["LEDGERS"]
+        args: list[Any] = [self.key(""), limit, default_period]
+        for user, period in periods.items():
+            args += [user, period]
+        keys = [self.key("users")]
+        reply = await self.redis.call(lambda: script(keys=keys, args=args))
+        if reply is None:
+            return None
+        flat = json.loads(reply[1])
+        if not isinstance(flat, list):  # an empty Lua table is encoded as {}
+            flat = []
+        out = {flat[i]: (float(flat[i + 1]), float(flat[i + 2])) for i in range(0, len(flat), 3)}
+        return int(reply[0]), out
+
+    async def forget_users(self, before: float) -> int | None:
+        """Drop users not active since ``before`` from the index (None if Redis failed)."""
+        key = self.key("users")
+        dropped: int | None = await self.redis.call(
+            lambda: self.redis.redis.zremrangebyscore(key, "-inf", repr(before))
+        )
+        return dropped
 
     async def open_ids(self, created_before: float | None = None) -> list[str] | None:
         """Unsettled task ids, all or those created before a time (None if Redis failed)."""
@@ -317,6 +351,19 @@ class Layout:
         return None if rows is None else [decode_audit(i, f) for i, f in rows]
 
 
+class _Hooked:
+    """A queued write whose reply is handed to ``on_reply`` once Redis has answered it."""
+
+    __slots__ = ("on_reply", "op")
+
+    def __init__(self, op: Op, on_reply: OnReply) -> None:
+        self.op = op
+        self.on_reply = on_reply
+
+    def __call__(self, pipe: Any) -> Awaitable[Any]:
+        return self.op(pipe)
+
+
 class WriteBehind:
     """One task writing queued operations to Redis in order, replaying them after an outage."""
 
@@ -338,9 +385,10 @@ class WriteBehind:
     def __len__(self) -> int:
         return len(self._writes)
 
-    def queue(self, op: Op) -> None:
-        """Queue a state write (idempotent)."""
-        self._writes.append(op)
+    def queue(self, op: Op, on_reply: OnReply | None = None) -> None:
+        """Queue a state write (idempotent); ``on_reply`` gets Redis' answer to it (never
+        called if Redis refused it, nor for a replay whose first answer was lost)."""
+        self._writes.append(op if on_reply is None else _Hooked(op, on_reply))
         self._wake.set()
 
     def queue_audit(self, op: Op) -> None:
@@ -363,6 +411,10 @@ class WriteBehind:
         for reply in result:
             if isinstance(reply, ResponseError):
                 log.error("gateway state: Redis refused a write, dropped: %s", reply)
+        if len(result) == len(ops):  # one command per op: each reply is its op's
+            for op, reply in zip(ops, result, strict=True):
+                if isinstance(op, _Hooked) and not isinstance(reply, ResponseError):
+                    op.on_reply(reply)
         return result
 
     async def wait_available(self) -> None:

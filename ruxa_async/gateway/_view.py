@@ -12,8 +12,8 @@ from typing import Any, Protocol
 
 from ._alerts import Alerter, SpendWatch
 from ._config import GatewayConfig
+from ._counters import Counters
 from ._keys import KeyPool
-from ._metrics import Counters
 from ._policy import Denial, Reply
 from ._relay import Relay
 from ._store import StateStore, TaskRecord
