@@ -275,6 +275,8 @@ async def _overhead(
                     r: {"sim": 0.0, "proxy": 0.0, "kernel": 0.0} for r in routes
                 }
                 load_direct = 0.0
+                for route in routes:  # each route's connections at full width, before measuring
+                    await _closed_loop(make(route), 400, THROUGHPUT_IN_FLIGHT)
                 for _ in range(rounds):
                     for route in routes:
                         pid = procs[route].pid
@@ -456,9 +458,10 @@ def _overhead_lines(overhead: dict[str, Any], rounds: int, load_loop: str) -> li
         "**the standard asyncio loop** for every route. The same client session measures every "
         "route in the same run. Latency: one request in flight, the routes' blocks alternated "
         f"round by round ({rounds} rounds). Throughput: {THROUGHPUT_IN_FLIGHT} in flight, "
-        f"**median of {rounds} rounds**, routes alternated. Added = route - direct. CPU per "
-        "request from /proc during the throughput rounds (the other jobs on the machine disturb "
-        "it less than wall-clock time).",
+        f"**median of {rounds} rounds**, routes alternated, after 400 requests per route at "
+        f"{THROUGHPUT_IN_FLIGHT} in flight (connections opened, nothing measured). "
+        "Added = route - direct. CPU per request from /proc during the throughput rounds "
+        "(the other jobs on the machine disturb it less than wall-clock time).",
         "",
         "Routes: "
         + "; ".join(f"`{r}` {ROUTES[r]}" for r in next(iter(overhead.values())) if r in ROUTES)

@@ -23,7 +23,7 @@ async def test_a_traced_gateway_writes_every_phase_of_its_requests_in_order(
     tmp_path: Path,
 ) -> None:
     """With RUXA_GATEWAY_TRACE set, stopping the gateway writes one line per request (its
-    phases in order) and one per commit, and no token or key."""
+    phases in order), one per commit, the objects frozen at start-up, and no token or key."""
     config, trace = tmp_path / "gateway.toml", tmp_path / "trace.jsonl"
     config.write_text(
         'signing_secret = "trace-test-secret-0123456789"\n'
@@ -56,5 +56,6 @@ async def test_a_traced_gateway_writes_every_phase_of_its_requests_in_order(
     for kind, stamps in requests.items():
         assert [stamps[p] for p in IN_ORDER] == sorted(stamps[p] for p in IN_ORDER), kind
     assert any("commit" in line for line in lines)
+    assert lines[0]["frozen"] > 1000  # what start-up made is frozen: the GC walks it no more
     assert TOKENS["alice"] not in text
     assert "Bearer" not in text

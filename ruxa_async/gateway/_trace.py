@@ -12,7 +12,9 @@ the gateway stops, ``FILE`` gets one JSON line per request::
 upstream exchange has nulls there), one line per commit:
 ``{"commit": [start, end], "waiters": N, "rows": M, "checkpointing": B}`` (B: a
 WAL checkpoint was queued or running on the writer's thread), and one per run of the
-cyclic garbage collector: ``{"gc": [start, end], "generation": G}``.
+cyclic garbage collector: ``{"gc": [start, end], "generation": G}``. The first line,
+``{"frozen": N}``, counts the objects frozen at start-up (``gc.freeze()``), which the
+collector no longer walks.
 
 - *read*: the first bytes of the request arrived (``data_received``);
 - *parsed*: the whole request was parsed;
@@ -44,7 +46,7 @@ from .._light_transport import LightTransport
 from ._exchange import Request, Response
 from ._httpserver import HttpServer, _Connection
 
-__all__ = ["ENV", "enabled", "install"]
+__all__ = ["ENV", "dump", "install"]
 
 ENV = "RUXA_GATEWAY_TRACE"
 
@@ -69,11 +71,6 @@ _gc_started = [0.0]
     _WRITING,
 ) = range(10)
 _N = 10
-
-
-def enabled() -> bool:
-    """True when ``RUXA_GATEWAY_TRACE`` names a file."""
-    return bool(os.environ.get(ENV))
 
 
 def _kind(path: str) -> str:
@@ -214,6 +211,7 @@ def dump() -> None:
     if not path:
         return
     with open(path, "w", encoding="utf-8") as out:
+        out.write(json.dumps({"frozen": gc.get_freeze_count()}) + "\n")  # objects the GC skips
         for kind, stamps in _records:
             out.write(json.dumps({"kind": kind, "t": stamps}) + "\n")
         for started, ended, waiters, rows, checkpointing in _commits:
