@@ -264,15 +264,19 @@ async def _overhead(
                 for route in routes:  # warm-up
                     await _closed_loop(make(route), 200, 8)
                 lat: dict[str, list[float]] = {r: [] for r in routes}
+                lat_rounds: dict[str, list[float]] = {r: [] for r in routes}  # each round's p50
                 for _ in range(rounds):
                     for route in routes:
                         got, _ = await _closed_loop(make(route), n, 1)
                         lat[route] += got
+                        lat_rounds[route].append(1000 * _pct(got, 0.5))
                 rps: dict[str, list[float]] = {r: [] for r in routes}
                 cpu: dict[str, dict[str, float]] = {
                     r: {"sim": 0.0, "proxy": 0.0, "kernel": 0.0} for r in routes
                 }
                 load_direct = 0.0
+                for route in routes:  # each route's connections at full width, before measuring
+                    await _closed_loop(make(route), 400, THROUGHPUT_IN_FLIGHT)
                 for _ in range(rounds):
                     for route in routes:
                         pid = procs[route].pid
@@ -295,6 +299,7 @@ async def _overhead(
                     route: {
                         "p50_ms": 1000 * _pct(lat[route], 0.5),
                         "p99_ms": 1000 * _pct(lat[route], 0.99),
+                        "p50_rounds_ms": lat_rounds[route],
                         "rps": statistics.median(rps[route]),
                         "rps_rounds": rps[route],
                         "sim_cpu_us": 1e6 * cpu[route]["sim"] / sent,
@@ -453,9 +458,10 @@ def _overhead_lines(overhead: dict[str, Any], rounds: int, load_loop: str) -> li
         "**the standard asyncio loop** for every route. The same client session measures every "
         "route in the same run. Latency: one request in flight, the routes' blocks alternated "
         f"round by round ({rounds} rounds). Throughput: {THROUGHPUT_IN_FLIGHT} in flight, "
-        f"**median of {rounds} rounds**, routes alternated. Added = route - direct. CPU per "
-        "request from /proc during the throughput rounds (the other jobs on the machine disturb "
-        "it less than wall-clock time).",
+        f"**median of {rounds} rounds**, routes alternated, after 400 requests per route at "
+        f"{THROUGHPUT_IN_FLIGHT} in flight (connections opened, nothing measured). "
+        "Added = route - direct. CPU per request from /proc during the throughput rounds "
+        "(the other jobs on the machine disturb it less than wall-clock time).",
         "",
         "Routes: "
         + "; ".join(f"`{r}` {ROUTES[r]}" for r in next(iter(overhead.values())) if r in ROUTES)
@@ -499,6 +505,26 @@ def _overhead_lines(overhead: dict[str, Any], rounds: int, load_loop: str) -> li
             for kind, row in overhead.items()
             for route, r in row.items()
             if route in ROUTES
+        )
+        + ".",
+        "",
+        "Latency per round (each round's p50, ms; a round's added p50 is its route block's p50 "
+        "minus the direct block's of the same round, a few seconds apart): "
+        + "; ".join(
+            f"{kind} direct " + "/".join(f"{x:.2f}" for x in row["direct"]["p50_rounds_ms"])
+            for kind, row in overhead.items()
+            if "p50_rounds_ms" in row["direct"]
+        )
+        + "; added "
+        + "; ".join(
+            f"{kind} {route} "
+            + "/".join(
+                f"{x - y:+.2f}"
+                for x, y in zip(r["p50_rounds_ms"], row["direct"]["p50_rounds_ms"], strict=True)
+            )
+            for kind, row in overhead.items()
+            for route, r in row.items()
+            if route in ROUTES and route != "direct" and "p50_rounds_ms" in r
         )
         + ".",
         "",

@@ -35,21 +35,47 @@ _QUICK_RATE = tuple(
 )
 
 
-def _whole_reply(data: bytes) -> tuple[int, bytes, bytes, bytes] | None:
-    """``(status, head, lower-cased head, body)`` if ``data`` is exactly one plain reply.
+# What a plain reply head says, read once per distinct head (see ``_whole_reply``):
+# (status, body length, Retry-After, Keep-Alive's value, rate headers, keep-alive).
+_Head = tuple[int, int, "str | None", "bytes | None", tuple[tuple[str, str], ...], bool]
+_HEADS: dict[bytes, _Head] = {}
+_MAX_HEADS = 64  # a server's heads differ by Date (each second) and Content-Length
+
+
+def _whole_reply(data: bytes) -> tuple[_Head, bytes] | None:
+    """What the head says and the body, if ``data`` is exactly one plain reply.
 
     Plain: HTTP/1.1, a final status, one ``Content-Length`` and no
     ``Transfer-Encoding``, all of it and nothing more in ``data``. Anything
     else (None) goes to ``httptools``, which then sees the reply from its start.
+    A server repeats its heads byte for byte (they differ by ``Date``, once a
+    second, and by the body's length), so a head is read once and remembered
+    (the last ``_MAX_HEADS`` distinct ones): searching a head for the names
+    that matter cost more than the rest of the reply's handling.
     """
-    if not data.startswith(b"HTTP/1.1 ") or not data[9:12].isdigit():
-        return None
-    if data[12:13] not in (b" ", b"\r") or data[9:10] == b"1":  # 1xx: an interim reply
-        return None
     end = data.find(_HEAD_END)
     if end < 0:
         return None
     head = data[: end + 2]  # every header line ends with CRLF
+    known = _HEADS.get(head)
+    if known is None:
+        known = _read_head(head)
+        if known is None:
+            return None
+        if len(_HEADS) >= _MAX_HEADS:
+            _HEADS.clear()
+        _HEADS[head] = known
+    if len(data) - end - 4 != known[1]:
+        return None
+    return known, data[end + 4 :]
+
+
+def _read_head(head: bytes) -> _Head | None:
+    """What a plain reply head (through its last CRLF) says, or None if it is not plain."""
+    if not head.startswith(b"HTTP/1.1 ") or not head[9:12].isdigit():
+        return None
+    if head[12:13] not in (b" ", b"\r") or head[9:10] == b"1":  # 1xx: an interim reply
+        return None
     lower = head.lower()
     start = lower.find(_CONTENT_LENGTH)
     if (
@@ -59,9 +85,20 @@ def _whole_reply(data: bytes) -> tuple[int, bytes, bytes, bytes] | None:
     ):
         return None
     length = lower[start + len(_CONTENT_LENGTH) : lower.index(b"\r\n", start + 2)].strip()
-    if not length.isdigit() or len(data) - end - 4 != int(length):
+    if not length.isdigit():
         return None
-    return int(data[9:12]), head, lower, data[end + 4 :]
+    value = _header(head, lower, b"\r\nretry-after:")
+    retry_after = None if value is None else value.decode("latin-1")
+    keep_alive_value = _header(head, lower, b"\r\nkeep-alive:")
+    rate: list[tuple[str, str]] = []
+    if b"ratelimit" in lower:
+        for marker, name in _QUICK_RATE:
+            value = _header(head, lower, marker)
+            if value is not None:
+                rate.append((name, value.decode("latin-1")))
+    value = _header(head, lower, b"\r\nconnection:")
+    keep_alive = value is None or b"close" not in value.lower()
+    return int(head[9:12]), int(length), retry_after, keep_alive_value, tuple(rate), keep_alive
 
 
 def _header(head: bytes, lower: bytes, marker: bytes) -> bytes | None:
@@ -189,27 +226,19 @@ class Connection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             self._fail(exc)
 
-    def _take(self, status: int, head: bytes, lower: bytes, body: bytes) -> None:
+    def _take(self, head: _Head, body: bytes) -> None:
         """A whole plain reply in one piece, read without httptools' callbacks (same result)."""
+        status, _, retry_after, keep_alive_value, rate, keep_alive = head
         self.status = status
         self.body = [body]
         self._headers_done = self._framed = True
-        # Most replies carry none of these: the ``in`` tests spare a call each.
-        if b"\r\nretry-after:" in lower:
-            value = _header(head, lower, b"\r\nretry-after:")
-            if value is not None:
-                self.retry_after = value.decode("latin-1")
-        if b"\r\nkeep-alive:" in lower:
-            value = _header(head, lower, b"\r\nkeep-alive:")
-            if value is not None:
-                self._keep_alive_header(value)
-        if b"ratelimit" in lower:
-            for marker, name in _QUICK_RATE:
-                value = _header(head, lower, marker)
-                if value is not None:
-                    self.rate[name] = value.decode("latin-1")
-        value = _header(head, lower, b"\r\nconnection:") if b"\r\nconnection:" in lower else None
-        self.keep_alive = value is None or b"close" not in value.lower()
+        if retry_after is not None:
+            self.retry_after = retry_after
+        if keep_alive_value is not None:
+            self._keep_alive_header(keep_alive_value)
+        if rate:
+            self.rate = dict(rate)
+        self.keep_alive = keep_alive
         self._finish(None)
 
     def eof_received(self) -> bool | None:

@@ -67,6 +67,8 @@ class LightTransport(Transport):
     finds them all busy waits for one (within the request's total timeout).
     """
 
+    connection_class = Connection  # a subclass traces exchanges (the gateway's ``_trace``)
+
     def __init__(
         self,
         *,
@@ -289,7 +291,7 @@ class LightTransport(Transport):
         try:
             _, conn = await asyncio.wait_for(
                 loop.create_connection(
-                    lambda: Connection(loop),
+                    lambda: self.connection_class(loop),
                     self._host,
                     self._port,
                     ssl=self._ssl,

@@ -455,6 +455,47 @@ async def test_a_reply_in_one_piece_reads_as_one_in_two(pieces: int) -> None:
     assert kept == 0  # Connection: close
 
 
+async def test_a_head_seen_again_reads_the_same_each_time() -> None:
+    """The same head bytes on three replies (read once, remembered): each Reply has the
+    status, Retry-After and rate headers, in a dict of its own."""
+    body = b'{"code":429,"msg":"slow down","data":null}'
+    same = reply(429, body, "Retry-After: 2", "X-RateLimit-Remaining: 0")
+
+    async def answer(conn: Conn) -> None:
+        while await conn.request() is not None:
+            await conn.send(same)
+
+    async with RawServer(answer) as server, light(server.url) as lt:
+        got = [await lt.request("POST", CREATE, b"{}") for _ in range(3)]
+    assert [(r.status, r.body, r.retry_after) for r in got] == [(429, body, "2")] * 3
+    assert [dict(r.rate_headers) for r in got] == [{"x-ratelimit-remaining": "0"}] * 3
+    assert len({id(r.rate_headers) for r in got}) == 3
+    assert len(server.connections) == 1
+
+
+async def test_a_remembered_head_over_a_body_in_two_pieces_waits_for_the_rest() -> None:
+    """A head read before, whose body now arrives in two writes: the body is joined whole."""
+    body = b'{"code":200,"msg":"success","data":{"taskId":"t1"}}'
+    whole = reply(200, body)
+    cut = len(whole) - 5
+
+    async def answer(conn: Conn) -> None:
+        await conn.request()
+        await conn.send(whole)
+        await conn.request()
+        await conn.send(whole[:cut])
+        while not any(c._received for c in lt._busy):  # noqa: ASYNC110 - no event to await
+            await asyncio.sleep(0)
+        await conn.send(whole[cut:])
+        await serve_forever(conn)
+
+    async with RawServer(answer) as server, light(server.url) as lt:
+        first = await lt.request("GET", QUERY)
+        second = await lt.request("GET", QUERY)
+    assert first.body == second.body == body
+    assert len(server.connections) == 1
+
+
 def self_signed(where: Path) -> tuple[ssl.SSLContext, Path]:
     """A server TLS context for ``localhost`` with a fresh self-signed certificate (openssl)."""
     cert, key = where / "cert.pem", where / "key.pem"

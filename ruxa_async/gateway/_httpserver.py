@@ -438,6 +438,8 @@ class _Connection(asyncio.Protocol):
 class HttpServer:
     """A listening server; close it with :meth:`aclose`."""
 
+    connection_class = _Connection  # a subclass traces requests (``_trace``)
+
     def __init__(
         self,
         app: Application,
@@ -467,7 +469,7 @@ class HttpServer:
     async def listen(self, host: str, port: int, backlog: int = 1024) -> None:
         """Bind and start accepting connections; ``port`` becomes the bound port."""
         self._server = await self.loop.create_server(
-            lambda: _Connection(self), host, port, backlog=backlog
+            lambda: self.connection_class(self), host, port, backlog=backlog
         )
         self.port = int(self._server.sockets[0].getsockname()[1])
 
