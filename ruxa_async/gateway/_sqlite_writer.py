@@ -124,7 +124,7 @@ class SqliteWriter:
         self._conn: sqlite3.Connection | None = None  # the loop's: every write goes through it
         self._journal: Journal | None = None
         self._pending: list[Write] = []  # not yet committed
-        self._journalled = 0  # how many of them are in the journal, up to its line ``_seq``
+        self._journalled = 0  # how many of them are in the journal, up to its record ``_seq``
         self._seq = 0
         self._timer: asyncio.TimerHandle | None = None
         self._since_checkpoint = [0, 0]  # commits, rows
