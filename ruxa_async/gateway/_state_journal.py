@@ -14,7 +14,7 @@ in it is applied and it has grown past ``_EMPTY_AFTER`` bytes.
 The append is a file ``write`` in the event loop, against the house rule: a
 few hundred bytes into the page cache, without fsync, cheaper than handing it
 to a thread and waking the loop back (as the loop's own SQLite commits). The
-file is opened, replayed and emptied at start on the state's thread.
+file is opened and replayed at start on the state's thread.
 
 A record is its length and CRC-32 (``<II``, little-endian) and then
 ``marshal`` data ``(number, ((sql, params), ...))``: statements and parameters
