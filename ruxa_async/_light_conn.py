@@ -142,7 +142,6 @@ class Connection(asyncio.Protocol):
         self._read = 0.0
         self._deadline = 0.0
         self._last = 0.0  # when the request was written or the last reply byte arrived
-        self._unsent: bytes | None = None  # a request waiting for the pool's flush
         self._reset()
 
     def _reset(self) -> None:
@@ -157,18 +156,10 @@ class Connection(asyncio.Protocol):
     # -- the sender's side
 
     def send(
-        self,
-        payload: bytes,
-        now: float,
-        read: float,
-        deadline: float,
-        outbox: list[Connection] | None = None,
+        self, payload: bytes, now: float, read: float, deadline: float
     ) -> asyncio.Future[None]:
         """Write one request; the future completes when its reply has been read.
 
-        With ``outbox``, the request is not written yet: the connection joins
-        ``outbox`` and its owner calls :meth:`flush` later (the pool writes
-        every request of a loop turn together, see ``LightTransport``).
         Nothing here times out on its own: the pool's watchdog (see
         :meth:`LightTransport._watch`) fails the exchange once :meth:`due` passes.
         """
@@ -180,19 +171,8 @@ class Connection(asyncio.Protocol):
             waiter.set_exception(Dropped(received=False, written=False))
             return waiter
         self._read, self._deadline, self._last = read, deadline, now
-        if outbox is None:
-            self.transport.write(payload)
-        else:
-            self._unsent = payload
-            outbox.append(self)
+        self.transport.write(payload)
         return waiter
-
-    def flush(self) -> None:
-        """Write the request :meth:`send` left unsent (nothing if it was closed meanwhile)."""
-        payload = self._unsent
-        if payload is not None and self.alive and self.transport is not None:
-            self._unsent = None  # (left set when closed: the exchange fails as never written)
-            self.transport.write(payload)
 
     @property
     def waiting(self) -> bool:
@@ -273,7 +253,7 @@ class Connection(asyncio.Protocol):
             self.keep_alive = False  # a reply delimited by the end of the connection
             self._finish(None)
         else:
-            self._finish(Dropped(received=self._received, written=self._unsent is None))
+            self._finish(Dropped(received=self._received))
 
     # -- httptools callbacks
 

@@ -99,7 +99,6 @@ class LightTransport(Transport):
         self._count = 0  # connections open or opening
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._busy: set[Connection] = set()
-        self._outbox: list[Connection] = []  # requests of this loop turn, written together
         self._timer: asyncio.TimerHandle | None = None
         self._timer_due = 0.0
         self._closed = False
@@ -170,10 +169,7 @@ class LightTransport(Transport):
                 now = loop.time()
             self._busy.add(conn)
             try:
-                outbox = self._outbox
-                if not outbox:
-                    loop.call_soon(self._flush)
-                waiter = conn.send(payload, now, timeouts.read, deadline, outbox)
+                waiter = conn.send(payload, now, timeouts.read, deadline)
                 if conn.waiting:
                     due = conn.due()
                     if self._timer is None or due < self._timer_due:  # else: already watched
@@ -244,21 +240,6 @@ class LightTransport(Transport):
             return b"".join((line, self._auth[0], b"\r\n"))
         length = f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
         return b"".join((line, self._auth[0], length.encode("ascii"), body))
-
-    def _flush(self) -> None:
-        """Write every request of the last loop turn, at the start of the next one.
-
-        A relay starts its upstream requests one by one as its own clients'
-        requests are handled; written as they come, they reach the server a
-        few at a time, and the server wakes once for each few. Written
-        together, they reach it as a burst it reads in one wake-up: measured on
-        the simulator, 3 requests per wake-up instead of 10 cost it about 20 %
-        more CPU per request (``benchmarks/results-gateway.md``, gw-up2).
-        """
-        outbox = self._outbox
-        self._outbox = []
-        for conn in outbox:
-            conn.flush()
 
     def _failed(
         self, method: str, path: str, started: float, reason: str, *, timeout: bool = False

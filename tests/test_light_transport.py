@@ -26,7 +26,6 @@ from ruxa_async import (
     Timeouts,
 )
 from ruxa_async._client import use_transport
-from ruxa_async._light_conn import Connection
 from ruxa_async._light_transport import LightTransport, light_transport_class
 from ruxa_async._transport import Transport
 from ruxa_async.gateway import Gateway, GatewayConfig, UpstreamKey, parse_config
@@ -236,63 +235,6 @@ async def test_requests_share_one_kept_connection() -> None:
             assert (await lt.request("GET", QUERY)).status == 200
     assert len(server.connections) == 1
     assert len(server.requests) == 5
-
-
-class _Writes:
-    """A socket transport that notes each ``write`` in ``events`` (all else passes through)."""
-
-    def __init__(self, transport: asyncio.Transport, events: list[str]) -> None:
-        self._transport, self._events = transport, events
-
-    def write(self, data: bytes) -> None:
-        self._events.append("write")
-        self._transport.write(data)
-
-    def __getattr__(self, name: str) -> object:
-        return getattr(self._transport, name)
-
-
-async def test_requests_started_in_one_loop_turn_are_written_together_after_it() -> None:
-    """A relay's requests of one loop turn reach the server as one burst, not one by one.
-
-    The server then reads them in one wake-up (the simulator spent ~20 % more
-    CPU per request when they came a few at a time).
-    """
-    events: list[str] = []
-
-    class Noted(Connection):
-        def connection_made(self, transport: asyncio.BaseTransport) -> None:
-            super().connection_made(_Writes(transport, events))  # type: ignore[arg-type]
-
-    async def turn_ends() -> None:
-        events.append("turn ends")
-
-    async with RawServer(serve_forever) as server, light(server.url) as lt:
-        lt.connection_class = Noted
-        await asyncio.gather(*(lt.request("GET", QUERY) for _ in range(4)))  # 4 kept connections
-        assert len(lt._idle) == 4
-        events.clear()
-        tasks = [asyncio.create_task(lt.request("GET", QUERY)) for _ in range(4)]
-        await asyncio.create_task(turn_ends())  # runs in the turn the 4 requests start in
-        replies = await asyncio.gather(*tasks)
-    assert [reply.status for reply in replies] == [200] * 4
-    assert events == ["turn ends"] + ["write"] * 4
-    assert len(server.requests) == 8
-    assert len(server.connections) == 4
-
-
-async def test_a_create_whose_connection_closes_before_its_turn_ends_is_sent_once() -> None:
-    """Closed before the turn's requests were written: not sent, so it goes on a new connection."""
-    async with RawServer(serve_forever) as server, light(server.url) as lt:
-        await lt.request("GET", QUERY)
-        task = asyncio.create_task(lt.request("POST", CREATE, b"{}"))
-        await asyncio.sleep(0)  # the create has taken the kept connection, not yet written
-        (conn,) = lt._busy
-        conn.close()
-        reply = await task
-    assert reply.status == 200
-    assert server.requests == [f"GET {QUERY}", f"POST {CREATE}"]
-    assert len(server.connections) == 2
 
 
 async def test_a_connection_closed_while_idle_is_not_written_to() -> None:

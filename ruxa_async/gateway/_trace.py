@@ -19,8 +19,7 @@ collector no longer walks.
 - *read*: the first bytes of the request arrived (``data_received``);
 - *parsed*: the whole request was parsed;
 - *start*: the handler started (the connection's answering task woke);
-- *up_written*: the upstream request was queued for the socket (the light client
-  writes a loop turn's requests together at the start of the next turn);
+- *up_written*: the upstream request was handed to the socket;
 - *up_read*: the upstream reply was read whole;
 - *up_resumed*: the handler resumed after it (*up_read* to here: a wake-up);
 - *end*: the handler returned its response (after the commit, for a create);
@@ -101,13 +100,11 @@ class _TracedUpstream(UpstreamConnection):
 
     _stamps: list[Any] | None = None
 
-    def send(
-        self, payload: bytes, now: float, read: float, deadline: float, outbox: Any = None
-    ) -> Any:
+    def send(self, payload: bytes, now: float, read: float, deadline: float) -> Any:
         stamps = _current.get()
         if stamps is not None:
             stamps[_UP_WRITING] = _now()
-        waiter = super().send(payload, now, read, deadline, outbox)
+        waiter = super().send(payload, now, read, deadline)
         self._stamps = stamps
         if stamps is None:
             return waiter
