@@ -8,7 +8,7 @@ Runs the native simulator and the real standalone gateway
 ``RUXA_GATEWAY_TRACE`` set (see ``ruxa_async/gateway/_trace.py``), drives it with
 the overhead benchmark's light load generator, and prints the median (and p90)
 of each phase of a request, the load generator's own latency, straight-to-the-
-simulator latency for reference, and the SQLite commits (time, rows, waiters).
+simulator latency for reference, and the SQLite commits (time, rows, rows in the journal).
 Stamps are ``time.perf_counter()`` (CLOCK_MONOTONIC, shared by the processes),
 so requests are assigned to a measurement by time.
 
@@ -266,8 +266,8 @@ def _report(windows: list[dict[str, Any]]) -> str:
             lines.append(
                 f"  commits {len(commits)} ({len(commits) / max(1, n):.2f}/request): p50 "
                 f"{1e6 * _q(took, 0.5):.1f} us, p90 {1e6 * _q(took, 0.9):.1f} us, rows "
-                f"{statistics.mean(c['rows'] for c in commits):.1f}, waiters "
-                f"{statistics.mean(c['waiters'] for c in commits):.1f}"
+                f"{statistics.mean(c['rows'] for c in commits):.1f}, journalled "
+                f"{statistics.mean(c['journalled'] for c in commits):.1f}"
             )
             during = [c["commit"][1] - c["commit"][0] for c in commits if c.get("checkpointing")]
             if during:

@@ -229,3 +229,30 @@ async def test_the_journal_is_emptied_as_it_grows_once_sqlite_has_it(
         assert again.in_flight("alice") == 40
     finally:
         await again.aclose()
+
+
+async def test_a_new_state_has_small_pages_and_an_old_state_keeps_its_own(
+    tmp_path: Path,
+) -> None:
+    """A new state file is made with 2 KiB pages (a create's random-id index leaf is half the
+    WAL bytes); a file made before, with SQLite's 4 KiB, keeps them and takes creates."""
+    old = tmp_path / "old.sqlite3"
+    with sqlite3.connect(old) as db:
+        db.execute("PRAGMA page_size=4096")
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("CREATE TABLE before (x INTEGER)")
+    db.close()
+    for path, size in ((tmp_path / "new.sqlite3", 2048), (old, 4096)):
+        store = SQLiteStore(str(path))
+        await store.open()
+        try:
+            await store.acommit(hold(store), "t0", "k1", NB, None)
+            rows = await store._writer.call(
+                lambda conn: (
+                    conn.execute("PRAGMA page_size").fetchone(),
+                    conn.execute("SELECT task_id FROM tasks").fetchall(),
+                )
+            )
+        finally:
+            await store.aclose()
+        assert rows == ((size,), [("t0",)])

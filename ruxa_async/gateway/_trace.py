@@ -10,7 +10,7 @@ the gateway stops, ``FILE`` gets one JSON line per request::
 
 (``time.perf_counter()`` seconds; a query has the same stamps; a request with no
 upstream exchange has nulls there), one line per commit:
-``{"commit": [start, end], "waiters": N, "rows": M, "checkpointing": B}`` (B: a
+``{"commit": [start, end], "journalled": N, "rows": M, "checkpointing": B}`` (B: a
 WAL checkpoint was queued or running on the writer's thread), and one per run of the
 cyclic garbage collector: ``{"gc": [start, end], "generation": G}``. The first line,
 ``{"frozen": N}``, counts the objects frozen at start-up (``gc.freeze()``), which the
@@ -187,12 +187,12 @@ def install() -> None:
     flush = _sqlite_writer.SqliteWriter._flush
 
     def traced_flush(self: Any) -> None:
-        waiters, rows = len(self._waiters), len(self._pending)
+        journalled, rows = self._journalled, len(self._pending)  # rows creates made durable
         checkpointing = self._checkpointing  # a checkpoint queued or running on the thread
         started = _now()
         flush(self)
         if rows:
-            _commits.append((started, _now(), waiters, rows, checkpointing))
+            _commits.append((started, _now(), journalled, rows, checkpointing))
 
     _sqlite_writer.SqliteWriter._flush = traced_flush  # type: ignore[method-assign]
     gc.callbacks.append(_gc_callback)
@@ -214,8 +214,8 @@ def dump() -> None:
         out.write(json.dumps({"frozen": gc.get_freeze_count()}) + "\n")  # objects the GC skips
         for kind, stamps in _records:
             out.write(json.dumps({"kind": kind, "t": stamps}) + "\n")
-        for started, ended, waiters, rows, checkpointing in _commits:
-            line = {"commit": [started, ended], "waiters": waiters, "rows": rows}
+        for started, ended, journalled, rows, checkpointing in _commits:
+            line = {"commit": [started, ended], "journalled": journalled, "rows": rows}
             out.write(json.dumps({**line, "checkpointing": checkpointing}))
             out.write("\n")
         for started, ended, generation in _collections:
