@@ -156,6 +156,26 @@ ROUTES = {
 THROUGHPUT_IN_FLIGHT = 32
 
 
+def _steal_ticks() -> tuple[int, int] | None:
+    """The host's steal and all CPU ticks so far (``/proc/stat``), or None off Linux.
+
+    Steal is time this VM's virtual CPUs were ready to run but the host ran something
+    else: a "slow spell" of the machine shows up here, not in any process's CPU time.
+    """
+    try:
+        with open("/proc/stat", encoding="ascii") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    return (fields[7] if len(fields) > 7 else 0), sum(fields[:8])
+
+
+def _steal_pct(before: tuple[int, int] | None, after: tuple[int, int] | None) -> float | None:
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    return 100.0 * (after[0] - before[0]) / (after[1] - before[1])
+
+
 def _write_config(path: Path, sim: Simulator, user_token: str, http: str = "auto") -> None:
     """A gateway config with its own SQLite state file beside it (as a deployment has)."""
     state = path.with_suffix(".sqlite3")
@@ -265,11 +285,13 @@ async def _overhead(
                     await _closed_loop(make(route), 200, 8)
                 lat: dict[str, list[float]] = {r: [] for r in routes}
                 lat_rounds: dict[str, list[float]] = {r: [] for r in routes}  # each round's p50
+                steal_before = _steal_ticks()
                 for _ in range(rounds):
                     for route in routes:
                         got, _ = await _closed_loop(make(route), n, 1)
                         lat[route] += got
                         lat_rounds[route].append(1000 * _pct(got, 0.5))
+                steal = _steal_pct(steal_before, _steal_ticks())
                 rps: dict[str, list[float]] = {r: [] for r in routes}
                 cpu: dict[str, dict[str, float]] = {
                     r: {"sim": 0.0, "proxy": 0.0, "kernel": 0.0} for r in routes
@@ -309,6 +331,7 @@ async def _overhead(
                     for route in routes
                 }
                 results[kind]["c_req_us"] = 1e6 * load_direct / sent
+                results[kind]["steal_pct"] = steal
                 _log(f"overhead {kind}: {json.dumps(results[kind])}")
     return results
 
@@ -499,6 +522,12 @@ def _overhead_lines(overhead: dict[str, Any], rounds: int, load_loop: str) -> li
         "*c_req* (this run's calibration: the load generator's own CPU per request in the direct "
         "throughput rounds, i.e. one request of its client on this machine now): "
         + ", ".join(f"{kind} {row['c_req_us']:.0f} µs" for kind, row in overhead.items())
+        + ". Host steal during the latency rounds (`/proc/stat`: time the VM's CPUs waited "
+        "for the host; a slow spell of the machine shows here): "
+        + ", ".join(
+            f"{kind} " + ("n/a" if row.get("steal_pct") is None else f"{row['steal_pct']:.1f} %")
+            for kind, row in overhead.items()
+        )
         + ". Throughput per round (rps): "
         + "; ".join(
             f"{kind} {route} " + "/".join(f"{x:.0f}" for x in r["rps_rounds"])
