@@ -4,12 +4,12 @@
 is the default implementation. Decisions are made on in-memory state inside
 the event loop, so a check and its reservation happen with no ``await`` in
 between (50 concurrent creates against room for 10 admit exactly 10). Every
-change goes to SQLite through one writer thread, in batched transactions, so
-no SQLite call ever blocks the event loop; reads that miss memory go through
-the same thread. A created task's record (with the audit lines written before
-it) is durable before its id is returned: appended to the state's journal,
-which the thread commits to SQLite behind and a restart replays. The rest is
-written behind within milliseconds. Several
+change is written behind to SQLite by ``SqliteWriter``, in one transaction every
+few milliseconds in the event loop (no fsync there); reads that miss memory and
+WAL checkpoints run on its thread. A created task's record (with the audit
+lines written before it) is durable before its id is returned: appended to the
+state's journal (``_state_journal``), which SQLite gets with the next
+transaction and a restart replays. Several
 gateways share one state through ``RedisStore`` (``_redis_store``), whose
 check-and-hold is one script; the gateway therefore awaits
 :meth:`StateStore.areserve` and :meth:`StateStore.acommit`.
@@ -340,8 +340,8 @@ class SQLiteStore:
         """:meth:`commit`, in memory at once and durable when it returns.
 
         Durable means in the state's journal (one append, with every write made
-        before it), which survives a crash of the process; the writer's thread
-        commits it to SQLite behind, and a restart replays what it had not. If
+        before it), which survives a crash of the process; SQLite gets it with
+        the next write-behind transaction, and a restart replays what it had not. If
         the journal cannot be written, that is logged and the record still goes
         to SQLite behind: the id of a task already paid for is never withheld
         from its owner.
