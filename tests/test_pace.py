@@ -11,10 +11,16 @@ from ruxa_async._bucketfit import Drain
 from ruxa_async._pace import Pace
 
 
-def unknown(unit: float = 1.0) -> Pace:
-    """A pace with nothing configured, ramping from 10/s."""
+def unknown(unit: float = 1.0, start_rate: float = 10.0) -> Pace:
+    """A pace with nothing configured, ramping from ``start_rate`` (10/s)."""
     return Pace(
-        ceiling=None, burst=10, start_rate=10.0, min_rate=0.2, unit=unit, adaptive=True, now=0.0
+        ceiling=None,
+        burst=10,
+        start_rate=start_rate,
+        min_rate=0.2,
+        unit=unit,
+        adaptive=True,
+        now=0.0,
     )
 
 
@@ -183,9 +189,7 @@ def serve(
 
 def test_ramp_then_one_probe_fit_the_servers_bucket() -> None:
     """From nothing: the ramp's 429 and one probe's 429 fit rate and burst; then it holds long."""
-    pace = Pace(
-        ceiling=None, burst=10, start_rate=20.0, min_rate=0.2, unit=1.0, adaptive=True, now=0.0
-    )
+    pace = unknown(start_rate=20.0)
     assert serve(pace, 100.0, 20.0, 0.0, 12.0) == 2
     assert pace.estimate == pytest.approx(100.0, rel=0.03)
     assert pace.estimated_burst == pytest.approx(20.0, abs=3.0)
@@ -196,9 +200,7 @@ def test_ramp_then_one_probe_fit_the_servers_bucket() -> None:
 
 def test_a_drop_is_fitted_with_the_known_burst() -> None:
     """After the limit halves, the pace settles just under the new one within two episodes."""
-    pace = Pace(
-        ceiling=None, burst=10, start_rate=20.0, min_rate=0.2, unit=1.0, adaptive=True, now=0.0
-    )
+    pace = unknown(start_rate=20.0)
     serve(pace, 100.0, 20.0, 0.0, 12.0)
     assert serve(pace, 50.0, 20.0, 12.0, 16.0) == 2  # a step down, then a fit
     assert pace.estimate == pytest.approx(50.0, rel=0.03)
@@ -518,9 +520,7 @@ def test_a_429_with_the_units_replies_still_out_steps_down_from_what_was_sent() 
 
 def test_a_limit_a_probe_finds_again_is_settled_closer_and_held_longest() -> None:
     """A second probe finds the fitted limit again (within 3 %): pace at 0.985 of it, no 429s."""
-    pace = Pace(
-        ceiling=None, burst=10, start_rate=20.0, min_rate=0.2, unit=1.0, adaptive=True, now=0.0
-    )
+    pace = unknown(start_rate=20.0)
     assert serve(pace, 100.0, 20.0, 0.0, 12.0) == 2
     assert pace.rate == pytest.approx(0.97 * pace.estimate)  # type: ignore[operator]
     assert serve(pace, 100.0, 20.0, 12.0, 40.0) == 1  # the next probe finds it again
@@ -533,9 +533,7 @@ def test_a_limit_a_probe_finds_again_is_settled_closer_and_held_longest() -> Non
 
 def test_a_follower_that_finds_the_followed_limit_holds_as_long_as_its_leader() -> None:
     """Queries' own first probe finds the creates' fitted limit: settled close, probed rarely."""
-    creates = Pace(
-        ceiling=None, burst=10, start_rate=20.0, min_rate=0.2, unit=1.0, adaptive=True, now=0.0
-    )
+    creates = unknown(start_rate=20.0)
     assert serve(creates, 100.0, 20.0, 0.0, 12.0) == 2
     queries = unknown()
     assert queries.follow(creates, 12.0)
@@ -547,9 +545,7 @@ def test_a_follower_that_finds_the_followed_limit_holds_as_long_as_its_leader() 
 
 def test_a_429_at_a_pace_settled_close_to_a_confirmed_limit_backs_off_to_the_fitted_share() -> None:
     """Refused at 0.985 of a limit found twice: back to 0.97 of it, no 10 % step down."""
-    pace = Pace(
-        ceiling=None, burst=10, start_rate=20.0, min_rate=0.2, unit=1.0, adaptive=True, now=0.0
-    )
+    pace = unknown(start_rate=20.0)
     serve(pace, 100.0, 20.0, 0.0, 40.0)
     assert pace.confirmed
     limit = pace.estimate
@@ -567,9 +563,7 @@ def test_a_429_at_a_pace_settled_close_to_a_confirmed_limit_backs_off_to_the_fit
 
 def test_a_drop_under_a_confirmed_limit_is_a_limit_to_come_back_to() -> None:
     """The limit halves under a pace close to a confirmed limit: probe back to it often."""
-    pace = Pace(
-        ceiling=None, burst=10, start_rate=20.0, min_rate=0.2, unit=1.0, adaptive=True, now=0.0
-    )
+    pace = unknown(start_rate=20.0)
     serve(pace, 100.0, 20.0, 0.0, 40.0)
     assert pace.confirmed
     limit = pace.estimate
