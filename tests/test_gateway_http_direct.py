@@ -7,9 +7,7 @@ the client is the gateway's kind (light transport, ``send_directly``).
 
 from __future__ import annotations
 
-import contextlib
 import json
-from collections.abc import AsyncIterator
 
 import pytest
 
@@ -40,10 +38,12 @@ def answering(*replies: bytes) -> RawServer:
     return RawServer(handler)
 
 
-@contextlib.asynccontextmanager
-async def relay_client(url: str) -> AsyncIterator[RuxaClient]:
-    async with _light(url) as client:
-        yield client
+def relay_client(url: str) -> RuxaClient:
+    """A key client as the gateway builds it (light transport, the short path), not opened."""
+    client = RuxaClient(api_key="sk-test", base_url=url)
+    use_transport(client, LightTransport)
+    send_directly(client, max_pause=5.0)
+    return client
 
 
 async def test_the_same_bytes_give_the_same_data_and_new_bytes_new_data() -> None:
@@ -120,7 +120,7 @@ async def test_a_key_client_opened_once_still_refuses_after_closing() -> None:
     server = answering(reply(body=waiting))
     async with server:
         slot = KeySlot(
-            UpstreamKey(name="k", key="sk-test", base_url=server.url), _light(server.url)
+            UpstreamKey(name="k", key="sk-test", base_url=server.url), relay_client(server.url)
         )
         client = await slot.ready()
         assert await slot.ready() is client
@@ -129,13 +129,6 @@ async def test_a_key_client_opened_once_still_refuses_after_closing() -> None:
         with pytest.raises(ClientClosedError):
             await send_once(await slot.ready(), "query", "/api/v1/tasks/query/t1")
     assert len(server.requests) == 1
-
-
-def _light(url: str) -> RuxaClient:
-    client = RuxaClient(api_key="sk-test", base_url=url)
-    use_transport(client, LightTransport)
-    send_directly(client, max_pause=5.0)
-    return client
 
 
 @pytest.mark.parametrize("encoding", ["utf-8", "utf-8-sig", "utf-16", "utf-32-be"])

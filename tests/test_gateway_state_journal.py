@@ -128,7 +128,7 @@ async def test_a_create_is_in_a_copy_of_the_state_taken_when_acommit_returns(
         await again.aclose()
 
 
-async def test_the_thread_commits_journalled_creates_and_a_clean_close_empties_the_journal(
+async def test_journalled_creates_reach_sqlite_behind_and_a_clean_close_empties_the_journal(
     tmp_path: Path,
 ) -> None:
     """Journalled writes reach SQLite behind (a read sees them), marked applied, and closing
