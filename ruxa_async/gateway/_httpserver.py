@@ -16,6 +16,19 @@ everything a client controls:
 One task per connection answers its requests (it waits for the next one in
 between, and ends with the connection). A request that is not valid HTTP/1.1
 gets a 400 and the connection closes.
+
+Clients repeat their request heads byte for byte on a keep-alive connection (a
+create's head differs from the last one's only if its body's length does; a
+poll of one task never). A head that ``httptools`` parsed whole, with its body
+and nothing more in one read, at a message boundary, is remembered by its exact
+bytes (``_Known``, a bounded memo per server) when its framing is its
+``Content-Length`` alone (no ``Transfer-Encoding``, ``Expect`` or ``Upgrade``,
+keep-alive). The same bytes at the same boundary later are taken without the
+parser: from the same state, the same bytes give the same parse (the parser is
+left at the boundary, where it would be again after the message). Anything else
+(an unknown head, a body not all there, a head split across reads) goes through
+``httptools`` as before.
+
 Closing the server stops listening, closes idle connections and lets requests
 in flight finish (up to a grace period) before closing theirs.
 """
@@ -52,6 +65,13 @@ _MAX_BLOCKS = 256
 _NAMES: dict[bytes, str] = {}  # request header names in lower case, by their spelling
 _MAX_NAMES = 512
 _METHODS: dict[bytes, str] = {m.encode(): m for m in ("GET", "POST", "HEAD", "PUT", "DELETE")}
+_KNOWN_METHODS = frozenset(_METHODS.values())
+_HEAD_END = b"\r\n\r\n"
+# A head parsed before (see the module): method, path, query, headers, body length, HTTP/1.0.
+_Known = tuple[str, str, str, dict[str, str], int, bool]
+_MAX_KNOWN = 256  # heads remembered per server (the memo starts over when full)
+_MAX_KNOWN_HEAD = 4096  # longer heads are not remembered
+_UNMEMOIZED = ("expect", "transfer-encoding", "upgrade")  # framing beyond Content-Length
 
 # What the parser is in the middle of (the connection's ``_stage``).
 _BETWEEN, _HEAD, _BODY = 0, 1, 2
@@ -128,6 +148,9 @@ class _Connection(asyncio.Protocol):
         self._body: list[bytes] = []
         self._size = 0
         self._head_bytes = 0
+        self._known = server.known_heads
+        self._completed = 0  # messages completed by the parser in the current read
+        self._last: tuple[Request, bool, bool] | None = None  # the last one, keep-alive, 1.0
         self._expect = False  # a 100 Continue is owed once this request is at the front
         self._queue: deque[tuple[Request | Response, bool, bool, bool]] = deque()
         self._busy = False  # a task is answering the front of the queue
@@ -152,21 +175,32 @@ class _Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._done_reading:
             return
-        if self._stage != _BODY:
-            self._head_bytes += len(data)
-        try:
-            self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            self._finish_reading()  # the request is answered; the protocol switch is not
-        except httptools.HttpParserCallbackError:
-            if not self._done_reading:
-                raise
-        except httptools.HttpParserError as exc:
-            if not self._done_reading:
-                self._refuse(None, 400, f"the request is not valid HTTP/1.1 ({exc})")
-            return
-        if self._done_reading:
-            return
+        learn = False
+        if self._stage == _BETWEEN:
+            data = self._take_known(data)
+            if self._done_reading:
+                return
+            learn = True
+        if data:
+            if self._stage != _BODY:
+                self._head_bytes += len(data)
+            self._completed = 0
+            try:
+                self._parser.feed_data(data)
+            except httptools.HttpParserUpgrade:
+                self._finish_reading()  # the request is answered; the protocol switch is not
+            except httptools.HttpParserCallbackError:
+                if not self._done_reading:
+                    raise
+            except httptools.HttpParserError as exc:
+                if not self._done_reading:
+                    self._refuse(None, 400, f"the request is not valid HTTP/1.1 ({exc})")
+                return
+            else:
+                if learn and self._completed == 1 and self._stage == _BETWEEN:
+                    self._learn(data)
+            if self._done_reading:
+                return
         stage = self._stage
         if stage == _HEAD:
             if self._head_bytes > _MAX_HEAD:
@@ -180,6 +214,58 @@ class _Connection(asyncio.Protocol):
                 self._send_continue()
         elif self._clock == _HEAD_CLOCK or self._clock == _BODY_CLOCK:
             self._stop_clock()
+
+    def _take_known(self, data: bytes) -> bytes:
+        """Take the whole requests with remembered heads off the front of ``data`` (read at
+        a message boundary); the rest, for the parser."""
+        known_heads = self._known
+        if not known_heads:
+            return data
+        start = 0
+        size = len(data)
+        while True:
+            end = data.find(_HEAD_END, start, start + _MAX_KNOWN_HEAD)
+            if end < 0:
+                break
+            body_start = end + 4
+            known = known_heads.get(data[start:body_start])
+            if known is None:
+                break
+            stop = body_start + known[4]
+            if stop > size:  # the body is not all there: the parser reads it
+                break
+            method, path, query, headers, _, http10 = known
+            body = data[body_start:stop]
+            request = Request(method, path, query, dict(headers), body, self._peer)
+            self._head_bytes = 0
+            self._enqueue(request, True, method == "HEAD", "1.0" if http10 else "1.1")
+            start = stop
+            if start == size or self._done_reading:
+                return b""
+        return data[start:] if start else data
+
+    def _learn(self, data: bytes) -> None:
+        """Remember the head of ``data``, one whole request the parser just read from a
+        message boundary, if its body's length is all its framing (see the module)."""
+        last, self._last = self._last, None
+        if last is None:
+            return
+        request, keep_alive, http10 = last
+        body = request.body
+        end = data.find(_HEAD_END, 0, _MAX_KNOWN_HEAD)
+        if not keep_alive or end < 0 or end + 4 + len(body) != len(data):
+            return
+        headers = request.headers
+        length = headers.get("content-length")
+        if (str(len(body)) != length) if length is not None else body:
+            return
+        if any(name in headers for name in _UNMEMOIZED) or request.method not in _KNOWN_METHODS:
+            return
+        known = self._known
+        if len(known) >= _MAX_KNOWN:
+            known.clear()
+        path, query = request.path, request.query
+        known[data[: end + 4]] = (request.method, path, query, dict(headers), len(body), http10)
 
     def eof_received(self) -> bool | None:
         self._finish_reading()
@@ -252,7 +338,10 @@ class _Connection(asyncio.Protocol):
         request = self._request(body[0] if len(body) == 1 else b"".join(body))
         parser = self._parser
         keep_alive = parser.should_keep_alive()
-        self._enqueue(request, keep_alive, request.method == "HEAD", parser.get_http_version())
+        version = parser.get_http_version()
+        self._completed += 1
+        self._last = (request, keep_alive, version == "1.0")
+        self._enqueue(request, keep_alive, request.method == "HEAD", version)
         if not keep_alive:
             self._finish_reading()
             raise _Stop
@@ -462,6 +551,7 @@ class HttpServer:
         self._tick = min(1.0, max(0.01, shortest / 10))  # how late a deadline may be noticed
         self._ticker: asyncio.TimerHandle | None = None
         self._date = (0, "")
+        self.known_heads: dict[bytes, _Known] = {}  # request heads parsed before (see module)
         self._closing = False
         self._all_closed: asyncio.Event | None = None  # made when closing waits for it
         self.port = 0
