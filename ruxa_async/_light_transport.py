@@ -135,6 +135,16 @@ class LightTransport(Transport):
 
     async def request(self, method: str, path: str, body: bytes | None = None) -> Reply:
         """Send one API request; return its reply or raise a connection error."""
+        return Reply(*await self.exchange(method, path, body))
+
+    async def exchange(
+        self, method: str, path: str, body: bytes | None = None
+    ) -> tuple[int, bytes, str | None, dict[str, str]]:
+        """:meth:`request`'s reply as a plain tuple: status, body, Retry-After, rate headers.
+
+        The relay's short path (``_direct``) takes it so: a frozen :class:`Reply`
+        costs more to build than the tuple, on every request.
+        """
         loop = self._loop  # asyncio.get_running_loop() costs a getpid() system call
         if self._closed or self._session is None or loop is None:
             raise RuxaError("the client is not open: use `async with RuxaClient(...)`")
@@ -209,8 +219,9 @@ class LightTransport(Transport):
                 self._discard(conn)
                 raise
             body_parts = conn.body
-            reply = Reply(
-                conn.status,
+            status = conn.status
+            reply = (
+                status,
                 body_parts[0] if len(body_parts) == 1 else b"".join(body_parts),
                 conn.retry_after,
                 conn.rate,
@@ -218,7 +229,7 @@ class LightTransport(Transport):
             self._release(conn, loop)
             if log.isEnabledFor(logging.DEBUG):
                 took = loop.time() - started
-                log.debug("%s %s -> HTTP %d in %.3f s", method, path, reply.status, took)
+                log.debug("%s %s -> HTTP %d in %.3f s", method, path, status, took)
             return reply
 
     def _payload(self, method: str, path: str, body: bytes | None) -> bytes:
