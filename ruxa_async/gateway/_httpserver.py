@@ -58,10 +58,12 @@ _MAX_HEAD = 64 * 1024
 _MAX_QUEUE = 16
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _STATUS = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n" for s in HTTPStatus}
-_CLOSE = "Connection: close\r\n\r\n"
-_KEEP_ALIVE = "Connection: keep-alive\r\n\r\n"
-_BLOCKS: dict[tuple[int, tuple[tuple[str, str], ...]], str] = {}  # status and header lines
+_CLOSE = b"Connection: close\r\n\r\n"
+_KEEP_ALIVE = b"Connection: keep-alive\r\n\r\n"
+_BLOCKS: dict[tuple[int, tuple[tuple[str, str], ...]], bytes] = {}  # status and header lines
 _MAX_BLOCKS = 256
+_LENGTHS: dict[int, bytes] = {}  # "Content-Length: N" lines, by N
+_MAX_LENGTHS = 4096
 _NAMES: dict[bytes, str] = {}  # request header names in lower case, by their spelling
 _MAX_NAMES = 512
 _METHODS: dict[bytes, str] = {m.encode(): m for m in ("GET", "POST", "HEAD", "PUT", "DELETE")}
@@ -80,7 +82,7 @@ _NONE, _HEAD_CLOCK, _BODY_CLOCK, _IDLE_CLOCK, _LINGER_CLOCK = 0, 1, 2, 3, 4
 _LINGER = 2.0
 
 
-def _header_block(status: int, headers: tuple[tuple[str, str], ...]) -> str:
+def _header_block(status: int, headers: tuple[tuple[str, str], ...]) -> bytes:
     """The status line and the lines of ``headers`` (remembered: most responses share a few
     statuses and header sets)."""
     block = _BLOCKS.get((status, headers))
@@ -91,10 +93,21 @@ def _header_block(status: int, headers: tuple[tuple[str, str], ...]) -> str:
                 log.error("gateway: dropped the header %s: its value has a line break", name)
                 continue
             lines.append(f"{name}: {value}\r\n")
-        block = "".join(lines)
+        block = "".join(lines).encode()
         if len(_BLOCKS) < _MAX_BLOCKS:
             _BLOCKS[(status, headers)] = block
     return block
+
+
+def _length_line(length: int) -> bytes:
+    """The ``Content-Length`` line of a body of ``length`` bytes (remembered)."""
+    line = _LENGTHS.get(length)
+    if line is None:
+        line = b"Content-Length: %d\r\n" % length
+        if len(_LENGTHS) >= _MAX_LENGTHS:
+            _LENGTHS.clear()
+        _LENGTHS[length] = line
+    return line
 
 
 def _target(url: bytes) -> tuple[str, str]:
@@ -152,6 +165,7 @@ class _Connection(asyncio.Protocol):
         self._completed = 0  # messages completed by the parser in the current read
         self._last: tuple[Request, bool, bool] | None = None  # the last one, keep-alive, 1.0
         self._expect = False  # a 100 Continue is owed once this request is at the front
+        self._block: tuple[int, object, bytes] = (0, None, b"")  # the last reply's head block
         self._queue: deque[tuple[Request | Response, bool, bool, bool]] = deque()
         self._busy = False  # a task is answering the front of the queue
         self._done_reading = False  # no further request will be parsed
@@ -433,12 +447,20 @@ class _Connection(asyncio.Protocol):
             return False
         body = response.body
         close = response.close or not keep_alive or (self._done_reading and not self._queue)
-        ending = _CLOSE if close else _KEEP_ALIVE if http10 else "\r\n"
-        head_bytes = (
-            f"{_header_block(response.status, response.headers)}{self._server.date_line()}"
-            f"Content-Length: {len(body)}\r\n{ending}"
-        ).encode()
-        transport.write(head_bytes if head else head_bytes + body)
+        ending = _CLOSE if close else _KEEP_ALIVE if http10 else b"\r\n"
+        status, headers = response.status, response.headers
+        last = self._block
+        if last[1] is headers and last[0] == status:  # most often the same as the last reply's
+            block = last[2]
+        else:
+            block = _header_block(status, headers)
+            self._block = (status, headers, block)
+        line = _LENGTHS.get(len(body)) or _length_line(len(body))
+        date = self._server.date_line()
+        if head:
+            transport.write(b"".join((block, date, line, ending)))
+        else:
+            transport.write(b"".join((block, date, line, ending, body)))
         if close:
             self._finish_reading()
             self._queue.clear()
@@ -550,7 +572,7 @@ class HttpServer:
         shortest = min(header_timeout, body_timeout, keepalive_timeout)
         self._tick = min(1.0, max(0.01, shortest / 10))  # how late a deadline may be noticed
         self._ticker: asyncio.TimerHandle | None = None
-        self._date = (0, "")
+        self._date = (0, b"")
         self.known_heads: dict[bytes, _Known] = {}  # request heads parsed before (see module)
         self._closing = False
         self._all_closed: asyncio.Event | None = None  # made when closing waits for it
@@ -578,12 +600,12 @@ class HttpServer:
         if not self._connections and self._all_closed is not None:
             self._all_closed.set()
 
-    def date_line(self) -> str:
+    def date_line(self) -> bytes:
         """The ``Date`` header line, made once a second."""
         now = int(time.time())
         second, line = self._date
         if second != now:
-            line = f"Date: {formatdate(now, usegmt=True)}\r\n"
+            line = f"Date: {formatdate(now, usegmt=True)}\r\n".encode()
             self._date = (now, line)
         return line
 
