@@ -46,6 +46,8 @@ __all__ = ["LightTransport", "light_transport_class"]
 
 log = logging.getLogger("ruxa_async")
 
+_MAX_HEADS = 1024  # request heads remembered (by method and path; forgotten when full)
+
 
 def light_transport_class(base_url: str) -> type[Transport] | None:
     """:class:`LightTransport` when it can serve ``base_url``, else None (use aiohttp's).
@@ -94,6 +96,7 @@ class LightTransport(Transport):
             f"Host: {parts.netloc}\r\nUser-Agent: {user_agent}\r\nAccept: application/json\r\n"
         ).encode("latin-1")
         self._auth = (b"", "")  # (the fixed header lines with the key's, the key)
+        self._heads: dict[tuple[str, str], bytes] = {}  # request line and fixed lines, by path
         self._ssl: ssl.SSLContext | None = None
         self._idle: list[Connection] = []
         self._count = 0  # connections open or opening
@@ -179,9 +182,10 @@ class LightTransport(Transport):
                 now = loop.time()
             self._busy.add(conn)
             try:
-                waiter = conn.send(payload, now, timeouts.read, deadline)
-                if conn.waiting:
-                    due = conn.due()
+                read = timeouts.read
+                waiter = conn.send(payload, now, read, deadline)
+                if not waiter.done():
+                    due = now + read if now + read < deadline else deadline  # conn.due()
                     if self._timer is None or due < self._timer_due:  # else: already watched
                         self._watch(loop, due)
                 await waiter
@@ -241,16 +245,25 @@ class LightTransport(Transport):
                 )
             auth = self._head + f"Authorization: Bearer {key}\r\n".encode("latin-1")
             self._auth = (auth, key)
-        try:
-            line = f"{method} {self._prefix}{path} HTTP/1.1\r\n".encode("ascii")
-        except UnicodeEncodeError:
-            raise APIConnectionError(f"{method} {path}: invalid URL", request_sent=False) from None
-        if " " in path or "\n" in path or "\r" in path:
-            raise APIConnectionError(f"{method} {path!r}: invalid URL", request_sent=False)
+            self._heads.clear()
+        head = self._heads.get((method, path))
+        if head is None:  # a request line checked and made once per path (and key)
+            try:
+                line = f"{method} {self._prefix}{path} HTTP/1.1\r\n".encode("ascii")
+            except UnicodeEncodeError:
+                raise APIConnectionError(
+                    f"{method} {path}: invalid URL", request_sent=False
+                ) from None
+            if " " in path or "\n" in path or "\r" in path:
+                raise APIConnectionError(f"{method} {path!r}: invalid URL", request_sent=False)
+            head = line + self._auth[0]
+            if len(self._heads) >= _MAX_HEADS:
+                self._heads.clear()
+            self._heads[(method, path)] = head
         if body is None:
-            return b"".join((line, self._auth[0], b"\r\n"))
-        length = f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
-        return b"".join((line, self._auth[0], length.encode("ascii"), body))
+            return head + b"\r\n"
+        length = b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body)
+        return b"".join((head, length, body))
 
     def _failed(
         self, method: str, path: str, started: float, reason: str, *, timeout: bool = False

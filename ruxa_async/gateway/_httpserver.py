@@ -433,8 +433,9 @@ class _Connection(asyncio.Protocol):
                 return
             if self._expect:
                 self._send_continue()
-            elif self._stage == _BETWEEN:
-                self._start_clock(_IDLE_CLOCK, server.keepalive_timeout)
+            elif self._stage == _BETWEEN:  # self._start_clock(_IDLE_CLOCK, ...), inlined
+                self._clock = _IDLE_CLOCK
+                self.deadline = server.loop.time() + server.keepalive_timeout
             if self._transport is None:
                 return
             self._wake = wake = server.loop.create_future()
