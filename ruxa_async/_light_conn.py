@@ -42,7 +42,7 @@ _HEADS: dict[bytes, _Head] = {}
 _MAX_HEADS = 64  # a server's heads differ by Date (each second) and Content-Length
 
 
-def _whole_reply(data: bytes) -> tuple[_Head, bytes] | None:
+def _whole_reply(data: bytes, size: int = 0) -> tuple[_Head, bytes] | None:
     """What the head says and the body, if ``data`` is exactly one plain reply.
 
     Plain: HTTP/1.1, a final status, one ``Content-Length`` and no
@@ -52,19 +52,27 @@ def _whole_reply(data: bytes) -> tuple[_Head, bytes] | None:
     second, and by the body's length), so a head is read once and remembered
     (the last ``_MAX_HEADS`` distinct ones): searching a head for the names
     that matter cost more than the rest of the reply's handling.
+
+    ``size`` guesses the head's length (through its last CRLF; the last reply's):
+    a remembered head has no blank line before its end, so if the guess is one,
+    its end is the first blank line of ``data``, which need not be searched for.
     """
-    end = data.find(_HEAD_END)
-    if end < 0:
-        return None
-    head = data[: end + 2]  # every header line ends with CRLF
-    known = _HEADS.get(head)
-    if known is None:
-        known = _read_head(head)
-        if known is None:
+    known = _HEADS.get(data[:size]) if data[size - 2 : size + 2] == _HEAD_END else None
+    if known is not None:
+        end = size - 2
+    else:
+        end = data.find(_HEAD_END)
+        if end < 0:
             return None
-        if len(_HEADS) >= _MAX_HEADS:
-            _HEADS.clear()
-        _HEADS[head] = known
+        head = data[: end + 2]  # every header line ends with CRLF
+        known = _HEADS.get(head)
+        if known is None:
+            known = _read_head(head)
+            if known is None:
+                return None
+            if len(_HEADS) >= _MAX_HEADS:
+                _HEADS.clear()
+            _HEADS[head] = known
     if len(data) - end - 4 != known[1]:
         return None
     return known, data[end + 4 :]
@@ -142,6 +150,7 @@ class Connection(asyncio.Protocol):
         self._read = 0.0
         self._deadline = 0.0
         self._last = 0.0  # when the request was written or the last reply byte arrived
+        self._head_size = 0  # the last plain reply's head length (the next one's guess)
         self._reset()
 
     def _reset(self) -> None:
@@ -221,8 +230,9 @@ class Connection(asyncio.Protocol):
         self._last = self._loop.time()
         if not self._received:  # the first bytes of the reply: most often all of it
             self._received = True
-            whole = _whole_reply(data)
+            whole = _whole_reply(data, self._head_size)
             if whole is not None:
+                self._head_size = len(data) - len(whole[1]) - 2
                 self._take(*whole)
                 return
         try:

@@ -162,6 +162,7 @@ class _Connection(asyncio.Protocol):
         self._size = 0
         self._head_bytes = 0
         self._known = server.known_heads
+        self._head_size = 0  # the length of the last remembered head (the next one's guess)
         self._completed = 0  # messages completed by the parser in the current read
         self._last: tuple[Request, bool, bool] | None = None  # the last one, keep-alive, 1.0
         self._expect = False  # a 100 Continue is owed once this request is at the front
@@ -238,13 +239,27 @@ class _Connection(asyncio.Protocol):
         start = 0
         size = len(data)
         while True:
-            end = data.find(_HEAD_END, start, start + _MAX_KNOWN_HEAD)
-            if end < 0:
-                break
-            body_start = end + 4
-            known = known_heads.get(data[start:body_start])
+            # Found without searching for the head's end: a remembered head has no blank line
+            # before its last, so if it is found, its end is the first blank line of ``data``
+            # (what the search would find). Tried: all of ``data`` (a request without a body)
+            # and a head as long as the last one taken.
+            if not start and data[-4:] == _HEAD_END:
+                body_start = size
+                known = known_heads.get(data)
+            else:
+                body_start = start + self._head_size
+                known = None
+                if data[body_start - 4 : body_start] == _HEAD_END:
+                    known = known_heads.get(data[start:body_start])
             if known is None:
-                break
+                end = data.find(_HEAD_END, start, start + _MAX_KNOWN_HEAD)
+                if end < 0:
+                    break
+                body_start = end + 4
+                known = known_heads.get(data[start:body_start])
+                if known is None:
+                    break
+                self._head_size = body_start - start
             stop = body_start + known[4]
             if stop > size:  # the body is not all there: the parser reads it
                 break
@@ -280,6 +295,7 @@ class _Connection(asyncio.Protocol):
             known.clear()
         path, query = request.path, request.query
         known[data[: end + 4]] = (request.method, path, query, dict(headers), len(body), http10)
+        self._head_size = end + 4
 
     def eof_received(self) -> bool | None:
         self._finish_reading()
