@@ -254,3 +254,39 @@ async def test_the_memo_is_bounded_and_skips_long_heads(monkeypatch: pytest.Monk
     await settle(conn)
     assert http.known_heads == {}
     assert len(app.seen) == 21
+
+
+GUESSED = {
+    "a remembered create": CREATE,
+    "a remembered query": QUERY,
+    "pipelined remembered heads": CREATE + QUERY + CREATE + QUERY,
+    "an unknown head as long as a remembered one": QUERY.replace(b"task_1", b"task_2"),
+    "a remembered head, its body ending in a blank line": post("/p", b"ab\r\n\r\n"),
+    "a remembered head, a body of blank lines": post("/p", b"\r\n\r\n" * 2),
+    "a remembered head then garbage": QUERY + b"NOT HTTP\r\n\r\n",
+    "a remembered head, half its body": CREATE[:-7],
+}
+TAUGHT = [CREATE, QUERY, post("/p", b"ab\r\n\r\n"), post("/p", b"\r\n\r\n" * 2)]
+
+
+@pytest.mark.parametrize("name", list(GUESSED))
+async def test_any_guess_of_the_head_length_reads_as_the_parser_does(name: str) -> None:
+    """Whatever the connection's guess of the next head's length, the requests and replies
+    are the parser's."""
+    data = GUESSED[name]
+    forgetting, seen_forgetting = server(False)
+    expected = await run(forgetting, [data], 1)
+    for guess in range(len(data) + 5):
+        remembering, seen_remembering = server(True)
+        teacher, _, _ = connect(remembering)
+        for taught in TAUGHT:
+            teacher.data_received(taught)
+            await settle(teacher)
+        assert len(remembering.known_heads) == len(TAUGHT)
+        conn, transport, _ = connect(remembering)
+        conn._head_size = guess
+        conn.data_received(data)
+        await settle(conn)
+        written = re.sub(rb"Date: [^\r]*\r\n", b"Date: -\r\n", b"".join(transport.written))
+        assert (written, conn._stage, conn._done_reading) == expected[0:1] + expected[2:4]
+        assert seen_remembering.seen[len(TAUGHT) :] == seen_forgetting.seen, guess

@@ -11,6 +11,7 @@ import asyncio
 import pytest
 
 from ruxa_async import APIConnectionError, Timeouts
+from ruxa_async._light_conn import _whole_reply
 from ruxa_async._light_transport import LightTransport
 
 from .test_light_transport import OK, RawServer, reply
@@ -111,3 +112,35 @@ async def test_an_invalid_path_is_refused_unsent_every_time(path: str) -> None:
         finally:
             await lt.aclose()
     assert keeper.seen == []
+
+
+def replies() -> list[bytes]:
+    """Replies whole and not, with heads of one length and of others, blank lines in bodies."""
+    body = b'{"code":200,"msg":"success","data":{"taskId":"t1"}}'
+    plain = reply(200, body)
+    return [
+        plain,
+        reply(404, body),  # the same head length, another head
+        reply(200, body + b"\r\n\r\n"),
+        reply(200, b"\r\n\r\n" + body),
+        reply(200, b"x\r\n\r\n" * 20),
+        reply(200, body, "X-Long-Header: " + "v" * 40),
+        plain[:-3],  # cut short
+        plain + b"HTTP/1.1",  # more than one reply
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+        b"HTTP/1.1 100 Continue\r\n\r\n" + plain,
+        b"HTTP/1.1 200 OK\nContent-Length: 2\n\nok",
+        b"\r\n\r\n",
+        b"",
+    ]
+
+
+def test_a_guessed_head_length_reads_as_the_search_does() -> None:
+    """``_whole_reply`` with any guess of the head's length gives what it gives with none."""
+    cases = replies()
+    for data in cases:  # remember every head first: a guess can only find remembered ones
+        _whole_reply(data)
+    for data in cases:
+        expected = _whole_reply(data)
+        for size in range(len(data) + 4):
+            assert _whole_reply(data, size) == expected, (data, size)
