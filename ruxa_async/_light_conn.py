@@ -227,14 +227,15 @@ class Connection(asyncio.Protocol):
         if self._waiter is None:  # bytes nobody asked for: the connection is not usable
             self.close()
             return
-        self._last = self._loop.time()
         if not self._received:  # the first bytes of the reply: most often all of it
             self._received = True
             whole = _whole_reply(data, self._head_size)
             if whole is not None:
-                self._head_size = len(data) - len(whole[1]) - 2
-                self._take(*whole)
+                head, body = whole
+                self._head_size = len(data) - len(body) - 2
+                self._take(head, body)
                 return
+        self._last = self._loop.time()  # a reply in pieces: the read timeout starts again
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError as exc:

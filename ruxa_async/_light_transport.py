@@ -152,14 +152,13 @@ class LightTransport(Transport):
         if self._closed or self._session is None or loop is None:
             raise RuxaError("the client is not open: use `async with RuxaClient(...)`")
         self.requests_sent += 1
-        started = loop.time()
+        now = started = loop.time()
         timeouts = self._timeouts
         deadline = started + timeouts.total
         payload = self._payload(method, path, body)
         retried = False
         idle = self._idle
         while True:
-            now = loop.time()
             conn: Connection | None = None
             while idle:  # the common case, without a coroutine: a kept connection is free
                 kept = idle.pop()
@@ -184,7 +183,7 @@ class LightTransport(Transport):
             try:
                 read = timeouts.read
                 waiter = conn.send(payload, now, read, deadline)
-                if not waiter.done():
+                if conn.waiting:  # (not failed at once)
                     due = now + read if now + read < deadline else deadline  # conn.due()
                     if self._timer is None or due < self._timer_due:  # else: already watched
                         self._watch(loop, due)
@@ -193,6 +192,7 @@ class LightTransport(Transport):
                 self._discard(conn)
                 if not exc.written:
                     if reused:
+                        now = loop.time()
                         continue  # found closed as it was taken: nothing was sent
                     raise APIConnectionError(
                         f"{method} {path}: the server closed the connection before the request "
@@ -207,6 +207,7 @@ class LightTransport(Transport):
                     log.debug(
                         "%s %s: kept connection closed by the server; sending again", method, path
                     )
+                    now = loop.time()
                     continue
                 raise self._failed(
                     method, path, started, "the server closed the connection"

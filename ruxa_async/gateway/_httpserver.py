@@ -473,7 +473,10 @@ class _Connection(asyncio.Protocol):
             block = _header_block(status, headers)
             self._block = (status, headers, block)
         line = _LENGTHS.get(len(body)) or _length_line(len(body))
-        date = self._server.date_line()
+        server = self._server
+        second, date = server.date  # server.date_line(), inlined
+        if second != int(time.time()):
+            date = server.date_line()
         if head:
             transport.write(b"".join((block, date, line, ending)))
         else:
@@ -589,7 +592,7 @@ class HttpServer:
         shortest = min(header_timeout, body_timeout, keepalive_timeout)
         self._tick = min(1.0, max(0.01, shortest / 10))  # how late a deadline may be noticed
         self._ticker: asyncio.TimerHandle | None = None
-        self._date = (0, b"")
+        self.date = (0, b"")  # the second and its Date line (see date_line)
         self.known_heads: dict[bytes, _Known] = {}  # request heads parsed before (see module)
         self._closing = False
         self._all_closed: asyncio.Event | None = None  # made when closing waits for it
@@ -620,10 +623,10 @@ class HttpServer:
     def date_line(self) -> bytes:
         """The ``Date`` header line, made once a second."""
         now = int(time.time())
-        second, line = self._date
+        second, line = self.date
         if second != now:
             line = f"Date: {formatdate(now, usegmt=True)}\r\n".encode()
-            self._date = (now, line)
+            self.date = (now, line)
         return line
 
     def _sweep(self) -> None:
