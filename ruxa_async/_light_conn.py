@@ -230,31 +230,27 @@ class Connection(asyncio.Protocol):
         if not self._received:  # the first bytes of the reply: most often all of it
             self._received = True
             whole = _whole_reply(data, self._head_size)
-            if whole is not None:
+            if whole is not None:  # read without httptools' callbacks (the same result)
                 head, body = whole
                 self._head_size = len(data) - len(body) - 2
-                self._take(head, body)
+                status, _, retry_after, keep_alive_value, rate, keep_alive = head
+                self.status = status
+                self.body = [body]
+                self._headers_done = self._framed = True
+                if retry_after is not None:
+                    self.retry_after = retry_after
+                if keep_alive_value is not None:
+                    self._keep_alive_header(keep_alive_value)
+                if rate:
+                    self.rate = dict(rate)
+                self.keep_alive = keep_alive
+                self._finish(None)
                 return
         self._last = self._loop.time()  # a reply in pieces: the read timeout starts again
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError as exc:
             self._fail(exc)
-
-    def _take(self, head: _Head, body: bytes) -> None:
-        """A whole plain reply in one piece, read without httptools' callbacks (same result)."""
-        status, _, retry_after, keep_alive_value, rate, keep_alive = head
-        self.status = status
-        self.body = [body]
-        self._headers_done = self._framed = True
-        if retry_after is not None:
-            self.retry_after = retry_after
-        if keep_alive_value is not None:
-            self._keep_alive_header(keep_alive_value)
-        if rate:
-            self.rate = dict(rate)
-        self.keep_alive = keep_alive
-        self._finish(None)
 
     def eof_received(self) -> bool | None:
         self.alive = False

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from ruxa_async.gateway import _httpserver
+from ruxa_async.gateway import _httpheads
 from ruxa_async.gateway._exchange import Request, Response
 from ruxa_async.gateway._httpserver import HttpServer, _Connection
 
@@ -241,7 +241,7 @@ async def test_a_remembered_head_with_its_body_not_all_there_goes_to_the_parser(
 
 async def test_the_memo_is_bounded_and_skips_long_heads(monkeypatch: pytest.MonkeyPatch) -> None:
     """At most ``_MAX_KNOWN`` heads are kept, none longer than ``_MAX_KNOWN_HEAD``."""
-    monkeypatch.setattr(_httpserver, "_MAX_KNOWN", 8)
+    monkeypatch.setattr(_httpheads, "_MAX_KNOWN", 8)
     http, app = server(True)
     conn, _, _ = connect(http)
     for n in range(20):
@@ -249,7 +249,7 @@ async def test_the_memo_is_bounded_and_skips_long_heads(monkeypatch: pytest.Monk
         await settle(conn)
         assert 0 < len(http.known_heads) <= 8
     http.known_heads.clear()
-    long = f"GET /long HTTP/1.1\r\nHost: t\r\nX-Pad: {'p' * _httpserver._MAX_KNOWN_HEAD}\r\n\r\n"
+    long = f"GET /long HTTP/1.1\r\nHost: t\r\nX-Pad: {'p' * _httpheads._MAX_KNOWN_HEAD}\r\n\r\n"
     conn.data_received(long.encode())
     await settle(conn)
     assert http.known_heads == {}

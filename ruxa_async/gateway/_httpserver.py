@@ -17,17 +17,8 @@ One task per connection answers its requests (it waits for the next one in
 between, and ends with the connection). A request that is not valid HTTP/1.1
 gets a 400 and the connection closes.
 
-Clients repeat their request heads byte for byte on a keep-alive connection (a
-create's head differs from the last one's only if its body's length does; a
-poll of one task never). A head that ``httptools`` parsed whole, with its body
-and nothing more in one read, at a message boundary, is remembered by its exact
-bytes (``_Known``, a bounded memo per server) when its framing is its
-``Content-Length`` alone (no ``Transfer-Encoding``, ``Expect`` or ``Upgrade``,
-keep-alive). The same bytes at the same boundary later are taken without the
-parser: from the same state, the same bytes give the same parse (the parser is
-left at the boundary, where it would be again after the message). Anything else
-(an unknown head, a body not all there, a head split across reads) goes through
-``httptools`` as before.
+A request head seen before, whole in one read, is taken without the parser
+(``_httpheads``); so are the head pieces of a reply.
 
 Closing the server stops listening, closes idle connections and lets requests
 in flight finish (up to a grace period) before closing theirs.
@@ -42,13 +33,14 @@ import time
 from collections import deque
 from collections.abc import Awaitable
 from email.utils import formatdate
-from http import HTTPStatus
 from typing import Protocol
 from urllib.parse import unquote
 
 import httptools
 
+from . import _httpheads
 from ._exchange import Request, Response
+from ._httpheads import METHODS, Known, find_known, header_block, learn, length_line
 
 __all__ = ["Application", "HttpServer", "start_server"]
 
@@ -57,57 +49,18 @@ log = logging.getLogger("ruxa_async")
 _MAX_HEAD = 64 * 1024
 _MAX_QUEUE = 16
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-_STATUS = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n" for s in HTTPStatus}
 _CLOSE = b"Connection: close\r\n\r\n"
 _KEEP_ALIVE = b"Connection: keep-alive\r\n\r\n"
-_BLOCKS: dict[tuple[int, tuple[tuple[str, str], ...]], bytes] = {}  # status and header lines
-_MAX_BLOCKS = 256
-_LENGTHS: dict[int, bytes] = {}  # "Content-Length: N" lines, by N
-_MAX_LENGTHS = 4096
+_LENGTHS = _httpheads._LENGTHS
+_HEAD_END = b"\r\n\r\n"
 _NAMES: dict[bytes, str] = {}  # request header names in lower case, by their spelling
 _MAX_NAMES = 512
-_METHODS: dict[bytes, str] = {m.encode(): m for m in ("GET", "POST", "HEAD", "PUT", "DELETE")}
-_KNOWN_METHODS = frozenset(_METHODS.values())
-_HEAD_END = b"\r\n\r\n"
-# A head parsed before (see the module): method, path, query, headers, body length, HTTP/1.0.
-_Known = tuple[str, str, str, dict[str, str], int, bool]
-_MAX_KNOWN = 256  # heads remembered per server (the memo starts over when full)
-_MAX_KNOWN_HEAD = 4096  # longer heads are not remembered
-_UNMEMOIZED = ("expect", "transfer-encoding", "upgrade")  # framing beyond Content-Length
 
 # What the parser is in the middle of (the connection's ``_stage``).
 _BETWEEN, _HEAD, _BODY = 0, 1, 2
 # Which clock runs (the connection's ``_clock``): none, the head's, the body's, idle keep-alive.
 _NONE, _HEAD_CLOCK, _BODY_CLOCK, _IDLE_CLOCK, _LINGER_CLOCK = 0, 1, 2, 3, 4
 _LINGER = 2.0
-
-
-def _header_block(status: int, headers: tuple[tuple[str, str], ...]) -> bytes:
-    """The status line and the lines of ``headers`` (remembered: most responses share a few
-    statuses and header sets)."""
-    block = _BLOCKS.get((status, headers))
-    if block is None:
-        lines = [_STATUS.get(status) or f"HTTP/1.1 {status} Unknown\r\n"]
-        for name, value in headers:
-            if "\r" in value or "\n" in value:  # never from the gateway's own endpoints
-                log.error("gateway: dropped the header %s: its value has a line break", name)
-                continue
-            lines.append(f"{name}: {value}\r\n")
-        block = "".join(lines).encode()
-        if len(_BLOCKS) < _MAX_BLOCKS:
-            _BLOCKS[(status, headers)] = block
-    return block
-
-
-def _length_line(length: int) -> bytes:
-    """The ``Content-Length`` line of a body of ``length`` bytes (remembered)."""
-    line = _LENGTHS.get(length)
-    if line is None:
-        line = b"Content-Length: %d\r\n" % length
-        if len(_LENGTHS) >= _MAX_LENGTHS:
-            _LENGTHS.clear()
-        _LENGTHS[length] = line
-    return line
 
 
 def _target(url: bytes) -> tuple[str, str]:
@@ -239,30 +192,20 @@ class _Connection(asyncio.Protocol):
         start = 0
         size = len(data)
         while True:
-            # Found without searching for the head's end: a remembered head has no blank line
-            # before its last, so if it is found, its end is the first blank line of ``data``
-            # (what the search would find). Tried: all of ``data`` (a request without a body)
-            # and a head as long as the last one taken.
-            if not start and data[-4:] == _HEAD_END:
+            # A whole read that is a remembered head (a request without a body, the most
+            # common) is looked up here; else find_known looks.
+            known = known_heads.get(data) if not start and data[-4:] == _HEAD_END else None
+            if known is not None:
                 body_start = size
-                known = known_heads.get(data)
             else:
-                body_start = start + self._head_size
-                known = None
-                if data[body_start - 4 : body_start] == _HEAD_END:
-                    known = known_heads.get(data[start:body_start])
-            if known is None:
-                end = data.find(_HEAD_END, start, start + _MAX_KNOWN_HEAD)
-                if end < 0:
+                found = find_known(known_heads, data, start, self._head_size)
+                if found is None:
                     break
-                body_start = end + 4
-                known = known_heads.get(data[start:body_start])
-                if known is None:
-                    break
-                self._head_size = body_start - start
+                known, body_start = found
             stop = body_start + known[4]
             if stop > size:  # the body is not all there: the parser reads it
                 break
+            self._head_size = body_start - start
             method, path, query, headers, _, http10 = known
             body = data[body_start:stop]
             request = Request(method, path, query, dict(headers), body, self._peer)
@@ -275,27 +218,12 @@ class _Connection(asyncio.Protocol):
 
     def _learn(self, data: bytes) -> None:
         """Remember the head of ``data``, one whole request the parser just read from a
-        message boundary, if its body's length is all its framing (see the module)."""
+        message boundary (``_httpheads.learn``)."""
         last, self._last = self._last, None
-        if last is None:
-            return
-        request, keep_alive, http10 = last
-        body = request.body
-        end = data.find(_HEAD_END, 0, _MAX_KNOWN_HEAD)
-        if not keep_alive or end < 0 or end + 4 + len(body) != len(data):
-            return
-        headers = request.headers
-        length = headers.get("content-length")
-        if (str(len(body)) != length) if length is not None else body:
-            return
-        if any(name in headers for name in _UNMEMOIZED) or request.method not in _KNOWN_METHODS:
-            return
-        known = self._known
-        if len(known) >= _MAX_KNOWN:
-            known.clear()
-        path, query = request.path, request.query
-        known[data[: end + 4]] = (request.method, path, query, dict(headers), len(body), http10)
-        self._head_size = end + 4
+        if last is not None:
+            size = learn(self._known, data, *last)
+            if size:
+                self._head_size = size
 
     def eof_received(self) -> bool | None:
         self._finish_reading()
@@ -381,7 +309,7 @@ class _Connection(asyncio.Protocol):
     def _request(self, body: bytes) -> Request:
         path, query = _target(self._url)
         raw = self._parser.get_method()
-        method = _METHODS.get(raw) or raw.decode("ascii")
+        method = METHODS.get(raw) or raw.decode("ascii")
         return Request(method, path, query, self._headers, body, self._peer)
 
     def _refuse(self, request: Request | None, status: int, message: str) -> None:
@@ -470,9 +398,9 @@ class _Connection(asyncio.Protocol):
         if last[1] is headers and last[0] == status:  # most often the same as the last reply's
             block = last[2]
         else:
-            block = _header_block(status, headers)
+            block = header_block(status, headers)
             self._block = (status, headers, block)
-        line = _LENGTHS.get(len(body)) or _length_line(len(body))
+        line = _LENGTHS.get(len(body)) or length_line(len(body))
         server = self._server
         second, date = server.date  # server.date_line(), inlined
         if second != int(time.time()):
@@ -593,7 +521,7 @@ class HttpServer:
         self._tick = min(1.0, max(0.01, shortest / 10))  # how late a deadline may be noticed
         self._ticker: asyncio.TimerHandle | None = None
         self.date = (0, b"")  # the second and its Date line (see date_line)
-        self.known_heads: dict[bytes, _Known] = {}  # request heads parsed before (see module)
+        self.known_heads: dict[bytes, Known] = {}  # request heads parsed before (see module)
         self._closing = False
         self._all_closed: asyncio.Event | None = None  # made when closing waits for it
         self.port = 0
