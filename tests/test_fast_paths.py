@@ -9,7 +9,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from ruxa_async._errors import RuxaError
 from ruxa_async._jsoncodec import json_loads
+from ruxa_async._wire import parse_envelope, parse_reply
 
 
 def _outcome(call: Any, *args: Any) -> tuple[str, Any]:
@@ -57,3 +59,53 @@ def test_json_loads_agrees_on_any_object(value: object) -> None:
     for text in (json.dumps({"v": value}), json.dumps({"v": value}) + " ", " " + json.dumps([])):
         document = text.encode("utf-8", "surrogatepass")
         assert repr(_outcome(json_loads, document)) == repr(_outcome(json.loads, document))
+
+
+def _reply_outcome(parse: Any, status: int, body: bytes) -> tuple[str, Any]:
+    try:
+        return ("data", parse(status, body, "3"))
+    except RuxaError as exc:
+        return (type(exc).__name__, repr(vars(exc)))
+
+
+HEAD = b'{"code":200,"message":"success","data":{"taskId":"'
+ODD_IDS = [
+    b"task_1",
+    b"t",
+    b"",
+    b"a b",
+    b'a\\"b',
+    b"a\\u00e9",
+    b"a\\/b",
+    b"\xc3\xa9",
+    b"\x7f",
+    b"a\x01",
+]
+ODD_REPLIES = [HEAD + task_id + b'"}}' for task_id in ODD_IDS] + [
+    HEAD + b'x"}} ',
+    HEAD + b'x"},"data":null}',
+    HEAD + b'x","taskId":"y"}}',
+    HEAD + b'"}}',
+    HEAD[:-1] + b"1}}",
+    HEAD + b"}}",
+    b'{"code":200,"msg":"success","data":{"taskId":"x"}}',
+    b'{"code": 200, "message": "success", "data": {"taskId": "x"}}',
+    b'{"code":429,"message":"slow down","data":{"taskId":"x"}}',
+    b'{"code":"200","message":"success","data":{"task_id":"x"}}',
+]
+
+
+@pytest.mark.parametrize("status", [200, 201, 429, 500])
+@pytest.mark.parametrize("body", ODD_REPLIES)
+def test_a_create_reply_read_around_its_id_reads_as_decoded(status: int, body: bytes) -> None:
+    """The usual create reply, read without decoding, gives the decoded envelope's data (and
+    any other reply, or status, the same error)."""
+    assert _reply_outcome(parse_reply, status, body) == _reply_outcome(parse_envelope, status, body)
+
+
+@given(st.text(max_size=40))
+def test_any_task_id_reads_as_decoded(task_id: str) -> None:
+    """Whatever the id (escaped or not), the shortcut and the decoder agree."""
+    for text in (json.dumps(task_id), json.dumps(task_id, ensure_ascii=False)):
+        body = HEAD[:-1] + text.encode("utf-8", "surrogatepass") + b"}}"
+        assert _reply_outcome(parse_reply, 200, body) == _reply_outcome(parse_envelope, 200, body)
