@@ -9,6 +9,7 @@ kie-style or flat callback payloads.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import Mapping
@@ -55,6 +56,12 @@ def build_create_body(
     Raises :class:`InvalidInputError` when ``input`` cannot be sent as JSON
     (bytes, NaN, a lone surrogate, ...): nothing is sent then.
     """
+    if type(model) is str and (callback_url is None or type(callback_url) is str):
+        try:
+            head = _create_head(model, callback_url)
+            return b"%s%s}" % (head, _dumps(input if type(input) is dict else dict(input)).encode())
+        except (TypeError, ValueError, RecursionError):
+            pass  # the whole body's encoding below says what is wrong, as it always has
     body: dict[str, Any] = {"model": model}
     if callback_url is not None:
         body["callBackUrl"] = callback_url
@@ -65,6 +72,14 @@ def build_create_body(
         raise InvalidInputError(
             f"{model}: input cannot be sent as JSON ({exc})", model=model, field="input"
         ) from None
+
+
+@functools.lru_cache(maxsize=256)
+def _create_head(model: str, callback_url: str | None) -> bytes:
+    """A create body's bytes before its input: what ``_dumps`` writes of the object up to
+    there (the encoder writes a member's value alike wherever it stands)."""
+    url = b"" if callback_url is None else b',"callBackUrl":%s' % _dumps(callback_url).encode()
+    return b'{"model":%s%s,"input":' % (_dumps(model).encode(), url)
 
 
 def _decode_json(body: bytes | str) -> Any:

@@ -10,8 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ruxa_async._errors import RuxaError
-from ruxa_async._jsoncodec import json_loads
-from ruxa_async._wire import parse_envelope, parse_reply
+from ruxa_async._jsoncodec import json_encoder, json_loads
+from ruxa_async._wire import build_create_body, parse_envelope, parse_reply
 
 
 def _outcome(call: Any, *args: Any) -> tuple[str, Any]:
@@ -109,3 +109,56 @@ def test_any_task_id_reads_as_decoded(task_id: str) -> None:
     for text in (json.dumps(task_id), json.dumps(task_id, ensure_ascii=False)):
         body = HEAD[:-1] + text.encode("utf-8", "surrogatepass") + b"}}"
         assert _reply_outcome(parse_reply, 200, body) == _reply_outcome(parse_envelope, 200, body)
+
+
+_whole = json_encoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
+def _body_outcome(build: Any, model: Any, input: Any, url: Any) -> tuple[str, Any]:
+    try:
+        return ("body", build(model, input, url))
+    except RuxaError as exc:
+        return (type(exc).__name__, str(exc))
+
+
+def _whole_body(model: Any, input: Any, url: Any) -> bytes:
+    """The create body as the object it is, encoded in one piece."""
+    body = {"model": model, **({} if url is None else {"callBackUrl": url}), "input": input}
+    try:
+        return _whole(body).encode()
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise RuxaError(f"{model}: input cannot be sent as JSON ({exc})") from None
+
+
+ODD_INPUTS: list[Any] = [
+    {"prompt": "a red fox"},
+    {},
+    {"prompt": 'é \u2028 \n " \\ \x00'},
+    {"prompt": "\ud800"},
+    {"n": float("nan")},
+    {"b": b"bytes"},
+    {"nested": {"list": [1, 2.5, None, True, {"x": -0.0}]}, 3: "int key"},
+]
+
+
+@pytest.mark.parametrize("url", [None, "https://gw.example/_gateway/callback/abc", "\ud800"])
+@pytest.mark.parametrize("model", ["google/nano-banana", 'm\u00e9"', "\udfff"])
+@pytest.mark.parametrize("input", ODD_INPUTS)
+def test_a_create_body_put_together_is_the_whole_encoded(model: str, input: Any, url: Any) -> None:
+    """The body from its cached head and its encoded input is the whole object's encoding;
+    an input that cannot be sent fails with the whole body's message."""
+    got = _body_outcome(build_create_body, model, input, url)
+    want = _body_outcome(_whole_body, model, input, url)
+    assert (got[0] == "body") == (want[0] == "body")
+    assert got[1] == want[1]
+
+
+@given(
+    st.text(max_size=12),
+    st.dictionaries(st.text(max_size=6), st.text() | st.floats() | st.integers(), max_size=4),
+)
+def test_any_create_body_is_the_whole_encoded(model: str, input: dict[str, Any]) -> None:
+    """Whatever the model and input, the body put together equals the whole encoding."""
+    assert repr(_body_outcome(build_create_body, model, input, "https://x/cb")) == repr(
+        _body_outcome(_whole_body, model, input, "https://x/cb")
+    ).replace("RuxaError", "InvalidInputError")
