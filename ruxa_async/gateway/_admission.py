@@ -9,6 +9,7 @@ healthy key, with another key tried after a 401, 402 or 429.
 from __future__ import annotations
 
 import asyncio
+import math
 from typing import TYPE_CHECKING
 
 import attrs
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
 __all__ = ["Admission"]
 
 _LEDGERS_KEPT = 4096  # callers' ledger tuples remembered (all forgotten when full)
+_DAY = 86_400
 
 
 class Admission:
@@ -46,6 +48,8 @@ class Admission:
     def __init__(self, gw: GatewayView) -> None:
         self._gw = gw
         self._ledgers: dict[tuple[object, ...], tuple[Scope, ...]] = {}
+        # Each user's latest identity, UTC day and ledgers (every budget period is whole days).
+        self._last: dict[str, tuple[Identity, int, tuple[Scope, ...]]] = {}
         self._callback: tuple[str | None, str | None] = (None, None)  # (public URL, its inbox)
 
     def _callback_url(self) -> str | None:
@@ -58,6 +62,17 @@ class Admission:
 
     def _scopes(self, who: Identity, now: float) -> tuple[Scope, ...]:
         """The ledgers a create of ``who`` is booked on (the same few, made once each)."""
+        day = math.floor(now / _DAY)
+        last = self._last.get(who.user)
+        if last is not None and last[0] is who and last[1] == day:
+            return last[2]  # the same caller (an immutable identity) on the same UTC day
+        scopes = self._made_scopes(who, now)
+        if len(self._last) >= _LEDGERS_KEPT:
+            self._last.clear()
+        self._last[who.user] = (who, day, scopes)
+        return scopes
+
+    def _made_scopes(self, who: Identity, now: float) -> tuple[Scope, ...]:
         period, _ = window_bounds(who.policy.window, now)
         key = (who.user, period, who.policy.budget, who.scope, who.token_budget)
         scopes = self._ledgers.get(key)

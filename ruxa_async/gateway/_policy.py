@@ -165,7 +165,7 @@ def estimate(model: str, input: Mapping[str, Any], prices: Mapping[str, float]) 
 
 def check_request(policy: Policy, model: str, input: Mapping[str, Any]) -> Denial | None:
     """The model allow-list (403) and input rules (422) of ``policy`` and the catalogue."""
-    if not policy.allows(model):
+    if policy.models is not None and model not in policy.models:  # policy.allows(model)
         return Denial(403, "model", f"model {model!r} is not allowed for you on this gateway")
     try:
         catalog.validate_input(model, input)
