@@ -7,9 +7,12 @@ from typing import Any, cast
 import pytest
 
 from ruxa_async.catalog import DEFAULT_PRICES, estimate_cost
+from ruxa_async.gateway import Gateway
 from ruxa_async.gateway._admission import Admission
 from ruxa_async.gateway._config import Policy
 from ruxa_async.gateway._tokens import Identity
+from ruxa_async.testing import FakeRuxa, ModelBehavior, SimConfig
+from tests.helpers_gateway import NB, PROMPT, TOKENS, config_for
 
 MIDNIGHT = 1_798_761_600.0  # 2027-01-01 00:00 UTC, a Friday
 
@@ -36,3 +39,20 @@ def test_an_estimate_is_the_merged_price_tables(model: str, prices: Any) -> None
     """The config's prices override the defaults model by model, as one merged table would."""
     merged = DEFAULT_PRICES if prices is None else {**DEFAULT_PRICES, **prices}
     assert estimate_cost(model, None, prices) == merged.get(model)
+
+
+async def test_a_task_shown_before_is_still_its_owners_alone() -> None:
+    """Ids already shown skip the id check, never the ownership check: the owner reads the
+    same reply again, anybody else and any odd id get the same 404."""
+    slow = SimConfig(seed=4, default_behavior=ModelBehavior(median_seconds=3600, sigma=0))
+    async with FakeRuxa(slow) as sim, Gateway(config_for(sim)) as gw:
+        alice, bob = (f"Bearer {TOKENS[name]}" for name in ("alice", "bob"))
+        created = await gw.create(alice, {"model": NB, "input": PROMPT})
+        assert created.code == 200
+        task_id = created.data["taskId"]
+        first = await gw.query(alice, task_id)
+        assert first.code == 200
+        assert (await gw.query(alice, task_id)).body() == first.body()
+        assert (await gw.query(bob, task_id)).code == 404
+        for odd in (task_id + "/x", task_id + " ", "", "a" * 201, "../" + task_id):
+            assert (await gw.query(alice, odd)).code == 404
