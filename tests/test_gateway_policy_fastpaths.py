@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, cast
 
 import pytest
@@ -9,7 +10,8 @@ import pytest
 from ruxa_async.catalog import DEFAULT_PRICES, estimate_cost
 from ruxa_async.gateway import Gateway
 from ruxa_async.gateway._admission import Admission
-from ruxa_async.gateway._config import Policy
+from ruxa_async.gateway._alerts import Alerter
+from ruxa_async.gateway._config import AlertSettings, Policy
 from ruxa_async.gateway._tokens import Identity
 from ruxa_async.testing import FakeRuxa, ModelBehavior, SimConfig
 from tests.helpers_gateway import NB, PROMPT, TOKENS, config_for
@@ -56,3 +58,22 @@ async def test_a_task_shown_before_is_still_its_owners_alone() -> None:
         assert (await gw.query(bob, task_id)).code == 404
         for odd in (task_id + "/x", task_id + " ", "", "a" * 201, "../" + task_id):
             assert (await gw.query(alice, odd)).code == 404
+
+
+def test_a_budget_far_from_its_thresholds_is_passed_over_exactly() -> None:
+    """Below every threshold with none alerted, the alerter returns at once; checks of the
+    same usages (rising, falling, over days) alert and mark exactly what the full check does."""
+    day = [MIDNIGHT]
+    quick = Alerter(AlertSettings(), clock=lambda: day[0])
+    full = Alerter(AlertSettings(), clock=lambda: day[0])
+    full._lowest = -math.inf  # never returns early
+    usages = [0.0, 10.0, 79.0, 79.99999999999, 80.0, 20.0, 96.0, 50.0, 100.0, 0.0, 85.0]
+    for step, used in enumerate(usages * 3):
+        day[0] = MIDNIGHT + step * 9_000.0
+        for alerter in (quick, full):
+            alerter.budget("user:u", "life" if step % 2 else "2027-01-01", used, 100.0)
+        assert quick._fired == full._fired
+        assert [(a["event"], a.get("threshold")) for a in quick.sent] == [
+            (a["event"], a.get("threshold")) for a in full.sent
+        ]
+    assert quick.marked_budgets > 0
