@@ -66,7 +66,8 @@ def json_encoder(
 
 _decoder = json.JSONDecoder()
 _decode = _decoder.decode
-_scan = _decoder.scan_once
+# The scanner decode runs (set by JSONDecoder.__init__; typeshed does not declare it).
+_scan: Callable[[str, int], tuple[Any, int]] = _decoder.scan_once  # type: ignore[attr-defined]
 
 
 def json_loads(data: bytes) -> Any:
