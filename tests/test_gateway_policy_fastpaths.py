@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any, cast
 
+import attrs
 import pytest
 
 from ruxa_async.catalog import DEFAULT_PRICES, estimate_cost
@@ -12,6 +13,7 @@ from ruxa_async.gateway import Gateway
 from ruxa_async.gateway._admission import Admission
 from ruxa_async.gateway._alerts import Alerter
 from ruxa_async.gateway._config import AlertSettings, Policy
+from ruxa_async.gateway._policy import Reply, envelope_bytes
 from ruxa_async.gateway._tokens import Identity
 from ruxa_async.testing import FakeRuxa, ModelBehavior, SimConfig
 from tests.helpers_gateway import NB, PROMPT, TOKENS, config_for
@@ -77,3 +79,17 @@ def test_a_budget_far_from_its_thresholds_is_passed_over_exactly() -> None:
             (a["event"], a.get("threshold")) for a in full.sent
         ]
     assert quick.marked_budgets > 0
+
+
+@pytest.mark.parametrize("task_id", ["task_1", 't\u00e9"\\\n', "\u2028x", "a" * 300])
+def test_a_created_reply_is_the_reply_made_the_long_way(task_id: str) -> None:
+    """Reply.created sets every field attrs would, once each, and its bytes are the envelope's."""
+    made = Reply.created(task_id)
+    plain = Reply(200, "success", {"taskId": task_id})
+    for field in attrs.fields(Reply):
+        assert hasattr(made, field.name)
+    assert made == plain
+    assert repr(made) == repr(plain)
+    assert made.body() == plain.body() == envelope_bytes(200, "success", {"taskId": task_id})
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        made.code = 500  # type: ignore[misc]
