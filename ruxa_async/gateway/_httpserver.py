@@ -11,7 +11,7 @@ everything a client controls:
 - the body to ``max_body`` bytes (413) and ``body_timeout`` seconds after the
   headers (408);
 - an idle keep-alive connection to ``keepalive_timeout`` seconds (closed quietly);
-- requests queued behind a slow one to ``_MAX_QUEUE`` (reading pauses).
+- requests queued behind a slow one to ``_httpanswer.MAX_QUEUE`` (reading pauses).
 
 One task per connection answers its requests (it waits for the next one in
 between, and ends with the connection). A request that is not valid HTTP/1.1
@@ -28,39 +28,34 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
-from collections import deque
-from collections.abc import Awaitable
 from email.utils import formatdate
-from typing import Protocol
 from urllib.parse import unquote
 
 import httptools
 
-from . import _httpheads
-from ._exchange import Request, Response
-from ._httpheads import METHODS, Known, find_known, header_block, learn, length_line
+from ._exchange import Request
+from ._httpanswer import (
+    BETWEEN,
+    BODY,
+    BODY_CLOCK,
+    HEAD,
+    HEAD_CLOCK,
+    IDLE_CLOCK,
+    LINGER_CLOCK,
+    Answering,
+    Application,
+)
+from ._httpheads import METHODS, Known, find_known, learn
 
 __all__ = ["Application", "HttpServer", "start_server"]
 
 log = logging.getLogger("ruxa_async")
 
 _MAX_HEAD = 64 * 1024
-_MAX_QUEUE = 16
-_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-_CLOSE = b"Connection: close\r\n\r\n"
-_KEEP_ALIVE = b"Connection: keep-alive\r\n\r\n"
-_LENGTHS = _httpheads._LENGTHS
 _HEAD_END = b"\r\n\r\n"
 _NAMES: dict[bytes, str] = {}  # request header names in lower case, by their spelling
 _MAX_NAMES = 512
-
-# What the parser is in the middle of (the connection's ``_stage``).
-_BETWEEN, _HEAD, _BODY = 0, 1, 2
-# Which clock runs (the connection's ``_clock``): none, the head's, the body's, idle keep-alive.
-_NONE, _HEAD_CLOCK, _BODY_CLOCK, _IDLE_CLOCK, _LINGER_CLOCK = 0, 1, 2, 3, 4
-_LINGER = 2.0
 
 
 def _target(url: bytes) -> tuple[str, str]:
@@ -79,36 +74,20 @@ def _target(url: bytes) -> tuple[str, str]:
     return (unquote(path) if "%" in path else path), query
 
 
-class Application(Protocol):
-    """What the server serves: whole requests in, whole responses out."""
-
-    def __call__(self, request: Request) -> Awaitable[Response]:
-        """The response to ``request``."""
-
-    def refused(self, request: Request | None, status: int, message: str) -> Response:
-        """The response to a request the server refuses (400, 408, 413, 431, 500).
-
-        ``request`` is None when no request line and headers were read.
-        """
-
-
-_Job = tuple["Request | Response", bool, bool, bool]  # item, keep-alive, HEAD, HTTP/1.0
-
-
 class _Stop(Exception):
     """Raised in a parser callback to stop parsing the connection's input."""
 
 
-class _Connection(asyncio.Protocol):
-    """One client connection: parse, queue, answer in order."""
+class _Connection(Answering):
+    """One client connection: parse, queue, answer in order (the answering side:
+    ``_httpanswer``)."""
+
+    _server: HttpServer
 
     def __init__(self, server: HttpServer) -> None:
-        self._server = server
-        self._app = server.app
+        super().__init__(server)
         self._parser = httptools.HttpRequestParser(self)
-        self._transport: asyncio.Transport | None = None
         self._peer: str | None = None
-        self._stage = _BETWEEN
         self._url = b""
         self._headers: dict[str, str] = {}
         self._body: list[bytes] = []
@@ -118,18 +97,6 @@ class _Connection(asyncio.Protocol):
         self._head_size = 0  # the length of the last remembered head (the next one's guess)
         self._completed = 0  # messages completed by the parser in the current read
         self._last: tuple[Request, bool, bool] | None = None  # the last one, keep-alive, 1.0
-        self._expect = False  # a 100 Continue is owed once this request is at the front
-        self._block: tuple[int, object, bytes] = (0, None, b"")  # the last reply's head block
-        self._queue: deque[tuple[Request | Response, bool, bool, bool]] = deque()
-        self._busy = False  # a task is answering the front of the queue
-        self._done_reading = False  # no further request will be parsed
-        self._reading_paused = False
-        self._writing_paused = False
-        self._lingering = False  # refused and half closed: dropping what the peer still sends
-        self._task: asyncio.Task[None] | None = None  # the connection's answering task
-        self._wake: asyncio.Future[_Job | None] | None = None  # set: the task awaits a request
-        self.deadline = math.inf
-        self._clock = _NONE
 
     # -- asyncio.Protocol ------------------------------------------------------------------
 
@@ -138,19 +105,19 @@ class _Connection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self._peer = str(peer[0]) if isinstance(peer, tuple) and peer else None
         self._server.opened(self)
-        self._start_clock(_HEAD_CLOCK, self._server.header_timeout)
+        self._start_clock(HEAD_CLOCK, self._server.header_timeout)
 
     def data_received(self, data: bytes) -> None:
         if self._done_reading:
             return
         learn = False
-        if self._stage == _BETWEEN:
+        if self._stage == BETWEEN:
             data = self._take_known(data)
             if self._done_reading:
                 return
             learn = True
         if data:
-            if self._stage != _BODY:
+            if self._stage != BODY:
                 self._head_bytes += len(data)
             self._completed = 0
             try:
@@ -165,22 +132,22 @@ class _Connection(asyncio.Protocol):
                     self._refuse(None, 400, f"the request is not valid HTTP/1.1 ({exc})")
                 return
             else:
-                if learn and self._completed == 1 and self._stage == _BETWEEN:
+                if learn and self._completed == 1 and self._stage == BETWEEN:
                     self._learn(data)
             if self._done_reading:
                 return
         stage = self._stage
-        if stage == _HEAD:
+        if stage == HEAD:
             if self._head_bytes > _MAX_HEAD:
                 self._refuse(None, 431, f"the request head is larger than {_MAX_HEAD} bytes")
-            elif self._clock != _HEAD_CLOCK:
-                self._start_clock(_HEAD_CLOCK, self._server.header_timeout)
-        elif stage == _BODY:
-            if self._clock != _BODY_CLOCK:
-                self._start_clock(_BODY_CLOCK, self._server.body_timeout)
+            elif self._clock != HEAD_CLOCK:
+                self._start_clock(HEAD_CLOCK, self._server.header_timeout)
+        elif stage == BODY:
+            if self._clock != BODY_CLOCK:
+                self._start_clock(BODY_CLOCK, self._server.body_timeout)
             if self._expect and not self._busy:
                 self._send_continue()
-        elif self._clock == _HEAD_CLOCK or self._clock == _BODY_CLOCK:
+        elif self._clock == HEAD_CLOCK or self._clock == BODY_CLOCK:
             self._stop_clock()
 
     def _take_known(self, data: bytes) -> bytes:
@@ -249,7 +216,7 @@ class _Connection(asyncio.Protocol):
     # -- httptools callbacks ---------------------------------------------------------------
 
     def on_message_begin(self) -> None:
-        self._stage = _HEAD
+        self._stage = HEAD
         self._url = b""
         self._headers = {}
         self._body = []
@@ -267,7 +234,7 @@ class _Connection(asyncio.Protocol):
         self._headers.setdefault(key, value.decode("utf-8", "surrogateescape"))
 
     def on_headers_complete(self) -> None:
-        self._stage = _BODY
+        self._stage = BODY
         self._head_bytes = 0
         length = self._headers.get("content-length")
         limit = self._server.max_body
@@ -289,7 +256,7 @@ class _Connection(asyncio.Protocol):
         self._body.append(body)
 
     def on_message_complete(self) -> None:
-        self._stage = _BETWEEN
+        self._stage = BETWEEN
         self._head_bytes = 0
         self._expect = False
         body = self._body
@@ -312,186 +279,17 @@ class _Connection(asyncio.Protocol):
         method = METHODS.get(raw) or raw.decode("ascii")
         return Request(method, path, query, self._headers, body, self._peer)
 
-    def _refuse(self, request: Request | None, status: int, message: str) -> None:
-        """Queue a refusal; the connection reads nothing more and closes after it."""
-        response = self._app.refused(request, status, message)
-        response.close = True
-        self._finish_reading()
-        self._enqueue(response, False, False, "1.1")
-
-    def _enqueue(
-        self, item: Request | Response, keep_alive: bool, head: bool, version: str
-    ) -> None:
-        if self._busy:
-            self._queue.append((item, keep_alive, head, version == "1.0"))
-            if len(self._queue) >= _MAX_QUEUE:
-                self._flow()
-            return
-        self._busy = True
-        self._clock = _NONE
-        self.deadline = math.inf
-        job = (item, keep_alive, head, version == "1.0")
-        wake, self._wake = self._wake, None
-        server = self._server
-        if wake is not None and not wake.done():  # the connection's task waits for this
-            wake.set_result(job)
-            task = self._task
-        else:
-            self._task = task = server.loop.create_task(self._answer(job))
-        if task is not None:
-            server.tasks.add(task)  # closing waits for it while it answers
-
-    async def _answer(self, job: _Job | None) -> None:
-        """The connection's answering task: answer the front of the queue, then each request
-        queued behind it, in order; then wait for the connection's next request (one task per
-        connection, not per request: a task costs more than a wake-up)."""
-        app = self._app
-        server = self._server
-        while job is not None:
-            item, keep_alive, head, http10 = job
-            try:
-                while True:
-                    if isinstance(item, Response):
-                        response = item
-                    else:
-                        try:
-                            response = await app(item)
-                        except Exception:
-                            log.exception("gateway: error answering %s %s", item.method, item.path)
-                            response = app.refused(item, 500, "the gateway failed; retry")
-                            response.close = True
-                    if not self._write(response, keep_alive, head, http10):
-                        return
-                    queue = self._queue
-                    if not queue:
-                        break
-                    item, keep_alive, head, http10 = queue.popleft()
-                    if len(queue) == _MAX_QUEUE - 1:
-                        self._flow()
-            finally:
-                self._busy = False
-                if self._task is not None:
-                    server.tasks.discard(self._task)
-            if self._done_reading:
-                self.close()
-                return
-            if self._expect:
-                self._send_continue()
-            elif self._stage == _BETWEEN:  # self._start_clock(_IDLE_CLOCK, ...), inlined
-                self._clock = _IDLE_CLOCK
-                self.deadline = server.loop.time() + server.keepalive_timeout
-            if self._transport is None:
-                return
-            self._wake = wake = server.loop.create_future()
-            job = await wake  # None: the connection is gone
-
-    def _write(self, response: Response, keep_alive: bool, head: bool, http10: bool) -> bool:
-        """Send ``response``; False when the connection is (now) closed."""
-        transport = self._transport
-        if transport is None or transport.is_closing():  # the peer left: nobody to answer
-            return False
-        body = response.body
-        close = response.close or not keep_alive or (self._done_reading and not self._queue)
-        ending = _CLOSE if close else _KEEP_ALIVE if http10 else b"\r\n"
-        status, headers = response.status, response.headers
-        last = self._block
-        if last[1] is headers and last[0] == status:  # most often the same as the last reply's
-            block = last[2]
-        else:
-            block = header_block(status, headers)
-            self._block = (status, headers, block)
-        line = _LENGTHS.get(len(body)) or length_line(len(body))
-        server = self._server
-        second, date = server.date  # server.date_line(), inlined
-        if second != int(time.time()):
-            date = server.date_line()
-        if head:
-            transport.write(b"".join((block, date, line, ending)))
-        else:
-            transport.write(b"".join((block, date, line, ending, body)))
-        if close:
-            self._finish_reading()
-            self._queue.clear()
-            if self._stage != _BETWEEN and transport.can_write_eof():
-                self._linger(transport)
-            else:
-                transport.close()
-            return False
-        return True
-
-    def _linger(self, transport: asyncio.Transport) -> None:
-        """Close after a refusal while the peer may still be sending: end our side, and read
-        (and drop) its bytes for a while, so that it reads the reply instead of a reset."""
-        transport.write_eof()
-        self._lingering = True
-        self._start_clock(_LINGER_CLOCK, _LINGER)
-        self._flow()
-
-    def _send_continue(self) -> None:
-        self._expect = False
-        if self._transport is not None and self._stage == _BODY:
-            self._transport.write(_CONTINUE)
-
-    # -- flow, deadlines, closing ----------------------------------------------------------
-
-    def _finish_reading(self) -> None:
-        self._done_reading = True
-        self._stop_clock()  # nothing more is read, so nothing is late
-        self._flow()
-
-    def _flow(self) -> None:
-        """Pause reading while the peer's requests pile up or our replies back up."""
-        transport = self._transport
-        if transport is None:
-            return
-        pause = (
-            (self._done_reading and not self._lingering)
-            or self._writing_paused
-            or len(self._queue) >= _MAX_QUEUE
-        )
-        if pause != self._reading_paused:
-            self._reading_paused = pause
-            if pause:
-                transport.pause_reading()
-            else:
-                transport.resume_reading()
-
-    def _start_clock(self, clock: int, seconds: float) -> None:
-        self._clock = clock
-        self.deadline = self._server.loop.time() + seconds
-
-    def _stop_clock(self) -> None:
-        self._clock = _NONE
-        self.deadline = math.inf
-
     def expire(self) -> None:
         """The running clock ran out: refuse the late request, or close the idle connection."""
         clock = self._clock
         self._stop_clock()
-        if clock in (_IDLE_CLOCK, _LINGER_CLOCK):
+        if clock in (IDLE_CLOCK, LINGER_CLOCK):
             self.close()
-        elif clock == _HEAD_CLOCK:
+        elif clock == HEAD_CLOCK:
             self._refuse(None, 408, "the request headers did not arrive in time")
-        elif clock == _BODY_CLOCK:
+        elif clock == BODY_CLOCK:
             timeout = self._server.body_timeout
             self._refuse(self._request(b""), 408, f"the body did not arrive within {timeout:g} s")
-
-    def shutdown(self) -> None:
-        """The server is closing: answer what was read, then close."""
-        self._finish_reading()
-        if not self._busy:
-            self.close()
-
-    def close(self) -> None:
-        """Close the connection (after what is already written)."""
-        self._stop_clock()
-        if self._transport is not None:
-            self._transport.close()
-
-    def abort(self) -> None:
-        """Close the connection now, dropping what is not yet sent."""
-        if self._transport is not None:
-            self._transport.abort()
 
 
 class HttpServer:
