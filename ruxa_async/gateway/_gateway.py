@@ -12,23 +12,13 @@ import hashlib
 import hmac
 import logging
 import os
-import re
 import secrets
 import time
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from typing import Any
 
-from .. import _wire
-from .._client import RuxaClient, send_once
-from .._errors import (
-    AuthenticationError,
-    ConfigurationError,
-    InsufficientCreditsError,
-    NotFoundError,
-    RateLimitError,
-    RuxaError,
-)
+from .._client import RuxaClient
+from .._errors import ConfigurationError, RuxaError
 from .._models import TaskInfo
 from ._admission import Admission
 from ._alerts import Alerter, SpendWatch
@@ -36,35 +26,19 @@ from ._config import GatewayConfig, UpstreamKey, load_config
 from ._counters import Counters
 from ._keys import KeyPool, default_client
 from ._metrics import GatewayStatistics
-from ._policy import Denial, RateBuckets, Reply, window_bounds
-from ._relay import Relay, scrub_task
+from ._policy import RateBuckets, Reply, window_bounds
+from ._queries import Queries
+from ._relay import Relay
 from ._settle import Settler
-from ._store import SQLiteStore, StateStore, StateUnavailableError, TaskRecord
-from ._tokens import Identity, TokenVerifier, mint_token
+from ._store import SQLiteStore, StateStore, TaskRecord
+from ._tokens import TokenVerifier, mint_token
 
 __all__ = ["Gateway", "Reply"]
 
 log = logging.getLogger("ruxa_async")
 
-_TASK_ID = re.compile(r"[A-Za-z0-9_.:-]{1,200}")
-_NOT_FOUND = "task not found"
-_OWNER_CACHE = 50_000
-_SHOWN_CACHE = 4096
 
-
-class _Shown:
-    """What a task's owner was last shown: the service's task object and the reply made of it
-    (an unchanged task is answered with the same reply, encoded once)."""
-
-    __slots__ = ("data", "path", "reply")
-
-    def __init__(self, path: str, data: object, reply: Reply) -> None:
-        self.path = path
-        self.data = data
-        self.reply = reply
-
-
-class Gateway:
+class Gateway(Queries):
     """A key-holding gateway that speaks the Ruxa API; an async context manager.
 
     Users call it with their own token as the Bearer key; it checks their
@@ -83,6 +57,7 @@ class Gateway:
         client_factory: Callable[[UpstreamKey], RuxaClient] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        super().__init__()
         self.config = config
         self.clock = clock
         self._fixed_keys = tuple(upstream_keys) if upstream_keys is not None else None
@@ -115,11 +90,6 @@ class Gateway:
         self.url: str | None = None
         self._admission = Admission(self)
         self._settler = Settler(self)
-        # Who owns a task and which key made it never change once written: the query path
-        # reads them here, in front of the store (which may be a network away).
-        self._records: OrderedDict[str, TaskRecord] = OrderedDict()
-        # The last answer to each task's owner, by task id (for tasks being polled).
-        self._shown: dict[str, _Shown] = {}
 
     def __repr__(self) -> str:
         return f"<Gateway users={len(self.config.users)} keys={len(self.pool)}>"
@@ -280,25 +250,7 @@ class Gateway:
         if alert:
             self.alerter.alert(event, **detail)
 
-    def deny(self, denial: Denial, user: str | None, **detail: Any) -> Reply:
-        """Count, audit and answer one refusal."""
-        self.counters.denials[denial.reason] += 1
-        self.store.audit("denied", user, reason=denial.reason, code=denial.code, **detail)
-        return Reply.of(denial)
-
     # -- create ------------------------------------------------------------------------------
-
-    def identify(self, header: str | None) -> Identity | Reply:
-        """The caller, or the 401 reply."""
-        who = self.verifier.identify(header)
-        if who is None:
-            self.counters.denials["auth"] += 1
-            self.store.audit("denied", None, reason="auth", code=401)
-            return Reply(401, "a valid gateway token is required (Authorization: Bearer <token>)")
-        limited = self.rates.take(who.user, who.policy)
-        if limited is not None:
-            return self.deny(limited, who.user)
-        return who
 
     def create(self, header: str | None, body: object) -> Coroutine[Any, Any, Reply]:
         """Create a task for the caller, if their policy and budget allow it (await it).
@@ -306,101 +258,6 @@ class Gateway:
         ``body`` is the decoded JSON request body (None when it was not JSON).
         """
         return self._admission.create(header, body)
-
-    # -- query ---------------------------------------------------------------------------
-
-    async def query(self, header: str | None, task_id: str) -> Reply:
-        """The caller's own task; anybody else's (or an unknown id) is the same 404."""
-        who = self.identify(header)
-        if isinstance(who, Reply):
-            return who
-        rate = who.policy.requests_per_second
-        if self._fleet is not None and rate is not None:  # the user's rate across instances
-            limited = await self._fleet.request(who.user, rate, who.policy.burst)
-            if limited is not None:
-                return self.deny(limited, who.user)
-        # An id shown before passed the check below (only a found record is ever shown).
-        if task_id not in self._shown and not _TASK_ID.fullmatch(task_id):
-            record = None
-        else:
-            record = self._records.get(task_id)
-            if record is None:
-                try:
-                    record = await self.record(task_id)
-                except StateUnavailableError as exc:
-                    return Reply(503, exc.message, None, exc.retry_after)
-        if record is None or record.user != who.user:
-            if record is not None:
-                self.counters.ownership_refusals += 1
-                self.store.audit("ownership_refused", who.user, task_id, owner=record.user)
-            else:
-                self.store.audit("unknown_task", who.user, None, task=task_id[:200])
-            self.counters.denials["not_found"] += 1
-            return Reply(404, _NOT_FOUND)
-        shown = self._shown.get(task_id)
-        if record.final is not None:
-            if shown is not None and shown.data is record.final:
-                return shown.reply
-            reply = Reply(200, "success", record.final)
-            self._show(task_id, _wire.query_path(task_id), record.final, reply)
-            return reply
-        slot = self.pool.get(record.key)
-        if slot is None:
-            return Reply(503, "the key that created this task is no longer configured")
-        path = shown.path if shown is not None else _wire.query_path(task_id)
-        try:
-            client = slot.client
-            if slot.opened is not client:
-                client = await slot.ready()
-            data = await send_once(client, "query", path)
-            # Unchanged (the same object when the reply's bytes were): it has not ended either.
-            if shown is not None and (data is shown.data or data == shown.data):
-                return shown.reply
-            ended = _wire.task_state(data).is_terminal  # parsed whole only when it has ended
-            info = _wire.parse_task(data, task_id=task_id) if ended else None
-        except NotFoundError:
-            return Reply(404, _NOT_FOUND)
-        except (AuthenticationError, InsufficientCreditsError, RateLimitError) as exc:
-            self.pool.failed(slot, exc)
-            if isinstance(exc, RateLimitError):
-                return Reply(
-                    429,
-                    "the service is rate limiting; retry after the pause",
-                    None,
-                    exc.retry_after or 1.0,
-                )
-            return Reply(503, "the gateway's key was refused; the operator has been alerted")
-        except RuxaError:
-            return Reply(502, "the service did not answer properly; retry")
-        if info is not None:
-            self.settle(record, info, "query")
-            return Reply(200, "success", scrub_task(data, record.callback_url))
-        reply = Reply(200, "success", scrub_task(data, record.callback_url))
-        self._show(task_id, path, data, reply)
-        return reply
-
-    def _show(self, task_id: str, path: str, data: object, reply: Reply) -> None:
-        shown = self._shown
-        shown.pop(task_id, None)
-        shown[task_id] = _Shown(path, data, reply)
-        if len(shown) > _SHOWN_CACHE:
-            del shown[next(iter(shown))]  # the least recently changed
-
-    async def record(self, task_id: str) -> TaskRecord | None:
-        """The task's record: from the ownership cache, else the store (then cached)."""
-        record = self._records.get(task_id)
-        if record is not None:
-            return record
-        record = await self.store.lookup(task_id)
-        if record is not None:
-            self.remember(record)
-        return record
-
-    def remember(self, record: TaskRecord) -> None:
-        """Keep ``record`` in the ownership cache (the oldest entries make room)."""
-        self._records[record.task_id] = record
-        if len(self._records) > _OWNER_CACHE:
-            self._records.popitem(last=False)
 
     # -- settlement ------------------------------------------------------------------------
 
