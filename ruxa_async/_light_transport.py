@@ -8,8 +8,9 @@ every call. Only the API requests take this path; result-file downloads still
 go through the inherited aiohttp session.
 
 It speaks plain HTTP/1.1 to one origin (``http`` or ``https``): a bounded pool
-of keep-alive connections, each an :class:`asyncio.Protocol` whose replies are
-parsed by ``httptools`` (works on uvloop and on the standard loop). A reply with
+(``_light_pool``) of keep-alive connections, each an :class:`asyncio.Protocol`
+whose replies are parsed by ``httptools`` (``_light_conn``; works on uvloop and on
+the standard loop). A reply with
 ``Connection: close``, or a server that hangs up, retires its connection. A
 pooled connection the server closed while idle is never written to; if it
 closes right after a request was written and before any byte of the reply,
@@ -26,15 +27,14 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-import math
-import os
 import ssl
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
 from ._config import Timeouts
 from ._errors import APIConnectionError, APITimeoutError, RuxaError
-from ._light_conn import KEEPALIVE, Connection, Dropped, ReadTimeout
+from ._light_conn import Connection, Dropped, ReadTimeout
+from ._light_pool import Pool
 from ._transport import Reply, Transport, _env_proxy
 
 try:
@@ -62,7 +62,7 @@ def light_transport_class(base_url: str) -> type[Transport] | None:
     return LightTransport
 
 
-class LightTransport(Transport):
+class LightTransport(Transport, Pool):
     """:class:`Transport` with API requests on its own keep-alive pool (see the module).
 
     At most ``max_connections`` connections are open at once; a request that
@@ -274,134 +274,3 @@ class LightTransport(Transport):
         took = asyncio.get_running_loop().time() - started
         log.debug("%s %s failed after %.3f s: %s", method, path, took, error)
         return error
-
-    # -- the pool
-
-    async def _acquire(
-        self, loop: asyncio.AbstractEventLoop, deadline: float, method: str, path: str
-    ) -> tuple[Connection, bool]:
-        """A live connection (True if it served a request before) or a new one."""
-        what = f"{method} {path}"
-        while True:
-            if self._closed:
-                raise APIConnectionError(f"{what}: the client is closing", request_sent=False)
-            now = loop.time()
-            while self._idle:
-                conn = self._idle.pop()
-                if conn.alive and now - conn.idle_since < conn.keep_for:
-                    return conn, True
-                self._discard(conn)
-            if self._count < self._max_connections:
-                return await self._connect(loop, deadline, what), False
-            waiter = loop.create_future()
-            self._waiters.append(waiter)
-            try:
-                await asyncio.wait_for(waiter, max(0.0, deadline - now))
-            except BaseException as exc:
-                if waiter.done() and not waiter.cancelled():
-                    self._wake()  # woken as it gave up: pass the turn on
-                elif waiter in self._waiters:
-                    self._waiters.remove(waiter)
-                if isinstance(exc, asyncio.TimeoutError):
-                    raise APITimeoutError(
-                        f"{what}: timed out waiting for a free connection", request_sent=False
-                    ) from None
-                raise
-
-    async def _connect(
-        self, loop: asyncio.AbstractEventLoop, deadline: float, what: str
-    ) -> Connection:
-        self._count += 1
-        limit = max(0.0, min(self._timeouts.connect, deadline - loop.time()))
-        try:
-            _, conn = await asyncio.wait_for(
-                loop.create_connection(
-                    lambda: self.connection_class(loop),
-                    self._host,
-                    self._port,
-                    ssl=self._ssl,
-                    server_hostname=self._host if self._ssl is not None else None,
-                ),
-                limit,
-            )
-        except asyncio.TimeoutError:
-            self._slot_freed()
-            raise APITimeoutError(
-                f"{what}: timed out opening a connection", request_sent=False
-            ) from None
-        except OSError as exc:
-            self._slot_freed()
-            reason = os.strerror(exc.errno) if exc.errno else exc.strerror or str(exc)
-            raise APIConnectionError(
-                f"{what}: cannot connect ({reason or type(exc).__name__})", request_sent=False
-            ) from exc
-        except BaseException:
-            self._slot_freed()
-            raise
-        if self._closed:
-            conn.close()
-            self._slot_freed()
-            raise APIConnectionError(f"{what}: the client is closing", request_sent=False)
-        return conn
-
-    def _release(self, conn: Connection, loop: asyncio.AbstractEventLoop) -> None:
-        self._busy.discard(conn)
-        if not (conn.keep_alive and conn.alive) or self._closed:
-            conn.close()
-            self._slot_freed()
-            return
-        conn.idle_since = loop.time()
-        self._idle.append(conn)
-        if self._idle[0] is not conn and conn.idle_since - self._idle[0].idle_since > KEEPALIVE:
-            self._discard(self._idle.pop(0))  # the longest idle, past its keep-alive
-        if self._waiters:
-            self._wake()
-
-    # -- the watchdog: one timer for every exchange in progress
-
-    def _watch(self, loop: asyncio.AbstractEventLoop, due: float) -> None:
-        """Make sure the watchdog runs by ``due`` (one timer in all, not one per request).
-
-        Requests start later than the ones already watched and share their read
-        timeout, so the timer already set is nearly always early enough.
-        """
-        timer = self._timer
-        if timer is not None:
-            if self._timer_due <= due:
-                return
-            timer.cancel()
-        self._timer_due = due
-        self._timer = loop.call_at(due, self._tick, loop)
-
-    def _tick(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Fail every exchange past its time; run again when the next one is due."""
-        self._timer = None
-        now = loop.time()
-        soonest = math.inf
-        for conn in list(self._busy):
-            if not conn.waiting:
-                continue
-            due = conn.due()
-            if due <= now:
-                conn.time_out()
-            elif due < soonest:
-                soonest = due
-        if soonest != math.inf and not self._closed:
-            self._watch(loop, soonest)
-
-    def _discard(self, conn: Connection) -> None:
-        """Forget a connection that will not be used again (closing it)."""
-        self._busy.discard(conn)
-        conn.close()
-        self._slot_freed()
-
-    def _slot_freed(self) -> None:
-        self._count -= 1
-        self._wake()
-
-    def _wake(self) -> None:
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-                return
