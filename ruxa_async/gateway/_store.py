@@ -51,6 +51,8 @@ _json = json_encoder()
 
 _EPSILON = 1e-9
 _SETTLED_CACHE = 50_000
+_DETAILS_KEPT = 1024  # audit details remembered with their JSON (all forgotten when full)
+_details: dict[tuple[tuple[str, Any], ...], str] = {}
 
 
 class StateUnavailableError(RuxaError):
@@ -200,6 +202,26 @@ def _scopes_text(scopes: tuple[tuple[str, str], ...]) -> str:
     return _json(scopes)
 
 
+def _detail_text(detail: dict[str, Any]) -> str:
+    """An audit line's detail as JSON, remembered: a create's (its model, key and estimate)
+    repeats, and encoding it (sorted keys, a float) costs several times the lookup.
+
+    Only details of strings and nonzero floats are remembered: ``1``, ``1.0`` and ``True``
+    are equal keys but are not written alike, nor are ``0.0`` and ``-0.0``."""
+    for value in detail.values():
+        kind = type(value)
+        if kind is not str and (kind is not float or not value):
+            return _audit_json(detail)
+    key = (*detail.items(),)
+    text = _details.get(key)
+    if text is None:
+        text = _audit_json(detail)
+        if len(_details) >= _DETAILS_KEPT:
+            _details.clear()
+        _details[key] = text
+    return text
+
+
 def _row_record(row: Sequence[Any]) -> TaskRecord:
     scopes = tuple((s, p) for s, p in json.loads(row[6]))
     return TaskRecord(
@@ -226,6 +248,11 @@ _COLUMNS = (
 
 _INSERT_TASK = (
     f"INSERT OR REPLACE INTO tasks ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,0,NULL,NULL,'',NULL)"
+)
+# Without a callback URL (most creates): None is the one parameter sqlite3 does not bind
+# directly (it asks the adapters first, a few thousand instructions), so the SQL says NULL.
+_INSERT_TASK_NO_URL = (
+    f"INSERT OR REPLACE INTO tasks ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,NULL,0,NULL,NULL,'',NULL)"
 )
 
 
@@ -365,19 +392,33 @@ class SQLiteStore:
             callback_url=callback_url,
         )
         self._open[task_id] = record
-        self._writer.write(
-            _INSERT_TASK,
-            (
-                task_id,
-                record.user,
-                key,
-                model,
-                record.created,
-                record.reserved,
-                _scopes_text(record.scopes),
-                callback_url,
-            ),
-        )
+        if callback_url is None:
+            self._writer.write(
+                _INSERT_TASK_NO_URL,
+                (
+                    task_id,
+                    record.user,
+                    key,
+                    model,
+                    record.created,
+                    record.reserved,
+                    _scopes_text(record.scopes),
+                ),
+            )
+        else:
+            self._writer.write(
+                _INSERT_TASK,
+                (
+                    task_id,
+                    record.user,
+                    key,
+                    model,
+                    record.created,
+                    record.reserved,
+                    _scopes_text(record.scopes),
+                    callback_url,
+                ),
+            )
         return record
 
     def _unhold(
@@ -475,7 +516,8 @@ class SQLiteStore:
         self, event: str, user: str | None = None, task_id: str | None = None, **detail: Any
     ) -> None:
         """Append one decision to the audit log (written behind, never updated or deleted)."""
-        self._writer.write(AUDIT_INSERT, (self._clock(), event, user, task_id, _audit_json(detail)))
+        text = _detail_text(detail)
+        self._writer.write(AUDIT_INSERT, (self._clock(), event, user, task_id, text))
 
     async def audit_records(self) -> list[dict[str, Any]]:
         """Every audit record, oldest first, as dicts."""
