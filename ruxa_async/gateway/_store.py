@@ -346,7 +346,7 @@ class SQLiteStore:
         for scope in scopes:
             self._entry((scope.name, scope.period))[1] += amount
         self._inflight[user] = running + 1
-        return Reservation(user=user, amount=amount, scopes=tuple(scopes))
+        return Reservation(user, amount, tuple(scopes))  # by position: binding names costs
 
     async def areserve(
         self,
@@ -381,15 +381,15 @@ class SQLiteStore:
         self, res: Reservation, task_id: str, key: str, model: str, callback_url: str | None
     ) -> TaskRecord:
         """Record the created task: owner, creating key, what it holds."""
-        record = TaskRecord(
-            task_id=task_id,
-            user=res.user,
-            key=key,
-            model=model,
-            created=self._clock(),
-            reserved=res.amount,
-            scopes=tuple([(s.name, s.period) for s in res.scopes]),
-            callback_url=callback_url,
+        record = TaskRecord(  # by position (task_id, user, key, model, created, reserved, ...)
+            task_id,
+            res.user,
+            key,
+            model,
+            self._clock(),
+            res.amount,
+            tuple([(s.name, s.period) for s in res.scopes]),
+            callback_url,
         )
         self._open[task_id] = record
         if callback_url is None:
