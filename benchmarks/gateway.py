@@ -683,13 +683,16 @@ def main(argv: list[str] | None = None) -> int:
         "--profile", type=Path, help="run the uvloop gateway under cProfile, stats to this path"
     )
     args = parser.parse_args(argv)
-    try:
-        import uvloop
-    except ImportError:
-        asyncio.run(_main(args))
-    else:
-        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            runner.run(_main(args))
+    if sys.version_info >= (3, 11):  # asyncio.Runner (a loop factory) is 3.11+
+        try:
+            import uvloop
+        except ImportError:
+            pass
+        else:
+            with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+                runner.run(_main(args))
+            return 0
+    asyncio.run(_main(args))
     return 0
 
 

@@ -64,12 +64,28 @@ def json_encoder(
     return encode if same else plain.encode
 
 
-_decode = json.JSONDecoder().decode
+_decoder = json.JSONDecoder()
+_decode = _decoder.decode
+# The scanner decode runs (set by JSONDecoder.__init__; typeshed does not declare it).
+_scan: Callable[[str, int], tuple[Any, int]] = _decoder.scan_once  # type: ignore[attr-defined]
 
 
 def json_loads(data: bytes) -> Any:
     """``json.loads(data)``, with the same result and errors, quicker for UTF-8 text that
-    starts with ``{`` (``json.loads`` first guesses the encoding of any bytes it gets)."""
+    starts with ``{`` (``json.loads`` first guesses the encoding of any bytes it gets).
+
+    A document that starts with ``{`` and ends with its object (no whitespace around it,
+    as every client sends) is scanned at once; anything else takes ``decode``'s own way,
+    which skips whitespace with a regular expression and raises the exact errors.
+    """
     if data[:1] == b"{" and data[1:2] != b"\x00":  # neither UTF-16/32 nor a byte order mark
-        return _decode(data.decode("utf-8", "surrogatepass"))
+        text = data.decode("utf-8", "surrogatepass")
+        try:
+            obj, end = _scan(text, 0)
+        except StopIteration:
+            pass  # not a value: decode raises its JSONDecodeError
+        else:
+            if end == len(text):
+                return obj
+        return _decode(text)
     return json.loads(data)

@@ -42,7 +42,7 @@ _HEADS: dict[bytes, _Head] = {}
 _MAX_HEADS = 64  # a server's heads differ by Date (each second) and Content-Length
 
 
-def _whole_reply(data: bytes) -> tuple[_Head, bytes] | None:
+def _whole_reply(data: bytes, size: int = 0) -> tuple[_Head, bytes] | None:
     """What the head says and the body, if ``data`` is exactly one plain reply.
 
     Plain: HTTP/1.1, a final status, one ``Content-Length`` and no
@@ -52,19 +52,27 @@ def _whole_reply(data: bytes) -> tuple[_Head, bytes] | None:
     second, and by the body's length), so a head is read once and remembered
     (the last ``_MAX_HEADS`` distinct ones): searching a head for the names
     that matter cost more than the rest of the reply's handling.
+
+    ``size`` guesses the head's length (through its last CRLF; the last reply's):
+    a remembered head has no blank line before its end, so if the guess is one,
+    its end is the first blank line of ``data``, which need not be searched for.
     """
-    end = data.find(_HEAD_END)
-    if end < 0:
-        return None
-    head = data[: end + 2]  # every header line ends with CRLF
-    known = _HEADS.get(head)
-    if known is None:
-        known = _read_head(head)
-        if known is None:
+    known = _HEADS.get(data[:size]) if data[size - 2 : size + 2] == _HEAD_END else None
+    if known is not None:
+        end = size - 2
+    else:
+        end = data.find(_HEAD_END)
+        if end < 0:
             return None
-        if len(_HEADS) >= _MAX_HEADS:
-            _HEADS.clear()
-        _HEADS[head] = known
+        head = data[: end + 2]  # every header line ends with CRLF
+        known = _HEADS.get(head)
+        if known is None:
+            known = _read_head(head)
+            if known is None:
+                return None
+            if len(_HEADS) >= _MAX_HEADS:
+                _HEADS.clear()
+            _HEADS[head] = known
     if len(data) - end - 4 != known[1]:
         return None
     return known, data[end + 4 :]
@@ -142,6 +150,7 @@ class Connection(asyncio.Protocol):
         self._read = 0.0
         self._deadline = 0.0
         self._last = 0.0  # when the request was written or the last reply byte arrived
+        self._head_size = 0  # the last plain reply's head length (the next one's guess)
         self._reset()
 
     def _reset(self) -> None:
@@ -164,7 +173,11 @@ class Connection(asyncio.Protocol):
         :meth:`LightTransport._watch`) fails the exchange once :meth:`due` passes.
         """
         assert self.transport is not None
-        self._reset()
+        self.status = 0  # self._reset(), inlined: once per request
+        self.body = []
+        self.retry_after = None
+        self.rate = {}
+        self._received = self._headers_done = self._framed = False
         waiter = self._waiter = self._loop.create_future()
         if not self.alive or self.transport.is_closing():  # closed before the write
             self._waiter = None
@@ -214,32 +227,30 @@ class Connection(asyncio.Protocol):
         if self._waiter is None:  # bytes nobody asked for: the connection is not usable
             self.close()
             return
-        self._last = self._loop.time()
         if not self._received:  # the first bytes of the reply: most often all of it
             self._received = True
-            whole = _whole_reply(data)
-            if whole is not None:
-                self._take(*whole)
+            whole = _whole_reply(data, self._head_size)
+            if whole is not None:  # read without httptools' callbacks (the same result)
+                head, body = whole
+                self._head_size = len(data) - len(body) - 2
+                status, _, retry_after, keep_alive_value, rate, keep_alive = head
+                self.status = status
+                self.body = [body]
+                self._headers_done = self._framed = True
+                if retry_after is not None:
+                    self.retry_after = retry_after
+                if keep_alive_value is not None:
+                    self._keep_alive_header(keep_alive_value)
+                if rate:
+                    self.rate = dict(rate)
+                self.keep_alive = keep_alive
+                self._finish(None)
                 return
+        self._last = self._loop.time()  # a reply in pieces: the read timeout starts again
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError as exc:
             self._fail(exc)
-
-    def _take(self, head: _Head, body: bytes) -> None:
-        """A whole plain reply in one piece, read without httptools' callbacks (same result)."""
-        status, _, retry_after, keep_alive_value, rate, keep_alive = head
-        self.status = status
-        self.body = [body]
-        self._headers_done = self._framed = True
-        if retry_after is not None:
-            self.retry_after = retry_after
-        if keep_alive_value is not None:
-            self._keep_alive_header(keep_alive_value)
-        if rate:
-            self.rate = dict(rate)
-        self.keep_alive = keep_alive
-        self._finish(None)
 
     def eof_received(self) -> bool | None:
         self.alive = False

@@ -46,6 +46,8 @@ __all__ = ["LightTransport", "light_transport_class"]
 
 log = logging.getLogger("ruxa_async")
 
+_MAX_HEADS = 1024  # request heads remembered (by method and path; forgotten when full)
+
 
 def light_transport_class(base_url: str) -> type[Transport] | None:
     """:class:`LightTransport` when it can serve ``base_url``, else None (use aiohttp's).
@@ -94,6 +96,7 @@ class LightTransport(Transport):
             f"Host: {parts.netloc}\r\nUser-Agent: {user_agent}\r\nAccept: application/json\r\n"
         ).encode("latin-1")
         self._auth = (b"", "")  # (the fixed header lines with the key's, the key)
+        self._heads: dict[tuple[str, str], bytes] = {}  # request line and fixed lines, by path
         self._ssl: ssl.SSLContext | None = None
         self._idle: list[Connection] = []
         self._count = 0  # connections open or opening
@@ -135,18 +138,27 @@ class LightTransport(Transport):
 
     async def request(self, method: str, path: str, body: bytes | None = None) -> Reply:
         """Send one API request; return its reply or raise a connection error."""
+        return Reply(*await self.exchange(method, path, body))
+
+    async def exchange(
+        self, method: str, path: str, body: bytes | None = None
+    ) -> tuple[int, bytes, str | None, dict[str, str]]:
+        """:meth:`request`'s reply as a plain tuple: status, body, Retry-After, rate headers.
+
+        The relay's short path (``_direct``) takes it so: a frozen :class:`Reply`
+        costs more to build than the tuple, on every request.
+        """
         loop = self._loop  # asyncio.get_running_loop() costs a getpid() system call
         if self._closed or self._session is None or loop is None:
             raise RuxaError("the client is not open: use `async with RuxaClient(...)`")
         self.requests_sent += 1
-        started = loop.time()
+        now = started = loop.time()
         timeouts = self._timeouts
         deadline = started + timeouts.total
         payload = self._payload(method, path, body)
         retried = False
         idle = self._idle
         while True:
-            now = loop.time()
             conn: Connection | None = None
             while idle:  # the common case, without a coroutine: a kept connection is free
                 kept = idle.pop()
@@ -169,9 +181,10 @@ class LightTransport(Transport):
                 now = loop.time()
             self._busy.add(conn)
             try:
-                waiter = conn.send(payload, now, timeouts.read, deadline)
-                if conn.waiting:
-                    due = conn.due()
+                read = timeouts.read
+                waiter = conn.send(payload, now, read, deadline)
+                if conn.waiting:  # (not failed at once)
+                    due = now + read if now + read < deadline else deadline  # conn.due()
                     if self._timer is None or due < self._timer_due:  # else: already watched
                         self._watch(loop, due)
                 await waiter
@@ -179,6 +192,7 @@ class LightTransport(Transport):
                 self._discard(conn)
                 if not exc.written:
                     if reused:
+                        now = loop.time()
                         continue  # found closed as it was taken: nothing was sent
                     raise APIConnectionError(
                         f"{method} {path}: the server closed the connection before the request "
@@ -193,6 +207,7 @@ class LightTransport(Transport):
                     log.debug(
                         "%s %s: kept connection closed by the server; sending again", method, path
                     )
+                    now = loop.time()
                     continue
                 raise self._failed(
                     method, path, started, "the server closed the connection"
@@ -209,8 +224,9 @@ class LightTransport(Transport):
                 self._discard(conn)
                 raise
             body_parts = conn.body
-            reply = Reply(
-                conn.status,
+            status = conn.status
+            reply = (
+                status,
                 body_parts[0] if len(body_parts) == 1 else b"".join(body_parts),
                 conn.retry_after,
                 conn.rate,
@@ -218,7 +234,7 @@ class LightTransport(Transport):
             self._release(conn, loop)
             if log.isEnabledFor(logging.DEBUG):
                 took = loop.time() - started
-                log.debug("%s %s -> HTTP %d in %.3f s", method, path, reply.status, took)
+                log.debug("%s %s -> HTTP %d in %.3f s", method, path, status, took)
             return reply
 
     def _payload(self, method: str, path: str, body: bytes | None) -> bytes:
@@ -230,16 +246,25 @@ class LightTransport(Transport):
                 )
             auth = self._head + f"Authorization: Bearer {key}\r\n".encode("latin-1")
             self._auth = (auth, key)
-        try:
-            line = f"{method} {self._prefix}{path} HTTP/1.1\r\n".encode("ascii")
-        except UnicodeEncodeError:
-            raise APIConnectionError(f"{method} {path}: invalid URL", request_sent=False) from None
-        if " " in path or "\n" in path or "\r" in path:
-            raise APIConnectionError(f"{method} {path!r}: invalid URL", request_sent=False)
+            self._heads.clear()
+        head = self._heads.get((method, path))
+        if head is None:  # a request line checked and made once per path (and key)
+            try:
+                line = f"{method} {self._prefix}{path} HTTP/1.1\r\n".encode("ascii")
+            except UnicodeEncodeError:
+                raise APIConnectionError(
+                    f"{method} {path}: invalid URL", request_sent=False
+                ) from None
+            if " " in path or "\n" in path or "\r" in path:
+                raise APIConnectionError(f"{method} {path!r}: invalid URL", request_sent=False)
+            head = line + self._auth[0]
+            if len(self._heads) >= _MAX_HEADS:
+                self._heads.clear()
+            self._heads[(method, path)] = head
         if body is None:
-            return b"".join((line, self._auth[0], b"\r\n"))
-        length = f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
-        return b"".join((line, self._auth[0], length.encode("ascii"), body))
+            return head + b"\r\n"
+        length = b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body)
+        return b"".join((head, length, body))
 
     def _failed(
         self, method: str, path: str, started: float, reason: str, *, timeout: bool = False

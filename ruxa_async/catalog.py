@@ -192,7 +192,7 @@ def validate_input(model: str, input: Mapping[str, Any]) -> None:
     """
     if not isinstance(model, str) or not model:
         raise InvalidInputError("model must be a non-empty string", model=str(model), field="model")
-    if not isinstance(input, Mapping):
+    if type(input) is not dict and not isinstance(input, Mapping):
         raise InvalidInputError("input must be a JSON object", model=model, field="input")
     spec = MODELS.get(model)
     if spec is None:
@@ -205,7 +205,7 @@ def validate_input(model: str, input: Mapping[str, Any]) -> None:
                 )
             continue
         value = input[field.name]
-        if not _type_ok(field, value):
+        if not (isinstance(value, str) if field.type == "string" else _type_ok(field, value)):
             raise InvalidInputError(
                 f"{model}: input.{field.name} must be a {field.type}, got {type(value).__name__}",
                 model=model,
@@ -246,5 +246,6 @@ def estimate_cost(
 
     ``prices`` overrides :data:`DEFAULT_PRICES` model by model.
     """
-    table = DEFAULT_PRICES if prices is None else {**DEFAULT_PRICES, **prices}
-    return table.get(model)
+    if prices is not None and model in prices:  # as {**DEFAULT_PRICES, **prices}.get(model)
+        return prices[model]
+    return DEFAULT_PRICES.get(model)

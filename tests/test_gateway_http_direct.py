@@ -11,10 +11,17 @@ import json
 
 import pytest
 
-from ruxa_async import ClientClosedError, MalformedResponseError, NotFoundError, RuxaClient
+from ruxa_async import (
+    ClientClosedError,
+    MalformedResponseError,
+    NotFoundError,
+    RateLimitError,
+    RuxaClient,
+)
 from ruxa_async import _direct as direct_module
 from ruxa_async._client import send_directly, send_once, use_transport
 from ruxa_async._light_transport import LightTransport
+from ruxa_async._transport import Transport
 from ruxa_async._wire import parse_reply
 from ruxa_async.gateway._config import UpstreamKey
 from ruxa_async.gateway._keys import KeySlot
@@ -38,10 +45,10 @@ def answering(*replies: bytes) -> RawServer:
     return RawServer(handler)
 
 
-def relay_client(url: str) -> RuxaClient:
+def relay_client(url: str, transport: type[Transport] = LightTransport) -> RuxaClient:
     """A key client as the gateway builds it (light transport, the short path), not opened."""
     client = RuxaClient(api_key="sk-test", base_url=url)
-    use_transport(client, LightTransport)
+    use_transport(client, transport)
     send_directly(client, max_pause=5.0)
     return client
 
@@ -112,6 +119,39 @@ async def test_creates_are_never_answered_from_the_memo() -> None:
         two = await send_once(client, "create", "/api/v1/tasks/create", body)
     assert one == two == {"taskId": "t9"}
     assert one is not two
+
+
+@pytest.mark.parametrize("transport", [Transport, LightTransport])
+async def test_the_short_path_reads_the_same_over_either_transport(
+    transport: type[Transport],
+) -> None:
+    """aiohttp's transport (a reply object) and the light one (a tuple) give the same results."""
+    created = json.dumps({"code": 200, "msg": "success", "data": {"taskId": "t9"}}).encode()
+    limited = json.dumps({"code": 429, "msg": "slow down", "data": None}).encode()
+    waiting = task("waiting")
+    server = answering(
+        reply(body=created),
+        reply(body=waiting),
+        reply(body=waiting),
+        reply(429, limited, "Retry-After: 7"),
+    )
+    async with server, relay_client(server.url, transport) as client:
+        one = await send_once(client, "create", "/api/v1/tasks/create", b"{}")
+        first = await send_once(client, "query", "/api/v1/tasks/query/t1")
+        again = await send_once(client, "query", "/api/v1/tasks/query/t1")
+        with pytest.raises(RateLimitError) as limit:
+            await send_once(client, "query", "/api/v1/tasks/query/t1")
+        assert client._core.direct is not None
+        paused = client._core.direct.paused_for("query")
+    assert one == {"taskId": "t9"}
+    assert again is first
+    assert first["state"] == "waiting"
+    assert limit.value.retry_after == 7.0
+    assert 0 < paused <= 5.0  # at most max_pause
+    assert server.requests == [
+        "POST /api/v1/tasks/create",
+        *["GET /api/v1/tasks/query/t1"] * 3,
+    ]
 
 
 async def test_a_key_client_opened_once_still_refuses_after_closing() -> None:

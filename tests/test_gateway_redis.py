@@ -623,3 +623,31 @@ async def test_a_hung_redis_never_hangs_a_query_or_an_alert(
         assert sorted(a["threshold"] for a in received) == [0.8, 0.95, 1.0]
     finally:
         await runner.cleanup()
+
+
+async def test_each_hooked_write_gets_its_own_reply_whatever_its_neighbours_queue(
+    redis_url: str,
+) -> None:
+    """A write-behind batch mixes writes of one, two or no commands: each hook still gets the
+    reply of its own (last) command, and a hook on a refused write gets nothing."""
+    from ruxa_async.gateway._redis_writer import WriteBehind
+
+    redis = GatewayRedis(redis_url, namespace="hooks", timeout=2.0)
+    got: dict[str, object] = {}
+    try:
+        writer = WriteBehind(redis)
+        writer.queue(lambda pipe: pipe.set("hooks:a", "1").set("hooks:b", "2"))  # two commands
+        writer.queue(lambda pipe: pipe.incrby("hooks:n", 5), lambda r: got.__setitem__("n", r))
+        writer.queue(lambda pipe: asyncio.sleep(0))  # queues nothing
+        writer.queue(
+            lambda pipe: pipe.get("hooks:a").incrby("hooks:n", 2),
+            lambda r: got.__setitem__("last", r),
+        )
+        writer.queue(lambda pipe: pipe.incr("hooks:a").lpush("hooks:a", "x"))  # the push fails
+        writer.queue(
+            lambda pipe: pipe.lpush("hooks:b", "y"), lambda r: got.__setitem__("refused", r)
+        )
+        assert await writer.drain()
+        assert got == {"n": 5, "last": 7}
+    finally:
+        await redis.aclose()

@@ -101,6 +101,7 @@ class Alerter:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
+        self._lowest = min(settings.thresholds, default=math.inf)  # the first threshold crossed
         self.sent: collections.deque[dict[str, Any]] = collections.deque(maxlen=500)
         self._queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(1000)
         self._task: asyncio.Task[None] | None = None
@@ -135,6 +136,7 @@ class Alerter:
     def update(self, settings: AlertSettings) -> None:
         """Take the thresholds and webhook of a (re)loaded config (a new webhook gets new posts)."""
         old, self.settings = self.settings.webhook_url, settings
+        self._lowest = min(settings.thresholds, default=math.inf)
         if not self._started or old == settings.webhook_url:
             return
         stopping = asyncio.get_running_loop().create_task(self._stop_sender())
@@ -175,8 +177,10 @@ class Alerter:
         if day != self._day:
             self._roll_over(now, day)
         marks = self._fired.get((scope, period))
-        fired = set() if marks is None else marks[0]
         share = used / limit
+        if marks is None and share + 1e-9 < self._lowest:
+            return  # below every threshold, none alerted yet: nothing to send or to mark
+        fired = set() if marks is None else marks[0]
         for threshold in self.settings.thresholds:
             if share + 1e-9 >= threshold and threshold not in fired:
                 fired.add(threshold)

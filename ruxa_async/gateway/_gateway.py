@@ -319,10 +319,16 @@ class Gateway:
             limited = await self._fleet.request(who.user, rate, who.policy.burst)
             if limited is not None:
                 return self.deny(limited, who.user)
-        try:
-            record = await self.record(task_id) if _TASK_ID.fullmatch(task_id) else None
-        except StateUnavailableError as exc:
-            return Reply(503, exc.message, None, exc.retry_after)
+        # An id shown before passed the check below (only a found record is ever shown).
+        if task_id not in self._shown and not _TASK_ID.fullmatch(task_id):
+            record = None
+        else:
+            record = self._records.get(task_id)
+            if record is None:
+                try:
+                    record = await self.record(task_id)
+                except StateUnavailableError as exc:
+                    return Reply(503, exc.message, None, exc.retry_after)
         if record is None or record.user != who.user:
             if record is not None:
                 self.counters.ownership_refusals += 1
@@ -343,7 +349,10 @@ class Gateway:
             return Reply(503, "the key that created this task is no longer configured")
         path = shown.path if shown is not None else _wire.query_path(task_id)
         try:
-            data = await send_once(await slot.ready(), "query", path)
+            client = slot.client
+            if slot.opened is not client:
+                client = await slot.ready()
+            data = await send_once(client, "query", path)
             # Unchanged (the same object when the reply's bytes were): it has not ended either.
             if shown is not None and (data is shown.data or data == shown.data):
                 return shown.reply

@@ -16,6 +16,10 @@ everything a client controls:
 One task per connection answers its requests (it waits for the next one in
 between, and ends with the connection). A request that is not valid HTTP/1.1
 gets a 400 and the connection closes.
+
+A request head seen before, whole in one read, is taken without the parser
+(``_httpheads``); so are the head pieces of a reply.
+
 Closing the server stops listening, closes idle connections and lets requests
 in flight finish (up to a grace period) before closing theirs.
 """
@@ -29,13 +33,14 @@ import time
 from collections import deque
 from collections.abc import Awaitable
 from email.utils import formatdate
-from http import HTTPStatus
 from typing import Protocol
 from urllib.parse import unquote
 
 import httptools
 
+from . import _httpheads
 from ._exchange import Request, Response
+from ._httpheads import METHODS, Known, find_known, header_block, learn, length_line
 
 __all__ = ["Application", "HttpServer", "start_server"]
 
@@ -44,37 +49,18 @@ log = logging.getLogger("ruxa_async")
 _MAX_HEAD = 64 * 1024
 _MAX_QUEUE = 16
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-_STATUS = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n" for s in HTTPStatus}
-_CLOSE = "Connection: close\r\n\r\n"
-_KEEP_ALIVE = "Connection: keep-alive\r\n\r\n"
-_BLOCKS: dict[tuple[int, tuple[tuple[str, str], ...]], str] = {}  # status and header lines
-_MAX_BLOCKS = 256
+_CLOSE = b"Connection: close\r\n\r\n"
+_KEEP_ALIVE = b"Connection: keep-alive\r\n\r\n"
+_LENGTHS = _httpheads._LENGTHS
+_HEAD_END = b"\r\n\r\n"
 _NAMES: dict[bytes, str] = {}  # request header names in lower case, by their spelling
 _MAX_NAMES = 512
-_METHODS: dict[bytes, str] = {m.encode(): m for m in ("GET", "POST", "HEAD", "PUT", "DELETE")}
 
 # What the parser is in the middle of (the connection's ``_stage``).
 _BETWEEN, _HEAD, _BODY = 0, 1, 2
 # Which clock runs (the connection's ``_clock``): none, the head's, the body's, idle keep-alive.
 _NONE, _HEAD_CLOCK, _BODY_CLOCK, _IDLE_CLOCK, _LINGER_CLOCK = 0, 1, 2, 3, 4
 _LINGER = 2.0
-
-
-def _header_block(status: int, headers: tuple[tuple[str, str], ...]) -> str:
-    """The status line and the lines of ``headers`` (remembered: most responses share a few
-    statuses and header sets)."""
-    block = _BLOCKS.get((status, headers))
-    if block is None:
-        lines = [_STATUS.get(status) or f"HTTP/1.1 {status} Unknown\r\n"]
-        for name, value in headers:
-            if "\r" in value or "\n" in value:  # never from the gateway's own endpoints
-                log.error("gateway: dropped the header %s: its value has a line break", name)
-                continue
-            lines.append(f"{name}: {value}\r\n")
-        block = "".join(lines)
-        if len(_BLOCKS) < _MAX_BLOCKS:
-            _BLOCKS[(status, headers)] = block
-    return block
 
 
 def _target(url: bytes) -> tuple[str, str]:
@@ -128,7 +114,12 @@ class _Connection(asyncio.Protocol):
         self._body: list[bytes] = []
         self._size = 0
         self._head_bytes = 0
+        self._known = server.known_heads
+        self._head_size = 0  # the length of the last remembered head (the next one's guess)
+        self._completed = 0  # messages completed by the parser in the current read
+        self._last: tuple[Request, bool, bool] | None = None  # the last one, keep-alive, 1.0
         self._expect = False  # a 100 Continue is owed once this request is at the front
+        self._block: tuple[int, object, bytes] = (0, None, b"")  # the last reply's head block
         self._queue: deque[tuple[Request | Response, bool, bool, bool]] = deque()
         self._busy = False  # a task is answering the front of the queue
         self._done_reading = False  # no further request will be parsed
@@ -152,21 +143,32 @@ class _Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._done_reading:
             return
-        if self._stage != _BODY:
-            self._head_bytes += len(data)
-        try:
-            self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            self._finish_reading()  # the request is answered; the protocol switch is not
-        except httptools.HttpParserCallbackError:
-            if not self._done_reading:
-                raise
-        except httptools.HttpParserError as exc:
-            if not self._done_reading:
-                self._refuse(None, 400, f"the request is not valid HTTP/1.1 ({exc})")
-            return
-        if self._done_reading:
-            return
+        learn = False
+        if self._stage == _BETWEEN:
+            data = self._take_known(data)
+            if self._done_reading:
+                return
+            learn = True
+        if data:
+            if self._stage != _BODY:
+                self._head_bytes += len(data)
+            self._completed = 0
+            try:
+                self._parser.feed_data(data)
+            except httptools.HttpParserUpgrade:
+                self._finish_reading()  # the request is answered; the protocol switch is not
+            except httptools.HttpParserCallbackError:
+                if not self._done_reading:
+                    raise
+            except httptools.HttpParserError as exc:
+                if not self._done_reading:
+                    self._refuse(None, 400, f"the request is not valid HTTP/1.1 ({exc})")
+                return
+            else:
+                if learn and self._completed == 1 and self._stage == _BETWEEN:
+                    self._learn(data)
+            if self._done_reading:
+                return
         stage = self._stage
         if stage == _HEAD:
             if self._head_bytes > _MAX_HEAD:
@@ -180,6 +182,48 @@ class _Connection(asyncio.Protocol):
                 self._send_continue()
         elif self._clock == _HEAD_CLOCK or self._clock == _BODY_CLOCK:
             self._stop_clock()
+
+    def _take_known(self, data: bytes) -> bytes:
+        """Take the whole requests with remembered heads off the front of ``data`` (read at
+        a message boundary); the rest, for the parser."""
+        known_heads = self._known
+        if not known_heads:
+            return data
+        start = 0
+        size = len(data)
+        while True:
+            # A whole read that is a remembered head (a request without a body, the most
+            # common) is looked up here; else find_known looks.
+            known = known_heads.get(data) if not start and data[-4:] == _HEAD_END else None
+            if known is not None:
+                body_start = size
+            else:
+                found = find_known(known_heads, data, start, self._head_size)
+                if found is None:
+                    break
+                known, body_start = found
+            stop = body_start + known[4]
+            if stop > size:  # the body is not all there: the parser reads it
+                break
+            self._head_size = body_start - start
+            method, path, query, headers, _, http10 = known
+            body = data[body_start:stop]
+            request = Request(method, path, query, dict(headers), body, self._peer)
+            self._head_bytes = 0
+            self._enqueue(request, True, method == "HEAD", "1.0" if http10 else "1.1")
+            start = stop
+            if start == size or self._done_reading:
+                return b""
+        return data[start:] if start else data
+
+    def _learn(self, data: bytes) -> None:
+        """Remember the head of ``data``, one whole request the parser just read from a
+        message boundary (``_httpheads.learn``)."""
+        last, self._last = self._last, None
+        if last is not None:
+            size = learn(self._known, data, *last)
+            if size:
+                self._head_size = size
 
     def eof_received(self) -> bool | None:
         self._finish_reading()
@@ -252,7 +296,10 @@ class _Connection(asyncio.Protocol):
         request = self._request(body[0] if len(body) == 1 else b"".join(body))
         parser = self._parser
         keep_alive = parser.should_keep_alive()
-        self._enqueue(request, keep_alive, request.method == "HEAD", parser.get_http_version())
+        version = parser.get_http_version()
+        self._completed += 1
+        self._last = (request, keep_alive, version == "1.0")
+        self._enqueue(request, keep_alive, request.method == "HEAD", version)
         if not keep_alive:
             self._finish_reading()
             raise _Stop
@@ -262,7 +309,7 @@ class _Connection(asyncio.Protocol):
     def _request(self, body: bytes) -> Request:
         path, query = _target(self._url)
         raw = self._parser.get_method()
-        method = _METHODS.get(raw) or raw.decode("ascii")
+        method = METHODS.get(raw) or raw.decode("ascii")
         return Request(method, path, query, self._headers, body, self._peer)
 
     def _refuse(self, request: Request | None, status: int, message: str) -> None:
@@ -330,8 +377,9 @@ class _Connection(asyncio.Protocol):
                 return
             if self._expect:
                 self._send_continue()
-            elif self._stage == _BETWEEN:
-                self._start_clock(_IDLE_CLOCK, server.keepalive_timeout)
+            elif self._stage == _BETWEEN:  # self._start_clock(_IDLE_CLOCK, ...), inlined
+                self._clock = _IDLE_CLOCK
+                self.deadline = server.loop.time() + server.keepalive_timeout
             if self._transport is None:
                 return
             self._wake = wake = server.loop.create_future()
@@ -344,12 +392,23 @@ class _Connection(asyncio.Protocol):
             return False
         body = response.body
         close = response.close or not keep_alive or (self._done_reading and not self._queue)
-        ending = _CLOSE if close else _KEEP_ALIVE if http10 else "\r\n"
-        head_bytes = (
-            f"{_header_block(response.status, response.headers)}{self._server.date_line()}"
-            f"Content-Length: {len(body)}\r\n{ending}"
-        ).encode()
-        transport.write(head_bytes if head else head_bytes + body)
+        ending = _CLOSE if close else _KEEP_ALIVE if http10 else b"\r\n"
+        status, headers = response.status, response.headers
+        last = self._block
+        if last[1] is headers and last[0] == status:  # most often the same as the last reply's
+            block = last[2]
+        else:
+            block = header_block(status, headers)
+            self._block = (status, headers, block)
+        line = _LENGTHS.get(len(body)) or length_line(len(body))
+        server = self._server
+        second, date = server.date  # server.date_line(), inlined
+        if second != int(time.time()):
+            date = server.date_line()
+        if head:
+            transport.write(b"".join((block, date, line, ending)))
+        else:
+            transport.write(b"".join((block, date, line, ending, body)))
         if close:
             self._finish_reading()
             self._queue.clear()
@@ -461,7 +520,8 @@ class HttpServer:
         shortest = min(header_timeout, body_timeout, keepalive_timeout)
         self._tick = min(1.0, max(0.01, shortest / 10))  # how late a deadline may be noticed
         self._ticker: asyncio.TimerHandle | None = None
-        self._date = (0, "")
+        self.date = (0, b"")  # the second and its Date line (see date_line)
+        self.known_heads: dict[bytes, Known] = {}  # request heads parsed before (see module)
         self._closing = False
         self._all_closed: asyncio.Event | None = None  # made when closing waits for it
         self.port = 0
@@ -488,13 +548,13 @@ class HttpServer:
         if not self._connections and self._all_closed is not None:
             self._all_closed.set()
 
-    def date_line(self) -> str:
+    def date_line(self) -> bytes:
         """The ``Date`` header line, made once a second."""
         now = int(time.time())
-        second, line = self._date
+        second, line = self.date
         if second != now:
-            line = f"Date: {formatdate(now, usegmt=True)}\r\n"
-            self._date = (now, line)
+            line = f"Date: {formatdate(now, usegmt=True)}\r\n".encode()
+            self.date = (now, line)
         return line
 
     def _sweep(self) -> None:

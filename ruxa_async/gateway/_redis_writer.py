@@ -357,7 +357,7 @@ class _Hooked:
     __slots__ = ("on_reply", "op")
 
     def __init__(self, op: Op, on_reply: OnReply) -> None:
-        self.op = op
+        self.op = op  # its last command's reply is the one handed over
         self.on_reply = on_reply
 
     def __call__(self, pipe: Any) -> Awaitable[Any]:
@@ -405,16 +405,22 @@ class WriteBehind:
         write cannot hold the queue; a connection failure raises and the batch stays.
         """
         async with self._redis.redis.pipeline(transaction=False) as pipe:
+            sizes = []  # commands each op queued, so each reply finds its op
             for op in ops:
+                queued = len(pipe.command_stack)
                 await op(pipe)
+                sizes.append(len(pipe.command_stack) - queued)
             result: list[Any] = await pipe.execute(raise_on_error=False)
         for reply in result:
             if isinstance(reply, ResponseError):
                 log.error("gateway state: Redis refused a write, dropped: %s", reply)
-        if len(result) == len(ops):  # one command per op: each reply is its op's
-            for op, reply in zip(ops, result, strict=True):
-                if isinstance(op, _Hooked) and not isinstance(reply, ResponseError):
-                    op.on_reply(reply)
+        at = 0
+        for op, size in zip(ops, sizes, strict=True):
+            if isinstance(op, _Hooked) and size > 0 and at + size <= len(result):
+                replies = result[at : at + size]
+                if not any(isinstance(r, ResponseError) for r in replies):
+                    op.on_reply(replies[-1])
+            at += size
         return result
 
     async def wait_available(self) -> None:

@@ -28,6 +28,7 @@ PREFIX = "rxs1."
 _MAX_TOKEN = 4096
 _CLOCK_SKEW = 60.0
 _CACHE_SIZE = 50_000
+_HEADERS_KEPT = 4096  # Authorization headers remembered with their caller (all forgotten when full)
 
 
 def _b64(data: bytes) -> str:
@@ -126,6 +127,9 @@ class TokenVerifier:
         # Scoped tokens already verified, by digest: (identity, expiry). Emptied here
         # because a reload may change a user's policy or the signing secret.
         self._verified: dict[str, tuple[Identity, float]] = {}
+        # The callers of Authorization headers seen lately (no digest computed again):
+        # (identity, expiry or None for a configured token). Emptied here for the same reasons.
+        self._headers: dict[str, tuple[Identity, float | None]] = {}
         self._by_digest = {
             u.token_sha256: Identity(user=u.name, policy=u.policy) for u in config.users.values()
         }
@@ -136,6 +140,13 @@ class TokenVerifier:
 
     def identify(self, header: str | None) -> Identity | None:
         """The caller behind ``Authorization: Bearer <token>``; None for anything else."""
+        if header is None:
+            return None
+        known = self._headers.get(header)
+        if known is not None:
+            if known[1] is None or self._clock() < known[1]:
+                return known[0]
+            del self._headers[header]  # an expired scoped token: checked in full again
         if not header or len(header) > _MAX_TOKEN + 16:
             return None
         scheme, _, token = header.partition(" ")
@@ -143,16 +154,26 @@ class TokenVerifier:
         if scheme.lower() != "bearer" or not token:
             return None
         digest = hash_token(token)
+        found: tuple[Identity, float | None] | None
         if token.startswith(PREFIX):
-            return self._cached(digest, token)
-        return self._by_digest.get(digest)
+            found = self._cached(digest, token)
+        else:
+            user = self._by_digest.get(digest)
+            found = None if user is None else (user, None)
+        if found is None:
+            return None
+        if len(self._headers) >= _HEADERS_KEPT:
+            self._headers.clear()
+        self._headers[header] = found
+        return found[0]
 
-    def _cached(self, digest: str, token: str) -> Identity | None:
-        """A scoped token's identity, verified once per token and kept until it expires."""
+    def _cached(self, digest: str, token: str) -> tuple[Identity, float] | None:
+        """A scoped token's identity and expiry, verified once per token and kept until it
+        expires."""
         hit = self._verified.get(digest)
         if hit is not None:
             if self._clock() < hit[1]:
-                return hit[0]
+                return hit
             del self._verified[digest]
             return None
         found = self._scoped(token)
@@ -163,8 +184,7 @@ class TokenVerifier:
                 if len(self._verified) >= _CACHE_SIZE:
                     self._verified.clear()
             self._verified[digest] = found
-            return found[0]
-        return None
+        return found
 
     def webhook_secret(self, user: str) -> str | None:
         """The secret that signs callbacks relayed to ``user``: theirs, else the gateway's."""
