@@ -164,3 +164,17 @@ async def test_a_created_task_reads_back_from_sqlite_with_or_without_callback_ur
         callback_url,
         False,
     )
+
+
+def test_a_reservations_ledgers_are_its_own_when_scope_tuples_come_and_go() -> None:
+    """Ledgers remembered by the scope tuple's identity are never another tuple's, even when
+    tuples are dropped and new ones made (their ids may be reused)."""
+    from ruxa_async.gateway._store import _ledger_keys
+
+    for n in range(300):
+        scopes = (Scope(f"user:u{n}", "2026-12-01", None), Scope(f"token:t{n}", "life", 5.0))
+        keys, text = _ledger_keys(scopes)
+        assert keys == ((f"user:u{n}", "2026-12-01"), (f"token:t{n}", "life"))
+        assert json.loads(text) == [list(k) for k in keys]
+        assert _ledger_keys(scopes) == (keys, text)
+        del scopes

@@ -17,7 +17,6 @@ check-and-hold is one script; the gateway therefore awaits
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import sqlite3
@@ -196,10 +195,25 @@ class StateStore(Protocol):
         """Every audit record, oldest first."""
 
 
-@functools.lru_cache(maxsize=1024)
-def _scopes_text(scopes: tuple[tuple[str, str], ...]) -> str:
-    """A task's ledgers as stored (a few per user and period: remembered)."""
-    return _json(scopes)
+_LedgerKeys = tuple[tuple[str, str], ...]
+_ledgers: dict[int, tuple[tuple[Scope, ...], _LedgerKeys, str]] = {}
+_LEDGERS_KEPT = 4096  # reservations' scope tuples remembered (all forgotten when full)
+
+
+def _ledger_keys(scopes: tuple[Scope, ...]) -> tuple[_LedgerKeys, str]:
+    """A reservation's ledgers as a task keeps them, and as stored (JSON).
+
+    The admission hands every create of a user and period the same tuple of scopes, so
+    it is remembered by identity (held, so that its id is not reused): every such task
+    shares one tuple of ledgers, and the JSON is made once."""
+    hit = _ledgers.get(id(scopes))
+    if hit is not None and hit[0] is scopes:
+        return hit[1], hit[2]
+    keys = tuple([(s.name, s.period) for s in scopes])
+    if len(_ledgers) >= _LEDGERS_KEPT:
+        _ledgers.clear()
+    _ledgers[id(scopes)] = (scopes, keys, _json(keys))
+    return keys, _ledgers[id(scopes)][2]
 
 
 def _detail_text(detail: dict[str, Any]) -> str:
@@ -381,15 +395,9 @@ class SQLiteStore:
         self, res: Reservation, task_id: str, key: str, model: str, callback_url: str | None
     ) -> TaskRecord:
         """Record the created task: owner, creating key, what it holds."""
+        keys, keys_text = _ledger_keys(res.scopes)
         record = TaskRecord(  # by position (task_id, user, key, model, created, reserved, ...)
-            task_id,
-            res.user,
-            key,
-            model,
-            self._clock(),
-            res.amount,
-            tuple([(s.name, s.period) for s in res.scopes]),
-            callback_url,
+            task_id, res.user, key, model, self._clock(), res.amount, keys, callback_url
         )
         self._open[task_id] = record
         if callback_url is None:
@@ -402,7 +410,7 @@ class SQLiteStore:
                     model,
                     record.created,
                     record.reserved,
-                    _scopes_text(record.scopes),
+                    keys_text,
                 ),
             )
         else:
@@ -415,7 +423,7 @@ class SQLiteStore:
                     model,
                     record.created,
                     record.reserved,
-                    _scopes_text(record.scopes),
+                    keys_text,
                     callback_url,
                 ),
             )
