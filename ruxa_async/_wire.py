@@ -114,10 +114,13 @@ def _excerpt(body: bytes) -> str:
     return body[:500].decode("utf-8", "replace")
 
 
-# The service's usual answer to a create, around its task id (read without decoding it).
-_CREATED_HEAD = b'{"code":200,"message":"success","data":{"taskId":"'
+# The service's usual answer to a create, compact, with ``message`` (the reference's
+# example) or ``msg`` (kie's), around its task id: read without decoding it.
+_CREATED_HEADS = (
+    b'{"code":200,"message":"success","data":{"taskId":"',
+    b'{"code":200,"msg":"success","data":{"taskId":"',
+)
 _CREATED_TAIL = b'"}}'
-_AROUND = len(_CREATED_HEAD) + len(_CREATED_TAIL)
 # The bytes a JSON string holds as themselves: printable ASCII but the quote and backslash.
 _PLAIN = bytes(range(0x20, 0x7F)).replace(b'"', b"").replace(b"\\", b"")
 
@@ -130,15 +133,14 @@ def parse_reply(http_status: int, body: bytes, retry_after: str | None = None) -
     when both are present. A reply that is neither is a
     :class:`MalformedResponseError`.
     """
-    if (
-        http_status == 200
-        and len(body) > _AROUND
-        and body.startswith(_CREATED_HEAD)
-        and body.endswith(_CREATED_TAIL)
-    ):  # a create's usual answer: its id is plain text, or the whole reply is decoded
-        task_id = body[len(_CREATED_HEAD) : -len(_CREATED_TAIL)]
-        if not task_id.translate(None, _PLAIN):
-            return {"taskId": task_id.decode("ascii")}
+    if http_status == 200 and body.endswith(_CREATED_TAIL):
+        # a create's usual answer: its id is plain text, or the whole reply is decoded
+        for head in _CREATED_HEADS:
+            if body.startswith(head) and len(body) > len(head) + len(_CREATED_TAIL):
+                task_id = body[len(head) : -len(_CREATED_TAIL)]
+                if not task_id.translate(None, _PLAIN):
+                    return {"taskId": task_id.decode("ascii")}
+                break
     return parse_envelope(http_status, body, retry_after)
 
 

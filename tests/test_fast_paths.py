@@ -81,7 +81,9 @@ ODD_IDS = [
     b"\x7f",
     b"a\x01",
 ]
-ODD_REPLIES = [HEAD + task_id + b'"}}' for task_id in ODD_IDS] + [
+MSG_HEAD = b'{"code":200,"msg":"success","data":{"taskId":"'  # kie's spelling of the message
+ODD_REPLIES = [head + task_id + b'"}}' for head in (HEAD, MSG_HEAD) for task_id in ODD_IDS] + [
+    MSG_HEAD + b'x","state":"waiting"}}',
     HEAD + b'x"}} ',
     HEAD + b'x"},"data":null}',
     HEAD + b'x","taskId":"y"}}',
@@ -107,8 +109,10 @@ def test_a_create_reply_read_around_its_id_reads_as_decoded(status: int, body: b
 def test_any_task_id_reads_as_decoded(task_id: str) -> None:
     """Whatever the id (escaped or not), the shortcut and the decoder agree."""
     for text in (json.dumps(task_id), json.dumps(task_id, ensure_ascii=False)):
-        body = HEAD[:-1] + text.encode("utf-8", "surrogatepass") + b"}}"
-        assert _reply_outcome(parse_reply, 200, body) == _reply_outcome(parse_envelope, 200, body)
+        for head in (HEAD, MSG_HEAD):
+            body = head[:-1] + text.encode("utf-8", "surrogatepass") + b"}}"
+            outcome = _reply_outcome(parse_reply, 200, body)
+            assert outcome == _reply_outcome(parse_envelope, 200, body)
 
 
 _whole = json_encoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
