@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import marshal
 import shutil
 import signal
 import sqlite3
+import struct
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import pytest
@@ -174,6 +177,30 @@ async def test_a_record_cut_short_by_a_crash_ends_the_replay(
     finally:
         await again.aclose()
     assert "damaged record" in caplog.text
+
+
+async def test_a_journal_written_by_an_earlier_version_replays(tmp_path: Path) -> None:
+    """Records an earlier version appended (its writes a tuple of pairs, not a list) replay
+    alongside this version's."""
+    path = tmp_path / "state.sqlite3"
+    store = SQLiteStore(str(path))
+    await store.open()
+    await store.aclose()  # the schema, and an empty journal
+    upsert = "INSERT INTO ledger VALUES (?, ?, ?)"
+    payload = marshal.dumps((1, ((upsert, ("user:alice", "2026-12-01", 3.0)),)), 4)
+    head = struct.pack("<II", len(payload), zlib.crc32(payload))
+    (tmp_path / "state.sqlite3.journal").write_bytes(head + payload)
+    journal = Journal(f"{path}.journal")
+    journal.last = 1
+    journal.append([(upsert, ("user:bob", "2026-12-01", 4.0))])
+    journal.close()
+    again = SQLiteStore(str(path))
+    await again.open()
+    try:
+        assert again.usage("user:alice", "2026-12-01") == (3.0, 0.0)
+        assert again.usage("user:bob", "2026-12-01") == (4.0, 0.0)
+    finally:
+        await again.aclose()
 
 
 async def test_a_second_process_cannot_open_a_state_in_use(tmp_path: Path) -> None:

@@ -100,3 +100,81 @@ def test_a_create_body_refuses_what_json_cannot_carry() -> None:
             '{"model":"google/nano-banana","callBackUrl":"https://cb","input":{"prompt":"é"}}'
         ).encode()
     )
+
+
+ODD_DETAILS: list[dict[str, Any]] = [
+    {"model": NB, "key": "k1", "reserved": 0.5},
+    {"model": NB, "key": "k1", "reserved": 1},  # equal to 1.0 and True, written otherwise
+    {"model": NB, "key": "k1", "reserved": True},
+    {"model": NB, "key": "k1", "reserved": 1.0},
+    {"model": NB, "key": "k1", "reserved": -0.0},  # equal to 0.0, written otherwise
+    {"model": NB, "key": "k1", "reserved": 0.0},
+    {"model": NB, "key": "k1", "reserved": float("nan")},
+    {"model": NB, "key": "k1", "reserved": float("inf")},
+    {"reserved": 0.5, "model": NB, "key": "k1"},  # another order: keys are sorted alike
+    {"code": 429, "reason": "in_flight"},
+    {"error": 'a"b\\c\n\u2028é', "task": None},
+    {"ids": (1, 2.0), "nested": {"b": 1, "a": [True, None]}},
+    {},
+]
+
+
+@pytest.mark.parametrize("rounds", [1, 2])
+def test_an_audit_detail_is_written_as_json_with_sorted_keys_even_when_remembered(
+    rounds: int,
+) -> None:
+    """The remembered JSON of an audit line's detail is what encoding it anew writes, for
+    every detail in any order (equal values of other types never share one)."""
+    from ruxa_async.gateway._store import _detail_text
+
+    for _ in range(rounds):
+        for detail in ODD_DETAILS + ODD_DETAILS[::-1]:
+            assert _detail_text(dict(detail)) == json.dumps(detail, sort_keys=True)
+
+
+@pytest.mark.parametrize("callback_url", [None, "https://example.com/hook?a=1"])
+async def test_a_created_task_reads_back_from_sqlite_with_or_without_callback_url(
+    tmp_path: Path, callback_url: str | None
+) -> None:
+    """A task created with or without a callback URL (two statements) is read back whole from
+    SQLite after a restart."""
+    path = str(tmp_path / "state.sqlite3")
+    store = SQLiteStore(path, clock=lambda: 1000.5)
+    await store.open()
+    try:
+        await store.acommit(hold(store), "t1", "k1", NB, callback_url)
+    finally:
+        await store.aclose()
+    again = SQLiteStore(path)
+    await again.open()
+    try:
+        record = await again.lookup("t1")
+    finally:
+        await again.aclose()
+    assert record is not None
+    assert (record.user, record.key, record.model, record.created, record.reserved) == (
+        "alice",
+        "k1",
+        NB,
+        1000.5,
+        1.0,
+    )
+    assert (record.scopes, record.callback_url, record.settled) == (
+        (("user:alice", "2026-12-01"),),
+        callback_url,
+        False,
+    )
+
+
+def test_a_reservations_ledgers_are_its_own_when_scope_tuples_come_and_go() -> None:
+    """Ledgers remembered by the scope tuple's identity are never another tuple's, even when
+    tuples are dropped and new ones made (their ids may be reused)."""
+    from ruxa_async.gateway._store import _ledger_keys
+
+    for n in range(300):
+        scopes = (Scope(f"user:u{n}", "2026-12-01", None), Scope(f"token:t{n}", "life", 5.0))
+        keys, text = _ledger_keys(scopes)
+        assert keys == ((f"user:u{n}", "2026-12-01"), (f"token:t{n}", "life"))
+        assert json.loads(text) == [list(k) for k in keys]
+        assert _ledger_keys(scopes) == (keys, text)
+        del scopes

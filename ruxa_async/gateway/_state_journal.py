@@ -17,9 +17,10 @@ to a thread and waking the loop back (as the loop's own SQLite commits). The
 file is opened and replayed at start on the state's thread.
 
 A record is its length and CRC-32 (``<II``, little-endian) and then
-``marshal`` data ``(number, ((sql, params), ...))``: statements and parameters
-are strings, numbers and None, and ``marshal`` writes them several times
-quicker than JSON (floats above all). A record cut short by a crash (its
+``marshal`` data ``(number, [(sql, params), ...])`` (earlier versions wrote a
+tuple of the pairs; both replay): statements and parameters are strings,
+numbers and None, and ``marshal`` writes them several times quicker than JSON
+(floats above all). A record cut short by a crash (its
 create was never answered) fails its check and ends the replay.
 """
 
@@ -119,12 +120,14 @@ class Journal:
         if self._size > _EMPTY_AFTER and self._replayed and self.applied >= self.last:
             self._empty()
         seq = self.last + 1
-        record: Any = (seq, tuple(writes))  # strings, numbers and None (marshal's types)
+        record: Any = (seq, writes)  # strings, numbers and None (marshal's types)
         payload = marshal.dumps(record, _MARSHAL_VERSION)
         framed = _HEAD.pack(len(payload), zlib.crc32(payload)) + payload
-        view = memoryview(framed)
-        while view:
-            view = view[os.write(self._fd, view) :]
+        done = os.write(self._fd, framed)
+        if done < len(framed):  # a regular file takes it whole but for a full disk
+            view = memoryview(framed)[done:]
+            while view:
+                view = view[os.write(self._fd, view) :]
         self.last = seq
         self._size += len(framed)
         return seq

@@ -17,7 +17,6 @@ check-and-hold is one script; the gateway therefore awaits
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import sqlite3
@@ -51,6 +50,8 @@ _json = json_encoder()
 
 _EPSILON = 1e-9
 _SETTLED_CACHE = 50_000
+_DETAILS_KEPT = 1024  # audit details remembered with their JSON (all forgotten when full)
+_details: dict[tuple[tuple[str, Any], ...], str] = {}
 
 
 class StateUnavailableError(RuxaError):
@@ -194,10 +195,45 @@ class StateStore(Protocol):
         """Every audit record, oldest first."""
 
 
-@functools.lru_cache(maxsize=1024)
-def _scopes_text(scopes: tuple[tuple[str, str], ...]) -> str:
-    """A task's ledgers as stored (a few per user and period: remembered)."""
-    return _json(scopes)
+_LedgerKeys = tuple[tuple[str, str], ...]
+_ledgers: dict[int, tuple[tuple[Scope, ...], _LedgerKeys, str]] = {}
+_LEDGERS_KEPT = 4096  # reservations' scope tuples remembered (all forgotten when full)
+
+
+def _ledger_keys(scopes: tuple[Scope, ...]) -> tuple[_LedgerKeys, str]:
+    """A reservation's ledgers as a task keeps them, and as stored (JSON).
+
+    The admission hands every create of a user and period the same tuple of scopes, so
+    it is remembered by identity (held, so that its id is not reused): every such task
+    shares one tuple of ledgers, and the JSON is made once."""
+    hit = _ledgers.get(id(scopes))
+    if hit is not None and hit[0] is scopes:
+        return hit[1], hit[2]
+    keys = tuple([(s.name, s.period) for s in scopes])
+    if len(_ledgers) >= _LEDGERS_KEPT:
+        _ledgers.clear()
+    _ledgers[id(scopes)] = (scopes, keys, _json(keys))
+    return keys, _ledgers[id(scopes)][2]
+
+
+def _detail_text(detail: dict[str, Any]) -> str:
+    """An audit line's detail as JSON, remembered: a create's (its model, key and estimate)
+    repeats, and encoding it (sorted keys, a float) costs several times the lookup.
+
+    Only details of strings and nonzero floats are remembered: ``1``, ``1.0`` and ``True``
+    are equal keys but are not written alike, nor are ``0.0`` and ``-0.0``."""
+    for value in detail.values():
+        kind = type(value)
+        if kind is not str and (kind is not float or not value):
+            return _audit_json(detail)
+    key = (*detail.items(),)
+    text = _details.get(key)
+    if text is None:
+        text = _audit_json(detail)
+        if len(_details) >= _DETAILS_KEPT:
+            _details.clear()
+        _details[key] = text
+    return text
 
 
 def _row_record(row: Sequence[Any]) -> TaskRecord:
@@ -226,6 +262,11 @@ _COLUMNS = (
 
 _INSERT_TASK = (
     f"INSERT OR REPLACE INTO tasks ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,0,NULL,NULL,'',NULL)"
+)
+# Without a callback URL (most creates): None is the one parameter sqlite3 does not bind
+# directly (it asks the adapters first, a few thousand instructions), so the SQL says NULL.
+_INSERT_TASK_NO_URL = (
+    f"INSERT OR REPLACE INTO tasks ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,NULL,0,NULL,NULL,'',NULL)"
 )
 
 
@@ -319,7 +360,7 @@ class SQLiteStore:
         for scope in scopes:
             self._entry((scope.name, scope.period))[1] += amount
         self._inflight[user] = running + 1
-        return Reservation(user=user, amount=amount, scopes=tuple(scopes))
+        return Reservation(user, amount, tuple(scopes))  # by position: binding names costs
 
     async def areserve(
         self,
@@ -354,30 +395,38 @@ class SQLiteStore:
         self, res: Reservation, task_id: str, key: str, model: str, callback_url: str | None
     ) -> TaskRecord:
         """Record the created task: owner, creating key, what it holds."""
-        record = TaskRecord(
-            task_id=task_id,
-            user=res.user,
-            key=key,
-            model=model,
-            created=self._clock(),
-            reserved=res.amount,
-            scopes=tuple([(s.name, s.period) for s in res.scopes]),
-            callback_url=callback_url,
+        keys, keys_text = _ledger_keys(res.scopes)
+        record = TaskRecord(  # by position (task_id, user, key, model, created, reserved, ...)
+            task_id, res.user, key, model, self._clock(), res.amount, keys, callback_url
         )
         self._open[task_id] = record
-        self._writer.write(
-            _INSERT_TASK,
-            (
-                task_id,
-                record.user,
-                key,
-                model,
-                record.created,
-                record.reserved,
-                _scopes_text(record.scopes),
-                callback_url,
-            ),
-        )
+        if callback_url is None:
+            self._writer.write(
+                _INSERT_TASK_NO_URL,
+                (
+                    task_id,
+                    record.user,
+                    key,
+                    model,
+                    record.created,
+                    record.reserved,
+                    keys_text,
+                ),
+            )
+        else:
+            self._writer.write(
+                _INSERT_TASK,
+                (
+                    task_id,
+                    record.user,
+                    key,
+                    model,
+                    record.created,
+                    record.reserved,
+                    keys_text,
+                    callback_url,
+                ),
+            )
         return record
 
     def _unhold(
@@ -475,7 +524,8 @@ class SQLiteStore:
         self, event: str, user: str | None = None, task_id: str | None = None, **detail: Any
     ) -> None:
         """Append one decision to the audit log (written behind, never updated or deleted)."""
-        self._writer.write(AUDIT_INSERT, (self._clock(), event, user, task_id, _audit_json(detail)))
+        text = _detail_text(detail)
+        self._writer.write(AUDIT_INSERT, (self._clock(), event, user, task_id, text))
 
     async def audit_records(self) -> list[dict[str, Any]]:
         """Every audit record, oldest first, as dicts."""
