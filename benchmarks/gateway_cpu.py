@@ -133,7 +133,8 @@ async def record_replies() -> None:
     Recorded.create = create.replace(task_id.encode(), b"TASKID")
 
 
-def _config(work: Path) -> Any:
+def gateway_config(work: Path) -> Any:
+    """A one-user gateway config with its SQLite state in ``work`` (no real upstream)."""
     path = work / "gateway.toml"
     lines = [
         'signing_secret = "bench"',
@@ -160,7 +161,7 @@ def _client(key: UpstreamKey) -> RuxaClient:
 async def _run(args: argparse.Namespace) -> None:
     await record_replies()
     loop = asyncio.get_running_loop()
-    async with Gateway(_config(Path(tempfile.mkdtemp())), client_factory=_client) as gw:
+    async with Gateway(gateway_config(Path(tempfile.mkdtemp())), client_factory=_client) as gw:
         gw.public_url = "http://127.0.0.1:8080"
         Recorded.query = Recorded.query.replace(b"CALLBACK", gw.callback_token.encode())
         server = HttpServer(

@@ -25,17 +25,17 @@ import sys
 import tempfile
 from pathlib import Path
 
+from benchmarks.gateway_cpu import TOKEN, gateway_config
 from ruxa_async._client import RuxaClient, use_transport
 from ruxa_async._transport import Reply, Transport
 from ruxa_async.gateway import Gateway
-from ruxa_async.gateway._config import UpstreamKey, hash_token, load_config
+from ruxa_async.gateway._config import UpstreamKey
 from ruxa_async.gateway._endpoints import Router
 from ruxa_async.gateway._exchange import Request
 from ruxa_async.gateway._keys import default_client
 
 NB = "google/nano-banana"
 BODY = json.dumps({"model": NB, "input": {"prompt": "a red fox"}}).encode()
-TOKEN = "rxu_bench-0123456789abcdef"
 CREATED = b'{"code":200,"message":"success","data":{"taskId":"TASKID"}}'
 TASK = (
     b'{"code":200,"message":"success","data":{"taskId":"TASKID","model":"google/nano-banana",'
@@ -73,21 +73,7 @@ def _control(flag: str) -> None:
 
 
 async def _run(kind: str, requests: int, work: Path) -> None:
-    config = work / "gateway.toml"
-    lines = [
-        'signing_secret = "bench"',
-        "sweep_interval = 3600",
-        f'state_path = "{work / "state.sqlite3"}"',
-        "[upstream]",
-        'base_url = "http://127.0.0.1:9"',
-        "[[upstream.keys]]",
-        'name = "bench"',
-        'key = "k"',
-        "[users.bench]",
-        f'token_sha256 = "{hash_token(TOKEN)}"',
-    ]
-    config.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    async with Gateway(load_config(str(config)), client_factory=_client) as gw:
+    async with Gateway(gateway_config(work), client_factory=_client) as gw:
         gw.public_url = "http://127.0.0.1:8080"
         router = Router(gw)
         headers = {"authorization": f"Bearer {TOKEN}", "content-type": "application/json"}

@@ -400,33 +400,11 @@ class SQLiteStore:
             task_id, res.user, key, model, self._clock(), res.amount, keys, callback_url
         )
         self._open[task_id] = record
-        if callback_url is None:
-            self._writer.write(
-                _INSERT_TASK_NO_URL,
-                (
-                    task_id,
-                    record.user,
-                    key,
-                    model,
-                    record.created,
-                    record.reserved,
-                    keys_text,
-                ),
-            )
+        row = (task_id, record.user, key, model, record.created, record.reserved, keys_text)
+        if callback_url is None:  # NULL in the SQL: a bound None costs an adapter lookup
+            self._writer.write(_INSERT_TASK_NO_URL, row)
         else:
-            self._writer.write(
-                _INSERT_TASK,
-                (
-                    task_id,
-                    record.user,
-                    key,
-                    model,
-                    record.created,
-                    record.reserved,
-                    keys_text,
-                    callback_url,
-                ),
-            )
+            self._writer.write(_INSERT_TASK, (*row, callback_url))
         return record
 
     def _unhold(
