@@ -87,7 +87,10 @@ class LightLoad:
     async def timed(self, payload: bytes) -> float:
         """Send ``payload``; the seconds until its whole reply (raises unless it was a 200)."""
         started = time.perf_counter()
-        conn = self._idle.pop() if self._idle else await self._connect()
+        idle = self._idle
+        while idle and not idle[-1].usable:  # closed by the server while idle (keep-alive timeout)
+            idle.pop()
+        conn = idle.pop() if idle else await self._connect()
         try:
             status = await conn.exchange(payload)
         except BaseException:
