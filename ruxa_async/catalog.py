@@ -205,7 +205,7 @@ def validate_input(model: str, input: Mapping[str, Any]) -> None:
                 )
             continue
         value = input[field.name]
-        if not (isinstance(value, str) if field.type == "string" else _type_ok(field, value)):
+        if not _type_ok(field, value):
             raise InvalidInputError(
                 f"{model}: input.{field.name} must be a {field.type}, got {type(value).__name__}",
                 model=model,

@@ -76,13 +76,8 @@ class Reply:
     def created(cls, task_id: str) -> Reply:
         """The answer to a create: ``data`` is ``{"taskId": task_id}`` (its bytes put together
         around the id, the same as :meth:`body` would encode them)."""
-        reply = _new(cls)  # each field set once (attrs' __init__ would set _body twice)
-        _set = _setattr.__get__(reply)
-        _set("code", 200)
-        _set("message", "success")
-        _set("data", {"taskId": task_id})
-        _set("retry_after", None)
-        _set("_body", b"%s%s}}" % (_CREATED, _string(task_id).encode()))
+        reply = cls(200, "success", {"taskId": task_id})
+        object.__setattr__(reply, "_body", b"%s%s}}" % (_CREATED, _string(task_id).encode()))
         return reply
 
     def body(self) -> bytes:
@@ -92,10 +87,6 @@ class Reply:
             body = envelope_bytes(self.code, self.message, self.data)
             object.__setattr__(self, "_body", body)  # a cache of the frozen fields' encoding
         return body
-
-
-_new = object.__new__
-_setattr = object.__setattr__
 
 
 def envelope_bytes(code: int, message: str, data: Any = None) -> bytes:
@@ -174,7 +165,7 @@ def estimate(model: str, input: Mapping[str, Any], prices: Mapping[str, float]) 
 
 def check_request(policy: Policy, model: str, input: Mapping[str, Any]) -> Denial | None:
     """The model allow-list (403) and input rules (422) of ``policy`` and the catalogue."""
-    if policy.models is not None and model not in policy.models:  # policy.allows(model)
+    if not policy.allows(model):
         return Denial(403, "model", f"model {model!r} is not allowed for you on this gateway")
     try:
         catalog.validate_input(model, input)
