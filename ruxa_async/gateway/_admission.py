@@ -157,8 +157,8 @@ class Admission:
                 store.release(held, charge=False)
                 return gw.deny(slot, who.user, model=model)
             try:
-                client = slot.client
-                if slot.opened is not client:
+                client = slot.open_client()
+                if client is None:  # the key's first request opens its client
                     client = await slot.ready()
                 task_id = _wire.parse_task_id(
                     await send_once(client, "create", _wire.CREATE_PATH, body)

@@ -74,6 +74,11 @@ class KeySlot:
     def __repr__(self) -> str:
         return f"<KeySlot {self.name} {self.state}>"
 
+    def open_client(self) -> RuxaClient | None:
+        """The key's client if it is open already (then no await is needed), else None."""
+        client = self.client
+        return client if self.opened is client else None
+
     async def ready(self) -> RuxaClient:
         """The key's client, opened on first use (a client never opens itself)."""
         client = self.client

@@ -125,8 +125,8 @@ class Queries:
             return Reply(503, "the key that created this task is no longer configured")
         path = shown.path if shown is not None else _wire.query_path(task_id)
         try:
-            client = slot.client
-            if slot.opened is not client:
+            client = slot.open_client()
+            if client is None:  # the key's first request opens its client
                 client = await slot.ready()
             data = await send_once(client, "query", path)
             # Unchanged (the same object when the reply's bytes were): it has not ended either.
