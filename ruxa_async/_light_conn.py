@@ -173,11 +173,7 @@ class Connection(asyncio.Protocol):
         :meth:`LightTransport._watch`) fails the exchange once :meth:`due` passes.
         """
         assert self.transport is not None
-        self.status = 0  # self._reset(), inlined: once per request
-        self.body = []
-        self.retry_after = None
-        self.rate = {}
-        self._received = self._headers_done = self._framed = False
+        self._reset()
         waiter = self._waiter = self._loop.create_future()
         if not self.alive or self.transport.is_closing():  # closed before the write
             self._waiter = None

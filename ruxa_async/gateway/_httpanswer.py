@@ -12,12 +12,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import time
 from collections import deque
 from collections.abc import Awaitable
 from typing import Protocol
 
-from . import _httpheads
 from ._exchange import Request, Response
 from ._httpheads import header_block, length_line
 
@@ -29,7 +27,6 @@ MAX_QUEUE = 16
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _CLOSE = b"Connection: close\r\n\r\n"
 _KEEP_ALIVE = b"Connection: keep-alive\r\n\r\n"
-_LENGTHS = _httpheads._LENGTHS
 
 # What the parser is in the middle of (the connection's ``_stage``).
 BETWEEN, HEAD, BODY = 0, 1, 2
@@ -58,7 +55,6 @@ class Server(Protocol):
     loop: asyncio.AbstractEventLoop
     tasks: set[asyncio.Task[None]]
     keepalive_timeout: float
-    date: tuple[int, bytes]
 
     def date_line(self) -> bytes:
         """The ``Date`` header line."""
@@ -157,9 +153,8 @@ class Answering(asyncio.Protocol):
                 return
             if self._expect:
                 self._send_continue()
-            elif self._stage == BETWEEN:  # self._start_clock(IDLE_CLOCK, ...), inlined
-                self._clock = IDLE_CLOCK
-                self.deadline = server.loop.time() + server.keepalive_timeout
+            elif self._stage == BETWEEN:
+                self._start_clock(IDLE_CLOCK, server.keepalive_timeout)
             if self._transport is None:
                 return
             self._wake = wake = server.loop.create_future()
@@ -180,11 +175,8 @@ class Answering(asyncio.Protocol):
         else:
             block = header_block(status, headers)
             self._block = (status, headers, block)
-        line = _LENGTHS.get(len(body)) or length_line(len(body))
-        server = self._server
-        second, date = server.date  # server.date_line(), inlined
-        if second != int(time.time()):
-            date = server.date_line()
+        line = length_line(len(body))
+        date = self._server.date_line()
         if head:
             transport.write(b"".join((block, date, line, ending)))
         else:

@@ -318,7 +318,7 @@ class HttpServer:
         shortest = min(header_timeout, body_timeout, keepalive_timeout)
         self._tick = min(1.0, max(0.01, shortest / 10))  # how late a deadline may be noticed
         self._ticker: asyncio.TimerHandle | None = None
-        self.date = (0, b"")  # the second and its Date line (see date_line)
+        self._date = (0, b"")  # the second and its Date line (see date_line)
         self.known_heads: dict[bytes, Known] = {}  # request heads parsed before (see module)
         self._closing = False
         self._all_closed: asyncio.Event | None = None  # made when closing waits for it
@@ -349,10 +349,10 @@ class HttpServer:
     def date_line(self) -> bytes:
         """The ``Date`` header line, made once a second."""
         now = int(time.time())
-        second, line = self.date
+        second, line = self._date
         if second != now:
             line = f"Date: {formatdate(now, usegmt=True)}\r\n".encode()
-            self.date = (now, line)
+            self._date = (now, line)
         return line
 
     def _sweep(self) -> None:
