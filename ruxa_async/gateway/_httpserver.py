@@ -53,7 +53,6 @@ __all__ = ["Application", "HttpServer", "start_server"]
 log = logging.getLogger("ruxa_async")
 
 _MAX_HEAD = 64 * 1024
-_HEAD_END = b"\r\n\r\n"
 _NAMES: dict[bytes, str] = {}  # request header names in lower case, by their spelling
 _MAX_NAMES = 512
 
@@ -159,16 +158,10 @@ class _Connection(Answering):
         start = 0
         size = len(data)
         while True:
-            # A whole read that is a remembered head (a request without a body, the most
-            # common) is looked up here; else find_known looks.
-            known = known_heads.get(data) if not start and data[-4:] == _HEAD_END else None
-            if known is not None:
-                body_start = size
-            else:
-                found = find_known(known_heads, data, start, self._head_size)
-                if found is None:
-                    break
-                known, body_start = found
+            found = find_known(known_heads, data, start, self._head_size)
+            if found is None:
+                break
+            known, body_start = found
             stop = body_start + known[4]
             if stop > size:  # the body is not all there: the parser reads it
                 break
