@@ -67,6 +67,23 @@ async def created_lines(store: SQLiteStore) -> list[str]:
     return [r["task_id"] for r in await store.audit_records() if r["event"] == "created"]
 
 
+async def empty_state(path: Path) -> None:
+    """Make the state at ``path``: the schema, and an empty journal."""
+    store = SQLiteStore(str(path))
+    await store.open()
+    await store.aclose()
+
+
+async def usage_after_restart(path: Path, *users: str) -> list[tuple[float, float]]:
+    """Each user's (spent, held) on 2026-12-01, as a store opened again on ``path`` reads it."""
+    store = SQLiteStore(str(path))
+    await store.open()
+    try:
+        return [store.usage(f"user:{user}", "2026-12-01") for user in users]
+    finally:
+        await store.aclose()
+
+
 async def test_creates_acknowledged_before_a_sigkill_are_replayed_on_restart(
     tmp_path: Path,
 ) -> None:
@@ -159,9 +176,7 @@ async def test_a_record_cut_short_by_a_crash_ends_the_replay(
 ) -> None:
     """A whole record is replayed; a damaged last one (its create was never answered) is not."""
     path = tmp_path / "state.sqlite3"
-    store = SQLiteStore(str(path))
-    await store.open()
-    await store.aclose()  # the schema, and an empty journal
+    await empty_state(path)
     journal = Journal(f"{path}.journal")
     journal.append([("INSERT INTO ledger VALUES (?, ?, ?)", ("user:alice", "2026-12-01", 3.0))])
     journal.append([("INSERT INTO ledger VALUES (?, ?, ?)", ("user:bob", "2026-12-01", 4.0))])
@@ -169,13 +184,7 @@ async def test_a_record_cut_short_by_a_crash_ends_the_replay(
     data = (tmp_path / "state.sqlite3.journal").read_bytes()
     (tmp_path / "state.sqlite3.journal").write_bytes(data[:-5])  # the second record, torn
     caplog.set_level(logging.WARNING, "ruxa_async")
-    again = SQLiteStore(str(path))
-    await again.open()
-    try:
-        assert again.usage("user:alice", "2026-12-01") == (3.0, 0.0)
-        assert again.usage("user:bob", "2026-12-01") == (0.0, 0.0)
-    finally:
-        await again.aclose()
+    assert await usage_after_restart(path, "alice", "bob") == [(3.0, 0.0), (0.0, 0.0)]
     assert "damaged record" in caplog.text
 
 
@@ -183,9 +192,7 @@ async def test_a_journal_written_by_an_earlier_version_replays(tmp_path: Path) -
     """Records an earlier version appended (its writes a tuple of pairs, not a list) replay
     alongside this version's."""
     path = tmp_path / "state.sqlite3"
-    store = SQLiteStore(str(path))
-    await store.open()
-    await store.aclose()  # the schema, and an empty journal
+    await empty_state(path)
     upsert = "INSERT INTO ledger VALUES (?, ?, ?)"
     payload = marshal.dumps((1, ((upsert, ("user:alice", "2026-12-01", 3.0)),)), 4)
     head = struct.pack("<II", len(payload), zlib.crc32(payload))
@@ -194,13 +201,7 @@ async def test_a_journal_written_by_an_earlier_version_replays(tmp_path: Path) -
     journal.last = 1
     journal.append([(upsert, ("user:bob", "2026-12-01", 4.0))])
     journal.close()
-    again = SQLiteStore(str(path))
-    await again.open()
-    try:
-        assert again.usage("user:alice", "2026-12-01") == (3.0, 0.0)
-        assert again.usage("user:bob", "2026-12-01") == (4.0, 0.0)
-    finally:
-        await again.aclose()
+    assert await usage_after_restart(path, "alice", "bob") == [(3.0, 0.0), (4.0, 0.0)]
 
 
 async def test_a_second_process_cannot_open_a_state_in_use(tmp_path: Path) -> None:
